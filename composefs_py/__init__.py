@@ -1,0 +1,84 @@
+"""composefs-py: make, read and mount composefs images in-process.
+
+Untrusted input (a layer's TOC, a dumpfile, a tar, an image) becomes a
+:class:`Tree` only through a validator; a ``Tree`` is written by
+libcomposefs, linked in-process through CFFI, or by a sandboxed child.
+
+The public names are imported on first use, so ``import composefs_py`` stays
+cheap and does not load the compiled module until a writer needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BackendUnavailableError,
+    ComposefsError,
+    LibraryError,
+    SandboxError,
+    ValidationError,
+)
+from .limits import Limits
+from .model import Hardlink, Inode, Tree, TreeBuilder
+
+if TYPE_CHECKING:
+    from .dumpfile import dump, parse_dumpfile
+    from .fsverity import fsverity_digest
+    from .layers import Layer, open_layer
+    from .mount import mount, unmount
+    from .objects import ObjectStore
+    from .toc import parse_toc
+    from .writer import read_image, write_image
+
+__all__ = [
+    "BackendUnavailableError",
+    "ComposefsError",
+    "Hardlink",
+    "Inode",
+    "Layer",
+    "LibraryError",
+    "Limits",
+    "ObjectStore",
+    "SandboxError",
+    "Tree",
+    "TreeBuilder",
+    "ValidationError",
+    "dump",
+    "fsverity_digest",
+    "mount",
+    "open_layer",
+    "parse_dumpfile",
+    "parse_toc",
+    "read_image",
+    "unmount",
+    "write_image",
+]
+
+_LAZY = {
+    "dump": "dumpfile",
+    "parse_dumpfile": "dumpfile",
+    "fsverity_digest": "fsverity",
+    "Layer": "layers",
+    "open_layer": "layers",
+    "mount": "mount",
+    "unmount": "mount",
+    "ObjectStore": "objects",
+    "parse_toc": "toc",
+    "read_image": "writer",
+    "write_image": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,70 @@
+"""Bounds applied to untrusted input.
+
+The defaults come from libcomposefs' own constants (``lcfs-writer.h``) and
+from the kernel's, with headroom where libcomposefs adds data of its own.
+They are generous enough for real images: a one-million-entry TOC passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits", "LCFS_INODE_EXTERNAL_XATTR_MAX", "LCFS_INLINE_CONTENT_MAX"]
+
+#: ``LCFS_INODE_EXTERNAL_XATTR_MAX`` (UINT16_MAX / 2): xattr space per inode
+#: that libcomposefs grants to external input.
+LCFS_INODE_EXTERNAL_XATTR_MAX = 65535 // 2
+#: ``LCFS_INLINE_CONTENT_MAX``: the largest file content kept in the image.
+LCFS_INLINE_CONTENT_MAX = 5000
+#: ``LCFS_XATTR_HEADER_SIZE`` and the per-xattr cost libcomposefs charges
+#: (``2 * LCFS_INODE_XATTRMETA_SIZE - 1`` plus name and value).
+XATTR_HEADER_SIZE = 12
+XATTR_ENTRY_OVERHEAD = 7
+#: Room kept free in each inode's xattr space for what libcomposefs adds
+#: itself (escaped overlay xattrs, redirects, metacopy).
+XATTR_HEADROOM = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds checked by every validator; pass a modified copy to change them.
+
+    >>> import dataclasses
+    >>> small = dataclasses.replace(Limits(), max_entries=1000)
+    """
+
+    #: Input document size in bytes (TOC JSON after decompression, dumpfile).
+    max_input_bytes: int = 1 << 30
+    #: Entries (TOC entries, dumpfile lines, tar members).
+    max_entries: int = 5_000_000
+    #: Sum of the byte lengths of all paths.
+    max_total_path_bytes: int = 1 << 30
+    #: Directory depth below the root.
+    max_depth: int = 2048
+    #: JSON nesting depth (a TOC needs 4).
+    max_json_depth: int = 32
+    #: One path component (``NAME_MAX``).
+    max_name_bytes: int = 255
+    #: A whole path (``PATH_MAX - 1``).
+    max_path_bytes: int = 4095
+    #: A symlink target.
+    max_symlink_bytes: int = 4095
+    #: An xattr name (``XATTR_NAME_MAX``).
+    max_xattr_name_bytes: int = 255
+    #: An xattr value (``XATTR_SIZE_MAX``).
+    max_xattr_value_bytes: int = 65535
+    #: xattr space per inode, counted as libcomposefs counts it.
+    max_xattr_space: int = LCFS_INODE_EXTERNAL_XATTR_MAX - XATTR_HEADROOM
+    #: Inline file content.
+    max_inline_bytes: int = LCFS_INLINE_CONTENT_MAX
+    #: Size of one regular file.
+    max_file_size: int = (1 << 63) - 1
+
+    @staticmethod
+    def xattr_space(xattrs: tuple[tuple[bytes, bytes], ...]) -> int:
+        """Bytes of inode xattr space ``xattrs`` take, as libcomposefs counts."""
+        if not xattrs:
+            return 0
+        return XATTR_HEADER_SIZE + sum(
+            XATTR_ENTRY_OVERHEAD + len(name) + len(value) for name, value in xattrs
+        )

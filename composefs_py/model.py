@@ -1,0 +1,568 @@
+"""The trusted model: :class:`Inode`, :class:`Hardlink`, :class:`Tree`.
+
+A :class:`Tree` is immutable and always valid: the only way to make one is
+:class:`TreeBuilder`, which owns every invariant libcomposefs relies on
+(several misuses make the C library ``abort()``).  Every validator (TOC,
+dumpfile, layer readers, image reader) builds through it, so those rules are
+written once, here.
+
+Paths are ``bytes``, absolute and clean: ``b"/"`` is the root, ``b"/usr/bin"``
+a child of ``b"/usr"``.  No trailing ``/``, no empty, ``.`` or ``..``
+component, no NUL.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from .errors import ValidationError
+from .limits import Limits
+
+__all__ = ["Hardlink", "Inode", "Node", "Tree", "TreeBuilder", "ROOT"]
+
+ROOT = b"/"
+
+S_IFMT = stat.S_IFMT(0o177777)
+S_IFREG = stat.S_IFREG
+S_IFDIR = stat.S_IFDIR
+S_IFLNK = stat.S_IFLNK
+S_IFCHR = stat.S_IFCHR
+S_IFBLK = stat.S_IFBLK
+S_IFIFO = stat.S_IFIFO
+S_IFSOCK = stat.S_IFSOCK
+_FILE_TYPES = frozenset((S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK))
+_U32_MAX = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_NSEC_PER_SEC = 1_000_000_000
+DIGEST_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """One inode of the image.
+
+    ``mode`` is the full ``st_mode`` (file type and permission bits).
+    ``nlink`` is kept as given for non-directories (the image stores it);
+    for directories the builder sets it to 2 plus the number of
+    subdirectories, as libcomposefs does.  ``size`` is the size of a regular
+    file and 0 for every other type.  ``payload`` is the path of a regular
+    file's content in the object store (``b"ab/cdef..."``), ``content`` its
+    inline data, ``symlink_target`` a symlink's target, ``fsverity_digest`` the
+    32-byte fs-verity digest of a regular file's content.  ``xattrs`` is
+    sorted by name, names unique.
+    """
+
+    mode: int
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    size: int = 0
+    rdev: int = 0
+    payload: bytes | None = None
+    symlink_target: bytes | None = None
+    content: bytes | None = None
+    fsverity_digest: bytes | None = None
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def file_type(self) -> int:
+        """``stat.S_IFMT(mode)``."""
+        return self.mode & S_IFMT
+
+    @property
+    def is_dir(self) -> bool:
+        return self.mode & S_IFMT == S_IFDIR
+
+
+@dataclass(frozen=True, slots=True)
+class Hardlink:
+    """A hardlink to the non-directory :class:`Inode` at ``target``.
+
+    In a built :class:`Tree` the target is always an :class:`Inode` (chains are
+    resolved by the builder).
+    """
+
+    target: bytes
+
+
+Node = Inode | Hardlink
+
+
+def parent_of(path: bytes) -> bytes:
+    """Return the parent of clean absolute ``path`` (the root's parent is the root)."""
+    cut = path.rfind(b"/")
+    return path[:cut] if cut > 0 else ROOT
+
+
+def name_of(path: bytes) -> bytes:
+    """Return the last component of clean absolute ``path`` (``b""`` for the root)."""
+    return path[path.rfind(b"/") + 1 :]
+
+
+def _sort_key(path: bytes) -> list[bytes]:
+    return path.split(b"/")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Tree:
+    """An immutable, valid filesystem tree; make one with :class:`TreeBuilder`.
+
+    Iterating yields ``(path, node)`` depth first: the root first, every
+    directory before its children, siblings sorted by name bytes (the order of
+    composefs-dump(5)).
+    """
+
+    _order: tuple[bytes, ...]
+    _nodes: Mapping[bytes, Node]
+
+    def __iter__(self) -> Iterator[tuple[bytes, Node]]:
+        nodes = self._nodes
+        for path in self._order:
+            yield path, nodes[path]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._nodes
+
+    def __getitem__(self, path: bytes) -> Node:
+        return self._nodes[path]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tree):
+            return NotImplemented
+        return self._order == other._order and all(
+            self._nodes[p] == other._nodes[p] for p in self._order
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._order)
+
+    def __repr__(self) -> str:
+        return f"<Tree: {len(self._order)} entries>"
+
+    def get(self, path: bytes) -> Node | None:
+        return self._nodes.get(path)
+
+    @property
+    def paths(self) -> tuple[bytes, ...]:
+        """Every path, in iteration order."""
+        return self._order
+
+    @property
+    def root(self) -> Inode:
+        node = self._nodes[ROOT]
+        assert isinstance(node, Inode)  # guaranteed by TreeBuilder
+        return node
+
+    def inode(self, path: bytes) -> Inode:
+        """Return the inode at ``path``, following a hardlink."""
+        node = self._nodes[path]
+        if isinstance(node, Hardlink):
+            node = self._nodes[node.target]
+        assert isinstance(node, Inode)  # hardlinks resolve to inodes
+        return node
+
+
+DuplicatePolicy = Literal["reject", "identical", "replace"]
+
+
+class TreeBuilder:
+    """The one place that turns validated pieces into a :class:`Tree`.
+
+    ``synthesize_parents``: a missing parent directory is created as a
+    directory 0755, uid/gid 0, mtime 0 (what containers/storage does); a later
+    explicit directory entry for it replaces those attributes.  Otherwise a
+    missing parent is an error (dumpfiles list parents first).
+
+    ``duplicates``: what a second entry for the same path does: ``"reject"``
+    (always an error), ``"identical"`` (an identical repeat is ignored, a
+    different one rejected: TOC), ``"replace"`` (last wins: tar).  A directory
+    that has children can only be replaced by a directory.
+
+    ``count_hardlinks``: set each hardlink target's ``nlink`` to one plus the
+    number of hardlinks to it (TOC and tar input, which carry no link counts).
+
+    Every error is a :class:`ValidationError`; ``entry`` passed to :meth:`add`
+    (the index of the record in the input) and the path locate it.
+    """
+
+    __slots__ = (
+        "_limits",
+        "_nodes",
+        "_entries",
+        "_synthesized",
+        "_children",
+        "_synthesize",
+        "_duplicates",
+        "_count_hardlinks",
+        "_total_path_bytes",
+        "_has_hardlinks",
+    )
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        synthesize_parents: bool = False,
+        duplicates: DuplicatePolicy = "reject",
+        count_hardlinks: bool = False,
+    ) -> None:
+        self._limits = limits or Limits()
+        self._nodes: dict[bytes, Node] = {}
+        self._entries: dict[bytes, int | None] = {}
+        self._synthesized: set[bytes] = set()
+        self._children: dict[bytes, list[bytes]] = {}
+        self._synthesize = synthesize_parents
+        self._duplicates = duplicates
+        self._count_hardlinks = count_hardlinks
+        self._total_path_bytes = 0
+        self._has_hardlinks = False
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._nodes
+
+    def get(self, path: bytes) -> Node | None:
+        return self._nodes.get(path)
+
+    # -- adding --------------------------------------------------------
+
+    def add(self, path: bytes, node: Node, *, entry: int | None = None) -> None:
+        """Add ``node`` at clean absolute ``path``; raise ValidationError if invalid."""
+        nodes = self._nodes
+        if path in nodes:
+            self._replace(path, node, entry)
+            return
+        if len(nodes) >= self._limits.max_entries:
+            raise ValidationError(
+                f"more than {self._limits.max_entries} entries", entry=entry, path=path
+            )
+        if path == ROOT:
+            self._check_node(node, entry, path)
+            if not (isinstance(node, Inode) and node.mode & S_IFMT == S_IFDIR):
+                raise ValidationError("the root must be a directory", entry=entry, path=path)
+        else:
+            self._check_path(path, entry)
+            self._check_node(node, entry, path)
+            parent = parent_of(path)
+            if parent not in nodes:
+                if not self._synthesize:
+                    raise ValidationError(
+                        "parent directory is missing", entry=entry, path=path, field="path"
+                    )
+                self._synthesize_dir(parent, entry)
+            parent_node = nodes[parent]
+            if not (isinstance(parent_node, Inode) and parent_node.mode & S_IFMT == S_IFDIR):
+                raise ValidationError(
+                    "parent is not a directory", entry=entry, path=path, field="path"
+                )
+            self._children[parent].append(path)
+            self._total_path_bytes += len(path)
+            if self._total_path_bytes > self._limits.max_total_path_bytes:
+                raise ValidationError(
+                    f"paths add up to more than {self._limits.max_total_path_bytes} bytes",
+                    entry=entry,
+                    path=path,
+                )
+        nodes[path] = node
+        self._entries[path] = entry
+        if isinstance(node, Hardlink):
+            self._has_hardlinks = True
+        elif node.mode & S_IFMT == S_IFDIR:
+            self._children[path] = []
+
+    def _synthesize_dir(self, path: bytes, entry: int | None) -> None:
+        missing = [path]
+        while path != ROOT and (path := parent_of(path)) not in self._nodes:
+            missing.append(path)
+        for synthetic in reversed(missing):
+            self.add(synthetic, Inode(mode=S_IFDIR | 0o755), entry=entry)
+            self._synthesized.add(synthetic)
+
+    def _replace(self, path: bytes, node: Node, entry: int | None) -> None:
+        old = self._nodes[path]
+        self._check_node(node, entry, path)
+        if path in self._synthesized:
+            self._synthesized.discard(path)
+        elif self._duplicates == "reject":
+            raise ValidationError("duplicate path", entry=entry, path=path, field="name")
+        elif self._duplicates == "identical":
+            if old == node:
+                return
+            raise ValidationError(
+                f"path repeats entry {self._entries[path]} with different attributes",
+                entry=entry,
+                path=path,
+                field="name",
+            )
+        new_is_dir = isinstance(node, Inode) and node.mode & S_IFMT == S_IFDIR
+        old_is_dir = isinstance(old, Inode) and old.mode & S_IFMT == S_IFDIR
+        if old_is_dir and not new_is_dir:
+            if self._children[path]:
+                raise ValidationError(
+                    "a directory with entries below it cannot become a non-directory",
+                    entry=entry,
+                    path=path,
+                    field="type",
+                )
+            del self._children[path]
+        elif new_is_dir and not old_is_dir:
+            self._children[path] = []
+        if path == ROOT and not new_is_dir:
+            raise ValidationError("the root must be a directory", entry=entry, path=path)
+        if isinstance(node, Hardlink):
+            self._has_hardlinks = True
+        self._nodes[path] = node
+        self._entries[path] = entry
+
+    # -- checks --------------------------------------------------------
+
+    def _check_path(self, path: bytes, entry: int | None) -> None:
+        limits = self._limits
+        if (
+            not path.startswith(b"/")
+            or path.endswith(b"/")
+            or b"\0" in path
+            or b"//" in path
+        ):
+            raise ValidationError(
+                "must be a clean absolute path without NUL", entry=entry, path=path, field="path"
+            )
+        if len(path) > limits.max_path_bytes:
+            raise ValidationError(
+                f"longer than {limits.max_path_bytes} bytes", entry=entry, path=path, field="path"
+            )
+        parts = path.split(b"/")
+        if len(parts) - 1 > limits.max_depth:
+            raise ValidationError(
+                f"deeper than {limits.max_depth} levels", entry=entry, path=path, field="path"
+            )
+        for part in parts[1:]:
+            if part == b"." or part == b"..":
+                raise ValidationError(
+                    f"component {part!r} is not allowed", entry=entry, path=path, field="path"
+                )
+            if len(part) > limits.max_name_bytes:
+                raise ValidationError(
+                    f"component longer than {limits.max_name_bytes} bytes",
+                    entry=entry,
+                    path=path,
+                    field="path",
+                )
+
+    def _check_node(self, node: Node, entry: int | None, path: bytes) -> None:
+        if isinstance(node, Hardlink):
+            target = node.target
+            if not isinstance(target, bytes) or not target.startswith(b"/"):
+                raise ValidationError(
+                    "hardlink target must be an absolute path", entry=entry, path=path,
+                    field="linkName",
+                )
+            if target == path:
+                raise ValidationError(
+                    "hardlink to itself", entry=entry, path=path, field="linkName"
+                )
+            return
+        if not isinstance(node, Inode):
+            raise TypeError(f"expected Inode or Hardlink, got {type(node).__name__}")
+        problem = _inode_problem(node, self._limits)
+        if problem is not None:
+            field, reason = problem
+            raise ValidationError(reason, entry=entry, path=path, field=field)
+
+    # -- building ------------------------------------------------------
+
+    def build(self) -> Tree:
+        """Resolve hardlinks, fix link counts, order the entries; return the Tree."""
+        nodes = self._nodes
+        if ROOT not in nodes:
+            if not self._synthesize:
+                raise ValidationError("the input has no root directory")
+            self.add(ROOT, Inode(mode=S_IFDIR | 0o755))
+        if self._has_hardlinks:
+            self._resolve_hardlinks()
+        children = self._children
+        for directory, kids in children.items():
+            node = nodes[directory]
+            assert isinstance(node, Inode)
+            nlink = 2 + sum(
+                1
+                for kid in kids
+                if (k := nodes[kid]).__class__ is Inode and k.mode & S_IFMT == S_IFDIR  # type: ignore[union-attr]
+            )
+            if node.nlink != nlink:
+                nodes[directory] = _with(node, nlink=nlink)
+        order: list[bytes] = []
+        stack = [ROOT]
+        while stack:
+            path = stack.pop()
+            order.append(path)
+            kids = children.get(path)
+            if kids:
+                kids.sort(key=name_of, reverse=True)
+                stack.extend(kids)
+                kids.reverse()  # leave ascending for later readers
+        return Tree(tuple(order), MappingProxyType(dict(nodes)))
+
+    def _resolve_hardlinks(self) -> None:
+        nodes = self._nodes
+        links: dict[bytes, int] = {}
+        for path, node in list(nodes.items()):
+            if not isinstance(node, Hardlink):
+                continue
+            entry = self._entries.get(path)
+            seen = {path}
+            target = node.target
+            while True:
+                found = nodes.get(target)
+                if found is None:
+                    raise ValidationError(
+                        f"hardlink target {target.decode('utf-8', 'backslashreplace')!r}"
+                        " does not exist",
+                        entry=entry,
+                        path=path,
+                        field="linkName",
+                    )
+                if isinstance(found, Inode):
+                    break
+                if target in seen:
+                    raise ValidationError(
+                        "hardlinks form a cycle", entry=entry, path=path, field="linkName"
+                    )
+                seen.add(target)
+                target = found.target
+            if found.mode & S_IFMT == S_IFDIR:
+                raise ValidationError(
+                    "hardlink to a directory", entry=entry, path=path, field="linkName"
+                )
+            if target != node.target:
+                nodes[path] = Hardlink(target)
+            links[target] = links.get(target, 0) + 1
+        if self._count_hardlinks:
+            for target, count in links.items():
+                inode = nodes[target]
+                assert isinstance(inode, Inode)
+                nodes[target] = _with(inode, nlink=1 + count)
+
+
+def _with(inode: Inode, **changes: int) -> Inode:
+    fields = {name: getattr(inode, name) for name in Inode.__slots__}  # type: ignore[attr-defined]
+    fields.update(changes)
+    return Inode(**fields)
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return value.__class__ is int and low <= value <= high  # type: ignore[operator]
+
+
+def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
+    """Return ``(field, reason)`` for the first invariant ``node`` breaks, or None."""
+    mode = node.mode
+    if mode.__class__ is not int or mode < 0 or mode & ~(S_IFMT | 0o7777):
+        return "mode", f"must be file type bits plus permission bits 0o7777, got {mode!r}"
+    ftype = mode & S_IFMT
+    if ftype not in _FILE_TYPES:
+        return "mode", f"unknown file type 0o{ftype:o}"
+    if not _is_int(node.nlink, 0, _U32_MAX):
+        return "nlink", f"must be an integer in 0..{_U32_MAX}, got {node.nlink!r}"
+    if not _is_int(node.uid, 0, _U32_MAX):
+        return "uid", f"must be an integer in 0..{_U32_MAX}, got {node.uid!r}"
+    if not _is_int(node.gid, 0, _U32_MAX):
+        return "gid", f"must be an integer in 0..{_U32_MAX}, got {node.gid!r}"
+    if not _is_int(node.mtime, _I64_MIN, _I64_MAX):
+        return "mtime", f"must be an integer in {_I64_MIN}..{_I64_MAX}, got {node.mtime!r}"
+    if not _is_int(node.mtime_nsec, 0, _NSEC_PER_SEC - 1):
+        return "mtime", f"nanoseconds must be in 0..999999999, got {node.mtime_nsec!r}"
+    is_reg = ftype == S_IFREG
+    if is_reg:
+        if not _is_int(node.size, 0, limits.max_file_size):
+            return "size", f"must be an integer in 0..{limits.max_file_size}, got {node.size!r}"
+    elif node.size != 0:
+        return "size", "only regular files have a size"
+    if ftype == S_IFCHR or ftype == S_IFBLK:
+        if not _is_int(node.rdev, 0, _U64_MAX):
+            return "rdev", f"must be an integer in 0..{_U64_MAX}, got {node.rdev!r}"
+    elif node.rdev != 0:
+        return "rdev", "only character and block devices have a device number"
+    payload = node.payload
+    if payload is not None:
+        if not is_reg:
+            return "payload", "only regular files have a payload"
+        if (
+            payload.__class__ is not bytes
+            or not payload
+            or len(payload) > limits.max_path_bytes
+            or b"\0" in payload
+        ):
+            return "payload", f"must be 1..{limits.max_path_bytes} bytes without NUL"
+    target = node.symlink_target
+    if ftype == S_IFLNK:
+        if (
+            target.__class__ is not bytes
+            or not target
+            or len(target) > limits.max_symlink_bytes
+            or b"\0" in target  # type: ignore[operator]
+        ):
+            return "linkName", f"symlink target must be 1..{limits.max_symlink_bytes} bytes without NUL"
+    elif target is not None:
+        return "linkName", "only symlinks have a target"
+    content = node.content
+    if content is not None:
+        if not is_reg:
+            return "content", "only regular files have inline content"
+        if content.__class__ is not bytes:
+            return "content", "must be bytes"
+        if len(content) > limits.max_inline_bytes:
+            return "content", f"inline content is limited to {limits.max_inline_bytes} bytes"
+        if len(content) != node.size:
+            return "content", f"is {len(content)} bytes but size is {node.size}"
+        if payload is not None:
+            return "content", "a file has either inline content or a payload"
+    digest = node.fsverity_digest
+    if digest is not None:
+        if not is_reg:
+            return "digest", "only regular files have an fs-verity digest"
+        if digest.__class__ is not bytes or len(digest) != DIGEST_SIZE:
+            return "digest", f"fs-verity digest must be {DIGEST_SIZE} bytes"
+    xattrs = node.xattrs
+    if xattrs:
+        if xattrs.__class__ is not tuple:
+            return "xattrs", "must be a tuple of (name, value) pairs"
+        previous = b""
+        for pair in xattrs:
+            if pair.__class__ is not tuple or len(pair) != 2:
+                return "xattrs", "must be a tuple of (name, value) pairs"
+            name, value = pair
+            if name.__class__ is not bytes or value.__class__ is not bytes:
+                return "xattrs", "names and values must be bytes"
+            if not name or len(name) > limits.max_xattr_name_bytes or b"\0" in name:
+                return "xattrs", (
+                    f"name must be 1..{limits.max_xattr_name_bytes} bytes without NUL, "
+                    f"got {name[:64]!r}"
+                )
+            if name <= previous:
+                return "xattrs", f"names must be unique and sorted, got {name!r} again"
+            previous = name
+            if len(value) > limits.max_xattr_value_bytes:
+                return "xattrs", (
+                    f"value of {name.decode('utf-8', 'backslashreplace')} is longer than "
+                    f"{limits.max_xattr_value_bytes} bytes"
+                )
+        space = Limits.xattr_space(xattrs)
+        if space > limits.max_xattr_space:
+            return "xattrs", (
+                f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}"
+            )
+    return None
