@@ -1,0 +1,488 @@
+"""The ``composefs-py`` command (also ``python -m composefs_py``).
+
+Exit status: 0 success, 1 rejected input or failed operation (one line
+``composefs-py: error: ...`` on stderr, no traceback), 2 usage error.
+
+Each subcommand is one ``_cmd_*`` function plus one entry in ``_COMMANDS``
+naming the module it needs; a command whose module is not part of this
+build is simply not offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ComposefsError, ValidationError
+from .limits import Limits
+
+if TYPE_CHECKING:
+    from .model import Tree
+
+__all__ = ["build_parser", "main"]
+
+PROG = "composefs-py"
+SOURCE_KINDS = ("dumpfile", "toc", "layer")
+_SNIFF_BYTES = 4096
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr with exit status 1."""
+
+
+# ---------------------------------------------------------------------------
+# reading sources
+# ---------------------------------------------------------------------------
+
+
+def _read_limited(path: str) -> bytes:
+    """Read ``path`` (``-`` is stdin), refusing more than the input limit."""
+    limit = Limits().max_input_bytes
+    if path == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        with open(path, "rb") as stream:
+            data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise CommandError(f"{path}: larger than the input limit of {limit} bytes")
+    return data
+
+
+def _gunzip_limited(data: bytes, path: str) -> bytes:
+    limit = Limits().max_input_bytes
+    out = bytearray()
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    chunk = data
+    try:
+        while chunk:
+            out += decompressor.decompress(chunk, limit + 1 - len(out))
+            if len(out) > limit:
+                raise CommandError(
+                    f"{path}: decompresses to more than the input limit "
+                    f"of {limit} bytes"
+                )
+            chunk = decompressor.unconsumed_tail
+            if not chunk and decompressor.eof and decompressor.unused_data:
+                # concatenated gzip members
+                chunk = decompressor.unused_data
+                decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise CommandError(f"{path}: not valid gzip data: {exc}") from None
+    return bytes(out)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return b"\0" not in head
+
+
+def _gzip_holds_dumpfile(data: bytes) -> bool:
+    """Whether gzip ``data`` starts with a dumpfile line (else it is a layer)."""
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        head = decompressor.decompress(data[: 1 << 16], _SNIFF_BYTES)
+    except zlib.error:
+        return False
+    return head.lstrip()[:1] == b"/"
+
+
+def sniff_source(path: str, data: bytes | None) -> str:
+    """Return ``"toc"``, ``"dumpfile"`` or ``"layer"`` for the source at ``path``.
+
+    ``data`` is the whole source when already read (text sources), else None.
+    A text document whose first non-space byte is ``{`` is a TOC, other
+    text a dumpfile (gzip-compressed dumpfiles too); anything else a layer.
+    """
+    if data is None:
+        with open(path, "rb") as stream:
+            head = stream.read(_SNIFF_BYTES)
+    else:
+        head = data[:_SNIFF_BYTES]
+    if head.startswith(_GZIP_MAGIC):
+        if data is None:
+            with open(path, "rb") as stream:
+                data = stream.read(1 << 16)
+        return "dumpfile" if _gzip_holds_dumpfile(data) else "layer"
+    if not _looks_like_text(head):
+        return "layer"
+    first = head.lstrip()[:1]
+    if first == b"{":
+        return "toc"
+    if first == b"/":
+        return "dumpfile"
+    return "layer" if head else "dumpfile"
+
+
+def _module(name: str, what: str) -> Any:
+    try:
+        return importlib.import_module(f"composefs_py.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"composefs_py.{name}":
+            raise CommandError(f"{what} is not supported by this build") from None
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A validated input: its Tree, its kind, and the layer when it is one."""
+
+    tree: Tree
+    kind: str
+    layer: Any = None
+
+
+def _text_of(path: str, kind: str | None) -> tuple[str, bytes | None]:
+    """Read a text source; return its kind and bytes (None for a layer)."""
+    if kind == "layer":
+        return kind, None
+    if path == "-":
+        data = _read_limited(path)
+    else:
+        if kind is None and sniff_source(path, None) == "layer":
+            return "layer", None
+        data = _read_limited(path)
+    if data.startswith(_GZIP_MAGIC):
+        data = _gunzip_limited(data, path)
+    if kind is None:
+        kind = sniff_source(path, data)
+    if kind == "layer":
+        if path == "-":
+            raise CommandError(
+                "a layer cannot be read from standard input; name its file"
+            )
+        return kind, None
+    return kind, data
+
+
+def load_source(
+    path: str,
+    kind: str | None = None,
+    *,
+    compat: str | None = None,
+    collect: bool = False,
+) -> Source:
+    """Parse the source at ``path`` (``-``: stdin) into a validated Tree."""
+    kind, data = _text_of(path, kind)
+    if kind == "toc":
+        assert data is not None
+        toc = _module("toc", "reading a TOC")
+        if collect:
+            tree = toc.parse_toc(data, compat=compat, collect=True)
+        else:
+            tree = toc.parse_toc(data, compat=compat)
+        return Source(tree, kind)
+    if kind == "dumpfile":
+        assert data is not None
+        if compat is not None:
+            raise CommandError(
+                "--compat applies to TOC and layer sources, not dumpfiles"
+            )
+        dumpfile = _module("dumpfile", "reading a dumpfile")
+        return Source(dumpfile.parse_dumpfile(data), kind)
+    layers = _module("layers", "reading a layer")
+    layer = layers.open_layer(path)
+    tree = layer.tree(compat=compat) if compat is not None else layer.tree()
+    return Source(tree, kind, layer)
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="source_kind",
+        choices=SOURCE_KINDS,
+        help="what SOURCE is (default: sniffed from its content)",
+    )
+
+
+def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="build a composefs image from a dumpfile, TOC or layer",
+        description="Build a composefs image from SOURCE (a composefs-dump(5) "
+        "file, a TOC JSON or a layer; '-' reads a dumpfile or TOC from stdin) and "
+        "print its fs-verity digest.",
+    )
+    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("-o", "--output", metavar="IMAGE", required=True)
+    parser.add_argument(
+        "--objects",
+        metavar="DIR",
+        help="import the layer's file contents into this store",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "native", "sandbox", "mkcomposefs"),
+        default="auto",
+        help="writer backend (default: auto)",
+    )
+    _add_source_options(parser)
+    parser.add_argument(
+        "--compat",
+        choices=("containers-storage",),
+        help="reproduce containers/storage's TOC conversion exactly",
+    )
+    parser.add_argument("--min-version", type=int, default=0, metavar="N")
+    parser.add_argument("--max-version", type=int, default=1, metavar="N")
+    parser.set_defaults(run=_cmd_build)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .writer import VERSION_MAX, write_image
+
+    if not 0 <= args.min_version <= args.max_version <= VERSION_MAX:
+        raise UsageError(
+            f"need 0 <= --min-version <= --max-version <= {VERSION_MAX}, "
+            f"got {args.min_version} and {args.max_version}"
+        )
+    source = load_source(args.source, args.source_kind, compat=args.compat)
+    tree = source.tree
+    if args.objects is not None:
+        if source.layer is None:
+            raise CommandError(
+                "--objects needs a layer SOURCE "
+                f"(a {source.kind} carries no file contents)"
+            )
+        objects = _module("objects", "an object store")
+        imported = source.layer.import_objects(objects.ObjectStore(args.objects))
+        from .model import Tree
+
+        if isinstance(imported, Tree):
+            tree = imported
+    digest = write_image(
+        tree,
+        args.output,
+        backend=args.backend,
+        min_version=args.min_version,
+        max_version=args.max_version,
+    )
+    print(digest.hex())
+    return 0
+
+
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "validate",
+        help="check a dumpfile, TOC or layer; print every problem",
+        description="Check SOURCE and print every problem found, one per line "
+        "(exit 1), or a summary line (exit 0).",
+    )
+    parser.add_argument("source", metavar="SOURCE")
+    _add_source_options(parser)
+    parser.add_argument("--compat", choices=("containers-storage",))
+    parser.set_defaults(run=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        source = load_source(
+            args.source, args.source_kind, compat=args.compat, collect=True
+        )
+    except ValidationError as exc:
+        for problem in exc.problems:
+            print(f"{args.source}: {problem}")
+        return 1
+    print(f"{args.source}: ok, {len(source.tree)} entries ({source.kind})")
+    return 0
+
+
+def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "dump",
+        help="print an image or source as composefs-dump(5)",
+        description="Print IMAGE (a composefs image) or SOURCE (dumpfile, TOC, "
+        "layer) in the composefs-dump(5) format.",
+    )
+    parser.add_argument("source", metavar="IMAGE|SOURCE")
+    _add_source_options(parser)
+    parser.set_defaults(run=_cmd_dump)
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from .dumpfile import dump
+    from .writer import is_image, read_image
+
+    path: str = args.source
+    tree: Tree
+    if args.source_kind is None and path != "-" and _file_is_image(path):
+        tree = read_image(path)
+    elif args.source_kind is None and path == "-":
+        data = _read_limited(path)
+        tree = read_image(data) if is_image(data) else _tree_from_stdin_text(data)
+    else:
+        tree = load_source(path, args.source_kind).tree
+    sys.stdout.write(dump(tree))
+    sys.stdout.flush()
+    return 0
+
+
+def _tree_from_stdin_text(data: bytes) -> Tree:
+    if data.startswith(_GZIP_MAGIC):
+        data = _gunzip_limited(data, "-")
+    kind = sniff_source("-", data)
+    if kind == "toc":
+        return _module("toc", "reading a TOC").parse_toc(data)  # type: ignore[no-any-return]
+    if kind == "dumpfile":
+        dumpfile = _module("dumpfile", "reading a dumpfile")
+        return dumpfile.parse_dumpfile(data)  # type: ignore[no-any-return]
+    raise CommandError("-: standard input is neither an image, a dumpfile nor a TOC")
+
+
+def _file_is_image(path: str) -> bool:
+    from .writer import EROFS_SUPER_OFFSET, is_image
+
+    with open(path, "rb") as stream:
+        return is_image(stream.read(EROFS_SUPER_OFFSET + 4))
+
+
+def _add_digest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "digest",
+        help="print the fs-verity digest of files",
+        description="Print 'DIGEST PATH' for each FILE: the fs-verity digest "
+        "(sha256, 4096-byte blocks, no salt) in hex ('-' reads stdin).",
+    )
+    parser.add_argument("files", metavar="FILE", nargs="+")
+    parser.set_defaults(run=_cmd_digest)
+
+
+def _cmd_digest(args: argparse.Namespace) -> int:
+    from .fsverity import fsverity_digest
+
+    for path in args.files:
+        digest = fsverity_digest(sys.stdin.fileno() if path == "-" else path)
+        print(f"{digest.hex()} {path}", flush=True)
+    return 0
+
+
+def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "mount",
+        help="mount a composefs image",
+        description="Mount IMAGE on MNT with DIR as its object store.",
+    )
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("mountpoint", metavar="MNT")
+    parser.add_argument("--objects", metavar="DIR", required=True)
+    parser.add_argument(
+        "--upper", metavar="DIR", help="writable overlay upper directory"
+    )
+    parser.add_argument(
+        "--work", metavar="DIR", help="overlay work directory (with --upper)"
+    )
+    verity = parser.add_mutually_exclusive_group()
+    verity.add_argument("--require-verity", action="store_true")
+    verity.add_argument("--try-verity", action="store_true")
+    parser.set_defaults(run=_cmd_mount)
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    if (args.upper is None) != (args.work is None):
+        raise UsageError("--upper and --work go together")
+    mount = _module("mount", "mounting")
+    mount.mount(
+        args.image,
+        args.mountpoint,
+        objects=args.objects,
+        upperdir=args.upper,
+        workdir=args.work,
+        require_verity=args.require_verity,
+        try_verity=args.try_verity,
+    )
+    return 0
+
+
+def _add_unmount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("unmount", help="unmount a composefs mount")
+    parser.add_argument("mountpoint", metavar="MNT")
+    parser.set_defaults(run=_cmd_unmount)
+
+
+def _cmd_unmount(args: argparse.Namespace) -> int:
+    _module("mount", "mounting").unmount(args.mountpoint)
+    return 0
+
+
+#: (adder, modules the command needs): a command is offered when they exist.
+_COMMANDS: tuple[
+    tuple[
+        Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None],
+        tuple[str, ...],
+    ],
+    ...,
+] = (
+    (_add_build, ("writer", "dumpfile")),
+    (_add_validate, ("dumpfile",)),
+    (_add_dump, ("dumpfile", "writer")),
+    (_add_digest, ("fsverity",)),
+    (_add_mount, ("mount",)),
+    (_add_unmount, ("mount",)),
+)
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(f"composefs_py.{module}") is not None
+
+
+class UsageError(Exception):
+    """A usage problem found after parsing (exit status 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, offering the commands this build supports."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Build, check, dump and mount composefs images."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add, needs in _COMMANDS:
+        if all(_have(module) for module in needs):
+            add(sub)
+    return parser
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, ComposefsError):
+        text = exc.strerror or str(exc)
+        if exc.filename is not None:
+            return f"{os.fsdecode(exc.filename)}: {text}"
+        return text
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Usage errors exit through argparse with status 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+    except UsageError as exc:
+        parser.error(str(exc))  # exits 2
+    except BrokenPipeError:
+        # The reader went away (`composefs-py dump x | head`): stop quietly,
+        # and keep the interpreter from complaining when it flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    except (ComposefsError, CommandError, OSError, ValueError) as exc:
+        print(f"{PROG}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,388 @@
+"""Write a :class:`~composefs_py.model.Tree` as a composefs image; read one back.
+
+:func:`write_image` picks a backend and publishes the image atomically:
+
+``native``
+    libcomposefs linked in-process (:mod:`composefs_py._native`).
+``sandbox``
+    the same library in a locked-down child process
+    (:mod:`composefs_py.sandbox`).
+``mkcomposefs``
+    the upstream tool, fed ``dump(tree)`` on stdin; for differential
+    testing and for machines where no extension can be built.
+``auto``
+    ``native`` when the compiled module imports, else ``sandbox``; the
+    environment variable ``COMPOSEFS_PY_BACKEND`` overrides the choice.
+
+Every backend writes the same bytes for the same Tree and format versions.
+A path destination is written to a temporary file in the same directory,
+fsynced and renamed over the destination (then the directory is fsynced): a
+failed or interrupted write leaves nothing behind.  An open file descriptor
+is written from its current position and left open.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, cast
+
+from .errors import BackendUnavailableError, LibraryError, ValidationError
+from .model import Tree
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "MKCOMPOSEFS_ENV",
+    "VERSION_MAX",
+    "available_backends",
+    "find_mkcomposefs",
+    "is_image",
+    "read_image",
+    "resolve_backend",
+    "write_image",
+]
+
+#: The writer backends :func:`write_image` accepts.
+BACKENDS = ("auto", "native", "sandbox", "mkcomposefs")
+#: Environment variable that overrides ``backend="auto"``.
+BACKEND_ENV = "COMPOSEFS_PY_BACKEND"
+#: Environment variable naming the ``mkcomposefs`` executable.
+MKCOMPOSEFS_ENV = "COMPOSEFS_PY_MKCOMPOSEFS"
+#: Highest composefs format version (``LCFS_VERSION_MAX`` in libcomposefs 1.0.8).
+VERSION_MAX = 1
+
+_REPO = Path(__file__).resolve().parent.parent
+_BUNDLED_MKCOMPOSEFS = _REPO / ".deps" / "prefix" / "bin" / "mkcomposefs"
+
+# The composefs header at offset 0 and the EROFS superblock at offset 1024,
+# both little-endian (lcfs-erofs.h, erofs_fs.h).
+LCFS_EROFS_MAGIC = 0xD078629A
+EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
+EROFS_SUPER_OFFSET = 1024
+_U32 = struct.Struct("<I")
+_STDERR_TAIL = 2000
+_CHUNK = 1 << 20
+
+
+class _FdWriter(Protocol):
+    def __call__(
+        self, tree: Tree, fd: int, *, min_version: int, max_version: int
+    ) -> bytes: ...
+
+
+# ---------------------------------------------------------------------------
+# backend choice
+# ---------------------------------------------------------------------------
+
+
+def _native_module() -> object | None:
+    """Return composefs_py._native, or None when the compiled module cannot load."""
+    try:
+        return importlib.import_module("composefs_py._native")
+    except ImportError:
+        return None
+
+
+def _sandbox_module() -> object | None:
+    try:
+        return importlib.import_module("composefs_py.sandbox")
+    except ModuleNotFoundError as exc:
+        if exc.name == "composefs_py.sandbox":
+            return None
+        raise
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """Return the concrete backend ``backend`` stands for.
+
+    ``"auto"`` becomes ``$COMPOSEFS_PY_BACKEND`` when set, else ``"native"``
+    when the compiled module imports, else ``"sandbox"``.  An unknown name
+    raises ValueError.  Whether the backend can run is not checked here.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
+    if backend != "auto":
+        return backend
+    override = os.environ.get(BACKEND_ENV, "")
+    if override:
+        if override not in BACKENDS:
+            raise ValueError(
+                f"${BACKEND_ENV}={override!r} is not a backend; "
+                f"choose one of {', '.join(BACKENDS)}"
+            )
+        if override != "auto":
+            return override
+    return "native" if _native_module() is not None else "sandbox"
+
+
+def find_mkcomposefs() -> str | None:
+    """Locate ``mkcomposefs``: ``$COMPOSEFS_PY_MKCOMPOSEFS``, .deps, then PATH."""
+    configured = os.environ.get(MKCOMPOSEFS_ENV)
+    if configured:
+        return configured
+    if os.access(_BUNDLED_MKCOMPOSEFS, os.X_OK):
+        return str(_BUNDLED_MKCOMPOSEFS)
+    return shutil.which("mkcomposefs")
+
+
+def available_backends() -> tuple[str, ...]:
+    """The concrete backends that can run here (checked without writing)."""
+    found = []
+    if _native_module() is not None:
+        found.append("native")
+    if _sandbox_module() is not None:
+        found.append("sandbox")
+    if find_mkcomposefs() is not None:
+        found.append("mkcomposefs")
+    return tuple(found)
+
+
+def _writer_for(backend: str) -> _FdWriter:
+    if backend == "native":
+        native = _native_module()
+        if native is None:
+            raise BackendUnavailableError(
+                "the native backend needs the compiled module composefs_py._lcfs, "
+                "which is not built or cannot load (run `make deps` or `pip install .`)"
+            )
+        return cast(_FdWriter, native.write_tree)  # type: ignore[attr-defined]
+    if backend == "sandbox":
+        sandbox = _sandbox_module()
+        if sandbox is None:
+            raise BackendUnavailableError(
+                "the sandbox backend is not available in this build"
+            )
+        return cast(_FdWriter, sandbox.write_image_sandboxed)  # type: ignore[attr-defined]
+    if backend == "mkcomposefs":
+        return _write_with_mkcomposefs
+    raise AssertionError(backend)  # resolve_backend() admits nothing else
+
+
+def _check_versions(min_version: int, max_version: int) -> None:
+    for name, value in (("min_version", min_version), ("max_version", max_version)):
+        if value.__class__ is not int:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= min_version <= max_version <= VERSION_MAX:
+        raise ValueError(
+            "format versions must satisfy 0 <= min_version <= max_version <= "
+            f"{VERSION_MAX}, got min_version={min_version}, max_version={max_version}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# the mkcomposefs backend
+# ---------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[:_CHUNK])
+        view = view[written:]
+
+
+def _write_with_mkcomposefs(
+    tree: Tree, fd: int, *, min_version: int, max_version: int
+) -> bytes:
+    """Run ``mkcomposefs --from-file -`` on ``dump(tree)``; copy the image to ``fd``."""
+    from .dumpfile import dump
+    from .fsverity import fsverity_digest
+
+    tool = find_mkcomposefs()
+    if tool is None:
+        raise BackendUnavailableError(
+            f"mkcomposefs not found (set ${MKCOMPOSEFS_ENV}, run `make deps`, "
+            "or install composefs)"
+        )
+    text = dump(tree).encode("utf-8", "surrogateescape")
+    argv = [
+        tool,
+        f"--min-version={min_version}",
+        f"--max-version={max_version}",
+        "--from-file",
+        "-",
+        "-",
+    ]
+    try:
+        proc = subprocess.run(
+            argv, input=text, capture_output=True, check=False, env=_tool_env()
+        )
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"cannot run {tool}: {exc.strerror or exc}"
+        ) from None
+    if proc.returncode != 0:
+        tail = proc.stderr[-_STDERR_TAIL:].decode("utf-8", "backslashreplace").strip()
+        how = (
+            f"killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exit status {proc.returncode}"
+        )
+        raise LibraryError(
+            errno.EIO, f"mkcomposefs failed ({how}): {tail or 'no message'}"
+        )
+    image = proc.stdout
+    _write_all(fd, image)
+    return fsverity_digest(image)
+
+
+def _tool_env() -> dict[str, str]:
+    # The Tree is already valid; mkcomposefs's optional strict parsing
+    # (CFS_PARSE_STRICT) would only add checks of its own dialect, so the
+    # tool runs the same way whatever the caller's environment says.
+    env = dict(os.environ)
+    env.pop("CFS_PARSE_STRICT", None)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# publishing
+# ---------------------------------------------------------------------------
+
+
+def _temp_path(dest: Path) -> tuple[Path, int]:
+    """Create and open ``dest``'s temporary sibling (O_EXCL, 0644 less umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(100):
+        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return temp, os.open(temp, flags, 0o644)
+        except FileExistsError:
+            continue
+    raise FileExistsError(
+        errno.EEXIST, "cannot create a unique temporary file", str(dest)
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(dest: Path, write: Callable[[int], bytes]) -> bytes:
+    """Write through ``write(fd)`` to a temporary file, then rename it to ``dest``."""
+    dest = Path(os.path.abspath(dest))
+    if dest.name in ("", ".", ".."):
+        raise IsADirectoryError(errno.EISDIR, "not a file name", str(dest))
+    temp, fd = _temp_path(dest)
+    published = False
+    try:
+        try:
+            digest = write(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, dest)
+        published = True
+    finally:
+        if not published:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+    _fsync_dir(dest.parent)
+    return digest
+
+
+# ---------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------
+
+
+def write_image(
+    tree: Tree,
+    dest: os.PathLike[str] | str | int,
+    *,
+    backend: str = "auto",
+    min_version: int = 0,
+    max_version: int = 1,
+) -> bytes:
+    """Write ``tree`` as a composefs image to ``dest``; return its fs-verity digest.
+
+    ``dest`` is a path (published atomically: nothing is left there, nor any
+    temporary file, if writing fails) or an open file descriptor (written from
+    its current position, not closed).  ``min_version``/``max_version`` are
+    mkcomposefs's ``--min-version``/``--max-version`` with the same defaults, so
+    the same Tree gives the same bytes.  ``backend`` is ``"auto"``,
+    ``"native"``, ``"sandbox"`` or ``"mkcomposefs"``: an unknown name raises
+    ValueError, one that cannot run here BackendUnavailableError.
+    """
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be a composefs_py.Tree, got {type(tree).__name__}")
+    _check_versions(min_version, max_version)
+    writer = _writer_for(resolve_backend(backend))
+
+    def write(fd: int) -> bytes:
+        return writer(tree, fd, min_version=min_version, max_version=max_version)
+
+    if isinstance(dest, bool):
+        raise TypeError("dest must be a path or a file descriptor, got a bool")
+    if isinstance(dest, int):
+        return write(dest)
+    if isinstance(dest, str | os.PathLike):
+        return _publish(Path(dest), write)
+    raise TypeError(
+        f"dest must be a path or a file descriptor, got {type(dest).__name__}"
+    )
+
+
+def is_image(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` starts like a composefs image (both magic numbers)."""
+    if len(data) < EROFS_SUPER_OFFSET + _U32.size:
+        return False
+    (lcfs_magic,) = _U32.unpack_from(data, 0)
+    (erofs_magic,) = _U32.unpack_from(data, EROFS_SUPER_OFFSET)
+    return bool(lcfs_magic == LCFS_EROFS_MAGIC and erofs_magic == EROFS_SUPER_MAGIC_V1)
+
+
+def read_image(
+    src: bytes | bytearray | memoryview | os.PathLike[str] | str,
+    *,
+    sandbox: bool = False,
+) -> Tree:
+    """Read a composefs image (its bytes, or a path) back into a validated Tree.
+
+    The image is untrusted: anything that is not a well-formed composefs image
+    raises ValidationError.  ``sandbox=True`` parses it in the sandboxed child
+    instead of in this process.  What EROFS does not store cannot come back;
+    see tests/test_upstream_assets.py for the exact list.
+    """
+    if isinstance(src, bytes | bytearray | memoryview):
+        data = bytes(src)
+        where = "input"
+    elif isinstance(src, str | os.PathLike):
+        data = Path(src).read_bytes()
+        where = os.fspath(src)
+    else:
+        raise TypeError(f"src must be bytes or a path, got {type(src).__name__}")
+    if not is_image(data):
+        raise ValidationError(
+            f"{where}: not a composefs image (no composefs/EROFS magic number)"
+        )
+    if sandbox:
+        module = _sandbox_module()
+        if module is None:
+            raise BackendUnavailableError(
+                "the sandbox backend is not available in this build"
+            )
+        return cast(Tree, module.read_image_sandboxed(data))  # type: ignore[attr-defined]
+    native = _native_module()
+    if native is None:
+        raise BackendUnavailableError(
+            "reading an image needs the compiled module composefs_py._lcfs; "
+            "build it (`make deps`) or pass sandbox=True"
+        )
+    return cast(Tree, native.read_image(data))  # type: ignore[attr-defined]
