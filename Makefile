@@ -1,0 +1,27 @@
+# composefs-py: the two commands a newcomer needs are `make run` and `make test`.
+# Both bootstrap first (scripts/bootstrap.sh: system packages, libcomposefs,
+# .venv); the bootstrap is idempotent and quiet when there is nothing to do.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+SAMPLE := tests/data/sample.dump
+IMAGE := build/sample.cfs
+
+.PHONY: deps run test lint
+
+deps:
+	@scripts/bootstrap.sh
+
+run: deps
+	@mkdir -p build
+	$(VENV)/bin/composefs-py build $(SAMPLE) -o $(IMAGE)
+	$(VENV)/bin/composefs-py digest $(IMAGE)
+	$(VENV)/bin/composefs-py dump $(IMAGE)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: deps
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory lint

@@ -1,0 +1,22 @@
+"""Build composefs-py's compiled binding ``composefs_py._lcfs``.
+
+Metadata lives in pyproject.toml; this file only wires the cffi builder in
+``csrc/build_ffi.py`` (API mode, out of line).
+
+Where libcomposefs (>= 1.0.6) comes from, first hit wins:
+
+* ``COMPOSEFS_PREFIX=/some/prefix``: headers in ``include/libcomposefs``,
+  library in ``lib`` (linked with an rpath);
+* ``pkg-config composefs``, honouring ``PKG_CONFIG_PATH``;
+* ``.deps/prefix`` in this checkout, built by ``scripts/bootstrap.sh``
+  (linked with an rpath, so no ``LD_LIBRARY_PATH`` is needed).
+
+``pip install .`` and ``pip install -e .`` both work once one of these exists.
+"""
+
+from setuptools import setup
+
+setup(
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["csrc/build_ffi.py:ffibuilder"],
+)
