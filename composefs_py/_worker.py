@@ -1,0 +1,390 @@
+"""The sandboxed child: locks itself down, then writes or reads one image.
+
+Started by :mod:`composefs_py.sandbox` as ``python -I -c <bootstrap>`` with
+an empty environment, cwd ``/``, its own session, stdin/stdout/stderr pipes
+and (when writing) one inherited output fd.  Everything it will ever import
+is imported first; then, before reading a single byte of input, it locks
+itself down in this order:
+
+1. rlimits: address space, CPU seconds, file size (the largest image),
+   open files, no core dumps;
+2. ``PR_SET_NO_NEW_PRIVS`` (and not dumpable);
+3. new user, network, IPC and mount namespaces, where the kernel allows;
+4. every capability dropped (after 3: a new user namespace grants a full set
+   inside it), bounding and ambient sets emptied, securebits locked;
+5. Landlock: every filesystem right handled, none granted (TCP and, on newer
+   kernels, abstract sockets and signals too);
+6. seccomp: an allowlist of what the write and read paths need; anything
+   else kills the process (SIGSYS).
+
+Then it re-parses the dumpfile (defence in depth) and writes the image with
+the native backend.  When the compiled module is unavailable (``--engine
+mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
+Landlock grants read on the library directories and read+execute on the
+mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
+the dynamic loader's syscalls.  The child validates and re-dumps the input
+into a memfd and *replaces itself* with ``mkcomposefs --from-file - -``
+(stdin the memfd, stdout the output fd), so mkcomposefs runs under every
+restriction above, inherited across exec, without a fork.
+
+Protocol: stdout carries one JSON line (``{"digest": ..., "lockdown":
+...}``); in read mode it carries the image's dump after that line.  Exit 0
+on success, 65 when the input is rejected (the last stderr line says why),
+70 when a step failed; a signal when something crashed or hit a limit.
+
+``--fault NAME`` exists for the tests only (sandbox.py passes it when its
+private ``_fault`` argument is set; the input can never reach it): it makes
+the child misbehave after lockdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import stat
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from . import _lockdown
+from .dumpfile import dump, parse_dumpfile
+from .errors import ValidationError
+from .model import Tree
+
+try:
+    from . import _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None  # type: ignore[assignment]
+
+EXIT_OK = 0
+EXIT_REJECTED = 65
+EXIT_FAILED = 70
+
+FAULTS = (
+    "segv",
+    "abort",
+    "loop",
+    "alloc",
+    "open",
+    "socket",
+    "exec",
+    "bigwrite",
+    "leakfd",
+)
+
+# Where the dynamic loader may read libraries from (fallback engine only).
+_SYSTEM_LIB_DIRS = (
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+    "/etc/ld.so.cache",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="composefs_py._worker")
+    p.add_argument("--mode", choices=("write", "read", "info"), required=True)
+    p.add_argument("--fd", type=int, default=-1)
+    p.add_argument("--min-version", type=int, default=0)
+    p.add_argument("--max-version", type=int, default=1)
+    p.add_argument("--engine", choices=("native", "mkcomposefs"), default="native")
+    p.add_argument("--mkcomposefs", default="")
+    p.add_argument("--address-space", type=int, required=True)
+    p.add_argument("--cpu-seconds", type=int, required=True)
+    p.add_argument("--file-size", type=int, required=True)
+    p.add_argument("--open-files", type=int, required=True)
+    p.add_argument("--fault", choices=FAULTS, default=None)
+    return p
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """PT_INTERP of the ELF file at ``path`` (its dynamic loader), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+                return None
+            order = "<" if head[5] == 1 else ">"
+            phoff = int.from_bytes(head[32:40], "little" if order == "<" else "big")
+            phentsize = int.from_bytes(head[54:56], "little" if order == "<" else "big")
+            phnum = int.from_bytes(head[56:58], "little" if order == "<" else "big")
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                entry = table[i * phentsize : (i + 1) * phentsize]
+                if int.from_bytes(entry[0:4], "little" if order == "<" else "big") == 3:
+                    offset = int.from_bytes(entry[8:16], "little" if order == "<" else "big")
+                    size = int.from_bytes(entry[32:40], "little" if order == "<" else "big")
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+    return None
+
+
+def _fallback_paths(binary: str) -> tuple[list[str], list[str]]:
+    """Landlock's read and read+execute paths for exec'ing ``binary``."""
+    real = os.path.realpath(binary)
+    prefix = os.path.dirname(os.path.dirname(real))
+    read = [*_SYSTEM_LIB_DIRS, os.path.join(prefix, "lib"), os.path.join(prefix, "lib64")]
+    execute = [real]
+    interp = _elf_interpreter(real)
+    if interp:
+        execute.append(os.path.realpath(interp))
+    return read, execute
+
+
+def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply every step, in order; return what is active.
+
+    With ``probe`` (sandbox-info mode) each step is checked from inside right
+    after it is applied, and the observations go into ``probe``.
+    """
+    report: dict[str, Any] = {}
+    status_fd = -1
+    if probe is not None:
+        # Opened now, read later: /proc is out of reach after Landlock.
+        status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        probe["parent_namespaces"] = _namespace_ids()
+
+    _lockdown.set_rlimits(
+        _lockdown.Rlimits(
+            address_space=args.address_space,
+            cpu_seconds=args.cpu_seconds,
+            file_size=args.file_size,
+            open_files=args.open_files,
+        )
+    )
+    report["rlimits"] = True
+    if probe is not None:
+        probe["rlimits"] = _current_rlimits()
+    _lockdown.set_no_new_privs()
+    report["no_new_privs"] = True
+    namespaces = _lockdown.unshare_namespaces()
+    for name, state in namespaces.items():
+        report[f"{name}_namespace"] = state
+    if probe is not None:
+        probe["namespaces"] = _namespace_ids()
+    _lockdown.drop_capabilities()
+    report["capabilities_dropped"] = True
+    if probe is not None:
+        probe["status_after_capabilities"] = _read_status(status_fd)
+    read_paths: list[str] = []
+    exec_paths: list[str] = []
+    exec_allowed = args.mode == "write" and args.engine == "mkcomposefs"
+    if exec_allowed:
+        read_paths, exec_paths = _fallback_paths(args.mkcomposefs)
+    abi = _lockdown.apply_landlock(read_paths, exec_paths)
+    report["landlock"] = abi if isinstance(abi, str) else f"abi {abi}"
+    if probe is not None:
+        probe["landlock_open_etc_passwd"] = _try_open("/etc/passwd")
+        probe["landlock_open_proc_self_status"] = _try_open("/proc/self/status")
+    report["seccomp"] = _lockdown.apply_seccomp(_lockdown.SeccompPolicy(exec_allowed=exec_allowed))
+    if probe is not None:
+        probe["status_after_seccomp"] = _read_status(status_fd)
+        probe["seccomp_open_etc_passwd"] = _try_open("/etc/passwd")
+        os.close(status_fd)
+    return report
+
+
+def _namespace_ids() -> dict[str, str]:
+    ids = {}
+    for name in _lockdown.NAMESPACES:
+        try:
+            ids[name] = os.readlink(f"/proc/self/ns/{name}")
+        except OSError as exc:
+            ids[name] = f"error: {exc.strerror}"
+    return ids
+
+
+def _read_status(fd: int) -> dict[str, str]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    lines = b"".join(chunks).decode("ascii", "replace").splitlines()
+    wanted = ("NoNewPrivs", "Seccomp", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+    return {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in lines)
+        if key.strip() in wanted
+    }
+
+
+def _try_open(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"denied: {exc.strerror}"
+    os.close(fd)
+    return "opened"
+
+
+def _read_stdin() -> bytes:
+    chunks = []
+    while chunk := os.read(0, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _fault(name: str, out_fd: int) -> None:
+    """Misbehave as the tests ask, after lockdown; a blocked attempt raises."""
+    if name == "segv":
+        ctypes.string_at(0)
+    elif name == "abort":
+        os.abort()
+    elif name == "loop":
+        while True:
+            pass
+    elif name == "alloc":
+        hog = []
+        while True:
+            hog.append(bytearray(1 << 28))
+    elif name == "open":
+        with open("/etc/passwd", "rb") as f:
+            f.read()
+        raise RuntimeError("fault open: /etc/passwd was readable")
+    elif name == "socket":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(("127.0.0.1", 22))
+        raise RuntimeError("fault socket: connected to 127.0.0.1")
+    elif name == "exec":
+        os.execv("/bin/true", ["true"])
+    elif name == "bigwrite":
+        block = bytes(1 << 20)
+        while True:
+            os.write(out_fd, block)
+    elif name == "leakfd":
+        _check_fds(out_fd)
+
+
+def _check_fds(out_fd: int) -> None:
+    """Fail unless stdin/stdout/stderr and the output fd are the only open fds."""
+    leaked = []
+    for fd in range(3, 1024):
+        if fd == out_fd:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        leaked.append(fd)
+    if leaked:
+        raise RuntimeError(f"fault leakfd: fds {leaked} are open in the child")
+    raise PermissionError(
+        f"fault leakfd: blocked: no fd but 0, 1, 2 and {out_fd} is open in the child"
+    )
+
+
+def _emit(record: dict[str, Any]) -> None:
+    os.write(1, (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.mode == "info":
+        probe: dict[str, Any] = {}
+        report = lockdown(args, probe=probe)
+        _emit({"lockdown": report, "probe": probe, "native": _native is not None})
+        return EXIT_OK
+
+    report = lockdown(args)
+    if args.fault is not None:
+        _fault(args.fault, args.fd)
+
+    data = _read_stdin()
+    if args.mode == "read":
+        if _native is None:
+            raise RuntimeError("the compiled module is unavailable: cannot read images")
+        tree = _native.read_image(data)
+        _emit({"lockdown": report})
+        text = dump(tree).encode("utf-8", "surrogateescape")
+        view = memoryview(text)
+        while view:
+            view = view[os.write(1, view) :]
+        return EXIT_OK
+
+    tree = parse_dumpfile(data)
+    del data
+    if args.engine == "native":
+        if _native is None:
+            raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
+        digest = _native.write_tree(
+            tree, args.fd, min_version=args.min_version, max_version=args.max_version
+        )
+        _emit({"lockdown": report, "digest": digest.hex(), "engine": "native"})
+        return EXIT_OK
+    _exec_mkcomposefs(args, tree, report)
+
+
+def _exec_mkcomposefs(args: argparse.Namespace, tree: Tree, report: dict[str, Any]) -> NoReturn:
+    text = dump(tree).encode("utf-8", "surrogateescape")
+    memfd = os.memfd_create("composefs-py-dump", os.MFD_CLOEXEC)
+    view = memoryview(text)
+    while view:
+        view = view[os.write(memfd, view) :]
+    os.lseek(memfd, 0, os.SEEK_SET)
+    _emit({"lockdown": report, "engine": "mkcomposefs"})
+    os.dup2(memfd, 0)
+    os.dup2(args.fd, 1)  # the image goes to stdout: the output fd
+    os.close(memfd)
+    if args.fd > 2:
+        os.close(args.fd)
+    # Python ignores these; an exec'd program must get the defaults.
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    argv = [
+        "mkcomposefs",
+        f"--min-version={args.min_version}",
+        f"--max-version={args.max_version}",
+        "--from-file",
+        "-",
+        "-",
+    ]
+    os.execv(args.mkcomposefs, argv)
+
+
+def _current_rlimits() -> dict[str, list[int]]:
+    return {
+        name: list(resource.getrlimit(getattr(resource, f"RLIMIT_{name}")))
+        for name in ("AS", "CPU", "FSIZE", "NOFILE", "CORE")
+    }
+
+
+def main(argv: list[str]) -> NoReturn:
+    args = _parser().parse_args(argv)
+    # Default action for a file-size limit hit: die by SIGXFSZ (Python
+    # ignores it, which would turn the hit into a write error).
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    if args.mode == "write" and not (args.fd > 2 and stat.S_ISREG(os.fstat(args.fd).st_mode)):
+        sys.stderr.write("composefs-py worker: --fd must name an open regular file\n")
+        os._exit(EXIT_FAILED)
+    try:
+        code = _run(args)
+    except ValidationError as exc:
+        _die(EXIT_REJECTED, f"rejected: {exc}")
+    except MemoryError:
+        _die(EXIT_FAILED, "MemoryError: out of memory (address-space limit)")
+    except BaseException as exc:  # the child reports every failure
+        lines = traceback.format_exception_only(type(exc), exc)
+        _die(EXIT_FAILED, "".join(lines).strip())
+    os._exit(code)
+
+
+def _die(code: int, message: str) -> NoReturn:
+    try:
+        os.write(2, (message.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover - run by sandbox.py
+    main(sys.argv[1:])

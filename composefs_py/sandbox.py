@@ -1,0 +1,481 @@
+"""The sandboxed writer backend: libcomposefs in a locked-down child process.
+
+A crash, hang or memory bomb inside libcomposefs must not take the caller
+down.  :func:`write_image_sandboxed` serializes the (already validated) Tree
+as a dumpfile and hands it to a fresh ``python -I`` child
+(:mod:`composefs_py._worker`) that, before reading any input, sets rlimits,
+no_new_privs, enters new user/net/IPC/mount namespaces, drops every
+capability, applies Landlock (no filesystem access) and a seccomp allowlist.
+The child inherits nothing but stdin/stdout/stderr pipes and the output fd,
+runs with an empty environment in ``/`` and in its own session (process
+group).
+
+The parent enforces a wall-clock timeout (then kills the whole process
+group), turns every death or limit hit into :class:`SandboxError` naming the
+signal, limit or timeout with the tail of the child's stderr, and accepts
+the output only after a clean exit, a header check (composefs and EROFS
+magic numbers, format version) and a match between the digest the child
+reports and the fs-verity digest of the bytes it actually wrote.  On failure
+the output fd is truncated back to where it started.
+
+:func:`read_image_sandboxed` parses an untrusted image in the same kind of
+child (libcomposefs 1.0.8 has a known heap use-after-free on images with
+hardlinked whiteouts); the child's answer is a dumpfile, which the parent
+re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
+
+:func:`sandbox_info` runs a child that applies each step, checks it from
+inside and reports which protections are active on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .dumpfile import dump_bytes, parse_dumpfile
+from .errors import BackendUnavailableError, SandboxError, ValidationError
+from .fsverity import FsverityHasher
+from .limits import Limits
+from .model import Tree
+
+__all__ = [
+    "SandboxLimits",
+    "read_image_sandboxed",
+    "sandbox_info",
+    "write_image_sandboxed",
+]
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+# The child's program: make the package importable (-I ignores PYTHONPATH
+# and adds no directory to sys.path), then hand over to the worker.
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from composefs_py._worker import main; main(sys.argv[1:])"
+)
+
+LCFS_EROFS_MAGIC = 0xD078629A
+EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
+EROFS_SUPER_OFFSET = 1024
+_EROFS_SUPER_SIZE = 128
+_HEADER = struct.Struct("<IIII")  # magic, version, flags, composefs_version
+_LCFS_VERSION = 1  # struct lcfs_erofs_header_s.version
+_STDERR_TAIL = 2000
+_EXIT_REJECTED = 65
+
+_SIGNAL_MEANING: dict[int, str] = {
+    signal.SIGKILL: "killed (SIGKILL): likely the memory (address-space) or hard CPU limit",
+    signal.SIGXCPU: "CPU time limit exceeded (SIGXCPU)",
+    signal.SIGXFSZ: "file size limit exceeded (SIGXFSZ): the image is larger than allowed",
+    signal.SIGSYS: "blocked system call (SIGSYS): seccomp killed the child",
+    signal.SIGSEGV: "crashed (SIGSEGV): segmentation fault in the child",
+    signal.SIGABRT: "aborted (SIGABRT): libcomposefs or the interpreter called abort()",
+    signal.SIGBUS: "crashed (SIGBUS): bus error in the child",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    """The limits the sandboxed child runs under.
+
+    ``address_space`` (bytes, RLIMIT_AS) ``None`` means 1 GiB plus 64 bytes
+    per byte of input (the parsed Tree, the C tree and the image all fit
+    comfortably).  ``file_size`` (RLIMIT_FSIZE) is the largest image the
+    child may write.  ``cpu_seconds`` is RLIMIT_CPU (SIGXCPU, then SIGKILL
+    a second later).  ``timeout`` is the parent's wall-clock limit in
+    seconds.  ``max_output`` bounds what the parent accepts on the child's
+    stdout (read mode: the image's dump).
+    """
+
+    address_space: int | None = None
+    cpu_seconds: int = 600
+    file_size: int = 16 << 30
+    open_files: int = 64
+    timeout: float = 900.0
+    max_output: int = 4 << 30
+
+    def address_space_for(self, input_bytes: int) -> int:
+        if self.address_space is not None:
+            return self.address_space
+        return (1 << 30) + 64 * input_bytes
+
+
+def _worker_argv(
+    mode: str,
+    limits: SandboxLimits,
+    input_bytes: int,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    return [
+        sys.executable,
+        "-I",
+        "-c",
+        _BOOTSTRAP,
+        _PACKAGE_PARENT,
+        f"--mode={mode}",
+        f"--address-space={limits.address_space_for(input_bytes)}",
+        f"--cpu-seconds={max(1, int(limits.cpu_seconds))}",
+        f"--file-size={limits.file_size}",
+        f"--open-files={limits.open_files}",
+        *extra,
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    stdout: bytes
+    stderr: bytes
+    pid: int
+
+
+#: The pid (= process group) of the last child started; the tests check
+#: that nothing of it is left.
+_last_child_pid: int | None = None
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    text = stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
+    return text
+
+
+def _run_child(
+    argv: list[str],
+    data: bytes,
+    timeout: float,
+    pass_fds: tuple[int, ...] = (),
+) -> _Outcome:
+    """Run the worker to completion; raise SandboxError for any unclean end."""
+    global _last_child_pid
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={},
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=pass_fds,
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start the sandboxed child: {exc}") from exc
+    _last_child_pid = proc.pid
+    try:
+        stdout, stderr = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        _, stderr = proc.communicate()
+        tail = _stderr_tail(stderr)
+        raise SandboxError(
+            f"sandboxed child timed out after {timeout:g} s and was killed"
+            + (f"; stderr: {tail}" if tail else "")
+        ) from None
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        # Anything the child left behind in its group goes with it.
+        _kill_group(proc.pid)
+    code = proc.returncode
+    tail = _stderr_tail(stderr)
+    if code < 0:
+        signum = -code
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        meaning = _SIGNAL_MEANING.get(signum, f"killed by {name}")
+        raise SandboxError(f"sandboxed child {meaning}" + (f"; stderr: {tail}" if tail else ""))
+    if code == _EXIT_REJECTED:
+        last = tail.splitlines()[-1] if tail else "input rejected"
+        raise ValidationError(last.removeprefix("rejected: "))
+    if code != 0:
+        raise SandboxError(
+            f"sandboxed child failed with exit status {code}" + (f": {tail}" if tail else "")
+        )
+    return _Outcome(stdout, stderr, proc.pid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _first_line(stdout: bytes) -> tuple[dict[str, Any], bytes]:
+    line, sep, rest = stdout.partition(b"\n")
+    if not sep:
+        raise SandboxError("sandboxed child sent no report")
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise SandboxError(f"sandboxed child sent a malformed report: {exc}") from None
+    if not isinstance(record, dict):
+        raise SandboxError("sandboxed child sent a malformed report")
+    return record, rest
+
+
+def _check_image(fd: int, start: int, end: int, min_version: int, max_version: int) -> bytes:
+    """Check the written image's headers; return its fs-verity digest."""
+    size = end - start
+    if size < EROFS_SUPER_OFFSET + _EROFS_SUPER_SIZE:
+        raise SandboxError(f"sandboxed child wrote {size} bytes: too short for an image")
+    head = os.pread(fd, EROFS_SUPER_OFFSET + 4, start)
+    magic, version, _flags, composefs_version = _HEADER.unpack_from(head, 0)
+    if magic != LCFS_EROFS_MAGIC:
+        raise SandboxError(f"sandboxed child wrote no composefs header (magic 0x{magic:08x})")
+    if version != _LCFS_VERSION:
+        raise SandboxError(f"sandboxed child wrote header version {version}")
+    if not min_version <= composefs_version <= max_version:
+        raise SandboxError(
+            f"sandboxed child wrote format version {composefs_version}, "
+            f"outside {min_version}..{max_version}"
+        )
+    (erofs_magic,) = struct.unpack_from("<I", head, EROFS_SUPER_OFFSET)
+    if erofs_magic != EROFS_SUPER_MAGIC_V1:
+        raise SandboxError("sandboxed child wrote no EROFS superblock")
+    hasher = FsverityHasher()
+    offset = start
+    while offset < end:
+        chunk = os.pread(fd, min(1 << 20, end - offset), offset)
+        if not chunk:
+            raise SandboxError("the output file shrank while it was checked")
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.digest()
+
+
+def write_image_sandboxed(
+    tree: Tree,
+    fd: int,
+    *,
+    min_version: int = 0,
+    max_version: int = 1,
+    timeout: float | None = None,
+    limits: SandboxLimits | None = None,
+    _engine: str = "auto",
+    _mkcomposefs: str | None = None,
+    _fault: str | None = None,
+) -> bytes:
+    """Write the image of ``tree`` to ``fd`` from a sandboxed child; return its digest.
+
+    ``fd`` is written from its current position; it is left open.  On any
+    failure it is truncated back to that position (for a regular file) and
+    :class:`SandboxError` is raised.  ``timeout`` overrides
+    ``limits.timeout``.  The returned digest is the image's fs-verity
+    digest, checked by the parent against the bytes written.
+
+    The child writes with the compiled module when it imports, else with
+    ``mkcomposefs --from-file`` (the path from ``find_mkcomposefs()``).
+    ``_engine``, ``_mkcomposefs`` and ``_fault`` are for the tests only.
+    """
+    if not (0 <= min_version <= max_version <= 1):
+        raise ValueError(
+            "format versions must satisfy 0 <= min_version <= max_version <= 1, "
+            f"got {min_version}, {max_version}"
+        )
+    limits = limits or SandboxLimits()
+    if timeout is not None:
+        limits = replace(limits, timeout=timeout)
+    engine = _choose_engine(_engine)
+    extra = [f"--min-version={min_version}", f"--max-version={max_version}", f"--engine={engine}"]
+    if engine == "mkcomposefs":
+        tool = _mkcomposefs or _find_mkcomposefs()
+        if tool is None:
+            raise BackendUnavailableError(
+                "the sandbox needs the compiled module or mkcomposefs, and neither is available"
+            )
+        extra.append(f"--mkcomposefs={os.path.realpath(tool)}")
+    if _fault is not None:
+        extra.append(f"--fault={_fault}")
+
+    data = dump_bytes(tree)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return _write_to_file(fd, data, limits, extra, min_version, max_version, engine)
+    # A pipe or socket: nothing may reach it before the checks pass, so the
+    # child writes to an unlinked temporary file that is copied afterwards.
+    with tempfile.TemporaryFile(prefix="composefs-py-sandbox-") as tmp:
+        digest = _write_to_file(tmp.fileno(), data, limits, extra, min_version, max_version, engine)
+        size = os.lseek(tmp.fileno(), 0, os.SEEK_END)
+        offset = 0
+        while offset < size:
+            chunk = os.pread(tmp.fileno(), min(1 << 20, size - offset), offset)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            offset += len(chunk)
+    return digest
+
+
+def _write_to_file(
+    fd: int,
+    data: bytes,
+    limits: SandboxLimits,
+    extra: list[str],
+    min_version: int,
+    max_version: int,
+    engine: str,
+) -> bytes:
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    # The child gets its own number (>= 3) for the same open file: writes
+    # through it move this offset too.
+    child_fd = os.dup(fd)
+    try:
+        argv = _worker_argv("write", limits, len(data), [*extra, f"--fd={child_fd}"])
+        try:
+            outcome = _run_child(argv, data, limits.timeout, pass_fds=(child_fd,))
+            record, _ = _first_line(outcome.stdout)
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            actual = _check_image(fd, start, end, min_version, max_version)
+            reported = record.get("digest")
+            if engine == "native" and reported != actual.hex():
+                raise SandboxError(
+                    f"sandboxed child reported digest {reported!r}, "
+                    f"but the image written has {actual.hex()}"
+                )
+        except BaseException:
+            _truncate(fd, start)
+            raise
+    finally:
+        os.close(child_fd)
+    return actual
+
+
+def _truncate(fd: int, start: int) -> None:
+    try:
+        os.ftruncate(fd, start)
+        os.lseek(fd, start, os.SEEK_SET)
+    except OSError:
+        pass
+
+
+def _native_available() -> bool:
+    try:
+        from . import _native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _find_mkcomposefs() -> str | None:
+    from .writer import find_mkcomposefs
+
+    return find_mkcomposefs()
+
+
+def _choose_engine(engine: str) -> str:
+    if engine == "auto":
+        return "native" if _native_available() else "mkcomposefs"
+    if engine not in ("native", "mkcomposefs"):
+        raise ValueError(f"unknown sandbox engine {engine!r}")
+    return engine
+
+
+def read_image_sandboxed(
+    data: bytes | bytearray | memoryview,
+    *,
+    timeout: float | None = None,
+    limits: SandboxLimits | None = None,
+) -> Tree:
+    """Parse the untrusted composefs image ``data`` in a sandboxed child.
+
+    The child answers with a dumpfile; the parent parses it with
+    :func:`~composefs_py.dumpfile.parse_dumpfile`, so what comes back is
+    validated like any other untrusted input.  An image libcomposefs or the
+    validators reject raises :class:`ValidationError`; a crash, limit or
+    timeout :class:`SandboxError`.
+    """
+    if not _native_available():
+        raise BackendUnavailableError(
+            "reading an image in the sandbox needs the compiled module composefs_py._lcfs"
+        )
+    limits = limits or SandboxLimits()
+    if timeout is not None:
+        limits = replace(limits, timeout=timeout)
+    raw = bytes(data)
+    argv = _worker_argv("read", limits, 64 * len(raw))
+    outcome = _run_child(argv, raw, limits.timeout)
+    _, text = _first_line(outcome.stdout)
+    if len(text) > limits.max_output:
+        raise SandboxError(f"sandboxed child answered with more than {limits.max_output} bytes")
+    parse_limits = Limits()
+    if len(text) > parse_limits.max_input_bytes:
+        parse_limits = replace(parse_limits, max_input_bytes=len(text))
+    return parse_dumpfile(text, limits=parse_limits)
+
+
+def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str]:
+    """Which protections the sandboxed child gets on this machine.
+
+    Runs a child that applies every lockdown step and checks each from
+    inside (its rlimits, ``NoNewPrivs`` and capability sets from
+    /proc/self/status, its namespace inodes against the parent's, that
+    Landlock denies opening a file, seccomp mode 2).  Keys: ``rlimits``,
+    ``no_new_privs``, ``capabilities_dropped``, ``user_namespace``,
+    ``net_namespace``, ``ipc_namespace``, ``mnt_namespace``, ``landlock``,
+    ``seccomp`` (True when active and verified), plus ``landlock_abi``,
+    ``native_engine``, ``mkcomposefs`` and ``startup_seconds`` as strings.
+    """
+    details = _probe(limits or SandboxLimits())
+    report = details["lockdown"]
+    probe = details["probe"]
+    status_caps = probe["status_after_capabilities"]
+    status_final = probe["status_after_seccomp"]
+    rlimits = probe["rlimits"]
+    mine = _namespace_ids()
+    info: dict[str, bool | str] = {
+        "rlimits": rlimits["CORE"] == [0, 0] and rlimits["AS"][0] > 0,
+        "no_new_privs": status_final.get("NoNewPrivs") == "1",
+        "capabilities_dropped": all(
+            int(status_caps.get(key, "1"), 16) == 0
+            for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+        ),
+    }
+    for name in ("user", "net", "ipc", "mnt"):
+        child_ns = probe["namespaces"].get(name, "")
+        info[f"{name}_namespace"] = (
+            report.get(f"{name}_namespace") == "new"
+            and bool(child_ns)
+            and child_ns != mine.get(name)
+        )
+    info["landlock"] = str(probe["landlock_open_etc_passwd"]).startswith("denied")
+    info["landlock_abi"] = str(report.get("landlock"))
+    info["seccomp"] = report.get("seccomp") == "active" and status_final.get("Seccomp") == "2"
+    info["native_engine"] = "yes" if details.get("native") else "no"
+    info["mkcomposefs"] = _find_mkcomposefs() or "not found"
+    info["startup_seconds"] = f"{details['seconds']:.3f}"
+    return info
+
+
+def _probe(limits: SandboxLimits) -> dict[str, Any]:
+    """Run the worker in info mode; return its raw report (tests read it)."""
+    argv = _worker_argv("info", limits, 0)
+    began = time.monotonic()
+    outcome = _run_child(argv, b"", limits.timeout)
+    record, _ = _first_line(outcome.stdout)
+    record["seconds"] = time.monotonic() - began
+    record["pid"] = outcome.pid
+    return record
+
+
+def _namespace_ids() -> dict[str, str]:
+    ids = {}
+    for name in ("user", "net", "ipc", "mnt"):
+        try:
+            ids[name] = os.readlink(f"/proc/self/ns/{name}")
+        except OSError:
+            ids[name] = ""
+    return ids
