@@ -1,0 +1,543 @@
+"""Mount composefs images, stack layer images, flatten layer trees.
+
+:func:`mount` goes through libcomposefs' ``lcfs_mount_image``: the EROFS
+image is mounted read-only (from the file, or through a read-only direct-io
+loop device when the kernel cannot mount a file), then an overlayfs is
+mounted on ``mountpoint`` with the image as its only lower layer and the
+object store(s) as data-only lower layers (Linux >= 6.5), plus optional
+upper/work dirs.  libcomposefs detaches the EROFS mount at once: the overlay
+holds the only reference, so :func:`unmount` of the overlay frees both.
+
+Several layer images (first is top, as in an OCI manifest read backwards)
+are stacked by :func:`mount_layers`: each image is mounted as above under a
+private staging folder, one more overlay is mounted with
+``lowerdir=top:...:bottom`` and the staging mounts are detached, so again
+one :func:`unmount` frees everything.  Whiteouts are honoured: libcomposefs
+stores a whiteout (char 0/0) escaped, so the single-layer mount shows it as
+an empty regular file carrying ``trusted.overlay.whiteout`` (an overlayfs
+"xwhiteout", Linux >= 6.7) in a directory marked
+``trusted.overlay.opaque=x``; the stacking overlay reads those and hides
+the lower entry.  An opaque directory (``trusted.overlay.opaque=y``) hides
+everything below it in lower layers.
+
+:func:`flatten_layers` does the same in userspace: several layer Trees ->
+one Tree with OCI whiteout semantics, to be written as one image.
+
+What a mount shows, compared with the source:
+
+* Whiteouts in a single-layer mount are empty regular files with
+  ``trusted.overlay.whiteout`` and ``user.overlay.whiteout`` (both empty);
+  their directory gains ``trusted.overlay.opaque=x``,
+  ``trusted.overlay.whiteouts``, ``user.overlay.opaque=x`` and
+  ``user.overlay.whiteouts`` (libcomposefs, format version 1).  Stacked,
+  they disappear together with what they hide.
+* A directory with both ``.wh..wh..opq`` and ``.wh.NAME`` entries loses its
+  opaqueness: libcomposefs replaces ``opaque=y`` by ``opaque=x`` when it
+  escapes the whiteouts (a ``.wh.NAME`` in an opaque directory is redundant,
+  so a reader may drop it to keep the directory opaque).
+
+Verity: ``require_verity`` makes the overlay demand an fs-verity digest on
+every file with external content, checked against the object's own
+fs-verity.  The kernel only checks when a file is opened (an unreadable
+file, EIO), so :func:`mount` checks first, in userspace: every such file has
+a digest in the image, and every object has fs-verity enabled with that
+digest; otherwise it raises :class:`~composefs_py.errors.LibraryError` with
+errno ``ENOVERITY`` (ENOTTY) or ``EWRONGVERITY`` (EILSEQ) and a message
+naming the file.  ``try_verity`` asks for the same only when those checks
+pass and otherwise mounts without verity (libcomposefs' own TRY_VERITY turns
+it on whenever the kernel supports it, which makes files without digests
+unreadable).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import LibraryError
+from .fsverity import measure_fsverity
+from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, parent_of
+
+__all__ = [
+    "ENOSIGNATURE",
+    "ENOVERITY",
+    "EWRONGVERITY",
+    "flatten_layers",
+    "is_mountpoint",
+    "mount",
+    "mount_layers",
+    "unmount",
+]
+
+StrPath = str | os.PathLike[str]
+
+#: libcomposefs' names for the errnos it uses (lcfs-mount.h).
+ENOVERITY = errno.ENOTTY
+EWRONGVERITY = errno.EILSEQ
+ENOSIGNATURE = errno.EBADMSG
+
+_MS_RDONLY = 1
+_MNT_DETACH = 2
+_OPAQUE_XATTR = b"trusted.overlay.opaque"
+# What libcomposefs adds to a directory holding whiteouts (read_image keeps
+# the opaque ones): bookkeeping that means nothing once whiteouts are gone.
+_WHITEOUT_MARKERS = frozenset(
+    (
+        (_OPAQUE_XATTR, b"x"),
+        (b"user.overlay.opaque", b"x"),
+        (b"user.overlay.whiteouts", b""),
+        (b"trusted.overlay.whiteouts", b""),
+    )
+)
+_EROFS_SUPER_OFFSET = 1024
+_EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
+_COMPOSEFS_MAGIC = (0xD078629A).to_bytes(4, "little")
+
+_REASONS = {
+    ENOVERITY: "the image has no fs-verity (not enabled, or its file system lacks it)",
+    EWRONGVERITY: "the image's fs-verity digest is not the expected one",
+    ENOSIGNATURE: "the image is not signed",
+    errno.EPERM: "not permitted (mounting needs root, CAP_SYS_ADMIN)",
+    errno.ENODEV: "the kernel lacks erofs or overlayfs",
+    errno.ENOENT: "a path does not exist",
+    errno.ENOTDIR: "a path is not a directory",
+    errno.EINVAL: (
+        "invalid argument (not a composefs image, or the kernel's overlayfs lacks "
+        "data-only lower layers: Linux >= 6.5 is needed)"
+    ),
+}
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _fs(path: StrPath | bytes) -> bytes:
+    return os.fsencode(path)
+
+
+def _show(path: StrPath | bytes) -> str:
+    return os.fsdecode(path)
+
+
+def _library_error(err: OSError, what: str) -> LibraryError:
+    code = err.errno or errno.EIO
+    return LibraryError(code, f"{what}: {_REASONS.get(code, os.strerror(code))}")
+
+
+# ---------------------------------------------------------------------------
+# checks done before mounting
+# ---------------------------------------------------------------------------
+
+
+def _check_image(image: Path) -> None:
+    try:
+        with open(image, "rb") as f:
+            head = f.read(_EROFS_SUPER_OFFSET + 4)
+    except OSError as exc:
+        raise _library_error(exc, f"cannot read image {image}") from exc
+    if head[:4] != _COMPOSEFS_MAGIC or head[_EROFS_SUPER_OFFSET:] != _EROFS_MAGIC:
+        raise LibraryError(errno.EINVAL, f"{image} is not a composefs image")
+
+
+def _check_dir(path: Path, role: str) -> None:
+    if not path.is_dir():
+        raise LibraryError(
+            errno.ENOTDIR if path.exists() else errno.ENOENT,
+            f"{role} {path} is not a directory",
+        )
+
+
+def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None:
+    """Return why ``image`` cannot be mounted with verity required, or None.
+
+    Every file with external content needs an fs-verity digest in the image
+    and an object, in the first object dir that has it, whose measured
+    fs-verity digest equals it.
+    """
+    from ._native import read_image
+
+    tree = read_image(image.read_bytes())
+    for path, node in tree:
+        if not isinstance(node, Inode) or node.payload is None:
+            continue
+        shown = _show(path)
+        if node.fsverity_digest is None:
+            return LibraryError(
+                ENOVERITY,
+                f"{shown}: the image records no fs-verity digest for its content "
+                f"({_show(node.payload)}); build the image with digests to "
+                "require verity",
+            )
+        candidates = (d / _show(node.payload) for d in objdirs)
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            return LibraryError(
+                errno.ENOENT,
+                f"{shown}: object {_show(node.payload)} is in no object dir",
+            )
+        try:
+            fd = os.open(found, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            return _library_error(exc, f"{shown}: cannot open object {found}")
+        try:
+            measured = measure_fsverity(fd)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if code in (errno.ENOTTY, errno.ENODATA, errno.EOPNOTSUPP):
+                return LibraryError(
+                    ENOVERITY,
+                    f"{shown}: object {found} has no fs-verity (not enabled, or its "
+                    f"file system or kernel lacks fs-verity): {os.strerror(code)}",
+                )
+            return LibraryError(code, f"{shown}: cannot measure object {found}: {exc}")
+        finally:
+            os.close(fd)
+        if measured != node.fsverity_digest:
+            return LibraryError(
+                EWRONGVERITY,
+                f"{shown}: object {found} has fs-verity digest {measured.hex()}, "
+                f"the image expects {node.fsverity_digest.hex()}",
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# mount / unmount
+# ---------------------------------------------------------------------------
+
+
+def mount(
+    image: StrPath,
+    mountpoint: StrPath,
+    *,
+    objects: StrPath | Sequence[StrPath],
+    upperdir: StrPath | None = None,
+    workdir: StrPath | None = None,
+    require_verity: bool = False,
+    try_verity: bool = False,
+    idmap_userns_fd: int | None = None,
+    expected_digest: bytes | None = None,
+    readonly: bool | None = None,
+) -> None:
+    """Mount the composefs ``image`` on ``mountpoint``.
+
+    ``objects`` is the object store folder (or several, searched in order)
+    holding the files' content.  ``upperdir`` and ``workdir`` (both or
+    neither) make the mount writable; without them it is read-only
+    (``readonly`` overrides).  ``expected_digest`` is the image's raw 32-byte
+    fs-verity digest: the mount fails unless the image file has fs-verity
+    with that digest.  ``idmap_userns_fd`` is an open user namespace fd whose
+    ID mapping the image mount uses.  See the module docstring for
+    ``require_verity``/``try_verity``.
+
+    Raises ValueError for inconsistent arguments and LibraryError (an
+    OSError, with errno) when the mount fails, saying why.
+    """
+    from ._native import MountFlags, mount_image
+
+    image_path = Path(image)
+    target = Path(mountpoint)
+    objdirs = (
+        [Path(objects)] if isinstance(objects, (str, os.PathLike)) else [Path(o) for o in objects]
+    )
+    if not objdirs:
+        raise ValueError("objects: at least one object store folder is needed")
+    if (upperdir is None) != (workdir is None):
+        raise ValueError("upperdir and workdir go together: give both or neither")
+    if require_verity and try_verity:
+        raise ValueError("require_verity and try_verity exclude each other")
+    if expected_digest is not None and len(expected_digest) != 32:
+        raise ValueError(
+            "expected_digest must be the 32-byte fs-verity digest, "
+            f"got {len(expected_digest)} bytes"
+        )
+    if idmap_userns_fd is not None and idmap_userns_fd < 0:
+        raise ValueError(f"idmap_userns_fd must be an open fd, got {idmap_userns_fd}")
+
+    _check_image(image_path)
+    _check_dir(target, "mountpoint")
+    for objdir in objdirs:
+        _check_dir(objdir, "object store")
+    if upperdir is not None and workdir is not None:
+        _check_dir(Path(upperdir), "upperdir")
+        _check_dir(Path(workdir), "workdir")
+
+    flags = MountFlags.NONE
+    if readonly is None:
+        readonly = upperdir is None
+    if readonly:
+        flags |= MountFlags.READONLY
+    if require_verity:
+        problem = _verity_problem(image_path, objdirs)
+        if problem is not None:
+            raise LibraryError(
+                problem.errno,
+                f"cannot mount {image_path} with verity required: {problem.strerror}",
+            )
+        flags |= MountFlags.REQUIRE_VERITY
+    elif try_verity and _verity_problem(image_path, objdirs) is None:
+        flags |= MountFlags.TRY_VERITY
+    if idmap_userns_fd is not None:
+        flags |= MountFlags.IDMAP
+
+    try:
+        mount_image(
+            image_path,
+            target,
+            objdirs=objdirs,
+            upperdir=upperdir,
+            workdir=workdir,
+            flags=flags,
+            expected_digest=expected_digest,
+            idmap_fd=-1 if idmap_userns_fd is None else idmap_userns_fd,
+        )
+    except OSError as exc:
+        raise _library_error(exc, f"cannot mount {image_path} on {target}") from exc
+
+
+def is_mountpoint(path: StrPath) -> bool:
+    """True if ``path`` is the mount point of a mount in this mount namespace."""
+    wanted = os.path.realpath(path)
+    return any(mount_point == wanted for mount_point in _mount_points())
+
+
+def _mount_points() -> Iterator[str]:
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[4]
+            # mountinfo escapes space, tab, newline and backslash as \ooo.
+            yield os.fsdecode(
+                field.replace(b"\\040", b" ")
+                .replace(b"\\011", b"\t")
+                .replace(b"\\012", b"\n")
+                .replace(b"\\134", b"\\")
+            )
+
+
+def unmount(mountpoint: StrPath, *, lazy: bool = False) -> None:
+    """Unmount what :func:`mount` or :func:`mount_layers` mounted on ``mountpoint``.
+
+    The image (and staging) mounts were detached when the overlay was
+    mounted, so this one ``umount2`` frees them all.  ``lazy`` detaches at
+    once even while files are open (``MNT_DETACH``).  Raises LibraryError:
+    EINVAL when nothing is mounted there, EBUSY when it is in use.
+    """
+    path = _fs(mountpoint)
+    libc = _libc()
+    if libc.umount2(path, _MNT_DETACH if lazy else 0) != 0:
+        code = ctypes.get_errno()
+        reason = {
+            errno.EINVAL: "not a mount point",
+            errno.EBUSY: ("busy (files open, or a mount below it); lazy=True detaches it anyway"),
+            errno.EPERM: "not permitted (unmounting needs root, CAP_SYS_ADMIN)",
+        }.get(code, os.strerror(code))
+        raise LibraryError(code, f"cannot unmount {_show(mountpoint)}: {reason}")
+
+
+# ---------------------------------------------------------------------------
+# several layers
+# ---------------------------------------------------------------------------
+
+
+def _escape_option(value: bytes, extra: bytes = b"") -> bytes:
+    out = value.replace(b"\\", b"\\\\").replace(b",", b"\\,")
+    for char in extra:
+        out = out.replace(bytes([char]), b"\\" + bytes([char]))
+    return out
+
+
+def _mount_overlay(
+    target: Path,
+    lowers: Sequence[Path],
+    upperdir: StrPath | None,
+    workdir: StrPath | None,
+    readonly: bool,
+) -> None:
+    options = b"lowerdir=" + b":".join(_escape_option(_fs(p), b":") for p in lowers)
+    if upperdir is not None and workdir is not None:
+        options += b",upperdir=" + _escape_option(_fs(upperdir))
+        options += b",workdir=" + _escape_option(_fs(workdir))
+    libc = _libc()
+    rc = libc.mount(
+        b"composefs-layers",
+        _fs(target),
+        b"overlay",
+        ctypes.c_ulong(_MS_RDONLY if readonly else 0),
+        options,
+    )
+    if rc != 0:
+        code = ctypes.get_errno()
+        raise LibraryError(
+            code,
+            f"cannot mount the stacking overlay on {target}: "
+            f"{_REASONS.get(code, os.strerror(code))}",
+        )
+
+
+def mount_layers(
+    images: Sequence[StrPath],
+    mountpoint: StrPath,
+    *,
+    objects: StrPath | Sequence[StrPath],
+    upperdir: StrPath | None = None,
+    workdir: StrPath | None = None,
+    require_verity: bool = False,
+    try_verity: bool = False,
+    idmap_userns_fd: int | None = None,
+    readonly: bool | None = None,
+) -> None:
+    """Mount the layer ``images`` (first is top) stacked on ``mountpoint``.
+
+    Each image is mounted with :func:`mount` under a private staging folder;
+    an overlay ``lowerdir=top:...:bottom`` (plus ``upperdir``/``workdir``)
+    is mounted on ``mountpoint``; the staging mounts are then detached and
+    their folders removed, so :func:`unmount` of ``mountpoint`` frees
+    everything.  Whiteouts and opaque directories of upper images hide what
+    they cover in lower ones.  On failure nothing stays mounted.
+    """
+    if not images:
+        raise ValueError("images: at least one layer image is needed")
+    if (upperdir is None) != (workdir is None):
+        raise ValueError("upperdir and workdir go together: give both or neither")
+    if len(images) == 1:
+        mount(
+            images[0],
+            mountpoint,
+            objects=objects,
+            upperdir=upperdir,
+            workdir=workdir,
+            require_verity=require_verity,
+            try_verity=try_verity,
+            idmap_userns_fd=idmap_userns_fd,
+            readonly=readonly,
+        )
+        return
+    target = Path(mountpoint)
+    _check_dir(target, "mountpoint")
+    staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))
+    mounted: list[Path] = []
+    try:
+        for index, image in enumerate(images):
+            layer_dir = staging / str(index)
+            layer_dir.mkdir()
+            mount(
+                image,
+                layer_dir,
+                objects=objects,
+                require_verity=require_verity,
+                try_verity=try_verity,
+                idmap_userns_fd=idmap_userns_fd,
+            )
+            mounted.append(layer_dir)
+        writable = upperdir is not None
+        _mount_overlay(
+            target,
+            mounted,
+            upperdir,
+            workdir,
+            readonly if readonly is not None else not writable,
+        )
+    finally:
+        # The stacking overlay (if mounted) keeps its lower layers alive.
+        for layer_dir in mounted:
+            unmount(layer_dir, lazy=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_whiteout(inode: Inode) -> bool:
+    return stat.S_ISCHR(inode.mode) and inode.rdev == 0
+
+
+def _is_opaque(inode: Inode) -> bool:
+    return (_OPAQUE_XATTR, b"y") in inode.xattrs
+
+
+def flatten_layers(trees: Sequence[Tree]) -> Tree:
+    """Merge layer Trees (first is top) into one Tree with OCI whiteout semantics.
+
+    Applied from the bottom layer up: an entry replaces what a lower layer
+    had at its path (a non-directory replacing a directory removes
+    everything below it; a directory over a directory keeps the lower
+    children and takes the upper attributes); a whiteout (char 0/0) removes
+    the path and everything below it and is not kept; an opaque directory
+    (``trusted.overlay.opaque=y``) removes every lower entry below it and
+    loses the marker; so do the markers libcomposefs puts on directories
+    holding whiteouts (``trusted.overlay.opaque=x``, ``user.overlay.opaque=x``,
+    ``*.overlay.whiteouts``), which :func:`read_image` of a layer image
+    keeps.  Hardlinks keep sharing one inode: when the path that held the
+    inode is replaced or removed, a remaining link takes it over; link
+    counts are recounted.
+    """
+    if not trees:
+        raise ValueError("trees: at least one layer Tree is needed")
+    # path -> (inode key, node as last written); the key names one inode:
+    # (layer index, path of the Inode in that layer).
+    entries: dict[bytes, tuple[tuple[int, bytes], Inode]] = {}
+    children: dict[bytes, set[bytes]] = {}
+
+    def remove_below(path: bytes) -> None:
+        stack = list(children.pop(path, ()))
+        while stack:
+            child = stack.pop()
+            del entries[child]
+            stack.extend(children.pop(child, ()))
+
+    def remove(path: bytes) -> None:
+        if path in entries:
+            remove_below(path)
+            del entries[path]
+            children[parent_of(path)].discard(path)
+
+    for layer_index in range(len(trees) - 1, -1, -1):
+        tree = trees[layer_index]
+        for path, node in tree:
+            inode = tree.inode(path)
+            if _is_whiteout(inode):
+                remove(path)
+                continue
+            key = (layer_index, node.target if isinstance(node, Hardlink) else path)
+            old = entries.get(path)
+            if inode.is_dir:
+                if old is not None and not old[1].is_dir:
+                    remove(path)
+                if _is_opaque(inode):
+                    remove_below(path)
+                kept = tuple(
+                    x
+                    for x in inode.xattrs
+                    if x != (_OPAQUE_XATTR, b"y") and x not in _WHITEOUT_MARKERS
+                )
+                if kept != inode.xattrs:
+                    inode = replace(inode, xattrs=kept)
+                children.setdefault(path, set())
+            elif old is not None:
+                remove(path)
+            entries[path] = (key, inode)
+            if path != ROOT:
+                children[parent_of(path)].add(path)
+
+    holders: dict[tuple[int, bytes], bytes] = {}
+    link_count: dict[tuple[int, bytes], int] = {}
+    for key, inode in entries.values():
+        if not inode.is_dir:
+            link_count[key] = link_count.get(key, 0) + 1
+    builder = TreeBuilder(count_hardlinks=True)
+    for path in sorted(entries, key=lambda p: p.split(b"/")):
+        key, inode = entries[path]
+        if inode.is_dir:
+            builder.add(path, inode)
+        elif key in holders:
+            builder.add(path, Hardlink(holders[key]))
+        else:
+            holders[key] = path
+            builder.add(path, inode if link_count[key] > 1 else replace(inode, nlink=1))
+    return builder.build()

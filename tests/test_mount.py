@@ -1,0 +1,828 @@
+"""composefs_py.mount: real kernel mounts of images made by the real mkcomposefs.
+
+The images here come from dumpfiles through the upstream ``mkcomposefs``
+(the oracle) and an object store filled by hand, so these tests do not
+depend on this package's own readers or writer.  Every mount test needs
+root and a kernel with erofs + overlayfs data-only lower layers; elsewhere
+it is skipped with the reason.  Every mount is unmounted in a ``finally``.
+
+The helpers at the top (:func:`require_mounts`, :func:`walk`,
+:func:`mounted`, :func:`leftover_mounts`) are shared with
+test_layer_mounts.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import platform
+import random
+import stat
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from composefs_py.errors import LibraryError
+from composefs_py.fsverity import enable_fsverity, fsverity_digest
+from composefs_py.model import Hardlink, Inode, Tree, TreeBuilder
+from composefs_py.mount import (
+    ENOVERITY,
+    flatten_layers,
+    is_mountpoint,
+    mount,
+    mount_layers,
+    unmount,
+)
+
+# ---------------------------------------------------------------------------
+# shared helpers
+# ---------------------------------------------------------------------------
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = platform.release().split("-")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+def require_mounts(*, xwhiteouts: bool = False) -> None:
+    """Skip the calling test unless composefs images can be mounted here."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root (CAP_SYS_ADMIN)")
+    if platform.system() != "Linux":
+        pytest.skip("composefs mounts need Linux")
+    filesystems = Path("/proc/filesystems").read_text()
+    for fs in ("erofs", "overlay"):
+        if fs not in filesystems.split():
+            pytest.skip(f"the kernel has no {fs} file system")
+    if not _kernel_at_least(6, 5):
+        pytest.skip(
+            f"overlayfs data-only lower layers need Linux >= 6.5, have {platform.release()}"
+        )
+    if xwhiteouts and not _kernel_at_least(6, 7):
+        pytest.skip(
+            "stacked composefs layers need overlayfs xwhiteouts (Linux >= 6.7), "
+            f"have {platform.release()}"
+        )
+    try:
+        import composefs_py._native  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the libcomposefs binding is not built: {exc}")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One entry of a mounted tree, as ``lstat`` and friends report it."""
+
+    kind: str  # reg dir symlink char block fifo sock
+    perm: int  # st_mode & 0o7777
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int = 0  # regular files only
+    rdev: tuple[int, int] = (0, 0)  # devices only
+    data: bytes | None = None  # file content or symlink target
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    ino: int = 0
+    nlink: int = 0
+
+
+_KINDS = {
+    stat.S_IFREG: "reg",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "sock",
+}
+
+
+def read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    result = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        value = os.getxattr(path, name, follow_symlinks=False)
+        result[os.fsencode(name)] = value
+    return result
+
+
+def walk(root: Path) -> dict[bytes, Seen]:
+    """Every entry below ``root`` (``b"/"`` is root itself), read through syscalls."""
+    top = os.fsencode(root)
+    seen: dict[bytes, Seen] = {}
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        path = top + rel
+        st = os.lstat(path)
+        kind = _KINDS[stat.S_IFMT(st.st_mode)]
+        data = None
+        if kind == "reg":
+            with open(path, "rb") as f:
+                data = f.read()
+        elif kind == "symlink":
+            data = os.readlink(path)
+        elif kind == "dir":
+            stack.extend(rel + b"/" + name for name in os.listdir(path))
+        seen[rel or b"/"] = Seen(
+            kind=kind,
+            perm=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mtime_ns=st.st_mtime_ns,
+            size=st.st_size if kind == "reg" else 0,
+            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))
+            if kind in ("char", "block")
+            else (0, 0),
+            data=data,
+            xattrs=read_xattrs(path),
+            ino=st.st_ino,
+            nlink=st.st_nlink,
+        )
+    return seen
+
+
+def leftover_mounts(under: Path) -> list[str]:
+    """Mount points at or below ``under``, plus any erofs/overlay mount libcomposefs
+    or mount_layers staged (``/tmp/.composefs.*``, ``.composefs-py-layers.*``)."""
+    prefix = os.path.realpath(under)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split(" ")[4]
+            if (
+                point == prefix
+                or point.startswith(prefix + "/")
+                or "/.composefs." in point
+                or "/.composefs-py-layers." in point
+            ):
+                found.append(point)
+    return found
+
+
+@contextmanager
+def mounted(
+    images: Sequence[Path], mountpoint: Path, objects: Path | Sequence[Path], **options: object
+) -> Iterator[Path]:
+    """Mount ``images`` (one: :func:`mount`; several: :func:`mount_layers`)."""
+    if len(images) == 1:
+        mount(images[0], mountpoint, objects=objects, **options)  # type: ignore[arg-type]
+    else:
+        mount_layers(images, mountpoint, objects=objects, **options)  # type: ignore[arg-type]
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+
+
+# ---------------------------------------------------------------------------
+# images from dumpfiles, object store by hand
+# ---------------------------------------------------------------------------
+
+
+def _esc(raw: bytes, *, extra: bytes = b"") -> str:
+    out = []
+    for byte in raw:
+        if byte <= 0x20 or byte >= 0x7F or byte == 0x5C or byte in extra:
+            out.append(f"\\x{byte:02x}")
+        else:
+            out.append(chr(byte))
+    return "".join(out)
+
+
+@dataclass
+class Entry:
+    """One dumpfile line, and what the mounted tree must show for it."""
+
+    path: bytes
+    kind: str
+    perm: int
+    uid: int = 0
+    gid: int = 0
+    mtime: tuple[int, int] = (0, 0)
+    data: bytes = b""  # content (external if > 64 bytes) or symlink target
+    rdev: tuple[int, int] = (0, 0)
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    hardlink_to: bytes | None = None
+    with_digest: bool = False
+
+    @property
+    def payload(self) -> str:
+        digest = hashlib.sha256(self.data).hexdigest()
+        return f"{digest[:2]}/{digest[2:]}"
+
+
+_TYPE_BITS = {
+    "reg": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+
+
+def dump_line(entry: Entry, entries: dict[bytes, Entry]) -> str:
+    mode = f"{_TYPE_BITS[entry.kind] | entry.perm:o}"
+    payload, content, digest = "-", "-", "-"
+    size = 0
+    if entry.hardlink_to is not None:
+        target = entries[entry.hardlink_to]
+        mode = "@" + f"{_TYPE_BITS[target.kind] | target.perm:o}"
+        payload = _esc(entry.hardlink_to)
+    elif entry.kind == "reg":
+        size = len(entry.data)
+        if len(entry.data) > 64:
+            payload = entry.payload
+            if entry.with_digest:
+                digest = fsverity_digest(entry.data).hex()
+        elif entry.data:
+            content = _esc(entry.data)
+    elif entry.kind == "symlink":
+        payload = _esc(entry.data)
+        size = len(entry.data)
+    rdev = os.makedev(*entry.rdev)
+    xattrs = " ".join(
+        f"{_esc(name, extra=b'=')}={_esc(value, extra=b'=')}"
+        for name, value in sorted(entry.xattrs.items())
+    )
+    sec, nsec = entry.mtime
+    source = entry.hardlink_to or entry.path
+    nlink = 1 + sum(1 for e in entries.values() if e.hardlink_to == source)
+    line = (
+        f"{_esc(entry.path)} {size} {mode} {nlink} {entry.uid} {entry.gid} {rdev} "
+        f"{sec}.{nsec:09d} {payload} {content} {digest}"
+    )
+    return line + (" " + xattrs if xattrs else "")
+
+
+def build_image(
+    mkcomposefs: Path, tmp: Path, name: str, entries: Sequence[Entry], objects: Path
+) -> Path:
+    """mkcomposefs the dumpfile of ``entries``; put external contents in ``objects``."""
+    by_path = {e.path: e for e in entries}
+    text = "\n".join(dump_line(e, by_path) for e in entries) + "\n"
+    image = tmp / f"{name}.cfs"
+    subprocess.run(
+        [str(mkcomposefs), "--from-file", "-", str(image)],
+        input=text.encode(),
+        check=True,
+        capture_output=True,
+    )
+    for e in entries:
+        if e.kind == "reg" and e.hardlink_to is None and len(e.data) > 64:
+            obj = objects / e.payload
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            obj.write_bytes(e.data)
+    return image
+
+
+def expected_view(entries: Sequence[Entry]) -> dict[bytes, Seen]:
+    by_path = {e.path: e for e in entries}
+    view = {}
+    for e in entries:
+        src = by_path[e.hardlink_to] if e.hardlink_to is not None else e
+        view[e.path] = Seen(
+            kind=src.kind,
+            perm=src.perm,
+            uid=src.uid,
+            gid=src.gid,
+            mtime_ns=src.mtime[0] * 1_000_000_000 + src.mtime[1],
+            size=len(src.data) if src.kind == "reg" else 0,
+            rdev=src.rdev,
+            data=src.data if src.kind in ("reg", "symlink") else None,
+            xattrs=dict(src.xattrs),
+        )
+    return view
+
+
+def comparable(seen: dict[bytes, Seen]) -> dict[bytes, Seen]:
+    """Drop what the expectations do not model (inode numbers, link counts)."""
+    return {p: Seen(**{**s.__dict__, "ino": 0, "nlink": 0}) for p, s in seen.items()}
+
+
+BIG = random.Random(1234).randbytes(300_000)
+CAP = bytes.fromhex("0100000220000000000000000000000000000000")
+
+SAMPLE = [
+    Entry(b"/", "dir", 0o755, mtime=(1_700_000_000, 500_000_000)),
+    Entry(b"/bin", "dir", 0o755, mtime=(1_600_000_000, 0)),
+    Entry(
+        b"/bin/tool",
+        "reg",
+        0o4755,
+        mtime=(1_600_000_000, 123_456_789),
+        data=BIG,
+        xattrs={b"security.capability": CAP, b"user.k": b"v=1"},
+    ),
+    Entry(b"/bin/tool2", "reg", 0o4755, hardlink_to=b"/bin/tool"),
+    Entry(b"/bin/link", "symlink", 0o777, data=b"tool", mtime=(5, 6)),
+    Entry(b"/etc", "dir", 0o755),
+    Entry(b"/etc/inline", "reg", 0o644, uid=1000, gid=1001, data=b"hi\n", mtime=(7, 8)),
+    Entry(b"/etc/empty", "reg", 0o444),
+    Entry(b"/etc/caf\xc3\xa9 name.txt", "reg", 0o640, data=b"x" * 100 + b"\n"),
+    Entry(b"/dev", "dir", 0o755),
+    Entry(b"/dev/null", "char", 0o666, rdev=(1, 3)),
+    Entry(b"/dev/loop0", "block", 0o660, gid=6, rdev=(7, 0)),
+    Entry(b"/run", "dir", 0o755),
+    Entry(b"/run/initctl", "fifo", 0o600),
+    Entry(b"/home", "dir", 0o755),
+    Entry(b"/home/u", "dir", 0o700, uid=1000, gid=1000, xattrs={b"user.comment": b"home"}),
+    Entry(b"/tmp", "dir", 0o1777),
+]
+
+
+@pytest.fixture
+def sample(mkcomposefs: Path, tmp_path: Path) -> tuple[Path, Path]:
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    return build_image(mkcomposefs, tmp_path, "sample", SAMPLE, objects), objects
+
+
+@pytest.fixture
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    yield point
+    # Whatever a test did, it must leave nothing mounted.
+    assert leftover_mounts(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# mount / unmount
+# ---------------------------------------------------------------------------
+
+
+def test_mount_shows_every_attribute_of_the_image(sample: tuple[Path, Path], mnt: Path) -> None:
+    require_mounts()
+    image, objects = sample
+    with mounted([image], mnt, objects):
+        seen = walk(mnt)
+    assert comparable(seen) == expected_view(SAMPLE)
+    assert seen[b"/bin/tool"].ino == seen[b"/bin/tool2"].ino
+    assert seen[b"/bin/tool"].nlink == 2
+    assert os.listdir(mnt) == []
+
+
+def test_mount_is_read_only_without_upperdir(sample: tuple[Path, Path], mnt: Path) -> None:
+    require_mounts()
+    image, objects = sample
+    with mounted([image], mnt, objects):
+        with pytest.raises(OSError) as info:
+            (mnt / "etc" / "new").write_bytes(b"x")
+        assert info.value.errno == errno.EROFS
+
+
+def test_mount_with_upperdir_writes_to_upperdir_only(
+    sample: tuple[Path, Path], mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    before = image.read_bytes()
+    with mounted([image], mnt, objects, upperdir=upper, workdir=work):
+        (mnt / "etc" / "new").write_bytes(b"written")
+        (mnt / "bin" / "tool").write_bytes(b"replaced")
+        # overlayfs (without index=on) breaks a hardlink on copy-up.
+        assert (mnt / "bin" / "tool2").read_bytes() == BIG
+        os.unlink(mnt / "etc" / "inline")
+    assert (upper / "etc" / "new").read_bytes() == b"written"
+    assert (upper / "bin" / "tool").read_bytes() == b"replaced"
+    assert stat.S_ISCHR(os.lstat(upper / "etc" / "inline").st_mode)  # overlay whiteout
+    assert image.read_bytes() == before
+    assert (objects / SAMPLE[2].payload).read_bytes() == BIG
+
+
+def test_unmount_of_a_folder_that_is_not_mounted_says_so(tmp_path: Path) -> None:
+    require_mounts()
+    with pytest.raises(LibraryError) as info:
+        unmount(tmp_path)
+    assert info.value.errno == errno.EINVAL
+    assert "not a mount point" in str(info.value)
+
+
+def test_unmount_of_a_busy_mount_fails_and_lazy_detaches(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    mount(image, mnt, objects=objects)
+    try:
+        with open(mnt / "bin" / "tool", "rb") as busy:
+            with pytest.raises(LibraryError) as info:
+                unmount(mnt)
+            assert info.value.errno == errno.EBUSY
+            assert is_mountpoint(mnt)
+            unmount(mnt, lazy=True)
+            assert not is_mountpoint(mnt)
+            assert busy.read() == BIG  # a detached mount stays usable while open
+    finally:
+        if is_mountpoint(mnt):
+            unmount(mnt, lazy=True)
+
+
+def test_mount_with_several_object_dirs_finds_objects_in_each(
+    mkcomposefs: Path, tmp_path: Path, mnt: Path
+) -> None:
+    require_mounts()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    entries = [
+        Entry(b"/", "dir", 0o755),
+        Entry(b"/a", "reg", 0o644, data=b"A" * 1000),
+        Entry(b"/b", "reg", 0o644, data=b"B" * 1000),
+    ]
+    image = build_image(mkcomposefs, tmp_path, "two", entries, one)
+    moved = two / entries[2].payload
+    moved.parent.mkdir(parents=True)
+    (one / entries[2].payload).rename(moved)
+    with mounted([image], mnt, [one, two]):
+        assert (mnt / "a").read_bytes() == b"A" * 1000
+        assert (mnt / "b").read_bytes() == b"B" * 1000
+
+
+def test_mount_with_an_idmapped_user_namespace_shifts_owners(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newuser = 0x10000000
+
+    def enter_userns() -> None:
+        if libc.unshare(clone_newuser) != 0:
+            os._exit(99)
+
+    child = subprocess.Popen(["sleep", "600"], preexec_fn=enter_userns)
+    try:
+        Path(f"/proc/{child.pid}/uid_map").write_text("0 100000 65536\n")
+        Path(f"/proc/{child.pid}/setgroups").write_text("deny")
+        Path(f"/proc/{child.pid}/gid_map").write_text("0 200000 65536\n")
+        userns = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with mounted([image], mnt, objects, idmap_userns_fd=userns):
+                seen = walk(mnt)
+        finally:
+            os.close(userns)
+    finally:
+        child.kill()
+        child.wait()
+    assert (seen[b"/bin/tool"].uid, seen[b"/bin/tool"].gid) == (100000, 200000)
+    assert (seen[b"/etc/inline"].uid, seen[b"/etc/inline"].gid) == (101000, 201001)
+    assert seen[b"/bin/tool"].data == BIG
+
+
+# ---------------------------------------------------------------------------
+# verity
+# ---------------------------------------------------------------------------
+
+
+def test_require_verity_on_an_image_without_digests_fails_before_mounting(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    with pytest.raises(LibraryError) as info:
+        mount(image, mnt, objects=objects, require_verity=True)
+    assert info.value.errno == ENOVERITY
+    assert "no fs-verity digest" in str(info.value)
+    assert "/bin/tool" in str(info.value)
+    assert not is_mountpoint(mnt)
+
+
+def _filesystem_has_fsverity(folder: Path) -> bool:
+    probe = folder / "verity-probe"
+    probe.write_bytes(b"probe")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        enable_fsverity(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return True
+
+
+def test_require_verity_with_digests_needs_fsverity_on_the_objects(
+    mkcomposefs: Path, tmp_path: Path, mnt: Path
+) -> None:
+    require_mounts()
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    entries = [
+        Entry(b"/", "dir", 0o755),
+        Entry(b"/f", "reg", 0o644, data=BIG, with_digest=True),
+    ]
+    image = build_image(mkcomposefs, tmp_path, "verity", entries, objects)
+    if _filesystem_has_fsverity(objects):
+        fd = os.open(objects / entries[1].payload, os.O_RDONLY)
+        try:
+            enable_fsverity(fd)
+        finally:
+            os.close(fd)
+        with mounted([image], mnt, objects, require_verity=True):
+            assert (mnt / "f").read_bytes() == BIG
+    else:
+        with pytest.raises(LibraryError) as info:
+            mount(image, mnt, objects=objects, require_verity=True)
+        assert info.value.errno == ENOVERITY
+        assert "has no fs-verity" in str(info.value)
+        assert not is_mountpoint(mnt)
+
+
+def test_try_verity_without_digests_mounts_a_readable_tree(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    with mounted([image], mnt, objects, try_verity=True):
+        assert (mnt / "bin" / "tool").read_bytes() == BIG
+
+
+def test_expected_digest_on_an_image_without_fsverity_is_refused(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    with pytest.raises(LibraryError) as info:
+        mount(image, mnt, objects=objects, expected_digest=fsverity_digest(image))
+    assert info.value.errno == ENOVERITY
+    assert "has no fs-verity" in str(info.value)
+    assert not is_mountpoint(mnt)
+
+
+# ---------------------------------------------------------------------------
+# bad arguments
+# ---------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_an_image_is_refused(tmp_path: Path, mnt: Path) -> None:
+    require_mounts()
+    bogus = tmp_path / "bogus.cfs"
+    bogus.write_bytes(b"\0" * 8192)
+    with pytest.raises(LibraryError) as info:
+        mount(bogus, mnt, objects=tmp_path)
+    assert info.value.errno == errno.EINVAL
+    assert "not a composefs image" in str(info.value)
+
+
+def test_missing_paths_are_named(sample: tuple[Path, Path], tmp_path: Path) -> None:
+    image, objects = sample
+    with pytest.raises(LibraryError, match=r"mountpoint .* is not a directory") as info:
+        mount(image, tmp_path / "absent", objects=objects)
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(LibraryError, match=r"object store .*nowhere"):
+        mount(image, tmp_path, objects=tmp_path / "nowhere")
+    with pytest.raises(LibraryError, match="cannot read image"):
+        mount(tmp_path / "none.cfs", tmp_path, objects=objects)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"upperdir": "/tmp"}, "upperdir and workdir go together"),
+        ({"workdir": "/tmp"}, "upperdir and workdir go together"),
+        ({"objects": []}, "at least one object store"),
+        ({"require_verity": True, "try_verity": True}, "exclude each other"),
+        ({"expected_digest": b"\0" * 31}, "32-byte"),
+        ({"idmap_userns_fd": -1}, "open fd"),
+    ],
+)
+def test_inconsistent_arguments_raise_value_error(
+    options: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    kwargs: dict[str, object] = {"objects": tmp_path, **options}
+    with pytest.raises(ValueError, match=message):
+        mount(tmp_path / "x.cfs", tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# several layers: kernel stacking and userspace flattening
+# ---------------------------------------------------------------------------
+
+LOWER = [
+    Entry(b"/", "dir", 0o755),
+    Entry(b"/etc", "dir", 0o755, mtime=(10, 0)),
+    Entry(b"/etc/motd", "reg", 0o644, data=b"welcome\n"),
+    Entry(b"/etc/hosts", "reg", 0o644, data=b"old hosts\n"),
+    Entry(b"/etc/keep", "reg", 0o600, data=b"k" * 200),
+    Entry(b"/lib", "dir", 0o755),
+    Entry(b"/lib/gone", "dir", 0o755),
+    Entry(b"/lib/gone/inner", "reg", 0o644, data=b"inner"),
+    Entry(b"/cache", "dir", 0o755),
+    Entry(b"/cache/stale", "reg", 0o644, data=b"stale"),
+    Entry(b"/cache/sub", "dir", 0o755),
+    Entry(b"/cache/sub/deep", "reg", 0o644, data=b"deep"),
+    Entry(b"/was-file", "reg", 0o644, data=b"file"),
+    Entry(b"/was-dir", "dir", 0o755),
+    Entry(b"/was-dir/child", "reg", 0o644, data=b"child"),
+    Entry(b"/links", "dir", 0o755),
+    Entry(b"/links/a", "reg", 0o755, data=b"L" * 300),
+    Entry(b"/links/b", "reg", 0o755, hardlink_to=b"/links/a"),
+]
+
+UPPER = [
+    Entry(b"/", "dir", 0o755),
+    Entry(b"/etc", "dir", 0o750, mtime=(20, 5)),
+    Entry(b"/etc/motd", "char", 0o000),  # whiteout
+    Entry(b"/etc/hosts", "reg", 0o644, data=b"new hosts\n"),
+    Entry(b"/lib", "dir", 0o755),
+    Entry(b"/lib/gone", "char", 0o000),  # whiteout of a directory
+    Entry(b"/cache", "dir", 0o755, xattrs={b"trusted.overlay.opaque": b"y"}),
+    Entry(b"/cache/fresh", "reg", 0o644, data=b"fresh"),
+    Entry(b"/was-file", "dir", 0o755),
+    Entry(b"/was-file/now", "reg", 0o644, data=b"now a dir"),
+    Entry(b"/was-dir", "reg", 0o644, data=b"now a file"),
+    Entry(b"/links", "dir", 0o755),
+    Entry(b"/links/a", "reg", 0o644, data=b"replaced"),
+]
+
+STACKED = {
+    b"/": ("dir", None),
+    b"/etc": ("dir", None),
+    b"/etc/hosts": ("reg", b"new hosts\n"),
+    b"/etc/keep": ("reg", b"k" * 200),
+    b"/lib": ("dir", None),
+    b"/cache": ("dir", None),
+    b"/cache/fresh": ("reg", b"fresh"),
+    b"/was-file": ("dir", None),
+    b"/was-file/now": ("reg", b"now a dir"),
+    b"/was-dir": ("reg", b"now a file"),
+    b"/links": ("dir", None),
+    b"/links/a": ("reg", b"replaced"),
+    b"/links/b": ("reg", b"L" * 300),
+}
+
+
+@pytest.fixture
+def layers(mkcomposefs: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    upper = build_image(mkcomposefs, tmp_path, "upper", UPPER, objects)
+    lower = build_image(mkcomposefs, tmp_path, "lower", LOWER, objects)
+    return upper, lower, objects
+
+
+def test_single_layer_mount_shows_whiteouts_as_escaped_xwhiteouts(
+    layers: tuple[Path, Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    upper, _, objects = layers
+    with mounted([upper], mnt, objects):
+        seen = walk(mnt)
+    motd = seen[b"/etc/motd"]
+    assert (motd.kind, motd.size) == ("reg", 0)
+    assert motd.xattrs == {b"trusted.overlay.whiteout": b"", b"user.overlay.whiteout": b""}
+    assert seen[b"/etc"].xattrs == {
+        b"trusted.overlay.opaque": b"x",
+        b"trusted.overlay.whiteouts": b"",
+        b"user.overlay.opaque": b"x",
+        b"user.overlay.whiteouts": b"",
+    }
+    assert seen[b"/cache"].xattrs == {b"trusted.overlay.opaque": b"y"}
+
+
+def test_mount_layers_whiteouts_and_opaque_dirs_hide_lower_entries(
+    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts(xwhiteouts=True)
+    upper, lower, objects = layers
+    with mounted([upper, lower], mnt, objects):
+        seen = walk(mnt)
+        with pytest.raises(OSError) as info:
+            (mnt / "new").write_bytes(b"x")
+        assert info.value.errno == errno.EROFS
+    assert {p: (s.kind, s.data) for p, s in seen.items()} == STACKED
+    assert seen[b"/etc"].perm == 0o750
+    assert seen[b"/etc"].mtime_ns == 20_000_000_005
+    assert seen[b"/links/a"].ino != seen[b"/links/b"].ino
+    assert not list(tmp_path.glob(".composefs*"))
+
+
+def test_mount_layers_with_upperdir_is_writable(
+    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts(xwhiteouts=True)
+    upper, lower, objects = layers
+    rw, work = tmp_path / "rw", tmp_path / "work"
+    rw.mkdir()
+    work.mkdir()
+    with mounted([upper, lower], mnt, objects, upperdir=rw, workdir=work):
+        (mnt / "etc" / "keep").write_bytes(b"changed")
+        assert not (mnt / "etc" / "motd").exists()
+    assert (rw / "etc" / "keep").read_bytes() == b"changed"
+
+
+def test_mount_layers_failure_leaves_nothing_mounted(
+    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts()
+    upper, _, objects = layers
+    bogus = tmp_path / "bogus.cfs"
+    bogus.write_bytes(b"\0" * 8192)
+    with pytest.raises(LibraryError, match="not a composefs image"):
+        mount_layers([upper, bogus], mnt, objects=objects)
+    assert leftover_mounts(tmp_path) == []
+
+
+def _tree(entries: Sequence[Entry]) -> Tree:
+    builder = TreeBuilder(count_hardlinks=True)
+    for e in entries:
+        if e.hardlink_to is not None:
+            builder.add(e.path, Hardlink(e.hardlink_to))
+            continue
+        mode = _TYPE_BITS[e.kind] | e.perm
+        builder.add(
+            e.path,
+            Inode(
+                mode=mode,
+                uid=e.uid,
+                gid=e.gid,
+                mtime=e.mtime[0],
+                mtime_nsec=e.mtime[1],
+                size=len(e.data) if e.kind == "reg" else 0,
+                rdev=os.makedev(*e.rdev),
+                payload=e.payload.encode() if e.kind == "reg" and e.data else None,
+                symlink_target=e.data if e.kind == "symlink" else None,
+                xattrs=tuple(sorted(e.xattrs.items())),
+            ),
+        )
+    return builder.build()
+
+
+def test_flatten_layers_applies_oci_whiteout_semantics() -> None:
+    flat = flatten_layers([_tree(UPPER), _tree(LOWER)])
+    kinds = {path: _KINDS[flat.inode(path).file_type] for path in flat.paths}
+    assert kinds == {path: kind for path, (kind, _) in STACKED.items()}
+    payload = {e.path: e.payload.encode() for e in LOWER + UPPER if e.kind == "reg"}
+    assert flat.inode(b"/etc/keep").payload == payload[b"/etc/keep"]
+    assert flat.inode(b"/links/a").payload == _tree(UPPER).inode(b"/links/a").payload
+    assert flat.inode(b"/etc").mode & 0o7777 == 0o750
+    assert flat.inode(b"/cache").xattrs == ()  # the opaque marker is consumed
+    # /links/b lost its partner: it holds the inode now, with one link.
+    assert isinstance(flat[b"/links/b"], Inode)
+    assert flat.inode(b"/links/b").nlink == 1
+    assert flat.inode(b"/links/b").payload == _tree(LOWER).inode(b"/links/a").payload
+
+
+def test_flatten_layers_keeps_hardlinks_that_survive() -> None:
+    lower = _tree(LOWER)
+    top = _tree([Entry(b"/", "dir", 0o755), Entry(b"/new", "reg", 0o644, data=b"n")])
+    flat = flatten_layers([top, lower])
+    assert flat[b"/links/b"] == Hardlink(b"/links/a")
+    assert flat.inode(b"/links/a").nlink == 2
+    assert flatten_layers([lower]) == lower
+
+
+def test_flatten_layers_moves_the_inode_to_a_surviving_link() -> None:
+    lower = _tree(
+        [
+            Entry(b"/", "dir", 0o755),
+            Entry(b"/a", "reg", 0o755, data=b"x" * 100),
+            Entry(b"/b", "reg", 0o755, hardlink_to=b"/a"),
+            Entry(b"/c", "reg", 0o755, hardlink_to=b"/a"),
+        ]
+    )
+    top = _tree([Entry(b"/", "dir", 0o755), Entry(b"/a", "char", 0)])
+    flat = flatten_layers([top, lower])
+    assert flat.paths == (b"/", b"/b", b"/c")
+    assert flat[b"/c"] == Hardlink(b"/b")
+    assert flat.inode(b"/b").nlink == 2
+    assert flat.inode(b"/b").payload == lower.inode(b"/a").payload
+
+
+def test_flattened_image_mounts_like_the_stacked_layers(
+    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts(xwhiteouts=True)
+    from composefs_py._native import read_image, write_tree
+
+    upper, lower, objects = layers
+    flat = flatten_layers([read_image(upper.read_bytes()), read_image(lower.read_bytes())])
+    flat_image = tmp_path / "flat.cfs"
+    with open(flat_image, "wb") as f:
+        write_tree(flat, f.fileno())
+    with mounted([flat_image], mnt, objects):
+        from_flat = walk(mnt)
+    with mounted([upper, lower], mnt, objects):
+        from_stack = walk(mnt)
+    # The stacking overlay copies the directory xattrs libcomposefs adds for
+    # whiteouts (user.overlay.*) up from the top layer; the flat image has no
+    # whiteouts left, so it has none of them.
+    for seen in (from_flat, from_stack):
+        for entry in seen.values():
+            entry.xattrs.pop(b"user.overlay.opaque", None)
+            entry.xattrs.pop(b"user.overlay.whiteouts", None)
+    assert comparable(from_flat) == comparable(from_stack)
