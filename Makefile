@@ -12,10 +12,10 @@ IMAGE := build/sample.cfs
 deps:
 	@scripts/bootstrap.sh
 
+# build prints the image digest; dump lists the image.
 run: deps
 	@mkdir -p build
 	$(VENV)/bin/composefs-py build $(SAMPLE) -o $(IMAGE)
-	$(VENV)/bin/composefs-py digest $(IMAGE)
 	$(VENV)/bin/composefs-py dump $(IMAGE)
 
 lint: deps
