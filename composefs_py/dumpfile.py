@@ -467,6 +467,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
                     digest = _digest(digest_field)
         xattrs = _xattrs(fields[11]) if count == 12 else ()
         ftype = mode & S_IFMT
+        target = None
         if is_hardlink:
             if ftype == S_IFDIR:
                 raise _LineError("mode", "a directory cannot be a hardlink")
@@ -481,74 +482,32 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
                     f"libcomposefs stores at most {_MAX_NONINLINE_SIZE} bytes "
                     f"(1024 chunks) of a file without inline content, got {size}",
                 )
-            return path, Inode(
-                mode,
-                nlink,
-                uid,
-                gid,
-                mtime,
-                mtime_nsec,
-                size,
-                0,
-                payload,
-                None,
-                content,
-                digest,
-                xattrs,
-            )
-        if rdev and ftype != S_IFCHR and ftype != S_IFBLK:
-            if strict:
-                raise _LineError("rdev", "only character and block devices have one")
-            rdev = 0
-        if ftype == S_IFLNK:
-            if payload is None:
-                raise _LineError("payload", "a symlink needs its target")
-            if strict and size != len(payload):
-                raise _LineError(
-                    "size",
-                    f"is {size} but the symlink target is {len(payload)} bytes",
-                )
+        else:
+            if rdev and ftype != S_IFCHR and ftype != S_IFBLK:
+                if strict:
+                    raise _LineError("rdev", "only character and block devices have one")
+                rdev = 0
+            if ftype == S_IFLNK:
+                if payload is None:
+                    raise _LineError("payload", "a symlink needs its target")
+                if strict and size != len(payload):
+                    raise _LineError(
+                        "size", f"is {size} but the symlink target is {len(payload)} bytes"
+                    )
+                target, payload = payload, None
+            elif payload is not None:
+                raise _LineError("payload", "only regular files, symlinks and hardlinks have one")
             if content is not None:
-                raise _LineError("content", "a symlink has no inline content")
+                raise _LineError("content", "only regular files have inline content")
             if digest is not None:
                 raise _LineError("digest", "only regular files have an fs-verity digest")
-            return path, Inode(
-                mode,
-                nlink,
-                uid,
-                gid,
-                mtime,
-                mtime_nsec,
-                0,
-                0,
-                None,
-                payload,
-                None,
-                None,
-                xattrs,
-            )
-        if payload is not None:
-            raise _LineError("payload", "only regular files, symlinks and hardlinks have one")
-        if content is not None:
-            raise _LineError("content", "only regular files have inline content")
-        if digest is not None:
-            raise _LineError("digest", "only regular files have an fs-verity digest")
-        # The size of a directory, device, fifo or socket is not kept in the image.
+            # Only a regular file's size is kept: the image computes a directory's and a
+            # symlink's, and has none for devices, fifos and sockets.
+            size = 0
         return path, Inode(
-            mode,
-            nlink,
-            uid,
-            gid,
-            mtime,
-            mtime_nsec,
-            0,
-            rdev,
-            None,
-            None,
-            None,
-            None,
-            xattrs,
-        )
+            mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev, payload, target,
+            content, digest, xattrs,
+        )  # fmt: skip
 
     return parse_line
 
