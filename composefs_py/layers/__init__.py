@@ -1,0 +1,650 @@
+"""Layer readers: zstd:chunked, eStargz and plain tar (optionally gzip or zstd).
+
+:func:`open_layer` sniffs a blob's format and returns a :class:`Layer`:
+
+* ``"zstd:chunked"``: zstd frames ending in the 72-byte skippable footer
+  frame whose last 8 bytes are ``GNUlInUx``; the TOC is found through that
+  footer or through the ``manifest-position`` annotation.
+* ``"estargz"``: gzip members ending in the 51-byte ``STARGZ`` footer; the
+  TOC is ``stargz.index.json``.
+* ``"tar"``: anything else that is a tar, a gzip-compressed tar or a
+  zstd-compressed tar (a zstd:chunked blob whose footer is gone *is* a valid
+  ``tar.zst``, and is read as one).
+
+Every layer gives its :class:`~composefs_py.model.Tree` (:meth:`Layer.tree`)
+and imports its regular files' contents into an
+:class:`~composefs_py.objects.ObjectStore` (:meth:`Layer.import_objects`),
+checking each against the digest the TOC claims before publishing it.  Every
+rejection is a :class:`~composefs_py.errors.ValidationError` naming the
+TOC entry (or tar member) and its path.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from .._progress import Progress, ProgressArg, resolve_progress
+from ..errors import ValidationError
+from ..limits import Limits
+from ..model import Inode, Node, Tree, TreeBuilder
+
+if TYPE_CHECKING:
+    from ..objects import ObjectStore
+
+__all__ = ["FORMATS", "Layer", "open_layer", "sniff_format"]
+
+FORMATS = ("zstd:chunked", "estargz", "tar")
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+_SKIPPABLE_MIN = 0x184D2A50
+_SKIPPABLE_MAX = 0x184D2A5F
+ZSTD_CHUNKED_FOOTER_MAGIC = b"GNUlInUx"
+ZSTD_CHUNKED_FOOTER_SIZE = 72  # 8-byte skippable header + 64-byte footer
+ESTARGZ_FOOTER_SIZE = 51
+_READ_SIZE = 1 << 20
+_FEED_SIZE = 1 << 16
+_SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class Layer(abc.ABC):
+    """A layer blob: its format, TOC, tree, and its files' contents.
+
+    A ``Layer`` holds the blob's path and what the format sniffing found; each
+    method opens the blob again, so a ``Layer`` needs no closing.
+    """
+
+    #: ``"zstd:chunked"``, ``"estargz"`` or ``"tar"``.
+    format: ClassVar[str]
+
+    def __init__(self, path: str | os.PathLike[str], *, limits: Limits | None = None) -> None:
+        self.path = Path(path)
+        self.limits = limits or Limits()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.format} {str(self.path)!r}>"
+
+    @abc.abstractmethod
+    def toc_bytes(self) -> bytes | None:
+        """The TOC JSON as embedded in the blob; ``None`` for a plain tar (it has none)."""
+
+    @abc.abstractmethod
+    def tree(self, *, limits: Limits | None = None, compat: str | None = None) -> Tree:
+        """Validate the layer's metadata and return its Tree.
+
+        ``compat="containers-storage"`` keeps ``.wh.*`` entries as plain
+        files, as containers/storage does (see ``parse_toc``).  For a plain
+        tar this reads and hashes every file.
+        """
+
+    @abc.abstractmethod
+    def import_objects(
+        self,
+        store: ObjectStore,
+        *,
+        limits: Limits | None = None,
+        compat: str | None = None,
+        progress: ProgressArg = None,
+    ) -> Tree:
+        """Store every regular file's content in ``store``; return the Tree.
+
+        Each content is checked against the digest the TOC claims before it
+        is published; a mismatch raises ValidationError naming the file
+        (``field="digest"``) and that content leaves no trace in the store.
+        Objects already verified and published stay (they are correct by
+        construction).  The returned Tree's payloads are the store's names
+        (which differ from the TOC's with ``naming="fsverity"``) and carry
+        fs-verity digests when the store computes them.  ``progress``: see
+        :mod:`composefs_py._progress`.
+        """
+
+
+class TocLayer(Layer):
+    """A layer described by an embedded TOC (zstd:chunked, eStargz).
+
+    Subclasses give the TOC (:meth:`toc_bytes`), where the file data ends
+    (:attr:`data_end`) and how to decompress a file's bytes.
+    """
+
+    #: zstd:chunked: read a file as one range ``[offset, endOffset)``.
+    use_end_offset: ClassVar[bool] = False
+    #: Exceptions the decompressor raises on damaged data.
+    decode_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        toc_digest: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(path, limits=limits)
+        self._toc_digest = toc_digest
+        self._toc: bytes | None = None
+        with open(self.path, "rb") as blob:
+            fd = blob.fileno()
+            self.blob_size = os.fstat(fd).st_size
+            self._locate_toc(fd)
+
+    @abc.abstractmethod
+    def _locate_toc(self, fd: int) -> None:
+        """Find and check the footer (or annotation) locating the TOC."""
+
+    @abc.abstractmethod
+    def _load_toc(self, fd: int) -> bytes:
+        """Read the TOC JSON, checking it against ``self._toc_digest``."""
+
+    @property
+    @abc.abstractmethod
+    def data_end(self) -> int:
+        """Where the file data region ends (the TOC's start)."""
+
+    @abc.abstractmethod
+    def open_decoder(self, raw: RangeReader) -> Decoder:
+        """A decompressor reading from ``raw`` (frames or members in sequence)."""
+
+    def toc_bytes(self) -> bytes:
+        """The TOC JSON as embedded in the blob (digest-checked if a digest was given)."""
+        if self._toc is None:
+            with open(self.path, "rb") as blob:
+                self._toc = self._load_toc(blob.fileno())
+        return self._toc
+
+    def tree(self, *, limits: Limits | None = None, compat: str | None = None) -> Tree:
+        from ..toc import parse_toc
+
+        return parse_toc(self.toc_bytes(), limits=limits or self.limits, compat=compat)
+
+    def import_objects(
+        self,
+        store: ObjectStore,
+        *,
+        limits: Limits | None = None,
+        compat: str | None = None,
+        progress: ProgressArg = None,
+    ) -> Tree:
+        limits = limits or self.limits
+        tree = self.tree(limits=limits, compat=compat)
+        sources = plan_sources(
+            toc_entries(self.toc_bytes()), self.data_end, use_end_offset=self.use_end_offset
+        )
+        label = f"importing {self.path.name}"
+        with open(self.path, "rb") as blob:
+            return import_sources(
+                blob.fileno(),
+                tree,
+                sources,
+                store,
+                self,
+                resolve_progress(progress, label),
+                label,
+                limits,
+            )
+
+
+def open_layer(
+    path: str | os.PathLike[str],
+    *,
+    manifest_position: str | None = None,
+    toc_digest: str | None = None,
+    limits: Limits | None = None,
+    format: str | None = None,
+) -> Layer:
+    """Open the layer blob at ``path``; sniff its format unless ``format`` names it.
+
+    ``manifest_position``: the ``io.github.containers.zstd-chunked.manifest-position``
+    annotation (``"offset:compressedLen:uncompressedLen:type"``); when given,
+    the TOC is located through it, not through the footer (containers/storage
+    never reads the footer).  ``toc_digest``: ``"sha256:<hex>"``, checked
+    against the TOC before it is used: for zstd:chunked the
+    ``manifest-checksum`` annotation (sha256 of the *compressed* TOC), for
+    eStargz the ``containerd.io/snapshot/stargz/toc.digest`` annotation (sha256
+    of the JSON).  Raises ValidationError if the blob is none of the formats or
+    its footer is damaged.
+    """
+    path = Path(path)
+    if toc_digest is not None and not _SHA256_DIGEST.fullmatch(toc_digest):
+        raise ValidationError(
+            f"must be sha256: and 64 lowercase hex digits, got {toc_digest[:80]!r}",
+            field="toc_digest",
+        )
+    if format is None:
+        format = sniff_format(path, manifest_position=manifest_position)
+    if format == "zstd:chunked":
+        from .zstd_chunked import ZstdChunkedLayer
+
+        return ZstdChunkedLayer(
+            path, manifest_position=manifest_position, toc_digest=toc_digest, limits=limits
+        )
+    if manifest_position is not None:
+        raise ValidationError(
+            f"manifest_position applies to zstd:chunked layers; this one is {format}",
+            field="manifest_position",
+        )
+    if format == "estargz":
+        from .estargz import EstargzLayer
+
+        return EstargzLayer(path, toc_digest=toc_digest, limits=limits)
+    if format == "tar":
+        if toc_digest is not None:
+            raise ValidationError("a plain tar layer has no TOC to check", field="toc_digest")
+        from .tar import TarLayer
+
+        return TarLayer(path, limits=limits)
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+
+
+def sniff_format(path: str | os.PathLike[str], *, manifest_position: str | None = None) -> str:
+    """Return ``"zstd:chunked"``, ``"estargz"`` or ``"tar"`` for the blob at ``path``."""
+    with open(path, "rb") as blob:
+        size = os.fstat(blob.fileno()).st_size
+        head = blob.read(512)
+        tail_size = min(size, ZSTD_CHUNKED_FOOTER_SIZE)
+        tail = os.pread(blob.fileno(), tail_size, size - tail_size)
+    if head.startswith(ZSTD_MAGIC):
+        if manifest_position is not None or has_zstd_chunked_footer(tail):
+            return "zstd:chunked"
+        return "tar"
+    if head.startswith(GZIP_MAGIC):
+        if is_estargz_footer(tail[-ESTARGZ_FOOTER_SIZE:]):
+            return "estargz"
+        return "tar"
+    if len(head) == 512 and head[257:262] == b"ustar":
+        return "tar"
+    if size >= 1024 and head == bytes(512):
+        return "tar"  # an empty tar: only the end-of-archive blocks
+    raise ValidationError(
+        "not a layer: neither zstd (zstd:chunked or tar.zst), gzip (eStargz or tar.gz) "
+        "nor a tar (no ustar magic)",
+        field="format",
+    )
+
+
+def has_zstd_chunked_footer(tail: bytes) -> bool:
+    """Whether the blob's last 72 bytes end in the zstd:chunked footer magic."""
+    return len(tail) == ZSTD_CHUNKED_FOOTER_SIZE and tail.endswith(ZSTD_CHUNKED_FOOTER_MAGIC)
+
+
+def is_skippable_frame_magic(value: int) -> bool:
+    return _SKIPPABLE_MIN <= value <= _SKIPPABLE_MAX
+
+
+def is_estargz_footer(tail: bytes) -> bool:
+    """Whether ``tail`` (the last 51 bytes) is an eStargz footer gzip member."""
+    return (
+        len(tail) == ESTARGZ_FOOTER_SIZE
+        and tail.startswith(b"\x1f\x8b\x08\x04")
+        and tail[12:14] == b"SG"
+        and tail[32:38] == b"STARGZ"
+    )
+
+
+# -- helpers shared by the TOC-based readers ------------------------------
+
+
+def check_toc_digest(data: bytes, expected: str | None, what: str) -> None:
+    """Raise ValidationError if ``expected`` (``sha256:<hex>``) is not ``data``'s sha256."""
+    if expected is None:
+        return
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ValidationError(
+            f"the {what} has digest {actual}, expected {expected}", field="toc_digest"
+        )
+
+
+def read_exact(fd: int, offset: int, length: int, what: str) -> bytes:
+    """``pread`` exactly ``length`` bytes or raise ValidationError (blob truncated)."""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise ValidationError(
+            f"{what}: the blob ends before byte {offset + length}", field="offset"
+        )
+    return data
+
+
+class RangeReader:
+    """A read-only file-like view of bytes ``[start, end)`` of a file descriptor."""
+
+    __slots__ = ("_end", "_fd", "_pos")
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd = fd
+        self._pos = start
+        self._end = end
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._end - self._pos
+        if size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = os.pread(self._fd, size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class Decoder(Protocol):
+    """Reads up to ``n`` decompressed bytes; ``b""`` at the end of the data."""
+
+    def read(self, n: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Compressed bytes ``[start, end)`` whose decompression begins with ``length`` bytes."""
+
+    start: int
+    end: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """Where a regular file's content lives in a TOC-based blob."""
+
+    entry: int
+    name: str
+    sha256: str  # lowercase hex
+    size: int
+    segments: tuple[Segment, ...]
+
+
+def _int_field(entry: dict[str, Any], key: str, index: int, name: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if value.__class__ is not int or value < 0:
+        raise ValidationError(
+            f"must be a non-negative integer, got {value!r}", entry=index, path=name, field=key
+        )
+    return int(value)
+
+
+def plan_sources(
+    entries: list[dict[str, Any]], data_end: int, *, use_end_offset: bool
+) -> dict[str, FileSource]:
+    """Map each content digest (hex) to where the first file with it is stored.
+
+    ``data_end``: where the file data region ends (the TOC's start).  With
+    ``use_end_offset`` (zstd:chunked) a file whose entry has ``endOffset``
+    is read as one range ``[offset, endOffset)``; otherwise chunk by chunk,
+    each from its ``offset`` (each chunk starts a new frame or gzip member).
+    The TOC has been validated by ``parse_toc`` already; offsets are checked
+    here against the blob.
+    """
+    sources: dict[str, FileSource] = {}
+    index = 0
+    count = len(entries)
+    while index < count:
+        entry = entries[index]
+        if entry.get("type") != "reg":
+            index += 1
+            continue
+        first = index
+        name = str(entry.get("name"))
+        chunks: list[tuple[int, dict[str, Any]]] = [(index, entry)]
+        index += 1
+        while index < count and entries[index].get("type") == "chunk":
+            chunks.append((index, entries[index]))
+            index += 1
+        size = _int_field(entry, "size", first, name) or 0
+        digest = entry.get("digest")
+        if size == 0 or not isinstance(digest, str):
+            continue
+        hexdigest = digest.removeprefix("sha256:")
+        if hexdigest in sources:
+            continue
+        sources[hexdigest] = FileSource(
+            entry=first,
+            name=name,
+            sha256=hexdigest,
+            size=size,
+            segments=_segments(chunks, size, data_end, name, use_end_offset=use_end_offset),
+        )
+    return sources
+
+
+def _segments(
+    chunks: list[tuple[int, dict[str, Any]]],
+    size: int,
+    data_end: int,
+    name: str,
+    *,
+    use_end_offset: bool,
+) -> tuple[Segment, ...]:
+    first, entry = chunks[0]
+    offset = _int_field(entry, "offset", first, name)
+    if offset is None:
+        raise ValidationError(
+            "a file with content needs an offset", entry=first, path=name, field="offset"
+        )
+    end_offset = _int_field(entry, "endOffset", first, name) if use_end_offset else None
+    if end_offset is not None:
+        if not offset < end_offset <= data_end:
+            raise ValidationError(
+                f"[{offset}, {end_offset}) is not a range inside the file data "
+                f"[0, {data_end})",
+                entry=first,
+                path=name,
+                field="endOffset",
+            )
+        return (Segment(offset, end_offset, size),)
+    segments: list[Segment] = []
+    expected_offset = 0
+    for position, (index, chunk) in enumerate(chunks):
+        start = _int_field(chunk, "offset", index, name)
+        if start is None or start >= data_end:
+            raise ValidationError(
+                f"must be inside the file data [0, {data_end}), got {start!r}",
+                entry=index,
+                path=name,
+                field="offset",
+            )
+        chunk_offset = _int_field(chunk, "chunkOffset", index, name) or 0
+        if chunk_offset != expected_offset:
+            raise ValidationError(
+                f"chunks must be contiguous: expected {expected_offset}, got {chunk_offset}",
+                entry=index,
+                path=name,
+                field="chunkOffset",
+            )
+        chunk_size = _int_field(chunk, "chunkSize", index, name)
+        last = position == len(chunks) - 1
+        if chunk_size is None or (last and chunk_size == 0):
+            if not last:
+                raise ValidationError(
+                    "only the last chunk may omit chunkSize",
+                    entry=index,
+                    path=name,
+                    field="chunkSize",
+                )
+            chunk_size = size - chunk_offset
+        if chunk_size <= 0 or chunk_offset + chunk_size > size:
+            raise ValidationError(
+                f"chunk [{chunk_offset}, {chunk_offset + chunk_size}) is empty or beyond "
+                f"the file size {size}",
+                entry=index,
+                path=name,
+                field="chunkSize",
+            )
+        segments.append(Segment(start, data_end, chunk_size))
+        expected_offset = chunk_offset + chunk_size
+    if expected_offset != size:
+        raise ValidationError(
+            f"chunks cover {expected_offset} of {size} bytes",
+            entry=chunks[-1][0],
+            path=name,
+            field="chunkSize",
+        )
+    return tuple(segments)
+
+
+def sha256_payload(hexdigest: str) -> bytes:
+    return f"{hexdigest[:2]}/{hexdigest[2:]}".encode("ascii")
+
+
+def import_sources(
+    fd: int,
+    tree: Tree,
+    sources: dict[str, FileSource],
+    store: ObjectStore,
+    layer: TocLayer,
+    progress: Progress | None,
+    label: str,
+    limits: Limits,
+) -> Tree:
+    """Extract, verify and store every payload ``tree`` uses; return the final Tree."""
+    wanted: dict[bytes, FileSource] = {}
+    for _path, node in tree:
+        if isinstance(node, Inode) and node.payload is not None and node.payload not in wanted:
+            hexdigest = (node.payload[:2] + node.payload[3:]).decode("ascii")
+            source = sources.get(hexdigest)
+            if source is None:
+                raise ValidationError(
+                    f"no entry stores the content sha256:{hexdigest}", field="digest"
+                )
+            wanted[node.payload] = source
+    if progress is not None:
+        progress.start(
+            label,
+            total_files=len(wanted),
+            total_bytes=sum(source.size for source in wanted.values()),
+        )
+    names: dict[bytes, bytes] = {}
+    try:
+        for toc_payload, source in wanted.items():
+            names[toc_payload] = _import_one(fd, source, store, layer, progress)
+    finally:
+        store.sync()
+        if progress is not None:
+            progress.close()
+    return with_store_names(tree, store, names, limits)
+
+
+def _import_one(
+    fd: int,
+    source: FileSource,
+    store: ObjectStore,
+    layer: TocLayer,
+    progress: Progress | None,
+) -> bytes:
+    try:
+        with store.writer("sha256:" + source.sha256, sync_dir=False) as out:
+            for segment in source.segments:
+                decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
+                left = segment.length
+                while left:
+                    data = decoder.read(min(left, _READ_SIZE))
+                    if not data:
+                        raise ValidationError(
+                            f"the data at offset {segment.start} decompresses to "
+                            f"{segment.length - left} bytes, expected {segment.length}",
+                            field="size",
+                        )
+                    left -= len(data)
+                    out.write(data)
+                    if progress is not None:
+                        progress.advance(nbytes=len(data))
+            payload = out.commit()
+    except layer.decode_errors as exc:
+        raise ValidationError(
+            f"file data cannot be decompressed: {exc}",
+            entry=source.entry,
+            path=source.name,
+            field="offset",
+        ) from None
+    except ValidationError as exc:
+        raise exc.located(entry=source.entry, path=source.name) from None
+    if progress is not None:
+        progress.advance(files=1)
+    return payload
+
+
+def with_store_names(
+    tree: Tree, store: ObjectStore, names: dict[bytes, bytes], limits: Limits
+) -> Tree:
+    """Return ``tree`` with payloads renamed to the store's names and fs-verity digests set.
+
+    ``names`` maps the sha256 payload of each file to the store's name (the
+    same unless the store names objects by fs-verity digest).
+    """
+    if not store.computes_fsverity and all(key == value for key, value in names.items()):
+        return tree
+    builder = TreeBuilder(limits)
+    for path, node in tree:
+        new: Node = node
+        if isinstance(node, Inode) and node.payload is not None:
+            payload = names.get(node.payload, node.payload)
+            digest = store.fsverity_digest(payload) if store.computes_fsverity else None
+            new = dataclasses.replace(
+                node, payload=payload, fsverity_digest=digest or node.fsverity_digest
+            )
+        builder.add(path, new)
+    return builder.build()
+
+
+def toc_entries(toc: bytes) -> list[dict[str, Any]]:
+    """The TOC's entries as plain dicts (``parse_toc`` has validated the document).
+
+    A second ``json.loads`` of the TOC: simple, and costs about as much as
+    the validation itself (noted for the performance work).
+    """
+    document = json.loads(toc)
+    entries = document.get("entries") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValidationError("the TOC has no list of entry objects", field="entries")
+    return entries
+
+
+class GzipMembers:
+    """Decompresses consecutive gzip members from ``raw`` (a :class:`Decoder`).
+
+    Each ``read(n)`` returns at most ``n`` bytes (zlib's ``max_length``), so a
+    decompression bomb never holds more than ``n`` bytes in memory.  Damaged
+    data raises ``zlib.error``; data that ends inside a member just ends.
+    """
+
+    __slots__ = ("_inflate", "_pending", "_raw")
+
+    def __init__(self, raw: Decoder) -> None:
+        self._raw = raw
+        self._inflate = zlib.decompressobj(31)
+        self._pending = b""
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            raise ValueError("GzipMembers.read needs a size")
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            feed = self._pending or self._raw.read(_FEED_SIZE)
+            self._pending = b""
+            if not feed:
+                break
+            inflate = self._inflate
+            data = inflate.decompress(feed, n - got)
+            if data:
+                parts.append(data)
+                got += len(data)
+            if inflate.eof:
+                self._pending = inflate.unused_data
+                self._inflate = zlib.decompressobj(31)
+            else:
+                self._pending = inflate.unconsumed_tail
+        return b"".join(parts)
+
+    def readable(self) -> bool:
+        return True

@@ -1,0 +1,209 @@
+"""zstd:chunked layers (containers/storage).
+
+Layout (``pkg/chunked/internal/minimal/compression.go``)::
+
+    [zstd frames: tar headers and file data; each file (and chunk) starts a frame]
+    [skippable frame 50 2A 4D 18 | u32le len | zstd-compressed TOC JSON]
+    [skippable frame 50 2A 4D 18 | u32le len | zstd-compressed tar-split]
+    [skippable frame 50 2A 4D 18 | 40 00 00 00 | 64-byte footer]
+
+The footer is eight little-endian u64: TOC offset (of the payload, after the
+8-byte frame header), compressed length, uncompressed length, manifest type
+(1), tar-split offset, compressed and uncompressed lengths, and the magic
+``GNUlInUx``.  The ``manifest-position`` annotation gives the first four
+fields as ``"offset:compressedLen:uncompressedLen:type"``; containers/storage
+locates the TOC only through it.  Every field is checked against the blob
+before it is used, and the TOC's decompression stops at its declared size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+import zstandard
+
+from ..errors import ValidationError
+from ..limits import Limits
+from . import (
+    ZSTD_CHUNKED_FOOTER_MAGIC,
+    ZSTD_CHUNKED_FOOTER_SIZE,
+    ZSTD_MAGIC,
+    Decoder,
+    RangeReader,
+    TocLayer,
+    check_toc_digest,
+    is_skippable_frame_magic,
+    read_exact,
+)
+
+__all__ = ["MANIFEST_TYPE_CRFS", "TocPosition", "ZstdChunkedLayer", "parse_manifest_position"]
+
+#: ``ManifestTypeCRFS``: the only manifest type containers/storage writes.
+MANIFEST_TYPE_CRFS = 1
+_FOOTER = struct.Struct("<8Q")
+_SKIPPABLE_HEADER = struct.Struct("<II")
+_NUMBER = r"(0|[1-9][0-9]{0,19})"
+_POSITION = re.compile(rf"{_NUMBER}:{_NUMBER}:{_NUMBER}:([0-9]{{1,3}})")
+
+
+@dataclass(frozen=True, slots=True)
+class TocPosition:
+    """Where the compressed TOC is: payload offset, compressed and uncompressed length."""
+
+    offset: int
+    compressed_length: int
+    uncompressed_length: int
+
+
+def parse_manifest_position(text: str) -> tuple[TocPosition, int]:
+    """Parse ``"offset:compressedLen:uncompressedLen:type"``; return position and type."""
+    match = _POSITION.fullmatch(text)
+    if match is None:
+        raise ValidationError(
+            f"must be offset:compressedLen:uncompressedLen:type (decimal), got {text[:80]!r}",
+            field="manifest_position",
+        )
+    offset, compressed, uncompressed, kind = (int(group) for group in match.groups())
+    return TocPosition(offset, compressed, uncompressed), kind
+
+
+class ZstdChunkedLayer(TocLayer):
+    """A zstd:chunked blob; the TOC is found and bounds-checked on construction."""
+
+    format = "zstd:chunked"
+    use_end_offset = True
+    decode_errors = (zstandard.ZstdError,)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        manifest_position: str | None = None,
+        toc_digest: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self._manifest_position = manifest_position
+        super().__init__(path, toc_digest=toc_digest, limits=limits)
+
+    def _locate_toc(self, fd: int) -> None:
+        if self._manifest_position is not None:
+            position, kind = parse_manifest_position(self._manifest_position)
+            field = "manifest_position"
+        else:
+            position, kind = _read_footer(fd, self.blob_size)
+            field = "footer"
+        self.position = _check_position(fd, self.blob_size, position, kind, field, self.limits)
+
+    @property
+    def data_end(self) -> int:
+        """End of the file data: the start of the TOC's skippable frame header."""
+        return self.position.offset - _SKIPPABLE_HEADER.size
+
+    def open_decoder(self, raw: RangeReader) -> Decoder:
+        reader: Decoder = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, raw), read_across_frames=True, closefd=False
+        )
+        return reader
+
+    def compressed_toc(self) -> bytes:
+        """The zstd-compressed TOC (what ``manifest-checksum`` digests)."""
+        with open(self.path, "rb") as blob:
+            return self._compressed_toc(blob.fileno())
+
+    def _compressed_toc(self, fd: int) -> bytes:
+        position = self.position
+        return read_exact(fd, position.offset, position.compressed_length, "the TOC")
+
+    def _load_toc(self, fd: int) -> bytes:
+        compressed = self._compressed_toc(fd)
+        check_toc_digest(compressed, self._toc_digest, "compressed TOC")
+        return _decompress_toc(compressed, self.position.uncompressed_length)
+
+
+def _read_footer(fd: int, size: int) -> tuple[TocPosition, int]:
+    if size < ZSTD_CHUNKED_FOOTER_SIZE + len(ZSTD_MAGIC):
+        raise ValidationError(
+            f"a zstd:chunked blob is more than {ZSTD_CHUNKED_FOOTER_SIZE} bytes, "
+            f"this one {size}",
+            field="footer",
+        )
+    tail = read_exact(fd, size - ZSTD_CHUNKED_FOOTER_SIZE, ZSTD_CHUNKED_FOOTER_SIZE, "footer")
+    magic, frame_size = _SKIPPABLE_HEADER.unpack_from(tail)
+    if not is_skippable_frame_magic(magic) or frame_size != _FOOTER.size:
+        raise ValidationError(
+            f"the last {ZSTD_CHUNKED_FOOTER_SIZE} bytes must be a skippable frame of "
+            f"{_FOOTER.size} bytes; got magic 0x{magic:08x}, size {frame_size}",
+            field="footer",
+        )
+    fields = _FOOTER.unpack_from(tail, _SKIPPABLE_HEADER.size)
+    if tail[-8:] != ZSTD_CHUNKED_FOOTER_MAGIC:
+        raise ValidationError("footer magic is not GNUlInUx", field="footer")
+    offset, compressed, uncompressed, kind = fields[:4]
+    return TocPosition(offset, compressed, uncompressed), kind
+
+
+def _check_position(
+    fd: int, size: int, position: TocPosition, kind: int, field: str, limits: Limits
+) -> TocPosition:
+    if kind != MANIFEST_TYPE_CRFS:
+        raise ValidationError(
+            f"manifest type must be {MANIFEST_TYPE_CRFS} (CRFS), got {kind}", field=field
+        )
+    offset, compressed = position.offset, position.compressed_length
+    header = _SKIPPABLE_HEADER.size
+    if not (
+        len(ZSTD_MAGIC) + header <= offset
+        and 0 < compressed <= size - offset
+    ):
+        raise ValidationError(
+            f"TOC at offset {offset}, {compressed} bytes, does not fit in the "
+            f"{size}-byte blob",
+            field=field,
+        )
+    if not 0 < position.uncompressed_length <= limits.max_input_bytes:
+        raise ValidationError(
+            f"TOC uncompressed length must be in 1..{limits.max_input_bytes} "
+            f"(limits.max_input_bytes), got {position.uncompressed_length}",
+            field=field,
+        )
+    magic, frame_size = _SKIPPABLE_HEADER.unpack(
+        read_exact(fd, offset - header, header, "TOC frame header")
+    )
+    if not is_skippable_frame_magic(magic) or frame_size != compressed:
+        raise ValidationError(
+            f"the TOC at offset {offset} is not the payload of a {compressed}-byte "
+            f"skippable frame (header magic 0x{magic:08x}, size {frame_size})",
+            field=field,
+        )
+    return position
+
+
+def _decompress_toc(compressed: bytes, expected: int) -> bytes:
+    """Decompress one zstd frame, reading at most ``expected + 1`` bytes of output."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(compressed), read_across_frames=False
+        )
+        parts: list[bytes] = []
+        got = 0
+        while got <= expected:
+            data = reader.read(expected + 1 - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+    except zstandard.ZstdError as exc:
+        raise ValidationError(f"the TOC cannot be decompressed: {exc}", field="toc") from None
+    if got != expected:
+        amount = f"more than {expected}" if got > expected else f"only {got}"
+        raise ValidationError(
+            f"the TOC decompresses to {amount} bytes; its uncompressed length "
+            f"is {expected}",
+            field="toc",
+        )
+    return b"".join(parts)

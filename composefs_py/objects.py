@@ -1,0 +1,412 @@
+"""The object store: regular file contents named by digest.
+
+An :class:`ObjectStore` is a directory holding one file per distinct content,
+at ``ab/cdef...`` (two hex digits, ``/``, the other 62): the ``payload`` an
+image's regular files point at, the layout of a composefs basedir.  The
+default name is the content's SHA-256 (what containers/storage uses, and
+what a TOC's ``digest`` gives); ``naming="fsverity"`` names objects by their
+fs-verity digest instead (what composefs-rs uses).
+
+Every object is published atomically: the content goes to a temporary file
+in the store (``.tmp-*``), is fsynced, its digest checked against the
+expected one, and only then renamed into place.  A digest mismatch raises
+:class:`~composefs_py.errors.ValidationError` and removes the temporary
+file, so nothing unverified ever appears in the store.  An object that
+already exists is not written again (its content is named by its digest), but
+content given with an expected digest is still hashed and checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Literal
+
+from .errors import LibraryError, ValidationError
+from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
+
+__all__ = ["Naming", "ObjectStore", "ObjectWriter", "payload_for_hex"]
+
+Naming = Literal["sha256", "fsverity"]
+
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
+_PAYLOAD = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}")
+_TMP_PREFIX = ".tmp-"
+_COPY_SIZE = 1 << 20
+_OBJECT_MODE = 0o644
+
+
+def payload_for_hex(hexdigest: str | bytes) -> bytes:
+    """Return the payload path ``b"ab/cdef..."`` for a 64-digit lowercase hex digest."""
+    raw = hexdigest.encode("ascii") if isinstance(hexdigest, str) else hexdigest
+    if not _HEX64.fullmatch(raw):
+        raise ValidationError(
+            f"must be 64 lowercase hex digits, got {raw[:80]!r}", field="digest"
+        )
+    return raw[:2] + b"/" + raw[2:]
+
+
+def _hex_of(payload: bytes | str) -> str:
+    raw = payload.encode("ascii", "replace") if isinstance(payload, str) else payload
+    if not _PAYLOAD.fullmatch(raw):
+        raise ValidationError(
+            f"an object name is 2 hex digits, '/', 62 hex digits; got {raw[:80]!r}",
+            field="payload",
+        )
+    return (raw[:2] + raw[3:]).decode("ascii")
+
+
+def _expected_hex(expected: str | bytes | None) -> str | None:
+    """Accept ``"sha256:<hex>"``, ``"<hex>"`` or 32 raw bytes; return lowercase hex."""
+    if expected is None:
+        return None
+    if isinstance(expected, bytes):
+        if len(expected) != 32:
+            raise ValidationError("a raw digest is 32 bytes", field="digest")
+        return expected.hex()
+    text = expected.removeprefix("sha256:")
+    if not _HEX64.fullmatch(text.encode("ascii", "replace")):
+        raise ValidationError(
+            f"must be sha256: and 64 lowercase hex digits, got {expected[:80]!r}",
+            field="digest",
+        )
+    return text
+
+
+class ObjectStore:
+    """A directory of content-addressed objects, ``root/ab/cdef...``.
+
+    ``naming``: ``"sha256"`` (default; containers/storage) or ``"fsverity"``
+    (composefs-rs) picks the digest that names an object.  ``fsverity``: also
+    compute each object's fs-verity digest while writing it (always done for
+    ``naming="fsverity"``), so layer imports can put it in the Tree.  The
+    root is created if missing.
+    """
+
+    __slots__ = ("_dirty_dirs", "_fsverity", "_naming", "_root", "_verity_digests")
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        naming: Naming = "sha256",
+        fsverity: bool = False,
+    ) -> None:
+        if naming not in ("sha256", "fsverity"):
+            raise ValueError(f"naming must be 'sha256' or 'fsverity', got {naming!r}")
+        self._root = Path(root)
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._naming: Naming = naming
+        self._fsverity = fsverity or naming == "fsverity"
+        self._verity_digests: dict[bytes, bytes] = {}
+        self._dirty_dirs: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({str(self._root)!r}, naming={self._naming!r})"
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def naming(self) -> Naming:
+        return self._naming
+
+    @property
+    def computes_fsverity(self) -> bool:
+        """Whether :meth:`add` computes fs-verity digests as it writes."""
+        return self._fsverity
+
+    # -- names ---------------------------------------------------------
+
+    def path_for(self, payload: bytes | str) -> Path:
+        """Return the file of the object named ``payload`` (``ab/cdef...``)."""
+        hexdigest = _hex_of(payload)
+        return self._root / hexdigest[:2] / hexdigest[2:]
+
+    def has(self, payload: bytes | str) -> bool:
+        """Whether the object named ``payload`` is in the store."""
+        return self.path_for(payload).is_file()
+
+    def payloads(self) -> Iterator[bytes]:
+        """Every object name in the store (unordered)."""
+        for top in self._root.iterdir():
+            if len(top.name) != 2 or not top.is_dir():
+                continue
+            for obj in top.iterdir():
+                payload = f"{top.name}/{obj.name}".encode()
+                if _PAYLOAD.fullmatch(payload):
+                    yield payload
+
+    def temporary_files(self) -> list[Path]:
+        """Leftover temporary files (from a process killed mid-write)."""
+        return sorted(self._root.glob(_TMP_PREFIX + "*"))
+
+    # -- writing -------------------------------------------------------
+
+    def writer(
+        self, expected_sha256: str | bytes | None = None, *, sync_dir: bool = True
+    ) -> ObjectWriter:
+        """Return an :class:`ObjectWriter`: ``write()`` the content, then ``commit()``.
+
+        Use it as a context manager; leaving the block without ``commit()``
+        (or with an exception) removes the temporary file.
+        """
+        return ObjectWriter(self, _expected_hex(expected_sha256), sync_dir=sync_dir)
+
+    def add(
+        self,
+        data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
+        expected_sha256: str | bytes | None = None,
+        *,
+        sync_dir: bool = True,
+    ) -> bytes:
+        """Store ``data`` (bytes, a binary file object or an iterable of chunks).
+
+        Return its payload name ``b"ab/cdef..."``.  With ``expected_sha256``
+        (``"sha256:<hex>"``, ``"<hex>"`` or 32 raw bytes) a different content
+        raises ValidationError (``field="digest"``) and leaves no trace.
+        """
+        with self.writer(expected_sha256, sync_dir=sync_dir) as out:
+            if isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            elif hasattr(data, "read"):
+                read = data.read
+                while chunk := read(_COPY_SIZE):
+                    out.write(chunk)
+            else:
+                for chunk in data:
+                    out.write(chunk)
+            return out.commit()
+
+    def sync(self) -> None:
+        """fsync the directories that gained objects with ``sync_dir=False``."""
+        dirty, self._dirty_dirs = self._dirty_dirs, set()
+        for directory in sorted(dirty):
+            _fsync_dir(directory)
+        if dirty:
+            _fsync_dir(self._root)
+
+    def _publish(self, tmp: Path, payload: bytes, sync_dir: bool) -> bool:
+        """Rename ``tmp`` to ``payload``'s place; return False if it already existed."""
+        target = self.path_for(payload)
+        if target.is_file():
+            tmp.unlink()
+            return False
+        created_dir = False
+        if not target.parent.is_dir():
+            target.parent.mkdir(exist_ok=True)
+            created_dir = True
+        os.rename(tmp, target)
+        if sync_dir:
+            _fsync_dir(target.parent)
+            if created_dir:
+                _fsync_dir(self._root)
+        else:
+            self._dirty_dirs.add(target.parent)
+        return True
+
+    # -- checking ------------------------------------------------------
+
+    def verify(self, payload: bytes | str) -> bool:
+        """Rehash the object; True if it exists and its content matches its name."""
+        path = self.path_for(payload)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        try:
+            if self._naming == "sha256":
+                hasher = hashlib.sha256()
+                while chunk := os.read(fd, _COPY_SIZE):
+                    hasher.update(chunk)
+                actual = hasher.hexdigest()
+            else:
+                actual = fsverity_digest(fd).hex()
+        finally:
+            os.close(fd)
+        return actual == _hex_of(payload)
+
+    def fsverity_digest(self, payload: bytes | str) -> bytes:
+        """The 32-byte fs-verity digest of the object (computed once, then cached)."""
+        key = payload.encode("ascii") if isinstance(payload, str) else payload
+        digest = self._verity_digests.get(key)
+        if digest is None:
+            if self._naming == "fsverity":
+                digest = bytes.fromhex(_hex_of(key))
+            else:
+                digest = fsverity_digest(self.path_for(key))
+            self._verity_digests[key] = digest
+        return digest
+
+    def enable_verity(self, payload: bytes | str) -> bytes:
+        """Enable kernel fs-verity on the object; return the kernel's digest.
+
+        Raises LibraryError (``errno.ENOTTY``) where the filesystem has no
+        fs-verity.  An object that already has it is measured only.
+        """
+        fd = os.open(self.path_for(payload), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                enable_fsverity(fd)
+            except LibraryError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+            return measure_fsverity(fd)
+        finally:
+            os.close(fd)
+
+    def _remember_verity(self, payload: bytes, digest: bytes) -> None:
+        self._verity_digests[payload] = digest
+
+
+class ObjectWriter:
+    """One object being written; made by :meth:`ObjectStore.writer`.
+
+    With an expected digest for an object the store already holds, the
+    content is only hashed (nothing is written) and still checked.
+    """
+
+    __slots__ = (
+        "_done",
+        "_expected",
+        "_fd",
+        "_sha256",
+        "_size",
+        "_store",
+        "_sync_dir",
+        "_tmp",
+        "_verity",
+        "created",
+    )
+
+    def __init__(
+        self, store: ObjectStore, expected_hex: str | None, *, sync_dir: bool
+    ) -> None:
+        self._store = store
+        self._expected = expected_hex
+        self._sync_dir = sync_dir
+        self._sha256 = hashlib.sha256()
+        self._verity = FsverityHasher() if store.computes_fsverity else None
+        self._size = 0
+        self._done = False
+        #: After :meth:`commit`: whether this call put a new object in the store.
+        self.created = False
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        if (
+            expected_hex is not None
+            and store.naming == "sha256"
+            and store.path_for(payload_for_hex(expected_hex)).is_file()
+        ):
+            return  # hash only
+        fd, name = _mkstemp(store.root)
+        self._fd, self._tmp = fd, Path(name)
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def sha256_hex(self) -> str:
+        """The sha256 (hex) of what was written so far."""
+        return self._sha256.hexdigest()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._done:
+            raise ValueError("object already committed or aborted")
+        self._sha256.update(data)
+        if self._verity is not None:
+            self._verity.update(data)
+        self._size += len(data)
+        if self._fd is not None:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    def commit(self) -> bytes:
+        """Check the digest, publish the object; return its payload name."""
+        if self._done:
+            raise ValueError("object already committed or aborted")
+        actual = self._sha256.hexdigest()
+        if self._expected is not None and actual != self._expected:
+            self.abort()
+            raise ValidationError(
+                f"content does not match: expected sha256:{self._expected}, "
+                f"got sha256:{actual} ({self._size} bytes)",
+                field="digest",
+            )
+        store = self._store
+        verity = self._verity.digest() if self._verity is not None else None
+        if store.naming == "sha256":
+            payload = payload_for_hex(actual)
+        else:
+            assert verity is not None  # naming="fsverity" always computes it
+            payload = payload_for_hex(verity.hex())
+        if verity is not None:
+            store._remember_verity(payload, verity)
+        if self._fd is None:  # the object exists; content only hashed
+            self._done = True
+            return payload
+        fd, tmp = self._fd, self._tmp
+        assert tmp is not None
+        try:
+            os.fchmod(fd, _OBJECT_MODE)
+            os.fsync(fd)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(fd)
+        self._fd = None
+        self._tmp = None
+        self._done = True
+        try:
+            self.created = store._publish(tmp, payload, self._sync_dir)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return payload
+
+    def abort(self) -> None:
+        """Drop the content: close and remove the temporary file (idempotent)."""
+        self._done = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            self._tmp = None
+
+
+def _mkstemp(directory: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
