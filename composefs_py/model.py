@@ -414,7 +414,35 @@ class TreeBuilder:
                 kids.sort(key=name_of, reverse=True)
                 stack.extend(kids)
                 kids.reverse()  # leave ascending for later readers
+        if self._has_hardlinks:
+            self._canonical_hardlinks(order)
         return Tree(tuple(order), MappingProxyType(dict(nodes)))
+
+    def _canonical_hardlinks(self, order: list[bytes]) -> None:
+        """Put each hardlink group's Inode at the group's first path in tree order.
+
+        Which path holds the inode changes the image bytes, so it must not
+        depend on the input's order: this is the choice composefs-info dump
+        and every backend follow.
+        """
+        nodes = self._nodes
+        targets = {node.target for node in nodes.values() if node.__class__ is Hardlink}
+        moved: dict[bytes, bytes] = {}  # inode path as built -> its group's first path
+        for path in order:
+            node = nodes[path]
+            if node.__class__ is not Hardlink:
+                if path in targets and path not in moved:
+                    moved[path] = path  # the inode already comes first
+                continue
+            target = node.target  # type: ignore[union-attr]
+            new_home = moved.get(target)
+            if new_home is None:
+                # First member of this group seen in order: take the inode.
+                moved[target] = path
+                nodes[path] = nodes[target]
+                nodes[target] = Hardlink(path)
+            elif new_home != path:
+                nodes[path] = Hardlink(new_home)
 
     def _resolve_hardlinks(self) -> None:
         nodes = self._nodes
