@@ -428,15 +428,20 @@ class TreeBuilder:
         nodes = self._nodes
         targets = {node.target for node in nodes.values() if node.__class__ is Hardlink}
         moved: dict[bytes, bytes] = {}  # inode path as built -> its group's first path
+        homes: set[bytes] = set()
         for path in order:
             node = nodes[path]
             if node.__class__ is not Hardlink:
                 if path in targets and path not in moved:
                     moved[path] = path  # the inode already comes first
+                    homes.add(path)
                 continue
             target = node.target  # type: ignore[union-attr]
+            if target in homes:
+                continue  # already points at its group's first path
             new_home = moved.get(target)
             if new_home is None:
+                homes.add(path)
                 # First member of this group seen in order: take the inode.
                 moved[target] = path
                 nodes[path] = nodes[target]
