@@ -66,7 +66,7 @@ apt_install() {
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
 system_packages() {
-    local want=(gcc libc6-dev pkg-config libssl-dev dpkg-dev meson ninja-build
+    local want=(make gcc libc6-dev pkg-config libssl-dev dpkg-dev meson ninja-build
                 erofs-utils zstd xz-utils patch debian-archive-keyring ca-certificates)
     local missing=()
     if command -v dpkg-query >/dev/null; then
@@ -78,11 +78,11 @@ system_packages() {
     # (Python.h) to build the extension; other pythons (pyenv) bring their own.
     local py
     py=$(command -v python3 || true)
-    [ -n "$py" ] || missing+=(python3)
-    if [ -n "$py" ] && [[ "$(readlink -f "$py")" == /usr/bin/* ]]; then
-        python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
-        python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-            || missing+=(python3-dev)
+    if [ -z "$py" ]; then
+        missing+=(python3 python3-venv python3-dev)
+    elif [[ "$(readlink -f "$py")" == /usr/bin/* ]]; then
+        pkg_installed python3-venv || missing+=(python3-venv)
+        pkg_installed python3-dev || missing+=(python3-dev)
     fi
     apt_install "${missing[@]}"
 }
