@@ -57,8 +57,11 @@ class Limits:
     max_xattr_space: int = LCFS_INODE_EXTERNAL_XATTR_MAX - XATTR_HEADROOM
     #: Inline file content.
     max_inline_bytes: int = LCFS_INLINE_CONTENT_MAX
-    #: Size of one regular file.
-    max_file_size: int = (1 << 63) - 1
+    #: Size of one regular file: libcomposefs describes an external file in
+    #: at most 1024 chunks (``LCFS_MAX_NONINLINE_CHUNKS``) of at most 2**43
+    #: bytes (EROFS chunk bits 31 + block bits 12) and fails with EFBIG
+    #: beyond 2**53 bytes.
+    max_file_size: int = 1 << 53
 
     @staticmethod
     def xattr_space(xattrs: tuple[tuple[bytes, bytes], ...]) -> int:
