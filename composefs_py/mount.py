@@ -84,7 +84,6 @@ ENOVERITY = errno.ENOTTY
 EWRONGVERITY = errno.EILSEQ
 ENOSIGNATURE = errno.EBADMSG
 
-_MS_RDONLY = 1
 _MNT_DETACH = 2
 _OPAQUE_XATTR = b"trusted.overlay.opaque"
 # What libcomposefs adds to a directory holding whiteouts (read_image keeps
@@ -146,6 +145,24 @@ def _check_image(image: Path) -> None:
         raise _library_error(exc, f"cannot read image {image}") from exc
     if head[:4] != _COMPOSEFS_MAGIC or head[_EROFS_SUPER_OFFSET:] != _EROFS_MAGIC:
         raise LibraryError(errno.EINVAL, f"{image} is not a composefs image")
+
+
+def _kernel_release() -> tuple[int, int]:
+    parts = os.uname().release.split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _overlay_dir(path: StrPath) -> str:
+    """``path`` as overlayfs' upperdir/workdir option: absolute, ``\\`` escaped.
+
+    overlayfs unescapes backslashes in upperdir and workdir even when they come
+    through fsconfig (not in ``lowerdir+``/``datadir+``); libcomposefs does
+    not escape them, so this is done here for both.
+    """
+    return os.path.abspath(path).replace("\\", "\\\\")
 
 
 def _check_dir(path: Path, role: str) -> None:
@@ -246,9 +263,11 @@ def mount(
 
     image_path = Path(image)
     target = Path(mountpoint)
-    objdirs = (
-        [Path(objects)] if isinstance(objects, (str, os.PathLike)) else [Path(o) for o in objects]
-    )
+    # Absolute: the overlay's options are resolved against the mounting process's cwd.
+    objdirs = [
+        Path(os.path.abspath(o))
+        for o in ([objects] if isinstance(objects, (str, os.PathLike)) else objects)
+    ]
     if not objdirs:
         raise ValueError("objects: at least one object store folder is needed")
     if (upperdir is None) != (workdir is None):
@@ -294,8 +313,8 @@ def mount(
             image_path,
             target,
             objdirs=objdirs,
-            upperdir=upperdir,
-            workdir=workdir,
+            upperdir=None if upperdir is None else _overlay_dir(upperdir),
+            workdir=None if workdir is None else _overlay_dir(workdir),
             flags=flags,
             expected_digest=expected_digest,
             idmap_fd=-1 if idmap_userns_fd is None else idmap_userns_fd,
@@ -348,11 +367,33 @@ def unmount(mountpoint: StrPath, *, lazy: bool = False) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _escape_option(value: bytes, extra: bytes = b"") -> bytes:
-    out = value.replace(b"\\", b"\\\\").replace(b",", b"\\,")
-    for char in extra:
-        out = out.replace(bytes([char]), b"\\" + bytes([char]))
-    return out
+# The new mount API (Linux >= 5.2); these syscall numbers are the same on
+# every architecture but alpha.
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_FSOPEN_CLOEXEC = 1
+_FSMOUNT_CLOEXEC = 1
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_MOUNT_ATTR_RDONLY = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 4
+_AT_FDCWD = -100
+
+
+def _fs_context_log(fd: int) -> str:
+    """The messages the kernel logged on the fs context ``fd`` ("e overlay: ...")."""
+    lines = []
+    while True:
+        try:
+            line = os.read(fd, 4096)
+        except OSError:
+            break
+        if not line:
+            break
+        lines.append(line.decode("utf-8", "replace").strip())
+    return "; ".join(lines)
 
 
 def _mount_overlay(
@@ -362,25 +403,77 @@ def _mount_overlay(
     workdir: StrPath | None,
     readonly: bool,
 ) -> None:
-    options = b"lowerdir=" + b":".join(_escape_option(_fs(p), b":") for p in lowers)
-    if upperdir is not None and workdir is not None:
-        options += b",upperdir=" + _escape_option(_fs(upperdir))
-        options += b",workdir=" + _escape_option(_fs(workdir))
+    """Mount an overlay of ``lowers`` (first is top) on ``target``.
+
+    Uses fsopen/fsconfig (``lowerdir+`` needs Linux >= 6.7): no option
+    escaping, no limit on the option string's length.
+    """
     libc = _libc()
-    rc = libc.mount(
-        b"composefs-layers",
-        _fs(target),
-        b"overlay",
-        ctypes.c_ulong(_MS_RDONLY if readonly else 0),
-        options,
-    )
-    if rc != 0:
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    what = f"cannot mount the stacking overlay on {target}"
+
+    def fail(step: str, fd: int = -1) -> LibraryError:
         code = ctypes.get_errno()
-        raise LibraryError(
-            code,
-            f"cannot mount the stacking overlay on {target}: "
-            f"{_REASONS.get(code, os.strerror(code))}",
+        log = _fs_context_log(fd) if fd >= 0 else ""
+        reason = _REASONS.get(code, os.strerror(code))
+        return LibraryError(code, f"{what}: {step}: {reason}" + (f" ({log})" if log else ""))
+
+    fs_fd = syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC))
+    if fs_fd < 0:
+        raise fail("fsopen")
+    try:
+        options: list[tuple[bytes, bytes]] = [(b"source", b"composefs-layers")]
+        options += [(b"lowerdir+", _fs(p)) for p in lowers]
+        if upperdir is not None and workdir is not None:
+            options += [
+                (b"upperdir", _fs(_overlay_dir(upperdir))),
+                (b"workdir", _fs(_overlay_dir(workdir))),
+            ]
+        for key, value in options:
+            rc = syscall(
+                _SYS_FSCONFIG,
+                ctypes.c_int(fs_fd),
+                ctypes.c_uint(_FSCONFIG_SET_STRING),
+                key,
+                value,
+                ctypes.c_int(0),
+            )
+            if rc < 0:
+                raise fail(f"{key.decode()}={_show(value)}", fs_fd)
+        rc = syscall(
+            _SYS_FSCONFIG,
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(_FSCONFIG_CMD_CREATE),
+            None,
+            None,
+            ctypes.c_int(0),
         )
+        if rc < 0:
+            raise fail("create", fs_fd)
+        mnt_fd = syscall(
+            _SYS_FSMOUNT,
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(_FSMOUNT_CLOEXEC),
+            ctypes.c_uint(_MOUNT_ATTR_RDONLY if readonly else 0),
+        )
+        if mnt_fd < 0:
+            raise fail("fsmount", fs_fd)
+        try:
+            rc = syscall(
+                _SYS_MOVE_MOUNT,
+                ctypes.c_int(mnt_fd),
+                b"",
+                ctypes.c_int(_AT_FDCWD),
+                _fs(target),
+                ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+            )
+            if rc < 0:
+                raise fail("move_mount")
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(fs_fd)
 
 
 def mount_layers(
@@ -421,6 +514,13 @@ def mount_layers(
             readonly=readonly,
         )
         return
+    if _kernel_release() < (6, 7):
+        raise LibraryError(
+            errno.ENOTSUP,
+            "stacking composefs layers needs overlayfs xwhiteouts (Linux >= 6.7) to honour "
+            f"their whiteouts; this kernel is {os.uname().release}: write one image with "
+            "flatten_layers() instead",
+        )
     target = Path(mountpoint)
     _check_dir(target, "mountpoint")
     staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))

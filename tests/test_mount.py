@@ -754,7 +754,8 @@ def _tree(entries: Sequence[Entry]) -> Tree:
                 mtime_nsec=e.mtime[1],
                 size=len(e.data) if e.kind == "reg" else 0,
                 rdev=os.makedev(*e.rdev),
-                payload=e.payload.encode() if e.kind == "reg" and e.data else None,
+                payload=e.payload.encode() if e.kind == "reg" and len(e.data) > 64 else None,
+                content=e.data if e.kind == "reg" and 0 < len(e.data) <= 64 else None,
                 symlink_target=e.data if e.kind == "symlink" else None,
                 xattrs=tuple(sorted(e.xattrs.items())),
             ),
@@ -768,7 +769,7 @@ def test_flatten_layers_applies_oci_whiteout_semantics() -> None:
     assert kinds == {path: kind for path, (kind, _) in STACKED.items()}
     payload = {e.path: e.payload.encode() for e in LOWER + UPPER if e.kind == "reg"}
     assert flat.inode(b"/etc/keep").payload == payload[b"/etc/keep"]
-    assert flat.inode(b"/links/a").payload == _tree(UPPER).inode(b"/links/a").payload
+    assert flat.inode(b"/links/a").content == b"replaced"
     assert flat.inode(b"/etc").mode & 0o7777 == 0o750
     assert flat.inode(b"/cache").xattrs == ()  # the opaque marker is consumed
     # /links/b lost its partner: it holds the inode now, with one link.
@@ -826,3 +827,57 @@ def test_flattened_image_mounts_like_the_stacked_layers(
             entry.xattrs.pop(b"user.overlay.opaque", None)
             entry.xattrs.pop(b"user.overlay.whiteouts", None)
     assert comparable(from_flat) == comparable(from_stack)
+
+
+def test_mount_layers_stacks_many_layers_and_odd_paths(tmp_path: Path) -> None:
+    require_mounts(xwhiteouts=True)
+    from composefs_py._native import write_tree
+
+    count = 130  # their lowerdir list is longer than a 4 KiB mount option string
+    odd = tmp_path / "odd, dir: with\\ chars"
+    objects, mnt, upper, work = (odd / n for n in ("objects", "mnt", "upper", "work"))
+    for folder in (objects, mnt, upper, work):
+        folder.mkdir(parents=True)
+    images = []
+    for index in range(count):
+        layer = [
+            Entry(b"/", "dir", 0o755),
+            Entry(b"/shared", "reg", 0o644, data=f"layer {index}".encode()),
+            Entry(f"/only{index}".encode(), "reg", 0o644, data=b"x"),
+        ]
+        if index == 0:
+            layer.append(Entry(f"/only{count - 1}".encode(), "char", 0))
+        image = tmp_path / f"layer{index}.cfs"
+        with open(image, "wb") as f:
+            write_tree(_tree(layer), f.fileno())
+        images.append(image)
+    try:
+        with mounted(images, mnt, objects, upperdir=upper, workdir=work):
+            names = sorted(os.listdir(mnt))
+            shared = (mnt / "shared").read_bytes()
+            (mnt / "written").write_bytes(b"w")
+    finally:
+        assert leftover_mounts(tmp_path) == []
+    assert names == sorted(["shared", *(f"only{i}" for i in range(count - 1))])
+    assert shared == b"layer 0"
+    assert (upper / "written").read_bytes() == b"w"
+
+
+def test_mount_with_odd_upperdir_and_relative_paths(
+    sample: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_mounts()
+    image, objects = sample
+    odd = tmp_path / "odd, dir: with\\ chars"
+    for name in ("mnt", "upper", "work"):
+        (odd / name).mkdir(parents=True)
+    monkeypatch.chdir(odd)
+    try:
+        with mounted(
+            [image], Path("mnt"), Path(os.path.relpath(objects)), upperdir="upper", workdir="work"
+        ):
+            assert (odd / "mnt" / "bin" / "tool").read_bytes() == BIG
+            (odd / "mnt" / "written").write_bytes(b"w")
+    finally:
+        assert leftover_mounts(tmp_path) == []
+    assert (odd / "upper" / "written").read_bytes() == b"w"
