@@ -347,7 +347,7 @@ _X86_64 = {
     "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16, "pread64": 17, "pwrite64": 18,
     "readv": 19, "writev": 20, "access": 21, "sched_yield": 24, "mremap": 25, "madvise": 28,
     "dup": 32, "dup2": 33, "getpid": 39, "execve": 59, "exit": 60, "fcntl": 72,
-    "getuid": 102, "getgid": 104, "geteuid": 107, "getegid": 108, "sigaltstack": 131,
+    "sysinfo": 99, "getuid": 102, "getgid": 104, "geteuid": 107, "getegid": 108, "sigaltstack": 131,
     "arch_prctl": 158, "gettid": 186, "futex": 202, "sched_getaffinity": 204,
     "set_tid_address": 218, "restart_syscall": 219, "clock_gettime": 228,
     "clock_nanosleep": 230, "exit_group": 231, "tgkill": 234, "openat": 257,
@@ -360,7 +360,7 @@ _AARCH64 = {
     "mmap": 222, "mprotect": 226, "munmap": 215, "brk": 214, "rt_sigaction": 134,
     "rt_sigprocmask": 135, "rt_sigreturn": 139, "ioctl": 29, "pread64": 67, "pwrite64": 68,
     "readv": 65, "writev": 66, "sched_yield": 124, "mremap": 216, "madvise": 233,
-    "dup": 23, "getpid": 172, "execve": 221, "exit": 93, "fcntl": 25, "getuid": 174,
+    "dup": 23, "getpid": 172, "sysinfo": 179, "execve": 221, "exit": 93, "fcntl": 25, "getuid": 174,
     "getgid": 176, "geteuid": 175, "getegid": 177, "sigaltstack": 132, "gettid": 178,
     "futex": 98, "sched_getaffinity": 123, "set_tid_address": 96, "restart_syscall": 128,
     "clock_gettime": 113, "clock_nanosleep": 115, "exit_group": 94, "tgkill": 131,
@@ -384,6 +384,7 @@ _BASE_ALLOW = (
     "futex", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "clock_gettime", "clock_nanosleep", "sched_yield", "getrandom", "getpid", "gettid",
     "getuid", "getgid", "geteuid", "getegid", "restart_syscall", "exit", "exit_group",
+    "sysinfo",  # glibc's qsort() asks for the amount of physical memory
 )  # fmt: skip
 # Called by Python's error paths (tracebacks read source files, isatty
 # checks): answered with an errno rather than death.

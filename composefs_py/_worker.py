@@ -247,7 +247,7 @@ def _fault(name: str, out_fd: int) -> None:
     elif name == "alloc":
         hog = []
         while True:
-            hog.append(bytearray(1 << 28))
+            hog.append(bytes(1 << 28))  # calloc: no page is touched
     elif name == "open":
         with open("/etc/passwd", "rb") as f:
             f.read()
@@ -258,7 +258,7 @@ def _fault(name: str, out_fd: int) -> None:
             s.connect(("127.0.0.1", 22))
         raise RuntimeError("fault socket: connected to 127.0.0.1")
     elif name == "exec":
-        os.execv("/bin/true", ["true"])
+        _execv("/bin/true", ["true"])
     elif name == "bigwrite":
         block = bytes(1 << 20)
         while True:
@@ -349,7 +349,14 @@ def _exec_mkcomposefs(args: argparse.Namespace, tree: Tree, report: dict[str, An
         "-",
         "-",
     ]
-    os.execv(args.mkcomposefs, argv)
+    _execv(args.mkcomposefs, argv)
+
+
+def _execv(path: str, argv: list[str]) -> NoReturn:
+    try:
+        os.execv(path, argv)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, path) from None
 
 
 def _current_rlimits() -> dict[str, list[int]]:

@@ -29,6 +29,7 @@ inside and reports which protections are active on this machine.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -339,7 +340,7 @@ def _write_to_file(
             outcome = _run_child(argv, data, limits.timeout, pass_fds=(child_fd,))
             record, _ = _first_line(outcome.stdout)
             end = os.lseek(fd, 0, os.SEEK_CUR)
-            actual = _check_image(fd, start, end, min_version, max_version)
+            actual = _check_written(fd, start, end, min_version, max_version)
             reported = record.get("digest")
             if engine == "native" and reported != actual.hex():
                 raise SandboxError(
@@ -352,6 +353,22 @@ def _write_to_file(
     finally:
         os.close(child_fd)
     return actual
+
+
+def _check_written(fd: int, start: int, end: int, min_version: int, max_version: int) -> bytes:
+    """:func:`_check_image` on ``fd``, reopened for reading if it is write-only."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+        return _check_image(fd, start, end, min_version, max_version)
+    try:
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot check the image: the output fd is write-only and cannot be reopened ({exc})"
+        ) from exc
+    try:
+        return _check_image(reader, start, end, min_version, max_version)
+    finally:
+        os.close(reader)
 
 
 def _truncate(fd: int, start: int) -> None:

@@ -1,0 +1,482 @@
+"""Tests of the sandboxed writer (composefs_py.sandbox and its child _worker).
+
+Everything runs for real: a child python locks itself down with the real
+kernel features, writes with the real libcomposefs (or execs the real
+mkcomposefs), and each lockdown step is checked from inside the child.
+Faults are injected through the test-only ``_fault`` argument, which only
+the caller's code can set (it becomes a ``--fault`` argv flag; the input
+never reaches argv).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from composefs_py import _lockdown, sandbox
+from composefs_py.dumpfile import dump_bytes, parse_dumpfile
+from composefs_py.errors import SandboxError, ValidationError
+from composefs_py.fsverity import fsverity_digest
+from composefs_py.model import Hardlink, Inode, Tree, TreeBuilder
+from composefs_py.sandbox import SandboxLimits, read_image_sandboxed, write_image_sandboxed
+
+_native = pytest.importorskip("composefs_py._native")
+
+PAYLOAD = b"ab/" + b"cd" * 31
+# Upstream's test dumpfiles that the strict validator accepts, small enough
+# to run through both engines (cs9-x86_64-minimal has 22k entries).
+UPSTREAM_ASSETS = [
+    "bigfile-xattr.dump",
+    "bigfile.dump",
+    "config-with-hard-link.dump.gz",
+    "cs9-x86_64-minimal.dump.gz",
+    "honggfuzz-bigfile-with-acl.dump",
+    "honggfuzz-chardev-nonzero-size.dump",
+    "honggfuzz-long-symlink.dump",
+    "special.dump",
+    "special_v1.dump",
+]
+
+
+def small_tree() -> Tree:
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(stat.S_IFDIR | 0o755, mtime=1700000000))
+    builder.add(b"/etc", Inode(stat.S_IFDIR | 0o755, uid=1, gid=2, mtime=5, mtime_nsec=7))
+    builder.add(
+        b"/etc/passwd",
+        Inode(
+            stat.S_IFREG | 0o644,
+            nlink=2,
+            size=4096,
+            payload=PAYLOAD,
+            xattrs=((b"user.a", b"1"), (b"user.b", b"\0\xff")),
+        ),
+    )
+    builder.add(b"/etc/link", Hardlink(b"/etc/passwd"))
+    builder.add(b"/hostname", Inode(stat.S_IFREG | 0o644, size=4, content=b"host"))
+    builder.add(b"/bin", Inode(stat.S_IFLNK | 0o777, symlink_target=b"usr/bin"))
+    builder.add(b"/null", Inode(stat.S_IFCHR | 0o666, rdev=os.makedev(1, 3)))
+    return builder.build()
+
+
+def synthetic_tree(entries: int) -> Tree:
+    """A tree of ``entries`` entries: directories of 100 files each."""
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
+    made = 1
+    d = 0
+    while made < entries:
+        directory = b"/d%05d" % d
+        builder.add(directory, Inode(stat.S_IFDIR | 0o755, mtime=d))
+        made += 1
+        for f in range(min(100, entries - made)):
+            builder.add(
+                directory + b"/f%03d" % f,
+                Inode(stat.S_IFREG | 0o644, size=f + 1, mtime=f, payload=b"%02x/%062x" % (f, d)),
+            )
+            made += 1
+        d += 1
+    return builder.build()
+
+
+def native_image(tree: Tree, tmp_path: Path, **versions: int) -> tuple[bytes, bytes]:
+    path = tmp_path / "native.img"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        digest = _native.write_tree(tree, fd, **versions)
+    finally:
+        os.close(fd)
+    return path.read_bytes(), digest
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    path = tmp_path / "sandbox.img"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        yield fd, path
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def mkcomposefs_tool() -> str:
+    from composefs_py.writer import find_mkcomposefs
+
+    tool = find_mkcomposefs()
+    if tool is None:
+        pytest.skip("mkcomposefs not found: run scripts/bootstrap.sh (make deps)")
+    return tool
+
+
+def assert_child_gone() -> None:
+    pid = sandbox._last_child_pid
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+# ---------------------------------------------------------------------------
+# the lockdown, checked from inside the child
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict[str, Any]:
+    limits = SandboxLimits(
+        address_space=3 << 30, cpu_seconds=77, file_size=123 << 20, open_files=40
+    )
+    return sandbox._probe(limits)
+
+
+def test_child_sets_the_rlimits_asked_for(probe: dict[str, Any]) -> None:
+    rlimits = probe["probe"]["rlimits"]
+    assert rlimits["AS"] == [3 << 30, 3 << 30]
+    assert rlimits["CPU"] == [77, 78]
+    assert rlimits["FSIZE"] == [123 << 20, 123 << 20]
+    assert rlimits["NOFILE"] == [40, 40]
+    assert rlimits["CORE"] == [0, 0]
+
+
+def test_child_has_no_new_privs_and_no_capabilities(probe: dict[str, Any]) -> None:
+    status = probe["probe"]["status_after_capabilities"]
+    assert status["NoNewPrivs"] == "1"
+    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[key], 16) == 0, key
+
+
+def _kernel_allows_user_namespaces() -> bool:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return os.path.exists("/proc/self/ns/user")
+    done = subprocess.run([unshare, "--user", "--net", "--ipc", "--mount", "true"], check=False)
+    return done.returncode == 0
+
+
+def test_child_is_in_new_namespaces_where_the_kernel_allows(probe: dict[str, Any]) -> None:
+    report = probe["lockdown"]
+    before = probe["probe"]["parent_namespaces"]
+    after = probe["probe"]["namespaces"]
+    mine = {name: os.readlink(f"/proc/self/ns/{name}") for name in ("user", "net", "ipc", "mnt")}
+    assert before == mine  # the child started in ours
+    if not _kernel_allows_user_namespaces():
+        pytest.skip("this kernel does not allow new user namespaces")
+    for name in ("user", "net", "ipc", "mnt"):
+        assert report[f"{name}_namespace"] == "new"
+        assert after[name] != mine[name], name
+
+
+def test_landlock_denies_every_file_open(probe: dict[str, Any]) -> None:
+    abi = _lockdown.landlock_abi()
+    if isinstance(abi, str):
+        pytest.skip(f"Landlock {abi}")
+    assert probe["lockdown"]["landlock"] == f"abi {abi}"
+    assert probe["probe"]["landlock_open_etc_passwd"] == "denied: Permission denied"
+    assert probe["probe"]["landlock_open_proc_self_status"] == "denied: Permission denied"
+
+
+def test_seccomp_filter_is_installed(probe: dict[str, Any]) -> None:
+    if _lockdown.seccomp_machine() is None:
+        pytest.skip("no seccomp syscall table for this architecture")
+    assert probe["lockdown"]["seccomp"] == "active"
+    assert probe["probe"]["status_after_seccomp"]["Seccomp"] == "2"
+    assert probe["probe"]["seccomp_open_etc_passwd"].startswith("denied")
+
+
+def test_sandbox_info_reports_each_protection(probe: dict[str, Any]) -> None:
+    info = sandbox.sandbox_info()
+    for key in (
+        "rlimits",
+        "no_new_privs",
+        "capabilities_dropped",
+        "user_namespace",
+        "net_namespace",
+        "ipc_namespace",
+        "mnt_namespace",
+        "landlock",
+        "seccomp",
+    ):
+        assert isinstance(info[key], bool), key
+    assert info["rlimits"] and info["no_new_privs"] and info["capabilities_dropped"]
+    assert info["native_engine"] == "yes"
+    assert info["landlock"] == (not isinstance(_lockdown.landlock_abi(), str))
+    assert info["seccomp"] == (_lockdown.seccomp_machine() is not None)
+    assert info["user_namespace"] == (probe["lockdown"]["user_namespace"] == "new")
+    assert_child_gone()
+
+
+def test_seccomp_filter_checks_the_architecture_first() -> None:
+    program = _lockdown.build_seccomp_filter(_lockdown.SeccompPolicy(), "x86_64", 1)
+    first = [program[i : i + 8] for i in range(0, 24, 8)]
+    # ld [arch]; jeq AUDIT_ARCH_X86_64; ret KILL_PROCESS
+    assert first[0][:2] == b"\x20\x00" and first[0][4:] == (4).to_bytes(4, "little")
+    assert first[1][4:] == _lockdown.AUDIT_ARCH_X86_64.to_bytes(4, "little")
+    assert first[2][4:] == _lockdown.SECCOMP_RET_KILL_PROCESS.to_bytes(4, "little")
+    arm = _lockdown.build_seccomp_filter(_lockdown.SeccompPolicy(), "aarch64", 1)
+    assert arm[12:16] == _lockdown.AUDIT_ARCH_AARCH64.to_bytes(4, "little")
+    # The last instruction is the default action: kill.
+    assert program[-4:] == _lockdown.SECCOMP_RET_KILL_PROCESS.to_bytes(4, "little")
+
+
+# ---------------------------------------------------------------------------
+# same bytes as the native backend
+# ---------------------------------------------------------------------------
+
+
+def _asset_tree(composefs_src: Path, name: str) -> Tree:
+    raw = (composefs_src / "tests" / "assets" / name).read_bytes()
+    if name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    return parse_dumpfile(raw)
+
+
+@pytest.mark.parametrize("engine", ["native", "mkcomposefs"])
+@pytest.mark.parametrize("name", UPSTREAM_ASSETS)
+def test_sandbox_image_is_byte_identical_to_native_on_upstream_assets(
+    composefs_src: Path,
+    name: str,
+    engine: str,
+    tmp_path: Path,
+    out: tuple[int, Path],
+    mkcomposefs_tool: str,
+) -> None:
+    tree = _asset_tree(composefs_src, name)
+    expected, expected_digest = native_image(tree, tmp_path)
+    fd, path = out
+    digest = write_image_sandboxed(tree, fd, _engine=engine, _mkcomposefs=mkcomposefs_tool)
+    assert path.read_bytes() == expected
+    assert digest == expected_digest == fsverity_digest(expected)
+
+
+@pytest.mark.parametrize("engine", ["native", "mkcomposefs"])
+@pytest.mark.parametrize("versions", [(0, 0), (0, 1), (1, 1)])
+def test_sandbox_honours_format_versions(
+    engine: str,
+    versions: tuple[int, int],
+    tmp_path: Path,
+    out: tuple[int, Path],
+    mkcomposefs_tool: str,
+) -> None:
+    tree = small_tree()
+    low, high = versions
+    expected, expected_digest = native_image(tree, tmp_path, min_version=low, max_version=high)
+    fd, path = out
+    digest = write_image_sandboxed(
+        tree, fd, min_version=low, max_version=high, _engine=engine, _mkcomposefs=mkcomposefs_tool
+    )
+    assert path.read_bytes() == expected
+    assert digest == expected_digest
+
+
+def test_sandbox_writes_from_the_current_offset(tmp_path: Path, out: tuple[int, Path]) -> None:
+    tree = small_tree()
+    expected, _ = native_image(tree, tmp_path)
+    fd, path = out
+    os.write(fd, b"prefix")
+    write_image_sandboxed(tree, fd)
+    assert path.read_bytes() == b"prefix" + expected
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 6 + len(expected)
+
+
+def test_sandbox_writes_to_a_pipe_only_after_the_checks(tmp_path: Path) -> None:
+    tree = small_tree()
+    expected, expected_digest = native_image(tree, tmp_path)
+    read_end, write_end = os.pipe()
+    try:
+        with open(read_end, "rb", closefd=False) as reader:
+            import threading
+
+            got: list[bytes] = []
+            thread = threading.Thread(target=lambda: got.append(reader.read()))
+            thread.start()
+            try:
+                digest = write_image_sandboxed(tree, write_end)
+            finally:
+                os.close(write_end)
+                thread.join()
+    finally:
+        os.close(read_end)
+    assert got == [expected]
+    assert digest == expected_digest
+
+
+def test_writer_sandbox_backend_publishes_the_same_image(tmp_path: Path) -> None:
+    from composefs_py.writer import write_image
+
+    tree = small_tree()
+    expected, expected_digest = native_image(tree, tmp_path)
+    dest = tmp_path / "out" / "image.cfs"
+    dest.parent.mkdir()
+    assert write_image(tree, dest, backend="sandbox") == expected_digest
+    assert dest.read_bytes() == expected
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["image.cfs"]
+
+
+# ---------------------------------------------------------------------------
+# faults: each ends as SandboxError (or blocked), with no output, nothing left
+# ---------------------------------------------------------------------------
+
+FAULTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("segv", "SIGSEGV", {}),
+    ("abort", "SIGABRT", {}),
+    ("loop", "SIGXCPU", {"cpu_seconds": 1}),
+    ("alloc", "MemoryError", {"address_space": 1 << 30}),
+    ("open", "PermissionError: [Errno 13] Permission denied: '/etc/passwd'", {}),
+    ("socket", "SIGSYS", {}),
+    ("exec", "SIGSYS", {}),
+    ("bigwrite", "SIGXFSZ", {"file_size": 8 << 20}),
+    ("leakfd", "blocked: no fd but 0, 1, 2 and", {}),
+]
+
+
+@pytest.mark.parametrize(("fault", "expected", "limits"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_in_child_becomes_sandbox_error(
+    fault: str, expected: str, limits: dict[str, Any], out: tuple[int, Path]
+) -> None:
+    fd, path = out
+    # An inheritable fd of ours: the child must not get it (leakfd checks).
+    spare = os.open(path, os.O_RDONLY)
+    os.set_inheritable(spare, True)
+    try:
+        with pytest.raises(SandboxError) as caught:
+            write_image_sandboxed(
+                small_tree(),
+                fd,
+                timeout=120,
+                limits=SandboxLimits(timeout=120, **limits),
+                _fault=fault,
+            )
+    finally:
+        os.close(spare)
+    assert expected in str(caught.value)
+    assert path.stat().st_size == 0
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+    assert_child_gone()
+
+
+def test_wall_clock_timeout_kills_the_process_group(out: tuple[int, Path]) -> None:
+    fd, path = out
+    with pytest.raises(SandboxError, match=r"timed out after 1 s"):
+        write_image_sandboxed(
+            small_tree(), fd, timeout=1, limits=SandboxLimits(cpu_seconds=600), _fault="loop"
+        )
+    assert path.stat().st_size == 0
+    assert_child_gone()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("exec", "PermissionError: [Errno 13] Permission denied: '/bin/true'"),
+        ("open", "PermissionError: [Errno 13] Permission denied: '/etc/passwd'"),
+        ("socket", "SIGSYS"),
+        ("segv", "SIGSEGV"),
+    ],
+)
+def test_mkcomposefs_engine_keeps_the_lockdown(
+    fault: str, expected: str, out: tuple[int, Path], mkcomposefs_tool: str
+) -> None:
+    # The exec policy lets the child run mkcomposefs and nothing else.
+    fd, path = out
+    with pytest.raises(SandboxError) as caught:
+        write_image_sandboxed(
+            small_tree(), fd, _engine="mkcomposefs", _mkcomposefs=mkcomposefs_tool, _fault=fault
+        )
+    assert expected in str(caught.value)
+    assert path.stat().st_size == 0
+    assert_child_gone()
+
+
+def test_image_larger_than_the_file_size_limit_is_refused(out: tuple[int, Path]) -> None:
+    fd, path = out
+    with pytest.raises(SandboxError, match="SIGXFSZ"):
+        write_image_sandboxed(synthetic_tree(3000), fd, limits=SandboxLimits(file_size=64 << 10))
+    assert path.stat().st_size == 0
+    assert_child_gone()
+
+
+def test_child_failure_reports_the_tail_of_its_stderr(out: tuple[int, Path]) -> None:
+    fd, path = out
+    with pytest.raises(SandboxError, match=r"exit status 70: FileNotFoundError.*no-such-tool"):
+        write_image_sandboxed(
+            small_tree(), fd, _engine="mkcomposefs", _mkcomposefs="/nonexistent/no-such-tool"
+        )
+    assert path.stat().st_size == 0
+
+
+def test_output_without_composefs_header_is_not_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"\0" * 8192)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(SandboxError, match="no composefs header"):
+            sandbox._check_image(fd, 0, 8192, 0, 1)
+        with pytest.raises(SandboxError, match="too short"):
+            sandbox._check_image(fd, 0, 100, 0, 1)
+    finally:
+        os.close(fd)
+
+
+def test_output_with_wrong_format_version_is_not_accepted(tmp_path: Path) -> None:
+    image, _ = native_image(small_tree(), tmp_path, min_version=1, max_version=1)
+    path = tmp_path / "v1.img"
+    path.write_bytes(image)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(SandboxError, match=r"format version 1, outside 0\.\.0"):
+            sandbox._check_image(fd, 0, len(image), 0, 0)
+        assert sandbox._check_image(fd, 0, len(image), 0, 1) == fsverity_digest(image)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# reading untrusted images in the sandbox
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["config-with-hard-link.dump.gz", "special.dump"])
+def test_read_image_sandboxed_equals_native_read(
+    composefs_src: Path, name: str, tmp_path: Path
+) -> None:
+    image, _ = native_image(_asset_tree(composefs_src, name), tmp_path)
+    assert read_image_sandboxed(image) == _native.read_image(image)
+    assert_child_gone()
+
+
+def test_read_image_sandboxed_round_trips_a_tree(tmp_path: Path) -> None:
+    tree = small_tree()
+    image, _ = native_image(tree, tmp_path)
+    got = read_image_sandboxed(image)
+    assert dump_bytes(got) == dump_bytes(_native.read_image(image))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda image: image[:2000],
+        lambda image: image[:1024] + b"\xff" * (len(image) - 1024),
+        lambda image: image[:4096] + bytes(len(image) - 4096),
+    ],
+    ids=["truncated", "garbage-superblock", "zeroed-metadata"],
+)
+def test_read_image_sandboxed_never_takes_the_caller_down(
+    mutate: Callable[[bytes], bytes], tmp_path: Path
+) -> None:
+    image, _ = native_image(synthetic_tree(300), tmp_path)
+    try:
+        tree = read_image_sandboxed(mutate(image))
+    except (ValidationError, SandboxError):
+        pass
+    else:
+        assert isinstance(tree, Tree)
+    assert_child_gone()
