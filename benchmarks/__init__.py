@@ -1,0 +1,1 @@
+"""Benchmarks of composefs-py against the C tools (``python -m benchmarks``)."""

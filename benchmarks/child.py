@@ -1,0 +1,38 @@
+"""One measured run in a fresh process (so its peak RSS is its own).
+
+``python -m benchmarks.child toc TOC.json OUT.cfs`` and
+``python -m benchmarks.child layer BLOB STORE OUT.cfs`` print
+``{"seconds": ...}``: the time of the work itself, without interpreter
+start-up and imports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from composefs_py import ObjectStore, open_layer, parse_toc, write_image
+
+
+def main(argv: list[str]) -> int:
+    kind, *args = argv
+    if kind == "toc":
+        toc_path, out = args
+        start = time.perf_counter()
+        data = Path(toc_path).read_bytes()
+        write_image(parse_toc(data), out, backend="native")
+    elif kind == "layer":
+        blob, store, out = args
+        start = time.perf_counter()
+        tree = open_layer(blob).import_objects(ObjectStore(store))
+        write_image(tree, out, backend="native")
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
