@@ -49,8 +49,11 @@ def _timed(argv: list[str], stdin: bytes | None = None) -> tuple[float, int, byt
     """Run ``argv``; return (wall seconds, peak RSS KiB, stdout), rusage read via wait4."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=_REPO,
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=_REPO,
     )
     if stdin is not None:
         assert proc.stdin is not None
@@ -82,8 +85,11 @@ def _alternate(
             times[name].append(seconds)
             rss[name].append(kib)
     return {
-        name: {"seconds": _median(times[name]), "rss_mib": max(rss[name]) / 1024,
-               "runs": len(times[name])}
+        name: {
+            "seconds": _median(times[name]),
+            "rss_mib": max(rss[name]) / 1024,
+            "runs": len(times[name]),
+        }
         for name in sides
     }
 
@@ -102,7 +108,7 @@ def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
     mk = _mkcomposefs()
 
     def ours() -> tuple[float, int]:
-        _, kib, out = _timed(_CHILD + ["toc", str(toc_path), str(ours_img)])
+        _, kib, out = _timed([*_CHILD, "toc", str(toc_path), str(ours_img)])
         return json.loads(out)["seconds"], kib
 
     def theirs() -> tuple[float, int]:
@@ -111,9 +117,13 @@ def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
 
     result = _alternate(repeat, {"composefs-py": ours, "mkcomposefs": theirs})
     same = ours_img.read_bytes() == theirs_img.read_bytes()
-    return {"entries": n, **result, "same_bytes": same,
-            "time_ratio": result["composefs-py"]["seconds"] / result["mkcomposefs"]["seconds"],
-            "rss_ratio": result["composefs-py"]["rss_mib"] / result["mkcomposefs"]["rss_mib"]}
+    return {
+        "entries": n,
+        **result,
+        "same_bytes": same,
+        "time_ratio": result["composefs-py"]["seconds"] / result["mkcomposefs"]["seconds"],
+        "rss_ratio": result["composefs-py"]["rss_mib"] / result["mkcomposefs"]["rss_mib"],
+    }
 
 
 def bench_sandbox(n: int, work: Path, repeat: int) -> dict[str, object]:
@@ -130,14 +140,20 @@ def bench_sandbox(n: int, work: Path, repeat: int) -> dict[str, object]:
             start = time.perf_counter()
             write_image(tree, out, backend=backend)
             return time.perf_counter() - start, 0
+
         return run
 
     result = _alternate(repeat, {"native": side("native"), "sandbox": side("sandbox")})
     native = result["native"]["seconds"]
     sandbox = result["sandbox"]["seconds"]
-    return {"entries": n, "native_s": native, "sandbox_s": sandbox,
-            "ratio": sandbox / native, "overhead_s": sandbox - native,
-            "per_entry_overhead_us": (sandbox - native) / n * 1e6}
+    return {
+        "entries": n,
+        "native_s": native,
+        "sandbox_s": sandbox,
+        "ratio": sandbox / native,
+        "overhead_s": sandbox - native,
+        "per_entry_overhead_us": (sandbox - native) / n * 1e6,
+    }
 
 
 def bench_layer(n_files: int, work: Path, repeat: int) -> dict[str, object]:
@@ -157,7 +173,9 @@ def bench_layer(n_files: int, work: Path, repeat: int) -> dict[str, object]:
 
     def ours() -> tuple[float, int]:
         store = fresh("ours-objects")
-        _, kib, out = _timed(_CHILD + ["layer", str(blob), str(store), str(work / "ours-layer.cfs")])
+        _, kib, out = _timed(
+            [*_CHILD, "layer", str(blob), str(store), str(work / "ours-layer.cfs")]
+        )
         return json.loads(out)["seconds"], kib
 
     def theirs() -> tuple[float, int]:
@@ -165,61 +183,84 @@ def bench_layer(n_files: int, work: Path, repeat: int) -> dict[str, object]:
         store = fresh("theirs-objects")
         root.mkdir()
         start = time.perf_counter()
-        script = (f"{zstd} -dc {blob} | {tar} -x -C {root} && "
-                  f"{mk} --digest-store={store} {root} {work / 'theirs-layer.cfs'}")
+        script = (
+            f"{zstd} -dc {blob} | {tar} -x -C {root} && "
+            f"{mk} --digest-store={store} {root} {work / 'theirs-layer.cfs'}"
+        )
         _, kib, _ = _timed(["sh", "-c", script])
         return time.perf_counter() - start, kib
 
     result = _alternate(repeat, {"composefs-py": ours, "upstream": theirs})
-    return {"files": n_files, "blob_mib": blob.stat().st_size / 2**20, **result,
-            "time_ratio": result["composefs-py"]["seconds"] / result["upstream"]["seconds"]}
+    return {
+        "files": n_files,
+        "blob_mib": blob.stat().st_size / 2**20,
+        **result,
+        "time_ratio": result["composefs-py"]["seconds"] / result["upstream"]["seconds"],
+    }
 
 
 def _table(results: dict[str, list[dict[str, object]]]) -> str:
     lines = []
     lines.append("TOC JSON -> image (composefs-py native) vs mkcomposefs --from-file (dumpfile)")
-    lines.append(f"{'entries':>9} {'ours s':>8} {'mkcfs s':>8} {'ratio':>6} "
-                 f"{'ours MiB':>9} {'mkcfs MiB':>9} {'rss x':>6} same")
+    lines.append(
+        f"{'entries':>9} {'ours s':>8} {'mkcfs s':>8} {'ratio':>6} "
+        f"{'ours MiB':>9} {'mkcfs MiB':>9} {'rss x':>6} same"
+    )
     for r in results.get("toc", []):
         o, t = r["composefs-py"], r["mkcomposefs"]
         assert isinstance(o, dict) and isinstance(t, dict)
-        lines.append(f"{r['entries']:>9} {o['seconds']:>8.3f} {t['seconds']:>8.3f} "
-                     f"{r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} {t['rss_mib']:>9.1f} "
-                     f"{r['rss_ratio']:>6.2f} {r['same_bytes']}")
+        lines.append(
+            f"{r['entries']:>9} {o['seconds']:>8.3f} {t['seconds']:>8.3f} "
+            f"{r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} {t['rss_mib']:>9.1f} "
+            f"{r['rss_ratio']:>6.2f} {r['same_bytes']}"
+        )
     if results.get("sandbox"):
         lines.append("")
         lines.append("sandbox backend vs native (same Tree)")
-        lines.append(f"{'entries':>9} {'native s':>9} {'sandbox s':>9} {'ratio':>6} "
-                     f"{'fixed+var s':>11} {'us/entry':>9}")
+        lines.append(
+            f"{'entries':>9} {'native s':>9} {'sandbox s':>9} {'ratio':>6} "
+            f"{'fixed+var s':>11} {'us/entry':>9}"
+        )
         for r in results["sandbox"]:
-            lines.append(f"{r['entries']:>9} {r['native_s']:>9.3f} {r['sandbox_s']:>9.3f} "
-                         f"{r['ratio']:>6.2f} {r['overhead_s']:>11.3f} "
-                         f"{r['per_entry_overhead_us']:>9.2f}")
+            lines.append(
+                f"{r['entries']:>9} {r['native_s']:>9.3f} {r['sandbox_s']:>9.3f} "
+                f"{r['ratio']:>6.2f} {r['overhead_s']:>11.3f} "
+                f"{r['per_entry_overhead_us']:>9.2f}"
+            )
     if results.get("layer"):
         lines.append("")
         lines.append("zstd:chunked layer import vs zstd -dc | tar -x + mkcomposefs --digest-store")
-        lines.append(f"{'files':>9} {'blob MiB':>9} {'ours s':>8} {'upstream s':>10} {'ratio':>6} "
-                     f"{'ours MiB':>9} {'up MiB':>7}")
+        lines.append(
+            f"{'files':>9} {'blob MiB':>9} {'ours s':>8} {'upstream s':>10} {'ratio':>6} "
+            f"{'ours MiB':>9} {'up MiB':>7}"
+        )
         for r in results["layer"]:
             o, t = r["composefs-py"], r["upstream"]
             assert isinstance(o, dict) and isinstance(t, dict)
-            lines.append(f"{r['files']:>9} {r['blob_mib']:>9.1f} {o['seconds']:>8.3f} "
-                         f"{t['seconds']:>10.3f} {r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} "
-                         f"{t['rss_mib']:>7.1f}")
+            lines.append(
+                f"{r['files']:>9} {r['blob_mib']:>9.1f} {o['seconds']:>8.3f} "
+                f"{t['seconds']:>10.3f} {r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} "
+                f"{t['rss_mib']:>7.1f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000,400000",
-                        help="TOC sizes in entries (comma separated)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sizes", default="10000,100000,400000", help="TOC sizes in entries (comma separated)"
+    )
     parser.add_argument("--sandbox-sizes", default="1000,100000")
     parser.add_argument("--layer-files", default="20000")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=("toc", "sandbox", "layer"), action="append")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder for generated inputs (kept between runs)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for generated inputs (kept between runs)"
+    )
     parser.add_argument("--json", type=Path, default=_REPO / "build" / "bench.json")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "composefs-py-bench"
@@ -230,11 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     if "toc" in only:
         results["toc"] = [bench_toc(n, work, args.repeat) for n in sizes]
     if "sandbox" in only:
-        results["sandbox"] = [bench_sandbox(int(n), work, args.repeat)
-                              for n in args.sandbox_sizes.split(",") if n]
+        results["sandbox"] = [
+            bench_sandbox(int(n), work, args.repeat) for n in args.sandbox_sizes.split(",") if n
+        ]
     if "layer" in only:
-        results["layer"] = [bench_layer(int(n), work, args.repeat)
-                            for n in args.layer_files.split(",") if n]
+        results["layer"] = [
+            bench_layer(int(n), work, args.repeat) for n in args.layer_files.split(",") if n
+        ]
     print(_table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -26,12 +26,66 @@ from pathlib import Path
 
 import zstandard
 
-_WORDS = (
-    "import def class return self value None for in if else while yield from with "
-    "lambda try except raise assert pass break continue global nonlocal and or not is "
-    "static const int char void struct include define ifdef endif unsigned long size_t "
-    "usr lib share bin etc var locale doc man python3 perl gnu linux x86_64 config data"
-).split()
+_WORDS = [
+    "import",
+    "def",
+    "class",
+    "return",
+    "self",
+    "value",
+    "None",
+    "for",
+    "in",
+    "if",
+    "else",
+    "while",
+    "yield",
+    "from",
+    "with",
+    "lambda",
+    "try",
+    "except",
+    "raise",
+    "assert",
+    "pass",
+    "break",
+    "continue",
+    "global",
+    "nonlocal",
+    "and",
+    "or",
+    "not",
+    "is",
+    "static",
+    "const",
+    "int",
+    "char",
+    "void",
+    "struct",
+    "include",
+    "define",
+    "ifdef",
+    "endif",
+    "unsigned",
+    "long",
+    "size_t",
+    "usr",
+    "lib",
+    "share",
+    "bin",
+    "etc",
+    "var",
+    "locale",
+    "doc",
+    "man",
+    "python3",
+    "perl",
+    "gnu",
+    "linux",
+    "x86_64",
+    "config",
+    "data",
+]
 _TOP = ("usr", "etc", "var", "opt", "srv", "lib")
 _SUB = ("bin", "lib", "share", "include", "libexec", "local", "doc", "man", "locale", "python3")
 _EXT = (".py", ".so", ".h", ".txt", ".json", ".mo", ".gz", "", ".conf", ".pyc")
@@ -70,8 +124,11 @@ def tree_specs(n: int, *, seed: int = 1) -> list[Spec]:
     counter = 0
     while len(specs) < n:
         roll = rng.random()
-        parent = dirs[min(len(dirs) - 1, int(rng.paretovariate(1.2)) - 1)] if rng.random() < 0.3 \
+        parent = (
+            dirs[min(len(dirs) - 1, int(rng.paretovariate(1.2)) - 1)]
+            if rng.random() < 0.3
             else rng.choice(dirs)
+        )
         counter += 1
         if roll < 0.07 and parent.count("/") < 9:
             name = f"{parent}{rng.choice(_SUB)}{counter}/"
@@ -80,8 +137,17 @@ def tree_specs(n: int, *, seed: int = 1) -> list[Spec]:
             continue
         base = f"{parent}{rng.choice(_WORDS)}_{counter}{rng.choice(_EXT)}"
         if roll < 0.15 and files:
-            specs.append(Spec("symlink", base, 0o777, 0, 0, _mtime(rng),
-                              link="../" + rng.choice(files).rsplit("/", 1)[-1]))
+            specs.append(
+                Spec(
+                    "symlink",
+                    base,
+                    0o777,
+                    0,
+                    0,
+                    _mtime(rng),
+                    link="../" + rng.choice(files).rsplit("/", 1)[-1],
+                )
+            )
             continue
         if roll < 0.16 and files:
             specs.append(Spec("hardlink", base, 0o644, 0, 0, _mtime(rng), link=rng.choice(files)))
@@ -96,8 +162,9 @@ def tree_specs(n: int, *, seed: int = 1) -> list[Spec]:
             xattrs = (("security.capability", bytes(20)),)
         mode = rng.choice((0o644, 0o644, 0o644, 0o755, 0o600, 0o4755 if owner == 0 else 0o644))
         files.append(base)
-        specs.append(Spec("reg", base, mode, owner, owner, _mtime(rng), size, digest,
-                          xattrs=xattrs))
+        specs.append(
+            Spec("reg", base, mode, owner, owner, _mtime(rng), size, digest, xattrs=xattrs)
+        )
     return specs
 
 
@@ -194,8 +261,12 @@ def zstd_chunked_layer(n_files: int, dest: Path, *, seed: int = 7) -> Path:
             end = out.tell()
             if padding:
                 out.write(cctx.compress(padding))
-            entry.update(size=len(data), digest="sha256:" + hashlib.sha256(data).hexdigest(),
-                         offset=start, endOffset=end)
+            entry.update(
+                size=len(data),
+                digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                offset=start,
+                endOffset=end,
+            )
         entries.append(entry)
     out.write(cctx.compress(b"\0" * 1024))  # end-of-archive blocks
     toc = cctx.compress(json.dumps({"version": 1, "entries": entries}).encode())
@@ -204,10 +275,19 @@ def zstd_chunked_layer(n_files: int, dest: Path, *, seed: int = 7) -> Path:
     tar_split = cctx.compress(b"")
     split_offset = out.tell() + 8
     out.write(_skippable(tar_split))
-    footer = struct.pack(
-        "<QQQQQQQ", toc_offset, len(toc), len(zstandard.ZstdDecompressor().decompress(toc)), 1,
-        split_offset, len(tar_split), 0,
-    ) + _FOOTER_MAGIC
+    footer = (
+        struct.pack(
+            "<QQQQQQQ",
+            toc_offset,
+            len(toc),
+            len(zstandard.ZstdDecompressor().decompress(toc)),
+            1,
+            split_offset,
+            len(tar_split),
+            0,
+        )
+        + _FOOTER_MAGIC
+    )
     out.write(_skippable(footer))
     dest.write_bytes(out.getvalue())
     return dest
