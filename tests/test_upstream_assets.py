@@ -1,0 +1,438 @@
+"""Upstream libcomposefs's own asset tests, reproduced with composefs-py.
+
+``tests/test-checksums.sh`` in the composefs source builds an image from every
+dumpfile in ``tests/assets`` and compares its sha256 with the ``.sha256`` file
+next to it (format versions from a ``.version`` file when there is one;
+assets without their dumpfile are skipped, as upstream skips them).  Here the
+same images come from ``write_image(parse_dumpfile(x), backend="native")``,
+and for each one:
+
+* the sha256 equals upstream's;
+* ``fsck.erofs`` finds no error (:func:`fsck`, used on every image written);
+* the ``mkcomposefs`` backend writes the very same bytes;
+* reading the image back gives the input again, up to what EROFS (as
+  libcomposefs writes and reads it) cannot keep: :data:`EROFS_CANNOT_KEEP`,
+  applied by :func:`erofs_view`; and writing what was read gives the same
+  image again (upstream's "dump reproduces the same file" check).
+
+Every ``should-fail-*`` asset raises ValidationError, strict or not.
+
+The assets come from the upstream source the bootstrap fetched (fixture
+``composefs_src``); nothing is copied into this repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from composefs_py.dumpfile import dump, parse_dumpfile
+from composefs_py.errors import ValidationError
+from composefs_py.fsverity import fsverity_digest
+from composefs_py.model import ROOT, Hardlink, Inode, Tree, TreeBuilder, parent_of
+from composefs_py.writer import read_image, write_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Assets upstream parses without CFS_PARSE_STRICT (tests/test-checksums.sh).
+NONSTRICT = frozenset({"no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"})
+
+#: What a composefs image cannot keep of a Tree, found by writing and reading
+#: images with libcomposefs 1.0.8 (each rule has its own test below, and
+#: :func:`erofs_view` applies them).  Differences between a dumpfile's text
+#: and ``dump(parse_dumpfile(text))`` are not listed: the parser already
+#: drops what no image keeps (directory sizes and link counts, sizes of
+#: devices, fifos and sockets, a symlink's size other than its target's
+#: length) and ``dump`` sorts xattrs by name.
+EROFS_CANNOT_KEEP: tuple[str, ...] = (
+    # lcfs-writer-erofs.c marks each directory holding a whiteout (a
+    # character device 0/0) for overlayfs >= 6.7 in format version 1; the
+    # reader does not remove the marks.
+    "format version 1: a directory holding a whiteout gains the xattrs "
+    "trusted.overlay.opaque=x and user.overlay.opaque=x",
+    # No overlay redirect or metacopy xattr is written for an empty file,
+    # nor a metacopy (which holds the digest) for a file with inline content.
+    "an empty regular file loses its payload and fs-verity digest",
+    "a regular file with inline content loses its fs-verity digest",
+    # The reader takes these for its own whiteout marks and skips them.
+    "the xattrs user.overlay.whiteout, user.overlay.whiteouts and "
+    "trusted.overlay.whiteouts are dropped",
+    "a regular file with the xattr trusted.overlay.whiteout reads back as a "
+    "whiteout (character device 0/0, size 0, without that xattr)",
+    # struct lcfs_inode_s keeps st_rdev as uint32_t, EROFS as __le32.
+    "a device number keeps its low 32 bits only; a character device whose "
+    "low 32 bits are 0 becomes a whiteout",
+)
+
+_OPAQUE_MARKS = ((b"trusted.overlay.opaque", b"x"), (b"user.overlay.opaque", b"x"))
+_DROPPED_XATTRS = frozenset(
+    {b"user.overlay.whiteout", b"user.overlay.whiteouts", b"trusted.overlay.whiteouts"}
+)
+_WHITEOUT_XATTR = b"trusted.overlay.whiteout"
+_U32_MASK = 0xFFFFFFFF
+
+
+def _is_whiteout(inode: Inode) -> bool:
+    return inode.file_type == stat.S_IFCHR and inode.rdev & _U32_MASK == 0
+
+
+def _kept(inode: Inode) -> Inode:
+    """``inode`` as it comes back from an image, apart from its parent's marks."""
+    ftype = inode.file_type
+    xattrs = tuple(pair for pair in inode.xattrs if pair[0] not in _DROPPED_XATTRS)
+    changes: dict[str, object] = {"xattrs": xattrs}
+    if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+        changes["rdev"] = inode.rdev & _U32_MASK
+    elif ftype == stat.S_IFREG:
+        if any(name == _WHITEOUT_XATTR for name, _ in xattrs):
+            return dataclasses.replace(
+                inode,
+                mode=stat.S_IFCHR | stat.S_IMODE(inode.mode),
+                size=0,
+                rdev=0,
+                payload=None,
+                content=None,
+                fsverity_digest=None,
+                xattrs=tuple(pair for pair in xattrs if pair[0] != _WHITEOUT_XATTR),
+            )
+        if inode.size == 0:
+            changes.update(payload=None, fsverity_digest=None, content=None)
+        elif inode.content is not None:
+            changes["fsverity_digest"] = None
+    return dataclasses.replace(inode, **changes)  # type: ignore[arg-type]
+
+
+def erofs_view(tree: Tree, version: int) -> Tree:
+    """Return ``tree`` as reading back its format-``version`` image gives it.
+
+    Applies :data:`EROFS_CANNOT_KEEP`, nothing else.
+    """
+    nodes: dict[bytes, Inode | Hardlink] = {}
+    for path, node in tree:
+        nodes[path] = node if isinstance(node, Hardlink) else _kept(node)
+    if version >= 1:
+        for path, node in tree:
+            if isinstance(node, Inode) and _is_whiteout(node):
+                parent = nodes[parent_of(path)]
+                assert isinstance(parent, Inode)
+                marked = dict(parent.xattrs)
+                marked.update(_OPAQUE_MARKS)
+                nodes[parent_of(path)] = dataclasses.replace(
+                    parent, xattrs=tuple(sorted(marked.items()))
+                )
+    builder = TreeBuilder()
+    for index, path in enumerate(tree.paths):
+        builder.add(path, nodes[path], entry=index)
+    return builder.build()
+
+
+def image_version(image: bytes) -> int:
+    """The composefs format version in the image header (``composefs_version``)."""
+    return int.from_bytes(image[12:16], "little")
+
+
+def fsck(fsck_erofs: Path, image: Path) -> None:
+    """Run fsck.erofs on ``image`` and fail on any problem it reports.
+
+    fsck.erofs 1.5 exits 0 even after printing errors (a bad superblock
+    checksum, corrupt xattrs), so its messages are checked too.  No
+    ``--extract``: a composefs file's data lives in the object store, not in
+    the image, so there is nothing to extract (as upstream's test runs it).
+    """
+    proc = subprocess.run(
+        [str(fsck_erofs), "-d3", str(image)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    assert "<E>" not in report, report
+    assert "No errors found" in report, report
+
+
+# ---------------------------------------------------------------------------
+# assets
+# ---------------------------------------------------------------------------
+
+
+def _assets_at_collection() -> Path | None:
+    """Where the conftest's ``composefs_src`` will look (names are needed early)."""
+    recorded = REPO / ".deps" / "composefs-src-path"
+    for candidate in (
+        os.environ.get("COMPOSEFS_SRC"),
+        recorded.read_text().strip() if recorded.is_file() else None,
+        REPO / ".deps" / "src" / "composefs",
+    ):
+        if candidate and (Path(candidate) / "tests" / "assets").is_dir():
+            return Path(candidate) / "tests" / "assets"
+    return None
+
+
+def _names(pattern: str, suffix: str = "") -> list[str]:
+    found = _assets_at_collection()
+    if found is None:
+        return ["(upstream source not found)"]
+    return sorted(p.name[: len(p.name) - len(suffix)] for p in found.glob(pattern))
+
+
+def _present(names: list[str], present: bool) -> list[str]:
+    found = _assets_at_collection()
+    if found is None:
+        return names if present else []
+    return [name for name in names if (found / name).is_file() == present]
+
+
+# Upstream ships some .sha256 files without their dumpfile (fuzzer finds
+# kept out of the tarball); test-checksums.sh skips those, and so do we.
+CHECKSUM_ASSETS = _present(_names("*.sha256", ".sha256"), True)
+MISSING_ASSETS = _present(_names("*.sha256", ".sha256"), False)
+SHOULD_FAIL_ASSETS = _names("should-fail-*")
+
+
+@pytest.fixture(scope="session")
+def asset_dir(composefs_src: Path) -> Path:
+    return composefs_src / "tests" / "assets"
+
+
+def read_asset(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """One asset, parsed and written with the native backend."""
+
+    name: str
+    tree: Tree
+    image_path: Path
+    image: bytes
+    digest: bytes
+    expected_sha256: str
+    versions: dict[str, int]
+
+
+@pytest.fixture(scope="module", params=CHECKSUM_ASSETS)
+def built(
+    request: pytest.FixtureRequest,
+    asset_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Built]:
+    name: str = request.param
+    asset = asset_dir / name
+    versions: dict[str, int] = {}
+    version_file = asset_dir / f"{name}.version"
+    if version_file.is_file():
+        version = int(version_file.read_text().strip())
+        versions = {"min_version": version, "max_version": version}
+    tree = parse_dumpfile(read_asset(asset), strict=name not in NONSTRICT)
+    image_path = tmp_path_factory.mktemp("assets") / f"{name}.cfs"
+    digest = write_image(tree, image_path, backend="native", **versions)
+    expected = (asset_dir / f"{name}.sha256").read_text().split()[0]
+    yield Built(name, tree, image_path, image_path.read_bytes(), digest, expected, versions)
+    image_path.unlink()
+
+
+def test_sha256_equals_upstream_checksum(built: Built) -> None:
+    assert hashlib.sha256(built.image).hexdigest() == built.expected_sha256
+
+
+def test_image_passes_fsck_erofs(built: Built, fsck_erofs: Path) -> None:
+    fsck(fsck_erofs, built.image_path)
+
+
+def test_returned_digest_is_the_fsverity_digest_of_the_image(built: Built) -> None:
+    assert built.digest == fsverity_digest(built.image)
+
+
+def test_mkcomposefs_backend_writes_the_same_bytes(
+    built: Built, tmp_path: Path, mkcomposefs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COMPOSEFS_PY_MKCOMPOSEFS", str(mkcomposefs))
+    out = tmp_path / "mk.cfs"
+    digest = write_image(built.tree, out, backend="mkcomposefs", **built.versions)
+    assert out.read_bytes() == built.image
+    assert digest == built.digest
+
+
+def test_read_back_equals_the_input_up_to_what_erofs_cannot_keep(built: Built) -> None:
+    back = read_image(built.image)
+    expected = erofs_view(built.tree, image_version(built.image))
+    assert dump(back) == dump(expected)
+
+
+def test_writing_what_was_read_gives_the_same_image(
+    built: Built, tmp_path: Path, fsck_erofs: Path
+) -> None:
+    out = tmp_path / "again.cfs"
+    write_image(read_image(built.image_path), out, backend="native", **built.versions)
+    fsck(fsck_erofs, out)
+    assert out.read_bytes() == built.image
+
+
+@pytest.mark.parametrize("name", SHOULD_FAIL_ASSETS)
+@pytest.mark.parametrize("strict", [True, False])
+def test_should_fail_asset_raises_validation_error(
+    name: str, strict: bool, asset_dir: Path
+) -> None:
+    with pytest.raises(ValidationError):
+        parse_dumpfile((asset_dir / name).read_bytes(), strict=strict)
+
+
+def test_every_upstream_asset_list_entry_is_covered(asset_dir: Path) -> None:
+    # The lists above were taken when the module was collected; they must be
+    # this source's lists (and not empty), or assets would go untested.
+    on_disk = sorted(p.name[: -len(".sha256")] for p in asset_dir.glob("*.sha256"))
+    assert on_disk == sorted(CHECKSUM_ASSETS + MISSING_ASSETS)
+    assert all((asset_dir / name).is_file() for name in CHECKSUM_ASSETS)
+    assert not any((asset_dir / name).exists() for name in MISSING_ASSETS)
+    assert sorted(p.name for p in asset_dir.glob("should-fail-*")) == SHOULD_FAIL_ASSETS
+    assert len(CHECKSUM_ASSETS) >= 15 and len(SHOULD_FAIL_ASSETS) >= 14
+    assert "f36-x86_64-silverblue.dump.gz" in CHECKSUM_ASSETS
+    assert "cs9-x86_64-developer.dump.gz" in CHECKSUM_ASSETS
+
+
+# ---------------------------------------------------------------------------
+# the fsck helper can fail
+# ---------------------------------------------------------------------------
+
+
+def _small_image(tmp_path: Path) -> Path:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(stat.S_IFDIR | 0o755))
+    builder.add(b"/f", Inode(stat.S_IFREG | 0o644, xattrs=((b"user.a", b"b" * 100),)))
+    out = tmp_path / "small.cfs"
+    write_image(builder.build(), out, backend="native")
+    return out
+
+
+def test_fsck_helper_passes_a_good_image(tmp_path: Path, fsck_erofs: Path) -> None:
+    fsck(fsck_erofs, _small_image(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "offset, what",
+    [(1024 + 8, "superblock features (checksum)"), (1024 + 12, "superblock block size")],
+)
+def test_fsck_helper_detects_corruption(
+    tmp_path: Path, fsck_erofs: Path, offset: int, what: str
+) -> None:
+    image = _small_image(tmp_path)
+    data = bytearray(image.read_bytes())
+    data[offset] ^= 0xFF
+    image.write_bytes(data)
+    with pytest.raises(AssertionError):
+        fsck(fsck_erofs, image)
+
+
+# ---------------------------------------------------------------------------
+# each entry of EROFS_CANNOT_KEEP, shown to be a real loss
+# ---------------------------------------------------------------------------
+
+DIR = stat.S_IFDIR | 0o755
+REG = stat.S_IFREG | 0o644
+PAYLOAD = b"ab/" + b"cd" * 31
+
+
+def _tree(*entries: tuple[bytes, Inode | Hardlink]) -> Tree:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(DIR))
+    for path, node in entries:
+        builder.add(path, node)
+    return builder.build()
+
+
+def _round_trip(tree: Tree, tmp_path: Path, fsck_erofs: Path, version: int = 1) -> tuple[Tree, int]:
+    out = tmp_path / "loss.cfs"
+    write_image(tree, out, backend="native", max_version=version)
+    fsck(fsck_erofs, out)
+    image = out.read_bytes()
+    return read_image(image), image_version(image)
+
+
+LOSSES: dict[str, Tree] = {
+    "v1 whiteout marks its directory": _tree(
+        (b"/d", Inode(DIR, xattrs=((b"user.overlay.opaque", b"y"),))),
+        (b"/d/w", Inode(stat.S_IFCHR | 0o600)),
+    ),
+    "empty file payload and digest": _tree(
+        (b"/f", Inode(REG, payload=PAYLOAD, fsverity_digest=bytes(range(32)))),
+    ),
+    "inline file digest": _tree(
+        (b"/f", Inode(REG, size=2, content=b"hi", fsverity_digest=bytes(range(32)))),
+    ),
+    "overlay whiteout xattrs dropped": _tree(
+        (
+            b"/f",
+            Inode(
+                REG,
+                xattrs=(
+                    (b"trusted.overlay.whiteouts", b""),
+                    (b"user.keep", b"1"),
+                    (b"user.overlay.whiteout", b""),
+                    (b"user.overlay.whiteouts", b"x"),
+                ),
+            ),
+        ),
+    ),
+    "trusted.overlay.whiteout makes a whiteout": _tree(
+        (b"/f", Inode(REG, xattrs=((b"trusted.overlay.whiteout", b""),))),
+    ),
+    "device number above 32 bits": _tree(
+        (b"/c", Inode(stat.S_IFCHR | 0o600, rdev=(7 << 32) | 5)),
+        (b"/b", Inode(stat.S_IFBLK | 0o600, rdev=1 << 40)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOSSES))
+def test_erofs_loss_is_real_and_exactly_described(
+    case: str, tmp_path: Path, fsck_erofs: Path
+) -> None:
+    tree = LOSSES[case]
+    back, version = _round_trip(tree, tmp_path, fsck_erofs)
+    assert dump(back) != dump(tree), "not a loss: drop it from EROFS_CANNOT_KEEP"
+    assert dump(back) == dump(erofs_view(tree, version))
+
+
+def test_whiteout_marks_only_in_format_version_1(tmp_path: Path, fsck_erofs: Path) -> None:
+    tree = LOSSES["v1 whiteout marks its directory"]
+    back, version = _round_trip(tree, tmp_path, fsck_erofs, version=0)
+    assert version == 0
+    assert dump(back) == dump(tree)
+
+
+def test_what_is_not_listed_comes_back_whole(tmp_path: Path, fsck_erofs: Path) -> None:
+    tree = _tree(
+        (b"/d", Inode(DIR, uid=70000, gid=1 << 31, mtime=-5, mtime_nsec=999_999_999)),
+        (b"/d/f", Inode(REG, size=1 << 40, payload=b"/abs/" + PAYLOAD, nlink=3)),
+        (b"/d/g", Hardlink(b"/d/f")),
+        (b"/e", Inode(REG, size=5, content=b"hello")),
+        (b"/v", Inode(REG, size=5, payload=PAYLOAD, fsverity_digest=bytes(32))),
+        (b"/l", Inode(stat.S_IFLNK | 0o777, symlink_target=b"x" * 4095)),
+        (b"/c", Inode(stat.S_IFCHR | 0o7777, rdev=_U32_MASK)),
+        (b"/s", Inode(stat.S_IFSOCK | 0o600)),
+        (
+            b"/x",
+            Inode(
+                REG,
+                xattrs=(
+                    (b"trusted.overlay.metacopy", b""),
+                    (b"trusted.overlay.opaque", b"y"),
+                    (b"trusted.overlay.redirect", b"/elsewhere"),
+                    (b"user.overlay.redirect", b"/y"),
+                ),
+            ),
+        ),
+    )
+    back, _ = _round_trip(tree, tmp_path, fsck_erofs)
+    assert dump(back) == dump(tree)
