@@ -1,0 +1,1087 @@
+"""The containers/storage TOC (zstd:chunked and eStargz) -> :class:`Tree`.
+
+:func:`parse_toc` is the only way a TOC becomes a Tree.  It follows the
+semantics table of DESIGN.md section 4, field by field, and builds through
+:class:`~composefs_py.model.TreeBuilder` (which owns the tree invariants).
+
+The input is untrusted: every rejection is a :class:`ValidationError` that
+names the entry index, the entry's ``name`` as given and the JSON field, e.g.
+``entry 17 ("usr/bin/x"): uid: must be an integer in 0..4294967294, got -1``.
+
+Decisions worth knowing:
+
+* ``data`` is the JSON document as ``bytes`` or ``str``, or a path
+  (``os.PathLike``) of a file holding it.  It must be UTF-8 (no BOM).
+* JSON: duplicate keys, ``NaN``/``Infinity``, trailing data and nesting deeper
+  than ``limits.max_json_depth`` are rejected; a bool is never an integer;
+  ``null`` is not accepted for any known field (Go's encoder omits empty
+  fields instead).  Unknown keys are ignored, whatever they hold.
+* Whiteouts (default): ``.wh.NAME`` becomes an overlay whiteout, a character
+  device 0/0 named ``NAME``.  Its permission bits are 0 and its owner the
+  entry's, as containers/storage's overlay whiteout conversion makes it
+  (``mknod(path, S_IFCHR, 0)`` then ``chown``); its mtime is the entry's, so
+  the image stays deterministic.  ``.wh..wh..opq`` sets
+  ``trusted.overlay.opaque=y`` on its directory (before or after the
+  directory's own entry); other ``.wh..wh.*`` names (aufs metadata) are
+  skipped, as containers/storage skips them.  A whiteout inside an opaque
+  directory is dropped: the directory already hides everything below it, and
+  libcomposefs would otherwise overwrite the opaque marker with its
+  "has whiteouts" marker.
+* ``compat="containers-storage"``: ``.wh.*`` entries stay plain files,
+  exactly as containers/storage's ``GenerateDump`` keeps them; then the
+  image is byte-identical to what podman makes from the same TOC.
+* eStargz's ``.no.prefetch.landmark``/``.prefetch.landmark`` (a regular
+  file of size 1 at the top) and ``stargz.index.json`` are skipped.
+* ``chunk`` entries are checked (they must continue the regular file just
+  before them, cover it contiguously, and carry sane offsets and digests)
+  and then dropped: they are not tree nodes.
+* Empty regular files have no payload, also when a digest is given (eStargz
+  gives the sha256 of nothing, and only that digest is accepted for them).
+"""
+
+from __future__ import annotations
+
+import binascii
+import gc
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from .errors import ValidationError
+from .limits import Limits
+from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder
+
+__all__ = ["COMPAT_MODES", "parse_toc"]
+
+#: Values accepted for ``compat``.
+COMPAT_MODES = (None, "containers-storage")
+
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+_S_IFDIR = 0o040000
+_S_IFLNK = 0o120000
+_S_IFCHR = 0o020000
+_S_IFBLK = 0o060000
+_S_IFIFO = 0o010000
+
+#: The file type bits each entry type stands for.
+_TYPE_BITS: dict[str, int] = {
+    "reg": _S_IFREG,
+    "dir": _S_IFDIR,
+    "symlink": _S_IFLNK,
+    "hardlink": _S_IFREG,
+    "char": _S_IFCHR,
+    "block": _S_IFBLK,
+    "fifo": _S_IFIFO,
+    "chunk": 0,
+}
+_TYPES_TEXT = ", ".join(_TYPE_BITS)
+
+_ID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no id"
+_U32_MAX = (1 << 32) - 1
+_I63_MAX = (1 << 63) - 1
+_NSEC = 1_000_000_000
+
+_EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+_HEX = "0123456789abcdef"
+_XATTR_PREFIXES = ("user.", "trusted.", "security.")
+_XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
+_OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
+_WH = b".wh."
+_WH_META = b".wh..wh."
+_WH_OPAQUE = b".wh..wh..opq"
+_LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
+_STARGZ_INDEX = b"/stargz.index.json"
+_CHUNK_TYPES = frozenset(("", "zeros"))
+_MAX_LISTED_PROBLEMS = 100
+_CACHE_MAX = 1 << 16
+_FRACTION_SCALE = tuple(10 ** (9 - digits) for digits in range(10))
+#: The entry fields this module knows (unknown ones are ignored).
+_FIELDS = (
+    "type", "name", "linkName", "mode", "size", "uid", "gid", "modtime",
+    "accesstime", "changetime", "devMajor", "devMinor", "xattrs", "digest",
+    "offset", "endOffset", "innerOffset", "chunkSize", "chunkOffset",
+    "chunkDigest", "chunkType",
+)  # fmt: skip
+
+# Every byte but the JSON structure characters, for the nesting pre-scan.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
+    r"(?:[Zz]|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+# -- small helpers ------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    """``value`` as JSON-ish text for a message, cut to a sane length."""
+    if value is True:
+        text = "true"
+    elif value is False:
+        text = "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, str):
+        text = json.dumps(value if len(value) <= 80 else value[:80] + "...")
+    elif isinstance(value, int):
+        text = str(value) if value.bit_length() <= 256 else "a huge integer"
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, dict):
+        text = "an object"
+    elif isinstance(value, list):
+        text = "an array"
+    else:  # pragma: no cover - json.loads makes nothing else
+        text = type(value).__name__
+    return text
+
+
+def _int_problem(value: object, low: int, high: int) -> str:
+    return f"must be an integer in {low}..{high}, got {_show(value)}"
+
+
+def _parse_time(text: object) -> tuple[int, int] | None:
+    """Parse an RFC 3339 timestamp into (seconds since the epoch, nanoseconds).
+
+    Returns None if ``text`` is not a valid RFC 3339 date-time (4-digit year,
+    real calendar date, hours < 24, seconds < 60, up to 9 fraction digits,
+    ``Z`` or a ``+hh:mm`` offset).
+    """
+    if text.__class__ is not str:
+        return None
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        return None
+    year_s, month_s, day_s, hour_s, minute_s, second_s, frac, sign, oh, om = match.groups()
+    year = int(year_s)
+    month = int(month_s)
+    day = int(day_s)
+    hour = int(hour_s)
+    minute = int(minute_s)
+    second = int(second_s)
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= (29 if month == 2 and leap else _DAYS_IN_MONTH[month]):
+        return None
+    # days from the civil date (proleptic Gregorian), H. Hinnant's algorithm
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    if sign is not None:
+        off_h = int(oh)
+        off_m = int(om)
+        if off_h > 23 or off_m > 59:
+            return None
+        offset = off_h * 3600 + off_m * 60
+        seconds = seconds - offset if sign == "+" else seconds + offset
+    nsec = int(frac.ljust(9, "0")) if frac else 0
+    return seconds, nsec
+
+
+def _is_digest(value: object) -> bool:
+    """``sha256:`` followed by 64 lowercase hex digits."""
+    return (
+        value.__class__ is str
+        and len(value) == 71
+        and value.startswith("sha256:")
+        and not value[7:].strip(_HEX)
+    )
+
+
+def _digest_problem(value: object) -> str:
+    return f"must be sha256: and 64 lowercase hex digits, got {_show(value)}"
+
+
+def _makedev(major: int, minor: int) -> int:
+    """glibc's ``makedev`` (the encoding libcomposefs stores)."""
+    return (
+        ((major & 0xFFFFF000) << 32)
+        | ((major & 0xFFF) << 8)
+        | ((minor & 0xFFFFFF00) << 12)
+        | (minor & 0xFF)
+    )
+
+
+def _clean_name(name: str, limits: Limits) -> bytes:
+    """Clean a tar-style relative name into an absolute path (``b"/"`` is the root).
+
+    Leading ``./`` and ``/``, a trailing ``/``, ``.`` parts and repeated
+    ``/`` are dropped.  ``..``, NUL, a component longer than
+    ``limits.max_name_bytes`` and a path longer than ``limits.max_path_bytes``
+    are rejected (raises ValueError with the reason; the caller locates it).
+    """
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogate escapes)") from None
+    if b"\0" in raw:
+        raise ValueError("must not contain NUL")
+    if raw.endswith(b"/"):
+        raw = raw.rstrip(b"/")
+    # Fast path: already clean (the common case in real TOCs).
+    if raw and b"//" not in raw and not raw.startswith(b".") and b"/." not in raw:
+        path = b"/" + raw
+        if len(path) <= limits.max_name_bytes:
+            return path
+        parts = raw.split(b"/")
+    else:
+        parts = [part for part in raw.split(b"/") if part and part != b"."]
+        if b".." in parts:
+            raise ValueError("must not contain a '..' component")
+        if not parts:
+            return ROOT
+        path = b"/" + b"/".join(parts)
+    if len(path) > limits.max_path_bytes:
+        raise ValueError(f"path longer than {limits.max_path_bytes} bytes")
+    max_name = limits.max_name_bytes
+    for part in parts:
+        if len(part) > max_name:
+            raise ValueError(f"has a component longer than {max_name} bytes")
+    return path
+
+
+def _parent(path: bytes) -> bytes:
+    cut = path.rfind(b"/")
+    return path[:cut] if cut > 0 else ROOT
+
+
+# -- reading and decoding -----------------------------------------------------
+
+
+def _read_input(data: bytes | str | os.PathLike[str] | os.PathLike[bytes], limits: Limits) -> bytes:
+    cap = limits.max_input_bytes
+    if isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+    elif isinstance(data, str):
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("the TOC text is not valid Unicode") from None
+    elif isinstance(data, os.PathLike):
+        try:
+            with open(data, "rb") as file:
+                raw = file.read(cap + 1)
+        except OSError as err:
+            raise ValidationError(f"cannot read the TOC: {err}") from None
+    else:
+        raise TypeError(f"expected bytes, str or a path, got {type(data).__name__}")
+    if len(raw) > cap:
+        raise ValidationError(f"the TOC is larger than {cap} bytes")
+    return raw
+
+
+def _nesting_depth(raw: bytes, limit: int) -> int:
+    """Return the JSON nesting depth of ``raw``, or ``limit + 1`` if deeper.
+
+    Runs at C speed over the bytes: escaped backslashes and quotes go, every
+    byte but ``"[]{}`` goes, then empty strings (``""``) go; what remains is
+    the bracket structure (plus the rare string that holds brackets, whose
+    content is dropped next).  Each round then removes every innermost empty
+    pair.  Malformed input may give any number; json.loads reports it.
+    """
+    if raw.find(b"\\") >= 0:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if shape.find(b'"') >= 0:
+        shape = b"".join(shape.split(b'"')[::2])
+    depth = 0
+    while shape:
+        # One round removes exactly one level: a regex alternation scans once,
+        # so pairs made empty by this round's removals stay for the next.
+        smaller = _EMPTY_PAIR.sub(b"", shape)
+        if len(smaller) == len(shape):
+            break  # unbalanced: json.loads will say where
+        depth += 1
+        if depth > limit:
+            break
+        shape = smaller
+    return depth
+
+
+_EMPTY_PAIR = re.compile(rb"\{\}|\[\]")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in a TOC")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {json.dumps(key)} in an object")
+            seen.add(key)
+    return result
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+
+
+def _load_json(raw: bytes, limits: Limits) -> object:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValidationError(f"the TOC is not valid UTF-8 (byte {err.start})") from None
+    depth = _nesting_depth(raw, limits.max_json_depth)
+    if depth > limits.max_json_depth:
+        raise ValidationError(f"JSON nesting is deeper than {limits.max_json_depth} levels")
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as err:
+        raise ValidationError(f"not valid JSON: {err}") from None
+    except RecursionError:  # defence in depth: the pre-scan should prevent it
+        raise ValidationError("JSON nesting is too deep") from None
+    except ValueError as err:  # duplicate keys, NaN/Infinity, huge integers
+        raise ValidationError(f"not valid JSON: {err}") from None
+
+
+# -- the entry walker -------------------------------------------------------------
+
+
+class _Problems:
+    """Collects problems (``collect=True``) or raises the first one."""
+
+    __slots__ = ("collect", "found")
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.found: list[ValidationError] = []
+
+    def add(self, error: ValidationError) -> None:
+        if not self.collect:
+            raise error
+        self.found.append(error)
+
+    def raise_if_any(self) -> None:
+        found = self.found
+        if not found:
+            return
+        if len(found) == 1:
+            raise found[0]
+        lines = [str(problem) for problem in found[:_MAX_LISTED_PROBLEMS]]
+        if len(found) > _MAX_LISTED_PROBLEMS:
+            lines.append(f"... and {len(found) - _MAX_LISTED_PROBLEMS} more")
+        raise ValidationError(
+            f"{len(found)} problems:\n  " + "\n  ".join(lines), problems=tuple(found)
+        )
+
+
+def _located(error: ValidationError, index: int | None, name: object) -> ValidationError:
+    """``error`` (from the builder) located by the entry's name as given."""
+    field = error.field
+    if field == "path":
+        field = "name"
+    return ValidationError(
+        error.reason,
+        entry=error.entry if error.entry is not None else index,
+        path=name if isinstance(name, str) else error.path,
+        field=field,
+    )
+
+
+def _opaque_dirs(entries: list[Any], limits: Limits) -> set[bytes]:
+    """Directories that hold a ``.wh..wh..opq`` marker (pre-pass; errors wait)."""
+    found: set[bytes] = set()
+    for entry in entries:
+        if entry.__class__ is not dict:
+            continue
+        name = entry.get("name")
+        if name.__class__ is not str or ".wh..wh..opq" not in name:
+            continue
+        try:
+            path = _clean_name(name, limits)
+        except ValueError:
+            continue
+        if path.endswith(b"/" + _WH_OPAQUE):
+            found.add(_parent(path))
+    return found
+
+
+def parse_toc(
+    data: bytes | str | os.PathLike[str] | os.PathLike[bytes],
+    *,
+    limits: Limits | None = None,
+    compat: str | None = None,
+    collect: bool = False,
+) -> Tree:
+    """Validate a containers/storage TOC (zstd:chunked or eStargz) and return its Tree.
+
+    ``data`` is the JSON document (``bytes`` or ``str``) or the path of a file
+    holding it.  ``compat="containers-storage"`` keeps ``.wh.*`` entries as
+    plain files, as containers/storage does, so the image matches podman's
+    byte for byte.  ``collect=True`` reports every problem: one
+    :class:`ValidationError` whose ``problems`` holds them all.  Raises
+    :class:`ValidationError` for any invalid input.
+    """
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat mode {compat!r}; choose containers-storage or None")
+    limits = limits or Limits()
+    raw = _read_input(data, limits)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the parse allocates millions of acyclic objects
+    try:
+        document = _load_json(raw, limits)
+        # Only a document that spells null somewhere needs the null checks.
+        nulls = raw.find(b"null") >= 0
+        del raw
+        return _Walker(limits, compat, collect, nulls=nulls).run(document)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+class _Walker:
+    """One pass over the entries: validate each, add it to the TreeBuilder."""
+
+    def __init__(
+        self, limits: Limits, compat: str | None, collect: bool, *, nulls: bool = True
+    ) -> None:
+        self.limits = limits
+        self.whiteouts = compat is None
+        self.problems = _Problems(collect)
+        self.builder = TreeBuilder(
+            limits,
+            synthesize_parents=True,
+            duplicates="identical",
+            count_hardlinks=True,
+        )
+        self.opaque: set[bytes] = set()
+        self.opaque_done: set[bytes] = set()
+        self.times: dict[str, tuple[int, int]] = {}
+        self.seconds: dict[str, int] = {}
+        self.max_name = limits.max_name_bytes
+        self.nulls = nulls
+        # The chunk chain of the last regular file: [entry, path, size, covered]
+        # where covered is None once a piece ran to the end of the file.
+        self.chain: list[Any] | None = None
+
+    # -- document level ----------------------------------------------------
+
+    def run(self, document: object) -> Tree:
+        problems = self.problems
+        if document.__class__ is not dict:
+            raise ValidationError(f"the TOC must be a JSON object, got {_show(document)}")
+        assert isinstance(document, dict)
+        version = document.get("version")
+        if version.__class__ is not int or version != 1:
+            problems.add(ValidationError(f"must be 1, got {_show(version)}", field="version"))
+        split = document.get("tarSplitDigest")
+        if split is not None and not _is_digest(split):
+            problems.add(
+                ValidationError(
+                    f"must be sha256: and 64 lowercase hex digits, got {_show(split)}",
+                    field="tarSplitDigest",
+                )
+            )
+        entries = document.get("entries")
+        if entries.__class__ is not list:
+            problems.add(
+                ValidationError(f"must be an array, got {_show(entries)}", field="entries")
+            )
+            problems.raise_if_any()
+            raise AssertionError("unreachable")  # pragma: no cover
+        assert isinstance(entries, list)
+        if len(entries) > self.limits.max_entries:
+            raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
+        if self.whiteouts:
+            self.opaque = _opaque_dirs(entries, self.limits)
+
+        entry_fn = self.entry
+        add_problem = problems.add
+        for index, entry in enumerate(entries):
+            try:
+                entry_fn(index, entry)
+            except ValidationError as error:
+                add_problem(error)
+        try:
+            self.close_chain()
+        except ValidationError as error:
+            add_problem(error)
+        builder = self.builder
+        for directory in sorted(self.opaque - self.opaque_done):
+            # No directory entry of its own: the marker makes (or marks) it.
+            try:
+                builder.add(directory, Inode(mode=_S_IFDIR | 0o755, xattrs=(_OPAQUE_XATTR,)))
+            except ValidationError as error:
+                add_problem(
+                    ValidationError(
+                        "holds a .wh..wh..opq marker but cannot be made opaque: " + error.reason,
+                        path=directory,
+                        field="name",
+                    )
+                )
+        problems.raise_if_any()
+        try:
+            return builder.build()
+        except ValidationError as error:
+            name = None
+            if error.entry is not None and 0 <= error.entry < len(entries):
+                candidate = entries[error.entry]
+                if candidate.__class__ is dict:
+                    name = candidate.get("name")
+            add_problem(_located(error, None, name))
+            problems.raise_if_any()
+            raise  # pragma: no cover - raise_if_any raised
+
+    # -- one entry -------------------------------------------------------------
+
+    def entry(self, index: int, entry: object) -> None:
+        """Validate one TOC entry and add what it stands for to the builder.
+
+        Written for speed: one pass of plain ``dict.get`` calls, combined
+        range checks on the fast path, and precise error messages worked out
+        only once something is wrong.
+        """
+        if entry.__class__ is not dict:
+            raise ValidationError(f"must be a JSON object, got {_show(entry)}", entry=index)
+        get = cast(dict[str, Any], entry).get
+        name = get("name")
+        typ = get("type")
+        if name.__class__ is not str or typ.__class__ is not str or typ not in _TYPE_BITS:
+            raise self.bad_head(index, name, typ)
+        if self.nulls and None in cast(dict[str, Any], entry).values():
+            self.check_nulls(index, name, cast(dict[str, Any], entry))
+
+        # name: the fast path takes names that are clean already
+        path = b""
+        if (
+            name
+            and "\0" not in name
+            and "//" not in name
+            and "/." not in name
+            and name[0] != "."
+            and name[0] != "/"
+            and name.isascii()
+        ):
+            raw = (name[:-1] if name[-1] == "/" else name).encode()
+            if len(raw) <= self.max_name:
+                path = b"/" + raw
+        if not path:
+            try:
+                path = _clean_name(name, self.limits)
+            except ValueError as err:
+                raise self.fail(index, name, "name", str(err)) from None
+
+        if typ == "chunk":
+            self.chunk(index, name, path, get)
+            return
+        if self.chain is not None:
+            self.close_chain()
+
+        # the integer fields
+        mode = get("mode", 0)
+        uid = get("uid", 0)
+        gid = get("gid", 0)
+        size = get("size", 0)
+        if not (
+            mode.__class__ is int
+            and uid.__class__ is int
+            and gid.__class__ is int
+            and size.__class__ is int
+            and 0 <= mode <= 0o7777
+            and 0 <= uid <= _ID_MAX
+            and 0 <= gid <= _ID_MAX
+            and 0 <= size <= _I63_MAX
+        ):
+            mode = self.check_ints(index, name, typ, mode, uid, gid, size)
+        if size and typ != "reg":
+            raise self.fail(index, name, "size", f"only regular files have a size, not a {typ}")
+
+        # times: modtime is kept, accesstime and changetime only checked
+        times = self.times
+        mtime = 0
+        mtime_nsec = 0
+        text = get("modtime")
+        if text is not None:
+            parsed = times.get(text) if text.__class__ is str else None
+            if parsed is None:
+                parsed = self.time(index, name, "modtime", text)
+            mtime, mtime_nsec = parsed
+        text = get("accesstime")
+        if text is not None and (text.__class__ is not str or text not in times):
+            self.time(index, name, "accesstime", text)
+        text = get("changetime")
+        if text is not None and (text.__class__ is not str or text not in times):
+            self.time(index, name, "changetime", text)
+
+        # device numbers
+        rdev = 0
+        major = get("devMajor")
+        minor = get("devMinor")
+        if major is not None or minor is not None:
+            rdev = self.device(index, name, typ, major, minor)
+
+        # xattrs
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        value = get("xattrs")
+        if value is not None:
+            xattrs = self.xattrs(index, name, value)
+
+        # digest -> payload
+        payload = None
+        digest = get("digest")
+        if digest is not None:
+            if not (
+                digest.__class__ is str
+                and len(digest) == 71
+                and digest.startswith("sha256:")
+                and not digest[7:].strip(_HEX)
+            ):
+                raise self.fail(index, name, "digest", _digest_problem(digest))
+            if typ != "reg":
+                raise self.fail(index, name, "digest", f"only regular files have one, not a {typ}")
+            if size:
+                payload = f"{digest[7:9]}/{digest[9:]}".encode()
+            elif digest != _EMPTY_SHA256:
+                raise self.fail(
+                    index,
+                    name,
+                    "digest",
+                    "an empty file's digest must be the sha256 of nothing",
+                )
+        elif size:
+            raise self.fail(index, name, "digest", "required for a regular file with data")
+
+        # where the data is, and its chunks
+        if (
+            get("offset") is not None
+            or get("endOffset") is not None
+            or get("innerOffset") is not None
+        ):
+            self.offsets(index, name, get)
+        chunk_size = None
+        if (
+            get("chunkSize") is not None
+            or get("chunkOffset") is not None
+            or get("chunkDigest") is not None
+            or get("chunkType") is not None
+        ):
+            if typ != "reg":
+                raise self.fail(
+                    index,
+                    name,
+                    "chunkSize",
+                    f"only regular files and chunks have chunk fields, not a {typ}",
+                )
+            chunk_size = self.chunk_fields(index, name, get, first=True)
+
+        link = get("linkName")
+        if link is not None:
+            if link.__class__ is not str:
+                raise self.fail(index, name, "linkName", f"must be a string, got {_show(link)}")
+            if link and typ != "symlink" and typ != "hardlink":
+                raise self.fail(
+                    index,
+                    name,
+                    "linkName",
+                    f"only symlinks and hardlinks have one, not a {typ}",
+                )
+
+        node: Node
+        if typ == "reg":
+            if (size == 1 and path in _LANDMARKS) or path == _STARGZ_INDEX:
+                return  # eStargz bookkeeping, no part of the tree
+            node = Inode(
+                _S_IFREG | mode,
+                1,
+                uid,
+                gid,
+                mtime,
+                mtime_nsec,
+                size,
+                0,
+                payload,
+                None,
+                None,
+                None,
+                xattrs,
+            )
+            if chunk_size is not None and chunk_size > size:
+                raise self.fail(
+                    index,
+                    name,
+                    "chunkSize",
+                    f"{chunk_size} is larger than the file ({size} bytes)",
+                )
+            self.chain = [index, name, path, size, chunk_size]
+        elif typ == "dir":
+            if path in self.opaque:
+                merged = dict(xattrs)
+                merged[_OPAQUE_XATTR[0]] = _OPAQUE_XATTR[1]
+                xattrs = tuple(sorted(merged.items()))
+                self.opaque_done.add(path)
+            node = Inode(
+                _S_IFDIR | mode, 1, uid, gid, mtime, mtime_nsec, 0, 0, None, None,
+                None, None, xattrs,
+            )  # fmt: skip
+        elif typ == "symlink":
+            node = Inode(
+                _S_IFLNK | mode, 1, uid, gid, mtime, mtime_nsec, 0, 0, None,
+                self.symlink_target(index, name, link), None, None, xattrs,
+            )  # fmt: skip
+        elif typ == "hardlink":
+            if not link:
+                raise self.fail(index, name, "linkName", "a hardlink needs the name of its target")
+            try:
+                target = _clean_name(link, self.limits)
+            except ValueError as err:
+                raise self.fail(index, name, "linkName", str(err)) from None
+            if target == path:
+                raise self.fail(index, name, "linkName", "a hardlink cannot link to itself")
+            node = Hardlink(target)
+        else:  # char, block, fifo
+            if typ == "fifo" and rdev:
+                raise self.fail(index, name, "devMajor", "a fifo has no device numbers")
+            node = Inode(
+                _TYPE_BITS[typ] | mode, 1, uid, gid, mtime, mtime_nsec, 0, rdev,
+                None, None, None, None, xattrs,
+            )  # fmt: skip
+
+        if self.whiteouts and b"/.wh." in path:
+            cut = path.rfind(b"/")
+            if path.startswith(_WH, cut + 1):
+                self.whiteout(index, name, path, cut, typ, uid, gid, mtime, mtime_nsec)
+                return
+        try:
+            self.builder.add(path, node, entry=index)
+        except ValidationError as error:
+            raise _located(error, index, name) from None
+
+    # -- errors and rare cases, kept off the fast path ---------------------------
+
+    @staticmethod
+    def fail(index: int, name: str, field: str, reason: str) -> ValidationError:
+        return ValidationError(reason, entry=index, path=name, field=field)
+
+    @staticmethod
+    def bad_head(index: int, name: object, typ: object) -> ValidationError:
+        if name.__class__ is not str:
+            return ValidationError(
+                f"must be a string, got {_show(name)}", entry=index, field="name"
+            )
+        return ValidationError(
+            f"must be one of {_TYPES_TEXT}, got {_show(typ)}",
+            entry=index,
+            path=name,
+            field="type",
+        )
+
+    def check_nulls(self, index: int, name: str, entry: dict[str, Any]) -> None:
+        for field in _FIELDS:
+            if field in entry and entry[field] is None:
+                raise self.fail(index, name, field, "must not be null")
+
+    def check_ints(
+        self, index: int, name: str, typ: str, mode: Any, uid: Any, gid: Any, size: Any
+    ) -> int:
+        """Raise the precise error for the integer fields; return the permission bits."""
+        if mode.__class__ is not int or not 0 <= mode <= 0o177777:
+            raise self.fail(index, name, "mode", _int_problem(mode, 0, 0o177777))
+        if mode > 0o7777:
+            if mode & _S_IFMT != _TYPE_BITS[typ]:
+                raise self.fail(
+                    index,
+                    name,
+                    "mode",
+                    f"file type bits 0o{mode & _S_IFMT:o} do not match type {typ}",
+                )
+            mode &= 0o7777
+        if uid.__class__ is not int or not 0 <= uid <= _ID_MAX:
+            raise self.fail(index, name, "uid", _int_problem(uid, 0, _ID_MAX))
+        if gid.__class__ is not int or not 0 <= gid <= _ID_MAX:
+            raise self.fail(index, name, "gid", _int_problem(gid, 0, _ID_MAX))
+        if size.__class__ is not int or not 0 <= size <= _I63_MAX:
+            raise self.fail(index, name, "size", _int_problem(size, 0, _I63_MAX))
+        return cast(int, mode)
+
+    def time(self, index: int, name: str, field: str, text: object) -> tuple[int, int]:
+        """Parse an RFC 3339 time (with caches); raise if it is not one."""
+        parsed = None
+        if isinstance(text, str) and len(text) >= 20:
+            base = text[:19]
+            seconds = self.seconds.get(base)
+            if seconds is None:
+                whole = _parse_time(base + "Z")
+                if whole is not None:
+                    seconds = whole[0]
+                    if len(self.seconds) < _CACHE_MAX:
+                        self.seconds[base] = seconds
+            rest = text[19:]
+            if seconds is None:
+                pass
+            elif rest == "Z":
+                parsed = (seconds, 0)
+            elif (
+                rest[0] == "."
+                and rest[-1] == "Z"
+                and 3 <= len(rest) <= 11
+                and rest[1:-1].isdigit()
+                and rest.isascii()
+            ):
+                parsed = (seconds, int(rest[1:-1]) * _FRACTION_SCALE[len(rest) - 2])
+            else:
+                parsed = _parse_time(text)
+        if parsed is None:
+            raise self.fail(
+                index,
+                name,
+                field,
+                f"must be an RFC 3339 date-time string, got {_show(text)}",
+            )
+        if len(self.times) < _CACHE_MAX:
+            self.times[cast(str, text)] = parsed
+        return parsed
+
+    def device(self, index: int, name: str, typ: str, major: Any, minor: Any) -> int:
+        if major is None:
+            major = 0
+        if minor is None:
+            minor = 0
+        if major.__class__ is not int or not 0 <= major <= _U32_MAX:
+            raise self.fail(index, name, "devMajor", _int_problem(major, 0, _U32_MAX))
+        if minor.__class__ is not int or not 0 <= minor <= _U32_MAX:
+            raise self.fail(index, name, "devMinor", _int_problem(minor, 0, _U32_MAX))
+        if (major or minor) and typ != "char" and typ != "block":
+            raise self.fail(
+                index,
+                name,
+                "devMajor" if major else "devMinor",
+                f"only char and block devices have device numbers, not a {typ}",
+            )
+        return _makedev(major, minor)
+
+    def symlink_target(self, index: int, name: str, link: object) -> bytes:
+        if not link:
+            raise self.fail(index, name, "linkName", "a symlink needs a target")
+        try:
+            target = cast(str, link).encode()
+        except UnicodeEncodeError:
+            raise self.fail(index, name, "linkName", "must be valid Unicode") from None
+        limit = self.limits.max_symlink_bytes
+        if len(target) > limit or b"\0" in target:
+            raise self.fail(index, name, "linkName", f"must be 1..{limit} bytes without NUL")
+        return target
+
+    def whiteout(
+        self,
+        index: int,
+        name: str,
+        path: bytes,
+        cut: int,
+        typ: str,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mtime_nsec: int,
+    ) -> None:
+        """Turn the ``.wh.*`` entry at ``path`` into what overlayfs understands."""
+        if typ == "dir":
+            raise self.fail(index, name, "type", "a whiteout must not be a directory")
+        base = path[cut + 1 :]
+        parent = path[:cut] or ROOT
+        if base == _WH_OPAQUE:
+            return  # applied to the directory itself (see _opaque_dirs)
+        if base.startswith(_WH_META):
+            return  # aufs metadata, which containers/storage skips too
+        hidden = base[len(_WH) :]
+        if hidden in (b"", b".", b".."):
+            raise self.fail(index, name, "name", "a whiteout must name a file after .wh.")
+        if parent in self.opaque:
+            return  # the opaque directory already hides everything below it
+        target = (parent if parent != ROOT else b"") + b"/" + hidden
+        node = Inode(_S_IFCHR, 1, uid, gid, mtime, mtime_nsec)
+        try:
+            self.builder.add(target, node, entry=index)
+        except ValidationError as error:
+            raise _located(error, index, name) from None
+
+    def xattrs(self, index: int, name: str, value: object) -> tuple[tuple[bytes, bytes], ...]:
+        if value.__class__ is not dict:
+            raise self.fail(
+                index,
+                name,
+                "xattrs",
+                f"must be an object of name -> base64 value, got {_show(value)}",
+            )
+        limits = self.limits
+        pairs = []
+        for key, encoded in cast(dict[str, Any], value).items():
+            if not (key.startswith(_XATTR_PREFIXES) or key in _XATTR_EXACT):
+                raise self.fail(
+                    index,
+                    name,
+                    "xattrs",
+                    f"name {_show(key)} has no known prefix (user., trusted., "
+                    "security., system.posix_acl_access/default)",
+                )
+            try:
+                key_bytes = key.encode()
+            except UnicodeEncodeError:
+                raise self.fail(
+                    index, name, "xattrs", f"name {_show(key)} is not valid Unicode"
+                ) from None
+            if (
+                len(key_bytes) > limits.max_xattr_name_bytes
+                or b"\0" in key_bytes
+                or key_bytes.endswith(b".")
+            ):
+                raise self.fail(
+                    index,
+                    name,
+                    "xattrs",
+                    f"name {_show(key)} must be 1..{limits.max_xattr_name_bytes} "
+                    "bytes without NUL, with a name after the prefix",
+                )
+            if encoded.__class__ is not str:
+                raise self.fail(
+                    index,
+                    name,
+                    "xattrs",
+                    f"value of {_show(key)} must be a base64 string, got {_show(encoded)}",
+                )
+            try:
+                raw = binascii.a2b_base64(encoded, strict_mode=True)
+            except ValueError:
+                raise self.fail(
+                    index,
+                    name,
+                    "xattrs",
+                    f"value of {_show(key)} is not strict base64: {_show(encoded)}",
+                ) from None
+            if len(raw) > limits.max_xattr_value_bytes:
+                raise self.fail(
+                    index,
+                    name,
+                    "xattrs",
+                    f"value of {_show(key)} is longer than {limits.max_xattr_value_bytes} bytes",
+                )
+            pairs.append((key_bytes, raw))
+        pairs.sort()
+        result = tuple(pairs)
+        space = Limits.xattr_space(result)
+        if space > limits.max_xattr_space:
+            raise self.fail(
+                index,
+                name,
+                "xattrs",
+                f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}",
+            )
+        return result
+
+    def offsets(self, index: int, name: str, get: Callable[..., Any]) -> None:
+        """Check ``offset``, ``endOffset`` and ``innerOffset`` (where data lives)."""
+        offset = get("offset")
+        end = get("endOffset")
+        for field, value in (
+            ("offset", offset),
+            ("endOffset", end),
+            ("innerOffset", get("innerOffset")),
+        ):
+            if value is not None and (value.__class__ is not int or not 0 <= value <= _I63_MAX):
+                raise self.fail(index, name, field, _int_problem(value, 0, _I63_MAX))
+        if offset is not None and end is not None and end < offset:
+            raise self.fail(index, name, "endOffset", f"{end} is before offset {offset}")
+
+    def chunk_fields(
+        self, index: int, name: str, get: Callable[..., Any], *, first: bool
+    ) -> int | None:
+        """Check the chunk fields of an entry; return its chunkSize (None: absent)."""
+        size = get("chunkSize")
+        offset = get("chunkOffset")
+        digest = get("chunkDigest")
+        kind = get("chunkType")
+        if size is not None and (size.__class__ is not int or not 1 <= size <= _I63_MAX):
+            raise self.fail(index, name, "chunkSize", _int_problem(size, 1, _I63_MAX))
+        if offset is not None:
+            if offset.__class__ is not int or not 0 <= offset <= _I63_MAX:
+                raise self.fail(index, name, "chunkOffset", _int_problem(offset, 0, _I63_MAX))
+            if first and offset != 0:
+                raise self.fail(
+                    index,
+                    name,
+                    "chunkOffset",
+                    f"a regular file holds its first chunk, at 0, got {offset}",
+                )
+        if digest is not None and not _is_digest(digest):
+            raise self.fail(index, name, "chunkDigest", _digest_problem(digest))
+        if kind is not None and (kind.__class__ is not str or kind not in _CHUNK_TYPES):
+            raise self.fail(index, name, "chunkType", f'must be "" or "zeros", got {_show(kind)}')
+        return size
+
+    # -- chunks ----------------------------------------------------------------
+
+    def chunk(self, index: int, name: str, path: bytes, get: Callable[..., Any]) -> None:
+        """Check a ``chunk`` entry against the regular file it continues."""
+        chain = self.chain
+        if chain is None or chain[2] != path:
+            raise self.fail(
+                index,
+                name,
+                "name",
+                "a chunk must follow the regular file it belongs to",
+            )
+        self.offsets(index, name, get)
+        chunk_size = self.chunk_fields(index, name, get, first=False)
+        offset = get("chunkOffset", 0)
+        file_size = chain[3]
+        covered = chain[4]
+        if covered is None:
+            raise self.fail(
+                index,
+                name,
+                "chunkOffset",
+                "the previous piece of this file already ran to its end",
+            )
+        if offset != covered:
+            raise self.fail(
+                index,
+                name,
+                "chunkOffset",
+                f"must be {covered} (where the previous piece ends), got {_show(offset)}",
+            )
+        if offset >= file_size:
+            raise self.fail(
+                index,
+                name,
+                "chunkOffset",
+                f"{offset} is not inside the file ({file_size} bytes)",
+            )
+        if chunk_size is None:
+            chain[4] = None
+        elif offset + chunk_size > file_size:
+            raise self.fail(
+                index,
+                name,
+                "chunkSize",
+                f"chunk {offset}..{offset + chunk_size} overruns the file ({file_size} bytes)",
+            )
+        else:
+            chain[4] = offset + chunk_size
+
+    def close_chain(self) -> None:
+        """The chunks of the last regular file ended: they must cover it."""
+        chain = self.chain
+        self.chain = None
+        if chain is None:
+            return
+        index, name, _path, size, covered = chain
+        if covered is not None and covered != size:
+            raise self.fail(
+                index,
+                name,
+                "chunkSize",
+                f"chunks cover {covered} of the file's {size} bytes",
+            )
