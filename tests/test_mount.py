@@ -21,6 +21,7 @@ import platform
 import random
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,14 +221,7 @@ class Entry:
         return f"{digest[:2]}/{digest[2:]}"
 
 
-_TYPE_BITS = {
-    "reg": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-}
+_TYPE_BITS = {kind: bits for bits, kind in _KINDS.items()}
 
 
 def dump_line(entry: Entry, entries: dict[bytes, Entry]) -> str:
@@ -729,12 +723,19 @@ def test_mount_layers_failure_leaves_nothing_mounted(
     layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
 ) -> None:
     require_mounts()
-    upper, _, objects = layers
+    upper, lower, objects = layers
     bogus = tmp_path / "bogus.cfs"
     bogus.write_bytes(b"\0" * 8192)
+    staging = Path(tempfile.gettempdir())
+    before = set(staging.glob(".composefs-py-layers.*"))
     with pytest.raises(LibraryError, match="not a composefs image"):
-        mount_layers([upper, bogus], mnt, objects=objects)
+        mount_layers([upper, bogus], mnt, objects=objects)  # the top one mounts first
+    with pytest.raises(LibraryError) as info:
+        # upper has no external content, so it mounts; lower's lacks digests.
+        mount_layers([upper, lower], mnt, objects=objects, require_verity=True)
+    assert info.value.errno == ENOVERITY
     assert leftover_mounts(tmp_path) == []
+    assert set(staging.glob(".composefs-py-layers.*")) <= before
 
 
 def _tree(entries: Sequence[Entry]) -> Tree:
