@@ -29,7 +29,7 @@ import os
 import re
 import tarfile
 import zlib
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Self, cast
 
 import zstandard
 
@@ -78,8 +78,25 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Raised for a bad checksum or number field; not in typeshed's stubs.
+_INVALID_HEADER: type[tarfile.HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+
+
+class _DamagedHeader(tarfile.TarError):
+    """A header block with a bad checksum or number field."""
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses extended headers too large to hold in memory."""
+    """A TarInfo that refuses extended headers too large to hold in memory,
+    and damaged headers (``tarfile`` would silently end the archive there).
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except _INVALID_HEADER as exc:
+            raise _DamagedHeader(f"damaged tar header: {exc}") from None
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:

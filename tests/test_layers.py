@@ -1,0 +1,718 @@
+"""Layer readers against the real layers in ../shared/testdata.
+
+The blobs were made by skopeo (zstd:chunked), containerd's estargz library
+(eStargz) and GNU tar (small.tar); see ../shared/testdata/README.md.  The
+oracle for every tree is small.tar itself, read here with ``tarfile``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import struct
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from composefs_py._progress import Progress
+from composefs_py.errors import ValidationError
+from composefs_py.layers import open_layer, sniff_format
+from composefs_py.layers.tar import TarLayer
+from composefs_py.limits import Limits
+from composefs_py.model import Hardlink, Inode, Tree
+from composefs_py.objects import ObjectStore
+
+TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+TAR = "small.tar"
+ZSTD_CHUNKED = "small.zstd-chunked.blob"
+ESTARGZ = "small.estargz.blob"
+ESTARGZ_CHUNKED = "small.estargz-chunk256k.blob"
+BLOBS = {
+    TAR: "tar",
+    ZSTD_CHUNKED: "zstd:chunked",
+    ESTARGZ: "estargz",
+    ESTARGZ_CHUNKED: "estargz",
+}
+OPAQUE = (b"trusted.overlay.opaque", b"y")
+
+
+def shared(name: str) -> Path:
+    path = TESTDATA / name
+    if not path.exists():
+        pytest.skip(
+            f"{path} is absent (the shared test layers are not checked out beside the repo)"
+        )
+    return path
+
+
+def sha256_payload(data: bytes) -> bytes:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{digest[:2]}/{digest[2:]}".encode()
+
+
+def payloads_of(tree: Tree) -> set[bytes]:
+    return {
+        node.payload for _, node in tree if isinstance(node, Inode) and node.payload is not None
+    }
+
+
+def store_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def assert_store_clean(root: Path) -> None:
+    """Every file in the store is an object whose sha256 is its name; no temp files."""
+    for path in store_files(root):
+        name = path.relative_to(root).as_posix().encode()
+        assert sha256_payload(path.read_bytes()) == name, name
+
+
+def write_blob(tmp_path: Path, data: bytes, name: str = "layer.blob") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+# -- the oracle: small.tar read with tarfile ----------------------------------
+
+
+def tar_members() -> dict[bytes, tuple[tarfile.TarInfo, bytes | None]]:
+    result: dict[bytes, tuple[tarfile.TarInfo, bytes | None]] = {}
+    with tarfile.open(shared(TAR), encoding="utf-8", errors="surrogateescape") as archive:
+        for member in archive:
+            data = archive.extractfile(member).read() if member.isreg() else None  # type: ignore[union-attr]
+            path = b"/" + member.name.rstrip("/").encode("utf-8", "surrogateescape")
+            result[path] = (member, data)
+    return result
+
+
+def pax_mtime_ns(member: tarfile.TarInfo) -> tuple[int, int]:
+    text = member.pax_headers.get("mtime")
+    if text is None:
+        return int(member.mtime), 0
+    whole, _, fraction = text.partition(".")
+    return int(whole), int(fraction[:9].ljust(9, "0")) if fraction else 0
+
+
+TAR_TYPES = {
+    tarfile.REGTYPE: stat.S_IFREG,
+    tarfile.DIRTYPE: stat.S_IFDIR,
+    tarfile.SYMTYPE: stat.S_IFLNK,
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
+    tarfile.FIFOTYPE: stat.S_IFIFO,
+}
+
+
+def check_against_tar(tree: Tree, *, nanoseconds: bool) -> None:
+    """Every tar member is in ``tree`` with the same attributes (whiteouts converted)."""
+    members = tar_members()
+    seen = {b"/"}
+    for path, (member, data) in members.items():
+        name = path.rsplit(b"/", 1)[1]
+        parent = path.rsplit(b"/", 1)[0] or b"/"
+        if name == b".wh..wh..opq":
+            assert OPAQUE in tree.inode(parent).xattrs
+            continue
+        if name.startswith(b".wh."):
+            hidden = parent.rstrip(b"/") + b"/" + name[4:]
+            whiteout = tree.inode(hidden)
+            assert whiteout.mode == stat.S_IFCHR and whiteout.rdev == 0, hidden
+            seen.add(hidden)
+            continue
+        seen.add(path)
+        node = tree[path]
+        if member.islnk():
+            assert node == Hardlink(b"/" + member.linkname.encode())
+            assert tree.inode(path).nlink == 2
+            continue
+        assert isinstance(node, Inode)
+        assert node.mode == TAR_TYPES[member.type] | member.mode, path
+        assert (node.uid, node.gid) == (member.uid, member.gid), path
+        seconds, nsec = pax_mtime_ns(member)
+        if nanoseconds:
+            assert (node.mtime, node.mtime_nsec) == (seconds, nsec), path
+        else:
+            # eStargz rewrites the tar with Go's archive/tar, which rounds
+            # times to the nearest second (half away from zero).
+            assert (node.mtime, node.mtime_nsec) == (seconds + (nsec >= 500_000_000), 0), path
+        xattrs = {
+            key[len("SCHILY.xattr.") :].encode(): value.encode("utf-8", "surrogateescape")
+            for key, value in member.pax_headers.items()
+            if key.startswith("SCHILY.xattr.")
+        }
+        if path == b"/var/cache/apt":
+            xattrs[OPAQUE[0]] = OPAQUE[1]
+        assert dict(node.xattrs) == xattrs, path
+        if member.isreg():
+            assert data is not None
+            assert node.size == len(data)
+            assert node.payload == (sha256_payload(data) if data else None), path
+            assert node.content is None
+        elif member.issym():
+            assert node.symlink_target == member.linkname.encode()
+        elif member.ischr() or member.isblk():
+            assert node.rdev == os.makedev(member.devmajor, member.devminor)
+    assert set(tree.paths) == seen
+
+
+# -- sniffing and trees --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BLOBS))
+def test_open_layer_sniffs_format(name: str) -> None:
+    layer = open_layer(shared(name))
+    assert layer.format == BLOBS[name]
+    assert sniff_format(shared(name)) == BLOBS[name]
+
+
+@pytest.mark.parametrize("name", [TAR, ZSTD_CHUNKED])
+def test_tree_matches_tar_with_nanoseconds(name: str) -> None:
+    check_against_tar(open_layer(shared(name)).tree(), nanoseconds=True)
+
+
+@pytest.mark.parametrize("name", [ESTARGZ, ESTARGZ_CHUNKED])
+def test_estargz_tree_matches_tar_with_rounded_second_times(name: str) -> None:
+    check_against_tar(open_layer(shared(name)).tree(), nanoseconds=False)
+
+
+def test_tar_and_zstd_chunked_trees_are_identical() -> None:
+    assert open_layer(shared(TAR)).tree() == open_layer(shared(ZSTD_CHUNKED)).tree()
+
+
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+def test_compressed_tars_read_like_the_tar(tmp_path: Path, compat: str | None) -> None:
+    raw = shared(TAR).read_bytes()
+    gz = write_blob(tmp_path, gzip.compress(raw, mtime=0), "small.tar.gz")
+    # Two zstd frames: the reader must continue across frames.
+    half = len(raw) // 2
+    compressor = zstandard.ZstdCompressor()
+    zst = write_blob(
+        tmp_path, compressor.compress(raw[:half]) + compressor.compress(raw[half:]), "small.tar.zst"
+    )
+    expected = open_layer(shared(TAR)).tree(compat=compat)
+    for path, compression in ((gz, "gzip"), (zst, "zstd")):
+        layer = open_layer(path)
+        assert isinstance(layer, TarLayer) and layer.compression == compression
+        assert layer.tree(compat=compat) == expected
+
+
+def test_compat_containers_storage_keeps_whiteout_files() -> None:
+    for name in (TAR, ZSTD_CHUNKED, ESTARGZ):
+        tree = open_layer(shared(name)).tree(compat="containers-storage")
+        for path in (b"/etc/.wh.motd", b"/var/cache/apt/.wh..wh..opq"):
+            node = tree.inode(path)
+            assert stat.S_ISREG(node.mode) and node.size == 0
+        assert b"/etc/motd" not in tree
+        assert OPAQUE not in tree.inode(b"/var/cache/apt").xattrs
+
+
+# -- TOCs ----------------------------------------------------------------------
+
+
+def zstd_annotations() -> dict[str, str]:
+    manifest = json.loads(shared("small.zstd-chunked.oci-manifest.json").read_bytes())
+    annotations: dict[str, str] = manifest["layers"][0]["annotations"]
+    return annotations
+
+
+def test_zstd_chunked_toc_and_checksum_annotation() -> None:
+    annotations = zstd_annotations()
+    layer = open_layer(
+        shared(ZSTD_CHUNKED),
+        manifest_position=annotations["io.github.containers.zstd-chunked.manifest-position"],
+        toc_digest=annotations["io.github.containers.zstd-chunked.manifest-checksum"],
+    )
+    toc = layer.toc_bytes()
+    assert json.loads(toc) == json.loads(shared("small.zstd-chunked.toc.json").read_bytes())
+    assert layer.tree() == open_layer(shared(ZSTD_CHUNKED)).tree()
+
+
+@pytest.mark.parametrize("name", [ESTARGZ, ESTARGZ_CHUNKED])
+def test_estargz_toc_is_the_index_json(name: str) -> None:
+    toc = open_layer(shared(name)).toc_bytes()
+    reference = shared(name.replace(".blob", ".toc.json")).read_bytes()
+    assert json.loads(toc) == json.loads(reference)
+    # Digest-checked open succeeds with the TOC's own digest, fails with another.
+    digest = "sha256:" + hashlib.sha256(toc).hexdigest()
+    assert open_layer(shared(name), toc_digest=digest).toc_bytes() == toc
+    with pytest.raises(ValidationError) as info:
+        open_layer(shared(name), toc_digest="sha256:" + "0" * 64).toc_bytes()
+    assert info.value.field == "toc_digest"
+
+
+def test_estargz_toc_digests_match_readme() -> None:
+    # The annotation values estargz.Build printed (README of the testdata).
+    readme = shared("README.md").read_text()
+    for name in (ESTARGZ, ESTARGZ_CHUNKED):
+        digest = "sha256:" + hashlib.sha256(open_layer(shared(name)).toc_bytes()).hexdigest()
+        assert digest in readme
+
+
+def test_zstd_chunked_wrong_checksum_rejected() -> None:
+    layer = open_layer(shared(ZSTD_CHUNKED), toc_digest="sha256:" + "1" * 64)
+    with pytest.raises(ValidationError) as info:
+        layer.tree()
+    assert info.value.field == "toc_digest"
+
+
+def test_tar_has_no_toc() -> None:
+    assert open_layer(shared(TAR)).toc_bytes() is None
+
+
+# -- importing objects -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BLOBS))
+def test_import_stores_exactly_the_tree_payloads(tmp_path: Path, name: str) -> None:
+    layer = open_layer(shared(name))
+    root = tmp_path / "objects"
+    store = ObjectStore(root)
+    progress_text = io.StringIO()
+    tree = layer.import_objects(store, progress=Progress(stream=progress_text))
+    assert tree == layer.tree()
+    names = {path.relative_to(root).as_posix().encode() for path in store_files(root)}
+    assert names == payloads_of(tree)
+    assert_store_clean(root)
+    members = tar_members()
+    for path, (member, data) in members.items():
+        if member.isreg() and data:
+            assert store.path_for(sha256_payload(data)).read_bytes() == data, path
+    assert "files" in progress_text.getvalue()
+    # A second import finds everything in place and changes nothing.
+    before = {p: p.stat().st_ino for p in store_files(root)}
+    assert layer.import_objects(store, progress=False) == tree
+    assert {p: p.stat().st_ino for p in store_files(root)} == before
+
+
+def test_import_with_fsverity_sets_digests(tmp_path: Path) -> None:
+    native = pytest.importorskip("composefs_py._native")
+    store = ObjectStore(tmp_path / "objects", naming="fsverity")
+    tree = open_layer(shared(ZSTD_CHUNKED)).import_objects(store, progress=False)
+    plain = open_layer(shared(ZSTD_CHUNKED)).tree()
+    assert tree.paths == plain.paths
+    for path, node in tree:
+        if isinstance(node, Inode) and node.payload is not None:
+            content = store.path_for(node.payload).read_bytes()
+            digest = bytes(native.fsverity_digest_bytes(content))
+            assert node.fsverity_digest == digest
+            assert node.payload.replace(b"/", b"") == digest.hex().encode()
+            assert plain.inode(path).payload == sha256_payload(content)
+
+
+# -- tampered layers -----------------------------------------------------------
+
+
+def zstd_footer(blob: bytes) -> tuple[int, ...]:
+    return struct.unpack("<7Q", blob[-64:-8])
+
+
+def skippable(payload: bytes) -> bytes:
+    return struct.pack("<II", 0x184D2A50, len(payload)) + payload
+
+
+def rebuild_zstd_chunked(
+    blob: bytes,
+    toc: bytes,
+    *,
+    compressed: bytes | None = None,
+    uncompressed_length: int | None = None,
+) -> bytes:
+    """The blob with its TOC replaced (data and tar-split kept), footer rewritten."""
+    toc_offset, _, _, kind, split_offset, split_length, split_size = zstd_footer(blob)
+    data = blob[: toc_offset - 8]
+    split = blob[split_offset : split_offset + split_length]
+    if compressed is None:
+        compressed = zstandard.ZstdCompressor().compress(toc)
+    out = data + skippable(compressed)
+    new_split_offset = len(out) + 8
+    out += skippable(split)
+    footer = struct.pack(
+        "<7Q",
+        len(data) + 8,
+        len(compressed),
+        len(toc) if uncompressed_length is None else uncompressed_length,
+        kind,
+        new_split_offset,
+        split_length,
+        split_size,
+    )
+    return out + skippable(footer + b"GNUlInUx")
+
+
+def estargz_footer(offset: int) -> bytes:
+    return (
+        b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
+        + struct.pack("<H", 26)
+        + b"SG"
+        + struct.pack("<H", 22)
+        + b"%016x" % offset
+        + b"STARGZ"
+        + b"\x01\x00\x00\xff\xff"
+        + bytes(8)
+    )
+
+
+def rebuild_estargz(blob: bytes, toc: bytes, *, name: str = "stargz.index.json") -> bytes:
+    offset = int(blob[-51 + 16 : -51 + 32], 16)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        info = tarfile.TarInfo(name)
+        info.size = len(toc)
+        archive.addfile(info, io.BytesIO(toc))
+    return blob[:offset] + gzip.compress(buffer.getvalue(), mtime=0) + estargz_footer(offset)
+
+
+def patched_toc(toc: bytes, name: str, **changes: object) -> bytes:
+    document = json.loads(toc)
+    for entry in document["entries"]:
+        if entry["name"] == name and entry["type"] == "reg":
+            entry.update(changes)
+            break
+    else:
+        raise AssertionError(f"{name} not in the TOC")
+    return json.dumps(document).encode()
+
+
+def toc_entry(layer_name: str, name: str) -> tuple[int, dict[str, object]]:
+    document = json.loads(open_layer(shared(layer_name)).toc_bytes())
+    for index, entry in enumerate(document["entries"]):
+        if entry["name"] == name and entry["type"] == "reg":
+            return index, entry
+    raise AssertionError(name)
+
+
+FORGED = "sha256:" + hashlib.sha256(b"not the content").hexdigest()
+
+
+@pytest.mark.parametrize("name", [ZSTD_CHUNKED, ESTARGZ, ESTARGZ_CHUNKED])
+def test_patched_toc_digest_rejected_leaving_no_trace(tmp_path: Path, name: str) -> None:
+    victim = "usr/lib/python3.11/json/decoder.py"
+    blob = shared(name).read_bytes()
+    layer = open_layer(shared(name))
+    rebuild = rebuild_zstd_chunked if layer.format == "zstd:chunked" else rebuild_estargz
+    forged_blob = write_blob(
+        tmp_path, rebuild(blob, patched_toc(layer.toc_bytes(), victim, digest=FORGED))
+    )
+    index, _ = toc_entry(name, victim)
+    root = tmp_path / "objects"
+    with pytest.raises(ValidationError) as info:
+        open_layer(forged_blob).import_objects(ObjectStore(root), progress=False)
+    error = info.value
+    assert (error.entry, error.path, error.field) == (index, victim, "digest")
+    assert victim in str(error)
+    real = members_content(victim)
+    store = ObjectStore(root)
+    assert not store.has(FORGED[7:9] + "/" + FORGED[9:])
+    assert not store.has(sha256_payload(real))
+    assert store.temporary_files() == []
+    assert_store_clean(root)
+
+
+def members_content(name: str) -> bytes:
+    data = tar_members()[b"/" + name.encode()][1]
+    assert data is not None
+    return data
+
+
+@pytest.mark.parametrize("name", [ZSTD_CHUNKED, ESTARGZ, ESTARGZ_CHUNKED])
+def test_flipped_byte_in_file_data_rejected_naming_the_file(tmp_path: Path, name: str) -> None:
+    victim = "usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6"
+    index, entry = toc_entry(name, victim)
+    offset = entry["offset"]
+    assert isinstance(offset, int)
+    blob = bytearray(shared(name).read_bytes())
+    blob[offset + 2000] ^= 0x55  # inside the file's first frame / gzip member
+    root = tmp_path / "objects"
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, bytes(blob))).import_objects(
+            ObjectStore(root), progress=False
+        )
+    assert (info.value.entry, info.value.path) == (index, victim)
+    assert not ObjectStore(root).has(sha256_payload(members_content(victim)))
+    assert ObjectStore(root).temporary_files() == []
+    assert_store_clean(root)
+
+
+@pytest.mark.parametrize("field", ["offset", "endOffset"])
+def test_offsets_outside_the_data_rejected(tmp_path: Path, field: str) -> None:
+    victim = "usr/bin/unzstd"
+    blob = shared(ZSTD_CHUNKED).read_bytes()
+    toc = open_layer(shared(ZSTD_CHUNKED)).toc_bytes()
+    forged = write_blob(
+        tmp_path, rebuild_zstd_chunked(blob, patched_toc(toc, victim, **{field: len(blob) + 5}))
+    )
+    with pytest.raises(ValidationError) as info:
+        open_layer(forged).import_objects(ObjectStore(tmp_path / "objects"), progress=False)
+    assert info.value.path == victim
+    assert info.value.field in ("offset", "endOffset")
+
+
+# -- damaged blobs -------------------------------------------------------------
+
+
+def footer_patched(blob: bytes, field: int, value: int) -> bytes:
+    fields = list(zstd_footer(blob))
+    fields[field] = value
+    return blob[:-64] + struct.pack("<7Q", *fields) + b"GNUlInUx"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: footer_patched(b, 0, len(b) + 100), id="toc-offset-past-end"),
+        pytest.param(lambda b: footer_patched(b, 0, 3), id="toc-offset-in-header"),
+        pytest.param(
+            lambda b: footer_patched(b, 0, zstd_footer(b)[0] + 1), id="toc-offset-off-by-one"
+        ),
+        pytest.param(lambda b: footer_patched(b, 1, 1 << 62), id="toc-length-huge"),
+        pytest.param(lambda b: footer_patched(b, 1, 0), id="toc-length-zero"),
+        pytest.param(lambda b: footer_patched(b, 2, 0), id="uncompressed-zero"),
+        pytest.param(lambda b: footer_patched(b, 2, 100), id="uncompressed-too-small"),
+        pytest.param(lambda b: footer_patched(b, 3, 2), id="manifest-type"),
+        pytest.param(lambda b: b[:-68] + struct.pack("<I", 63) + b[-64:], id="footer-frame-size"),
+        pytest.param(lambda b: b[:-72] + b"\0\0\0\0" + b[-68:], id="footer-frame-magic"),
+    ],
+)
+def test_damaged_zstd_chunked_footer_rejected(
+    tmp_path: Path, damage: Callable[[bytes], bytes]
+) -> None:
+    path = write_blob(tmp_path, damage(shared(ZSTD_CHUNKED).read_bytes()))
+    with pytest.raises(ValidationError):
+        open_layer(path).tree()
+
+
+@pytest.mark.parametrize(
+    "position", ["1605729:9126:42437", "1605730:9126:42437:1", "1605729:9126:42437:2", "a:b:c:d"]
+)
+def test_bad_manifest_position_rejected(position: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        open_layer(shared(ZSTD_CHUNKED), manifest_position=position).tree()
+    assert info.value.field == "manifest_position"
+
+
+@pytest.mark.parametrize("content_size", [True, False])
+def test_zstd_toc_bomb_rejected(tmp_path: Path, content_size: bool) -> None:
+    blob = shared(ZSTD_CHUNKED).read_bytes()
+    toc = open_layer(shared(ZSTD_CHUNKED)).toc_bytes()
+    bomb = toc + b" " * (64 << 20)  # claims the real length, holds 64 MiB more
+    compressed = zstandard.ZstdCompressor(write_content_size=content_size).compress(bomb)
+    assert len(compressed) < 1 << 20
+    path = write_blob(
+        tmp_path,
+        rebuild_zstd_chunked(blob, toc, compressed=compressed, uncompressed_length=len(toc)),
+    )
+    with pytest.raises(ValidationError) as info:
+        open_layer(path).tree()
+    assert "more than" in str(info.value)
+
+
+def test_zstd_toc_over_limit_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        open_layer(shared(ZSTD_CHUNKED), limits=Limits(max_input_bytes=40000))
+    assert "max_input_bytes" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[:-35] + b"g" + b[-34:], id="offset-not-hex"),
+        pytest.param(lambda b: b[:-51] + estargz_footer(len(b)), id="offset-past-end"),
+        pytest.param(lambda b: b[:-51] + estargz_footer(0), id="offset-zero"),
+        pytest.param(lambda b: b[:-51] + estargz_footer(1000), id="offset-not-a-member"),
+        pytest.param(lambda b: b[:-8] + b"\1" + b[-7:], id="footer-crc"),
+    ],
+)
+def test_damaged_estargz_footer_rejected(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
+    path = write_blob(tmp_path, damage(shared(ESTARGZ).read_bytes()))
+    try:
+        layer = open_layer(path)
+    except ValidationError:
+        return
+    if layer.format == "tar":  # no longer an eStargz footer: read as tar.gz
+        with pytest.raises(ValidationError):
+            layer.tree()
+        return
+    with pytest.raises(ValidationError):
+        layer.tree()
+
+
+def test_estargz_toc_with_wrong_name_or_over_limit_rejected(tmp_path: Path) -> None:
+    blob = shared(ESTARGZ).read_bytes()
+    toc = open_layer(shared(ESTARGZ)).toc_bytes()
+    wrong = write_blob(tmp_path, rebuild_estargz(blob, toc, name="other.json"))
+    with pytest.raises(ValidationError, match=r"stargz\.index\.json"):
+        open_layer(wrong).toc_bytes()
+    with pytest.raises(ValidationError, match="max_input_bytes"):
+        open_layer(shared(ESTARGZ), limits=Limits(max_input_bytes=1000)).toc_bytes()
+
+
+def test_not_a_layer_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        open_layer(write_blob(tmp_path, b"just some text, not a layer\n" * 40))
+    with pytest.raises(ValidationError):
+        open_layer(write_blob(tmp_path, b""))
+
+
+def check_only_validation_errors(tmp_path: Path, data: bytes) -> None:
+    """Reading ``data`` either fails with ValidationError or gives verified objects."""
+    root = tmp_path / "objects"
+    path = write_blob(tmp_path, data)
+    try:
+        open_layer(path).import_objects(ObjectStore(root), progress=False)
+    except ValidationError:
+        pass
+    assert not list(root.glob(".tmp-*"))
+    assert_store_clean(root)
+
+
+@pytest.mark.parametrize("name", sorted(BLOBS))
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.98, 0.9999])
+def test_truncated_blobs_raise_validation_error_only(
+    tmp_path: Path, name: str, keep: float
+) -> None:
+    blob = shared(name).read_bytes()
+    check_only_validation_errors(tmp_path, blob[: int(len(blob) * keep)])
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(sorted(BLOBS)),
+    position=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+    mask=st.integers(min_value=1, max_value=255),
+)
+def test_flipped_bytes_raise_validation_error_only(
+    tmp_path_factory: pytest.TempPathFactory, name: str, position: float, mask: int
+) -> None:
+    blob = bytearray(shared(name).read_bytes())
+    blob[int(len(blob) * position)] ^= mask
+    check_only_validation_errors(tmp_path_factory.mktemp("flip"), bytes(blob))
+
+
+# -- plain tar specifics --------------------------------------------------------
+
+
+def make_tar(
+    members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile.PAX_FORMAT
+) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def reg(name: str, data: bytes, **attrs: object) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def test_tar_duplicate_path_last_wins(tmp_path: Path) -> None:
+    data = make_tar([reg("a", b"first"), reg("b", b"x"), reg("a", b"second", mode=0o600)])
+    tree = open_layer(write_blob(tmp_path, data)).tree()
+    node = tree.inode(b"/a")
+    assert node.payload == sha256_payload(b"second") and node.mode == stat.S_IFREG | 0o600
+
+
+def test_tar_sub_second_and_negative_mtimes(tmp_path: Path) -> None:
+    first, _ = reg("a", b"1")
+    first.pax_headers = {"mtime": "1700000000.123456789123"}
+    second, _ = reg("b", b"2")
+    second.pax_headers = {"mtime": "-1.25"}
+    tree = open_layer(write_blob(tmp_path, make_tar([(first, b"1"), (second, b"2")]))).tree()
+    assert (tree.inode(b"/a").mtime, tree.inode(b"/a").mtime_nsec) == (1700000000, 123456789)
+    assert (tree.inode(b"/b").mtime, tree.inode(b"/b").mtime_nsec) == (-2, 750000000)
+
+
+def test_tar_binary_xattr_and_root_entry(tmp_path: Path) -> None:
+    value = bytes(range(256))
+    info, data = reg("f", b"data")
+    info.pax_headers = {"SCHILY.xattr.user.blob": value.decode("utf-8", "surrogateescape")}
+    root = tarfile.TarInfo("./")
+    root.type, root.mode, root.uid = tarfile.DIRTYPE, 0o700, 5
+    tree = open_layer(write_blob(tmp_path, make_tar([(root, None), (info, data)]))).tree()
+    assert tree.inode(b"/f").xattrs == ((b"user.blob", value),)
+    assert tree.root.mode == stat.S_IFDIR | 0o700 and tree.root.uid == 5
+
+
+@pytest.mark.parametrize(
+    ("members", "entry", "field"),
+    [
+        pytest.param([reg("ok", b"1"), reg("../escape", b"2")], 1, "name", id="dotdot"),
+        pytest.param(
+            [(reg("a", b"")[0], None), reg("b", b"", type=tarfile.LNKTYPE, linkname="missing")],
+            1,
+            "linkName",
+            id="dangling-hardlink",
+        ),
+        pytest.param([reg("a", b"1"), reg("v", b"", type=b"V")], 1, "type", id="volume-header"),
+        pytest.param([reg("a", b"1", mtime=1 << 40)], 0, "mtime", id="mtime-year-beyond-9999"),
+    ],
+)
+def test_tar_bad_members_rejected_with_member_index(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], entry: int, field: str
+) -> None:
+    data = make_tar(members, tarfile.GNU_FORMAT)
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, data)).tree()
+    assert (info.value.entry, info.value.field) == (entry, field)
+
+
+def test_tar_non_utf8_name_rejected(tmp_path: Path) -> None:
+    info, data = reg("caf\udce9", b"x")
+    blob = make_tar([(info, data)], tarfile.GNU_FORMAT)
+    with pytest.raises(ValidationError) as error:
+        open_layer(write_blob(tmp_path, blob)).tree()
+    assert error.value.entry == 0
+
+
+def test_tar_damaged_header_mid_archive_rejected(tmp_path: Path) -> None:
+    data = bytearray(make_tar([reg("a", b"1" * 600), reg("b", b"2")], tarfile.USTAR_FORMAT))
+    second_header = 512 + 1024
+    assert data[second_header : second_header + 1] == b"b"
+    data[second_header + 100] ^= 0x7F  # mode field: the checksum no longer matches
+    with pytest.raises(ValidationError, match="damaged tar header"):
+        open_layer(write_blob(tmp_path, bytes(data))).tree()
+
+
+def test_tar_huge_extended_header_rejected_before_reading(tmp_path: Path) -> None:
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = 1 << 30
+    block = header.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(ValidationError, match="extended header"):
+        open_layer(write_blob(tmp_path, block + bytes(4096))).tree()
+
+
+def test_tar_import_names_objects_from_content(tmp_path: Path) -> None:
+    data = make_tar([reg("a", b"alpha"), reg("dir/b", b"beta"), reg("empty", b"")])
+    root = tmp_path / "objects"
+    tree = open_layer(write_blob(tmp_path, data)).import_objects(ObjectStore(root), progress=False)
+    assert payloads_of(tree) == {sha256_payload(b"alpha"), sha256_payload(b"beta")}
+    assert tree.inode(b"/empty").payload is None
+    assert {p.relative_to(root).as_posix().encode() for p in store_files(root)} == payloads_of(tree)
+
+
+def test_tar_xattrs_match_pax_records_base64() -> None:
+    # The TOC carries the same xattrs base64-encoded; both must give the raw bytes.
+    toc = json.loads(open_layer(shared(ZSTD_CHUNKED)).toc_bytes())
+    tree = open_layer(shared(TAR)).tree()
+    for entry in toc["entries"]:
+        for key, value in entry.get("xattrs", {}).items():
+            node = tree.inode(b"/" + entry["name"].rstrip("/").encode())
+            assert dict(node.xattrs)[key.encode()] == base64.b64decode(value)
