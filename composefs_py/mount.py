@@ -54,6 +54,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -115,6 +116,7 @@ _REASONS = {
 }
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -142,7 +144,8 @@ def _check_image(image: Path) -> None:
         with open(image, "rb") as f:
             head = f.read(_EROFS_SUPER_OFFSET + 4)
     except OSError as exc:
-        raise _library_error(exc, f"cannot read image {image}") from exc
+        code = exc.errno or errno.EIO
+        raise LibraryError(code, f"cannot read image {image}: {os.strerror(code)}") from exc
     if head[:4] != _COMPOSEFS_MAGIC or head[_EROFS_SUPER_OFFSET:] != _EROFS_MAGIC:
         raise LibraryError(errno.EINVAL, f"{image} is not a composefs image")
 
@@ -416,7 +419,7 @@ def _mount_overlay(
     def fail(step: str, fd: int = -1) -> LibraryError:
         code = ctypes.get_errno()
         log = _fs_context_log(fd) if fd >= 0 else ""
-        reason = _REASONS.get(code, os.strerror(code))
+        reason = _REASONS[code] if code == errno.EPERM else os.strerror(code)
         return LibraryError(code, f"{what}: {step}: {reason}" + (f" ({log})" if log else ""))
 
     fs_fd = syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC))
@@ -450,7 +453,8 @@ def _mount_overlay(
             ctypes.c_int(0),
         )
         if rc < 0:
-            raise fail("create", fs_fd)
+            # overlayfs mostly explains a refusal in the kernel log, not the fs context.
+            raise fail("create (the kernel log, dmesg, says what overlayfs refused)", fs_fd)
         mnt_fd = syscall(
             _SYS_FSMOUNT,
             ctypes.c_int(fs_fd),
