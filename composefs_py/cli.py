@@ -66,8 +66,7 @@ def _gunzip_limited(data: bytes, path: str) -> bytes:
             out += decompressor.decompress(chunk, limit + 1 - len(out))
             if len(out) > limit:
                 raise CommandError(
-                    f"{path}: decompresses to more than the input limit "
-                    f"of {limit} bytes"
+                    f"{path}: decompresses to more than the input limit of {limit} bytes"
                 )
             chunk = decompressor.unconsumed_tail
             if not chunk and decompressor.eof and decompressor.unused_data:
@@ -154,9 +153,7 @@ def _text_of(path: str, kind: str | None) -> tuple[str, bytes | None]:
         kind = sniff_source(path, data)
     if kind == "layer":
         if path == "-":
-            raise CommandError(
-                "a layer cannot be read from standard input; name its file"
-            )
+            raise CommandError("a layer cannot be read from standard input; name its file")
         return kind, None
     return kind, data
 
@@ -167,9 +164,17 @@ def load_source(
     *,
     compat: str | None = None,
     collect: bool = False,
+    objects: str | None = None,
+    progress: bool | None = None,
 ) -> Source:
-    """Parse the source at ``path`` (``-``: stdin) into a validated Tree."""
+    """Parse the source at ``path`` (``-``: stdin) into a validated Tree.
+
+    With ``objects`` (a layer only) the layer's file contents are imported
+    into that object store, verified, and the Tree names them.
+    """
     kind, data = _text_of(path, kind)
+    if objects is not None and kind != "layer":
+        raise CommandError(f"--objects needs a layer SOURCE (a {kind} carries no file contents)")
     if kind == "toc":
         assert data is not None
         toc = _module("toc", "reading a TOC")
@@ -181,14 +186,14 @@ def load_source(
     if kind == "dumpfile":
         assert data is not None
         if compat is not None:
-            raise CommandError(
-                "--compat applies to TOC and layer sources, not dumpfiles"
-            )
+            raise CommandError("--compat applies to TOC and layer sources")
         dumpfile = _module("dumpfile", "reading a dumpfile")
         return Source(dumpfile.parse_dumpfile(data), kind)
-    layers = _module("layers", "reading a layer")
-    layer = layers.open_layer(path)
-    tree = layer.tree(compat=compat) if compat is not None else layer.tree()
+    layer = _module("layers", "reading a layer").open_layer(path)
+    if objects is None:
+        return Source(layer.tree(compat=compat), kind, layer)
+    store = _module("objects", "an object store").ObjectStore(objects)
+    tree = layer.import_objects(store, compat=compat, progress=progress)
     return Source(tree, kind, layer)
 
 
@@ -233,6 +238,11 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=("containers-storage",),
         help="reproduce containers/storage's TOC conversion exactly",
     )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="show import progress on stderr (default: only on a terminal)",
+    )
     parser.add_argument("--min-version", type=int, default=0, metavar="N")
     parser.add_argument("--max-version", type=int, default=1, metavar="N")
     parser.set_defaults(run=_cmd_build)
@@ -246,22 +256,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"need 0 <= --min-version <= --max-version <= {VERSION_MAX}, "
             f"got {args.min_version} and {args.max_version}"
         )
-    source = load_source(args.source, args.source_kind, compat=args.compat)
-    tree = source.tree
-    if args.objects is not None:
-        if source.layer is None:
-            raise CommandError(
-                "--objects needs a layer SOURCE "
-                f"(a {source.kind} carries no file contents)"
-            )
-        objects = _module("objects", "an object store")
-        imported = source.layer.import_objects(objects.ObjectStore(args.objects))
-        from .model import Tree
-
-        if isinstance(imported, Tree):
-            tree = imported
+    source = load_source(
+        args.source,
+        args.source_kind,
+        compat=args.compat,
+        objects=args.objects,
+        progress=True if args.progress else None,
+    )
     digest = write_image(
-        tree,
+        source.tree,
         args.output,
         backend=args.backend,
         min_version=args.min_version,
@@ -286,9 +289,7 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        source = load_source(
-            args.source, args.source_kind, compat=args.compat, collect=True
-        )
+        source = load_source(args.source, args.source_kind, compat=args.compat, collect=True)
     except ValidationError as exc:
         for problem in exc.problems:
             print(f"{args.source}: {problem}")
@@ -375,12 +376,8 @@ def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("mountpoint", metavar="MNT")
     parser.add_argument("--objects", metavar="DIR", required=True)
-    parser.add_argument(
-        "--upper", metavar="DIR", help="writable overlay upper directory"
-    )
-    parser.add_argument(
-        "--work", metavar="DIR", help="overlay work directory (with --upper)"
-    )
+    parser.add_argument("--upper", metavar="DIR", help="writable overlay upper directory")
+    parser.add_argument("--work", metavar="DIR", help="overlay work directory (with --upper)")
     verity = parser.add_mutually_exclusive_group()
     verity.add_argument("--require-verity", action="store_true")
     verity.add_argument("--try-verity", action="store_true")
@@ -414,6 +411,24 @@ def _cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sandbox_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "sandbox-info",
+        help="show which protections the sandboxed writer gets here",
+        description="Start a sandboxed child, check each lockdown step from "
+        "inside it and print 'NAME: yes|no|VALUE' per protection.",
+    )
+    parser.set_defaults(run=_cmd_sandbox_info)
+
+
+def _cmd_sandbox_info(args: argparse.Namespace) -> int:
+    info = _module("sandbox", "the sandbox").sandbox_info()
+    for name, value in info.items():
+        shown = ("yes" if value else "no") if isinstance(value, bool) else value
+        print(f"{name}: {shown}")
+    return 0
+
+
 #: (adder, modules the command needs): a command is offered when they exist.
 _COMMANDS: tuple[
     tuple[
@@ -428,6 +443,7 @@ _COMMANDS: tuple[
     (_add_digest, ("fsverity",)),
     (_add_mount, ("mount",)),
     (_add_unmount, ("mount",)),
+    (_add_sandbox_info, ("sandbox",)),
 )
 
 

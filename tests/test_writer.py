@@ -1,0 +1,519 @@
+"""Tests of composefs_py.writer: backends, atomic publish, read_image.
+
+Every backend is real: the compiled module, the sandboxed child, the
+upstream ``mkcomposefs``.  Failures are real too (a full file-size limit, a
+failing tool, a missing directory), and every image written passes
+``fsck.erofs`` (:func:`test_upstream_assets.fsck`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_upstream_assets import fsck
+
+from composefs_py import writer
+from composefs_py.dumpfile import dump
+from composefs_py.errors import (
+    BackendUnavailableError,
+    LibraryError,
+    ValidationError,
+)
+from composefs_py.fsverity import fsverity_digest
+from composefs_py.model import ROOT, Hardlink, Inode, Tree, TreeBuilder
+from composefs_py.writer import read_image, resolve_backend, write_image
+
+REPO = Path(__file__).resolve().parent.parent
+CONCRETE = ("native", "sandbox", "mkcomposefs")
+PAYLOAD = b"ab/" + b"cd" * 31
+
+
+def make_tree(whiteout: bool = True) -> Tree:
+    """A tree with one of each kind of entry (a whiteout bumps v0..1 to v1)."""
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(stat.S_IFDIR | 0o755, mtime=1_700_000_000))
+    builder.add(b"/etc", Inode(stat.S_IFDIR | 0o755, uid=3, mtime=5, mtime_nsec=7))
+    builder.add(
+        b"/etc/motd",
+        Inode(stat.S_IFREG | 0o644, size=6, content=b"hello\n", mtime=1),
+    )
+    builder.add(
+        b"/etc/big",
+        Inode(
+            stat.S_IFREG | 0o600,
+            size=1 << 30,
+            payload=PAYLOAD,
+            fsverity_digest=bytes(range(32)),
+            xattrs=((b"security.selinux", b"etc_t\0"), (b"user.x", b"\xff")),
+        ),
+    )
+    builder.add(b"/etc/big-link", Hardlink(b"/etc/big"))
+    builder.add(b"/bin", Inode(stat.S_IFLNK | 0o777, symlink_target=b"usr/bin"))
+    builder.add(b"/null", Inode(stat.S_IFCHR | 0o666, rdev=os.makedev(1, 3)))
+    if whiteout:
+        builder.add(b"/etc/gone", Inode(stat.S_IFCHR))
+    for i in range(300):  # more than one directory block
+        builder.add(f"/etc/f{i:03d}".encode(), Inode(stat.S_IFREG | 0o644))
+    return builder.build()
+
+
+@pytest.fixture(scope="module")
+def tree() -> Tree:
+    return make_tree()
+
+
+@pytest.fixture(scope="module")
+def reference(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The image mkcomposefs itself writes for ``dump(tree)`` (the oracle)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.cfs"
+    tool = writer.find_mkcomposefs()
+    assert tool is not None
+    subprocess.run(
+        [tool, "--from-file", "-", str(out)],
+        input=dump(tree).encode("ascii"),
+        check=True,
+        capture_output=True,
+    )
+    return out.read_bytes()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    monkeypatch.delenv(writer.BACKEND_ENV, raising=False)
+    monkeypatch.delenv(writer.MKCOMPOSEFS_ENV, raising=False)
+    yield monkeypatch
+
+
+# ---------------------------------------------------------------------------
+# backends agree
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_backend_writes_the_mkcomposefs_image_and_returns_its_digest(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path, fsck_erofs: Path
+) -> None:
+    out = tmp_path / "image.cfs"
+    digest = write_image(tree, out, backend=backend)
+    fsck(fsck_erofs, out)
+    assert out.read_bytes() == reference
+    assert digest == fsverity_digest(reference)
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+@pytest.mark.parametrize("versions", [(0, 0), (1, 1), (0, 1)])
+def test_backends_agree_for_every_format_version_range(
+    backend: str, versions: tuple[int, int], tmp_path: Path, fsck_erofs: Path
+) -> None:
+    low, high = versions
+    images = {}
+    for name in ("native", backend):
+        out = tmp_path / f"{name}.cfs"
+        write_image(make_tree(), out, backend=name, min_version=low, max_version=high)
+        fsck(fsck_erofs, out)
+        images[name] = out.read_bytes()
+    assert images["native"] == images[backend]
+    header_version = int.from_bytes(images["native"][12:16], "little")
+    assert header_version == (high if high == 1 else low)  # the whiteout asks for 1
+
+
+def test_image_is_deterministic(tree: Tree, tmp_path: Path) -> None:
+    first = write_image(tree, tmp_path / "a.cfs", backend="native")
+    second = write_image(make_tree(), tmp_path / "b.cfs", backend="native")
+    assert first == second
+    assert (tmp_path / "a.cfs").read_bytes() == (tmp_path / "b.cfs").read_bytes()
+
+
+# ---------------------------------------------------------------------------
+# backend choice
+# ---------------------------------------------------------------------------
+
+
+def test_auto_is_native_when_the_module_imports(clean_env: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto") == "native"
+    assert resolve_backend() == "native"
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_environment_overrides_auto_only(backend: str, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(writer.BACKEND_ENV, backend)
+    assert resolve_backend("auto") == backend
+    assert resolve_backend("native") == "native"
+
+
+def test_environment_auto_means_auto(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(writer.BACKEND_ENV, "auto")
+    assert resolve_backend("auto") == "native"
+
+
+def test_bad_environment_backend_is_a_value_error(
+    clean_env: pytest.MonkeyPatch, tree: Tree, tmp_path: Path
+) -> None:
+    clean_env.setenv(writer.BACKEND_ENV, "fastest")
+    with pytest.raises(ValueError, match="COMPOSEFS_PY_BACKEND"):
+        write_image(tree, tmp_path / "x.cfs")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["", "Native", "cffi", "mkcomposefs "])
+def test_unknown_backend_is_a_value_error(backend: str, tree: Tree, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        write_image(tree, tmp_path / "x.cfs", backend=backend)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_environment_backend_is_used_by_write_image(
+    clean_env: pytest.MonkeyPatch, tree: Tree, tmp_path: Path
+) -> None:
+    # Point the mkcomposefs backend at a tool that does not exist: if auto
+    # follows the variable, the write fails as unavailable.
+    clean_env.setenv(writer.BACKEND_ENV, "mkcomposefs")
+    clean_env.setenv(writer.MKCOMPOSEFS_ENV, str(tmp_path / "no-such-tool"))
+    with pytest.raises(BackendUnavailableError):
+        write_image(tree, tmp_path / "x.cfs")
+    assert write_image(tree, tmp_path / "y.cfs", backend="native")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.cfs"]
+
+
+def test_mkcomposefs_location_order(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bundled = REPO / ".deps" / "prefix" / "bin" / "mkcomposefs"
+    clean_env.setenv(writer.MKCOMPOSEFS_ENV, "/opt/elsewhere/mkcomposefs")
+    assert writer.find_mkcomposefs() == "/opt/elsewhere/mkcomposefs"
+    clean_env.delenv(writer.MKCOMPOSEFS_ENV)
+    if os.access(bundled, os.X_OK):
+        assert writer.find_mkcomposefs() == str(bundled)
+    else:
+        clean_env.setenv("PATH", str(tmp_path))
+        assert writer.find_mkcomposefs() is None
+
+
+def test_failing_mkcomposefs_is_a_library_error_and_leaves_nothing(
+    clean_env: pytest.MonkeyPatch, tree: Tree, tmp_path: Path
+) -> None:
+    clean_env.setenv(writer.MKCOMPOSEFS_ENV, "/bin/false")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(LibraryError, match="mkcomposefs failed"):
+        write_image(tree, tmp_path / "out" / "x.cfs", backend="mkcomposefs")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# The compiled module made unimportable in a fresh interpreter (a build
+# without the extension): auto falls back to the sandbox, which then writes
+# with mkcomposefs; native and read_image say the backend is unavailable.
+_WITHOUT_EXTENSION = textwrap.dedent(
+    """
+    import sys
+    sys.modules["composefs_py._lcfs"] = None  # import raises ImportError
+    from composefs_py import writer
+    from composefs_py.dumpfile import parse_dumpfile
+    from composefs_py.errors import BackendUnavailableError
+    tree = parse_dumpfile(open(sys.argv[1], "rb").read())
+    print(writer.resolve_backend("auto"))
+    print(writer.available_backends())
+    print(writer.write_image(tree, sys.argv[2]).hex())
+    for call in (
+        lambda: writer.write_image(tree, sys.argv[2] + ".n", backend="native"),
+        lambda: writer.read_image(sys.argv[2]),
+    ):
+        try:
+            call()
+        except BackendUnavailableError as exc:
+            print("unavailable:", exc)
+    """
+)
+
+
+def test_without_the_extension_auto_uses_the_sandbox(
+    tree: Tree, reference: bytes, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "tree.dump"
+    source.write_text(dump(tree))
+    out = tmp_path / "image.cfs"
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTENSION, str(source), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "sandbox"
+    assert "native" not in lines[1] and "sandbox" in lines[1]
+    assert lines[2] == fsverity_digest(reference).hex()
+    assert out.read_bytes() == reference
+    assert sum(line.startswith("unavailable:") for line in lines) == 2
+    assert not (tmp_path / "image.cfs.n").exists()
+
+
+# ---------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("versions", [(1, 0), (-1, 1), (0, 2), (2, 2)])
+def test_bad_format_versions_are_a_value_error(
+    versions: tuple[int, int], tree: Tree, tmp_path: Path
+) -> None:
+    low, high = versions
+    with pytest.raises(ValueError, match="min_version"):
+        write_image(tree, tmp_path / "x.cfs", min_version=low, max_version=high)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None])
+def test_format_versions_must_be_ints(value: object, tree: Tree, tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        write_image(tree, tmp_path / "x.cfs", max_version=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dest", [True, 1.5, None, [b"x"]])
+def test_dest_must_be_a_path_or_fd(dest: object, tree: Tree) -> None:
+    with pytest.raises(TypeError):
+        write_image(tree, dest)  # type: ignore[arg-type]
+
+
+def test_tree_must_be_a_tree(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        write_image(dump(make_tree()), tmp_path / "x.cfs")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# publishing to a path
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_existing_file_is_replaced_atomically_leaving_no_temporary(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    out = tmp_path / "image.cfs"
+    out.write_bytes(b"old image")
+    with open(out, "rb") as reader:  # a reader of the old file keeps it whole
+        old_inode = os.stat(out).st_ino
+        write_image(tree, out, backend=backend)
+        assert os.stat(out).st_ino != old_inode, "replaced by rename, not rewritten"
+        assert reader.read() == b"old image"
+    assert out.read_bytes() == reference
+    assert [p.name for p in tmp_path.iterdir()] == ["image.cfs"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_image_mode_is_0644_less_umask(umask: int, tree: Tree, tmp_path: Path) -> None:
+    old = os.umask(umask)
+    try:
+        write_image(tree, tmp_path / "x.cfs", backend="native")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.cfs").st_mode) == 0o644 & ~umask
+
+
+def test_path_types_are_accepted(
+    tree: Tree, reference: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image(tree, str(tmp_path / "s.cfs"), backend="native")
+    write_image(tree, tmp_path / "p.cfs", backend="native")
+    monkeypatch.chdir(tmp_path)
+    write_image(tree, "relative.cfs", backend="native")
+    for name in ("s.cfs", "p.cfs", "relative.cfs"):
+        assert (tmp_path / name).read_bytes() == reference
+
+
+def test_missing_directory_fails_and_creates_nothing(tree: Tree, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        write_image(tree, tmp_path / "no" / "x.cfs", backend="native")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_as_destination_fails_and_leaves_it_alone(tree: Tree, tmp_path: Path) -> None:
+    target = tmp_path / "dir"
+    target.mkdir()
+    (target / "keep").write_bytes(b"k")
+    with pytest.raises(IsADirectoryError):
+        write_image(tree, target, backend="native")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+    assert [p.name for p in target.iterdir()] == ["keep"]
+
+
+# A write that runs out of room half way (the file-size rlimit gives EFBIG
+# on the first write past it): the error surfaces, the old image stays and
+# no temporary file is left.  Run in a child so the rlimit stays there.
+_FILE_SIZE_LIMIT = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from composefs_py.dumpfile import parse_dumpfile
+    from composefs_py.writer import write_image
+    tree = parse_dumpfile(open(sys.argv[1], "rb").read())
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+    try:
+        write_image(tree, sys.argv[2], backend=sys.argv[3])
+    except OSError as exc:
+        print(type(exc).__name__, exc.errno)
+    else:
+        print("written")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["native", "mkcomposefs"])
+def test_failure_half_way_leaves_the_old_image_and_no_temporary(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    assert len(reference) > 20000
+    source = tmp_path / "tree.dump"
+    source.write_text(dump(tree))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "image.cfs"
+    out.write_bytes(b"previous")
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT, str(source), str(out), backend],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert proc.stdout.split()[0] in ("LibraryError", "OSError")
+    assert proc.stdout.split()[1] == "27"  # EFBIG
+    assert out.read_bytes() == b"previous"
+    assert [p.name for p in out_dir.iterdir()] == ["image.cfs"]
+
+
+# ---------------------------------------------------------------------------
+# writing to a file descriptor
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_fd_is_written_from_its_position_and_left_open(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    path = tmp_path / "with-prefix"
+    with open(path, "wb") as stream:
+        stream.write(b"PREFIX")
+        stream.flush()
+        digest = write_image(tree, stream.fileno(), backend=backend)
+        os.fstat(stream.fileno())  # still open
+        stream.write(b"SUFFIX")
+    data = path.read_bytes()
+    assert data == b"PREFIX" + reference + b"SUFFIX"
+    assert digest == fsverity_digest(reference)
+    assert [p.name for p in tmp_path.iterdir()] == ["with-prefix"]
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_fd_may_be_a_pipe(backend: str, tree: Tree, reference: bytes) -> None:
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        write_image(tree, write_end, backend=backend)
+    finally:
+        os.close(write_end)
+        reader.join()
+        os.close(read_end)
+    assert b"".join(chunks) == reference
+
+
+def test_fd_open_read_only_is_an_error(tree: Tree, tmp_path: Path) -> None:
+    path = tmp_path / "ro"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            write_image(tree, fd, backend="native")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b""
+
+
+# ---------------------------------------------------------------------------
+# read_image
+# ---------------------------------------------------------------------------
+
+
+def test_read_image_accepts_bytes_and_paths(tree: Tree, reference: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "image.cfs"
+    path.write_bytes(reference)
+    trees = [
+        read_image(reference),
+        read_image(bytearray(reference)),
+        read_image(memoryview(reference)),
+        read_image(path),
+        read_image(str(path)),
+    ]
+    assert all(t == trees[0] for t in trees)
+    assert dump(trees[0]).count("\n") == len(tree)
+
+
+def test_read_image_in_the_sandbox_gives_the_same_tree(reference: bytes) -> None:
+    assert read_image(reference, sandbox=True) == read_image(reference)
+
+
+def test_read_image_round_trips_a_tree_without_whiteouts(tmp_path: Path) -> None:
+    tree = make_tree(whiteout=False)
+    out = tmp_path / "image.cfs"
+    write_image(tree, out, backend="native")
+    assert dump(read_image(out)) == dump(tree)
+
+
+_NOT_IMAGES = {
+    "empty": b"",
+    "text": b"/ 0 40755 2 0 0 0 0.0 - - -\n",
+    "zeros": bytes(8192),
+    "short header": bytes.fromhex("9a6278d0") + bytes(100),
+    "composefs magic, no erofs magic": bytes.fromhex("9a6278d0") + bytes(4096),
+    "erofs magic only": bytes(1024) + bytes.fromhex("e2e1f5e0") + bytes(3068),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_NOT_IMAGES))
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_read_image_rejects_non_images_before_parsing(case: str, sandbox: bool) -> None:
+    with pytest.raises(ValidationError, match="not a composefs image"):
+        read_image(_NOT_IMAGES[case], sandbox=sandbox)
+
+
+def test_read_image_of_a_non_image_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(ValidationError, match=r"notes\.txt"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("cut", [1028, 4096, 8192, 12288])
+def test_read_image_rejects_a_truncated_image(reference: bytes, cut: int) -> None:
+    assert cut < len(reference)
+    with pytest.raises(ValidationError):
+        read_image(reference[:cut])
+
+
+def test_read_image_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "absent.cfs")
+
+
+@pytest.mark.parametrize("src", [12, None, 1.0])
+def test_read_image_src_type_is_checked(src: object) -> None:
+    with pytest.raises(TypeError):
+        read_image(src)  # type: ignore[arg-type]
+
+
+def test_is_image_matches_written_images(reference: bytes) -> None:
+    assert writer.is_image(reference)
+    assert not writer.is_image(reference[:1027])
