@@ -23,11 +23,15 @@ from .errors import (
 from .limits import Limits
 from .model import Hardlink, Inode, Tree, TreeBuilder
 
+# Imported eagerly: the submodule shares the function's name, and a lazy
+# attribute would be shadowed by the module once ``composefs_py.mount`` is
+# imported.  mount.py loads the compiled module only when called.
+from .mount import mount, unmount
+
 if TYPE_CHECKING:
     from .dumpfile import dump, parse_dumpfile
     from .fsverity import fsverity_digest
     from .layers import Layer, open_layer
-    from .mount import mount, unmount
     from .objects import ObjectStore
     from .toc import parse_toc
     from .writer import read_image, write_image
@@ -62,8 +66,6 @@ _LAZY = {
     "fsverity_digest": "fsverity",
     "Layer": "layers",
     "open_layer": "layers",
-    "mount": "mount",
-    "unmount": "mount",
     "ObjectStore": "objects",
     "parse_toc": "toc",
     "read_image": "writer",
