@@ -337,3 +337,32 @@ def test_build_stamp_and_library_version() -> None:
     major, minor, *_ = (int(p) for p in _native.LIBCOMPOSEFS_VERSION.split("."))
     assert (major, minor) >= (1, 0)
     assert _native.DIGEST_SIZE == 32
+
+
+def test_hardlink_group_is_written_where_the_tree_puts_its_inode(
+    tmp_path: Path, run_mkcomposefs: Callable[..., bytes]
+) -> None:
+    # The builder keeps a hardlink group's inode at its first path in tree
+    # order (here /a-link, although the input named /z/file); the image must
+    # match mkcomposefs on the dumpfile that says the same.
+    tree = make_tree(
+        [
+            (b"/", Inode(stat.S_IFDIR | 0o755, nlink=3)),
+            (b"/a-link", Hardlink(b"/z/file")),
+            (b"/b-link", Hardlink(b"/z/file")),
+            (b"/z", Inode(stat.S_IFDIR | 0o700, nlink=2)),
+            (b"/z/file", Inode(stat.S_IFREG | 0o644, nlink=3, size=3, content=b"abc")),
+        ]
+    )
+    inode_path = next(path for path, node in tree if isinstance(node, Inode) and node.size == 3)
+    assert inode_path == b"/a-link"
+    dump = (
+        b"/ 0 40755 3 0 0 0 0.0 - - -\n"
+        b"/a-link 3 100644 3 0 0 0 0.0 - abc -\n"
+        b"/b-link 3 @100644 3 0 0 0 0.0 /a-link - -\n"
+        b"/z 0 40700 2 0 0 0 0.0 - - -\n"
+        b"/z/file 3 @100644 3 0 0 0 0.0 /a-link - -\n"
+    )
+    image, _ = write_bytes(tree, tmp_path)
+    assert image == run_mkcomposefs(dump)
+    assert _native.read_image(image) == tree
