@@ -475,6 +475,10 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
                 raise _LineError("payload", "a hardlink needs its target's path")
             # The other fields describe the target; mkcomposefs ignores them.
             return path, Hardlink(payload)
+        if rdev and ftype != S_IFCHR and ftype != S_IFBLK:
+            if strict:
+                raise _LineError("rdev", "only character and block devices have one")
+            rdev = 0
         if ftype == S_IFREG:
             if content is None and size > _MAX_NONINLINE_SIZE:
                 raise _LineError(
@@ -483,10 +487,6 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
                     f"(1024 chunks) of a file without inline content, got {size}",
                 )
         else:
-            if rdev and ftype != S_IFCHR and ftype != S_IFBLK:
-                if strict:
-                    raise _LineError("rdev", "only character and block devices have one")
-                rdev = 0
             if ftype == S_IFLNK:
                 if payload is None:
                     raise _LineError("payload", "a symlink needs its target")
@@ -583,38 +583,28 @@ def dump(tree: Tree) -> str:
 
     The text is what ``composefs-info dump`` prints for the image
     libcomposefs writes from ``tree``, byte for byte: directory sizes as
-    EROFS stores them, each hardlink group led by its first path in dump
-    order (the others are ``@`` lines repeating its attributes), xattrs
-    sorted by name, non-printable bytes escaped.  It is ASCII.
+    EROFS stores them, hardlinks as ``@`` lines repeating their inode's
+    attributes, xattrs sorted by name, non-printable bytes escaped.  It is
+    ASCII.
     """
     children: dict[bytes, list[bytes]] = {}
-    link_targets: set[bytes] = set()
-    for path, node in tree:
+    for path in tree.paths:
         if path != ROOT:
             children.setdefault(parent_of(path), []).append(name_of(path))
-        if isinstance(node, Hardlink):
-            link_targets.add(node.target)
-    # The first path of each hardlink group (in dump order) carries the inode.
-    leader: dict[bytes, bytes] = {}
-    if link_targets:
-        for path, node in tree:
-            key = node.target if isinstance(node, Hardlink) else path
-            if key in link_targets and key not in leader:
-                leader[key] = path
     out: list[str] = []
     append = out.append
     for path, node in tree:
         if isinstance(node, Hardlink):
+            # The model keeps a group's inode at its first path (as the image reader does).
             target = node.target
             inode = tree.inode(target)
+            append(
+                _inode_line(
+                    _escape(path), inode, _size_of(inode, target, children), _escape(target)
+                )
+            )
         else:
-            target = path
-            inode = node
-        first = leader.get(target) if leader else None
-        link_to = None
-        if first is not None and first != path:
-            link_to = _escape(first)
-        append(_inode_line(_escape(path), inode, _size_of(inode, target, children), link_to))
+            append(_inode_line(_escape(path), node, _size_of(node, path, children), None))
     return "".join(out)
 
 
