@@ -1,0 +1,508 @@
+"""Tests of the ``composefs-py`` command (composefs_py.cli).
+
+Most run :func:`composefs_py.cli.main` in-process; the entry points
+(``python -m composefs_py`` and the installed console script) and the
+no-traceback promise are checked in real subprocesses.  Inputs are real:
+the shipped sample dumpfile, the shared layers and their TOCs, upstream's
+assets.  Exit status: 0 ok, 1 rejected input or failed operation (one line
+on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_upstream_assets import fsck
+
+from composefs_py.cli import main
+from composefs_py.dumpfile import dump, parse_dumpfile
+from composefs_py.fsverity import fsverity_digest
+from composefs_py.model import Inode
+from composefs_py.toc import parse_toc
+from composefs_py.writer import read_image
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+SHARED = REPO.parent / "shared" / "testdata"
+SAMPLE = DATA / "sample.dump"
+TOC = DATA / "small.zstd-chunked.toc.json"
+#: What containers/storage 1.64 + mkcomposefs 1.0.8 make of TOC (issue 3).
+CONTAINERS_STORAGE_SHA256 = "ac092afb0e8d40d7f9adc9ece83679eb6ac7a1be4e5b2bd7ef8640d0f132e00a"
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``main(args)``; return (status, stdout, stderr)."""
+
+    def invoke(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+        try:
+            status = main([os.fspath(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors
+            status = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
+
+
+def one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("composefs-py: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def mkcomposefs_image(mkcomposefs: Path, text: bytes, tmp_path: Path) -> bytes:
+    out = tmp_path / "oracle.cfs"
+    subprocess.run(
+        [str(mkcomposefs), "--from-file", "-", str(out)],
+        input=text,
+        check=True,
+        capture_output=True,
+    )
+    return out.read_bytes()
+
+
+# ---------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------
+
+
+def test_build_dumpfile_prints_digest_and_writes_the_mkcomposefs_image(
+    run: Run, tmp_path: Path, mkcomposefs: Path, fsck_erofs: Path
+) -> None:
+    out = tmp_path / "sample.cfs"
+    status, stdout, stderr = run("build", SAMPLE, "-o", out)
+    assert (status, stderr) == (0, "")
+    image = out.read_bytes()
+    assert stdout == fsverity_digest(image).hex() + "\n"
+    assert image == mkcomposefs_image(mkcomposefs, SAMPLE.read_bytes(), tmp_path)
+    fsck(fsck_erofs, out)
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "sandbox", "mkcomposefs"])
+def test_build_backends_give_the_same_digest(backend: str, run: Run, tmp_path: Path) -> None:
+    status, stdout, _ = run("build", SAMPLE, "-o", tmp_path / "x.cfs", "--backend", backend)
+    assert status == 0
+    assert stdout.strip() == fsverity_digest((tmp_path / "x.cfs").read_bytes()).hex()
+    reference = tmp_path / "ref.cfs"
+    run("build", SAMPLE, "-o", reference, "--backend", "native")
+    assert (tmp_path / "x.cfs").read_bytes() == reference.read_bytes()
+
+
+@pytest.mark.parametrize("versions", [("0", "0"), ("1", "1")])
+def test_build_format_versions(
+    versions: tuple[str, str],
+    run: Run,
+    tmp_path: Path,
+    mkcomposefs: Path,
+    fsck_erofs: Path,
+) -> None:
+    low, high = versions
+    out = tmp_path / "v.cfs"
+    status, _, _ = run("build", SAMPLE, "-o", out, "--min-version", low, "--max-version", high)
+    assert status == 0
+    oracle = tmp_path / "oracle.cfs"
+    subprocess.run(
+        [
+            str(mkcomposefs),
+            f"--min-version={low}",
+            f"--max-version={high}",
+            "--from-file",
+            str(SAMPLE),
+            str(oracle),
+        ],
+        check=True,
+    )
+    assert out.read_bytes() == oracle.read_bytes()
+    fsck(fsck_erofs, out)
+
+
+def test_build_gzipped_upstream_asset_matches_its_checksum(
+    run: Run, tmp_path: Path, composefs_src: Path
+) -> None:
+    asset = composefs_src / "tests" / "assets" / "config-with-hard-link.dump.gz"
+    out = tmp_path / "config.cfs"
+    assert run("build", asset, "-o", out)[0] == 0
+    expected = asset.with_name(asset.name + ".sha256").read_text().split()[0]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == expected
+
+
+def test_build_from_stdin(tmp_path: Path, fsck_erofs: Path) -> None:
+    out = tmp_path / "stdin.cfs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "composefs_py", "build", "-", "-o", str(out)],
+        input=SAMPLE.read_bytes(),
+        capture_output=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert proc.stdout.decode().strip() == fsverity_digest(out.read_bytes()).hex()
+    fsck(fsck_erofs, out)
+
+
+def test_build_toc_in_containers_storage_mode_gives_podmans_image(
+    run: Run, tmp_path: Path, fsck_erofs: Path
+) -> None:
+    out = tmp_path / "podman.cfs"
+    status, _, stderr = run("build", TOC, "-o", out, "--compat", "containers-storage")
+    assert (status, stderr) == (0, "")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == CONTAINERS_STORAGE_SHA256
+    fsck(fsck_erofs, out)
+
+
+def test_build_toc_sniffed_and_explicit_agree(run: Run, tmp_path: Path) -> None:
+    sniffed, named = tmp_path / "a.cfs", tmp_path / "b.cfs"
+    assert run("build", TOC, "-o", sniffed)[0] == 0
+    assert run("build", TOC, "-o", named, "--from", "toc")[0] == 0
+    assert sniffed.read_bytes() == named.read_bytes()
+
+
+def test_build_layer_with_objects_imports_every_payload(
+    run: Run, tmp_path: Path, fsck_erofs: Path
+) -> None:
+    blob = SHARED / "small.zstd-chunked.blob"
+    if not blob.is_file():
+        pytest.skip(f"shared test layer {blob} not present")
+    out, objects = tmp_path / "layer.cfs", tmp_path / "objects"
+    objects.mkdir()
+    status, _, stderr = run("build", blob, "-o", out, "--objects", objects)
+    assert status == 0, stderr
+    fsck(fsck_erofs, out)
+    tree = read_image(out)
+    payloads = {
+        node.payload
+        for _, node in tree
+        if isinstance(node, Inode) and node.payload is not None and node.size > 0
+    }
+    assert payloads
+    for payload in payloads:
+        assert payload is not None
+        assert (objects / payload.decode()).is_file(), payload
+
+
+def test_build_objects_needs_a_layer(run: Run, tmp_path: Path) -> None:
+    status, _, stderr = run("build", SAMPLE, "-o", tmp_path / "x", "--objects", tmp_path)
+    assert status == 1
+    assert "--objects needs a layer" in one_error_line(stderr)
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_rejected_dumpfile_is_one_line_and_leaves_nothing(run: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dump"
+    bad.write_bytes(SAMPLE.read_bytes() + b"/zz 0 100644 1 -1 0 0 0.0 - - -\n")
+    status, stdout, stderr = run("build", bad, "-o", tmp_path / "out.cfs")
+    assert (status, stdout) == (1, "")
+    line = one_error_line(stderr)
+    assert "/zz" in line and "uid" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dump"]
+
+
+def test_build_missing_source_is_one_line(run: Run, tmp_path: Path) -> None:
+    status, _, stderr = run("build", tmp_path / "absent", "-o", tmp_path / "x")
+    assert status == 1
+    assert "absent" in one_error_line(stderr)
+
+
+def test_build_into_missing_directory_is_one_line(run: Run, tmp_path: Path) -> None:
+    status, _, stderr = run("build", SAMPLE, "-o", tmp_path / "no" / "x.cfs")
+    assert status == 1
+    one_error_line(stderr)
+
+
+def test_build_random_bytes_are_rejected(run: Run, tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(bytes(range(256)) * 8)
+    status, _, stderr = run("build", junk, "-o", tmp_path / "x.cfs")
+    assert status == 1
+    one_error_line(stderr)
+    assert not (tmp_path / "x.cfs").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build"],
+        ["build", "x"],
+        ["build", "x", "-o", "y", "--backend", "fast"],
+        ["build", "x", "-o", "y", "--from", "squashfs"],
+        ["build", "x", "-o", "y", "--min-version", "1", "--max-version", "0"],
+        ["build", "x", "-o", "y", "--max-version", "2"],
+        ["build", "x", "-o", "y", "--min-version", "one"],
+        ["build", "x", "-o", "y", "--compat", "podman"],
+        [],
+        ["frobnicate"],
+        ["digest"],
+        ["mount", "img", "mnt"],
+        ["mount", "img", "mnt", "--objects", "o", "--upper", "u"],
+        ["mount", "i", "m", "--objects", "o", "--require-verity", "--try-verity"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], run: Run, tmp_path: Path) -> None:
+    status, stdout, stderr = run(*args)
+    assert status == 2, (stdout, stderr)
+    assert "usage:" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_help_exits_0(run: Run) -> None:
+    status, stdout, _ = run("--help")
+    assert status == 0
+    for command in ("build", "validate", "dump", "digest", "mount", "unmount"):
+        assert command in stdout
+
+
+# ---------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------
+
+
+def test_validate_good_sources(run: Run) -> None:
+    for source, kind in ((SAMPLE, "dumpfile"), (TOC, "toc")):
+        status, stdout, _ = run("validate", source)
+        assert status == 0
+        assert stdout.startswith(f"{source}: ok, ") and kind in stdout
+
+
+def test_validate_hostile_toc_prints_every_problem(run: Run, tmp_path: Path) -> None:
+    toc = {
+        "version": 1,
+        "entries": [
+            {"type": "reg", "name": "a", "uid": -1},
+            {"type": "bogus", "name": "b"},
+            {"type": "symlink", "name": "c"},
+            {"type": "dir", "name": "../d"},
+        ],
+    }
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(toc))
+    status, stdout, _ = run("validate", path)
+    assert status == 1
+    lines = stdout.splitlines()
+    assert len(lines) == 4, stdout
+    for index, (line, field) in enumerate(zip(lines, ["uid", "type", "linkName", ""], strict=True)):
+        assert line.startswith(f"{path}: entry {index} ")
+        assert field in line
+
+
+def test_validate_bad_dumpfile_prints_the_problem(run: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dump"
+    bad.write_bytes(b"/ 0 40755 2 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 0 2.1000000000 - - -\n")
+    status, stdout, _ = run("validate", bad)
+    assert status == 1
+    assert stdout.count("\n") == 1 and "entry 2" in stdout and "mtime" in stdout
+
+
+def test_validate_layer(run: Run) -> None:
+    blob = SHARED / "small.estargz.blob"
+    if not blob.is_file():
+        pytest.skip(f"shared test layer {blob} not present")
+    status, stdout, _ = run("validate", blob)
+    assert status == 0
+    assert "layer" in stdout
+
+
+# ---------------------------------------------------------------------------
+# dump
+# ---------------------------------------------------------------------------
+
+
+def test_dump_image_equals_the_library_dump(run: Run, tmp_path: Path) -> None:
+    image = tmp_path / "s.cfs"
+    run("build", SAMPLE, "-o", image)
+    status, stdout, _ = run("dump", image)
+    assert status == 0
+    assert stdout == dump(read_image(image))
+    assert stdout == dump(parse_dumpfile(SAMPLE.read_bytes()))
+
+
+def test_dump_matches_composefs_info(run: Run, tmp_path: Path, composefs_info: Path) -> None:
+    image = tmp_path / "s.cfs"
+    run("build", SAMPLE, "-o", image)
+    expected = subprocess.run(
+        [str(composefs_info), "dump", str(image)], capture_output=True, check=True
+    ).stdout.decode()
+    assert run("dump", image)[1] == expected
+
+
+def test_dump_source_is_canonical(run: Run, tmp_path: Path) -> None:
+    status, stdout, _ = run("dump", SAMPLE)
+    assert status == 0
+    assert stdout == dump(parse_dumpfile(SAMPLE.read_bytes()))
+    status, toc_text, _ = run("dump", TOC)
+    assert status == 0
+    assert toc_text == dump(parse_toc(TOC.read_bytes()))
+    # dumping the dump again changes nothing
+    again = tmp_path / "again.dump"
+    again.write_text(toc_text)
+    assert run("dump", again) == (0, toc_text, "")
+
+
+def test_dump_from_stdin_image_and_text(tmp_path: Path) -> None:
+    image = tmp_path / "s.cfs"
+    assert main(["build", str(SAMPLE), "-o", str(image)]) == 0
+    for data in (image.read_bytes(), SAMPLE.read_bytes(), gzip.compress(SAMPLE.read_bytes())):
+        proc = subprocess.run(
+            [sys.executable, "-m", "composefs_py", "dump", "-"],
+            input=data,
+            capture_output=True,
+            cwd=REPO,
+            check=True,
+        )
+        assert proc.stdout.decode() == dump(read_image(image))
+
+
+def test_dump_not_an_image_nor_source(run: Run, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01" * 3000)
+    status, _, stderr = run("dump", junk)
+    assert status == 1
+    one_error_line(stderr)
+
+
+def test_dump_into_a_closed_pipe_is_quiet(tmp_path: Path, composefs_src: Path) -> None:
+    asset = composefs_src / "tests" / "assets" / "cs9-x86_64-minimal.dump.gz"
+    image = tmp_path / "big.cfs"
+    assert main(["build", str(asset), "-o", str(image)]) == 0
+    proc = subprocess.run(
+        f"{sys.executable} -m composefs_py dump {image} | head -n 1",
+        shell=True,
+        capture_output=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert proc.stdout.startswith(b"/ ")
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# digest
+# ---------------------------------------------------------------------------
+
+
+def test_digest_prints_one_line_per_file(run: Run, tmp_path: Path) -> None:
+    files = []
+    for size in (0, 1, 4096, 4097, 1 << 20):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(os.urandom(size))
+        files.append(path)
+    status, stdout, _ = run("digest", *files)
+    assert status == 0
+    assert stdout.splitlines() == [f"{fsverity_digest(p).hex()} {p}" for p in files]
+
+
+def test_digest_of_empty_file_is_the_kernel_value(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    expected = "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"
+    assert run("digest", tmp_path / "empty")[1].split()[0] == expected
+
+
+def test_digest_missing_file_is_one_line(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "here").write_bytes(b"x")
+    status, stdout, stderr = run("digest", tmp_path / "here", tmp_path / "gone")
+    assert status == 1
+    assert stdout.startswith(fsverity_digest(b"x").hex())
+    assert "gone" in one_error_line(stderr)
+
+
+# ---------------------------------------------------------------------------
+# entry points and the no-traceback promise
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["module", "script"])
+def test_entry_points_run(entry: str, tmp_path: Path) -> None:
+    if entry == "module":
+        argv = [sys.executable, "-m", "composefs_py"]
+    else:
+        script = shutil.which("composefs-py", path=str(Path(sys.executable).parent))
+        if script is None:
+            pytest.skip("the console script is not installed in this environment")
+        argv = [script]
+    ok = subprocess.run([*argv, "digest", str(SAMPLE)], capture_output=True, cwd=REPO)
+    assert ok.returncode == 0
+    assert ok.stdout.decode() == f"{fsverity_digest(SAMPLE).hex()} {SAMPLE}\n"
+    bad = tmp_path / "bad.dump"
+    bad.write_bytes(b"/ 0 40755 2 0 0 0 0.0 - - -\n/.. 0 100644 1 0 0 0 0.0 - - -\n")
+    failed = subprocess.run(
+        [*argv, "build", str(bad), "-o", str(tmp_path / "x.cfs")], capture_output=True
+    )
+    assert failed.returncode == 1
+    one_error_line(failed.stderr.decode())
+    usage = subprocess.run([*argv, "build"], capture_output=True)
+    assert usage.returncode == 2
+
+
+# ---------------------------------------------------------------------------
+# mount / unmount / sandbox-info
+# ---------------------------------------------------------------------------
+
+
+def test_mount_missing_image_is_one_line(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "objects").mkdir()
+    status, _, stderr = run(
+        "mount", tmp_path / "none.cfs", tmp_path / "mnt", "--objects", tmp_path / "objects"
+    )
+    assert status == 1
+    assert "none.cfs" in one_error_line(stderr)
+
+
+def test_unmount_of_a_plain_directory_is_one_line(run: Run, tmp_path: Path) -> None:
+    status, _, stderr = run("unmount", tmp_path)
+    assert status == 1
+    one_error_line(stderr)
+
+
+def test_build_mount_list_unmount(run: Run, tmp_path: Path) -> None:
+    from test_mount import require_mounts
+
+    require_mounts()
+    blob = SHARED / "small.zstd-chunked.blob"
+    if not blob.is_file():
+        pytest.skip(f"shared test layer {blob} not present")
+    image, objects, mnt = tmp_path / "l.cfs", tmp_path / "objects", tmp_path / "mnt"
+    objects.mkdir()
+    mnt.mkdir()
+    assert run("build", blob, "-o", image, "--objects", objects)[0] == 0
+    status, _, stderr = run("mount", image, mnt, "--objects", objects)
+    assert status == 0, stderr
+    try:
+        tree = read_image(image)
+        regular = [
+            path
+            for path, node in tree
+            if isinstance(node, Inode) and node.size > 0 and node.payload
+        ]
+        assert regular
+        for path in regular[:20]:
+            node = tree.inode(path)
+            content = (mnt / path.decode().lstrip("/")).read_bytes()
+            assert len(content) == node.size
+            assert hashlib.sha256(content).hexdigest() == (node.payload or b"").decode().replace(
+                "/", ""
+            )
+    finally:
+        status, _, stderr = run("unmount", mnt)
+    assert status == 0, stderr
+    assert list(mnt.iterdir()) == []
+
+
+def test_sandbox_info_reports_each_protection(run: Run) -> None:
+    status, stdout, _ = run("sandbox-info")
+    assert status == 0
+    report = dict(line.split(": ", 1) for line in stdout.splitlines())
+    for key in ("rlimits", "no_new_privs", "seccomp", "landlock"):
+        assert report[key] in ("yes", "no")
