@@ -53,8 +53,10 @@ from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder
 
-__all__ = ["COMPAT_MODES", "parse_toc"]
+__all__ = ["COMPAT_MODES", "TocSource", "parse_toc"]
 
+#: What :func:`parse_toc` reads: the JSON text (bytes-like or ``str``) or a path.
+TocSource = bytes | bytearray | memoryview | str | os.PathLike[str] | os.PathLike[bytes]
 #: Values accepted for ``compat``.
 COMPAT_MODES = (None, "containers-storage")
 
@@ -80,7 +82,11 @@ _TYPE_BITS: dict[str, int] = {
 _TYPES_TEXT = ", ".join(_TYPE_BITS)
 
 _ID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no id"
-_U32_MAX = (1 << 32) - 1
+# The image keeps a device number in 32 bits (EROFS i_u.rdev; libcomposefs
+# stores glibc's dev_t truncated), which holds the kernel's 12-bit major and
+# 20-bit minor numbers exactly; larger ones would silently change.
+_MAJOR_MAX = (1 << 12) - 1
+_MINOR_MAX = (1 << 20) - 1
 _I63_MAX = (1 << 63) - 1
 _NSEC = 1_000_000_000
 
@@ -230,7 +236,7 @@ def _clean_name(name: str, limits: Limits) -> bytes:
     if raw.endswith(b"/"):
         raw = raw.rstrip(b"/")
     # Fast path: already clean (the common case in real TOCs).
-    if raw and b"//" not in raw and not raw.startswith(b".") and b"/." not in raw:
+    if raw and b"//" not in raw and not raw.startswith((b".", b"/")) and b"/." not in raw:
         path = b"/" + raw
         if len(path) <= limits.max_name_bytes:
             return path
@@ -259,7 +265,7 @@ def _parent(path: bytes) -> bytes:
 # -- reading and decoding -----------------------------------------------------
 
 
-def _read_input(data: bytes | str | os.PathLike[str] | os.PathLike[bytes], limits: Limits) -> bytes:
+def _read_input(data: TocSource, limits: Limits) -> bytes:
     cap = limits.max_input_bytes
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
@@ -411,7 +417,7 @@ def _opaque_dirs(entries: list[Any], limits: Limits) -> set[bytes]:
 
 
 def parse_toc(
-    data: bytes | str | os.PathLike[str] | os.PathLike[bytes],
+    data: TocSource,
     *,
     limits: Limits | None = None,
     compat: str | None = None,
@@ -463,6 +469,7 @@ class _Walker:
         self.times: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, int] = {}
         self.max_name = limits.max_name_bytes
+        self.max_size = limits.max_file_size
         self.nulls = nulls
         # The chunk chain of the last regular file: [entry, path, size, covered]
         # where covered is None once a piece ran to the end of the file.
@@ -594,7 +601,7 @@ class _Walker:
             and 0 <= mode <= 0o7777
             and 0 <= uid <= _ID_MAX
             and 0 <= gid <= _ID_MAX
-            and 0 <= size <= _I63_MAX
+            and 0 <= size <= self.max_size
         ):
             mode = self.check_ints(index, name, typ, mode, uid, gid, size)
         if size and typ != "reg":
@@ -751,10 +758,16 @@ class _Walker:
             )  # fmt: skip
 
         if self.whiteouts and b"/.wh." in path:
-            cut = path.rfind(b"/")
-            if path.startswith(_WH, cut + 1):
-                self.whiteout(index, name, path, cut, typ, uid, gid, mtime, mtime_nsec)
-                return
+            self.whiteout(
+                index, name, path, path.rfind(b"/"), typ, node, uid, gid, mtime, mtime_nsec
+            )
+            return
+        try:
+            self.builder.add(path, node, entry=index)
+        except ValidationError as error:
+            raise _located(error, index, name) from None
+
+    def add(self, index: int, name: str, path: bytes, node: Node) -> None:
         try:
             self.builder.add(path, node, entry=index)
         except ValidationError as error:
@@ -803,8 +816,8 @@ class _Walker:
             raise self.fail(index, name, "uid", _int_problem(uid, 0, _ID_MAX))
         if gid.__class__ is not int or not 0 <= gid <= _ID_MAX:
             raise self.fail(index, name, "gid", _int_problem(gid, 0, _ID_MAX))
-        if size.__class__ is not int or not 0 <= size <= _I63_MAX:
-            raise self.fail(index, name, "size", _int_problem(size, 0, _I63_MAX))
+        if size.__class__ is not int or not 0 <= size <= self.max_size:
+            raise self.fail(index, name, "size", _int_problem(size, 0, self.max_size))
         return cast(int, mode)
 
     def time(self, index: int, name: str, field: str, text: object) -> tuple[int, int]:
@@ -850,10 +863,10 @@ class _Walker:
             major = 0
         if minor is None:
             minor = 0
-        if major.__class__ is not int or not 0 <= major <= _U32_MAX:
-            raise self.fail(index, name, "devMajor", _int_problem(major, 0, _U32_MAX))
-        if minor.__class__ is not int or not 0 <= minor <= _U32_MAX:
-            raise self.fail(index, name, "devMinor", _int_problem(minor, 0, _U32_MAX))
+        if major.__class__ is not int or not 0 <= major <= _MAJOR_MAX:
+            raise self.fail(index, name, "devMajor", _int_problem(major, 0, _MAJOR_MAX))
+        if minor.__class__ is not int or not 0 <= minor <= _MINOR_MAX:
+            raise self.fail(index, name, "devMinor", _int_problem(minor, 0, _MINOR_MAX))
         if (major or minor) and typ != "char" and typ != "block":
             raise self.fail(
                 index,
@@ -882,31 +895,36 @@ class _Walker:
         path: bytes,
         cut: int,
         typ: str,
+        node: Node,
         uid: int,
         gid: int,
         mtime: int,
         mtime_nsec: int,
     ) -> None:
         """Turn the ``.wh.*`` entry at ``path`` into what overlayfs understands."""
-        if typ == "dir":
-            raise self.fail(index, name, "type", "a whiteout must not be a directory")
         base = path[cut + 1 :]
         parent = path[:cut] or ROOT
-        if base == _WH_OPAQUE:
-            return  # applied to the directory itself (see _opaque_dirs)
-        if base.startswith(_WH_META):
+        if base.startswith(_WH_META) and base != _WH_OPAQUE:
             return  # aufs metadata, which containers/storage skips too
+        for part in parent.split(b"/"):
+            if part.startswith(_WH_META):
+                return  # inside aufs metadata
+            if part.startswith(_WH):
+                raise self.fail(index, name, "name", "a whiteout cannot hold entries")
+        if not base.startswith(_WH):
+            return self.add(index, name, path, node)
+        if typ == "dir":
+            raise self.fail(index, name, "type", "a whiteout must not be a directory")
+        if base == _WH_OPAQUE:
+            return None  # applied to the directory itself (see _opaque_dirs)
         hidden = base[len(_WH) :]
         if hidden in (b"", b".", b".."):
             raise self.fail(index, name, "name", "a whiteout must name a file after .wh.")
         if parent in self.opaque:
             return  # the opaque directory already hides everything below it
         target = (parent if parent != ROOT else b"") + b"/" + hidden
-        node = Inode(_S_IFCHR, 1, uid, gid, mtime, mtime_nsec)
-        try:
-            self.builder.add(target, node, entry=index)
-        except ValidationError as error:
-            raise _located(error, index, name) from None
+        self.add(index, name, target, Inode(_S_IFCHR, 1, uid, gid, mtime, mtime_nsec))
+        return None
 
     def xattrs(self, index: int, name: str, value: object) -> tuple[tuple[bytes, bytes], ...]:
         if value.__class__ is not dict:
