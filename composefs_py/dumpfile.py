@@ -25,6 +25,7 @@ so ``dump(parse_dumpfile(x))`` is canonical and stable.
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 from collections.abc import Callable
@@ -94,6 +95,9 @@ _NSEC_PER_SEC: Final = 1_000_000_000
 #: rejected before int() sees them.
 _MAX_DIGITS: Final = 24
 _MODE_BITS: Final = S_IFMT | 0o7777
+#: Bounds of the per-parse cache of xattr fields (field length, entries).
+_XATTR_CACHE_FIELD: Final = 1024
+_XATTR_CACHE_SIZE: Final = 16384
 #: Decimal strings of small numbers (no sign, no leading zero), parsed once.
 _SMALL_INTS: Final = {str(i).encode(): i for i in range(4096)}
 _EROFS_BLKSIZ: Final = 4096
@@ -249,19 +253,14 @@ def _mode(field: bytes, strict: bool) -> int:
 _FILE_TYPES: Final = frozenset((S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, 0o010000, 0o140000))
 
 
-def _digest(field: bytes) -> bytes | None:
-    if field == b"-":
-        return None
+def _digest(field: bytes) -> bytes:
     text = _unescape(field)
-    raw = None
     if len(text) == 64:
         try:
-            raw = bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raw = None
-    if raw is None or len(raw) != 32:
-        raise _LineError("digest", f"must be 64 hexadecimal digits or -, got {_show(field)}")
-    return raw
+            return binascii.unhexlify(text)  # no whitespace, no sign: only hex digits
+        except binascii.Error:
+            pass
+    raise _LineError("digest", f"must be 64 hexadecimal digits or -, got {_show(field)}")
 
 
 def _xattrs(field: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -400,6 +399,9 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
     modes: dict[bytes, int] = {}
     mtimes: dict[bytes, tuple[int, int]] = {}
     unescape = _unescape
+    # Whole xattr fields repeat (the same SELinux label on thousands of files):
+    # parse each distinct short one once.
+    xattr_cache: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
     min_fields = 11 if strict else 9
 
     def parse_line(line: bytes) -> tuple[bytes, Node]:
@@ -418,7 +420,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
             mtime_field,
             payload_field,
         ) = fields[:9]
-        path = unescape(path_field)
+        path = unescape(path_field) if b"\\" in path_field else path_field
         is_hardlink = mode_field[:1] == b"@"
         if is_hardlink:
             mode_field = mode_field[1:]
@@ -449,7 +451,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
         if payload_field == b"-":
             payload = None
         elif payload_field:
-            payload = unescape(payload_field)
+            payload = unescape(payload_field) if b"\\" in payload_field else payload_field
         else:
             raise _LineError("payload", "empty (write - for none)")
         content = digest = None
@@ -465,7 +467,15 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
                     if not digest_field:
                         raise _LineError("digest", "empty (write - for none)")
                     digest = _digest(digest_field)
-        xattrs = _xattrs(fields[11]) if count == 12 else ()
+        if count == 12:
+            xattr_field = fields[11]
+            xattrs = xattr_cache.get(xattr_field)
+            if xattrs is None:
+                xattrs = _xattrs(xattr_field)
+                if len(xattr_field) <= _XATTR_CACHE_FIELD and len(xattr_cache) < _XATTR_CACHE_SIZE:
+                    xattr_cache[xattr_field] = xattrs
+        else:
+            xattrs = ()
         ftype = mode & S_IFMT
         target = None
         if is_hardlink:
