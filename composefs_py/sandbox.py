@@ -516,7 +516,8 @@ def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str
     ``seccomp`` (True when active and verified), plus ``landlock_abi``,
     ``native_engine``, ``mkcomposefs`` and ``startup_seconds`` as strings.
     """
-    details = _probe(limits or SandboxLimits())
+    limits = limits or SandboxLimits()
+    details = _probe(limits)
     report = details["lockdown"]
     probe = details["probe"]
     status_caps = probe["status_after_capabilities"]
@@ -524,7 +525,11 @@ def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str
     rlimits = probe["rlimits"]
     mine = _namespace_ids()
     info: dict[str, bool | str] = {
-        "rlimits": rlimits["CORE"] == [0, 0] and rlimits["AS"][0] > 0,
+        "rlimits": rlimits["CORE"] == [0, 0]
+        and rlimits["AS"][0] <= limits.address_space_for(0)
+        and rlimits["CPU"][0] <= limits.cpu_seconds
+        and rlimits["FSIZE"][0] <= limits.file_size
+        and rlimits["NOFILE"][0] <= limits.open_files,
         "no_new_privs": status_final.get("NoNewPrivs") == "1",
         "capabilities_dropped": all(
             int(status_caps.get(key, "1"), 16) == 0

@@ -492,3 +492,26 @@ def test_read_image_sandboxed_bounds_the_childs_answer(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="more than 1000 bytes to stdout"):
         read_image_sandboxed(image, limits=SandboxLimits(max_output=1000))
     assert_child_gone()
+
+
+def test_syscall_tables_match_the_kernel_headers() -> None:
+    import re
+
+    headers = {
+        "x86_64": (Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), _lockdown._X86_64),
+        "aarch64": (Path("/usr/include/asm-generic/unistd.h"), _lockdown._AARCH64),
+    }
+    checked = 0
+    for arch, (header, table) in headers.items():
+        if not header.exists():
+            continue
+        text = header.read_text()
+        for name, number in table.items():
+            # asm-generic spells the 64-bit stat/lseek/mmap/fcntl as __NR3264_*.
+            c_name = "fstatat" if (arch == "aarch64" and name == "newfstatat") else name
+            found = re.search(rf"#define __NR(?:3264)?_{c_name}\s+(\d+)", text)
+            assert found is not None, (arch, name)
+            assert int(found.group(1)) == number, (arch, name)
+            checked += 1
+    if not checked:
+        pytest.skip("kernel headers (linux-libc-dev) not installed")
