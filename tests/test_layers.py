@@ -467,6 +467,11 @@ def footer_patched(blob: bytes, field: int, value: int) -> bytes:
     return blob[:-64] + struct.pack("<7Q", *fields) + b"GNUlInUx"
 
 
+def toc_frame_size_patched(blob: bytes, size: int) -> bytes:
+    at = zstd_footer(blob)[0] - 4
+    return blob[:at] + struct.pack("<I", size) + blob[at + 4 :]
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -482,6 +487,9 @@ def footer_patched(blob: bytes, field: int, value: int) -> bytes:
         pytest.param(lambda b: footer_patched(b, 3, 2), id="manifest-type"),
         pytest.param(lambda b: b[:-68] + struct.pack("<I", 63) + b[-64:], id="footer-frame-size"),
         pytest.param(lambda b: b[:-72] + b"\0\0\0\0" + b[-68:], id="footer-frame-magic"),
+        pytest.param(
+            lambda b: toc_frame_size_patched(b, zstd_footer(b)[1] - 1), id="toc-frame-size"
+        ),
     ],
 )
 def test_damaged_zstd_chunked_footer_rejected(

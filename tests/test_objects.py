@@ -75,6 +75,16 @@ def test_mismatch_rejected_and_leaves_no_trace(tmp_path: Path) -> None:
     assert not store.has(payload_for_hex(claimed))
 
 
+def test_mismatch_without_context_manager_still_leaves_no_trace(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    writer = store.writer(hashlib.sha256(b"expected").hexdigest())
+    writer.write(b"actual")
+    assert len(store.temporary_files()) == 1
+    with pytest.raises(ValidationError):
+        writer.commit()
+    assert all_files(tmp_path) == []
+
+
 def test_mismatch_checked_even_when_object_exists(tmp_path: Path) -> None:
     store = ObjectStore(tmp_path)
     good = b"genuine"
