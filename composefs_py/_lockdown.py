@@ -19,6 +19,7 @@ import errno
 import os
 import platform
 import resource
+import signal
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "SeccompPolicy",
     "apply_landlock",
     "apply_seccomp",
+    "die_with_parent",
     "drop_capabilities",
     "landlock_abi",
     "set_no_new_privs",
@@ -105,6 +107,7 @@ def set_rlimits(limits: Rlimits) -> None:
 # no_new_privs, namespaces, capabilities
 # ---------------------------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAPBSET_DROP = 24
@@ -130,6 +133,18 @@ NAMESPACES: dict[str, int] = {
     "ipc": CLONE_NEWIPC,
     "mnt": CLONE_NEWNS,
 }
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Be killed (SIGKILL) when the parent exits, so no child outlives its caller.
+
+    Safe here because the parent's calling thread waits for the child; a
+    parent already gone (``getppid()`` changed) is an error.
+    """
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise _fail("prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent_pid:
+        raise LockdownError(errno.ESRCH, "the parent exited before the child started")
 
 
 def set_no_new_privs() -> None:

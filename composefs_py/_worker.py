@@ -92,6 +92,7 @@ _SYSTEM_LIB_DIRS = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="composefs_py._worker")
     p.add_argument("--mode", choices=("write", "read", "info"), required=True)
+    p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--fd", type=int, default=-1)
     p.add_argument("--min-version", type=int, default=0)
     p.add_argument("--max-version", type=int, default=1)
@@ -155,6 +156,7 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
         status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
         probe["parent_namespaces"] = _namespace_ids()
 
+    _lockdown.die_with_parent(args.parent_pid)
     _lockdown.set_rlimits(
         _lockdown.Rlimits(
             address_space=args.address_space,

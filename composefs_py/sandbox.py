@@ -127,6 +127,7 @@ def _worker_argv(
         _BOOTSTRAP,
         _PACKAGE_PARENT,
         f"--mode={mode}",
+        f"--parent-pid={os.getpid()}",
         f"--address-space={limits.address_space_for(input_bytes)}",
         f"--cpu-seconds={max(1, int(limits.cpu_seconds))}",
         f"--file-size={limits.file_size}",

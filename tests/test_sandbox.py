@@ -515,3 +515,54 @@ def test_syscall_tables_match_the_kernel_headers() -> None:
             checked += 1
     if not checked:
         pytest.skip("kernel headers (linux-libc-dev) not installed")
+
+
+_CALLER = """
+import os, sys
+from composefs_py import sandbox
+from composefs_py.model import Inode, TreeBuilder
+builder = TreeBuilder()
+builder.add(b"/", Inode(0o40755))
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+sandbox.write_image_sandboxed(builder.build(), fd, timeout=600, _fault="loop")
+"""
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat_line[stat_line.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_child_dies_with_its_caller(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parent.parent
+    caller = subprocess.Popen([sys.executable, "-c", _CALLER, str(tmp_path / "x.img")], cwd=repo)
+    try:
+        children: list[int] = []
+        for _ in range(600):  # the caller starts its child within seconds
+            children = _children_of(caller.pid)
+            if children:
+                break
+            time.sleep(0.05)
+        assert len(children) == 1
+        worker = children[0]
+    finally:
+        caller.kill()
+        caller.wait()
+    for _ in range(600):
+        if not Path(f"/proc/{worker}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{worker}").exists()
