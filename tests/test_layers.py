@@ -724,3 +724,44 @@ def test_tar_xattrs_match_pax_records_base64() -> None:
         for key, value in entry.get("xattrs", {}).items():
             node = tree.inode(b"/" + entry["name"].rstrip("/").encode())
             assert dict(node.xattrs)[key.encode()] == base64.b64decode(value)
+
+
+def make_estargz_with_inner_offsets(files: dict[str, bytes]) -> bytes:
+    """An eStargz blob whose files all share one gzip member (``innerOffset``),
+    as estargz >= 0.13 writes small files with a minimum chunk size."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as archive:
+        members = archive.getmembers()  # offset_data is known when reading
+    body = gzip.compress(buffer.getvalue(), mtime=0)
+    entries = [
+        {
+            "name": member.name,
+            "type": "reg",
+            "mode": 0o644,
+            "size": member.size,
+            "digest": "sha256:" + hashlib.sha256(files[member.name]).hexdigest(),
+            "offset": 0,
+            "innerOffset": member.offset_data,
+        }
+        for member in members
+    ]
+    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    return rebuild_estargz(body + estargz_footer(len(body)), toc)
+
+
+def test_estargz_inner_offsets(tmp_path: Path) -> None:
+    files = {"a": b"first file\n", "b": os.urandom(3000), "c/d": b"third"}
+    path = write_blob(tmp_path, make_estargz_with_inner_offsets(files))
+    layer = open_layer(path)
+    assert layer.format == "estargz"
+    root = tmp_path / "objects"
+    tree = layer.import_objects(ObjectStore(root), progress=False)
+    for name, data in files.items():
+        payload = tree.inode(b"/" + name.encode()).payload
+        assert payload == sha256_payload(data)
+        assert ObjectStore(root).path_for(payload).read_bytes() == data

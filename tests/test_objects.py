@@ -173,3 +173,12 @@ def test_store_holds_exactly_what_was_added(contents: list[bytes]) -> None:
             content = store.path_for(name).read_bytes()
             assert sha256_payload(content) == name
         assert store.temporary_files() == []
+
+
+def test_non_durable_store_still_publishes_only_verified_objects(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path, durable=False)
+    payload = store.add(b"fast path", hashlib.sha256(b"fast path").hexdigest())
+    assert store.verify(payload)
+    with pytest.raises(ValidationError):
+        store.add(b"forged", hashlib.sha256(b"fast path!").hexdigest())
+    assert all_files(tmp_path) == [store.path_for(payload)]

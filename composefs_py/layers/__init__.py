@@ -344,11 +344,13 @@ class Decoder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """Compressed bytes ``[start, end)`` whose decompression begins with ``length`` bytes."""
+    """Compressed bytes ``[start, end)``; their decompression, after ``skip``
+    bytes, begins with the ``length`` bytes wanted."""
 
     start: int
     end: int
     length: int
+    skip: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +482,10 @@ def _segments(
                 path=name,
                 field="chunkSize",
             )
-        segments.append(Segment(start, data_end, chunk_size))
+        # eStargz >= 0.13 may pack several small files into one gzip member;
+        # innerOffset is where this piece starts in its decompressed bytes.
+        inner = _int_field(chunk, "innerOffset", index, name) or 0
+        segments.append(Segment(start, data_end, chunk_size, inner))
         expected_offset = chunk_offset + chunk_size
     if expected_offset != size:
         raise ValidationError(
@@ -545,6 +550,7 @@ def _import_one(
         with store.writer("sha256:" + source.sha256, sync_dir=False) as out:
             for segment in source.segments:
                 decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
+                _skip(decoder, segment)
                 left = segment.length
                 while left:
                     data = decoder.read(min(left, _READ_SIZE))
@@ -571,6 +577,18 @@ def _import_one(
     if progress is not None:
         progress.advance(files=1)
     return payload
+
+
+def _skip(decoder: Decoder, segment: Segment) -> None:
+    left = segment.skip
+    while left:
+        data = decoder.read(min(left, _READ_SIZE))
+        if not data:
+            raise ValidationError(
+                f"the data at offset {segment.start} ends before innerOffset {segment.skip}",
+                field="innerOffset",
+            )
+        left -= len(data)
 
 
 def with_store_names(
