@@ -8,6 +8,7 @@ oracle for every tree is small.tar itself, read here with ``tarfile``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -266,6 +267,24 @@ def test_zstd_chunked_wrong_checksum_rejected() -> None:
     assert info.value.field == "toc_digest"
 
 
+def test_progress_reports_counts_and_defaults_off_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from composefs_py._progress import resolve_progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert resolve_progress(None, "x") is None
+    assert resolve_progress(False, "x") is None
+    shown = resolve_progress(True, "x")
+    assert shown is not None
+    text = io.StringIO()
+    progress = Progress(stream=text)
+    progress.start("importing l", total_files=2, total_bytes=3 << 20)
+    progress.advance(nbytes=1 << 20, files=1)
+    progress.close()
+    assert text.getvalue().rstrip().endswith("importing l: 1/2 files, 1.0/3.0 MiB")
+
+
 def test_tar_has_no_toc() -> None:
     assert open_layer(shared(TAR)).toc_bytes() is None
 
@@ -308,6 +327,11 @@ def test_import_with_fsverity_sets_digests(tmp_path: Path) -> None:
             assert node.fsverity_digest == digest
             assert node.payload.replace(b"/", b"") == digest.hex().encode()
             assert plain.inode(path).payload == sha256_payload(content)
+            assert node == dataclasses.replace(
+                plain.inode(path), payload=node.payload, fsverity_digest=digest
+            )
+        else:
+            assert node == plain[path]
 
 
 # -- tampered layers -----------------------------------------------------------
