@@ -32,6 +32,7 @@ __all__ = [
     "apply_seccomp",
     "die_with_parent",
     "drop_capabilities",
+    "enter_empty_root",
     "landlock_abi",
     "set_no_new_privs",
     "set_rlimits",
@@ -173,6 +174,52 @@ def unshare_namespaces() -> dict[str, str]:
         else:
             result[name] = f"unavailable: {os.strerror(ctypes.get_errno())}"
     return result
+
+
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_REC = 1 << 14
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# An existing directory to mount the empty root on (any will do).
+_MOUNTPOINTS = ("/tmp", "/mnt", "/run", "/dev", "/proc")
+
+
+def enter_empty_root() -> str:
+    """Make the root directory an empty, read-only tmpfs; return "active" or why not.
+
+    Only call this in a new mount namespace (it must not touch the caller's
+    mounts) while still holding CAP_SYS_ADMIN in it: every mount is made
+    private, a tmpfs is mounted, ``pivot_root`` makes it ``/`` and the old
+    root is detached.  Path-based calls that Landlock does not govern
+    (``stat``, ``access``, ``readlink``) then find nothing at all.
+    """
+    pivot_root = _SYS_PIVOT_ROOT.get(platform.machine())
+    if pivot_root is None:
+        return f"unavailable: no pivot_root number for {platform.machine()}"
+    mountpoint = next((d for d in _MOUNTPOINTS if os.path.isdir(d)), None)
+    if mountpoint is None:
+        return "unavailable: no directory to mount on"
+    if _libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) != 0:
+        return f"unavailable: make mounts private: {os.strerror(ctypes.get_errno())}"
+    flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    if (
+        _libc.mount(
+            b"tmpfs", mountpoint.encode(), b"tmpfs", ctypes.c_ulong(flags), b"size=4k,mode=0555"
+        )
+        != 0
+    ):
+        return f"unavailable: mount tmpfs: {os.strerror(ctypes.get_errno())}"
+    os.chdir(mountpoint)
+    if _libc.syscall(ctypes.c_long(pivot_root), b".", b".") != 0:
+        raise _fail("pivot_root")
+    if _libc.umount2(b".", _MNT_DETACH) != 0:
+        raise _fail("umount2(old root)")
+    os.chdir("/")
+    return "active"
 
 
 class _CapHeader(ctypes.Structure):

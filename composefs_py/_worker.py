@@ -10,6 +10,7 @@ itself down in this order:
    open files, no core dumps;
 2. ``PR_SET_NO_NEW_PRIVS`` (and not dumpable);
 3. new user, network, IPC and mount namespaces, where the kernel allows;
+   in its own mount namespace the root becomes an empty read-only tmpfs;
 4. every capability dropped (after 3: a new user namespace grants a full set
    inside it), bounding and ambient sets emptied, securebits locked;
 5. Landlock: every filesystem right handled, none granted (TCP and, on newer
@@ -150,10 +151,13 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
     after it is applied, and the observations go into ``probe``.
     """
     report: dict[str, Any] = {}
-    status_fd = -1
+    status_fd = etc_fd = -1
     if probe is not None:
         # Opened now, read later: /proc is out of reach after Landlock.
         status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        # A handle on the real /etc, kept past the empty root: only Landlock
+        # stands between it and /etc/passwd.
+        etc_fd = os.open("/etc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         probe["parent_namespaces"] = _namespace_ids()
 
     _lockdown.die_with_parent(args.parent_pid)
@@ -175,25 +179,36 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
         report[f"{name}_namespace"] = state
     if probe is not None:
         probe["namespaces"] = _namespace_ids()
+    exec_allowed = args.mode == "write" and args.engine == "mkcomposefs"
+    if exec_allowed:
+        report["empty_root"] = "not used: mkcomposefs needs its binary and libraries"
+    elif namespaces["mnt"] != "new":
+        report["empty_root"] = "not used: no mount namespace of its own"
+    else:
+        report["empty_root"] = _lockdown.enter_empty_root()
+    if probe is not None:
+        probe["root_entries"] = sorted(os.listdir("/"))
+        probe["stat_etc"] = _try_stat("/etc")
     _lockdown.drop_capabilities()
     report["capabilities_dropped"] = True
     if probe is not None:
         probe["status_after_capabilities"] = _read_status(status_fd)
+        probe["before_landlock_open_passwd_in_etc_fd"] = _try_open("passwd", etc_fd)
     read_paths: list[str] = []
     exec_paths: list[str] = []
-    exec_allowed = args.mode == "write" and args.engine == "mkcomposefs"
     if exec_allowed:
         read_paths, exec_paths = _fallback_paths(args.mkcomposefs)
     abi = _lockdown.apply_landlock(read_paths, exec_paths)
     report["landlock"] = abi if isinstance(abi, str) else f"abi {abi}"
     if probe is not None:
+        probe["landlock_open_passwd_in_etc_fd"] = _try_open("passwd", etc_fd)
         probe["landlock_open_etc_passwd"] = _try_open("/etc/passwd")
-        probe["landlock_open_proc_self_status"] = _try_open("/proc/self/status")
     report["seccomp"] = _lockdown.apply_seccomp(_lockdown.SeccompPolicy(exec_allowed=exec_allowed))
     if probe is not None:
         probe["status_after_seccomp"] = _read_status(status_fd)
         probe["seccomp_open_etc_passwd"] = _try_open("/etc/passwd")
         os.close(status_fd)
+        os.close(etc_fd)
     return report
 
 
@@ -221,13 +236,21 @@ def _read_status(fd: int) -> dict[str, str]:
     }
 
 
-def _try_open(path: str) -> str:
+def _try_open(path: str, dir_fd: int | None = None) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         return f"denied: {exc.strerror}"
     os.close(fd)
     return "opened"
+
+
+def _try_stat(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return f"denied: {exc.strerror}"
+    return "found"
 
 
 def _read_stdin() -> bytes:

@@ -5,7 +5,8 @@ down.  :func:`write_image_sandboxed` serializes the (already validated) Tree
 as a dumpfile and hands it to a fresh ``python -I`` child
 (:mod:`composefs_py._worker`) that, before reading any input, sets rlimits,
 no_new_privs, enters new user/net/IPC/mount namespaces, drops every
-capability, applies Landlock (no filesystem access) and a seccomp allowlist.
+capability, applies Landlock (no filesystem access) and a seccomp allowlist
+(and, in its own mount namespace, swaps the root for an empty tmpfs).
 The child inherits nothing but stdin/stdout/stderr pipes and the output fd,
 runs with an empty environment in ``/`` and in its own session (process
 group).
@@ -513,7 +514,7 @@ def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str
     /proc/self/status, its namespace inodes against the parent's, that
     Landlock denies opening a file, seccomp mode 2).  Keys: ``rlimits``,
     ``no_new_privs``, ``capabilities_dropped``, ``user_namespace``,
-    ``net_namespace``, ``ipc_namespace``, ``mnt_namespace``, ``landlock``,
+    ``net_namespace``, ``ipc_namespace``, ``mnt_namespace``, ``empty_root``, ``landlock``,
     ``seccomp`` (True when active and verified), plus ``landlock_abi``,
     ``native_engine``, ``mkcomposefs`` and ``startup_seconds`` as strings.
     """
@@ -544,7 +545,8 @@ def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str
             and bool(child_ns)
             and child_ns != mine.get(name)
         )
-    info["landlock"] = str(probe["landlock_open_etc_passwd"]).startswith("denied")
+    info["empty_root"] = report.get("empty_root") == "active" and probe["root_entries"] == []
+    info["landlock"] = probe["landlock_open_passwd_in_etc_fd"] == "denied: Permission denied"
     info["landlock_abi"] = str(report.get("landlock"))
     info["seccomp"] = report.get("seccomp") == "active" and status_final.get("Seccomp") == "2"
     info["native_engine"] = "yes" if details.get("native") else "no"

@@ -175,13 +175,25 @@ def test_child_is_in_new_namespaces_where_the_kernel_allows(probe: dict[str, Any
         assert after[name] != mine[name], name
 
 
+def test_child_sees_an_empty_read_only_root(probe: dict[str, Any]) -> None:
+    if probe["lockdown"]["mnt_namespace"] != "new":
+        pytest.skip("no mount namespace of its own: the root is left as it is")
+    assert probe["lockdown"]["empty_root"] == "active"
+    assert probe["probe"]["root_entries"] == []
+    # stat() is not governed by Landlock: it finds nothing in the empty root.
+    assert probe["probe"]["stat_etc"] == "denied: No such file or directory"
+
+
 def test_landlock_denies_every_file_open(probe: dict[str, Any]) -> None:
     abi = _lockdown.landlock_abi()
     if isinstance(abi, str):
         pytest.skip(f"Landlock {abi}")
     assert probe["lockdown"]["landlock"] == f"abi {abi}"
-    assert probe["probe"]["landlock_open_etc_passwd"] == "denied: Permission denied"
-    assert probe["probe"]["landlock_open_proc_self_status"] == "denied: Permission denied"
+    # Through a directory fd opened before lockdown, /etc/passwd is readable
+    # until Landlock is applied, and not after.
+    assert probe["probe"]["before_landlock_open_passwd_in_etc_fd"] == "opened"
+    assert probe["probe"]["landlock_open_passwd_in_etc_fd"] == "denied: Permission denied"
+    assert probe["probe"]["landlock_open_etc_passwd"].startswith("denied")
 
 
 def test_seccomp_filter_is_installed(probe: dict[str, Any]) -> None:
@@ -202,6 +214,7 @@ def test_sandbox_info_reports_each_protection(probe: dict[str, Any]) -> None:
         "net_namespace",
         "ipc_namespace",
         "mnt_namespace",
+        "empty_root",
         "landlock",
         "seccomp",
     ):
