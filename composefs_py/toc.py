@@ -92,6 +92,7 @@ _NSEC = 1_000_000_000
 
 _EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _HEX = "0123456789abcdef"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}").fullmatch
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
 _OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
@@ -641,12 +642,7 @@ class _Walker:
         payload = None
         digest = get("digest")
         if digest is not None:
-            if not (
-                digest.__class__ is str
-                and len(digest) == 71
-                and digest.startswith("sha256:")
-                and not digest[7:].strip(_HEX)
-            ):
+            if digest.__class__ is not str or _DIGEST(digest) is None:
                 raise self.fail(index, name, "digest", _digest_problem(digest))
             if typ != "reg":
                 raise self.fail(index, name, "digest", f"only regular files have one, not a {typ}")

@@ -16,11 +16,14 @@ import json
 import os
 import stat
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
 from composefs_py.toc import parse_toc
@@ -1246,3 +1249,88 @@ def test_accepted_tocs_write_the_same_image_with_every_backend(tmp_path: Path) -
         )
     )
     assert len({_image_sha256(tree, tmp_path, backend) for backend in backends}) == 1
+
+
+# -- properties: hostile mutations of a real TOC ----------------------------------------------
+
+_REAL_ENTRIES: list[dict[str, Any]] = json.loads(ZSTD_TOC.read_bytes())["entries"]
+_FIELD_NAMES = [
+    "type", "name", "linkName", "mode", "size", "uid", "gid", "modtime", "accesstime",
+    "changetime", "devMajor", "devMinor", "xattrs", "digest", "offset", "endOffset",
+    "chunkSize", "chunkOffset", "chunkDigest", "chunkType", "innerOffset", "userName",
+]  # fmt: skip
+_TRICKY_STRINGS = [
+    "", ".", "..", "/", "./", "a/../b", "\0", ".wh.x", ".wh..wh..opq", ".wh.", "reg", "dir",
+    "hardlink", "chunk", "zeros", "usr/bin/unzstd", "usr/bin/zstd", "etc", "etc/motd",
+    "2025-04-07T10:38:46Z", "2025-02-30T00:00:00Z", DIGEST, EMPTY_DIGEST, "aGVsbG8=", "\ud800",
+    "x" * 300, "é" * 200,
+]  # fmt: skip
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.sampled_from([0, 1, -1, 0o7777, 0o177777, ID_MAX, ID_MAX + 1, 4095, 4096, 1 << 53]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(_TRICKY_STRINGS),
+    st.text(max_size=20),
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["user.a", "trusted.b", "x", ""]), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
+
+
+@given(
+    mutations=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=len(_REAL_ENTRIES) - 1),
+            st.sampled_from(_FIELD_NAMES),
+            st.one_of(st.just("<delete>"), _JSON_VALUES),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    compat=st.sampled_from([None, "containers-storage"]),
+    collect=st.booleans(),
+)
+def test_mutated_real_toc_gives_a_tree_or_a_validation_error(
+    mutations: list[tuple[int, str, object]], compat: str | None, collect: bool
+) -> None:
+    entries = json.loads(json.dumps(_REAL_ENTRIES))
+    for index, field, value in mutations:
+        if value == "<delete>":
+            entries[index].pop(field, None)
+        else:
+            entries[index][field] = value
+    data = toc(*entries, tarSplitDigest=DIGEST)
+    try:
+        tree = parse_toc(data, compat=compat, collect=collect)
+    except ValidationError as error:
+        assert error.problems and all(isinstance(p, ValidationError) for p in error.problems)
+        assert str(error)
+        return
+    assert isinstance(tree, Tree) and tree.root.is_dir
+    if "native" in available_backends():
+        # anything accepted must be writable (libcomposefs never sees misuse)
+        with tempfile.TemporaryFile() as out:
+            write_image(tree, out.fileno(), backend="native")
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_give_only_validation_errors(data: bytes) -> None:
+    try:
+        parse_toc(data)
+    except ValidationError:
+        pass
+
+
+@given(st.text(alphabet='{}[]":,01 \\nvesionrty', max_size=120))
+def test_json_shaped_noise_gives_only_validation_errors(text: str) -> None:
+    try:
+        parse_toc(text)
+    except ValidationError:
+        pass
