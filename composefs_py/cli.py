@@ -190,6 +190,10 @@ def load_source(
         dumpfile = _module("dumpfile", "reading a dumpfile")
         return Source(dumpfile.parse_dumpfile(data), kind)
     layer = _module("layers", "reading a layer").open_layer(path)
+    if collect:
+        toc_bytes = layer.toc_bytes()
+        if toc_bytes is not None:  # report every problem of the TOC at once
+            _module("toc", "reading a TOC").parse_toc(toc_bytes, compat=compat, collect=True)
     if objects is None:
         return Source(layer.tree(compat=compat), kind, layer)
     store = _module("objects", "an object store").ObjectStore(objects)
@@ -307,6 +311,11 @@ def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("source", metavar="IMAGE|SOURCE")
     _add_source_options(parser)
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="parse an untrusted image in the sandboxed child",
+    )
     parser.set_defaults(run=_cmd_dump)
 
 
@@ -317,10 +326,13 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     path: str = args.source
     tree: Tree
     if args.source_kind is None and path != "-" and _file_is_image(path):
-        tree = read_image(path)
+        tree = read_image(path, sandbox=args.sandbox)
     elif args.source_kind is None and path == "-":
         data = _read_limited(path)
-        tree = read_image(data) if is_image(data) else _tree_from_stdin_text(data)
+        if is_image(data):
+            tree = read_image(data, sandbox=args.sandbox)
+        else:
+            tree = _tree_from_stdin_text(data)
     else:
         tree = load_source(path, args.source_kind).tree
     sys.stdout.write(dump(tree))

@@ -73,9 +73,7 @@ _CHUNK = 1 << 20
 
 
 class _FdWriter(Protocol):
-    def __call__(
-        self, tree: Tree, fd: int, *, min_version: int, max_version: int
-    ) -> bytes: ...
+    def __call__(self, tree: Tree, fd: int, *, min_version: int, max_version: int) -> bytes: ...
 
 
 # ---------------------------------------------------------------------------
@@ -108,17 +106,14 @@ def resolve_backend(backend: str = "auto") -> str:
     raises ValueError.  Whether the backend can run is not checked here.
     """
     if backend not in BACKENDS:
-        raise ValueError(
-            f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
-        )
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
     override = os.environ.get(BACKEND_ENV, "")
     if override:
         if override not in BACKENDS:
             raise ValueError(
-                f"${BACKEND_ENV}={override!r} is not a backend; "
-                f"choose one of {', '.join(BACKENDS)}"
+                f"${BACKEND_ENV}={override!r} is not a backend; choose one of {', '.join(BACKENDS)}"
             )
         if override != "auto":
             return override
@@ -159,9 +154,7 @@ def _writer_for(backend: str) -> _FdWriter:
     if backend == "sandbox":
         sandbox = _sandbox_module()
         if sandbox is None:
-            raise BackendUnavailableError(
-                "the sandbox backend is not available in this build"
-            )
+            raise BackendUnavailableError("the sandbox backend is not available in this build")
         return cast(_FdWriter, sandbox.write_image_sandboxed)  # type: ignore[attr-defined]
     if backend == "mkcomposefs":
         return _write_with_mkcomposefs
@@ -191,9 +184,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _write_with_mkcomposefs(
-    tree: Tree, fd: int, *, min_version: int, max_version: int
-) -> bytes:
+def _write_with_mkcomposefs(tree: Tree, fd: int, *, min_version: int, max_version: int) -> bytes:
     """Run ``mkcomposefs --from-file -`` on ``dump(tree)``; copy the image to ``fd``."""
     from .dumpfile import dump
     from .fsverity import fsverity_digest
@@ -201,8 +192,7 @@ def _write_with_mkcomposefs(
     tool = find_mkcomposefs()
     if tool is None:
         raise BackendUnavailableError(
-            f"mkcomposefs not found (set ${MKCOMPOSEFS_ENV}, run `make deps`, "
-            "or install composefs)"
+            f"mkcomposefs not found (set ${MKCOMPOSEFS_ENV}, run `make deps`, or install composefs)"
         )
     text = dump(tree).encode("utf-8", "surrogateescape")
     argv = [
@@ -214,13 +204,9 @@ def _write_with_mkcomposefs(
         "-",
     ]
     try:
-        proc = subprocess.run(
-            argv, input=text, capture_output=True, check=False, env=_tool_env()
-        )
+        proc = subprocess.run(argv, input=text, capture_output=True, check=False, env=_tool_env())
     except OSError as exc:
-        raise BackendUnavailableError(
-            f"cannot run {tool}: {exc.strerror or exc}"
-        ) from None
+        raise BackendUnavailableError(f"cannot run {tool}: {exc.strerror or exc}") from None
     if proc.returncode != 0:
         tail = proc.stderr[-_STDERR_TAIL:].decode("utf-8", "backslashreplace").strip()
         how = (
@@ -228,9 +214,7 @@ def _write_with_mkcomposefs(
             if proc.returncode < 0
             else f"exit status {proc.returncode}"
         )
-        raise LibraryError(
-            errno.EIO, f"mkcomposefs failed ({how}): {tail or 'no message'}"
-        )
+        raise LibraryError(errno.EIO, f"mkcomposefs failed ({how}): {tail or 'no message'}")
     image = proc.stdout
     _write_all(fd, image)
     return fsverity_digest(image)
@@ -259,9 +243,7 @@ def _temp_path(dest: Path) -> tuple[Path, int]:
             return temp, os.open(temp, flags, 0o644)
         except FileExistsError:
             continue
-    raise FileExistsError(
-        errno.EEXIST, "cannot create a unique temporary file", str(dest)
-    )
+    raise FileExistsError(errno.EEXIST, "cannot create a unique temporary file", str(dest))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -333,10 +315,10 @@ def write_image(
     if isinstance(dest, int):
         return write(dest)
     if isinstance(dest, str | os.PathLike):
+        if not os.fspath(dest):
+            raise ValueError("dest is an empty path")
         return _publish(Path(dest), write)
-    raise TypeError(
-        f"dest must be a path or a file descriptor, got {type(dest).__name__}"
-    )
+    raise TypeError(f"dest must be a path or a file descriptor, got {type(dest).__name__}")
 
 
 def is_image(data: bytes | bytearray | memoryview) -> bool:
@@ -369,15 +351,11 @@ def read_image(
     else:
         raise TypeError(f"src must be bytes or a path, got {type(src).__name__}")
     if not is_image(data):
-        raise ValidationError(
-            f"{where}: not a composefs image (no composefs/EROFS magic number)"
-        )
+        raise ValidationError(f"{where}: not a composefs image (no composefs/EROFS magic number)")
     if sandbox:
         module = _sandbox_module()
         if module is None:
-            raise BackendUnavailableError(
-                "the sandbox backend is not available in this build"
-            )
+            raise BackendUnavailableError("the sandbox backend is not available in this build")
         return cast(Tree, module.read_image_sandboxed(data))  # type: ignore[attr-defined]
     native = _native_module()
     if native is None:

@@ -328,6 +328,12 @@ def test_dump_image_equals_the_library_dump(run: Run, tmp_path: Path) -> None:
     assert stdout == dump(parse_dumpfile(SAMPLE.read_bytes()))
 
 
+def test_dump_sandboxed_equals_in_process(run: Run, tmp_path: Path) -> None:
+    image = tmp_path / "s.cfs"
+    run("build", SAMPLE, "-o", image)
+    assert run("dump", image, "--sandbox") == run("dump", image)
+
+
 def test_dump_matches_composefs_info(run: Run, tmp_path: Path, composefs_info: Path) -> None:
     image = tmp_path / "s.cfs"
     run("build", SAMPLE, "-o", image)

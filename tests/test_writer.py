@@ -327,6 +327,11 @@ def test_path_types_are_accepted(
         assert (tmp_path / name).read_bytes() == reference
 
 
+def test_empty_path_is_a_value_error(tree: Tree) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        write_image(tree, "", backend="native")
+
+
 def test_missing_directory_fails_and_creates_nothing(tree: Tree, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_image(tree, tmp_path / "no" / "x.cfs", backend="native")
