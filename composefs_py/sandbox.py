@@ -60,12 +60,21 @@ __all__ = [
 ]
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-# The child's program: make the package importable (-I ignores PYTHONPATH
-# and adds no directory to sys.path), then hand over to the worker.
+# The child's program: import from where this process imports (-I ignores
+# PYTHONPATH and adds no directory to sys.path), then hand over to the worker.
 _BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "import sys; sys.path[:0] = sys.argv.pop(1).split('\\n'); "
     "from composefs_py._worker import main; main(sys.argv[1:])"
 )
+
+
+def _import_path() -> str:
+    """This package's parent, then this process's absolute sys.path entries."""
+    entries = [_PACKAGE_PARENT]
+    for entry in sys.path:
+        if os.path.isabs(entry) and "\n" not in entry and entry not in entries:
+            entries.append(entry)
+    return "\n".join(entries)
 
 LCFS_EROFS_MAGIC = 0xD078629A
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
@@ -126,7 +135,7 @@ def _worker_argv(
         "-I",
         "-c",
         _BOOTSTRAP,
-        _PACKAGE_PARENT,
+        _import_path(),
         f"--mode={mode}",
         f"--parent-pid={os.getpid()}",
         f"--address-space={limits.address_space_for(input_bytes)}",
