@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, ComposefsError):
+    if isinstance(exc, OSError):  # LibraryError too: its strerror is the message
         text = exc.strerror or str(exc)
         if exc.filename is not None:
             return f"{os.fsdecode(exc.filename)}: {text}"

@@ -222,6 +222,17 @@ def test_build_into_missing_directory_is_one_line(run: Run, tmp_path: Path) -> N
     one_error_line(stderr)
 
 
+def test_library_error_is_one_line_without_errno_noise(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COMPOSEFS_PY_MKCOMPOSEFS", "/bin/false")
+    status, _, stderr = run("build", SAMPLE, "-o", tmp_path / "x.cfs", "--backend", "mkcomposefs")
+    assert status == 1
+    line = one_error_line(stderr)
+    assert line == "composefs-py: error: mkcomposefs failed (exit status 1): no message"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_random_bytes_are_rejected(run: Run, tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_bytes(bytes(range(256)) * 8)
