@@ -151,6 +151,11 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
     after it is applied, and the observations go into ``probe``.
     """
     report: dict[str, Any] = {}
+    exec_allowed = args.mode == "write" and args.engine == "mkcomposefs"
+    read_paths: list[str] = []
+    exec_paths: list[str] = []
+    if exec_allowed:
+        read_paths, exec_paths = _fallback_paths(args.mkcomposefs)
     status_fd = etc_fd = -1
     if probe is not None:
         # Opened now, read later: /proc is out of reach after Landlock.
@@ -179,7 +184,6 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
         report[f"{name}_namespace"] = state
     if probe is not None:
         probe["namespaces"] = _namespace_ids()
-    exec_allowed = args.mode == "write" and args.engine == "mkcomposefs"
     if exec_allowed:
         report["empty_root"] = "not used: mkcomposefs needs its binary and libraries"
     elif namespaces["mnt"] != "new":
@@ -194,10 +198,6 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
     if probe is not None:
         probe["status_after_capabilities"] = _read_status(status_fd)
         probe["before_landlock_open_passwd_in_etc_fd"] = _try_open("passwd", etc_fd)
-    read_paths: list[str] = []
-    exec_paths: list[str] = []
-    if exec_allowed:
-        read_paths, exec_paths = _fallback_paths(args.mkcomposefs)
     abi = _lockdown.apply_landlock(read_paths, exec_paths)
     report["landlock"] = abi if isinstance(abi, str) else f"abi {abi}"
     if probe is not None:
