@@ -21,6 +21,11 @@ dumpfiles upstream's own test suite parses leniently (see
 :func:`dump` writes the text ``composefs-info dump`` prints for the image
 libcomposefs makes from the tree, byte for byte (directory sizes included),
 so ``dump(parse_dumpfile(x))`` is canonical and stable.
+
+Both sides describe the tree, not the image: a whiteout is a character
+device 0:0 and an xattr named ``trusted.overlay.*`` is just that xattr.
+libcomposefs's writer turns whiteouts into escaped overlay whiteouts and
+escapes ``trusted.overlay.*`` names; its reader undoes both.
 """
 
 from __future__ import annotations
@@ -605,7 +610,7 @@ def dump(tree: Tree) -> str:
     append = out.append
     for path, node in tree:
         if isinstance(node, Hardlink):
-            # The model keeps a group's inode at its first path (as the image reader does).
+            # The inode line stays where the Tree has it: its place changes the image.
             target = node.target
             inode = tree.inode(target)
             append(

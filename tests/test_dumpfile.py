@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from composefs_py.dumpfile import FIELDS, dump, dump_bytes, parse_dumpfile
@@ -611,6 +611,21 @@ def test_escaping_round_trips_any_bytes(
     assert text.isascii()
     assert parse_dumpfile(text) == tree
     assert dump(parse_dumpfile(text)) == text
+
+
+def test_any_valid_tree_round_trips_through_its_dump() -> None:
+    strategies = pytest.importorskip("composefs_py.strategies")
+
+    @settings(max_examples=200)
+    @given(strategies.trees())
+    def round_trip(tree: Tree) -> None:
+        # the image keeps 32 bits of a device number; the parser takes no more
+        assume(all(node.rdev <= 0xFFFFFFFF for _, node in tree if isinstance(node, Inode)))
+        text = dump(tree)
+        assert parse_dumpfile(text) == tree
+        assert dump(parse_dumpfile(text)) == text
+
+    round_trip()
 
 
 # -- upstream assets ---------------------------------------------------------------
