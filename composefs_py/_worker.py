@@ -53,7 +53,7 @@ import traceback
 from typing import Any, NoReturn
 
 from . import _lockdown
-from .dumpfile import dump, parse_dumpfile
+from .dumpfile import dump_bytes, parse_dumpfile
 from .errors import ValidationError
 from .model import Tree
 
@@ -331,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
             raise RuntimeError("the compiled module is unavailable: cannot read images")
         tree = _native.read_image(data)
         _emit({"lockdown": report})
-        text = dump(tree).encode("utf-8", "surrogateescape")
+        text = dump_bytes(tree)
         view = memoryview(text)
         while view:
             view = view[os.write(1, view) :]
@@ -351,7 +351,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _exec_mkcomposefs(args: argparse.Namespace, tree: Tree, report: dict[str, Any]) -> NoReturn:
-    text = dump(tree).encode("utf-8", "surrogateescape")
+    text = dump_bytes(tree)
     memfd = os.memfd_create("composefs-py-dump", os.MFD_CLOEXEC)
     view = memoryview(text)
     while view:
