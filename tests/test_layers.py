@@ -617,7 +617,9 @@ def test_truncated_blobs_raise_validation_error_only(
     check_only_validation_errors(tmp_path, blob[: int(len(blob) * keep)])
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     name=st.sampled_from(sorted(BLOBS)),
     position=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
@@ -789,3 +791,42 @@ def test_estargz_inner_offsets(tmp_path: Path) -> None:
         payload = tree.inode(b"/" + name.encode()).payload
         assert payload == sha256_payload(data)
         assert ObjectStore(root).path_for(payload).read_bytes() == data
+
+
+def small_layers() -> dict[str, bytes]:
+    """Tiny layers of each kind, quick enough to damage many times."""
+    files = {"a": b"alpha\n" * 50, "dir/b": os.urandom(2000), "dir/c": b""}
+    members = [reg(name, data) for name, data in files.items()]
+    link = tarfile.TarInfo("dir/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "b"
+    plain = make_tar([*members, (link, None)])
+    return {
+        "tar": plain,
+        "tar.gz": gzip.compress(plain, mtime=0),
+        "tar.zst": zstandard.ZstdCompressor().compress(plain),
+        "estargz": make_estargz_with_inner_offsets(files),
+    }
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["tar", "tar.gz", "tar.zst", "estargz"]),
+    flips=st.lists(
+        st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)), max_size=4
+    ),
+    keep=st.one_of(st.just(1.0), st.floats(0.0, 1.0)),
+)
+def test_damaged_small_layers_raise_validation_error_only(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    flips: list[tuple[float, int]],
+    keep: float,
+) -> None:
+    blob = bytearray(small_layers()[kind])
+    for position, mask in flips:
+        blob[int(len(blob) * position)] ^= mask
+    check_only_validation_errors(
+        tmp_path_factory.mktemp("damaged"), bytes(blob[: max(1, int(len(blob) * keep))])
+    )
