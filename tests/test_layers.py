@@ -830,3 +830,19 @@ def test_damaged_small_layers_raise_validation_error_only(
     check_only_validation_errors(
         tmp_path_factory.mktemp("damaged"), bytes(blob[: max(1, int(len(blob) * keep))])
     )
+
+
+def test_zstd_chunked_without_end_offsets_reads_chunk_by_chunk(tmp_path: Path) -> None:
+    # Each chunk (zeros chunks too) starts its own frame: the chunk list alone
+    # locates the data, as for TOCs written before endOffset existed.
+    blob = shared(ZSTD_CHUNKED).read_bytes()
+    document = json.loads(open_layer(shared(ZSTD_CHUNKED)).toc_bytes())
+    for entry in document["entries"]:
+        entry.pop("endOffset", None)
+    assert any(entry.get("chunkType") == "zeros" for entry in document["entries"])
+    path = write_blob(tmp_path, rebuild_zstd_chunked(blob, json.dumps(document).encode()))
+    root = tmp_path / "objects"
+    tree = open_layer(path).import_objects(ObjectStore(root), progress=False)
+    assert tree == open_layer(shared(ZSTD_CHUNKED)).tree()
+    assert {p.relative_to(root).as_posix().encode() for p in store_files(root)} == payloads_of(tree)
+    assert_store_clean(root)
