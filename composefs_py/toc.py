@@ -443,8 +443,11 @@ def parse_toc(
         document = _load_json(raw, limits)
         # Only a document that spells null somewhere needs the null checks.
         nulls = raw.find(b"null") >= 0
+        # Only one that names an opaque marker needs the pre-pass for them.
+        has_opaque = raw.find(b".wh..wh..opq") >= 0
         del raw
-        return _Walker(limits, compat, collect, nulls=nulls).run(document)
+        walker = _Walker(limits, compat, collect, nulls=nulls, has_opaque=has_opaque)
+        return walker.run(document)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -454,7 +457,13 @@ class _Walker:
     """One pass over the entries: validate each, add it to the TreeBuilder."""
 
     def __init__(
-        self, limits: Limits, compat: str | None, collect: bool, *, nulls: bool = True
+        self,
+        limits: Limits,
+        compat: str | None,
+        collect: bool,
+        *,
+        nulls: bool = True,
+        has_opaque: bool = True,
     ) -> None:
         self.limits = limits
         self.whiteouts = compat is None
@@ -472,6 +481,7 @@ class _Walker:
         self.max_name = limits.max_name_bytes
         self.max_size = limits.max_file_size
         self.nulls = nulls
+        self.has_opaque = has_opaque
         # The chunk chain of the last regular file: [entry, path, size, covered]
         # where covered is None once a piece ran to the end of the file.
         self.chain: list[Any] | None = None
@@ -504,7 +514,7 @@ class _Walker:
         assert isinstance(entries, list)
         if len(entries) > self.limits.max_entries:
             raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
-        if self.whiteouts:
+        if self.whiteouts and self.has_opaque:
             self.opaque = _opaque_dirs(entries, self.limits)
 
         entry_fn = self.entry
@@ -615,9 +625,22 @@ class _Walker:
         text = get("modtime")
         if text is not None:
             parsed = times.get(text) if text.__class__ is str else None
-            if parsed is None:
-                parsed = self.time(index, name, "modtime", text)
-            mtime, mtime_nsec = parsed
+            if parsed is not None:
+                mtime, mtime_nsec = parsed
+            elif (
+                text.__class__ is str
+                and len(text) == 30
+                and text[19] == "."
+                and text[29] == "Z"
+                and (seconds := self.seconds.get(text[:19])) is not None
+                and (fraction := text[20:29]).isdigit()
+                and fraction.isascii()
+            ):
+                # Go's RFC 3339 with nanoseconds, a second seen before
+                mtime = seconds
+                mtime_nsec = int(fraction)
+            else:
+                mtime, mtime_nsec = self.time(index, name, "modtime", text)
         text = get("accesstime")
         if text is not None and (text.__class__ is not str or text not in times):
             self.time(index, name, "accesstime", text)
@@ -659,11 +682,16 @@ class _Walker:
             raise self.fail(index, name, "digest", "required for a regular file with data")
 
         # where the data is, and its chunks
+        offset = get("offset")
+        end = get("endOffset")
         if (
-            get("offset") is not None
-            or get("endOffset") is not None
-            or get("innerOffset") is not None
-        ):
+            (offset is not None or end is not None)
+            and not (
+                offset.__class__ is int
+                and 0 <= offset <= _I63_MAX
+                and (end is None or (end.__class__ is int and offset <= end <= _I63_MAX))
+            )
+        ) or get("innerOffset") is not None:
             self.offsets(index, name, get)
         chunk_size = None
         if (
@@ -712,14 +740,15 @@ class _Walker:
                 None,
                 xattrs,
             )
-            if chunk_size is not None and chunk_size > size:
-                raise self.fail(
-                    index,
-                    name,
-                    "chunkSize",
-                    f"{chunk_size} is larger than the file ({size} bytes)",
-                )
-            self.chain = [index, name, path, size, chunk_size]
+            if chunk_size is not None:
+                if chunk_size > size:
+                    raise self.fail(
+                        index,
+                        name,
+                        "chunkSize",
+                        f"{chunk_size} is larger than the file ({size} bytes)",
+                    )
+                self.chain = [index, name, path, size, chunk_size]
         elif typ == "dir":
             if path in self.opaque:
                 merged = dict(xattrs)
@@ -1045,7 +1074,8 @@ class _Walker:
                 index,
                 name,
                 "name",
-                "a chunk must follow the regular file it belongs to",
+                "a chunk must follow the regular file it belongs to, "
+                "whose chunkSize says that more chunks come",
             )
         self.offsets(index, name, get)
         chunk_size = self.chunk_fields(index, name, get, first=False)
