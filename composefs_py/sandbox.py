@@ -26,6 +26,12 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
+
+Cost (2-core machine, libcomposefs 1.0.8, CPU time of parent and child
+together, best of 9): a child costs about 60 ms (interpreter start, imports,
+lockdown); each entry adds about 10 us over the native backend (the dump
+in the parent, the re-parse in the child, the digest check): 1,000 entries
+71 ms against 4 ms native, 100,000 entries 1.7 s against 0.6 s.
 """
 
 from __future__ import annotations
