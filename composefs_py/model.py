@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -400,7 +400,7 @@ class TreeBuilder:
             nlink = 2 + sum(
                 1
                 for kid in kids
-                if (k := nodes[kid]).__class__ is Inode and k.mode & S_IFMT == S_IFDIR  # type: ignore[union-attr]
+                if isinstance(k := nodes[kid], Inode) and k.mode & S_IFMT == S_IFDIR
             )
             if node.nlink != nlink:
                 nodes[directory] = _with(node, nlink=nlink)
@@ -409,45 +409,12 @@ class TreeBuilder:
         while stack:
             path = stack.pop()
             order.append(path)
-            kids = children.get(path)
-            if kids:
-                kids.sort(key=name_of, reverse=True)
-                stack.extend(kids)
-                kids.reverse()  # leave ascending for later readers
-        if self._has_hardlinks:
-            self._canonical_hardlinks(order)
+            below = children.get(path)
+            if below:
+                below.sort(key=name_of, reverse=True)
+                stack.extend(below)
+                below.reverse()  # leave ascending for later readers
         return Tree(tuple(order), MappingProxyType(dict(nodes)))
-
-    def _canonical_hardlinks(self, order: list[bytes]) -> None:
-        """Put each hardlink group's Inode at the group's first path in tree order.
-
-        Which path holds the inode changes the image bytes, so it must not
-        depend on the input's order: this is the choice composefs-info dump
-        and every backend follow.
-        """
-        nodes = self._nodes
-        targets = {node.target for node in nodes.values() if node.__class__ is Hardlink}
-        moved: dict[bytes, bytes] = {}  # inode path as built -> its group's first path
-        homes: set[bytes] = set()
-        for path in order:
-            node = nodes[path]
-            if node.__class__ is not Hardlink:
-                if path in targets and path not in moved:
-                    moved[path] = path  # the inode already comes first
-                    homes.add(path)
-                continue
-            target = node.target  # type: ignore[union-attr]
-            if target in homes:
-                continue  # already points at its group's first path
-            new_home = moved.get(target)
-            if new_home is None:
-                homes.add(path)
-                # First member of this group seen in order: take the inode.
-                moved[target] = path
-                nodes[path] = nodes[target]
-                nodes[target] = Hardlink(path)
-            elif new_home != path:
-                nodes[path] = Hardlink(new_home)
 
     def _resolve_hardlinks(self) -> None:
         nodes = self._nodes
@@ -490,14 +457,12 @@ class TreeBuilder:
                 nodes[target] = _with(inode, nlink=1 + count)
 
 
-def _with(inode: Inode, **changes: int) -> Inode:
-    fields = {name: getattr(inode, name) for name in Inode.__slots__}  # type: ignore[attr-defined]
-    fields.update(changes)
-    return Inode(**fields)
+def _with(inode: Inode, *, nlink: int) -> Inode:
+    return replace(inode, nlink=nlink)
 
 
 def _is_int(value: object, low: int, high: int) -> bool:
-    return value.__class__ is int and low <= value <= high  # type: ignore[operator]
+    return value.__class__ is int and low <= value <= high  # type: ignore[operator,unused-ignore]
 
 
 def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
@@ -524,7 +489,7 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             return "size", f"must be an integer in 0..{limits.max_file_size}, got {node.size!r}"
     elif node.size != 0:
         return "size", "only regular files have a size"
-    if ftype == S_IFCHR or ftype == S_IFBLK:
+    if ftype in (S_IFCHR, S_IFBLK):
         if not _is_int(node.rdev, 0, _U64_MAX):
             return "rdev", f"must be an integer in 0..{_U64_MAX}, got {node.rdev!r}"
     elif node.rdev != 0:
@@ -546,9 +511,11 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             target.__class__ is not bytes
             or not target
             or len(target) > limits.max_symlink_bytes
-            or b"\0" in target  # type: ignore[operator]
+            or b"\0" in target
         ):
-            return "linkName", f"symlink target must be 1..{limits.max_symlink_bytes} bytes without NUL"
+            return "linkName", (
+                f"symlink target must be 1..{limits.max_symlink_bytes} bytes without NUL"
+            )
     elif target is not None:
         return "linkName", "only symlinks have a target"
     content = node.content
