@@ -71,8 +71,12 @@ def tree() -> Tree:
 
 
 @pytest.fixture(scope="module")
-def reference(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """The image mkcomposefs itself writes for ``dump(tree)`` (the oracle)."""
+def reference(tree: Tree, tmp_path_factory: pytest.TempPathFactory, fsck_erofs: Path) -> bytes:
+    """The image mkcomposefs itself writes for ``dump(tree)`` (the oracle).
+
+    Tests that compare their output with it byte for byte need no fsck.erofs
+    of their own: this one is checked.
+    """
     out = tmp_path_factory.mktemp("ref") / "ref.cfs"
     tool = writer.find_mkcomposefs()
     assert tool is not None
@@ -82,6 +86,7 @@ def reference(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> bytes:
         check=True,
         capture_output=True,
     )
+    fsck(fsck_erofs, out)
     return out.read_bytes()
 
 
