@@ -196,6 +196,32 @@ def _parse_time(text: object) -> tuple[int, int] | None:
     return seconds, nsec
 
 
+def _quick_time(text: object, seconds: dict[str, int]) -> tuple[int, int] | None:
+    """Go's RFC 3339 (``Z``, whole or nanosecond) for a second parsed before; else None.
+
+    ``seconds`` maps ``YYYY-MM-DDTHH:MM:SS`` texts already validated to their
+    epoch seconds; anything else is left to the full parser.
+    """
+    if text.__class__ is not str:
+        return None
+    size = len(text)
+    if size == 30:
+        if text[19] != "." or text[29] != "Z":
+            return None
+        fraction = text[20:29]
+        if not (fraction.isdigit() and fraction.isascii()):
+            return None
+        nsec = int(fraction)
+    elif size == 20:
+        if text[19] != "Z":
+            return None
+        nsec = 0
+    else:
+        return None
+    second = seconds.get(text[:19])
+    return None if second is None else (second, nsec)
+
+
 def _is_digest(value: object) -> bool:
     """``sha256:`` followed by 64 lowercase hex digits."""
     return (
@@ -625,27 +651,20 @@ class _Walker:
         text = get("modtime")
         if text is not None:
             parsed = times.get(text) if text.__class__ is str else None
-            if parsed is not None:
+            if parsed is not None or (parsed := _quick_time(text, self.seconds)) is not None:
                 mtime, mtime_nsec = parsed
-            elif (
-                text.__class__ is str
-                and len(text) == 30
-                and text[19] == "."
-                and text[29] == "Z"
-                and (seconds := self.seconds.get(text[:19])) is not None
-                and (fraction := text[20:29]).isdigit()
-                and fraction.isascii()
-            ):
-                # Go's RFC 3339 with nanoseconds, a second seen before
-                mtime = seconds
-                mtime_nsec = int(fraction)
             else:
                 mtime, mtime_nsec = self.time(index, name, "modtime", text)
+        seconds = self.seconds
         text = get("accesstime")
-        if text is not None and (text.__class__ is not str or text not in times):
+        if text is not None and (
+            text.__class__ is not str or (text not in times and _quick_time(text, seconds) is None)
+        ):
             self.time(index, name, "accesstime", text)
         text = get("changetime")
-        if text is not None and (text.__class__ is not str or text not in times):
+        if text is not None and (
+            text.__class__ is not str or (text not in times and _quick_time(text, seconds) is None)
+        ):
             self.time(index, name, "changetime", text)
 
         # device numbers
