@@ -10,8 +10,14 @@ names the entry index, the entry's ``name`` as given and the JSON field, e.g.
 
 Decisions worth knowing:
 
-* ``data`` is the JSON document as ``bytes`` or ``str``, or a path
+* ``data`` is the JSON document as ``bytes`` (or another bytes-like
+  object) or ``str`` (the JSON text itself, not a file name), or a path
   (``os.PathLike``) of a file holding it.  It must be UTF-8 (no BOM).
+* Device numbers: ``devMajor`` <= 4095 and ``devMinor`` <= 1048575, the
+  kernel's 12/20 bits, because the image keeps a device number in 32 bits
+  and larger numbers would silently come back different.
+* Duplicates are compared as tree nodes: two entries that differ only in
+  what the image does not keep (accesstime, offsets, ...) are identical.
 * JSON: duplicate keys, ``NaN``/``Infinity``, trailing data and nesting deeper
   than ``limits.max_json_depth`` are rejected; a bool is never an integer;
   ``null`` is not accepted for any known field (Go's encoder omits empty
@@ -88,7 +94,6 @@ _ID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no id"
 _MAJOR_MAX = (1 << 12) - 1
 _MINOR_MAX = (1 << 20) - 1
 _I63_MAX = (1 << 63) - 1
-_NSEC = 1_000_000_000
 
 _EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _HEX = "0123456789abcdef"
@@ -265,7 +270,7 @@ def _clean_name(name: str, limits: Limits) -> bytes:
     # Fast path: already clean (the common case in real TOCs).
     if raw and b"//" not in raw and not raw.startswith((b".", b"/")) and b"/." not in raw:
         path = b"/" + raw
-        if len(path) <= limits.max_name_bytes:
+        if len(raw) <= limits.max_name_bytes and len(path) <= limits.max_path_bytes:
             return path
         parts = raw.split(b"/")
     else:
@@ -504,7 +509,8 @@ class _Walker:
         self.opaque_done: set[bytes] = set()
         self.times: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, int] = {}
-        self.max_name = limits.max_name_bytes
+        # a clean name this long or shorter needs no component or length check
+        self.max_name = min(limits.max_name_bytes, limits.max_path_bytes - 1)
         self.max_size = limits.max_file_size
         self.nulls = nulls
         self.has_opaque = has_opaque
@@ -523,7 +529,7 @@ class _Walker:
         if version.__class__ is not int or version != 1:
             problems.add(ValidationError(f"must be 1, got {_show(version)}", field="version"))
         split = document.get("tarSplitDigest")
-        if split is not None and not _is_digest(split):
+        if "tarSplitDigest" in document and not _is_digest(split):
             problems.add(
                 ValidationError(
                     f"must be sha256: and 64 lowercase hex digits, got {_show(split)}",

@@ -326,6 +326,7 @@ def test_nesting_limit_is_exact_and_ignores_brackets_in_strings() -> None:
         '{"version": 1, "entries": [null]}',
         '{"version": 1, "entries": [], "tarSplitDigest": "sha256:x"}',
         '{"version": 1, "entries": [], "tarSplitDigest": 1}',
+        '{"version": 1, "entries": [], "tarSplitDigest": null}',
         '{"version": 1, "entries": [{"type": "reg", "name": "a", "size": ' + "9" * 5000 + "}]}",
         '{"version": 1, "entries": [{"type": "reg", "name": "a", "mode": 1e3}]}',
         '{"version": 1, "entries": [],}',
@@ -1174,6 +1175,11 @@ def test_limits() -> None:
     assert parse_toc(toc(reg("a/b/c")), limits=Limits(max_depth=3))
     rejected(toc(reg("aaaa"), reg("bbbb")), limits=Limits(max_total_path_bytes=9))
     rejected(toc(reg("a" * 11)), limits=Limits(max_name_bytes=10), field="name")
+    short_paths = Limits(max_path_bytes=10)
+    assert parse_toc(toc(reg("a/" + "b" * 7)), limits=short_paths)
+    rejected(toc(reg("a" * 10)), limits=short_paths, field="name")
+    rejected(toc(reg("a/" + "b" * 8)), limits=short_paths, field="name")
+    rejected(toc(reg("./a/" + "b" * 8)), limits=short_paths, field="name")
     rejected(toc(symlink("l", "x" * 11)), limits=Limits(max_symlink_bytes=10))
     rejected(
         toc(reg("a", xattrs={"user.a": b64(b"xx")})),
