@@ -100,6 +100,8 @@ _NSEC_PER_SEC: Final = 1_000_000_000
 #: rejected before int() sees them.
 _MAX_DIGITS: Final = 24
 _MODE_BITS: Final = S_IFMT | 0o7777
+#: Entries in each per-parse memo of parsed modes and mtimes.
+_MEMO_SIZE: Final = 4096
 #: Bounds of the per-parse cache of xattr fields (field length, entries).
 _XATTR_CACHE_FIELD: Final = 1024
 _XATTR_CACHE_SIZE: Final = 16384
@@ -293,8 +295,15 @@ def _show(value: bytes, limit: int = 40) -> str:
 def _read_input(data: bytes | str | os.PathLike[str] | os.PathLike[bytes], limits: Limits) -> bytes:
     if isinstance(data, bytes):
         raw = data
+    elif isinstance(data, bytearray | memoryview):
+        raw = bytes(data)
     elif isinstance(data, str):
-        raw = data.encode("utf-8", "surrogateescape")
+        try:
+            raw = data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as err:
+            raise ValidationError(
+                f"text holds a character UTF-8 cannot encode at offset {err.start}"
+            ) from None
     elif isinstance(data, os.PathLike):
         with open(data, "rb") as file:
             raw = file.read(limits.max_input_bytes + 1)
@@ -431,7 +440,9 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
             mode_field = mode_field[1:]
         mode = modes.get(mode_field)
         if mode is None:
-            mode = modes[mode_field] = _mode(mode_field, strict)
+            mode = _mode(mode_field, strict)
+            if len(modes) < _MEMO_SIZE:
+                modes[mode_field] = mode
         size = small.get(size_field, -1)
         if size < 0:
             size = uint(size_field, "size", u64)
@@ -450,7 +461,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
         times = mtimes.get(mtime_field)
         if times is None:
             times = _mtime(mtime_field)
-            if len(mtimes) < 4096:
+            if len(mtimes) < _MEMO_SIZE:
                 mtimes[mtime_field] = times
         mtime, mtime_nsec = times
         if payload_field == b"-":
@@ -600,7 +611,10 @@ def dump(tree: Tree) -> str:
     libcomposefs writes from ``tree``, byte for byte: directory sizes as
     EROFS stores them, hardlinks as ``@`` lines repeating their inode's
     attributes, xattrs sorted by name, non-printable bytes escaped.  It is
-    ASCII.
+    ASCII.  A hardlink group's inode stays at the path the tree has it
+    (``mkcomposefs --from-file`` on this text writes the same image as
+    :func:`~composefs_py.writer.write_image`; the path changes the image
+    bytes), while ``composefs-info`` prints it at the group's first path.
     """
     children: dict[bytes, list[bytes]] = {}
     for path in tree.paths:
@@ -610,16 +624,12 @@ def dump(tree: Tree) -> str:
     append = out.append
     for path, node in tree:
         if isinstance(node, Hardlink):
-            # The inode line stays where the Tree has it: its place changes the image.
             target = node.target
             inode = tree.inode(target)
-            append(
-                _inode_line(
-                    _escape(path), inode, _size_of(inode, target, children), _escape(target)
-                )
-            )
+            link_to: str | None = _escape(target)
         else:
-            append(_inode_line(_escape(path), node, _size_of(node, path, children), None))
+            target, inode, link_to = path, node, None
+        append(_inode_line(_escape(path), inode, _size_of(inode, target, children), link_to))
     return "".join(out)
 
 

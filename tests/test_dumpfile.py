@@ -425,10 +425,47 @@ def test_hardlink_chains_resolve_to_the_inode() -> None:
         + line(path=b"/b", mode=b"@100644", payload=b"/c")
         + line(path=b"/c", nlink=b"3")
     )
-    # the group's inode sits at its first path, as the image reader puts it
-    assert tree.inode(b"/a").nlink == 3
-    assert tree[b"/b"] == Hardlink(b"/a")
-    assert tree[b"/c"] == Hardlink(b"/a")
+    inodes = {path: node for path, node in tree if isinstance(node, Inode)}
+    assert len(inodes) == 2  # the root and the group's one inode
+    (home,) = set(inodes) - {b"/"}
+    assert inodes[home].nlink == 3  # kept as given
+    for path in (b"/a", b"/b", b"/c"):
+        assert path == home or tree[path] == Hardlink(home)
+    assert dump(tree).splitlines()[1:] == [
+        "/a 0 @100644 3 0 0 0 0.0 /c - -",
+        "/b 0 @100644 3 0 0 0 0.0 /c - -",
+        "/c 0 100644 3 0 0 0 0.0 - - -",
+    ]
+
+
+def test_a_hardlink_groups_inode_stays_where_the_input_put_it(
+    run_mkcomposefs: Callable[..., bytes], composefs_info: Path
+) -> None:
+    """Which path holds the inode changes the image bytes: dump keeps it, so
+    mkcomposefs writes the same image from our dump as from the input;
+    composefs-info prints the group's first path as the inode (EROFS has no
+    notion of which path came first)."""
+    text = (
+        ROOT
+        + line(path=b"/a", mode=b"@100644", size=b"3", nlink=b"2", payload=b"/z")
+        + line(path=b"/z", size=b"3", nlink=b"2", payload=b"ab/cdef")
+    )
+    ours = dump_bytes(parse_dumpfile(text))
+    assert ours.splitlines()[1:] == [
+        b"/a 3 @100644 2 0 0 0 0.0 /z - -",
+        b"/z 3 100644 2 0 0 0 0.0 ab/cdef - -",
+    ]
+    image = run_mkcomposefs(text)
+    assert run_mkcomposefs(ours) == image
+    swapped = (
+        ROOT
+        + line(path=b"/a", size=b"3", nlink=b"2", payload=b"ab/cdef")
+        + line(path=b"/z", mode=b"@100644", size=b"3", nlink=b"2", payload=b"/a")
+    )
+    assert run_mkcomposefs(swapped) != image
+    assert composefs_info_dump(composefs_info, image).splitlines()[2] == (
+        "/z 3 @100644 2 0 0 0 0.0 /a - -"
+    )
 
 
 @pytest.mark.parametrize("strict", [True, False])
@@ -525,8 +562,12 @@ def test_input_may_be_bytes_str_or_a_path(tmp_path: Path) -> None:
     gz.write_bytes(gzip.compress(text))
     with pytest.raises(ValidationError):
         parse_dumpfile(gz)  # no sniffing: callers decompress
+    assert parse_dumpfile(bytearray(text)) == by_bytes  # type: ignore[arg-type]
+    assert parse_dumpfile(memoryview(text)) == by_bytes  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         parse_dumpfile(42)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        parse_dumpfile(text.decode("ascii") + "/\ud800 0 100644 1 0 0 0 0.0 - - -\n")
 
 
 def test_limits_bound_input_size_and_line_count() -> None:
@@ -566,9 +607,9 @@ def test_dump_is_canonical_and_stable() -> None:
     first = dump(parse_dumpfile(messy))
     assert dump(parse_dumpfile(first)) == first
     assert first.splitlines()[0] == "/ 4096 40755 2 0 0 0 0.1 - - - user.a=A user.z=1"
-    # the first path of a hardlink group carries the inode
-    assert "/a 3 100644 2 0 0 0 0.0 - abc -" in first.splitlines()
-    assert "/z 3 @100644 2 0 0 0 0.0 /a abc -" in first.splitlines()
+    # a hardlink line repeats its inode's attributes, content included
+    assert "/a 3 @100644 2 0 0 0 0.0 /z abc -" in first.splitlines()
+    assert "/z 3 100644 2 0 0 0 0.0 - abc -" in first.splitlines()
     assert "/l 2 120777 1 0 0 0 0.0 -- - -" in first.splitlines()
     assert "/m 1 120777 1 0 0 0 0.0 \\x2d - -" in first.splitlines()
 
@@ -622,8 +663,9 @@ def test_any_valid_tree_round_trips_through_its_dump() -> None:
         # the image keeps 32 bits of a device number; the parser takes no more
         assume(all(node.rdev <= 0xFFFFFFFF for _, node in tree if isinstance(node, Inode)))
         text = dump(tree)
-        assert parse_dumpfile(text) == tree
-        assert dump(parse_dumpfile(text)) == text
+        back = parse_dumpfile(text)
+        assert dump(back) == text
+        assert back == tree
 
     round_trip()
 
