@@ -441,7 +441,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
 # `strace -f` on the native write and read paths (tests/test_sandbox.py runs
 # them all under the filter).
 _BASE_ALLOW = (
-    "read", "write", "readv", "writev", "pread64", "pwrite64", "lseek", "close",
+    "read", "write", "readv", "writev", "pread64", "close",
     "fstat", "newfstatat", "statx", "fcntl", "dup", "brk", "munmap", "mremap", "madvise",
     "futex", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "clock_gettime", "clock_nanosleep", "sched_yield", "getrandom", "getpid", "gettid",
@@ -458,7 +458,7 @@ _BASE_ERRNO = {"openat": errno.EACCES, "open": errno.EACCES, "stat": errno.EACCE
 _EXEC_ALLOW = (
     "execve", "openat", "access", "faccessat", "arch_prctl", "set_tid_address",
     "set_robust_list", "rseq", "prlimit64", "sched_getaffinity", "memfd_create", "dup2",
-    "dup3", "ioctl",
+    "dup3", "ioctl", "lseek", "pwrite64",
 )  # fmt: skip
 
 
@@ -482,9 +482,10 @@ def build_seccomp_filter(policy: SeccompPolicy, machine: str, pid: int) -> bytes
 
     Wrong architecture (a 32-bit or x32 syscall): kill.  Allowed syscalls:
     allow; a few harmless ones Python's error paths make: an errno; anything
-    else: kill the process (SIGSYS).  Without ``exec_allowed``, ``mmap`` and
-    ``mprotect`` may not make memory executable, and ``tgkill`` may only
-    signal this process (``abort()``).
+    else: kill the process (SIGSYS).  Without ``exec_allowed``, ``mmap`` may
+    only map anonymous memory, neither it nor ``mprotect`` may make memory
+    executable, there is no ``lseek`` or ``pwrite`` (the output fd is only
+    appended to), and ``tgkill`` may only signal this process (``abort()``).
     """
     audit_arch, table = _ARCHES[machine]
     kill = SECCOMP_RET_KILL_PROCESS
@@ -515,14 +516,28 @@ def build_seccomp_filter(policy: SeccompPolicy, machine: str, pid: int) -> bytes
         for name in (*_EXEC_ALLOW, "mmap", "mprotect", "tgkill"):
             allow(name)
     else:
-        no_exec_mapping = [
-            _stmt(_BPF_LD_W_ABS, _off_arg_low(2)),
-            _jump(_BPF_JSET_K, _PROT_EXEC, 1, 0),
-            _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
-            _stmt(_BPF_RET_K, kill),
-        ]
-        block("mmap", no_exec_mapping)
-        block("mprotect", no_exec_mapping)
+        # Anonymous, non-executable memory only: no mapping of the output
+        # file (which would reach bytes before the child's start offset).
+        block(
+            "mmap",
+            [
+                _stmt(_BPF_LD_W_ABS, _off_arg_low(2)),
+                _jump(_BPF_JSET_K, _PROT_EXEC, 3, 0),
+                _stmt(_BPF_LD_W_ABS, _off_arg_low(4)),
+                _jump(_BPF_JEQ_K, 0xFFFFFFFF, 0, 1),
+                _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
+                _stmt(_BPF_RET_K, kill),
+            ],
+        )
+        block(
+            "mprotect",
+            [
+                _stmt(_BPF_LD_W_ABS, _off_arg_low(2)),
+                _jump(_BPF_JSET_K, _PROT_EXEC, 1, 0),
+                _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
+                _stmt(_BPF_RET_K, kill),
+            ],
+        )
         block(
             "tgkill",
             [

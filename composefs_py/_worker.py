@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import mmap
 import os
 import resource
 import signal
@@ -76,6 +77,8 @@ FAULTS = (
     "exec",
     "bigwrite",
     "leakfd",
+    "rewind",
+    "mmap",
 )
 
 # Where the dynamic loader may read libraries from (fallback engine only).
@@ -223,11 +226,7 @@ def _namespace_ids() -> dict[str, str]:
 
 
 def _read_status(fd: int) -> dict[str, str]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    lines = b"".join(chunks).decode("ascii", "replace").splitlines()
+    lines = os.pread(fd, 1 << 16, 0).decode("ascii", "replace").splitlines()
     wanted = ("NoNewPrivs", "Seccomp", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
     return {
         key.strip(): value.strip()
@@ -290,6 +289,13 @@ def _fault(name: str, out_fd: int) -> None:
             os.write(out_fd, block)
     elif name == "leakfd":
         _check_fds(out_fd)
+    elif name == "rewind":  # overwrite what precedes the child's start offset
+        os.lseek(out_fd, 0, os.SEEK_SET)
+        os.write(out_fd, b"overwritten")
+    elif name == "mmap":
+        os.write(out_fd, bytes(mmap.PAGESIZE))
+        with mmap.mmap(out_fd, mmap.PAGESIZE, offset=0) as mapping:
+            mapping[:11] = b"overwritten"
 
 
 def _check_fds(out_fd: int) -> None:

@@ -82,6 +82,7 @@ def _import_path() -> str:
             entries.append(entry)
     return "\n".join(entries)
 
+
 LCFS_EROFS_MAGIC = 0xD078629A
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024
@@ -224,8 +225,14 @@ def _run_child(
         last = tail.splitlines()[-1] if tail else "input rejected"
         raise ValidationError(last.removeprefix("rejected: "))
     if code != 0:
+        hint = ""
+        if "MemoryError" in tail or "Cannot allocate memory" in tail:
+            limit = next(
+                (a.partition("=")[2] for a in argv if a.startswith("--address-space=")), ""
+            )
+            hint = f" [address-space limit {limit} bytes: see SandboxLimits.address_space]"
         raise SandboxError(
-            f"sandboxed child failed with exit status {code}" + (f": {tail}" if tail else "")
+            f"sandboxed child failed with exit status {code}" + (f": {tail}" if tail else "") + hint
         )
     return _Outcome(stdout, bytes(stderr), proc.pid)
 

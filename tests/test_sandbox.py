@@ -376,6 +376,17 @@ def test_fault_in_child_becomes_sandbox_error(
     assert_child_gone()
 
 
+@pytest.mark.parametrize("fault", ["rewind", "mmap"])
+def test_child_cannot_touch_what_precedes_its_offset(fault: str, out: tuple[int, Path]) -> None:
+    fd, path = out
+    os.write(fd, b"caller's bytes")
+    with pytest.raises(SandboxError, match="SIGSYS"):
+        write_image_sandboxed(small_tree(), fd, _fault=fault)
+    assert path.read_bytes() == b"caller's bytes"
+    assert os.lseek(fd, 0, os.SEEK_CUR) == len(b"caller's bytes")
+    assert_child_gone()
+
+
 def test_wall_clock_timeout_kills_the_process_group(out: tuple[int, Path]) -> None:
     fd, path = out
     with pytest.raises(SandboxError, match=r"timed out after 1 s"):
@@ -413,6 +424,19 @@ def test_image_larger_than_the_file_size_limit_is_refused(out: tuple[int, Path])
     fd, path = out
     with pytest.raises(SandboxError, match="SIGXFSZ"):
         write_image_sandboxed(synthetic_tree(3000), fd, limits=SandboxLimits(file_size=64 << 10))
+    assert path.stat().st_size == 0
+    assert_child_gone()
+
+
+def test_memory_limit_hit_inside_libcomposefs_is_reported(out: tuple[int, Path]) -> None:
+    fd, path = out
+    tree = synthetic_tree(50_000)
+    # Writing 50,000 entries takes about 120 MiB: libcomposefs' malloc
+    # (ENOMEM) or Python's (MemoryError) fails first, depending on the heap.
+    with pytest.raises(
+        SandboxError, match=r"(Cannot allocate memory|MemoryError).*address-space limit"
+    ):
+        write_image_sandboxed(tree, fd, limits=SandboxLimits(address_space=90 << 20))
     assert path.stat().st_size == 0
     assert_child_gone()
 
