@@ -503,12 +503,24 @@ def build_seccomp_filter(policy: SeccompPolicy, machine: str, pid: int) -> bytes
         if nr is not None:
             prog.extend([_jump(_BPF_JEQ_K, nr, 0, 1), _stmt(_BPF_RET_K, action)])
 
-    def block(name: str, body: Sequence[bytes]) -> None:
-        # A block ends in returns, so the skip path still has nr loaded.
+    def guarded(name: str, checks: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Allow ``name`` only when every ``(arg, jump code, k, wanted)`` holds.
+
+        Each check tests the low 32 bits of the argument; any failing one
+        jumps to the kill at the end.  The block ends in returns, so the
+        path that skips it still has the syscall number loaded.
+        """
         nr = table.get(name)
-        if nr is not None:
-            prog.append(_jump(_BPF_JEQ_K, nr, 0, len(body)))
-            prog.extend(body)
+        if nr is None:
+            return
+        body = []
+        for i, (arg, code, k, wanted) in enumerate(checks):
+            to_kill = 2 * (len(checks) - i - 1) + 1
+            body.append(_stmt(_BPF_LD_W_ABS, _off_arg_low(arg)))
+            body.append(_jump(code, k, 0, to_kill) if wanted else _jump(code, k, to_kill, 0))
+        body += [_stmt(_BPF_RET_K, SECCOMP_RET_ALLOW), _stmt(_BPF_RET_K, kill)]
+        prog.append(_jump(_BPF_JEQ_K, nr, 0, len(body)))
+        prog.extend(body)
 
     for name in _BASE_ALLOW:
         allow(name)
@@ -518,35 +530,9 @@ def build_seccomp_filter(policy: SeccompPolicy, machine: str, pid: int) -> bytes
     else:
         # Anonymous, non-executable memory only: no mapping of the output
         # file (which would reach bytes before the child's start offset).
-        block(
-            "mmap",
-            [
-                _stmt(_BPF_LD_W_ABS, _off_arg_low(2)),
-                _jump(_BPF_JSET_K, _PROT_EXEC, 3, 0),
-                _stmt(_BPF_LD_W_ABS, _off_arg_low(4)),
-                _jump(_BPF_JEQ_K, 0xFFFFFFFF, 0, 1),
-                _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
-                _stmt(_BPF_RET_K, kill),
-            ],
-        )
-        block(
-            "mprotect",
-            [
-                _stmt(_BPF_LD_W_ABS, _off_arg_low(2)),
-                _jump(_BPF_JSET_K, _PROT_EXEC, 1, 0),
-                _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
-                _stmt(_BPF_RET_K, kill),
-            ],
-        )
-        block(
-            "tgkill",
-            [
-                _stmt(_BPF_LD_W_ABS, _off_arg_low(0)),
-                _jump(_BPF_JEQ_K, pid, 0, 1),
-                _stmt(_BPF_RET_K, SECCOMP_RET_ALLOW),
-                _stmt(_BPF_RET_K, kill),
-            ],
-        )
+        guarded("mmap", [(2, _BPF_JSET_K, _PROT_EXEC, False), (4, _BPF_JEQ_K, 0xFFFFFFFF, True)])
+        guarded("mprotect", [(2, _BPF_JSET_K, _PROT_EXEC, False)])
+        guarded("tgkill", [(0, _BPF_JEQ_K, pid, True)])
     for name, err in _BASE_ERRNO.items():
         allow(name, SECCOMP_RET_ERRNO | err)
     prog.append(_stmt(_BPF_RET_K, kill))
