@@ -8,12 +8,17 @@ what a TOC's ``digest`` gives); ``naming="fsverity"`` names objects by their
 fs-verity digest instead (what composefs-rs uses).
 
 Every object is published atomically: the content goes to a temporary file
-in the store (``.tmp-*``), is fsynced, its digest checked against the
-expected one, and only then renamed into place.  A digest mismatch raises
-:class:`~composefs_py.errors.ValidationError` and removes the temporary
-file, so nothing unverified ever appears in the store.  An object that
-already exists is not written again (its content is named by its digest), but
-content given with an expected digest is still hashed and checked.
+in the store (``.tmp-*``), its digest is checked against the expected one,
+it is made durable, and only then renamed into place.  A digest mismatch
+raises :class:`~composefs_py.errors.ValidationError` and removes the
+temporary file, so nothing unverified ever appears in the store.  An object
+that already exists is not written again (its content is named by its
+digest), but content given with an expected digest is still hashed and
+checked.
+
+:meth:`ObjectStore.batch` groups many objects (a layer import): they are
+staged as temporary files and published together when the block ends, or
+not at all if it raises, and one ``sync(2)`` replaces an fsync per object.
 """
 
 from __future__ import annotations
@@ -87,16 +92,16 @@ class ObjectStore:
     (composefs-rs) picks the digest that names an object.  ``fsverity``: also
     compute each object's fs-verity digest while writing it (always done for
     ``naming="fsverity"``), so layer imports can put it in the Tree.
-    ``durable=False`` skips every fsync (about 8x faster imports on a
-    journaling filesystem); a crash may then leave damaged objects behind,
-    which :meth:`verify` finds.  The root is created if missing.
+    ``durable=False`` skips every fsync and sync; a crash may then leave
+    damaged objects behind, which :meth:`verify` finds.  The root is created
+    if missing.
     """
 
     __slots__ = (
-        "_dirty_dirs",
         "_fsverity",
         "_naming",
         "_root",
+        "_staged",
         "_verity_digests",
         "durable",
     )
@@ -116,7 +121,7 @@ class ObjectStore:
         self._naming: Naming = naming
         self._fsverity = fsverity or naming == "fsverity"
         self._verity_digests: dict[bytes, bytes] = {}
-        self._dirty_dirs: set[Path] = set()
+        self._staged: dict[bytes, Path] | None = None
         self.durable = durable
 
     def __repr__(self) -> str:
@@ -162,22 +167,18 @@ class ObjectStore:
 
     # -- writing -------------------------------------------------------
 
-    def writer(
-        self, expected_sha256: str | bytes | None = None, *, sync_dir: bool = True
-    ) -> ObjectWriter:
+    def writer(self, expected_sha256: str | bytes | None = None) -> ObjectWriter:
         """Return an :class:`ObjectWriter`: ``write()`` the content, then ``commit()``.
 
         Use it as a context manager; leaving the block without ``commit()``
         (or with an exception) removes the temporary file.
         """
-        return ObjectWriter(self, _expected_hex(expected_sha256), sync_dir=sync_dir)
+        return ObjectWriter(self, _expected_hex(expected_sha256))
 
     def add(
         self,
         data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
         expected_sha256: str | bytes | None = None,
-        *,
-        sync_dir: bool = True,
     ) -> bytes:
         """Store ``data`` (bytes, a binary file object or an iterable of chunks).
 
@@ -185,7 +186,7 @@ class ObjectStore:
         (``"sha256:<hex>"``, ``"<hex>"`` or 32 raw bytes) a different content
         raises ValidationError (``field="digest"``) and leaves no trace.
         """
-        with self.writer(expected_sha256, sync_dir=sync_dir) as out:
+        with self.writer(expected_sha256) as out:
             if isinstance(data, bytes | bytearray | memoryview):
                 out.write(data)
             elif hasattr(data, "read"):
@@ -197,16 +198,54 @@ class ObjectStore:
                     out.write(chunk)
             return out.commit()
 
-    def sync(self) -> None:
-        """fsync the directories that gained objects with ``sync_dir=False``."""
-        dirty, self._dirty_dirs = self._dirty_dirs, set()
-        for directory in sorted(dirty):
-            _fsync_dir(directory)
-        if dirty:
-            _fsync_dir(self._root)
+    @property
+    def batching(self) -> bool:
+        """Whether a :meth:`batch` is open (objects are staged, not yet published)."""
+        return self._staged is not None
 
-    def _publish(self, tmp: Path, payload: bytes, sync_dir: bool) -> bool:
-        """Rename ``tmp`` to ``payload``'s place; return False if it already existed."""
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Stage the objects committed in the block; publish all of them, or none.
+
+        Inside the block each verified object waits in its temporary file.
+        Leaving the block normally makes them all durable with one
+        ``sync(2)`` (not an fsync per object), renames them into place and
+        syncs again; leaving it with an exception removes them, so a rejected
+        layer adds nothing to the store.  Nested blocks join the outer one.
+        """
+        if self._staged is not None:
+            yield
+            return
+        staged: dict[bytes, Path] = {}
+        self._staged = staged
+        try:
+            yield
+            self._staged = None
+            if staged and self.durable:
+                os.sync()
+            while staged:
+                payload, tmp = staged.popitem()
+                self._rename(tmp, payload)
+            if self.durable:
+                os.sync()
+        finally:
+            self._staged = None
+            for tmp in staged.values():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    def _publish(self, tmp: Path, payload: bytes) -> bool:
+        """Publish (or stage) ``tmp`` as ``payload``; return False if it already existed."""
+        staged = self._staged
+        if staged is not None:
+            if payload in staged or self.path_for(payload).is_file():
+                tmp.unlink()
+                return False
+            staged[payload] = tmp
+            return True
+        return self._rename(tmp, payload, sync_dirs=self.durable)
+
+    def _rename(self, tmp: Path, payload: bytes, *, sync_dirs: bool = False) -> bool:
         target = self.path_for(payload)
         if target.is_file():
             tmp.unlink()
@@ -216,12 +255,10 @@ class ObjectStore:
             target.parent.mkdir(exist_ok=True)
             created_dir = True
         os.rename(tmp, target)
-        if self.durable and sync_dir:
+        if sync_dirs:
             _fsync_dir(target.parent)
             if created_dir:
                 _fsync_dir(self._root)
-        elif self.durable:
-            self._dirty_dirs.add(target.parent)
         return True
 
     # -- checking ------------------------------------------------------
@@ -292,23 +329,20 @@ class ObjectWriter:
         "_sha256",
         "_size",
         "_store",
-        "_sync_dir",
         "_tmp",
         "_verity",
         "created",
     )
 
-    def __init__(
-        self, store: ObjectStore, expected_hex: str | None, *, sync_dir: bool
-    ) -> None:
+    def __init__(self, store: ObjectStore, expected_hex: str | None) -> None:
         self._store = store
         self._expected = expected_hex
-        self._sync_dir = sync_dir
         self._sha256 = hashlib.sha256()
         self._verity = FsverityHasher() if store.computes_fsverity else None
         self._size = 0
         self._done = False
-        #: After :meth:`commit`: whether this call put a new object in the store.
+        #: After :meth:`commit`: whether this call added a new object (in a
+        #: batch: staged it).
         self.created = False
         self._fd: int | None = None
         self._tmp: Path | None = None
@@ -383,7 +417,7 @@ class ObjectWriter:
         assert tmp is not None
         try:
             os.fchmod(fd, _OBJECT_MODE)
-            if store.durable:
+            if store.durable and not store.batching:
                 os.fsync(fd)
         except BaseException:
             self.abort()
@@ -393,7 +427,7 @@ class ObjectWriter:
         self._tmp = None
         self._done = True
         try:
-            self.created = store._publish(tmp, payload, self._sync_dir)
+            self.created = store._publish(tmp, payload)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

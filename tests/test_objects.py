@@ -182,3 +182,26 @@ def test_non_durable_store_still_publishes_only_verified_objects(tmp_path: Path)
     with pytest.raises(ValidationError):
         store.add(b"forged", hashlib.sha256(b"fast path!").hexdigest())
     assert all_files(tmp_path) == [store.path_for(payload)]
+
+
+def test_batch_publishes_all_at_the_end(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    with store.batch():
+        first = store.add(b"one")
+        second = store.add(b"two")
+        assert store.add(b"one") == first  # a repeat inside the batch is dropped
+        assert not store.has(first) and not store.has(second)
+        assert len(store.temporary_files()) == 2
+    assert store.has(first) and store.has(second)
+    assert store.verify(first) and store.verify(second)
+    assert store.temporary_files() == []
+
+
+def test_failed_batch_publishes_nothing(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    kept = store.add(b"there before")
+    with pytest.raises(ValidationError), store.batch():
+        store.add(b"verified but doomed")
+        store.add(b"there before")
+        store.add(b"bad", hashlib.sha256(b"good").hexdigest())
+    assert all_files(tmp_path) == [store.path_for(kept)]

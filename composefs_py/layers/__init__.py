@@ -99,9 +99,9 @@ class Layer(abc.ABC):
 
         Each content is checked against the digest the TOC claims before it
         is published; a mismatch raises ValidationError naming the file
-        (``field="digest"``) and that content leaves no trace in the store.
-        Objects already verified and published stay (they are correct by
-        construction).  The returned Tree's payloads are the store's names
+        (``field="digest"``).  The import is all or nothing
+        (:meth:`ObjectStore.batch`): a rejected layer adds no object to the
+        store and leaves no temporary file.  The returned Tree's payloads are the store's names
         (which differ from the TOC's with ``naming="fsverity"``) and carry
         fs-verity digests when the store computes them.  ``progress``: see
         :mod:`composefs_py._progress`.
@@ -530,10 +530,10 @@ def import_sources(
         )
     names: dict[bytes, bytes] = {}
     try:
-        for toc_payload, source in wanted.items():
-            names[toc_payload] = _import_one(fd, source, store, layer, progress)
+        with store.batch():
+            for toc_payload, source in wanted.items():
+                names[toc_payload] = _import_one(fd, source, store, layer, progress)
     finally:
-        store.sync()
         if progress is not None:
             progress.close()
     return with_store_names(tree, store, names, limits)
@@ -547,7 +547,7 @@ def _import_one(
     progress: Progress | None,
 ) -> bytes:
     try:
-        with store.writer("sha256:" + source.sha256, sync_dir=False) as out:
+        with store.writer("sha256:" + source.sha256) as out:
             for segment in source.segments:
                 decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
                 _skip(decoder, segment)

@@ -129,7 +129,7 @@ class TarLayer(Layer):
 
     def tree(self, *, limits: Limits | None = None, compat: str | None = None) -> Tree:
         """Read every header and hash every file (one pass over the tar)."""
-        return self._read(None, limits or self.limits, compat, None)
+        return self._read(None, limits or self.limits, compat, None)[0]
 
     def import_objects(
         self,
@@ -142,15 +142,18 @@ class TarLayer(Layer):
         """Store every file's content while reading the tar; return the Tree.
 
         A tar claims no digests, so nothing can mismatch: each object is
-        named by the digest of what was read.  Metadata is validated after
-        the pass, so objects of a tar rejected for its metadata stay in the
-        store (verified content, named by its digest).  Contents of members
-        that a later member of the same path replaces are stored too.
+        named by the digest of what was read.  All or nothing: a tar rejected
+        for its data or its metadata adds no object to the store.  Contents
+        of members that a later member of the same path replaces are stored
+        too.
         """
         label = f"importing {self.path.name}"
-        return self._read(
-            store, limits or self.limits, compat, resolve_progress(progress, label)
-        )
+        limits = limits or self.limits
+        with store.batch():
+            tree, names = self._read(
+                store, limits, compat, resolve_progress(progress, label)
+            )
+        return with_store_names(tree, store, names, limits)
 
     def _open(self, raw: BinaryIO) -> IO[bytes]:
         if self.compression == "gzip":
@@ -170,7 +173,8 @@ class TarLayer(Layer):
         limits: Limits,
         compat: str | None,
         progress: Progress | None,
-    ) -> Tree:
+    ) -> tuple[Tree, dict[bytes, bytes]]:
+        """Read the tar once; return its Tree and the store's names of its payloads."""
         from ..toc import parse_toc
 
         entries: list[dict[str, Any]] = []
@@ -213,19 +217,14 @@ class TarLayer(Layer):
                 path=member_name,
             ) from None
         finally:
-            if store is not None:
-                store.sync()
             if progress is not None:
                 progress.close()
         entries, members = _last_wins(entries, members)
         document = json.dumps({"version": 1, "entries": entries}).encode("ascii")
         try:
-            tree = parse_toc(document, limits=limits, compat=compat)
+            return parse_toc(document, limits=limits, compat=compat), names
         except ValidationError as exc:
             raise _to_member(exc, members) from None
-        if store is None:
-            return tree
-        return with_store_names(tree, store, names, limits)
 
 
 def _content(
@@ -243,7 +242,7 @@ def _content(
         while data := source.read(_READ_SIZE):
             hasher.update(data)
         return hasher.hexdigest(), None
-    with store.writer(sync_dir=False) as out:
+    with store.writer() as out:
         while data := source.read(_READ_SIZE):
             out.write(data)
             if progress is not None:
