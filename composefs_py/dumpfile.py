@@ -20,7 +20,13 @@ dumpfiles upstream's own test suite parses leniently (see
 
 :func:`dump` writes the text ``composefs-info dump`` prints for the image
 libcomposefs makes from the tree, byte for byte (directory sizes included),
-so ``dump(parse_dumpfile(x))`` is canonical and stable.
+but for what the image cannot tell: ``composefs-info`` lists an inode's
+inline xattrs before its shared ones (``dump`` sorts them by name), shows the
+``trusted.overlay.opaque=x``/``user.overlay.opaque=x`` marks format version 1
+puts on a directory holding a whiteout, and puts a hardlink group's inode at
+its first path (``dump`` keeps it where the tree has it: the choice changes
+the image bytes).  ``dump(parse_dumpfile(x))`` is canonical and stable, and
+``mkcomposefs --from-file`` writes the same image from it as from ``x``.
 
 Both sides describe the tree, not the image: a whiteout is a character
 device 0:0 and an xattr named ``trusted.overlay.*`` is just that xattr.
@@ -33,6 +39,7 @@ from __future__ import annotations
 import binascii
 import os
 import re
+import stat
 from collections.abc import Callable
 from typing import Final
 
@@ -257,7 +264,9 @@ def _mode(field: bytes, strict: bool) -> int:
     return mode
 
 
-_FILE_TYPES: Final = frozenset((S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, 0o010000, 0o140000))
+_FILE_TYPES: Final = frozenset(
+    (S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+)
 
 
 def _digest(field: bytes) -> bytes:
