@@ -99,6 +99,7 @@ _EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b
 _HEX = "0123456789abcdef"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}").fullmatch
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
+_XATTR_BARE_PREFIXES = frozenset(_XATTR_PREFIXES)
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
 _OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
 _WH = b".wh."
@@ -1004,7 +1005,7 @@ class _Walker:
             if (
                 len(key_bytes) > limits.max_xattr_name_bytes
                 or b"\0" in key_bytes
-                or key_bytes.endswith(b".")
+                or key in _XATTR_BARE_PREFIXES
             ):
                 raise self.fail(
                     index,

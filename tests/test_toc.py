@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
+from composefs_py.strategies import hostile_toc_cases, toc_cases
 from composefs_py.toc import parse_toc
 from composefs_py.writer import available_backends, write_image
 
@@ -820,6 +821,7 @@ def test_bad_xattrs_are_rejected(xattrs: object) -> None:
 def test_xattr_limits_are_exact() -> None:
     tree = parse_toc(toc(reg("a", xattrs={"user." + "x" * 250: ""})))
     assert len(inode(tree, b"/a").xattrs[0][0]) == 255
+    assert parse_toc(toc(reg("a", xattrs={"user..": "", "trusted.x.": ""})))
     space = Limits().max_xattr_space
     # header 12 + per entry 7 + name + value
     fill = space - 12 - 7 - len("user.big")
@@ -1338,5 +1340,30 @@ def test_random_bytes_give_only_validation_errors(data: bytes) -> None:
 def test_json_shaped_noise_gives_only_validation_errors(text: str) -> None:
     try:
         parse_toc(text)
+    except ValidationError:
+        pass
+
+
+# -- properties: the public strategies (strategies.py) --------------------------------------
+
+
+@given(case=toc_cases(max_entries=24))
+def test_valid_tocs_from_the_strategies_give_their_tree(case: tuple[bytes, Tree]) -> None:
+    data, expected = case
+    assert parse_toc(data) == expected
+
+
+@given(case=hostile_toc_cases(must_reject=True))
+def test_hostile_tocs_from_the_strategies_are_rejected(case: tuple[str, bytes]) -> None:
+    mutation, data = case
+    with pytest.raises(ValidationError):
+        parse_toc(data)
+
+
+@given(case=hostile_toc_cases())
+def test_any_hostile_toc_gives_a_tree_or_a_validation_error(case: tuple[str, bytes]) -> None:
+    _mutation, data = case
+    try:
+        parse_toc(data)
     except ValidationError:
         pass
