@@ -36,11 +36,13 @@ S_IFIFO = stat.S_IFIFO
 S_IFSOCK = stat.S_IFSOCK
 _FILE_TYPES = frozenset((S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK))
 _U32_MAX = (1 << 32) - 1
-_U64_MAX = (1 << 64) - 1
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _NSEC_PER_SEC = 1_000_000_000
 DIGEST_SIZE = 32
+#: xattr names EROFS stores as a prefix index and an empty suffix, which the
+#: kernel refuses and the image reader loses.
+_BARE_PREFIXES = frozenset((b"user.", b"trusted.", b"security.", b"lustre."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,25 +256,47 @@ class TreeBuilder:
             if not (isinstance(node, Inode) and node.mode & S_IFMT == S_IFDIR):
                 raise ValidationError("the root must be a directory", entry=entry, path=path)
         else:
-            self._check_path(path, entry)
-            self._check_node(node, entry, path)
-            parent = parent_of(path)
-            if parent not in nodes:
+            limits = self._limits
+            cut = path.rfind(b"/")
+            parent = path[:cut] if cut > 0 else ROOT
+            siblings = self._children.get(parent)
+            if siblings is not None and cut >= 0:
+                # Fast path: the parent is a known (hence clean) directory, so
+                # only the last component, the length and the depth are new.
+                name = path[cut + 1 :]
+                if (
+                    not name
+                    or name == b"."
+                    or name == b".."
+                    or len(name) > limits.max_name_bytes
+                    or b"\0" in name
+                    or len(path) > limits.max_path_bytes
+                    or path.count(b"/") > limits.max_depth
+                ):
+                    self._check_path(path, entry)
+            else:
+                self._check_path(path, entry)
+                if parent in nodes:
+                    raise ValidationError(
+                        "parent is not a directory", entry=entry, path=path, field="path"
+                    )
                 if not self._synthesize:
                     raise ValidationError(
                         "parent directory is missing", entry=entry, path=path, field="path"
                     )
                 self._synthesize_dir(parent, entry)
-            parent_node = nodes[parent]
-            if not (isinstance(parent_node, Inode) and parent_node.mode & S_IFMT == S_IFDIR):
-                raise ValidationError(
-                    "parent is not a directory", entry=entry, path=path, field="path"
-                )
-            self._children[parent].append(path)
+                siblings = self._children[parent]
+            if node.__class__ is Inode:
+                problem = _inode_problem(node, limits)
+                if problem is not None:
+                    raise ValidationError(problem[1], entry=entry, path=path, field=problem[0])
+            else:
+                self._check_node(node, entry, path)
+            siblings.append(path)
             self._total_path_bytes += len(path)
-            if self._total_path_bytes > self._limits.max_total_path_bytes:
+            if self._total_path_bytes > limits.max_total_path_bytes:
                 raise ValidationError(
-                    f"paths add up to more than {self._limits.max_total_path_bytes} bytes",
+                    f"paths add up to more than {limits.max_total_path_bytes} bytes",
                     entry=entry,
                     path=path,
                 )
@@ -490,8 +514,10 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
     elif node.size != 0:
         return "size", "only regular files have a size"
     if ftype in (S_IFCHR, S_IFBLK):
-        if not _is_int(node.rdev, 0, _U64_MAX):
-            return "rdev", f"must be an integer in 0..{_U64_MAX}, got {node.rdev!r}"
+        # EROFS keeps 32 bits of device number: a larger one would silently
+        # become another device (or 0:0, a whiteout).
+        if not _is_int(node.rdev, 0, _U32_MAX):
+            return "rdev", f"must be an integer in 0..{_U32_MAX}, got {node.rdev!r}"
     elif node.rdev != 0:
         return "rdev", "only character and block devices have a device number"
     payload = node.payload
@@ -524,6 +550,8 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             return "content", "only regular files have inline content"
         if content.__class__ is not bytes:
             return "content", "must be bytes"
+        if not content:
+            return "content", "empty inline content must be None (the image cannot tell them apart)"
         if len(content) > limits.max_inline_bytes:
             return "content", f"inline content is limited to {limits.max_inline_bytes} bytes"
         if len(content) != node.size:
@@ -552,6 +580,8 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
                     f"name must be 1..{limits.max_xattr_name_bytes} bytes without NUL, "
                     f"got {name[:64]!r}"
                 )
+            if name in _BARE_PREFIXES:
+                return "xattrs", f"name {name!r} is only a namespace prefix"
             if name <= previous:
                 return "xattrs", f"names must be unique and sorted, got {name!r} again"
             previous = name

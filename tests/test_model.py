@@ -559,10 +559,25 @@ def test_size_is_bounded_by_the_limit() -> None:
     rejects((b"/f", Inode(REG, size=11, payload=PAYLOAD)), limits=limits)
 
 
-def test_rdev_takes_a_u64() -> None:
-    build((b"/c", Inode(CHR, rdev=(1 << 64) - 1)))
-    rejects((b"/c", Inode(CHR, rdev=1 << 64)))
+def test_rdev_takes_the_32_bits_erofs_keeps() -> None:
+    build((b"/c", Inode(CHR, rdev=(1 << 32) - 1)))
+    rejects((b"/c", Inode(CHR, rdev=1 << 32)))
     rejects((b"/c", Inode(BLK, rdev=-1)))
+
+
+def test_empty_inline_content_is_rejected_in_favour_of_none() -> None:
+    build((b"/f", Inode(REG, size=0, content=None)))
+    assert rejects((b"/f", Inode(REG, size=0, content=b""))).field == "content"
+
+
+@pytest.mark.parametrize("name", [b"user.", b"trusted.", b"security."])
+def test_xattr_name_that_is_only_a_prefix_is_rejected(name: bytes) -> None:
+    assert rejects((b"/f", Inode(REG, xattrs=((name, b"v"),)))).field == "xattrs"
+
+
+def test_fast_and_slow_path_checks_agree_on_bad_last_components() -> None:
+    for bad in (b"/d/.", b"/d/..", b"/d/" + b"x" * 256, b"/d/a\0b", b"/d/"):
+        rejects((b"/d", Inode(DIR)), (bad, Inode(REG)))
 
 
 # ---------------------------------------------------------------------------
