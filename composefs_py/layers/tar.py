@@ -13,10 +13,19 @@ same rules (names, whiteouts, opaque directories, limits) and give the same
 Tree.
 
 Differences from a TOC: a path given twice means the last member wins (tar
-extraction semantics), where a TOC rejects a differing repeat.  Member types
-other than files, directories, links, devices and fifos are rejected; names
-that are not UTF-8 are rejected (a TOC cannot carry them either); mtimes must
-lie in years 0000..9999 (RFC 3339, as in a TOC).
+extraction semantics), where a TOC rejects a differing repeat (a file and its
+own ``.wh.`` whiteout in one tar are still rejected: they are different
+paths until the whiteout is converted).  Member types other than files,
+directories, links, devices and fifos are rejected; names that are not UTF-8
+are rejected (a TOC cannot carry them either); mtimes must lie in years
+0001..9999 (RFC 3339, as in a TOC).
+
+Bounds: a PAX or GNU long-name header over ``MAX_EXTENDED_HEADER_BYTES`` is
+rejected before it is read; a damaged header block (bad checksum) is
+rejected, where ``tarfile`` alone would silently end the archive there; the
+member count is bounded by ``limits.max_entries``, and the synthesized TOC by
+``limits.max_input_bytes``.  Not supported: hardlink members that carry data
+(``tarfile`` does not skip it; GNU tar and Go never write them).
 """
 
 from __future__ import annotations
