@@ -314,11 +314,12 @@ def test_import_stores_exactly_the_tree_payloads(tmp_path: Path, name: str) -> N
     assert {p: p.stat().st_ino for p in store_files(root)} == before
 
 
-def test_import_with_fsverity_sets_digests(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", [TAR, ZSTD_CHUNKED, ESTARGZ])
+def test_import_with_fsverity_sets_digests(tmp_path: Path, name: str) -> None:
     native = pytest.importorskip("composefs_py._native")
     store = ObjectStore(tmp_path / "objects", naming="fsverity")
-    tree = open_layer(shared(ZSTD_CHUNKED)).import_objects(store, progress=False)
-    plain = open_layer(shared(ZSTD_CHUNKED)).tree()
+    tree = open_layer(shared(name)).import_objects(store, progress=False)
+    plain = open_layer(shared(name)).tree()
     assert tree.paths == plain.paths
     for path, node in tree:
         if isinstance(node, Inode) and node.payload is not None:

@@ -205,3 +205,20 @@ def test_failed_batch_publishes_nothing(tmp_path: Path) -> None:
         store.add(b"there before")
         store.add(b"bad", hashlib.sha256(b"good").hexdigest())
     assert all_files(tmp_path) == [store.path_for(kept)]
+
+
+def test_enable_verity_gives_the_kernel_digest_we_compute(tmp_path: Path) -> None:
+    import errno
+
+    from composefs_py.errors import LibraryError
+
+    store = ObjectStore(tmp_path)
+    payload = store.add(os.urandom(100_000))
+    try:
+        measured = store.enable_verity(payload)
+    except LibraryError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP):
+            pytest.skip(f"{tmp_path} has no fs-verity support ({exc})")
+        raise
+    assert measured == store.fsverity_digest(payload)
+    assert store.enable_verity(payload) == measured  # enabling twice only measures
