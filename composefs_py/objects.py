@@ -209,8 +209,8 @@ class ObjectStore:
 
         Inside the block each verified object waits in its temporary file.
         Leaving the block normally makes them all durable with one
-        ``sync(2)`` (not an fsync per object), renames them into place and
-        syncs again; leaving it with an exception removes them, so a rejected
+        ``syncfs(2)`` or ``sync(2)`` (not an fsync per object), renames them
+        into place and syncs again; leaving it with an exception removes them, so a rejected
         layer adds nothing to the store.  Nested blocks join the outer one.
         """
         if self._staged is not None:
@@ -221,18 +221,38 @@ class ObjectStore:
         try:
             yield
             self._staged = None
-            if staged and self.durable:
-                os.sync()
+            durable = bool(staged) and self.durable
+            if durable:
+                self._sync_filesystem()  # the contents, before any rename
             while staged:
                 payload, tmp = staged.popitem()
                 self._rename(tmp, payload)
-            if self.durable:
-                os.sync()
+            if durable:
+                self._sync_filesystem()  # the renames
         finally:
             self._staged = None
             for tmp in staged.values():
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+
+    def _sync_filesystem(self) -> None:
+        """Flush the store's filesystem: ``syncfs(2)`` when the binding offers
+        it, else ``sync(2)`` (all filesystems; Python has no ``os.syncfs``)."""
+        syncfs = None
+        try:
+            from . import _native
+
+            syncfs = getattr(_native, "syncfs", None)
+        except ImportError:
+            pass
+        if syncfs is None:
+            os.sync()
+            return
+        fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
 
     def _publish(self, tmp: Path, payload: bytes) -> bool:
         """Publish (or stage) ``tmp`` as ``payload``; return False if it already existed."""
