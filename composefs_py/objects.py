@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -162,8 +163,24 @@ class ObjectStore:
                     yield payload
 
     def temporary_files(self) -> list[Path]:
-        """Leftover temporary files (from a process killed mid-write)."""
+        """Temporary files: objects being written, or left by a killed process."""
         return sorted(self._root.glob(_TMP_PREFIX + "*"))
+
+    def remove_stale_temporary_files(self, older_than: float = 24 * 3600) -> int:
+        """Remove temporary files not modified for ``older_than`` seconds.
+
+        A process killed mid-import leaves its temporary files (never an
+        object: those appear only complete and verified).  The age keeps
+        files of imports still running.  Returns how many were removed.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in self.temporary_files():
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     # -- writing -------------------------------------------------------
 

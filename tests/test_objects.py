@@ -222,3 +222,19 @@ def test_enable_verity_gives_the_kernel_digest_we_compute(tmp_path: Path) -> Non
         raise
     assert measured == store.fsverity_digest(payload)
     assert store.enable_verity(payload) == measured  # enabling twice only measures
+
+
+def test_stale_temporary_files_removed_fresh_ones_kept(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    payload = store.add(b"an object")
+    writer = store.writer()
+    writer.write(b"an import still running")
+    (stale,) = store.temporary_files()
+    os.utime(stale, (1, 1))  # as if a process died long ago
+    writer2 = store.writer()
+    writer2.write(b"another one still running")
+    assert store.remove_stale_temporary_files(older_than=3600) == 1
+    assert not stale.exists() and len(store.temporary_files()) == 1
+    writer2.abort()
+    writer.abort()
+    assert all_files(tmp_path) == [store.path_for(payload)]
