@@ -227,8 +227,9 @@ class ObjectStore:
         Inside the block each verified object waits in its temporary file.
         Leaving the block normally makes them all durable with one
         ``syncfs(2)`` or ``sync(2)`` (not an fsync per object), renames them
-        into place and syncs again; leaving it with an exception removes them, so a rejected
-        layer adds nothing to the store.  Nested blocks join the outer one.
+        into place and syncs again; leaving it with an exception removes
+        them, so a rejected layer adds nothing to the store.  Nested blocks
+        join the outer one.
         """
         if self._staged is not None:
             yield
@@ -260,7 +261,7 @@ class ObjectStore:
             from . import _native
 
             syncfs = getattr(_native, "syncfs", None)
-        except ImportError:
+        except Exception:  # no usable extension: the pure-Python fallback
             pass
         if syncfs is None:
             os.sync()
