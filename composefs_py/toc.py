@@ -508,6 +508,7 @@ class _Walker:
         )
         self.opaque: set[bytes] = set()
         self.opaque_done: set[bytes] = set()
+        self.bookkeeping: dict[bytes, tuple[int, tuple[object, ...]]] = {}
         self.times: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, int] = {}
         # a clean name this long or shorter needs no component or length check
@@ -750,7 +751,17 @@ class _Walker:
         node: Node
         if typ == "reg":
             if (size == 1 and path in _LANDMARKS) or path == _STARGZ_INDEX:
-                return  # eStargz bookkeeping, no part of the tree
+                # eStargz bookkeeping, no part of the tree; a repeat must agree
+                seen = (mode, uid, gid, mtime, mtime_nsec, size, payload, xattrs)
+                first = self.bookkeeping.setdefault(path, (index, seen))
+                if first[1] != seen:
+                    raise self.fail(
+                        index,
+                        name,
+                        "name",
+                        f"path repeats entry {first[0]} with different attributes",
+                    )
+                return
             node = Inode(
                 _S_IFREG | mode,
                 1,
