@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
@@ -1363,6 +1364,9 @@ def test_valid_tocs_from_the_strategies_give_their_tree(case: tuple[bytes, Tree]
 @given(case=hostile_toc_cases(must_reject=True))
 def test_hostile_tocs_from_the_strategies_are_rejected(case: tuple[str, bytes]) -> None:
     mutation, data = case
+    # JSON's -0 is the integer 0 (for Go's decoder too), though the strategy
+    # lists it among confused types: not a rejection this module owes.
+    assume(re.search(rb":\s*-0\s*[,}\]]", data) is None)
     try:
         parse_toc(data)
     except ValidationError:
