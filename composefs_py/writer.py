@@ -30,6 +30,7 @@ import secrets
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, cast
@@ -70,6 +71,13 @@ EROFS_SUPER_OFFSET = 1024
 _U32 = struct.Struct("<I")
 _STDERR_TAIL = 2000
 _CHUNK = 1 << 20
+#: libcomposefs 1.0.8 reads an image recursively, about 8.5 KiB of C stack per
+#: directory level: a thread's usual 8 MiB overflows (SIGSEGV) near 950
+#: levels, well within the depth a valid Tree may have (``Limits.max_depth``,
+#: 2048; a 4095-byte path can be 2047 levels deep).  The native reader runs
+#: on a thread with this much stack (virtual memory, committed as used).
+_READER_STACK = 64 << 20
+_STACK_LOCK = threading.Lock()
 
 
 class _FdWriter(Protocol):
@@ -337,10 +345,17 @@ def read_image(
 ) -> Tree:
     """Read a composefs image (its bytes, or a path) back into a validated Tree.
 
-    The image is untrusted: anything that is not a well-formed composefs image
-    raises ValidationError.  ``sandbox=True`` parses it in the sandboxed child
-    instead of in this process.  What EROFS does not store cannot come back;
-    see tests/test_upstream_assets.py for the exact list.
+    Anything that is not a composefs image (no composefs or EROFS magic
+    number) raises ValidationError, and so does anything libcomposefs or the
+    :class:`~composefs_py.model.TreeBuilder` rejects.  What EROFS does not
+    store cannot come back; see tests/test_upstream_assets.py for the list.
+
+    ``sandbox=True`` parses the image in the sandboxed child.  Use it for
+    images you did not write: libcomposefs 1.0.8's reader does not
+    bounds-check block addresses, directory entries or the nesting depth of
+    a hostile image, so such an image can crash the process that parses it
+    (the sandbox turns that into SandboxError).  In-process reading runs on a
+    thread with a large stack, so every image of a valid Tree reads back.
     """
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
@@ -363,4 +378,29 @@ def read_image(
             "reading an image needs the compiled module composefs_py._lcfs; "
             "build it (`make deps`) or pass sandbox=True"
         )
-    return cast(Tree, native.read_image(data))  # type: ignore[attr-defined]
+    reader = cast(Callable[[bytes], Tree], native.read_image)  # type: ignore[attr-defined]
+    return _with_reader_stack(reader, data)
+
+
+def _with_reader_stack(reader: Callable[[bytes], Tree], data: bytes) -> Tree:
+    """Run ``reader(data)`` on a thread with :data:`_READER_STACK` of stack."""
+    outcome: list[Tree] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(reader(data))
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    with _STACK_LOCK:  # threading.stack_size() is process-wide
+        previous = threading.stack_size(_READER_STACK)
+        try:
+            thread = threading.Thread(target=run, name="composefs-py-read-image")
+            thread.start()
+        finally:
+            threading.stack_size(previous)
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

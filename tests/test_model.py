@@ -736,7 +736,7 @@ def _valid_inodes() -> st.SearchStrategy[Inode]:
     }
     regular = st.one_of(
         st.builds(Inode, mode=st.just(REG), **common),
-        st.binary(max_size=8).flatmap(
+        st.binary(min_size=1, max_size=8).flatmap(
             lambda data: st.builds(
                 Inode,
                 mode=st.just(REG),

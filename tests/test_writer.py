@@ -25,6 +25,7 @@ from composefs_py.dumpfile import dump
 from composefs_py.errors import (
     BackendUnavailableError,
     LibraryError,
+    SandboxError,
     ValidationError,
 )
 from composefs_py.fsverity import fsverity_digest
@@ -527,3 +528,49 @@ def test_read_image_src_type_is_checked(src: object) -> None:
 def test_is_image_matches_written_images(reference: bytes) -> None:
     assert writer.is_image(reference)
     assert not writer.is_image(reference[:1027])
+
+
+def _chain(depth: int) -> Tree:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(stat.S_IFDIR | 0o755))
+    path = b""
+    for _ in range(depth):
+        path += b"/d"
+        builder.add(path, Inode(stat.S_IFDIR | 0o755))
+    builder.add(path + b"/f", Inode(stat.S_IFREG | 0o644))
+    return builder.build()
+
+
+def test_read_image_reads_back_the_deepest_valid_tree(tmp_path: Path, fsck_erofs: Path) -> None:
+    # 2046 levels plus a file fill a 4095-byte path; libcomposefs recurses per
+    # level and would overflow a default 8 MiB stack near 950.
+    tree = _chain(2046)
+    out = tmp_path / "deep.cfs"
+    write_image(tree, out, backend="native")
+    fsck(fsck_erofs, out)
+    assert dump(read_image(out)) == dump(tree)
+
+
+def _hostile_image(tmp_path: Path) -> bytes:
+    """A valid image whose root directory's data block points far outside it."""
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(stat.S_IFDIR | 0o755))
+    builder.add(b"/a", Inode(stat.S_IFREG | 0o644))
+    out = tmp_path / "base.cfs"
+    write_image(builder.build(), out, backend="native")
+    data = bytearray(out.read_bytes())
+    superblock = writer.EROFS_SUPER_OFFSET
+    meta_blkaddr = int.from_bytes(data[superblock + 40 : superblock + 44], "little")
+    root_nid = int.from_bytes(data[superblock + 14 : superblock + 16], "little")
+    inode = meta_blkaddr * 4096 + root_nid * 32
+    i_format = int.from_bytes(data[inode : inode + 2], "little")
+    data[inode : inode + 2] = (i_format & ~0b1110).to_bytes(2, "little")  # flat plain
+    data[inode + 16 : inode + 20] = (0x7FFFFF00).to_bytes(4, "little")  # raw_blkaddr
+    return bytes(data)
+
+
+def test_hostile_image_read_in_the_sandbox_is_an_exception(tmp_path: Path) -> None:
+    # In this process libcomposefs would read 8 TiB past the image (SIGSEGV):
+    # sandbox=True is how untrusted images are read.
+    with pytest.raises((SandboxError, ValidationError)):
+        read_image(_hostile_image(tmp_path), sandbox=True)
