@@ -170,10 +170,19 @@ def test_build_toc_sniffed_and_explicit_agree(run: Run, tmp_path: Path) -> None:
     assert sniffed.read_bytes() == named.read_bytes()
 
 
+LAYERS = [
+    "small.zstd-chunked.blob",
+    "small.estargz.blob",
+    "small.estargz-chunk256k.blob",
+    "small.tar",
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
 def test_build_layer_with_objects_imports_every_payload(
-    run: Run, tmp_path: Path, fsck_erofs: Path
+    layer: str, run: Run, tmp_path: Path, fsck_erofs: Path
 ) -> None:
-    blob = SHARED / "small.zstd-chunked.blob"
+    blob = SHARED / layer
     if not blob.is_file():
         pytest.skip(f"shared test layer {blob} not present")
     out, objects = tmp_path / "layer.cfs", tmp_path / "objects"
@@ -190,7 +199,23 @@ def test_build_layer_with_objects_imports_every_payload(
     assert payloads
     for payload in payloads:
         assert payload is not None
-        assert (objects / payload.decode()).is_file(), payload
+        stored = objects / payload.decode()
+        assert stored.is_file(), payload
+        # objects are named by the sha256 of their content
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == payload.decode().replace("/", "")
+
+
+def test_build_layer_progress_goes_to_stderr(run: Run, tmp_path: Path) -> None:
+    blob = SHARED / "small.tar"
+    if not blob.is_file():
+        pytest.skip(f"shared test layer {blob} not present")
+    (tmp_path / "objects").mkdir()
+    status, stdout, stderr = run(
+        "build", blob, "-o", tmp_path / "x.cfs", "--objects", tmp_path / "objects", "--progress"
+    )
+    assert status == 0
+    assert stdout == fsverity_digest((tmp_path / "x.cfs").read_bytes()).hex() + "\n"
+    assert stderr.strip(), "--progress shows progress on stderr"
 
 
 def test_build_objects_needs_a_layer(run: Run, tmp_path: Path) -> None:
