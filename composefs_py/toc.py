@@ -1116,6 +1116,7 @@ class _Walker:
             )
         self.offsets(index, name, get)
         chunk_size = self.chunk_fields(index, name, get, first=False)
+        self.chunk_extras(index, name, get)
         offset = get("chunkOffset", 0)
         file_size = chain[3]
         covered = chain[4]
@@ -1151,6 +1152,29 @@ class _Walker:
             )
         else:
             chain[4] = offset + chunk_size
+
+    def chunk_extras(self, index: int, name: str, get: Callable[..., Any]) -> None:
+        """The file fields a chunk may repeat: same types and ranges as anywhere."""
+        self.check_ints(
+            index, name, "chunk", get("mode", 0), get("uid", 0), get("gid", 0), get("size", 0)
+        )
+        for field in ("modtime", "accesstime", "changetime"):
+            text = get(field)
+            if text is not None:
+                self.time(index, name, field, text)
+        major = get("devMajor")
+        minor = get("devMinor")
+        if major is not None or minor is not None:
+            self.device(index, name, "chunk", major, minor)
+        value = get("xattrs")
+        if value is not None:
+            self.xattrs(index, name, value)
+        digest = get("digest")
+        if digest is not None and (digest.__class__ is not str or _DIGEST(digest) is None):
+            raise self.fail(index, name, "digest", _digest_problem(digest))
+        link = get("linkName")
+        if link is not None and link.__class__ is not str:
+            raise self.fail(index, name, "linkName", f"must be a string, got {_show(link)}")
 
     def close_chain(self) -> None:
         """The chunks of the last regular file ended: they must cover it."""

@@ -1040,13 +1040,22 @@ def test_chunks_are_checked_and_dropped() -> None:
         [directory("a", chunkSize=1)],
         [{"type": "fifo", "name": "a", "chunkDigest": DIGEST}],
         [data_file("a", size=30, chunkSize=10), chunk("a", 10, 10), chunk("a", 30, 1)],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, mode=True)],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, uid=-1)],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, modtime="x")],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, devMajor=1)],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, xattrs=[])],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, digest="x")],
+        [data_file("a", size=30, chunkSize=10), chunk("a", 10, 20, linkName=1)],
     ],
 )
 def test_bad_chunks_are_rejected(entries: list[dict[str, Any]]) -> None:
     error = rejected(toc(*entries))
-    assert error.field is not None and (
-        error.field.startswith("chunk") or error.field in ("name", "offset", "endOffset")
-    ), str(error)
+    assert error.field is not None, str(error)
+    assert error.field.startswith("chunk") or error.field in (
+        "name", "offset", "endOffset", "mode", "uid", "modtime", "devMajor", "xattrs",
+        "digest", "linkName",
+    ), str(error)  # fmt: skip
 
 
 # -- whiteouts ------------------------------------------------------------------------------
