@@ -260,7 +260,8 @@ class TreeBuilder:
             cut = path.rfind(b"/")
             parent = path[:cut] if cut > 0 else ROOT
             siblings = self._children.get(parent)
-            if siblings is not None and cut >= 0:
+            # cut == 1 would be "//name", which path[:1] turns into the root.
+            if siblings is not None and cut >= 0 and cut != 1:
                 # Fast path: the parent is a known (hence clean) directory, so
                 # only the last component, the length and the depth are new.
                 name = path[cut + 1 :]

@@ -576,7 +576,7 @@ def test_xattr_name_that_is_only_a_prefix_is_rejected(name: bytes) -> None:
 
 
 def test_fast_and_slow_path_checks_agree_on_bad_last_components() -> None:
-    for bad in (b"/d/.", b"/d/..", b"/d/" + b"x" * 256, b"/d/a\0b", b"/d/"):
+    for bad in (b"/d/.", b"/d/..", b"/d/" + b"x" * 256, b"/d/a\0b", b"/d/", b"//d", b"//x"):
         rejects((b"/d", Inode(DIR)), (bad, Inode(REG)))
 
 
