@@ -124,6 +124,11 @@ class Tree:
 
     _order: tuple[bytes, ...]
     _nodes: Mapping[bytes, Node]
+    _key: object = None
+
+    def __post_init__(self) -> None:
+        if self._key is not _BUILDER_KEY:
+            raise TypeError("a Tree is made by TreeBuilder.build(), which checks it")
 
     def __iter__(self) -> Iterator[tuple[bytes, Node]]:
         nodes = self._nodes
@@ -174,6 +179,8 @@ class Tree:
         assert isinstance(node, Inode)  # hardlinks resolve to inodes
         return node
 
+
+_BUILDER_KEY = object()
 
 DuplicatePolicy = Literal["reject", "identical", "replace"]
 
@@ -439,7 +446,7 @@ class TreeBuilder:
                 below.sort(key=name_of, reverse=True)
                 stack.extend(below)
                 below.reverse()  # leave ascending for later readers
-        return Tree(tuple(order), MappingProxyType(dict(nodes)))
+        return Tree(tuple(order), MappingProxyType(dict(nodes)), _BUILDER_KEY)
 
     def _resolve_hardlinks(self) -> None:
         nodes = self._nodes

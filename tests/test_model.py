@@ -850,3 +850,10 @@ def test_any_build_sequence_is_rejected_or_gives_a_writable_valid_tree(
     for tree in _attempt([(ROOT, Inode(DIR)), *ops], options):
         assert_tree_invariants(tree)
         write_checked(tree, fsck_erofs)
+
+
+def test_a_tree_cannot_be_made_without_the_builder() -> None:
+    from types import MappingProxyType
+
+    with pytest.raises(TypeError):
+        Tree((b"/",), MappingProxyType({b"/": Inode(DIR)}))
