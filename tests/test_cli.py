@@ -32,7 +32,7 @@ from composefs_py.writer import read_image
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
-SHARED = REPO.parent / "shared" / "testdata"
+SHARED = REPO / "tests" / "data" / "layers"
 SAMPLE = DATA / "sample.dump"
 TOC = DATA / "small.zstd-chunked.toc.json"
 #: What containers/storage 1.64 + mkcomposefs 1.0.8 make of TOC (issue 3).

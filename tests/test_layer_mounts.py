@@ -50,7 +50,7 @@ FORMAT_DIFFERENCES: tuple[str, ...] = (
     "layer is mounted alone); stacked, it hides everything the lower layers have there.",
 )
 
-TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parent / "data" / "layers"
 LAYERS = {
     "zstd:chunked": "small.zstd-chunked.blob",
     "estargz": "small.estargz.blob",

@@ -33,7 +33,7 @@ from composefs_py.limits import Limits
 from composefs_py.model import Hardlink, Inode, Tree
 from composefs_py.objects import ObjectStore
 
-TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parent / "data" / "layers"
 TAR = "small.tar"
 ZSTD_CHUNKED = "small.zstd-chunked.blob"
 ESTARGZ = "small.estargz.blob"
