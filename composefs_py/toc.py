@@ -508,7 +508,7 @@ class _Walker:
         )
         self.opaque: set[bytes] = set()
         self.opaque_done: set[bytes] = set()
-        self.bookkeeping: dict[bytes, tuple[int, tuple[object, ...]]] = {}
+        self.bookkeeping: dict[bytes, tuple[int, object]] = {}
         self.times: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, int] = {}
         # a clean name this long or shorter needs no component or length check
@@ -752,15 +752,9 @@ class _Walker:
         if typ == "reg":
             if (size == 1 and path in _LANDMARKS) or path == _STARGZ_INDEX:
                 # eStargz bookkeeping, no part of the tree; a repeat must agree
-                seen = (mode, uid, gid, mtime, mtime_nsec, size, payload, xattrs)
-                first = self.bookkeeping.setdefault(path, (index, seen))
-                if first[1] != seen:
-                    raise self.fail(
-                        index,
-                        name,
-                        "name",
-                        f"path repeats entry {first[0]} with different attributes",
-                    )
+                self.same_as_before(
+                    index, name, path, (mode, uid, gid, mtime, mtime_nsec, size, payload, xattrs)
+                )
                 return
             node = Inode(
                 _S_IFREG | mode,
@@ -828,6 +822,14 @@ class _Walker:
             self.builder.add(path, node, entry=index)
         except ValidationError as error:
             raise _located(error, index, name) from None
+
+    def same_as_before(self, index: int, name: str, path: bytes, seen: object) -> None:
+        """An entry that makes no node at its own path: a repeat of it must agree."""
+        first = self.bookkeeping.setdefault(path, (index, seen))
+        if first[1] != seen:
+            raise self.fail(
+                index, name, "name", f"path repeats entry {first[0]} with different attributes"
+            )
 
     def add(self, index: int, name: str, path: bytes, node: Node) -> None:
         try:
@@ -966,6 +968,9 @@ class _Walker:
         """Turn the ``.wh.*`` entry at ``path`` into what overlayfs understands."""
         base = path[cut + 1 :]
         parent = path[:cut] or ROOT
+        if base.startswith(_WH):
+            # the entry leaves no node of its own name: a repeat must agree
+            self.same_as_before(index, name, path, (typ, node))
         if base.startswith(_WH_META) and base != _WH_OPAQUE:
             return  # aufs metadata, which containers/storage skips too
         for part in parent.split(b"/"):

@@ -1122,6 +1122,12 @@ def test_bad_whiteouts_are_rejected(entries: list[dict[str, Any]], field: str) -
     rejected(toc(*entries), field=field)
 
 
+def test_repeated_whiteouts_and_markers_must_agree() -> None:
+    for entry in (reg("d/.wh.x", mode=0o600), reg("d/.wh..wh..opq"), reg(".wh..wh.plnk")):
+        assert parse_toc(toc(entry, entry))
+        rejected(toc(entry, dict(entry, mode=0o640)), field="name", entry=1)
+
+
 def test_compat_mode_keeps_whiteouts_as_plain_files() -> None:
     data = toc(directory("d"), reg("d/.wh.x", uid=2), reg("d/.wh..wh..opq"), directory(".wh.y"))
     tree = parse_toc(data, compat="containers-storage")
