@@ -149,13 +149,14 @@ def names(draw: Draw, *, utf8_only: bool = False, limits: Limits | None = None) 
     return name
 
 
+_BARE_PREFIXES = frozenset((b"user.", b"trusted.", b"security.", b"lustre."))
 _TOC_XATTR_PREFIX = st.sampled_from([*TOC_XATTR_PREFIXES, *TOC_XATTR_EXACT])
 _ANY_XATTR_PREFIX = st.sampled_from(
     [*TOC_XATTR_PREFIXES, b"trusted.overlay.", b"system.", b"os2.", b""]
 )
-_TOC_XATTR_REST = st.lists(st.sampled_from(list(b"abcdefgxyz0123456789._-")), min_size=1, max_size=12).map(
-    bytes
-)
+_TOC_XATTR_REST = st.lists(
+    st.sampled_from(list(b"abcdefgxyz0123456789._-")), min_size=1, max_size=12
+).map(bytes)
 _ANY_XATTR_REST = st.lists(st.sampled_from(list(b"abcdefgxyz0123456789._-=\\ ")), max_size=12).map(
     bytes
 )
@@ -177,7 +178,31 @@ def _xattr_name(draw: Draw, toc: bool, limits: Limits) -> bytes:
     if draw(_KIND31) == 0:
         rest = b"x" * (limits.max_xattr_name_bytes - len(prefix))
     name = prefix + rest
+    if name in _BARE_PREFIXES:
+        name += b"x"  # a bare namespace prefix is no name (the image loses it)
     return name[: limits.max_xattr_name_bytes] or b"x"
+
+
+def _acl(perms: tuple[int, int, int], users: tuple[tuple[int, int], ...]) -> bytes:
+    """A ``system.posix_acl_*`` value (``posix_acl_xattr_header`` version 2)."""
+    entry = struct.Struct("<HHI")
+    out = [struct.pack("<I", 2), entry.pack(0x01, perms[0], 0xFFFFFFFF)]
+    out += [entry.pack(0x02, perm, uid) for uid, perm in sorted(users)]
+    out.append(entry.pack(0x04, perms[1], 0xFFFFFFFF))
+    if users:
+        out.append(entry.pack(0x10, 7, 0xFFFFFFFF))  # ACL_MASK
+    out.append(entry.pack(0x20, perms[2], 0xFFFFFFFF))
+    return b"".join(out)
+
+
+_PERM = st.integers(0, 7)
+_POSIX_ACLS = st.builds(
+    _acl,
+    st.tuples(_PERM, _PERM, _PERM),
+    st.lists(
+        st.tuples(st.integers(0, U32_MAX - 1), _PERM), max_size=3, unique_by=lambda u: u[0]
+    ).map(tuple),
+)
 
 
 def _xattrs(draw: Draw, toc: bool, limits: Limits) -> tuple[tuple[bytes, bytes], ...]:
@@ -185,6 +210,10 @@ def _xattrs(draw: Draw, toc: bool, limits: Limits) -> tuple[tuple[bytes, bytes],
     chosen: dict[bytes, bytes] = {}
     for _ in range(count):
         name = _xattr_name(draw, toc, limits)
+        if name in TOC_XATTR_EXACT:
+            # The kernel parses POSIX ACLs: give it a well-formed one.
+            chosen[name] = draw(_POSIX_ACLS)
+            continue
         if draw(_KIND10) == 0:
             # Close to the per-inode space: the largest value that still fits alone.
             size = limits.max_xattr_space - 12 - 7 - len(name) - draw(_edge_ints(0, 3))
@@ -233,7 +262,7 @@ def inodes(
     file_type: int | None = None,
     *,
     toc_compatible: bool = False,
-    max_rdev: int = U64_MAX,
+    max_rdev: int = U32_MAX,
     limits: Limits | None = None,
 ) -> Inode:
     """A valid :class:`Inode` (``nlink`` 1; the tree builder fixes directories').
@@ -331,7 +360,7 @@ def trees(
     toc_compatible: bool = False,
     hardlinks: bool = True,
     max_depth: int = 6,
-    max_rdev: int = U64_MAX,
+    max_rdev: int = U32_MAX,
     limits: Limits | None = None,
 ) -> Tree:
     """A valid :class:`Tree` of up to ``max_entries`` entries below the root.
@@ -777,8 +806,7 @@ def dumpfile_cases(
     draw: Draw, *, max_entries: int = 20, limits: Limits | None = None
 ) -> tuple[str, Tree]:
     """``(dumpfile_text, tree)``: a valid dumpfile and the Tree it describes."""
-    # EROFS keeps 32-bit device numbers; the strict parser refuses larger ones.
-    tree = draw(trees(max_entries=max_entries, max_rdev=U32_MAX, limits=limits))
+    tree = draw(trees(max_entries=max_entries, limits=limits))
     # Per-byte spelling choices come from a seeded PRNG: one draw, not thousands.
     rnd = random.Random(draw(_SEEDS))
     return render_dumpfile(tree, rnd), tree
@@ -1639,6 +1667,10 @@ def hostile_tree_entries(draw: Draw) -> tuple[bytes, Node]:
         Inode(mode=stat.S_IFDIR | 0o755, size=10),
         Inode(mode=stat.S_IFDIR | 0o755, payload=b"ab/cd"),
         Inode(mode=stat.S_IFCHR | 0o600, rdev=U64_MAX + 1),
+        Inode(mode=stat.S_IFBLK | 0o600, rdev=U32_MAX + 1),
+        replace(reg, content=b""),
+        replace(reg, xattrs=((b"user.", b"v"),)),
+        replace(reg, xattrs=((b"trusted.", b""),)),
         replace(reg, xattrs=((b"user.b", b""), (b"user.a", b""))),
         replace(reg, xattrs=((b"user.a", b""), (b"user.a", b""))),
         replace(reg, xattrs=((b"", b"v"),)),

@@ -1,0 +1,46 @@
+"""libFuzzer entry point for one target: ``python -m fuzz.harness TARGET [libFuzzer args]``.
+
+``python -m fuzz run`` starts this module with the environment the sanitized
+build needs (``LD_PRELOAD`` of atheris' ``asan_with_fuzzer.so``,
+``CFSPY_ASAN_PYLIB`` naming the folder of the ASan+UBSan build of
+``composefs_py._lcfs``); run it by hand only to pass libFuzzer options the
+runner does not know.  composefs_py and the targets are imported under
+atheris' instrumentation, so libFuzzer sees Python branch coverage as well as
+the C coverage of the sanitized libcomposefs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        sys.exit("usage: python -m fuzz.harness TARGET [libFuzzer options] [corpus dirs]")
+    target = argv[1]
+    import atheris  # type: ignore[import-untyped]  # no stubs exist
+
+    import composefs_py
+
+    pylib = os.environ.get("CFSPY_ASAN_PYLIB")
+    if pylib:
+        # The sanitized _lcfs shadows the regular one; nothing else is there.
+        composefs_py.__path__ = [pylib, *composefs_py.__path__]
+    with atheris.instrument_imports(include=["composefs_py", "fuzz"]):
+        from composefs_py import _native
+        from fuzz import targets
+    if pylib and not _native.__spec__:
+        raise RuntimeError("composefs_py._native did not load")
+    if target not in targets.TARGETS:
+        sys.exit(f"unknown target {target!r}; choose one of {', '.join(targets.TARGETS)}")
+    run = targets.TARGETS[target].run
+    # libFuzzer re-executes argv[0] (fork mode, crash minimization): the runner
+    # passes a wrapper script that reaches this target.
+    argv0 = os.environ.get("CFSPY_FUZZ_ARGV0", argv[0])
+    atheris.Setup([argv0, *argv[2:]], run)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

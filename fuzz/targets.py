@@ -1,0 +1,187 @@
+"""The fuzz targets: one function per attack surface, ``bytes -> None``.
+
+Each target feeds untrusted bytes to a validator (or the native writer or
+reader) and checks the contract; a *finding* is any exception other than
+:class:`~composefs_py.errors.ValidationError`, a failed check (an
+:class:`AssertionError`), or, under the sanitized build, a memory or
+undefined-behaviour error in libcomposefs.
+
+``toc``
+    ``parse_toc``; an accepted TOC must give the same Tree again from
+    ``parse_toc`` (determinism) and a Tree the dumpfile parser accepts back.
+``dumpfile``
+    ``parse_dumpfile``; an accepted text is canonicalized:
+    ``parse_dumpfile(dump(tree)) == tree``.
+``layer``
+    the bytes as a layer blob: ``open_layer`` (format sniffing, footer),
+    ``toc_bytes``, ``tree`` and ``import_objects`` into a throw-away store
+    (decompression of every file, digest checks).
+``writer``
+    the bytes as a dumpfile; an accepted Tree is written by the native
+    backend (libcomposefs in-process) and read back; the read Tree must write
+    an image that reads back as the same Tree (what an image cannot keep is
+    lost once, not again), and writing is deterministic.
+``reader``
+    the bytes as a composefs image: ``read_image`` (libcomposefs's image
+    loader, then the TreeBuilder); an accepted image's Tree must write.
+
+Run them with ``python -m fuzz run --target NAME`` (atheris, libFuzzer) or
+replay a file with ``python -m fuzz replay FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from composefs_py.dumpfile import dump, parse_dumpfile
+from composefs_py.errors import ValidationError
+from composefs_py.limits import Limits
+from composefs_py.model import Tree
+from composefs_py.toc import parse_toc
+
+__all__ = ["TARGETS", "Target", "replay"]
+
+#: Bounds for fuzzing: small enough that no input runs for long, large enough
+#: for the real TOCs.  The validators' own defaults are tested by the
+#: Hypothesis properties.
+FUZZ_LIMITS = Limits(max_input_bytes=1 << 20, max_entries=20_000)
+
+
+def _memfd(data: bytes, name: str) -> tuple[int, str]:
+    fd = os.memfd_create(name, 0)
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return fd, f"/proc/self/fd/{fd}"
+
+
+def _write_native(tree: Tree, max_version: int) -> bytes:
+    from composefs_py import _native
+
+    fd = os.memfd_create("cfspy-image", 0)
+    try:
+        _native.write_tree(tree, fd, min_version=0, max_version=max_version)
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def fuzz_toc(data: bytes) -> None:
+    try:
+        tree = parse_toc(data, limits=FUZZ_LIMITS)
+    except ValidationError:
+        return
+    assert parse_toc(data, limits=FUZZ_LIMITS) == tree, "parse_toc is not deterministic"
+    text = dump(tree)
+    back = parse_dumpfile(text, limits=FUZZ_LIMITS)
+    assert back == tree, "dump(parse_toc(x)) does not parse back"
+
+
+def fuzz_dumpfile(data: bytes) -> None:
+    try:
+        tree = parse_dumpfile(data, limits=FUZZ_LIMITS)
+    except ValidationError:
+        return
+    again = parse_dumpfile(dump(tree), limits=FUZZ_LIMITS)
+    assert again == tree, "parse_dumpfile(dump(tree)) != tree"
+
+
+_store_root: Path | None = None
+
+
+def _scratch() -> Path:
+    global _store_root
+    if _store_root is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        _store_root = Path(tempfile.mkdtemp(prefix="cfspy-fuzz-", dir=base))
+    return _store_root
+
+
+def fuzz_layer(data: bytes) -> None:
+    from composefs_py.layers import open_layer
+    from composefs_py.objects import ObjectStore
+
+    fd, path = _memfd(data, "cfspy-layer")
+    store_dir = _scratch() / "store"
+    try:
+        try:
+            layer = open_layer(path, limits=FUZZ_LIMITS)
+            layer.toc_bytes()
+            tree = layer.tree()
+            store = ObjectStore(store_dir, durable=False)
+            imported = layer.import_objects(store)
+        except ValidationError:
+            return
+        assert len(imported) == len(tree), "import_objects changed the tree"
+    finally:
+        os.close(fd)
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def fuzz_writer(data: bytes) -> None:
+    try:
+        tree = parse_dumpfile(data, limits=FUZZ_LIMITS)
+    except ValidationError:
+        return
+    from composefs_py import _native
+
+    version = len(data) % 2
+    image = _write_native(tree, version)
+    back = _native.read_image(image)
+    # What an image cannot keep is lost in the first round trip (see
+    # EROFS_CANNOT_KEEP in tests/test_upstream_assets.py); from then on a
+    # read Tree writes the same image again and reads back unchanged.
+    for path in tree.paths:
+        # A payload is kept, except by an empty file (EROFS_CANNOT_KEEP).
+        inode = tree.inode(path)
+        if inode.payload is not None and inode.size > 0:
+            got = back.inode(path).payload
+            assert got == inode.payload, f"payload {inode.payload!r} read back as {got!r}"
+    rewritten = _write_native(back, version)
+    assert _native.read_image(rewritten) == back, "read(write(read(image))) != read(image)"
+    assert _write_native(back, version) == rewritten, "the native writer is not deterministic"
+
+
+def fuzz_reader(data: bytes) -> None:
+    from composefs_py import _native
+
+    try:
+        tree = _native.read_image(data)
+    except ValidationError:
+        return
+    _write_native(tree, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A fuzz target: its name, what it exercises, and the function."""
+
+    name: str
+    summary: str
+    run: Callable[[bytes], None]
+    #: Uses libcomposefs (so the sanitized build matters).
+    native: bool
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("toc", "parse_toc on TOC JSON", fuzz_toc, False),
+        Target("dumpfile", "parse_dumpfile and dump on dumpfile text", fuzz_dumpfile, False),
+        Target("layer", "open_layer/tree/import_objects on layer blobs", fuzz_layer, False),
+        Target("writer", "dumpfile -> native writer -> reader -> writer", fuzz_writer, True),
+        Target("reader", "read_image (libcomposefs loader) on image bytes", fuzz_reader, True),
+    )
+}
+
+
+def replay(target: str, data: bytes) -> None:
+    """Run ``data`` through ``target`` once (raises what the target raises)."""
+    TARGETS[target].run(data)

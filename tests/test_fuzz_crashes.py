@@ -1,0 +1,140 @@
+"""Replay every input in fuzz/crashes/ through its fuzz target (fuzz/targets.py).
+
+Each file lives in ``fuzz/crashes/<target>/``.  In this process (the regular
+libcomposefs build) every file must run clean: no exception but
+ValidationError, no failed check, unless :data:`KNOWN` lists it as a bug
+reported and not yet fixed, in which case it must still fail exactly as
+recorded (when it stops failing, the entry goes: the test says so).
+
+With the ASan+UBSan build (``make fuzz-deps``) and atheris installed, each
+file also runs through the libFuzzer harness in a child process:
+:data:`KNOWN_SANITIZER` lists the libcomposefs bugs the sanitizers still
+report (with the report's summary line); every other file must run clean.
+See fuzz/crashes/README.md for what each file is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the fuzz package lives at the top of the checkout
+    sys.path.insert(0, str(REPO))
+
+from fuzz.targets import TARGETS, replay  # noqa: E402
+
+CRASHES = REPO / "fuzz" / "crashes"
+
+#: Findings in code outside fuzz/ that are reported and not fixed yet:
+#: file (relative to fuzz/crashes) -> (exception type, text its message holds).
+KNOWN: dict[str, tuple[type[BaseException], str]] = {
+    # libcomposefs 1.0.8 lcfs_build_node_erofs_xattr() strips the redirect's
+    # leading "/" with `value_size++` instead of `value_size--`, reading two
+    # bytes past the xattr value: a payload whose "/"+payload length is a
+    # multiple of 4 reads back with the following image bytes appended.
+    "writer/payload-read-overrun.dump": (AssertionError, "read back as b'abc\\xff\\xff'"),
+}
+
+#: Files the sanitized libcomposefs still reports: file -> texts of the report.
+KNOWN_SANITIZER: dict[str, tuple[str, ...]] = {
+    # lcfs-writer-erofs.c erofs_readdir_block() reads dirents[0].nameoff of a
+    # directory block before checking the block lies inside the image.
+    "reader/asan-erofs-readdir-block-overflow.cfs": (
+        "AddressSanitizer: heap-buffer-overflow",
+        "in erofs_readdir_block",
+    ),
+}
+
+
+def crash_files() -> list[Path]:
+    if not CRASHES.is_dir():
+        return []
+    return sorted(
+        p
+        for p in CRASHES.glob("*/*")
+        if p.is_file() and p.parent.name in TARGETS and not p.name.startswith(".")
+    )
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(CRASHES))
+
+
+def test_every_crash_file_belongs_to_a_target() -> None:
+    for path in CRASHES.rglob("*"):
+        if path.is_file() and path.parent != CRASHES:
+            assert path.parent.name in TARGETS, f"{_id(path)}: no target {path.parent.name!r}"
+    for name in [*KNOWN, *KNOWN_SANITIZER]:
+        assert (CRASHES / name).is_file(), f"{name} is listed but missing"
+
+
+@pytest.mark.parametrize("path", crash_files(), ids=_id)
+def test_crash_replays_clean_or_as_reported(path: Path) -> None:
+    known = KNOWN.get(_id(path))
+    data = path.read_bytes()
+    if known is None:
+        replay(path.parent.name, data)
+        return
+    kind, text = known
+    try:
+        replay(path.parent.name, data)
+    except kind as err:
+        assert text in str(err), f"{_id(path)} fails differently now: {err}"
+    else:
+        pytest.fail(f"{_id(path)} no longer fails: the bug is fixed, drop it from KNOWN")
+
+
+def _sanitized_env() -> dict[str, str] | None:
+    pylib = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
+    if not any(pylib.glob("_lcfs*.so")):
+        return None
+    proc = subprocess.run(
+        [sys.executable, "-c", "import atheris; print(atheris.path())"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return None
+    env = dict(os.environ)
+    env.update(
+        LD_PRELOAD=str(Path(proc.stdout.strip()) / "asan_with_fuzzer.so"),
+        CFSPY_ASAN_PYLIB=str(pylib),
+        PYTHONPATH=str(REPO),
+        ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1",
+        UBSAN_OPTIONS=f"halt_on_error=1:suppressions={REPO / 'fuzz' / 'ubsan.supp'}",
+    )
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path", [p for p in crash_files() if TARGETS[p.parent.name].native], ids=_id
+)
+def test_crash_replays_under_asan_and_ubsan(path: Path) -> None:
+    env = _sanitized_env()
+    if env is None:
+        pytest.skip("no sanitized build or no atheris: run `make fuzz-deps`")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fuzz.harness", path.parent.name, str(path)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    report = proc.stdout + proc.stderr
+    expected = KNOWN_SANITIZER.get(_id(path))
+    python_finding = "Uncaught Python exception" in report and _id(path) in KNOWN
+    if expected is None:
+        assert proc.returncode == 0 or python_finding, report[-3000:]
+    elif proc.returncode == 0:
+        pytest.fail(f"{_id(path)} runs clean under ASan now: drop it from KNOWN_SANITIZER")
+    else:
+        assert all(text in report for text in expected), report[-3000:]
