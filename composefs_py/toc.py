@@ -127,6 +127,8 @@ _RFC3339 = re.compile(
     r"(?:[Zz]|([+-])(\d\d):(\d\d))",
     re.ASCII,
 )
+#: ``HH:MM:SS`` as RFC 3339 allows it (no leap second, as _parse_time).
+_CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d):([0-5]\d)", re.ASCII).fullmatch
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -202,30 +204,45 @@ def _parse_time(text: object) -> tuple[int, int] | None:
     return seconds, nsec
 
 
-def _quick_time(text: object, seconds: dict[str, int]) -> tuple[int, int] | None:
-    """Go's RFC 3339 (``Z``, whole or nanosecond) for a second parsed before; else None.
+def _quick_time(
+    text: object, dates: dict[str, int], clocks: dict[str, int]
+) -> tuple[int, int] | None:
+    """Go's RFC 3339 (``Z``, whole or nanosecond) built from parts parsed before; else None.
 
-    ``seconds`` maps ``YYYY-MM-DDTHH:MM:SS`` texts already validated to their
-    epoch seconds; anything else is left to the full parser.
+    ``dates`` maps ``YYYY-MM-DD`` texts already validated to the epoch
+    seconds of their midnight, ``clocks`` maps ``HH:MM:SS`` texts already
+    validated to seconds into the day; anything else is left to the full
+    parser (which fills both).
     """
     if text.__class__ is not str:
         return None
     size = len(text)
     if size == 30:
-        if text[19] != "." or text[29] != "Z":
+        if text[19] != "." or text[29] != "Z" or text[10] != "T":
             return None
         fraction = text[20:29]
         if not (fraction.isdigit() and fraction.isascii()):
             return None
         nsec = int(fraction)
     elif size == 20:
-        if text[19] != "Z":
+        if text[19] != "Z" or text[10] != "T":
             return None
         nsec = 0
     else:
         return None
-    second = seconds.get(text[:19])
-    return None if second is None else (second, nsec)
+    date = dates.get(text[:10])
+    if date is None:
+        return None
+    hms = text[11:19]
+    clock = clocks.get(hms)
+    if clock is None:
+        match = _CLOCK(hms)
+        if match is None:
+            return None
+        hour, minute, second = match.groups()
+        clock = int(hour) * 3600 + int(minute) * 60 + int(second)
+        clocks[hms] = clock  # at most 86400 of them
+    return date + clock, nsec
 
 
 def _is_digest(value: object) -> bool:
@@ -511,6 +528,8 @@ class _Walker:
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
         self.times: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, int] = {}
+        self.dates: dict[str, int] = {}
+        self.clocks: dict[str, int] = {}
         # a clean name this long or shorter needs no component or length check
         self.max_name = min(limits.max_name_bytes, limits.max_path_bytes - 1)
         self.max_size = limits.max_file_size
@@ -654,24 +673,36 @@ class _Walker:
 
         # times: modtime is kept, accesstime and changetime only checked
         times = self.times
+        dates = self.dates
+        clocks = self.clocks
         mtime = 0
         mtime_nsec = 0
-        text = get("modtime")
-        if text is not None:
-            parsed = times.get(text) if text.__class__ is str else None
-            if parsed is not None or (parsed := _quick_time(text, self.seconds)) is not None:
+        modtime = get("modtime")
+        if modtime is not None:
+            parsed = times.get(modtime) if modtime.__class__ is str else None
+            if parsed is not None or (parsed := _quick_time(modtime, dates, clocks)) is not None:
                 mtime, mtime_nsec = parsed
             else:
-                mtime, mtime_nsec = self.time(index, name, "modtime", text)
-        seconds = self.seconds
+                mtime, mtime_nsec = self.time(index, name, "modtime", modtime)
+        # accesstime and changetime usually repeat modtime (checked just above)
         text = get("accesstime")
-        if text is not None and (
-            text.__class__ is not str or (text not in times and _quick_time(text, seconds) is None)
+        if (
+            text is not None
+            and text != modtime
+            and (
+                text.__class__ is not str
+                or (text not in times and _quick_time(text, dates, clocks) is None)
+            )
         ):
             self.time(index, name, "accesstime", text)
         text = get("changetime")
-        if text is not None and (
-            text.__class__ is not str or (text not in times and _quick_time(text, seconds) is None)
+        if (
+            text is not None
+            and text != modtime
+            and (
+                text.__class__ is not str
+                or (text not in times and _quick_time(text, dates, clocks) is None)
+            )
         ):
             self.time(index, name, "changetime", text)
 
@@ -896,6 +927,11 @@ class _Walker:
                     seconds = whole[0]
                     if len(self.seconds) < _CACHE_MAX:
                         self.seconds[base] = seconds
+                    if base[10] == "T" and len(self.dates) < _CACHE_MAX:
+                        # the parts, for _quick_time (base matched the RFC 3339 form)
+                        clock = int(base[11:13]) * 3600 + int(base[14:16]) * 60 + int(base[17:19])
+                        self.dates[base[:10]] = seconds - clock
+                        self.clocks[base[11:19]] = clock
             rest = text[19:]
             if seconds is None:
                 pass
