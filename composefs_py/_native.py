@@ -24,11 +24,12 @@ import enum
 import errno as _errno
 import os
 import stat
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import LibraryError, ValidationError
-from .model import Hardlink, Inode, Tree, TreeBuilder, parent_of
+from .model import Hardlink, Inode, Tree, TreeBuilder
 
 try:
     from ._lcfs import ffi, lib
@@ -56,7 +57,7 @@ __all__ = [
 
 #: Must equal what ``cfspy_build_stamp()`` in csrc/shim.c returns; bump both
 #: when the C side of the binding changes incompatibly.
-BUILD_STAMP = "composefs-py-ffi-1"
+BUILD_STAMP = "composefs-py-ffi-2"
 
 _built_stamp = ffi.string(lib.cfspy_build_stamp()).decode("ascii")
 if _built_stamp != BUILD_STAMP:  # pragma: no cover - a stale build
@@ -122,40 +123,69 @@ def _check_versions(min_version: int, max_version: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _fill_node(cnode: Any, inode: Inode, path: bytes) -> None:
-    """Set every attribute of ``inode`` on the fresh C node, as mkcomposefs does."""
-    what = path.decode("utf-8", "backslashreplace")
-    _check(lib.lcfs_node_try_set_mode(cnode, inode.mode), f"lcfs_node_try_set_mode({what})")
-    ftype = stat.S_IFMT(inode.mode)
-    if ftype != stat.S_IFLNK:
-        lib.lcfs_node_set_size(cnode, inode.size)
-    lib.lcfs_node_set_nlink(cnode, inode.nlink)
-    lib.lcfs_node_set_uid(cnode, inode.uid)
-    lib.lcfs_node_set_gid(cnode, inode.gid)
-    if ftype in (stat.S_IFCHR, stat.S_IFBLK):
-        lib.lcfs_node_set_rdev64(cnode, inode.rdev)
-    lib.cfspy_node_set_mtime(cnode, inode.mtime, inode.mtime_nsec)
-    if ftype == stat.S_IFLNK:
-        _check(
-            lib.lcfs_node_set_symlink_payload(cnode, inode.symlink_target),
-            f"lcfs_node_set_symlink_payload({what})",
-        )
-    else:
-        if inode.payload is not None:
-            _check(
-                lib.lcfs_node_set_payload(cnode, inode.payload), f"lcfs_node_set_payload({what})"
+_KIND_INODE: int = lib.CFSPY_KIND_INODE
+_KIND_HARDLINK: int = lib.CFSPY_KIND_HARDLINK
+
+
+def _pack(tree: Tree) -> tuple[array[int], bytes, array[int]]:
+    """The records, blob and xattr lengths ``cfspy_write_tree`` reads (see shim.h).
+
+    One tuple of integers per node and its byte strings appended in order; a
+    handful of C-speed joins at the end.  This is all the Python work per node.
+    """
+    records: list[int] = []
+    record = records.extend
+    pieces: list[bytes] = []
+    piece = pieces.append
+    xattr_lens: list[int] = []
+    index_of: dict[bytes, int] | None = None
+    for path, node in tree:
+        piece(path)
+        if isinstance(node, Hardlink):
+            if index_of is None:
+                index_of = {p: i for i, p in enumerate(tree.paths)}
+            target = node.target
+            record(
+                (_KIND_HARDLINK, tree.inode(target).mode, index_of[target],
+                 0, 0, 0, 0, 0, 0, len(path), -1, -1, 0, 0)
+            )  # fmt: skip
+            continue
+        payload = node.payload
+        if payload is None:
+            payload = node.symlink_target
+        content = node.content
+        digest = node.fsverity_digest
+        xattrs = node.xattrs
+        record(
+            (
+                _KIND_INODE,
+                node.mode,
+                node.nlink,
+                node.uid,
+                node.gid,
+                node.mtime,
+                node.mtime_nsec,
+                node.size,
+                node.rdev,
+                len(path),
+                -1 if payload is None else len(payload),
+                -1 if content is None else len(content),
+                digest is not None,
+                len(xattrs),
             )
-        if inode.content is not None:
-            _check(
-                lib.lcfs_node_set_content(cnode, inode.content, len(inode.content)),
-                f"lcfs_node_set_content({what})",
-            )
-    if inode.fsverity_digest is not None:
-        lib.lcfs_node_set_fsverity_digest(cnode, inode.fsverity_digest)
-    for name, value in inode.xattrs:
-        _check(
-            lib.lcfs_node_set_xattr(cnode, name, value, len(value)), f"lcfs_node_set_xattr({what})"
         )
+        if payload is not None:
+            piece(payload)
+        if content is not None:
+            piece(content)
+        if digest is not None:
+            piece(digest)
+        for name, value in xattrs:
+            piece(name)
+            piece(value)
+            xattr_lens.append(len(name))
+            xattr_lens.append(len(value))
+    return array("q", records), b"".join(pieces), array("q", xattr_lens)
 
 
 def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
@@ -164,49 +194,35 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     The image is byte-identical to ``mkcomposefs --from-file`` on ``dump(tree)``
     with the same ``--min-version``/``--max-version``.  ``fd`` is written
     sequentially from its current position (a pipe works); it is not closed.
+    The C tree is built, written and freed in one C call (``cfspy_write_tree``).
     """
     _check_versions(min_version, max_version)
-    cnodes: dict[bytes, Any] = {}
-    hardlinks: list[tuple[Any, bytes]] = []
-    root = ffi.NULL
-    unparented = ffi.NULL  # a node not yet owned by its parent (freed on failure)
-    try:
-        for path, node in tree:
-            cnode = _check_ptr(lib.lcfs_node_new(), "lcfs_node_new")
-            if root == ffi.NULL:
-                root = cnode
-            else:
-                unparented = cnode
-            if isinstance(node, Hardlink):
-                # Only the mode matters (it must be valid); the writer follows the link.
-                target_mode = tree.inode(node.target).mode
-                _check(lib.lcfs_node_try_set_mode(cnode, target_mode), "lcfs_node_try_set_mode")
-                hardlinks.append((cnode, node.target))
-            else:
-                _fill_node(cnode, node, path)
-            if cnode != root:
-                name = path[path.rindex(b"/") + 1 :]
-                _check(
-                    lib.lcfs_node_add_child(cnodes[parent_of(path)], cnode, name),
-                    f"lcfs_node_add_child({path.decode('utf-8', 'backslashreplace')})",
-                )
-                unparented = ffi.NULL  # now owned by its parent
-            cnodes[path] = cnode
-        # mkcomposefs resolves hardlinks last, newest first, and keeps the
-        # target's nlink as the input gave it.
-        for cnode, target_path in reversed(hardlinks):
-            target = cnodes[target_path]
-            nlink = lib.lcfs_node_get_nlink(target)
-            lib.lcfs_node_make_hardlink(cnode, target)
-            lib.lcfs_node_set_nlink(target, nlink)
-        digest = ffi.new("uint8_t[]", DIGEST_SIZE)
-        _check(lib.cfspy_write_to_fd(root, fd, min_version, max_version, digest), "lcfs_write_to")
-        return bytes(ffi.buffer(digest))
-    finally:
-        if unparented != ffi.NULL:
-            lib.lcfs_node_unref(unparented)
-        if root != ffi.NULL:
-            lib.lcfs_node_unref(root)
+    records, blob, xattr_lens = _pack(tree)
+    digest = ffi.new("uint8_t[]", DIGEST_SIZE)
+    failed_index = ffi.new("int64_t *")
+    failed_call = ffi.new("const char **")
+    rc = lib.cfspy_write_tree(
+        len(tree),
+        ffi.from_buffer("int64_t[]", records),
+        ffi.from_buffer("uint8_t[]", blob),
+        len(blob),
+        ffi.from_buffer("int64_t[]", xattr_lens),
+        len(xattr_lens),
+        fd,
+        min_version,
+        max_version,
+        digest,
+        failed_index,
+        failed_call,
+    )
+    if rc < 0:
+        err = ffi.errno or _errno.EIO
+        what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"
+        if failed_index[0] >= 0:
+            path = tree.paths[failed_index[0]].decode("utf-8", "backslashreplace")
+            what = f"{what}({path})"
+        raise LibraryError(err, f"{what}: {os.strerror(err)}")
+    return bytes(ffi.buffer(digest))
 
 
 # ---------------------------------------------------------------------------

@@ -7,12 +7,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <libcomposefs/lcfs-writer.h>
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-1"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-2"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif
@@ -149,4 +150,249 @@ void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec
 	lcfs_node_get_mtime(node, &ts);
 	*sec = (int64_t)ts.tv_sec;
 	*nsec = (uint32_t)ts.tv_nsec;
+}
+
+/* A growing NUL-terminated copy of a counted string. */
+struct cfspy_cstr {
+	char *buf;
+	size_t cap;
+};
+
+static const char *cfspy_cstr_set(struct cfspy_cstr *s, const uint8_t *data, size_t len)
+{
+	if (len + 1 > s->cap) {
+		size_t cap = len + 1 < 4096 ? 4096 : len + 1;
+		char *grown = realloc(s->buf, cap);
+		if (grown == NULL) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		s->buf = grown;
+		s->cap = cap;
+	}
+	memcpy(s->buf, data, len);
+	s->buf[len] = '\0';
+	return s->buf;
+}
+
+/* Take len bytes from the blob; NULL (errno EINVAL) if it runs out. */
+static const uint8_t *cfspy_take(const uint8_t *blob, size_t blob_len, size_t *pos,
+				 int64_t len)
+{
+	const uint8_t *at;
+
+	if (len < 0 || (uint64_t)len > blob_len - *pos) {
+		errno = EINVAL;
+		return NULL;
+	}
+	at = blob + *pos;
+	*pos += (size_t)len;
+	return at;
+}
+
+#define CFSPY_FAIL(call)                                                            \
+	do {                                                                        \
+		*failed_call = (call);                                              \
+		goto fail;                                                          \
+	} while (0)
+
+int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob,
+		     size_t blob_len, const int64_t *xattr_lens, size_t n_xattr_lens, int fd,
+		     uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
+		     int64_t *failed_index, const char **failed_call)
+{
+	struct lcfs_node_s **nodes = NULL;  /* by index, for hardlinks */
+	struct lcfs_node_s **dirs = NULL;   /* the open directory at each depth */
+	int64_t *links = NULL;              /* (node, target) index pairs */
+	size_t n_links = 0, pos = 0, xpos = 0, i;
+	struct lcfs_node_s *root = NULL, *unparented = NULL;
+	struct cfspy_cstr name = { NULL, 0 }, value = { NULL, 0 };
+	int ret = -1, err;
+
+	*failed_index = -1;
+	*failed_call = "cfspy_write_tree";
+	errno = 0;
+	if (n_nodes == 0) {
+		errno = EINVAL;
+		goto fail;
+	}
+	nodes = calloc(n_nodes, sizeof(*nodes));
+	dirs = calloc(n_nodes + 1, sizeof(*dirs));
+	links = malloc(2 * n_nodes * sizeof(*links));
+	if (nodes == NULL || dirs == NULL || links == NULL) {
+		errno = ENOMEM;
+		goto fail;
+	}
+	for (i = 0; i < n_nodes; i++) {
+		const int64_t *r = records + i * CFSPY_RECORD_FIELDS;
+		const int64_t kind = r[CFSPY_KIND], mode = r[CFSPY_MODE];
+		const int ftype = (int)(mode & S_IFMT);
+		const uint8_t *path, *data;
+		size_t depth = 0, cut = 0, k;
+		struct lcfs_node_s *node;
+
+		*failed_index = (int64_t)i;
+		path = cfspy_take(blob, blob_len, &pos, r[CFSPY_PATH_LEN]);
+		if (path == NULL || r[CFSPY_PATH_LEN] == 0 || path[0] != '/')
+			CFSPY_FAIL("cfspy_write_tree: bad record");
+		for (k = 0; k < (size_t)r[CFSPY_PATH_LEN]; k++) {
+			if (path[k] == '/') {
+				depth++;
+				cut = k;
+			}
+		}
+		if (i == 0) {
+			if (r[CFSPY_PATH_LEN] != 1)
+				CFSPY_FAIL("cfspy_write_tree: the first node is not the root");
+			depth = 0;
+		} else if (depth > i || dirs[depth - 1] == NULL) {
+			errno = EINVAL;
+			CFSPY_FAIL("cfspy_write_tree: node before its parent");
+		}
+
+		node = lcfs_node_new();
+		if (node == NULL)
+			CFSPY_FAIL("lcfs_node_new");
+		if (i == 0)
+			root = node;
+		else
+			unparented = node;
+		nodes[i] = node;
+
+		if (lcfs_node_try_set_mode(node, (uint32_t)mode) < 0)
+			CFSPY_FAIL("lcfs_node_try_set_mode");
+		if (kind == CFSPY_KIND_HARDLINK) {
+			if (r[CFSPY_NLINK] < 0 || (uint64_t)r[CFSPY_NLINK] >= n_nodes) {
+				errno = EINVAL;
+				CFSPY_FAIL("cfspy_write_tree: bad hardlink target");
+			}
+			links[2 * n_links] = (int64_t)i;
+			links[2 * n_links + 1] = r[CFSPY_NLINK];
+			n_links++;
+		} else {
+			struct timespec ts;
+
+			if (ftype != S_IFLNK)
+				lcfs_node_set_size(node, (uint64_t)r[CFSPY_SIZE]);
+			lcfs_node_set_nlink(node, (uint32_t)r[CFSPY_NLINK]);
+			lcfs_node_set_uid(node, (uint32_t)r[CFSPY_UID]);
+			lcfs_node_set_gid(node, (uint32_t)r[CFSPY_GID]);
+			if (ftype == S_IFCHR || ftype == S_IFBLK)
+				lcfs_node_set_rdev64(node, (uint64_t)r[CFSPY_RDEV]);
+			ts.tv_sec = (time_t)r[CFSPY_MTIME];
+			ts.tv_nsec = (long)r[CFSPY_MTIME_NSEC];
+			lcfs_node_set_mtime(node, &ts);
+			if (r[CFSPY_PAYLOAD_LEN] >= 0) {
+				const char *payload;
+
+				data = cfspy_take(blob, blob_len, &pos, r[CFSPY_PAYLOAD_LEN]);
+				if (data == NULL)
+					CFSPY_FAIL("cfspy_write_tree: bad record");
+				payload = cfspy_cstr_set(&value, data, (size_t)r[CFSPY_PAYLOAD_LEN]);
+				if (payload == NULL)
+					CFSPY_FAIL("cfspy_write_tree");
+				if (ftype == S_IFLNK) {
+					if (lcfs_node_set_symlink_payload(node, payload) < 0)
+						CFSPY_FAIL("lcfs_node_set_symlink_payload");
+				} else if (lcfs_node_set_payload(node, payload) < 0) {
+					CFSPY_FAIL("lcfs_node_set_payload");
+				}
+			} else if (ftype == S_IFLNK) {
+				errno = EINVAL; /* libcomposefs aborts on a symlink without target */
+				CFSPY_FAIL("cfspy_write_tree: symlink without target");
+			}
+			if (r[CFSPY_CONTENT_LEN] >= 0) {
+				data = cfspy_take(blob, blob_len, &pos, r[CFSPY_CONTENT_LEN]);
+				if (data == NULL)
+					CFSPY_FAIL("cfspy_write_tree: bad record");
+				if (lcfs_node_set_content(node, data, (size_t)r[CFSPY_CONTENT_LEN]) < 0)
+					CFSPY_FAIL("lcfs_node_set_content");
+			}
+			if (r[CFSPY_HAS_DIGEST]) {
+				data = cfspy_take(blob, blob_len, &pos, LCFS_DIGEST_SIZE);
+				if (data == NULL)
+					CFSPY_FAIL("cfspy_write_tree: bad record");
+				lcfs_node_set_fsverity_digest(node, (uint8_t *)data);
+			}
+			for (k = 0; k < (size_t)r[CFSPY_N_XATTRS]; k++) {
+				const char *cname;
+				const uint8_t *vdata;
+
+				if (xpos + 2 > n_xattr_lens) {
+					errno = EINVAL;
+					CFSPY_FAIL("cfspy_write_tree: bad record");
+				}
+				data = cfspy_take(blob, blob_len, &pos, xattr_lens[xpos]);
+				vdata = data == NULL ? NULL :
+						       cfspy_take(blob, blob_len, &pos,
+								  xattr_lens[xpos + 1]);
+				if (vdata == NULL)
+					CFSPY_FAIL("cfspy_write_tree: bad record");
+				cname = cfspy_cstr_set(&name, data, (size_t)xattr_lens[xpos]);
+				if (cname == NULL)
+					CFSPY_FAIL("cfspy_write_tree");
+				if (lcfs_node_set_xattr(node, cname, (const char *)vdata,
+							(size_t)xattr_lens[xpos + 1]) < 0)
+					CFSPY_FAIL("lcfs_node_set_xattr");
+				xpos += 2;
+			}
+		}
+		if (i > 0) {
+			const char *cname = cfspy_cstr_set(&name, path + cut + 1,
+							   (size_t)r[CFSPY_PATH_LEN] - cut - 1);
+			if (cname == NULL)
+				CFSPY_FAIL("cfspy_write_tree");
+			if (lcfs_node_add_child(dirs[depth - 1], node, cname) < 0)
+				CFSPY_FAIL("lcfs_node_add_child");
+			unparented = NULL; /* owned by its parent now */
+		}
+		if (kind != CFSPY_KIND_HARDLINK && ftype == S_IFDIR) {
+			dirs[depth] = node;
+			dirs[depth + 1] = NULL; /* deeper levels belong to another directory */
+		}
+	}
+	/* As mkcomposefs: hardlinks resolved last, newest first; the target keeps
+	 * the link count the input gave it. */
+	while (n_links > 0) {
+		struct lcfs_node_s *node, *target;
+		uint32_t nlink;
+
+		n_links--;
+		node = nodes[links[2 * n_links]];
+		target = nodes[links[2 * n_links + 1]];
+		*failed_index = links[2 * n_links];
+		if (node == target) {
+			errno = EINVAL; /* libcomposefs aborts on a self link */
+			CFSPY_FAIL("cfspy_write_tree: hardlink to itself");
+		}
+		nlink = lcfs_node_get_nlink(target);
+		lcfs_node_make_hardlink(node, target);
+		lcfs_node_set_nlink(target, nlink);
+	}
+	*failed_index = -1;
+	free(nodes);
+	nodes = NULL;
+	free(dirs);
+	dirs = NULL;
+	free(links);
+	links = NULL;
+	*failed_call = "lcfs_write_to";
+	ret = cfspy_write_to_fd(root, fd, min_version, max_version, digest_out);
+	if (ret < 0)
+		goto fail;
+	*failed_call = NULL;
+	ret = 0;
+fail:
+	err = errno != 0 ? errno : EIO;
+	if (unparented != NULL)
+		lcfs_node_unref(unparented);
+	if (root != NULL)
+		lcfs_node_unref(root);
+	free(nodes);
+	free(dirs);
+	free(links);
+	free(name.buf);
+	free(value.buf);
+	errno = ret < 0 ? err : 0;
+	return ret;
 }

@@ -333,7 +333,7 @@ def test_mount_flags_mirror_the_c_enum() -> None:
 
 
 def test_build_stamp_and_library_version() -> None:
-    assert _native.BUILD_STAMP == "composefs-py-ffi-1"
+    assert _native.BUILD_STAMP == "composefs-py-ffi-2"
     major, minor, *_ = (int(p) for p in _native.LIBCOMPOSEFS_VERSION.split("."))
     assert (major, minor) >= (1, 0)
     assert _native.DIGEST_SIZE == 32
@@ -373,96 +373,3 @@ def test_hardlink_group_is_written_where_the_tree_puts_its_inode(
     assert read[b"/b-link"] == read[b"/z/file"] == Hardlink(b"/a-link")
     assert read.inode(b"/z/file") == tree.inode(b"/z/file")
     assert _native.read_image(memoryview(bytearray(image))) == read
-
-
-def test_image_version_reports_the_format(tmp_path: Path) -> None:
-    for version in (0, 1):
-        write_bytes(make_tree(), tmp_path, min_version=version, max_version=version)
-        with open(tmp_path / "image.cfs", "rb") as f:
-            assert _native.image_version(f.fileno()) == version
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [b"", b"\0" * 4096, b"not an image at all" * 300, os.urandom(8192)],
-    ids=["empty", "zeros", "text", "random"],
-)
-def test_read_image_rejects_garbage_with_validation_error(garbage: bytes) -> None:
-    with pytest.raises(ValidationError, match="not a valid composefs image"):
-        _native.read_image(garbage)
-
-
-def test_read_image_rejects_a_truncated_image(tmp_path: Path) -> None:
-    image, _ = write_bytes(make_tree(), tmp_path)
-    with pytest.raises(ValidationError):
-        _native.read_image(image[: len(image) // 2])
-
-
-def test_hardlinks_keep_the_target_link_count(tmp_path: Path) -> None:
-    tree = _native.read_image(write_bytes(make_tree(), tmp_path)[0])
-    assert tree[b"/etc/passwd-link"] == Hardlink(b"/etc/passwd")
-    assert tree.inode(b"/etc/passwd").nlink == 2
-
-
-def test_fsverity_digest_bytes_matches_the_pure_python_digest() -> None:
-    for size in (1, 4095, 4096, 4097, 128 * 4096, 128 * 4096 + 1, (1 << 20) + 7):
-        data = hashlib.shake_256(str(size).encode()).digest(size)
-        assert _native.fsverity_digest_bytes(data) == fsverity_digest(data), size
-
-
-def test_fsverity_digest_fd_reads_from_the_current_position(tmp_path: Path) -> None:
-    data = os.urandom(3 * 4096 + 17)
-    path = tmp_path / "f"
-    path.write_bytes(b"skip" + data)
-    with open(path, "rb") as f:
-        f.seek(4)
-        assert _native.fsverity_digest_fd(f.fileno()) == fsverity_digest(data)
-
-
-def test_fsverity_digest_fd_on_a_closed_fd_raises_library_error(tmp_path: Path) -> None:
-    with pytest.raises(LibraryError) as info:
-        _native.fsverity_digest_fd(987654)
-    assert info.value.errno != 0
-    assert "lcfs_compute_fsverity_from_fd" in str(info.value)
-
-
-def test_measure_fsverity_without_verity_raises_enotty(tmp_path: Path) -> None:
-    path = tmp_path / "plain"
-    path.write_bytes(b"no verity here")
-    with open(path, "rb") as f, pytest.raises(LibraryError) as info:
-        _native.measure_fsverity(f.fileno())
-    assert info.value.errno == errno.ENOTTY
-
-
-def test_enable_fsverity_where_unsupported_raises_library_error(tmp_path: Path) -> None:
-    path = tmp_path / "plain"
-    path.write_bytes(b"data")
-    with open(path, "rb") as f:
-        try:
-            _native.enable_fsverity(f.fileno())
-        except LibraryError as exc:
-            assert exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EPERM, errno.EACCES)
-            assert "lcfs_fd_enable_fsverity" in str(exc)
-        else:  # a filesystem with verity: then the kernel measures it
-            assert _native.measure_fsverity(f.fileno()) == fsverity_digest(b"data")
-
-
-def test_mount_image_of_a_missing_image_raises_library_error(tmp_path: Path) -> None:
-    with pytest.raises(LibraryError) as info:
-        _native.mount_image(tmp_path / "missing.cfs", tmp_path, objdirs=[tmp_path])
-    assert info.value.errno == errno.ENOENT
-    assert "lcfs_mount_image" in str(info.value)
-
-
-def test_mount_flags_mirror_the_c_enum() -> None:
-    assert _native.MountFlags.REQUIRE_VERITY == 1
-    assert _native.MountFlags.READONLY == 2
-    assert _native.MountFlags.IDMAP == 8
-    assert _native.MountFlags.TRY_VERITY == 16
-
-
-def test_build_stamp_and_library_version() -> None:
-    assert _native.BUILD_STAMP == "composefs-py-ffi-1"
-    major, minor, *_ = (int(p) for p in _native.LIBCOMPOSEFS_VERSION.split("."))
-    assert (major, minor) >= (1, 0)
-    assert _native.DIGEST_SIZE == 32
