@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import LibraryError, ValidationError
+from .limits import Limits
 from .model import Hardlink, Inode, Tree, TreeBuilder
 
 try:
@@ -275,6 +276,10 @@ def _read_inode(cnode: Any) -> Inode:
     )
 
 
+#: What an image may hold (xattrs libcomposefs added itself included).
+_IMAGE_LIMITS = Limits().for_images()
+
+
 def _address(cnode: Any) -> int:
     return int(ffi.cast("uintptr_t", cnode))
 
@@ -311,7 +316,7 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
                 child = _check_ptr(lib.lcfs_node_get_child(cnode, i), "lcfs_node_get_child")
                 name = _check_ptr(lib.lcfs_node_get_name(child), "lcfs_node_get_name")
                 stack.append((prefix + b"/" + ffi.string(name), child))
-        builder = TreeBuilder()
+        builder = TreeBuilder(_IMAGE_LIMITS)
         for index, (path, cnode) in enumerate(walked):
             target = lib.lcfs_node_get_hardlink_target(cnode)
             if target != ffi.NULL:

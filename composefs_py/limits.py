@@ -7,7 +7,7 @@ They are generous enough for real images: a one-million-entry TOC passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["Limits", "LCFS_INODE_EXTERNAL_XATTR_MAX", "LCFS_INLINE_CONTENT_MAX"]
 
@@ -62,6 +62,18 @@ class Limits:
     #: bytes (EROFS chunk bits 31 + block bits 12) and fails with EFBIG
     #: beyond 2**53 bytes.
     max_file_size: int = 1 << 53
+
+    def for_images(self) -> Limits:
+        """These bounds as a reader of images libcomposefs wrote applies them.
+
+        The writer adds xattrs of its own (in format 1 the whiteout marks of
+        a directory that holds whiteouts) inside the ``XATTR_HEADROOM`` that
+        ``max_xattr_space`` keeps free for input: an image may use all of
+        ``LCFS_INODE_EXTERNAL_XATTR_MAX``.
+        """
+        if self.max_xattr_space >= LCFS_INODE_EXTERNAL_XATTR_MAX:
+            return self
+        return replace(self, max_xattr_space=LCFS_INODE_EXTERNAL_XATTR_MAX)
 
     @staticmethod
     def xattr_space(xattrs: tuple[tuple[bytes, bytes], ...]) -> int:

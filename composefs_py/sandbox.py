@@ -522,7 +522,7 @@ def read_image_sandboxed(
     argv = _worker_argv("read", limits, len(raw))
     outcome = _run_child(argv, raw, limits.timeout, max_stdout=limits.max_output)
     _, text = _first_line(outcome.stdout)
-    parse_limits = Limits()
+    parse_limits = Limits().for_images()
     if len(text) > parse_limits.max_input_bytes:
         parse_limits = replace(parse_limits, max_input_bytes=len(text))
     return parse_dumpfile(text, limits=parse_limits)

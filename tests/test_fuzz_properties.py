@@ -338,13 +338,6 @@ def test_a_longest_payload_reads_back() -> None:
     assert read_image(_write(tree, "native")).inode(b"/f").payload == payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="reported: format-1 whiteout marks added by libcomposefs push a full "
-    "directory's xattrs over Limits.max_xattr_space, so read_image refuses the image "
-    "(fuzz/crashes/README.md)",
-)
 def test_a_directory_with_full_xattrs_and_a_whiteout_reads_back() -> None:
     limits = Limits()
     name = b"user.big"
