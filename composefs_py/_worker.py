@@ -18,8 +18,10 @@ itself down in this order:
 6. seccomp: an allowlist of what the write and read paths need; anything
    else kills the process (SIGSYS).
 
-Then it re-parses the dumpfile (defence in depth) and writes the image with
-the native backend.  When the compiled module is unavailable (``--engine
+Then it rebuilds the Tree from the parent's records (``marshal`` of
+:func:`~composefs_py.model.tree_records`) through a TreeBuilder, every
+invariant checked again (defence in depth), and writes the image with the
+native backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import marshal
 import mmap
 import os
 import resource
@@ -54,9 +57,9 @@ import traceback
 from typing import Any, NoReturn
 
 from . import _lockdown
-from .dumpfile import dump_bytes, parse_dumpfile
+from .dumpfile import dump_bytes
 from .errors import ValidationError
-from .model import Tree
+from .model import Tree, tree_from_records
 
 try:
     from . import _native
@@ -343,8 +346,15 @@ def _run(args: argparse.Namespace) -> int:
             view = view[os.write(1, view) :]
         return EXIT_OK
 
-    tree = parse_dumpfile(data)
+    try:
+        records = marshal.loads(data)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValidationError(f"the records are not marshal data: {exc}") from None
     del data
+    if not (isinstance(records, tuple) and len(records) == 2):
+        raise ValidationError("the records must be a pair (paths, nodes)")
+    tree = tree_from_records(*records)
+    del records
     if args.engine == "native":
         if _native is None:
             raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")

@@ -2,7 +2,9 @@
 
 A crash, hang or memory bomb inside libcomposefs must not take the caller
 down.  :func:`write_image_sandboxed` serializes the (already validated) Tree
-as a dumpfile and hands it to a fresh ``python -I`` child
+as plain records (:func:`~composefs_py.model.tree_records`, :mod:`marshal`:
+tuples, ints, bytes; the parent makes them, so the child can load them) and
+hands them to a fresh ``python -I`` child
 (:mod:`composefs_py._worker`) that, before reading any input, sets rlimits,
 no_new_privs, enters new user/net/IPC/mount namespaces, drops every
 capability, applies Landlock (no filesystem access) and a seccomp allowlist
@@ -27,17 +29,19 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
 
-Cost (2-core machine, libcomposefs 1.0.8, CPU time of parent and child
-together, best of 9): a child costs about 60 ms (interpreter start, imports,
-lockdown); each entry adds about 10 us over the native backend (the dump
-in the parent, the re-parse in the child, the digest check): 1,000 entries
-71 ms against 4 ms native, 100,000 entries 1.7 s against 0.6 s.
+Cost (2-core machine, libcomposefs 1.0.8, wall time): a child costs about
+0.1 s (interpreter start, imports, lockdown); at 100,000 entries the rest of
+the overhead over the native backend is about 1 s: the records in the parent
+(0.25 s), and in the child the TreeBuilder rebuild (0.6 s: Inode
+construction and the invariant checks, the defence in depth) and the digest
+check (python -m benchmarks --only sandbox).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import marshal
 import os
 import selectors
 import signal
@@ -52,11 +56,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .dumpfile import dump_bytes, parse_dumpfile
+from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import Tree
+from .model import Tree, tree_records
 
 __all__ = [
     "SandboxLimits",
@@ -65,6 +69,9 @@ __all__ = [
     "write_image_sandboxed",
 ]
 
+#: The marshal format the parent hands the Tree to the child in (see
+#: model.tree_records; the child rebuilds it through a TreeBuilder).
+_MARSHAL_VERSION = 2  # no back-references: 3x faster to write than 4 here
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 # The child's program: import from where this process imports (-I ignores
 # PYTHONPATH and adds no directory to sys.path), then hand over to the worker.
@@ -397,7 +404,7 @@ def write_image_sandboxed(
     if _fault is not None:
         extra.append(f"--fault={_fault}")
 
-    data = dump_bytes(tree)
+    data = marshal.dumps(tree_records(tree), _MARSHAL_VERSION)
     if stat.S_ISREG(os.fstat(fd).st_mode):
         return _write_to_file(fd, data, limits, extra, min_version, max_version, engine)
     # A pipe or socket: nothing may reach it before the checks pass, so the

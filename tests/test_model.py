@@ -50,7 +50,16 @@ from composefs_py.limits import (
     XATTR_HEADROOM,
     Limits,
 )
-from composefs_py.model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder
+from composefs_py.model import (
+    ROOT,
+    Hardlink,
+    Inode,
+    Node,
+    Tree,
+    TreeBuilder,
+    tree_from_records,
+    tree_records,
+)
 
 DIR = stat.S_IFDIR | 0o755
 REG = stat.S_IFREG | 0o644
@@ -857,3 +866,44 @@ def test_a_tree_cannot_be_made_without_the_builder() -> None:
 
     with pytest.raises(TypeError):
         Tree((b"/",), MappingProxyType({b"/": Inode(DIR)}))
+
+
+# ---------------------------------------------------------------------------
+# records: how the sandbox hands a Tree to its child
+# ---------------------------------------------------------------------------
+
+
+@given(ops=_ops())
+def test_records_rebuild_the_same_tree(ops: list[tuple[bytes, Node]]) -> None:
+    import marshal
+
+    for tree in _attempt([(ROOT, Inode(DIR)), *ops], {}):
+        paths, values = marshal.loads(marshal.dumps(tree_records(tree), 2))
+        assert tree_from_records(paths, values) == tree
+
+
+def test_records_are_validated_like_any_input() -> None:
+    tree = build(
+        (b"/d", Inode(DIR)), (b"/d/f", Inode(REG, size=3, payload=PAYLOAD)),
+        (b"/l", Hardlink(b"/d/f")),
+    )  # fmt: skip
+    paths, values = tree_records(tree)
+    assert tree_from_records(paths, values) == tree
+    f = paths.index(b"/d/f")
+    bad_size = list(values)
+    bad_size[f] = (*values[f][:6], -1, *values[f][7:])
+    bad_arity = list(values)
+    bad_arity[f] = values[f][:5]
+    cases: list[tuple[object, object, str]] = [
+        (paths, bad_size, "size"),
+        (paths, bad_arity, "inode fields"),
+        (paths[1:], values[1:], "parent directory is missing"),
+        ((b"/", b"/x/y"), [values[0], values[f]], "parent"),
+        (paths, [*values[:-1], b"/nowhere"], "does not exist"),
+        ((b"/", "/str"), values[:2], "bytes"),
+        (list(paths), values, "records"),
+        (paths, values[:-1], "records"),
+    ]
+    for bad_paths, bad_values, message in cases:
+        with pytest.raises(ValidationError, match=message):
+            tree_from_records(bad_paths, bad_values)
