@@ -107,6 +107,7 @@ _WH_META = b".wh..wh."
 _WH_OPAQUE = b".wh..wh..opq"
 _LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
 _STARGZ_INDEX = b"/stargz.index.json"
+_OTHER_TIMES = ("accesstime", "changetime")
 _CHUNK_TYPES = frozenset(("", "zeros"))
 _MAX_LISTED_PROBLEMS = 100
 _CACHE_MAX = 1 << 16
@@ -386,7 +387,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
 
 
-def _load_json(raw: bytes, limits: Limits) -> object:
+def _json_text(raw: bytes, limits: Limits) -> str:
+    """``raw`` as text, once its encoding and nesting depth are checked."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -394,6 +396,10 @@ def _load_json(raw: bytes, limits: Limits) -> object:
     depth = _nesting_depth(raw, limits.max_json_depth)
     if depth > limits.max_json_depth:
         raise ValidationError(f"JSON nesting is deeper than {limits.max_json_depth} levels")
+    return text
+
+
+def _decode_json(text: str) -> object:
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as err:
@@ -402,6 +408,96 @@ def _load_json(raw: bytes, limits: Limits) -> object:
         raise ValidationError("JSON nesting is too deep") from None
     except ValueError as err:  # duplicate keys, NaN/Infinity, huge integers
         raise ValidationError(f"not valid JSON: {err}") from None
+
+
+def _load_json(raw: bytes, limits: Limits) -> object:
+    return _decode_json(_json_text(raw, limits))
+
+
+#: JSON white space from a position (always matches, maybe empty).
+_SKIP_SPACE = cast(Callable[[str, int], "re.Match[str]"], re.compile(r"[ \t\n\r]*").match)
+#: The decoder's C scanner: (value, end) of the JSON value at a position, or
+#: StopIteration; the same hooks as _DECODER.decode (duplicate keys, NaN).
+_SCAN_VALUE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+#: (string, end) of a JSON string whose opening quote ends just before a position.
+_scan_string: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+class _SlowPath(Exception):
+    """The streaming parse met something it leaves to the whole-document path."""
+
+
+def _streamed(text: str, walker: _Walker) -> Tree:
+    """Validate a TOC entry by entry, never holding the decoded document whole.
+
+    The common, valid case only: a top-level object whose ``entries`` array
+    is decoded one entry at a time (each through the same C scanner and
+    duplicate-key hook as the whole-document path) and handed to the walker
+    at once, so peak memory is the Tree, not the Tree plus every entry's
+    dict.  Anything else (invalid JSON, a duplicate top-level key, any
+    validation error, trailing data) raises :class:`_SlowPath`, and
+    :func:`parse_toc` starts over on the whole document, which then reports
+    exactly what it always reports.
+    """
+    top: dict[str, object] = {}
+    entry = walker.entry
+    streamed = False
+    try:
+        at = _SKIP_SPACE(text, 0).end()
+        if text[at] != "{":
+            raise _SlowPath
+        at = _SKIP_SPACE(text, at + 1).end()
+        while True:
+            if text[at] != '"':
+                raise _SlowPath
+            key, at = _scan_string(text, at + 1)
+            if key in top:
+                raise _SlowPath
+            at = _SKIP_SPACE(text, at).end()
+            if text[at] != ":":
+                raise _SlowPath
+            at = _SKIP_SPACE(text, at + 1).end()
+            if key == "entries" and text[at] == "[":
+                top[key] = None
+                streamed = True
+                at = _SKIP_SPACE(text, at + 1).end()
+                index = 0
+                if text[at] == "]":
+                    at += 1
+                else:
+                    while True:
+                        value, at = _SCAN_VALUE(text, at)
+                        entry(index, value)
+                        del value  # the entry's dict goes now, not with the document
+                        index += 1
+                        at = _SKIP_SPACE(text, at).end()
+                        if text[at] == ",":
+                            at = _SKIP_SPACE(text, at + 1).end()
+                        elif text[at] == "]":
+                            at += 1
+                            break
+                        else:
+                            raise _SlowPath
+                    walker.close_chain()
+            else:
+                top[key], at = _SCAN_VALUE(text, at)
+            at = _SKIP_SPACE(text, at).end()
+            if text[at] == ",":
+                at = _SKIP_SPACE(text, at + 1).end()
+            elif text[at] == "}":
+                break
+            else:
+                raise _SlowPath
+        if _SKIP_SPACE(text, at + 1).end() != len(text) or not streamed:
+            raise _SlowPath
+        version = top.get("version")
+        if version.__class__ is not int or version != 1:
+            raise _SlowPath
+        if "tarSplitDigest" in top and not _is_digest(top["tarSplitDigest"]):
+            raise _SlowPath
+        return walker.builder.build()
+    except (StopIteration, IndexError, ValueError, RecursionError):
+        raise _SlowPath from None  # JSON or validation errors (ValidationError is one)
 
 
 # -- the entry walker -------------------------------------------------------------
@@ -489,12 +585,19 @@ def parse_toc(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the parse allocates millions of acyclic objects
     try:
-        document = _load_json(raw, limits)
+        text = _json_text(raw, limits)
         # Only a document that spells null somewhere needs the null checks.
         nulls = raw.find(b"null") >= 0
         # Only one that names an opaque marker needs the pre-pass for them.
         has_opaque = raw.find(b".wh..wh..opq") >= 0
         del raw
+        if not collect and not has_opaque:
+            try:
+                return _streamed(text, _Walker(limits, compat, collect, nulls=nulls))
+            except _SlowPath:
+                pass  # start over on the whole document: it says what is wrong
+        document = _decode_json(text)
+        del text
         walker = _Walker(limits, compat, collect, nulls=nulls, has_opaque=has_opaque)
         return walker.run(document)
     finally:
@@ -685,26 +788,17 @@ class _Walker:
             else:
                 mtime, mtime_nsec = self.time(index, name, "modtime", modtime)
         # accesstime and changetime usually repeat modtime (checked just above)
-        text = get("accesstime")
-        if (
-            text is not None
-            and text != modtime
-            and (
-                text.__class__ is not str
-                or (text not in times and _quick_time(text, dates, clocks) is None)
-            )
-        ):
-            self.time(index, name, "accesstime", text)
-        text = get("changetime")
-        if (
-            text is not None
-            and text != modtime
-            and (
-                text.__class__ is not str
-                or (text not in times and _quick_time(text, dates, clocks) is None)
-            )
-        ):
-            self.time(index, name, "changetime", text)
+        for field in _OTHER_TIMES:
+            text = get(field)
+            if (
+                text is not None
+                and text != modtime
+                and (
+                    text.__class__ is not str
+                    or (text not in times and _quick_time(text, dates, clocks) is None)
+                )
+            ):
+                self.time(index, name, field, text)
 
         # device numbers
         rdev = 0

@@ -1396,3 +1396,35 @@ def test_any_hostile_toc_gives_a_tree_or_a_validation_error(case: tuple[str, byt
         parse_toc(data)
     except ValidationError:
         pass
+
+
+# -- the streaming parse reports what the whole-document parse reports -----------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a bad entry, then broken JSON: the JSON error wins, as always
+        ('{"version":1,"entries":[{"type":"bogus","name":"a"},]}', "not valid JSON"),
+        ('{"version":1,"entries":[{"type":"bogus","name":"a"}]} x', "not valid JSON"),
+        ('{"version":1,"entries":[{"type":"bogus","name":"a"}],"version":1}', "duplicate key"),
+        # entries before a wrong version: the version is reported first
+        ('{"entries":[{"type":"bogus","name":"a"}],"version":2}', "version: must be 1"),
+        ('{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":2}]}', "duplicate"),
+        ('{"version":1,"entries":[{"type":"reg","name":"a","modtime":NaN}]}', "NaN"),
+    ],
+)
+def test_streamed_parse_reports_what_the_whole_document_reports(text: str, expected: str) -> None:
+    assert expected in str(rejected(text.encode()))
+
+
+def test_streamed_parse_accepts_what_the_whole_document_accepts() -> None:
+    entries = [
+        {"type": "dir", "name": "d/", "mode": 0o755},
+        {"type": "reg", "name": "d/f", "mode": 0o644, "size": 1, "digest": "sha256:" + "a" * 64},
+    ]
+    compact = json.dumps({"version": 1, "entries": entries}, separators=(",", ":"))
+    spaced = json.dumps({"entries": entries, "tarSplitDigest": "sha256:" + "b" * 64, "version": 1},
+                        indent=2) + "\n"  # fmt: skip
+    assert parse_toc(compact) == parse_toc(spaced) == parse_toc(compact, collect=True)
+    assert parse_toc('{"version":1,"entries":[]}') == parse_toc('{"entries":[ ],"version":1}')
