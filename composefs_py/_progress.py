@@ -9,6 +9,7 @@ a terminal; ``True`` always (``--progress``); ``False`` never; a
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -26,6 +27,7 @@ class Progress:
         "_interval",
         "_label",
         "_last",
+        "_lock",
         "_shown",
         "_stream",
         "bytes_done",
@@ -47,6 +49,7 @@ class Progress:
         self._stream = stream if stream is not None else sys.stderr
         self._interval = interval
         self._last = 0.0
+        self._lock = threading.Lock()  # importers may advance from several threads
         self._shown = False
         self.total_files = total_files
         self.total_bytes = total_bytes
@@ -62,12 +65,13 @@ class Progress:
         self.total_bytes = total_bytes
 
     def advance(self, *, nbytes: int = 0, files: int = 0) -> None:
-        self.bytes_done += nbytes
-        self.files_done += files
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            self._draw()
+        with self._lock:
+            self.bytes_done += nbytes
+            self.files_done += files
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                self._draw()
 
     def close(self) -> None:
         """Draw the final counts and end the line."""

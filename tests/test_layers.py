@@ -847,3 +847,100 @@ def test_zstd_chunked_without_end_offsets_reads_chunk_by_chunk(tmp_path: Path) -
     assert tree == open_layer(shared(ZSTD_CHUNKED)).tree()
     assert {p.relative_to(root).as_posix().encode() for p in store_files(root)} == payloads_of(tree)
     assert_store_clean(root)
+
+
+# -- many files: the threaded import and the one-call fast path --------------------
+
+
+def many_files_blob(count: int, *, forged: int | None = None) -> tuple[bytes, list[bytes]]:
+    """A zstd:chunked blob of ``count`` files (tar headers omitted: the TOC
+    locates the data).  Frames vary as real writers make them: with and
+    without a declared content size, and every 7th file in two frames (read
+    by the streaming path).  ``forged``: that file's TOC digest is wrong."""
+    with_size = zstandard.ZstdCompressor(level=1)
+    without_size = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    data = bytearray(zstandard.ZstdCompressor().compress(bytes(512)))  # a leading frame
+    contents: list[bytes] = []
+    entries: list[dict[str, object]] = [{"type": "dir", "name": "d/", "mode": 0o755}]
+    for index in range(count):
+        key = index % (count - 3)  # the last 3 files repeat the first 3
+        content = (f"file {key}\n" * (1 + key % 50)).encode()
+        contents.append(content)
+        start = len(data)
+        if index % 7 == 3:
+            half = len(content) // 2
+            data += with_size.compress(content[:half]) + with_size.compress(content[half:])
+        else:
+            data += (with_size if index % 2 else without_size).compress(content)
+        digest = hashlib.sha256(content + (b"!" if index == forged else b"")).hexdigest()
+        entries.append(
+            {
+                "type": "reg",
+                "name": f"d/f{index}",
+                "mode": 0o644,
+                "size": len(content),
+                "digest": "sha256:" + digest,
+                "offset": start,
+                "endOffset": len(data),
+            }
+        )
+    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    compressed = zstandard.ZstdCompressor().compress(toc)
+    out = bytes(data) + skippable(compressed)
+    split = zstandard.ZstdCompressor().compress(b"")
+    split_offset = len(out) + 8
+    out += skippable(split)
+    footer = struct.pack(
+        "<7Q", len(data) + 8, len(compressed), len(toc), 1, split_offset, len(split), 0
+    )
+    return out + skippable(footer + b"GNUlInUx"), contents
+
+
+def test_many_files_import_stores_every_content_once(tmp_path: Path) -> None:
+    blob, contents = many_files_blob(300)
+    progress_text = io.StringIO()
+    progress = Progress(stream=progress_text)
+    root = tmp_path / "objects"
+    tree = open_layer(write_blob(tmp_path, blob)).import_objects(
+        ObjectStore(root), progress=progress
+    )
+    expected = {sha256_payload(content) for content in contents}
+    assert len(expected) == 297
+    assert payloads_of(tree) == expected
+    assert {p.relative_to(root).as_posix().encode() for p in store_files(root)} == expected
+    assert_store_clean(root)
+    for index, content in enumerate(contents):
+        node = tree.inode(f"/d/f{index}".encode())
+        assert node.size == len(content) and node.payload == sha256_payload(content)
+    assert (progress.files_done, progress.bytes_done) == (
+        297,
+        sum(len(c) for c in {sha256_payload(c): c for c in contents}.values()),
+    )
+
+
+@pytest.mark.parametrize("forged", [0, 3, 150, 299])
+def test_many_files_import_with_one_forged_digest_leaves_nothing(
+    tmp_path: Path, forged: int
+) -> None:
+    blob, _ = many_files_blob(300, forged=forged)
+    root = tmp_path / "objects"
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, blob)).import_objects(ObjectStore(root), progress=False)
+    assert (info.value.entry, info.value.path, info.value.field) == (
+        forged + 1,
+        f"d/f{forged}",
+        "digest",
+    )
+    assert store_files(root) == []  # no object, no temporary file
+
+
+def test_many_files_import_into_a_store_holding_some(tmp_path: Path) -> None:
+    blob, contents = many_files_blob(300)
+    root = tmp_path / "objects"
+    store = ObjectStore(root)
+    before = {store.add(content) for content in contents[::10]}
+    inodes = {name: store.path_for(name).stat().st_ino for name in before}
+    open_layer(write_blob(tmp_path, blob)).import_objects(ObjectStore(root), progress=False)
+    assert {name: store.path_for(name).stat().st_ino for name in before} == inodes
+    assert len(store_files(root)) == 297
+    assert_store_clean(root)

@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import re
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -38,7 +40,7 @@ from ..limits import Limits
 from ..model import Inode, Node, Tree, TreeBuilder
 
 if TYPE_CHECKING:
-    from ..objects import ObjectStore
+    from ..objects import ObjectStore, ObjectWriter
 
 __all__ = ["FORMATS", "Layer", "open_layer", "sniff_format"]
 
@@ -151,6 +153,18 @@ class TocLayer(Layer):
     @abc.abstractmethod
     def open_decoder(self, raw: RangeReader) -> Decoder:
         """A decompressor reading from ``raw`` (frames or members in sequence)."""
+
+    def whole_content(self, fd: int, source: FileSource) -> bytes | None:
+        """``source``'s content in one piece, or ``None`` to read it with :meth:`open_decoder`.
+
+        A fast path a format may offer for a small file stored in one unit
+        (a zstd frame): it returns the content only when that unit gives
+        exactly ``source.size`` bytes, and ``None`` in every other case
+        (damaged, several units, more or less data), so that the streaming
+        path decides, with its errors.  The content is still checked against
+        its digest by the store.
+        """
+        return None
 
     def toc_bytes(self) -> bytes:
         """The TOC JSON as embedded in the blob (digest-checked if a digest was given)."""
@@ -531,12 +545,73 @@ def import_sources(
     names: dict[bytes, bytes] = {}
     try:
         with store.batch():
-            for toc_payload, source in wanted.items():
-                names[toc_payload] = _import_one(fd, source, store, layer, progress)
+            items = list(wanted.items())
+            workers = _import_workers(len(items))
+            if workers == 1:
+                for toc_payload, source in items:
+                    names[toc_payload] = _import_one(fd, source, store, layer, progress)
+            else:
+                _import_parallel(fd, items, names, store, layer, progress, workers)
     finally:
         if progress is not None:
             progress.close()
     return with_store_names(tree, store, names, limits)
+
+
+#: Files below which an import stays on one thread (threads cost more than they give).
+_PARALLEL_MIN_FILES = 64
+
+
+def _import_workers(files: int) -> int:
+    """Threads for an import: decompression, hashing and writes release the GIL."""
+    if files < _PARALLEL_MIN_FILES:
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _import_parallel(
+    fd: int,
+    items: list[tuple[bytes, FileSource]],
+    names: dict[bytes, bytes],
+    store: ObjectStore,
+    layer: TocLayer,
+    progress: Progress | None,
+    workers: int,
+) -> None:
+    """``_import_one`` for every item on ``workers`` threads; the first failure
+    (in TOC order) is raised after every thread has stopped, so the batch's
+    cleanup sees every temporary file."""
+    lock = threading.Lock()
+    position = 0
+    failed = threading.Event()
+
+    def work() -> None:
+        nonlocal position
+        while not failed.is_set():
+            with lock:
+                index = position
+                position += 1
+            if index >= len(items):
+                return
+            toc_payload, source = items[index]
+            try:
+                names[toc_payload] = _import_one(fd, source, store, layer, progress)
+            except BaseException as exc:
+                failures.append((index, exc))
+                failed.set()
+                return
+
+    failures: list[tuple[int, BaseException]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+        futures = [pool.submit(work) for _ in range(workers)]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:  # e.g. KeyboardInterrupt here: stop the workers too
+            failed.set()
+            raise
+    if failures:
+        raise min(failures, key=lambda failure: failure[0])[1]
 
 
 def _import_one(
@@ -548,22 +623,13 @@ def _import_one(
 ) -> bytes:
     try:
         with store.writer("sha256:" + source.sha256) as out:
-            for segment in source.segments:
-                decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
-                _skip(decoder, segment)
-                left = segment.length
-                while left:
-                    data = decoder.read(min(left, _READ_SIZE))
-                    if not data:
-                        raise ValidationError(
-                            f"the data at offset {segment.start} decompresses to "
-                            f"{segment.length - left} bytes, expected {segment.length}",
-                            field="size",
-                        )
-                    left -= len(data)
-                    out.write(data)
-                    if progress is not None:
-                        progress.advance(nbytes=len(data))
+            whole = layer.whole_content(fd, source)
+            if whole is not None:
+                out.write(whole)
+                if progress is not None:
+                    progress.advance(nbytes=len(whole))
+            else:
+                _stream_segments(fd, source, out, layer, progress)
             payload = out.commit()
     except layer.decode_errors as exc:
         raise ValidationError(
@@ -577,6 +643,28 @@ def _import_one(
     if progress is not None:
         progress.advance(files=1)
     return payload
+
+
+def _stream_segments(
+    fd: int, source: FileSource, out: ObjectWriter, layer: TocLayer, progress: Progress | None
+) -> None:
+    """Decompress ``source``'s segments into ``out``, exactly ``size`` bytes of each."""
+    for segment in source.segments:
+        decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
+        _skip(decoder, segment)
+        left = segment.length
+        while left:
+            data = decoder.read(min(left, _READ_SIZE))
+            if not data:
+                raise ValidationError(
+                    f"the data at offset {segment.start} decompresses to "
+                    f"{segment.length - left} bytes, expected {segment.length}",
+                    field="size",
+                )
+            left -= len(data)
+            out.write(data)
+            if progress is not None:
+                progress.advance(nbytes=len(data))
 
 
 def _skip(decoder: Decoder, segment: Segment) -> None:

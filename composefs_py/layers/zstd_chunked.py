@@ -22,6 +22,7 @@ import io
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -34,6 +35,7 @@ from . import (
     ZSTD_CHUNKED_FOOTER_SIZE,
     ZSTD_MAGIC,
     Decoder,
+    FileSource,
     RangeReader,
     TocLayer,
     check_toc_digest,
@@ -49,6 +51,8 @@ _FOOTER = struct.Struct("<8Q")
 _SKIPPABLE_HEADER = struct.Struct("<II")
 _NUMBER = r"(0|[1-9][0-9]{0,19})"
 _POSITION = re.compile(rf"{_NUMBER}:{_NUMBER}:{_NUMBER}:([0-9]{{1,3}})")
+#: Files up to this size may be decompressed in one call (``whole_content``).
+_WHOLE_MAX = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class ZstdChunkedLayer(TocLayer):
         limits: Limits | None = None,
     ) -> None:
         self._manifest_position = manifest_position
+        self._local = threading.local()  # one decompression context per thread
         super().__init__(path, toc_digest=toc_digest, limits=limits)
 
     def _locate_toc(self, fd: int) -> None:
@@ -104,11 +109,41 @@ class ZstdChunkedLayer(TocLayer):
         """End of the file data: the start of the TOC's skippable frame header."""
         return self.position.offset - _SKIPPABLE_HEADER.size
 
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        """This thread's decompressor (making one costs ~25 us: once per thread, not per file)."""
+        dctx: zstandard.ZstdDecompressor | None = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        return dctx
+
     def open_decoder(self, raw: RangeReader) -> Decoder:
-        reader: Decoder = zstandard.ZstdDecompressor().stream_reader(
+        reader: Decoder = self._decompressor().stream_reader(
             cast(BinaryIO, raw), read_across_frames=True, closefd=False
         )
         return reader
+
+    def whole_content(self, fd: int, source: FileSource) -> bytes | None:
+        """The file in one call when its first frame holds exactly its ``size`` bytes.
+
+        The output buffer is ``size`` bytes (a frame that would give more is
+        an error here, then read by the streaming path); a frame header
+        declaring another size is never decompressed here.
+        """
+        size = source.size
+        if size > _WHOLE_MAX or len(source.segments) != 1:
+            return None
+        segment = source.segments[0]
+        if segment.skip:
+            return None
+        raw = os.pread(fd, segment.end - segment.start, segment.start)
+        try:
+            declared = zstandard.frame_content_size(raw)
+            if declared not in (-1, size):
+                return None
+            data = self._decompressor().decompress(raw, max_output_size=size)
+        except zstandard.ZstdError:
+            return None
+        return data if len(data) == size else None
 
     def compressed_toc(self) -> bytes:
         """The zstd-compressed TOC (what ``manifest-checksum`` digests)."""
