@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Literal
@@ -434,14 +434,11 @@ class TreeBuilder:
         if self._has_hardlinks:
             self._resolve_hardlinks()
         children = self._children
+        is_dir = children.__contains__  # exactly the directories have a children list
         for directory, kids in children.items():
             node = nodes[directory]
             assert isinstance(node, Inode)
-            nlink = 2 + sum(
-                1
-                for kid in kids
-                if isinstance(k := nodes[kid], Inode) and k.mode & S_IFMT == S_IFDIR
-            )
+            nlink = 2 + sum(map(is_dir, kids))
             if node.nlink != nlink:
                 nodes[directory] = _with(node, nlink=nlink)
         order: list[bytes] = []
@@ -451,7 +448,8 @@ class TreeBuilder:
             order.append(path)
             below = children.get(path)
             if below:
-                below.sort(key=name_of, reverse=True)
+                # siblings share their parent's prefix: path order is name order
+                below.sort(reverse=True)
                 stack.extend(below)
                 below.reverse()  # leave ascending for later readers
         return Tree(tuple(order), MappingProxyType(dict(nodes)), _BUILDER_KEY)
@@ -498,7 +496,12 @@ class TreeBuilder:
 
 
 def _with(inode: Inode, *, nlink: int) -> Inode:
-    return replace(inode, nlink=nlink)
+    """``replace(inode, nlink=nlink)``, without replace()'s generic (slow) path."""
+    return Inode(
+        inode.mode, nlink, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.size,
+        inode.rdev, inode.payload, inode.symlink_target, inode.content, inode.fsverity_digest,
+        inode.xattrs,
+    )  # fmt: skip
 
 
 def _is_int(value: object, low: int, high: int) -> bool:
