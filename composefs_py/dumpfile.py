@@ -151,7 +151,7 @@ def _unescape_match(match: re.Match[bytes]) -> bytes:
 
 
 def _unescape(field: bytes) -> bytes:
-    if b"\\" not in field:
+    if field.find(b"\\") < 0:
         return field
     return _ESCAPE_RE.sub(_unescape_match, field)
 
@@ -443,7 +443,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
             mtime_field,
             payload_field,
         ) = fields[:9]
-        path = unescape(path_field) if b"\\" in path_field else path_field
+        path = unescape(path_field) if path_field.find(b"\\") >= 0 else path_field
         is_hardlink = mode_field[:1] == b"@"
         if is_hardlink:
             mode_field = mode_field[1:]
@@ -476,7 +476,7 @@ def _line_parser(strict: bool) -> Callable[[bytes], tuple[bytes, Node]]:
         if payload_field == b"-":
             payload = None
         elif payload_field:
-            payload = unescape(payload_field) if b"\\" in payload_field else payload_field
+            payload = unescape(payload_field) if payload_field.find(b"\\") >= 0 else payload_field
         else:
             raise _LineError("payload", "empty (write - for none)")
         content = digest = None

@@ -288,7 +288,7 @@ class TreeBuilder:
                     or name == b"."
                     or name == b".."
                     or len(name) > limits.max_name_bytes
-                    or b"\0" in name
+                    or name.find(b"\0") >= 0
                     or len(path) > limits.max_path_bytes
                     or path.count(b"/") > limits.max_depth
                 ):
@@ -374,7 +374,12 @@ class TreeBuilder:
 
     def _check_path(self, path: bytes, entry: int | None) -> None:
         limits = self._limits
-        if not path.startswith(b"/") or path.endswith(b"/") or b"\0" in path or b"//" in path:
+        if (
+            not path.startswith(b"/")
+            or path.endswith(b"/")
+            or path.find(b"\0") >= 0
+            or path.find(b"//") >= 0
+        ):
             raise ValidationError(
                 "must be a clean absolute path without NUL", entry=entry, path=path, field="path"
             )
@@ -547,7 +552,7 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             payload.__class__ is not bytes
             or not payload
             or len(payload) > limits.max_path_bytes
-            or b"\0" in payload
+            or payload.find(b"\0") >= 0
         ):
             return "payload", f"must be 1..{limits.max_path_bytes} bytes without NUL"
     target = node.symlink_target
@@ -556,7 +561,7 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             target.__class__ is not bytes
             or not target
             or len(target) > limits.max_symlink_bytes
-            or b"\0" in target
+            or target.find(b"\0") >= 0
         ):
             return "linkName", (
                 f"symlink target must be 1..{limits.max_symlink_bytes} bytes without NUL"
@@ -594,7 +599,7 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             name, value = pair
             if name.__class__ is not bytes or value.__class__ is not bytes:
                 return "xattrs", "names and values must be bytes"
-            if not name or len(name) > limits.max_xattr_name_bytes or b"\0" in name:
+            if not name or len(name) > limits.max_xattr_name_bytes or name.find(b"\0") >= 0:
                 return "xattrs", (
                     f"name must be 1..{limits.max_xattr_name_bytes} bytes without NUL, "
                     f"got {name[:64]!r}"

@@ -287,12 +287,12 @@ def _clean_name(name: str, limits: Limits) -> bytes:
         raw = name.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode (no lone surrogate escapes)") from None
-    if b"\0" in raw:
+    if raw.find(b"\0") >= 0:
         raise ValueError("must not contain NUL")
     if raw.endswith(b"/"):
         raw = raw.rstrip(b"/")
     # Fast path: already clean (the common case in real TOCs).
-    if raw and b"//" not in raw and not raw.startswith((b".", b"/")) and b"/." not in raw:
+    if raw and raw.find(b"//") < 0 and not raw.startswith((b".", b"/")) and raw.find(b"/.") < 0:
         path = b"/" + raw
         if len(raw) <= limits.max_name_bytes and len(path) <= limits.max_path_bytes:
             return path
@@ -946,7 +946,7 @@ class _Walker:
                 None, None, None, None, xattrs,
             )  # fmt: skip
 
-        if self.whiteouts and b"/.wh." in path:
+        if self.whiteouts and path.find(b"/.wh.") >= 0:
             self.whiteout(
                 index, name, path, path.rfind(b"/"), typ, node, uid, gid, mtime, mtime_nsec
             )
@@ -1086,7 +1086,7 @@ class _Walker:
         except UnicodeEncodeError:
             raise self.fail(index, name, "linkName", "must be valid Unicode") from None
         limit = self.limits.max_symlink_bytes
-        if len(target) > limit or b"\0" in target:
+        if len(target) > limit or target.find(b"\0") >= 0:
             raise self.fail(index, name, "linkName", f"must be 1..{limit} bytes without NUL")
         return target
 
@@ -1158,7 +1158,7 @@ class _Walker:
                 ) from None
             if (
                 len(key_bytes) > limits.max_xattr_name_bytes
-                or b"\0" in key_bytes
+                or key_bytes.find(b"\0") >= 0
                 or key in _XATTR_BARE_PREFIXES
             ):
                 raise self.fail(
