@@ -419,6 +419,7 @@ def _load_json(raw: bytes, limits: Limits) -> object:
     return _decode_json(_json_text(raw, limits))
 
 
+_JSON_SPACE = " \t\n\r"
 #: JSON white space from a position (always matches, maybe empty).
 _SKIP_SPACE = cast(Callable[[str, int], "re.Match[str]"], re.compile(r"[ \t\n\r]*").match)
 #: The decoder's C scanner: (value, end) of the JSON value at a position, or
@@ -475,9 +476,13 @@ def _streamed(text: str, walker: _Walker) -> Tree:
                         entry(index, value)
                         del value  # the entry's dict goes now, not with the document
                         index += 1
-                        at = _SKIP_SPACE(text, at).end()
+                        # Go's encoder writes no white space: skip the regex then
+                        if text[at] in _JSON_SPACE:
+                            at = _SKIP_SPACE(text, at).end()
                         if text[at] == ",":
-                            at = _SKIP_SPACE(text, at + 1).end()
+                            at += 1
+                            if text[at] in _JSON_SPACE:
+                                at = _SKIP_SPACE(text, at).end()
                         elif text[at] == "]":
                             at += 1
                             break
