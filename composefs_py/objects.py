@@ -322,13 +322,18 @@ class ObjectStore:
         self._dirs.add(prefix)
         return created
 
-    def _publish(self, tmp: str, payload: bytes) -> bool:
-        """Publish (or stage) ``tmp`` as ``payload``; return False if it already existed."""
+    def _publish(self, tmp: str, payload: bytes, *, checked: bool = False) -> bool:
+        """Publish (or stage) ``tmp`` as ``payload``; return False if it already existed.
+
+        ``checked``: the writer found no such object when it began (in a
+        batch that is enough: the rename at the end checks again)."""
         staged = self._staged
         if staged is not None:
             hexdigest = (payload[:2] + payload[3:]).decode("ascii")
             with self._lock:
-                if payload in staged or os.path.isfile(self._path_str(hexdigest)):
+                if payload in staged or (
+                    not checked and os.path.isfile(self._path_str(hexdigest))
+                ):
                     duplicate = True
                 else:
                     staged[payload] = tmp
@@ -534,7 +539,9 @@ class ObjectWriter:
         self._tmp = None
         self._done = True
         try:
-            self.created = store._publish(tmp, payload)
+            self.created = store._publish(
+                tmp, payload, checked=store.naming == "sha256" and self._expected is not None
+            )
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
