@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SAMPLE := tests/data/sample.dump
 IMAGE := build/sample.cfs
 
-.PHONY: deps run test lint
+.PHONY: deps run test lint bench
 
 deps:
 	@scripts/bootstrap.sh
@@ -25,3 +25,8 @@ lint: deps
 test: deps
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint
+
+# composefs-py against mkcomposefs (TOC -> image, sandbox, layer import);
+# the table goes to stdout and build/bench.json.  BENCH_ARGS="--only toc".
+bench: deps
+	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -45,29 +45,43 @@ def _mkcomposefs() -> str:
     return str(find_mkcomposefs())
 
 
+_TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
 def _timed(argv: list[str], stdin: bytes | None = None) -> tuple[float, int, bytes]:
-    """Run ``argv``; return (wall seconds, peak RSS KiB, stdout), rusage read via wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=_REPO,
-    )
-    if stdin is not None:
-        assert proc.stdin is not None
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    assert proc.stdout is not None and proc.stderr is not None
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise RuntimeError(f"{argv[:4]} failed: {err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss, out
+    """Run ``argv``; return (wall seconds, peak RSS KiB, stdout).
+
+    The peak RSS comes from GNU time's ``%M`` (its child's ``ru_maxrss``):
+    a child forked from this process would count this process's own RSS
+    (Linux carries the old mm's high-water mark across exec), which made
+    every measured side look as big as the benchmark itself.
+    """
+    with tempfile.NamedTemporaryFile(prefix="bench-rss-") as rss_file:
+        wrapped = argv if _TIME is None else [_TIME, "-f", "%M", "-o", rss_file.name, *argv]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            wrapped,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=_REPO,
+        )
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode:
+            raise RuntimeError(f"{argv[:4]} failed: {err.decode(errors='replace')[-2000:]}")
+        kib = usage.ru_maxrss
+        if _TIME is not None:
+            kib = int(Path(rss_file.name).read_text().split()[-1])
+    return wall, kib, out
 
 
 def _median(values: list[float]) -> float:
@@ -101,8 +115,9 @@ def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
     dump_path = work / f"toc-{n}.dump"
     if not toc_path.exists():
         toc_path.write_bytes(generate.toc_json(n))
-    if not dump_path.exists():
-        dump_path.write_text(dump(parse_toc(toc_path.read_bytes())))
+    # Always from the code under test: a dumpfile kept from an older version
+    # may spell the same tree differently (e.g. which path leads a hardlink).
+    dump_path.write_text(dump(parse_toc(toc_path.read_bytes())))
     ours_img = work / f"ours-{n}.cfs"
     theirs_img = work / f"theirs-{n}.cfs"
     mk = _mkcomposefs()

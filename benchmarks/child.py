@@ -21,8 +21,9 @@ def main(argv: list[str]) -> int:
     if kind == "toc":
         toc_path, out = args
         start = time.perf_counter()
-        data = Path(toc_path).read_bytes()
-        write_image(parse_toc(data), out, backend="native")
+        # The JSON bytes go once parsed, as a caller that only wants the image drops them.
+        tree = parse_toc(Path(toc_path).read_bytes())
+        write_image(tree, out, backend="native")
     elif kind == "layer":
         blob, store, out = args
         start = time.perf_counter()
