@@ -29,12 +29,12 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
 
-Cost (2-core machine, libcomposefs 1.0.8, wall time): a child costs about
-0.1 s (interpreter start, imports, lockdown); at 100,000 entries the rest of
-the overhead over the native backend is about 1 s: the records in the parent
-(0.25 s), and in the child the TreeBuilder rebuild (0.6 s: Inode
-construction and the invariant checks, the defence in depth) and the digest
-check (python -m benchmarks --only sandbox).
+Cost (2-core machine, libcomposefs 1.0.8, wall time, python -m benchmarks
+--only sandbox): a child costs about 0.1 s (interpreter start, imports,
+lockdown); at 100,000 entries the whole overhead over the native backend is
+1.0-1.3 s: the records in the parent (0.25 s), and in the child the
+TreeBuilder rebuild (0.6 s: Inode construction and the invariant checks, the
+defence in depth) and the digest check.
 """
 
 from __future__ import annotations
