@@ -1223,6 +1223,21 @@ def _m_surrogate(draw: Draw, doc: dict[str, Any]) -> Any:
     return doc
 
 
+def _m_acl(draw: Draw, doc: dict[str, Any]) -> Any:
+    # Malformed POSIX ACLs: a mounted image makes such a directory unreadable
+    # (EINVAL) when the access ACL is bad.  Not (yet) required to be rejected.
+    value = draw(st.sampled_from([b"", b"\0", b"garbage", b"\x02\0\0\0\x01\0", b"\x01\0\0\0"]))
+    name = draw(st.sampled_from(TOC_XATTR_EXACT)).decode()
+    entry = {
+        "type": "dir",
+        "name": "acl/",
+        "mode": 0o755,
+        "xattrs": {name: base64.b64encode(value).decode()},
+    }
+    doc["entries"].append(entry)
+    return doc
+
+
 def _m_identity(draw: Draw, doc: dict[str, Any]) -> Any:
     return doc
 
@@ -1252,6 +1267,7 @@ HOSTILE_TOC_MUTATIONS: tuple[Mutation, ...] = (
     Mutation("chunk", _m_chunk, True),
     Mutation("version", _m_version, True),
     Mutation("surrogate", _m_surrogate, True),
+    Mutation("malformed-acl", _m_acl, False),
     Mutation("none", _m_identity, False),
 )
 

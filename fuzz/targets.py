@@ -31,6 +31,7 @@ replay a file with ``python -m fuzz replay FILE``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -101,6 +102,7 @@ def _scratch() -> Path:
     if _store_root is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         _store_root = Path(tempfile.mkdtemp(prefix="cfspy-fuzz-", dir=base))
+        atexit.register(shutil.rmtree, _store_root, ignore_errors=True)
     return _store_root
 
 
@@ -125,6 +127,22 @@ def fuzz_layer(data: bytes) -> None:
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
+#: ``python -m fuzz run`` sets this so a campaign does not find the reported
+#: libcomposefs bugs over and over; replays (tests, ``python -m fuzz replay``)
+#: see them (fuzz/crashes/README.md).
+_IGNORE_KNOWN = os.environ.get("CFSPY_FUZZ_IGNORE_KNOWN") == "1"
+
+
+def _is_payload_overrun(payload: bytes, got: bytes | None) -> bool:
+    """libcomposefs 1.0.8 reads 2 bytes past a redirect whose length is a multiple of 4."""
+    return (
+        got is not None
+        and (len(payload) + 1) % 4 == 0
+        and len(got) == len(payload) + 2
+        and got.startswith(payload)
+    )
+
+
 def fuzz_writer(data: bytes) -> None:
     try:
         tree = parse_dumpfile(data, limits=FUZZ_LIMITS)
@@ -143,6 +161,8 @@ def fuzz_writer(data: bytes) -> None:
         inode = tree.inode(path)
         if inode.payload is not None and inode.size > 0:
             got = back.inode(path).payload
+            if _IGNORE_KNOWN and _is_payload_overrun(inode.payload, got):
+                continue
             assert got == inode.payload, f"payload {inode.payload!r} read back as {got!r}"
     rewritten = _write_native(back, version)
     assert _native.read_image(rewritten) == back, "read(write(read(image))) != read(image)"
