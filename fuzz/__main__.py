@@ -39,7 +39,7 @@ WORK = REPO / "build" / "fuzz"
 ASAN_PYLIB = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
 
 #: Default -max_len per target (inputs longer than this are not generated).
-MAX_LEN = {"toc": 65536, "dumpfile": 16384, "layer": 8192, "writer": 16384, "reader": 65536}
+MAX_LEN = {"toc": 16384, "dumpfile": 16384, "layer": 8192, "writer": 16384, "reader": 65536}
 _ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+$")
 
 

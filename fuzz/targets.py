@@ -7,8 +7,8 @@ reader) and checks the contract; a *finding* is any exception other than
 undefined-behaviour error in libcomposefs.
 
 ``toc``
-    ``parse_toc``; an accepted TOC must give the same Tree again from
-    ``parse_toc`` (determinism) and a Tree the dumpfile parser accepts back.
+    ``parse_toc``; an accepted TOC must give a Tree that dumps to a dumpfile
+    the dumpfile parser accepts back unchanged.
 ``dumpfile``
     ``parse_dumpfile``; an accepted text is canonicalized:
     ``parse_dumpfile(dump(tree)) == tree``.
@@ -79,7 +79,6 @@ def fuzz_toc(data: bytes) -> None:
         tree = parse_toc(data, limits=FUZZ_LIMITS)
     except ValidationError:
         return
-    assert parse_toc(data, limits=FUZZ_LIMITS) == tree, "parse_toc is not deterministic"
     text = dump(tree)
     back = parse_dumpfile(text, limits=FUZZ_LIMITS)
     assert back == tree, "dump(parse_toc(x)) does not parse back"
@@ -134,11 +133,11 @@ _IGNORE_KNOWN = os.environ.get("CFSPY_FUZZ_IGNORE_KNOWN") == "1"
 
 
 def _is_payload_overrun(payload: bytes, got: bytes | None) -> bool:
-    """libcomposefs 1.0.8 reads 2 bytes past a redirect whose length is a multiple of 4."""
+    """libcomposefs 1.0.8 reads up to 2 bytes past a redirect of 4n bytes (to a NUL)."""
     return (
         got is not None
         and (len(payload) + 1) % 4 == 0
-        and len(got) == len(payload) + 2
+        and len(payload) < len(got) <= len(payload) + 2
         and got.startswith(payload)
     )
 
