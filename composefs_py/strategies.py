@@ -1454,6 +1454,8 @@ def _dm_numbers(draw: Draw, text: str) -> str:
         )
     )
     fields = ["/num", "0", "100644", "1", "0", "0", "0", "0.0", "-", "-", "-"]
+    if field == 1 and value == str(U32_MAX + 1):
+        value = str(_LIM.max_file_size + 1)  # 2^32 is a fine file size
     if field == 2:
         value = draw(st.sampled_from(["8", "9", "1000000", "77777777", "@", "170644", "0"]))
     if field == 7:
