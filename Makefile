@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SAMPLE := tests/data/sample.dump
 IMAGE := build/sample.cfs
 
-.PHONY: deps run test lint bench
+.PHONY: deps run test lint bench fuzz-deps fuzz
 
 deps:
 	@scripts/bootstrap.sh
@@ -30,3 +30,13 @@ test: deps
 # the table goes to stdout and build/bench.json.  BENCH_ARGS="--only toc".
 bench: deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) over an ASan+UBSan build of libcomposefs:
+# `make fuzz FUZZ_TARGET=toc FUZZ_SECONDS=600`, libFuzzer options in FUZZ_ARGS.
+FUZZ_TARGET ?= all
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 2
+fuzz-deps: deps
+	@scripts/build-asan.sh
+fuzz: fuzz-deps
+	$(PY) -m fuzz run --target $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(if $(FUZZ_ARGS),-- $(FUZZ_ARGS))
