@@ -202,7 +202,7 @@ def test_estargz_tocs_skip_landmarks_and_match_zstd_chunked_up_to_rounded_second
 
 
 def test_real_toc_tree_matches_the_source_tar() -> None:
-    tar_path = SHARED / "small.tar"
+    tar_path = DATA / "layers" / "small.tar"
     if not tar_path.exists():
         pytest.skip("../shared/testdata/small.tar is not here")
     tree = parse_toc(ZSTD_TOC)
