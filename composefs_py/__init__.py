@@ -26,7 +26,7 @@ from .model import Hardlink, Inode, Tree, TreeBuilder
 # Imported eagerly: the submodule shares the function's name, and a lazy
 # attribute would be shadowed by the module once ``composefs_py.mount`` is
 # imported.  mount.py loads the compiled module only when called.
-from .mount import mount, unmount
+from .mount import flatten, mount, mount_layers, unmount
 
 if TYPE_CHECKING:
     from .dumpfile import dump, parse_dumpfile
@@ -50,8 +50,10 @@ __all__ = [
     "TreeBuilder",
     "ValidationError",
     "dump",
+    "flatten",
     "fsverity_digest",
     "mount",
+    "mount_layers",
     "open_layer",
     "parse_dumpfile",
     "parse_toc",

@@ -71,6 +71,7 @@ __all__ = [
     "ENOSIGNATURE",
     "ENOVERITY",
     "EWRONGVERITY",
+    "flatten",
     "flatten_layers",
     "is_mountpoint",
     "mount",
@@ -645,3 +646,13 @@ def flatten_layers(trees: Sequence[Tree]) -> Tree:
             holders[key] = path
             builder.add(path, inode if link_count[key] > 1 else replace(inode, nlink=1))
     return builder.build()
+
+
+def flatten(trees: Sequence[Tree]) -> Tree:
+    """Merge layer Trees given **base first** (the order layers are applied).
+
+    The same as :func:`flatten_layers` with the list reversed: OCI whiteouts
+    delete, opaque directories reset what lies below, later layers replace
+    earlier entries, hardlinks stay consistent.
+    """
+    return flatten_layers(list(reversed(trees)))
