@@ -8,14 +8,19 @@ without the compiled extension; the tests check it against libcomposefs.
 
 :func:`enable_fsverity` and :func:`measure_fsverity` issue the ioctls
 directly.  Both raise :class:`~composefs_py.errors.LibraryError` (an
-``OSError``) with the kernel's errno; like libcomposefs, a file or filesystem
-without fs-verity gives ``errno.ENOTTY``.
+``OSError``) with the kernel's errno and a message naming the file, its file
+system and what is missing; like libcomposefs, measuring a file or file
+system without fs-verity gives ``errno.ENOTTY``.  :func:`enable_fsverity`
+accepts a file that already has fs-verity.  Kernels without
+``CONFIG_FS_VERITY`` (and tmpfs everywhere) refuse both: the digests are
+then still computed here, but nothing enforces them.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import hashlib
 import os
 import struct
@@ -27,6 +32,7 @@ __all__ = [
     "DIGEST_SIZE",
     "FsverityHasher",
     "enable_fsverity",
+    "filesystem_type",
     "fsverity_digest",
     "measure_fsverity",
 ]
@@ -169,36 +175,132 @@ def _feed_fd(hasher: FsverityHasher, fd: int) -> None:
         hasher.update(chunk)
 
 
-def enable_fsverity(fd: int) -> None:
+def filesystem_type(fd: int) -> str | None:
+    """The type of the file system holding the open file ``fd`` (``"ext4"``,
+    ``"tmpfs"``...), from ``/proc/self/mountinfo``; None when not found."""
+    try:
+        device = os.fstat(fd).st_dev
+        with open("/proc/self/mountinfo", "rb") as mountinfo:
+            lines = mountinfo.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 3 and fields[2] == wanted and b" - " in line:
+            return line.split(b" - ", 1)[1].split(b" ", 1)[0].decode("utf-8", "replace")
+    return None
+
+
+def _file_name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"fd {fd}"
+
+
+def _fs_phrase(fd: int) -> str:
+    """``"the ext4 file system"``, or ``"its file system"`` when the type is unknown."""
+    name = filesystem_type(fd)
+    return f"the {name} file system" if name else "its file system"
+
+
+def _kernel_lacks_fsverity() -> bool:
+    """True when the kernel's own config says it is built without fs-verity."""
+    try:
+        with gzip.open("/proc/config.gz", "rb") as config:
+            return b"# CONFIG_FS_VERITY is not set" in config.read()
+    except OSError:
+        return False
+
+
+def _enable_reason(code: int, fs: str) -> str:
+    if code == errno.ENOTTY:
+        return f"{fs} does not support fs-verity"
+    if code == errno.EOPNOTSUPP:
+        if _kernel_lacks_fsverity():
+            return (
+                f"this kernel ({os.uname().release}) is built without fs-verity "
+                f"(CONFIG_FS_VERITY is not set), so {fs} cannot use it"
+            )
+        return (
+            f"fs-verity is not available on {fs}: the kernel lacks it "
+            "(CONFIG_FS_VERITY) or the file system was made without the verity "
+            "feature (ext4: tune2fs -O verity; f2fs: mkfs.f2fs -O verity)"
+        )
+    reasons = {
+        errno.EINVAL: (
+            f"the kernel refuses SHA-256 fs-verity with {BLOCK_SIZE}-byte blocks on "
+            f"{fs} (other block or page sizes need Linux >= 6.3)"
+        ),
+        errno.ETXTBSY: "the file is open for writing",
+        errno.EROFS: f"{fs} is read-only",
+        errno.EPERM: (
+            "not permitted (the file is append-only or immutable, or the kernel "
+            "requires signed fs-verity files)"
+        ),
+        errno.EACCES: "permission denied (enabling fs-verity needs write access to the file)",
+        errno.ENOPKG: "the kernel lacks SHA-256 for fs-verity",
+        errno.EFBIG: f"the file is too large for fs-verity on {fs}",
+        errno.EISDIR: "it is a directory (fs-verity applies to regular files)",
+    }
+    return reasons.get(code, os.strerror(code))
+
+
+def enable_fsverity(fd: int) -> bool:
     """Enable fs-verity (SHA-256, 4096-byte blocks, no salt) on the file at ``fd``.
 
     The file must be open read-only and not open for writing anywhere.
+    Returns True when this call enabled it, False when the file already had
+    it (``EEXIST``).  Any other failure raises
+    :class:`~composefs_py.errors.LibraryError` with the kernel's errno and a
+    message naming the file, its file system and the reason: ``ENOTTY``
+    when the file system has no fs-verity (tmpfs), ``EOPNOTSUPP`` when the
+    kernel or this file system lacks it (ext4 without the verity feature or
+    on a kernel without ``CONFIG_FS_VERITY``).
     """
     arg = bytearray(_ENABLE_ARG.pack(1, _ALG_SHA256, BLOCK_SIZE, 0, 0, 0, 0, 0, b""))
     try:
         fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, arg, True)
     except OSError as exc:
         code = exc.errno or errno.EIO
-        raise LibraryError(code, f"FS_IOC_ENABLE_VERITY: {os.strerror(code)}") from None
+        if code == errno.EEXIST:
+            return False
+        raise LibraryError(
+            code,
+            f"cannot enable fs-verity on {_file_name(fd)}: {_enable_reason(code, _fs_phrase(fd))}",
+        ) from None
+    return True
 
 
 def measure_fsverity(fd: int) -> bytes:
     """Return the kernel's fs-verity digest of the file at ``fd``.
 
-    A file without fs-verity (or a filesystem without support) raises
-    LibraryError with ``errno.ENOTTY``, as libcomposefs reports it.
+    A file without fs-verity (not enabled, or a file system or kernel
+    without support) raises LibraryError with ``errno.ENOTTY``, as
+    libcomposefs reports it, and a message saying which.
     """
     buf = bytearray(_DIGEST_HEADER.pack(0, 64)) + bytearray(64)
     try:
         fcntl.ioctl(fd, FS_IOC_MEASURE_VERITY, buf, True)
     except OSError as exc:
         code = exc.errno or errno.EIO
+        if code == errno.ENODATA:
+            reason = "fs-verity is not enabled on it"
+        elif code in (errno.EOPNOTSUPP, errno.ENOTTY):
+            reason = f"{_fs_phrase(fd)} or the kernel has no fs-verity"
+        else:
+            reason = os.strerror(code)
         if code in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTTY):
             code = errno.ENOTTY
-        raise LibraryError(code, f"FS_IOC_MEASURE_VERITY: {os.strerror(code)}") from None
+        raise LibraryError(
+            code, f"cannot measure the fs-verity of {_file_name(fd)}: {reason}"
+        ) from None
     algorithm, size = _DIGEST_HEADER.unpack_from(buf)
     if algorithm != _ALG_SHA256 or size != DIGEST_SIZE:
         raise LibraryError(
-            errno.EILSEQ, f"FS_IOC_MEASURE_VERITY: not a SHA-256 digest ({algorithm=}, {size=})"
+            errno.EILSEQ,
+            f"cannot measure the fs-verity of {_file_name(fd)}: not a SHA-256 digest "
+            f"({algorithm=}, {size=})",
         )
     return bytes(buf[_DIGEST_HEADER.size : _DIGEST_HEADER.size + DIGEST_SIZE])

@@ -1,10 +1,17 @@
-"""Tests of composefs_py.fsverity: the pure-Python digest against libcomposefs."""
+"""Tests of composefs_py.fsverity: the pure-Python digest against libcomposefs
+and the real ``mkcomposefs --digest-store``; the enable/measure ioctls against
+this kernel (which may lack fs-verity: then their errors are what is checked)."""
 
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +20,13 @@ from hypothesis import strategies as st
 
 from composefs_py import _native
 from composefs_py.errors import LibraryError
-from composefs_py.fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
+from composefs_py.fsverity import (
+    FsverityHasher,
+    enable_fsverity,
+    filesystem_type,
+    fsverity_digest,
+    measure_fsverity,
+)
 
 BLOCK = 4096
 # Sizes around every boundary of the Merkle tree: one block, one block of
@@ -133,3 +146,172 @@ def test_enable_agrees_with_libcomposefs(tmp_path: Path) -> None:
             assert isinstance(exc, OSError)
         else:  # a filesystem with fs-verity: the kernel agrees with us
             assert measure_fsverity(f.fileno()) == fsverity_digest(b"data")
+
+
+# ---------------------------------------------------------------------------
+# against mkcomposefs --digest-store (files on disk, hashed by the tool)
+# ---------------------------------------------------------------------------
+
+#: mkcomposefs inlines files of up to 64 bytes (no object, no digest), so the
+#: sizes it hashes start above that; smaller ones are checked against
+#: libcomposefs' own function above.
+STORE_SIZES = [65, *(size for size in SIZES if size > 64)]
+
+
+def dump_digests(composefs_info: Path, image: Path) -> dict[str, tuple[str, str]]:
+    """path -> (payload, fs-verity digest hex) of each file with external content."""
+    text = subprocess.run(
+        [str(composefs_info), "dump", str(image)], check=True, capture_output=True
+    ).stdout.decode()
+    result = {}
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if fields[8] != "-":
+            result[fields[0]] = (fields[8], fields[10])
+    return result
+
+
+def test_digests_equal_mkcomposefs_digest_store(
+    mkcomposefs: Path, composefs_info: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for size in STORE_SIZES:
+        (source / f"f{size}").write_bytes(content(size))
+    store = tmp_path / "store"
+    image = tmp_path / "image.cfs"
+    subprocess.run(
+        [str(mkcomposefs), f"--digest-store={store}", str(source), str(image)],
+        check=True,
+        capture_output=True,
+    )
+    theirs = dump_digests(composefs_info, image)
+    assert sorted(theirs) == sorted(f"/f{size}" for size in STORE_SIZES)
+    for size in STORE_SIZES:
+        payload, digest = theirs[f"/f{size}"]
+        ours = fsverity_digest(source / f"f{size}")
+        assert ours.hex() == digest, size
+        # the tool names each stored object by that digest
+        assert payload == f"{ours.hex()[:2]}/{ours.hex()[2:]}"
+        assert fsverity_digest(store / payload) == ours
+
+
+# ---------------------------------------------------------------------------
+# enable / measure on this kernel's file systems
+# ---------------------------------------------------------------------------
+
+
+def findmnt_type(path: Path) -> str:
+    """The file system type of ``path`` as util-linux's findmnt reports it."""
+    tool = shutil.which("findmnt")
+    if tool is None:
+        pytest.skip("findmnt (util-linux) not found")
+    out = subprocess.run(
+        [tool, "-n", "-o", "FSTYPE", "--target", str(path)], check=True, capture_output=True
+    )
+    return out.stdout.decode().split()[-1]
+
+
+@pytest.fixture
+def tmpfs_dir() -> Iterator[Path]:
+    """A folder on tmpfs (no fs-verity on any kernel): under /dev/shm."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or findmnt_type(shm) != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    folder = Path(tempfile.mkdtemp(prefix="cfspy-verity-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def kernel_config_lacks_fsverity() -> bool:
+    try:
+        with gzip.open("/proc/config.gz", "rb") as config:
+            return b"# CONFIG_FS_VERITY is not set" in config.read()
+    except OSError:
+        return False
+
+
+def test_filesystem_type_agrees_with_findmnt(tmp_path: Path, tmpfs_dir: Path) -> None:
+    for folder in (tmp_path, tmpfs_dir):
+        path = folder / "file"
+        path.write_bytes(b"x")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert filesystem_type(fd) == findmnt_type(path)
+        finally:
+            os.close(fd)
+
+
+def test_enable_on_tmpfs_says_the_file_system_lacks_fsverity(tmpfs_dir: Path) -> None:
+    path = tmpfs_dir / "object"
+    path.write_bytes(content(5000))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(LibraryError) as enabled:
+            enable_fsverity(fd)
+        with pytest.raises(LibraryError) as measured:
+            measure_fsverity(fd)
+    finally:
+        os.close(fd)
+    assert enabled.value.errno == errno.ENOTTY
+    assert str(enabled.value.strerror) == (
+        f"cannot enable fs-verity on {path}: the tmpfs file system does not support fs-verity"
+    )
+    assert measured.value.errno == errno.ENOTTY
+    assert f"{path}" in str(measured.value.strerror)
+    assert "tmpfs" in str(measured.value.strerror)
+
+
+def test_enable_on_the_test_folder_works_or_names_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    data = content(3 * BLOCK + 5)
+    path.write_bytes(data)
+    fs = findmnt_type(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            enabled = enable_fsverity(fd)
+        except LibraryError as exc:
+            assert exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY), exc
+            message = str(exc.strerror)
+            assert message.startswith(f"cannot enable fs-verity on {path}: ")
+            assert f"{fs} file system" in message
+            if exc.errno == errno.EOPNOTSUPP and kernel_config_lacks_fsverity():
+                assert "CONFIG_FS_VERITY is not set" in message
+            # libcomposefs' own call meets the same refusal
+            with pytest.raises(LibraryError) as theirs:
+                _native.enable_fsverity(fd)
+            assert theirs.value.errno == exc.errno
+            with pytest.raises(LibraryError) as measured:
+                measure_fsverity(fd)
+            assert measured.value.errno == errno.ENOTTY
+        else:  # a kernel and file system with fs-verity: the live path
+            assert enabled is True
+            assert enable_fsverity(fd) is False  # EEXIST: already enabled
+            assert measure_fsverity(fd) == fsverity_digest(data)
+            assert _native.measure_fsverity(fd) == fsverity_digest(data)
+    finally:
+        os.close(fd)
+
+
+def test_enable_on_a_pipe_is_refused_with_its_errno() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        with pytest.raises(LibraryError) as refused:
+            enable_fsverity(read_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert refused.value.errno == errno.ENOTTY
+    assert str(refused.value.strerror).startswith("cannot enable fs-verity on pipe:[")
+
+
+def test_enable_on_a_closed_fd_is_ebadf(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(LibraryError) as refused:
+        enable_fsverity(fd)
+    assert refused.value.errno == errno.EBADF
+    assert isinstance(refused.value, OSError)
