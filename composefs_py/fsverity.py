@@ -247,7 +247,7 @@ def _enable_reason(code: int, fs: str) -> str:
     return reasons.get(code, os.strerror(code))
 
 
-def enable_fsverity(fd: int) -> bool:
+def enable_fsverity(fd: int, *, name: str | None = None) -> bool:
     """Enable fs-verity (SHA-256, 4096-byte blocks, no salt) on the file at ``fd``.
 
     The file must be open read-only and not open for writing anywhere.
@@ -257,7 +257,8 @@ def enable_fsverity(fd: int) -> bool:
     message naming the file, its file system and the reason: ``ENOTTY``
     when the file system has no fs-verity (tmpfs), ``EOPNOTSUPP`` when the
     kernel or this file system lacks it (ext4 without the verity feature or
-    on a kernel without ``CONFIG_FS_VERITY``).
+    on a kernel without ``CONFIG_FS_VERITY``).  ``name`` is what the
+    message calls the file (default: its path, from ``/proc/self/fd``).
     """
     arg = bytearray(_ENABLE_ARG.pack(1, _ALG_SHA256, BLOCK_SIZE, 0, 0, 0, 0, 0, b""))
     try:
@@ -268,7 +269,8 @@ def enable_fsverity(fd: int) -> bool:
             return False
         raise LibraryError(
             code,
-            f"cannot enable fs-verity on {_file_name(fd)}: {_enable_reason(code, _fs_phrase(fd))}",
+            f"cannot enable fs-verity on {name or _file_name(fd)}: "
+            f"{_enable_reason(code, _fs_phrase(fd))}",
         ) from None
     return True
 

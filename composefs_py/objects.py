@@ -26,6 +26,18 @@ does the same and also fsyncs the directory.  A batch flushes the store's
 filesystem once before the renames (no object can appear with content that
 is not on disk) and once after them (the import is durable when it returns).
 ``durable=False`` skips all of it, as ``tar -x`` does.
+
+fs-verity: ``fsverity=True`` computes each object's fs-verity digest while
+writing it, so a layer import records the digests in its Tree (and the
+image then asks the kernel to check them: ``mount(require_verity=True)``).
+``enable_verity=True`` also enables kernel fs-verity on every object the
+store takes in (new ones when they are published, ones it already held when
+they are added again), measures it and checks it against the computed
+digest.  The store's file system must support fs-verity (ext4 or f2fs made
+with the verity feature, btrfs; a kernel with ``CONFIG_FS_VERITY``): the
+constructor tries it on a scratch file and raises
+:class:`~composefs_py.errors.LibraryError` saying what is missing, before
+any object is written.
 """
 
 from __future__ import annotations
@@ -102,13 +114,16 @@ class ObjectStore:
     (composefs-rs) picks the digest that names an object.  ``fsverity``: also
     compute each object's fs-verity digest while writing it (always done for
     ``naming="fsverity"``), so layer imports can put it in the Tree.
-    ``durable=False`` skips every fsync and sync; a crash may then leave
-    damaged objects behind, which :meth:`verify` finds.  The root is created
-    if missing.
+    ``enable_verity``: enable kernel fs-verity on every object added (see
+    the module docstring; implies ``fsverity``); raises LibraryError here when
+    the store's file system or the kernel cannot.  ``durable=False`` skips
+    every fsync and sync; a crash may then leave damaged objects behind,
+    which :meth:`verify` finds.  The root is created if missing.
     """
 
     __slots__ = (
         "_dirs",
+        "_enable_verity",
         "_fsverity",
         "_lock",
         "_naming",
@@ -117,6 +132,7 @@ class ObjectStore:
         "_staged",
         "_tmp_count",
         "_verity_digests",
+        "_verity_pending",
         "durable",
     )
 
@@ -126,6 +142,7 @@ class ObjectStore:
         *,
         naming: Naming = "sha256",
         fsverity: bool = False,
+        enable_verity: bool = False,
         durable: bool = True,
     ) -> None:
         if naming not in ("sha256", "fsverity"):
@@ -133,14 +150,20 @@ class ObjectStore:
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
         self._naming: Naming = naming
-        self._fsverity = fsverity or naming == "fsverity"
+        self._fsverity = fsverity or enable_verity or naming == "fsverity"
+        self._enable_verity = enable_verity
         self._verity_digests: dict[bytes, bytes] = {}
+        # In a batch: objects to enable fs-verity on once published, and
+        # the digest each must measure.
+        self._verity_pending: dict[bytes, bytes] = {}
         self._root_str = os.fspath(self._root)
         self._staged: dict[bytes, str] | None = None
         self._dirs: set[str] = set()  # fan-out directories known to exist
         self._lock = threading.Lock()
         self._tmp_count = 0
         self.durable = durable
+        if enable_verity:
+            self._probe_verity()
 
     def __repr__(self) -> str:
         return f"ObjectStore({str(self._root)!r}, naming={self._naming!r})"
@@ -157,6 +180,11 @@ class ObjectStore:
     def computes_fsverity(self) -> bool:
         """Whether :meth:`add` computes fs-verity digests as it writes."""
         return self._fsverity
+
+    @property
+    def enables_verity(self) -> bool:
+        """Whether every object added gets kernel fs-verity enabled."""
+        return self._enable_verity
 
     # -- names ---------------------------------------------------------
 
@@ -270,7 +298,11 @@ class ObjectStore:
                 self._rename(tmp, payload)
             if durable:
                 self._sync_filesystem()  # the renames
+            pending, self._verity_pending = self._verity_pending, {}
+            for payload, digest in pending.items():
+                self._enable_object_verity(payload, digest)
         finally:
+            self._verity_pending = {}
             self._staged = None
             for tmp in staged.values():
                 with contextlib.suppress(FileNotFoundError):
@@ -408,22 +440,52 @@ class ObjectStore:
     def enable_verity(self, payload: bytes | str) -> bytes:
         """Enable kernel fs-verity on the object; return the kernel's digest.
 
-        Raises LibraryError (``errno.ENOTTY``) where the filesystem has no
-        fs-verity.  An object that already has it is measured only.
+        Raises LibraryError where the file system or the kernel has no
+        fs-verity (the message says which).  An object that already has it
+        is measured only.
         """
         fd = os.open(self.path_for(payload), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            try:
-                enable_fsverity(fd)
-            except LibraryError as exc:
-                if exc.errno != errno.EEXIST:
-                    raise
+            enable_fsverity(fd)
             return measure_fsverity(fd)
         finally:
             os.close(fd)
 
     def _remember_verity(self, payload: bytes, digest: bytes) -> None:
         self._verity_digests[payload] = digest
+
+    def _verity_after_commit(self, payload: bytes, digest: bytes) -> None:
+        """With ``enable_verity``: enable it on ``payload`` now, or at the batch's end."""
+        if self._staged is not None:
+            with self._lock:
+                self._verity_pending[payload] = digest
+        else:
+            self._enable_object_verity(payload, digest)
+
+    def _enable_object_verity(self, payload: bytes, digest: bytes) -> None:
+        measured = self.enable_verity(payload)
+        if measured != digest:
+            raise LibraryError(
+                errno.EILSEQ,
+                f"object {self.path_for(payload)} has fs-verity digest {measured.hex()}, "
+                f"its content gives {digest.hex()}: the stored object is damaged",
+            )
+
+    def _probe_verity(self) -> None:
+        """Enable fs-verity on a scratch file in the store, or raise LibraryError."""
+        fd, tmp = self._create_temporary()
+        try:
+            try:
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)  # no writer may remain
+            try:
+                enable_fsverity(fd, name=f"the object store {self._root_str}")
+            finally:
+                os.close(fd)
+        finally:
+            os.unlink(tmp)
 
 
 class ObjectWriter:
@@ -524,6 +586,8 @@ class ObjectWriter:
             store._remember_verity(payload, verity)
         if self._fd is None:  # the object exists; content only hashed
             self._done = True
+            if verity is not None and store.enables_verity:
+                store._verity_after_commit(payload, verity)
             return payload
         fd, tmp = self._fd, self._tmp
         assert tmp is not None
@@ -546,6 +610,8 @@ class ObjectWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if verity is not None and store.enables_verity:
+            store._verity_after_commit(payload, verity)
         return payload
 
     def abort(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -9,11 +10,16 @@ import stat
 from pathlib import Path
 
 import pytest
+import test_fsverity
 from hypothesis import given
 from hypothesis import strategies as st
+from test_fsverity import findmnt_type
 
-from composefs_py.errors import ValidationError
+from composefs_py.errors import LibraryError, ValidationError
+from composefs_py.fsverity import fsverity_digest, measure_fsverity
 from composefs_py.objects import ObjectStore, payload_for_hex
+
+tmpfs_dir = test_fsverity.tmpfs_dir  # the fixture: a folder on tmpfs
 
 
 def sha256_payload(data: bytes) -> bytes:
@@ -208,10 +214,6 @@ def test_failed_batch_publishes_nothing(tmp_path: Path) -> None:
 
 
 def test_enable_verity_gives_the_kernel_digest_we_compute(tmp_path: Path) -> None:
-    import errno
-
-    from composefs_py.errors import LibraryError
-
     store = ObjectStore(tmp_path)
     payload = store.add(os.urandom(100_000))
     try:
@@ -222,6 +224,47 @@ def test_enable_verity_gives_the_kernel_digest_we_compute(tmp_path: Path) -> Non
         raise
     assert measured == store.fsverity_digest(payload)
     assert store.enable_verity(payload) == measured  # enabling twice only measures
+
+
+def test_enable_verity_store_on_tmpfs_is_refused_before_any_object(tmpfs_dir: Path) -> None:
+    root = tmpfs_dir / "objects"
+    with pytest.raises(LibraryError) as refused:
+        ObjectStore(root, enable_verity=True)
+    assert refused.value.errno == errno.ENOTTY
+    assert refused.value.strerror == (
+        f"cannot enable fs-verity on the object store {root}: "
+        "the tmpfs file system does not support fs-verity"
+    )
+    assert list(root.iterdir()) == []  # the scratch file is gone
+
+
+def test_enable_verity_store_enables_every_object_or_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "objects"
+    fs = findmnt_type(tmp_path)
+    try:
+        store = ObjectStore(root, enable_verity=True)
+    except LibraryError as exc:
+        assert exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY), exc
+        assert str(exc.strerror).startswith(f"cannot enable fs-verity on the object store {root}: ")
+        assert f"the {fs} file system" in str(exc.strerror)
+        assert list(root.iterdir()) == []
+        return
+    # The live path (a kernel and file system with fs-verity).
+    assert store.computes_fsverity and store.enables_verity
+    plain = ObjectStore(root).add(b"there before, without verity" * 100)
+    first = store.add(os.urandom(70_000))
+    with store.batch():
+        second = store.add(os.urandom(5000))
+        again = store.add(b"there before, without verity" * 100)
+    assert again == plain
+    for payload in (first, second, again):
+        fd = os.open(store.path_for(payload), os.O_RDONLY)
+        try:
+            assert measure_fsverity(fd) == fsverity_digest(store.path_for(payload))
+        finally:
+            os.close(fd)
 
 
 def test_stale_temporary_files_removed_fresh_ones_kept(tmp_path: Path) -> None:
