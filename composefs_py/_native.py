@@ -28,6 +28,7 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
+from ._erofs import check_image
 from .errors import LibraryError, ValidationError
 from .limits import Limits
 from .model import Hardlink, Inode, Tree, TreeBuilder
@@ -287,10 +288,13 @@ def _address(cnode: Any) -> int:
 def read_image(data: bytes | bytearray | memoryview) -> Tree:
     """Parse a composefs image into a validated :class:`Tree`.
 
-    The image is untrusted: what libcomposefs rejects and what the
-    :class:`TreeBuilder` rejects both raise ValidationError.  What EROFS does
-    not keep cannot come back (see the dumpfile round-trip notes).
+    The image is untrusted: :func:`~composefs_py._erofs.check_image` checks
+    its structure before libcomposefs's loader (which trusts offsets, sizes
+    and indexes) sees a byte; what it, libcomposefs or the
+    :class:`TreeBuilder` rejects raises ValidationError.  What EROFS does not
+    keep cannot come back (see the dumpfile round-trip notes).
     """
+    check_image(data)
     buf = ffi.from_buffer("uint8_t[]", data)
     root = lib.lcfs_load_node_from_image(buf, len(buf))
     if root == ffi.NULL:

@@ -1,0 +1,559 @@
+"""Structural check of a composefs image before libcomposefs reads it.
+
+libcomposefs 1.0.8's image loader (``lcfs_load_node_from_image`` in
+lcfs-writer-erofs.c) trusts the bytes it is given: block addresses, directory
+entries, shared xattr indexes and xattr sizes are used without bounds checks,
+and a whiteout referenced twice is used after it was freed.  :func:`check_image`
+walks the image the way the loader does and rejects, with a
+:class:`~composefs_py.errors.ValidationError` naming the inode (its nid and
+byte offset) and the field, everything the loader would read out of bounds or
+misuse, and everything libcomposefs never writes:
+
+* the composefs header (magic, format version 1, flags, composefs version
+  0..1) and the EROFS superblock (magic, 4 KiB blocks, only the feature bits
+  libcomposefs writes, metadata and shared xattr areas inside the image, the
+  root a directory);
+* every inode reachable from the root, once: its slot inside the image,
+  compact or extended layout, known i_format bits and file type, the data
+  layouts libcomposefs writes (flat plain or flat inline for directories and
+  symlinks, and for regular files also chunk-based), sizes (an inline tail of
+  1..4095 bytes that does not cross a block boundary; inline file content at
+  most ``LCFS_INLINE_CONTENT_MAX``; symlink targets of 1..4095 bytes without
+  NUL), data blocks inside the image;
+* directory blocks: the dirent table and every name inside the block, names
+  of 1..255 bytes without NUL or ``/``, sorted and unique across the whole
+  directory, ``.`` naming the directory itself and ``..`` its parent,
+  entry nids inside the image, file types that match the inode, every
+  directory and every whiteout referenced exactly once (no cycle, no
+  hardlinked directory, no second reference to a whiteout the loader frees),
+  nesting at most ``max_depth`` directories below the root;
+* xattrs, inline and shared: the ibody header and shared index array inside
+  the inode's xattr area, every entry (header, name, value) inside its area,
+  shared entries inside the image at an index the loader's 32-bit arithmetic
+  does not wrap, known name prefix indexes, full names of 1..255 bytes
+  without NUL, no name twice on one inode, the space libcomposefs accounts
+  for them within its 65535-byte limit, and 2 readable bytes after an
+  overlay redirect value (the loader reads that far).
+
+The work is bounded: each inode is parsed once, each directory block once,
+no recursion; the cost is linear in the size of the reachable metadata.
+Chunk indexes (which the loader never reads) and the xattr name filter are
+not checked.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass
+
+from .errors import ValidationError
+from .limits import Limits
+
+__all__ = ["ImageSummary", "check_image"]
+
+BLOCK_SIZE = 4096
+_BLOCK_BITS = 12
+_SLOT_BITS = 5
+SUPER_OFFSET = 1024
+LCFS_EROFS_MAGIC = 0xD078629A
+LCFS_EROFS_VERSION = 1
+LCFS_VERSION_MAX = 1
+_LCFS_FLAGS_ALL = 0x1  # LCFS_EROFS_FLAGS_HAS_ACL
+EROFS_MAGIC = 0xE0F5E1E2
+#: EROFS_FEATURE_COMPAT_SB_CHKSUM | _MTIME | _XATTR_FILTER.
+_COMPAT_KNOWN = 0x1 | 0x2 | 0x4
+#: EROFS_FEATURE_INCOMPAT_CHUNKED_FILE (libcomposefs writes none).
+_INCOMPAT_KNOWN = 0x4
+#: libcomposefs's LCFS_INLINE_CONTENT_MAX and its loader's PATH_MAX.
+INLINE_CONTENT_MAX = 5000
+_PATH_MAX = 4096
+_NAME_MAX = 255
+_XATTR_NAME_MAX = 255
+#: What lcfs_node_set_xattr_internal allows a node read from an image.
+_XATTR_SPACE_MAX = 0xFFFF
+#: The loader computes ``raw_blkaddr * 4096`` and ``index * 4`` in 32 bits.
+_U32_LIMIT = 1 << 32
+
+_FLAT_PLAIN = 0
+_FLAT_INLINE = 2
+_CHUNK_BASED = 4
+_CHUNK_FORMAT_BLKBITS_MASK = 0x1F
+_I_ALL = 0xF
+
+_HEADER = struct.Struct("<IIII")
+# magic checksum feature_compat blkszbits sb_extslots root_nid inos build_time
+# build_time_nsec blocks meta_blkaddr xattr_blkaddr uuid volume_name
+# feature_incompat u1 extra_devices devt_slotoff dirblkbits xattr_prefix_count
+# xattr_prefix_start packed_nid xattr_filter_reserved reserved2
+_SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHHBBIQB23x")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+# i_format i_xattr_icount i_mode i_nlink i_size i_reserved i_u ...
+_COMPACT = struct.Struct("<HHHHII I I HHI".replace(" ", ""))
+# i_format i_xattr_icount i_mode i_reserved i_size i_u ...
+_EXTENDED = struct.Struct("<HHHHQ I I II QII 16x".replace(" ", ""))
+_DIRENT = struct.Struct("<QHBB")
+_XATTR_ENTRY = struct.Struct("<BBH")
+_XATTR_HEADER_SIZE = 12
+
+#: EROFS dirent file types (EROFS_FT_*) by file type.
+_FILE_TYPES = {
+    stat.S_IFREG: 1,
+    stat.S_IFDIR: 2,
+    stat.S_IFCHR: 3,
+    stat.S_IFBLK: 4,
+    stat.S_IFIFO: 5,
+    stat.S_IFSOCK: 6,
+    stat.S_IFLNK: 7,
+}
+
+#: erofs_xattr_prefixes[] in lcfs-erofs-internal.h, by e_name_index.
+_XATTR_PREFIXES = (
+    b"",
+    b"user.",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+    b"trusted.",
+    b"lustre.",
+    b"security.",
+)
+_OVERLAY = b"trusted.overlay."
+_OVERLAY_ESCAPE = b"trusted.overlay.overlay."
+_REDIRECT = b"trusted.overlay.redirect"
+#: Names the loader consumes or skips without storing them on the node.
+_NOT_STORED = frozenset(
+    {
+        b"trusted.overlay.metacopy",
+        b"trusted.overlay.overlay.whiteouts",
+        b"user.overlay.whiteout",
+        b"user.overlay.whiteouts",
+    }
+)
+_ESCAPED_WHITEOUT = b"trusted.overlay.overlay.whiteout"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSummary:
+    """What :func:`check_image` walked: the image's format and its counts."""
+
+    #: The composefs format version in the header (0 or 1).
+    version: int
+    #: Distinct inodes reachable from the root (the root included).
+    inodes: int
+    #: Directories among them.
+    directories: int
+    #: Directory entries other than ``.`` and ``..``.
+    entries: int
+    #: Deepest directory below the root (the root is 0).
+    depth: int
+
+
+def _fail(reason: str, field: str, path: bytes | None = None) -> ValidationError:
+    return ValidationError(f"not a valid composefs image: {reason}", path=path, field=field)
+
+
+class _Checker:
+    __slots__ = (
+        "data",
+        "size",
+        "meta_start",
+        "xattr_start",
+        "max_depth",
+        "inodes",
+        "directories",
+        "entries",
+        "depth",
+    )
+
+    def __init__(self, data: bytes, max_depth: int) -> None:
+        self.data = data
+        self.size = len(data)
+        self.max_depth = max_depth
+        self.meta_start = 0
+        self.xattr_start = 0
+        # nid -> file type, or -1 for a whiteout the loader frees.
+        self.inodes: dict[int, int] = {}
+        self.directories = 0
+        self.entries = 0
+        self.depth = 0
+
+    # -- superblock --------------------------------------------------------
+
+    def superblock(self) -> tuple[int, int]:
+        data = self.data
+        if self.size < BLOCK_SIZE:
+            raise _fail(f"{self.size} bytes, an image has at least one 4096-byte block", "size")
+        magic, version, flags, cfs_version = _HEADER.unpack_from(data, 0)
+        if magic != LCFS_EROFS_MAGIC:
+            raise _fail(f"0x{magic:08x} is not the composefs magic number", "header.magic")
+        if version != LCFS_EROFS_VERSION:
+            raise _fail(f"header version {version} (only 1 is known)", "header.version")
+        if flags & ~_LCFS_FLAGS_ALL:
+            raise _fail(f"unknown header flags 0x{flags:x}", "header.flags")
+        if cfs_version > LCFS_VERSION_MAX:
+            raise _fail(
+                f"composefs format version {cfs_version} (0..{LCFS_VERSION_MAX} are known)",
+                "header.composefs_version",
+            )
+        fields = _SUPER.unpack_from(data, SUPER_OFFSET)
+        (magic, _csum, compat, blkszbits, _ext, root_nid, _inos, _bt, _btn, _blocks) = fields[:10]
+        meta_blkaddr, xattr_blkaddr = fields[10], fields[11]
+        incompat, extra_devices, dirblkbits, prefix_count = (
+            fields[14],
+            fields[16],
+            fields[18],
+            fields[19],
+        )
+        if magic != EROFS_MAGIC:
+            raise _fail(f"0x{magic:08x} is not the EROFS magic number", "superblock.magic")
+        if blkszbits != _BLOCK_BITS:
+            raise _fail(
+                f"block size 2^{blkszbits}: libcomposefs reads 4096-byte blocks only",
+                "superblock.blkszbits",
+            )
+        if compat & ~_COMPAT_KNOWN:
+            raise _fail(f"unknown compatible features 0x{compat:x}", "superblock.feature_compat")
+        if incompat & ~_INCOMPAT_KNOWN:
+            raise _fail(
+                f"features libcomposefs does not read: 0x{incompat & ~_INCOMPAT_KNOWN:x}",
+                "superblock.feature_incompat",
+            )
+        if extra_devices:
+            raise _fail(f"{extra_devices} extra devices", "superblock.extra_devices")
+        if dirblkbits:
+            raise _fail(f"directory block bits {dirblkbits} (must be 0)", "superblock.dirblkbits")
+        if prefix_count:
+            raise _fail(f"{prefix_count} long xattr name prefixes", "superblock.xattr_prefix_count")
+        self.meta_start = self._area(meta_blkaddr, "superblock.meta_blkaddr")
+        self.xattr_start = self._area(xattr_blkaddr, "superblock.xattr_blkaddr")
+        return int(cfs_version), int(root_nid)
+
+    def _area(self, blkaddr: int, field: str) -> int:
+        start = blkaddr * BLOCK_SIZE
+        if start >= _U32_LIMIT or start >= self.size:
+            raise _fail(f"block {blkaddr} is outside the image ({self.size} bytes)", field)
+        return start
+
+    # -- inodes ------------------------------------------------------------
+
+    def inode(self, nid: int, path: bytes) -> tuple[int, int, int, int, int]:
+        """Check inode ``nid``; return (file type, size, layout, tail offset, block address).
+
+        The tail offset is where inline data starts (after the xattrs).
+        """
+        data = self.data
+        off = self.meta_start + (nid << _SLOT_BITS)
+        where = f"inode {nid} at byte {off}"
+        if off + _COMPACT.size > self.size:
+            raise _fail(f"{where} is outside the image ({self.size} bytes)", "nid", path)
+        (i_format,) = _U16.unpack_from(data, off)
+        if i_format & ~_I_ALL:
+            raise _fail(f"{where}: unknown bits 0x{i_format:x}", "i_format", path)
+        layout = i_format >> 1
+        if i_format & 1:
+            isize = _EXTENDED.size
+            if off + isize > self.size:
+                raise _fail(f"{where}: extended inode runs past the image end", "nid", path)
+            _f, icount, mode, _r, size, i_u = _EXTENDED.unpack_from(data, off)[:6]
+        else:
+            isize = _COMPACT.size
+            _f, icount, mode, _n, size, _r, i_u = _COMPACT.unpack_from(data, off)[:7]
+        ftype = stat.S_IFMT(mode)
+        if ftype not in _FILE_TYPES:
+            raise _fail(f"{where}: unknown file type in mode 0o{mode:o}", "i_mode", path)
+        xattr_size = 0 if icount == 0 else _XATTR_HEADER_SIZE + (icount - 1) * 4
+        tail_start = off + isize + xattr_size
+        if tail_start > self.size:
+            raise _fail(f"{where}: xattr area runs past the image end", "i_xattr_icount", path)
+        if icount:
+            self.xattrs(off + isize, tail_start, ftype, where, path)
+        tail = 0
+        if layout == _FLAT_INLINE:
+            tail = size % BLOCK_SIZE
+            if tail == 0:
+                raise _fail(f"{where}: inline layout without inline data", "i_size", path)
+            if tail_start + tail > self.size:
+                raise _fail(f"{where}: inline data runs past the image end", "i_size", path)
+            if tail_start // BLOCK_SIZE != (tail_start + tail - 1) // BLOCK_SIZE:
+                raise _fail(f"{where}: inline data crosses a block boundary", "i_size", path)
+        if ftype == stat.S_IFDIR:
+            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE), where, path)
+            self._blocks(i_u, size - tail, where, path)
+        elif ftype == stat.S_IFLNK:
+            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE), where, path)
+            if not 0 < size < _PATH_MAX:
+                raise _fail(f"{where}: symlink target of {size} bytes", "i_size", path)
+            start = tail_start if tail else self._blocks(i_u, size, where, path)
+            if data.find(b"\0", start, start + size) >= 0:
+                raise _fail(f"{where}: symlink target holds a NUL byte", "symlink", path)
+        elif ftype == stat.S_IFREG:
+            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE, _CHUNK_BASED), where, path)
+            if layout == _CHUNK_BASED:
+                if i_u & 0xFFFF & ~_CHUNK_FORMAT_BLKBITS_MASK:
+                    raise _fail(f"{where}: chunk format 0x{i_u & 0xFFFF:x}", "i_u.c.format", path)
+            elif size:
+                if size > min(INLINE_CONTENT_MAX, self.size):
+                    raise _fail(
+                        f"{where}: {size} bytes of content stored in the image "
+                        f"(at most {INLINE_CONTENT_MAX})",
+                        "i_size",
+                        path,
+                    )
+                self._blocks(i_u, size - tail, where, path)
+        else:
+            self._layout(layout, (_FLAT_PLAIN,), where, path)
+            if size:
+                raise _fail(f"{where}: a device, fifo or socket of {size} bytes", "i_size", path)
+            if ftype == stat.S_IFCHR and i_u == 0:
+                return -1, 0, layout, 0, 0
+        return ftype, size, layout, tail_start, i_u
+
+    @staticmethod
+    def _layout(layout: int, allowed: tuple[int, ...], where: str, path: bytes) -> None:
+        if layout not in allowed:
+            raise _fail(
+                f"{where}: data layout {layout} is not one libcomposefs reads", "i_format", path
+            )
+
+    def _blocks(self, blkaddr: int, length: int, where: str, path: bytes) -> int:
+        """Check that ``length`` bytes from block ``blkaddr`` are in the image."""
+        start = blkaddr * BLOCK_SIZE
+        if length and (start >= _U32_LIMIT or start + length > self.size):
+            raise _fail(
+                f"{where}: {length} data bytes from block {blkaddr} run past the image end",
+                "i_u.raw_blkaddr",
+                path,
+            )
+        return start
+
+    # -- xattrs ------------------------------------------------------------
+
+    def xattrs(self, start: int, end: int, ftype: int, where: str, path: bytes) -> None:
+        data = self.data
+        shared = data[start + 4]
+        pos = start + _XATTR_HEADER_SIZE + 4 * shared
+        if pos > end:
+            raise _fail(
+                f"{where}: {shared} shared xattrs do not fit its xattr area",
+                "h_shared_count",
+                path,
+            )
+        seen: set[bytes] = set()
+        space = [_XATTR_HEADER_SIZE]
+        while pos < end:
+            if pos + 4 > end:
+                raise _fail(f"{where}: xattr entry at byte {pos} is cut short", "xattr", path)
+            name_len, index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
+            value_end = pos + 4 + name_len + value_size
+            if value_end > end:
+                raise _fail(
+                    f"{where}: xattr entry at byte {pos} runs past the xattr area",
+                    "xattr",
+                    path,
+                )
+            self._xattr(pos, name_len, index, value_end, ftype, seen, space, where, path)
+            pos = (value_end + 3) & ~3
+        if pos != end:
+            raise _fail(f"{where}: the last xattr entry overruns the xattr area", "xattr", path)
+        for i in range(shared):
+            (idx,) = _U32.unpack_from(data, start + _XATTR_HEADER_SIZE + 4 * i)
+            entry = self.xattr_start + idx * 4
+            if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
+                raise _fail(
+                    f"{where}: shared xattr index {idx} is outside the image", "xattr", path
+                )
+            name_len, index, value_size = _XATTR_ENTRY.unpack_from(data, entry)
+            value_end = entry + 4 + name_len + value_size
+            if value_end > self.size:
+                raise _fail(f"{where}: shared xattr {idx} runs past the image end", "xattr", path)
+            self._xattr(entry, name_len, index, value_end, ftype, seen, space, where, path)
+
+    def _xattr(
+        self,
+        pos: int,
+        name_len: int,
+        index: int,
+        value_end: int,
+        ftype: int,
+        seen: set[bytes],
+        space: list[int],
+        where: str,
+        path: bytes,
+    ) -> None:
+        if index >= len(_XATTR_PREFIXES):
+            raise _fail(f"{where}: xattr name index {index} at byte {pos}", "xattr", path)
+        suffix = self.data[pos + 4 : pos + 4 + name_len]
+        if b"\0" in suffix:
+            raise _fail(f"{where}: xattr name at byte {pos} holds a NUL byte", "xattr", path)
+        name = _XATTR_PREFIXES[index] + suffix
+        if not 0 < len(name) <= _XATTR_NAME_MAX:
+            raise _fail(f"{where}: xattr name of {len(name)} bytes at byte {pos}", "xattr", path)
+        if name in seen:
+            raise _fail(f"{where}: xattr {name!r} appears twice", "xattr", path)
+        seen.add(name)
+        value_size = value_end - pos - 4 - name_len
+        if name == _REDIRECT:
+            # strndup(value + 1, value_size + 1) reads up to 2 bytes past it.
+            if value_end + 2 > self.size:
+                raise _fail(f"{where}: overlay redirect at the image end", "xattr", path)
+            return
+        if name in _NOT_STORED or (name == _ESCAPED_WHITEOUT and ftype == stat.S_IFREG):
+            return
+        if name.startswith(_OVERLAY):
+            if not name.startswith(_OVERLAY_ESCAPE):
+                return
+            name = _OVERLAY + name[len(_OVERLAY_ESCAPE) :]
+        # lcfs_node_set_xattr_internal's accounting (7 + name + value each).
+        space[0] += 7 + len(name) + value_size
+        if space[0] > _XATTR_SPACE_MAX:
+            raise _fail(f"{where}: xattrs take more than {_XATTR_SPACE_MAX} bytes", "xattr", path)
+
+    # -- directories -------------------------------------------------------
+
+    def walk(self, root_nid: int) -> None:
+        root = self.inode(root_nid, b"/")
+        if root[0] != stat.S_IFDIR:
+            raise _fail(f"root inode {root_nid} is not a directory", "superblock.root_nid")
+        self.inodes[root_nid] = stat.S_IFDIR
+        stack = [(root_nid, root_nid, 0, b"/", root)]
+        while stack:
+            nid, parent, depth, path, info = stack.pop()
+            self.directories += 1
+            self.depth = max(self.depth, depth)
+            for child, name, child_info in self.directory(nid, parent, path, info):
+                if depth + 1 > self.max_depth:
+                    raise _fail(
+                        f"directories nest deeper than {self.max_depth}",
+                        "depth",
+                        path + b"/" + name if path != b"/" else b"/" + name,
+                    )
+                child_path = path + b"/" + name if path != b"/" else b"/" + name
+                stack.append((child, nid, depth + 1, child_path, child_info))
+
+    def directory(
+        self,
+        nid: int,
+        parent: int,
+        path: bytes,
+        info: tuple[int, int, int, int, int],
+    ) -> list[tuple[int, bytes, tuple[int, int, int, int, int]]]:
+        """Check one directory's entries; return its subdirectories."""
+        _ftype, size, layout, tail_start, blkaddr = info
+        blocks: list[tuple[int, int]] = []
+        tail = size % BLOCK_SIZE if layout == _FLAT_INLINE else 0
+        oob = size - tail
+        start = blkaddr * BLOCK_SIZE
+        for block in range(0, oob, BLOCK_SIZE):
+            blocks.append((start + block, min(BLOCK_SIZE, oob - block)))
+        if tail:
+            blocks.append((tail_start, tail))
+        subdirs: list[tuple[int, bytes, tuple[int, int, int, int, int]]] = []
+        previous = b""
+        dots = 0
+        for block_start, block_size in blocks:
+            for child, name, ftype in self.dirents(block_start, block_size, nid, path):
+                if name <= previous:
+                    raise _fail(
+                        f"directory inode {nid}: entry {name!r} is not sorted after {previous!r}",
+                        "dirent.name",
+                        path,
+                    )
+                previous = name
+                if name == b"." or name == b"..":
+                    want = nid if name == b"." else parent
+                    if child != want:
+                        raise _fail(
+                            f"directory inode {nid}: {name!r} names inode {child}, not {want}",
+                            "dirent.nid",
+                            path,
+                        )
+                    dots += 1
+                    continue
+                self.entries += 1
+                child_path = path + b"/" + name if path != b"/" else b"/" + name
+                known = self.inodes.get(child)
+                if known is not None:
+                    if known == stat.S_IFDIR:
+                        raise _fail(
+                            f"inode {child} is a directory entered a second time "
+                            "(a cycle or a hardlinked directory)",
+                            "dirent.nid",
+                            child_path,
+                        )
+                    if known == -1:
+                        raise _fail(
+                            f"whiteout inode {child} is entered a second time",
+                            "dirent.nid",
+                            child_path,
+                        )
+                    kind = known
+                else:
+                    child_info = self.inode(child, child_path)
+                    kind = child_info[0]
+                    self.inodes[child] = kind
+                    if kind == stat.S_IFDIR:
+                        subdirs.append((child, name, child_info))
+                want_type = _FILE_TYPES[stat.S_IFCHR if kind == -1 else kind]
+                if ftype != want_type:
+                    raise _fail(
+                        f"file type {ftype} in the entry, {want_type} in inode {child}",
+                        "dirent.file_type",
+                        child_path,
+                    )
+        if dots != 2:
+            raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
+        return subdirs
+
+    def dirents(self, start: int, size: int, nid: int, path: bytes) -> list[tuple[int, bytes, int]]:
+        data = self.data
+        where = f"directory inode {nid}, block at byte {start}"
+        if size < _DIRENT.size:
+            raise _fail(f"{where}: {size} bytes cannot hold an entry", "i_size", path)
+        (table,) = _U16.unpack_from(data, start + 8)
+        if table == 0 or table % _DIRENT.size or table >= size:
+            raise _fail(f"{where}: entry table of {table} bytes", "dirent.nameoff", path)
+        raw = list(_DIRENT.iter_unpack(data[start : start + table]))
+        out: list[tuple[int, bytes, int]] = []
+        last = len(raw) - 1
+        for i, (child, nameoff, ftype, _reserved) in enumerate(raw):
+            if i < last:
+                name_end = raw[i + 1][1]
+            else:
+                nul = data.find(b"\0", start + nameoff, start + size)
+                name_end = size if nul < 0 else nul - start
+            if not table <= nameoff < name_end <= size or name_end - nameoff > _NAME_MAX:
+                raise _fail(
+                    f"{where}: entry {i}: name at {nameoff}..{name_end} (table {table}, "
+                    f"block {size} bytes)",
+                    "dirent.nameoff",
+                    path,
+                )
+            name = data[start + nameoff : start + name_end]
+            if b"\0" in name or b"/" in name:
+                raise _fail(f"{where}: entry {i}: name {name!r}", "dirent.name", path)
+            out.append((child, name, ftype))
+        return out
+
+
+def check_image(
+    data: bytes | bytearray | memoryview, *, max_depth: int | None = None
+) -> ImageSummary:
+    """Check a composefs image's structure before libcomposefs loads it.
+
+    Raises :class:`~composefs_py.errors.ValidationError` naming the inode and
+    field at fault; returns what was walked.  ``max_depth`` bounds directory
+    nesting below the root (default :attr:`Limits.max_depth`): the loader
+    recurses once per level.
+    """
+    raw = data if isinstance(data, bytes) else bytes(data)
+    checker = _Checker(raw, Limits().max_depth if max_depth is None else max_depth)
+    version, root_nid = checker.superblock()
+    checker.walk(root_nid)
+    return ImageSummary(
+        version=version,
+        inodes=len(checker.inodes),
+        directories=checker.directories,
+        entries=checker.entries,
+        depth=checker.depth,
+    )
