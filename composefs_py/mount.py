@@ -312,6 +312,9 @@ def mount(
     if idmap_userns_fd is not None:
         flags |= MountFlags.IDMAP
 
+    # Our own folder for the image mount (libcomposefs would make one in /tmp and
+    # leave it behind when setting up a loop device fails).
+    staging = Path(tempfile.mkdtemp(prefix=".composefs-py-image."))
     try:
         mount_image(
             image_path,
@@ -322,9 +325,27 @@ def mount(
             flags=flags,
             expected_digest=expected_digest,
             idmap_fd=-1 if idmap_userns_fd is None else idmap_userns_fd,
+            image_mountdir=staging,
         )
     except OSError as exc:
         raise _library_error(exc, f"cannot mount {image_path} on {target}") from exc
+    finally:
+        _remove_staging_dir(staging)
+
+
+def _remove_staging_dir(path: Path) -> None:
+    """Remove an empty staging folder; detach first whatever is still mounted on it.
+
+    libcomposefs detaches the image mount itself, success or failure; the
+    detach here is a second line of defence.
+    """
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        _libc().umount2(_fs(path), _MNT_DETACH)
+        os.rmdir(path)
 
 
 def is_mountpoint(path: StrPath) -> bool:
@@ -500,7 +521,20 @@ def mount_layers(
     is mounted on ``mountpoint``; the staging mounts are then detached and
     their folders removed, so :func:`unmount` of ``mountpoint`` frees
     everything.  Whiteouts and opaque directories of upper images hide what
-    they cover in lower ones.  On failure nothing stays mounted.
+    they cover in lower ones.
+
+    ``objects`` is one object store folder or a list of them; every layer
+    gets the whole list as its data-only lower layers (searched in order),
+    so one store per layer (``[store_top, ..., store_base]``) and one store
+    shared by all layers both work.  ``upperdir``/``workdir`` (both or
+    neither) make the stack writable: changes land in ``upperdir``.
+
+    The images, object stores and upper/work dirs are checked before
+    anything is mounted.  When a mount fails halfway (a layer the kernel
+    refuses, the stacking overlay refused) the layers already mounted are
+    detached, which frees their loop devices (libcomposefs makes them
+    auto-clearing), and the staging folders are removed: nothing stays
+    mounted or bound.
     """
     if not images:
         raise ValueError("images: at least one layer image is needed")
@@ -526,8 +560,17 @@ def mount_layers(
             f"their whiteouts; this kernel is {os.uname().release}: write one image with "
             "flatten_layers() instead",
         )
+    # Everything that can be checked without mounting is checked before the
+    # first mount, so a bad later layer does not cost mounting the earlier ones.
     target = Path(mountpoint)
     _check_dir(target, "mountpoint")
+    for image in images:
+        _check_image(Path(image))
+    for objdir in [objects] if isinstance(objects, (str, os.PathLike)) else objects:
+        _check_dir(Path(objdir), "object store")
+    if upperdir is not None and workdir is not None:
+        _check_dir(Path(upperdir), "upperdir")
+        _check_dir(Path(workdir), "workdir")
     staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))
     mounted: list[Path] = []
     try:
@@ -554,7 +597,7 @@ def mount_layers(
     finally:
         # The stacking overlay (if mounted) keeps its lower layers alive.
         for layer_dir in mounted:
-            unmount(layer_dir, lazy=True)
+            _libc().umount2(_fs(layer_dir), _MNT_DETACH)
         shutil.rmtree(staging, ignore_errors=True)
 
 
