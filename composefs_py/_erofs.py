@@ -32,8 +32,12 @@ misuse, and everything libcomposefs never writes:
   shared entries inside the image at an index the loader's 32-bit arithmetic
   does not wrap, known name prefix indexes, full names of 1..255 bytes
   without NUL, no name twice on one inode, the space libcomposefs accounts
-  for them within its 65535-byte limit, and 2 readable bytes after an
-  overlay redirect value (the loader reads that far).
+  for them within its 65535-byte limit.
+
+The loader also reads up to 2 bytes past an overlay redirect's value (it
+copies it with ``strndup(value + 1, size + 1)``); that is safe only for a
+buffer followed by a NUL byte, which is why ``_native.read_image`` hands it a
+``bytes`` object (CPython keeps a NUL after the last byte).
 
 The work is bounded: each inode is parsed once, each directory block once,
 no recursion; the cost is linear in the size of the reachable metadata.
@@ -120,10 +124,10 @@ _XATTR_PREFIXES = (
 )
 _OVERLAY = b"trusted.overlay."
 _OVERLAY_ESCAPE = b"trusted.overlay.overlay."
-_REDIRECT = b"trusted.overlay.redirect"
 #: Names the loader consumes or skips without storing them on the node.
 _NOT_STORED = frozenset(
     {
+        b"trusted.overlay.redirect",
         b"trusted.overlay.metacopy",
         b"trusted.overlay.overlay.whiteouts",
         b"user.overlay.whiteout",
@@ -393,11 +397,10 @@ class _Checker:
             raise _fail(f"{where}: xattr {name!r} appears twice", "xattr", path)
         seen.add(name)
         value_size = value_end - pos - 4 - name_len
-        if name == _REDIRECT:
-            # strndup(value + 1, value_size + 1) reads up to 2 bytes past it.
-            if value_end + 2 > self.size:
-                raise _fail(f"{where}: overlay redirect at the image end", "xattr", path)
-            return
+        # The loader copies an overlay redirect with strndup(value + 1,
+        # value_size + 1): up to 2 bytes past the value, stopped by a NUL.
+        # That stays inside the buffer because read_image hands libcomposefs
+        # a bytes object, which always has a NUL after its last byte.
         if name in _NOT_STORED or (name == _ESCAPED_WHITEOUT and ftype == stat.S_IFREG):
             return
         if name.startswith(_OVERLAY):

@@ -294,6 +294,9 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
     :class:`TreeBuilder` rejects raises ValidationError.  What EROFS does not
     keep cannot come back (see the dumpfile round-trip notes).
     """
+    # A bytes object: the loader reads up to 2 bytes past an overlay
+    # redirect value at the very end, and CPython ends bytes with a NUL.
+    data = data if isinstance(data, bytes) else bytes(data)
     check_image(data)
     buf = ffi.from_buffer("uint8_t[]", data)
     root = lib.lcfs_load_node_from_image(buf, len(buf))
