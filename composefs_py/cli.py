@@ -11,12 +11,16 @@ build is simply not offered.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
 import importlib
 import importlib.util
+import itertools
 import os
 import sys
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,14 +170,16 @@ def load_source(
     collect: bool = False,
     objects: str | None = None,
     progress: bool | None = None,
+    store: Any = None,
 ) -> Source:
     """Parse the source at ``path`` (``-``: stdin) into a validated Tree.
 
-    With ``objects`` (a layer only) the layer's file contents are imported
-    into that object store, verified, and the Tree names them.
+    With ``objects`` (a folder) or ``store`` (an ObjectStore), for a layer
+    only, the layer's file contents are imported into that object store,
+    verified, and the Tree names them.
     """
     kind, data = _text_of(path, kind)
-    if objects is not None and kind != "layer":
+    if (objects is not None or store is not None) and kind != "layer":
         raise CommandError(f"--objects needs a layer SOURCE (a {kind} carries no file contents)")
     if kind == "toc":
         assert data is not None
@@ -194,9 +200,10 @@ def load_source(
         toc_bytes = layer.toc_bytes()
         if toc_bytes is not None:  # report every problem of the TOC at once
             _module("toc", "reading a TOC").parse_toc(toc_bytes, compat=compat, collect=True)
-    if objects is None:
+    if objects is None and store is None:
         return Source(layer.tree(compat=compat), kind, layer)
-    store = _module("objects", "an object store").ObjectStore(objects)
+    if store is None:
+        store = _module("objects", "an object store").ObjectStore(objects)
     tree = layer.import_objects(store, compat=compat, progress=progress)
     return Source(tree, kind, layer)
 
@@ -218,17 +225,32 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "build",
-        help="build a composefs image from a dumpfile, TOC or layer",
+        help="build a composefs image from a dumpfile, TOC or layer(s)",
         description="Build a composefs image from SOURCE (a composefs-dump(5) "
         "file, a TOC JSON or a layer; '-' reads a dumpfile or TOC from stdin) and "
-        "print its fs-verity digest.",
+        "print its fs-verity digest.  Several SOURCEs are layers of one image, "
+        "base first: they are flattened with OCI semantics (whiteouts delete, "
+        "opaque directories hide what lies below, later layers replace earlier "
+        "entries) into one image.",
     )
-    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("sources", metavar="SOURCE", nargs="+")
     parser.add_argument("-o", "--output", metavar="IMAGE", required=True)
     parser.add_argument(
         "--objects",
         metavar="DIR",
-        help="import the layer's file contents into this store",
+        help="import the layers' file contents into this store",
+    )
+    verity = parser.add_mutually_exclusive_group()
+    verity.add_argument(
+        "--verity-digests",
+        action="store_true",
+        help="record each file's fs-verity digest in the image (with --objects)",
+    )
+    verity.add_argument(
+        "--enable-verity",
+        action="store_true",
+        help="also enable kernel fs-verity on every object (the store's file "
+        "system and the kernel must support it)",
     )
     parser.add_argument(
         "--backend",
@@ -249,7 +271,7 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--min-version", type=int, default=0, metavar="N")
     parser.add_argument("--max-version", type=int, default=1, metavar="N")
-    parser.set_defaults(run=_cmd_build)
+    parser.set_defaults(run=_cmd_build, positional_list="sources")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -260,15 +282,31 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"need 0 <= --min-version <= --max-version <= {VERSION_MAX}, "
             f"got {args.min_version} and {args.max_version}"
         )
-    source = load_source(
-        args.source,
-        args.source_kind,
-        compat=args.compat,
-        objects=args.objects,
-        progress=True if args.progress else None,
-    )
+    if (args.verity_digests or args.enable_verity) and args.objects is None:
+        flag = "--enable-verity" if args.enable_verity else "--verity-digests"
+        raise UsageError(f"{flag} needs --objects (the digests come from the imported contents)")
+    if args.sources.count("-") > 1:
+        raise UsageError("standard input ('-') can be only one SOURCE")
+    store = None
+    if args.objects is not None:
+        store = _module("objects", "an object store").ObjectStore(
+            args.objects,
+            fsverity=args.verity_digests,
+            enable_verity=args.enable_verity,
+        )
+    trees = [
+        load_source(
+            path,
+            args.source_kind,
+            compat=args.compat,
+            store=store,
+            progress=True if args.progress else None,
+        ).tree
+        for path in args.sources
+    ]
+    tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
     digest = write_image(
-        source.tree,
+        tree,
         args.output,
         backend=args.backend,
         min_version=args.min_version,
@@ -363,53 +401,238 @@ def _add_digest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser = sub.add_parser(
         "digest",
         help="print the fs-verity digest of files",
-        description="Print 'DIGEST PATH' for each FILE: the fs-verity digest "
-        "(sha256, 4096-byte blocks, no salt) in hex ('-' reads stdin).",
+        description="Print the fs-verity digest (sha256, 4096-byte blocks, no "
+        "salt) of each FILE in hex ('-' reads stdin).  For one FILE the line is "
+        "the digest alone, as 'mkcomposefs --print-digest' prints an image's; "
+        "for several it is 'DIGEST FILE'.",
     )
     parser.add_argument("files", metavar="FILE", nargs="+")
+    parser.add_argument(
+        "-H",
+        "--with-filename",
+        action="store_true",
+        help="print 'DIGEST FILE' also for a single FILE",
+    )
     parser.set_defaults(run=_cmd_digest)
 
 
 def _cmd_digest(args: argparse.Namespace) -> int:
     from .fsverity import fsverity_digest
 
+    named = args.with_filename or len(args.files) > 1
     for path in args.files:
         digest = fsverity_digest(sys.stdin.fileno() if path == "-" else path)
-        print(f"{digest.hex()} {path}", flush=True)
+        print(f"{digest.hex()} {path}" if named else digest.hex(), flush=True)
     return 0
 
 
 def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "mount",
-        help="mount a composefs image",
-        description="Mount IMAGE on MNT with DIR as its object store.",
+        help="mount a composefs image, or layer images stacked",
+        description="Mount IMAGE on MNT with DIR as its object store.  Several "
+        "IMAGEs are layers, top first (IMG_TOP ... IMG_BASE): they are mounted "
+        "stacked as one overlay, whiteouts and opaque directories of upper "
+        "layers hiding what they cover below (Linux >= 6.7).",
     )
-    parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("mountpoint", metavar="MNT")
-    parser.add_argument("--objects", metavar="DIR", required=True)
+    # One positional list, split in _cmd_mount into the images and MNT.
+    parser.add_argument("paths", metavar="IMAGE [IMAGE ...] MNT", nargs="+")
+    parser.add_argument(
+        "--objects",
+        metavar="DIR",
+        required=True,
+        action="append",
+        help="object store folder (repeat for several, searched in order)",
+    )
     parser.add_argument("--upper", metavar="DIR", help="writable overlay upper directory")
     parser.add_argument("--work", metavar="DIR", help="overlay work directory (with --upper)")
     verity = parser.add_mutually_exclusive_group()
     verity.add_argument("--require-verity", action="store_true")
     verity.add_argument("--try-verity", action="store_true")
-    parser.set_defaults(run=_cmd_mount)
+    idmap = parser.add_argument_group(
+        "ID-mapped mount",
+        "Show the image's owners shifted: uid/gid C appears as H, for N ids "
+        "from C.  Either name a process whose user namespace has the mapping "
+        "(--idmap-pid), or give the mapping (--uidmap, --gidmap; repeat for "
+        "several ranges; a map not given stays identity) and a user namespace "
+        "is made for the mount.",
+    )
+    idmap.add_argument(
+        "--idmap-pid", metavar="PID", type=int, help="use /proc/PID/ns/user's mapping"
+    )
+    idmap.add_argument("--uidmap", metavar="C:H:N", type=IdRange.parse, action="append")
+    idmap.add_argument("--gidmap", metavar="C:H:N", type=IdRange.parse, action="append")
+    parser.set_defaults(run=_cmd_mount, positional_list="paths")
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        raise UsageError("mount needs IMAGE and MNT (several IMAGEs: top first)")
+    *images, mountpoint = args.paths
     if (args.upper is None) != (args.work is None):
         raise UsageError("--upper and --work go together")
+    if args.idmap_pid is not None and (args.uidmap or args.gidmap):
+        raise UsageError("--idmap-pid excludes --uidmap and --gidmap")
     mount = _module("mount", "mounting")
-    mount.mount(
-        args.image,
-        args.mountpoint,
-        objects=args.objects,
-        upperdir=args.upper,
-        workdir=args.work,
-        require_verity=args.require_verity,
-        try_verity=args.try_verity,
-    )
+    with contextlib.ExitStack() as stack:
+        userns_fd = None
+        if args.idmap_pid is not None:
+            userns_fd = stack.enter_context(_process_userns(args.idmap_pid))
+        elif args.uidmap or args.gidmap:
+            userns_fd = stack.enter_context(user_namespace(args.uidmap, args.gidmap))
+        options: dict[str, Any] = {
+            "objects": args.objects,
+            "upperdir": args.upper,
+            "workdir": args.work,
+            "require_verity": args.require_verity,
+            "try_verity": args.try_verity,
+            "idmap_userns_fd": userns_fd,
+        }
+        if len(images) == 1:
+            mount.mount(images[0], mountpoint, **options)
+        else:
+            mount.mount_layers(images, mountpoint, **options)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# user namespaces for ID-mapped mounts
+# ---------------------------------------------------------------------------
+
+_ID_LIMIT = 1 << 32  # ids are u32; the kernel keeps first + count below it
+_MAX_RANGES = 340  # what the kernel accepts per map
+_IDENTITY_MAP = "0 0 4294967295\n"  # the initial namespace's map
+_CLONE_NEWUSER = 0x10000000
+
+
+@dataclass(frozen=True, slots=True)
+class IdRange:
+    """One line of a uid or gid map: ``count`` ids from ``inside`` appear as
+    the ids from ``outside`` (``C:H:N`` on the command line)."""
+
+    inside: int
+    outside: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> IdRange:
+        """``"C:H:N"`` -> IdRange; argparse reports a malformed one (exit 2)."""
+        parts = text.split(":")
+        if len(parts) != 3 or not all(part.isdigit() and part.isascii() for part in parts):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected C:H:N (container id, host id, count; decimal)"
+            )
+        inside, outside, count = (int(part) for part in parts)
+        return cls(inside, outside, count)
+
+    def __str__(self) -> str:
+        return f"{self.inside}:{self.outside}:{self.count}"
+
+
+def _map_text(ranges: Sequence[IdRange], what: str) -> str:
+    """The ``/proc/PID/{what}`` text for ``ranges``; CommandError when invalid."""
+    if len(ranges) > _MAX_RANGES:
+        raise CommandError(f"--{what}: at most {_MAX_RANGES} ranges, got {len(ranges)}")
+    for id_range in ranges:
+        if id_range.count == 0:
+            raise CommandError(f"--{what} {id_range}: the count must be at least 1")
+        for side, first in (("container", id_range.inside), ("host", id_range.outside)):
+            if first + id_range.count >= _ID_LIMIT:
+                raise CommandError(
+                    f"--{what} {id_range}: {side} ids {first}..{first + id_range.count - 1} "
+                    f"go beyond {_ID_LIMIT - 2}"
+                )
+    for side in ("inside", "outside"):
+        spans = sorted(ranges, key=lambda id_range: int(getattr(id_range, side)))
+        for low, high in itertools.pairwise(spans):
+            if getattr(high, side) < getattr(low, side) + low.count:
+                where = "container" if side == "inside" else "host"
+                raise CommandError(f"--{what} {low} and {high}: their {where} ids overlap")
+    return "".join(f"{r.inside} {r.outside} {r.count}\n" for r in ranges)
+
+
+def _write_proc(pid: int, name: str, text: str, what: str) -> None:
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode("ascii"))  # one write: the kernel takes a map once
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        reason = os.strerror(exc.errno or errno.EIO)
+        if exc.errno == errno.EPERM:
+            reason = "not permitted (mapping other ids needs CAP_SETUID/CAP_SETGID)"
+        raise CommandError(f"{what}: the kernel refuses it: {reason}") from None
+
+
+@contextlib.contextmanager
+def user_namespace(
+    uid_ranges: Sequence[IdRange] | None, gid_ranges: Sequence[IdRange] | None
+) -> Iterator[int]:
+    """A new user namespace with these maps; yields an fd of it (closed after).
+
+    A forked child unshares ``CLONE_NEWUSER`` and waits; this process writes
+    its ``uid_map`` and ``gid_map`` (a map not given is the identity), opens
+    ``/proc/CHILD/ns/user`` and lets the child exit, reaping it before the
+    namespace is used: the fd keeps the namespace alive, no process remains.
+    """
+    uid_text = _map_text(uid_ranges, "uidmap") if uid_ranges else _IDENTITY_MAP
+    gid_text = _map_text(gid_ranges, "gidmap") if gid_ranges else _IDENTITY_MAP
+    unshare = ctypes.CDLL(None, use_errno=True).unshare
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe work, then _exit
+        status = 0
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            if unshare(_CLONE_NEWUSER) != 0:
+                os.write(ready_w, ctypes.get_errno().to_bytes(4, "little"))
+                status = 1
+            else:
+                os.write(ready_w, b"\0\0\0\0")
+                os.read(hold_r, 1)  # until the parent closes its end
+        finally:
+            os._exit(status)
+    os.close(ready_w)
+    os.close(hold_r)
+    userns_fd = -1
+    try:
+        answer = os.read(ready_r, 4)
+        code = int.from_bytes(answer, "little") if len(answer) == 4 else errno.ECHILD
+        if code:
+            raise CommandError(f"cannot create a user namespace: {os.strerror(code)}")
+        _write_proc(pid, "uid_map", uid_text, f"uid map {uid_text.strip()!r}")
+        _write_proc(pid, "setgroups", "deny", "setgroups")
+        _write_proc(pid, "gid_map", gid_text, f"gid map {gid_text.strip()!r}")
+        userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(hold_w)  # the child's read returns: it exits
+        os.waitpid(pid, 0)
+    try:
+        yield userns_fd
+    finally:
+        os.close(userns_fd)
+
+
+@contextlib.contextmanager
+def _process_userns(pid: int) -> Iterator[int]:
+    """An fd of process ``pid``'s user namespace (closed after)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CommandError(f"--idmap-pid {pid}: no such process") from None
+    except OSError as exc:
+        raise CommandError(
+            f"--idmap-pid {pid}: cannot open its user namespace: "
+            f"{os.strerror(exc.errno or errno.EIO)}"
+        ) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _add_unmount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -494,7 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors exit through argparse with status 2.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a list positional from one run of words only: words
+    # after an option ("build A -o X B", "mount A --objects D MNT") come back
+    # here and join the command's list.
+    tail: str | None = getattr(args, "positional_list", None)
+    if extra:
+        if tail is None or any(word.startswith("-") and word != "-" for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, tail).extend(extra)
     try:
         status: int = args.run(args)
         sys.stdout.flush()

@@ -443,6 +443,57 @@ def test_digest_prints_one_line_per_file(run: Run, tmp_path: Path) -> None:
     status, stdout, _ = run("digest", *files)
     assert status == 0
     assert stdout.splitlines() == [f"{fsverity_digest(p).hex()} {p}" for p in files]
+    # one file: the digest alone (as mkcomposefs --print-digest); -H names it
+    assert run("digest", files[2]) == (0, f"{fsverity_digest(files[2]).hex()}\n", "")
+    assert run("digest", "-H", files[2])[1] == f"{fsverity_digest(files[2]).hex()} {files[2]}\n"
+
+
+def print_digest(mkcomposefs: Path, *args: str | os.PathLike[str]) -> str:
+    """What ``mkcomposefs --print-digest ARGS`` prints (it writes the image too)."""
+    return subprocess.run(
+        [str(mkcomposefs), "--print-digest", *map(str, args)], check=True, capture_output=True
+    ).stdout.decode()
+
+
+#: File sizes around the Merkle tree's boundaries (in a directory image the
+#: tool hashes the files larger than 64 bytes and inlines the others).
+DIR_SIZES = (0, 1, 64, 65, 4095, 4096, 4097, 128 * 4096, 128 * 4096 + 1, (1 << 20) + 7)
+
+
+def test_digest_prints_what_mkcomposefs_print_digest_prints(
+    run: Run, tmp_path: Path, mkcomposefs: Path, composefs_src: Path
+) -> None:
+    """Differential: for every image mkcomposefs writes (one per upstream
+    asset and per version, one from a directory of files of many sizes),
+    ``composefs-py digest IMAGE`` prints exactly the tool's line."""
+    sources: list[tuple[list[str | os.PathLike[str]], str]] = []
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    for size in DIR_SIZES:
+        (source / ("sub" if size % 2 else ".") / f"f{size}").write_bytes(os.urandom(size))
+    sources.append(([source], "dir"))
+    for asset in sorted((composefs_src / "tests" / "assets").glob("*.dump*")):
+        if asset.name.startswith("should-fail") or not asset.name.endswith((".dump", ".gz")):
+            continue
+        text = asset.read_bytes()
+        if asset.name.endswith(".gz"):
+            text = gzip.decompress(text)
+        plain = tmp_path / f"{asset.name}.txt"
+        plain.write_bytes(text)
+        for version in ("0", "1"):
+            sources.append(
+                (
+                    ["--from-file", f"--min-version={version}", "--max-version=1", plain],
+                    f"{asset.name}-v{version}",
+                )
+            )
+    images = 0
+    for args, name in sources:
+        image = tmp_path / f"{name}.cfs"
+        expected = print_digest(mkcomposefs, *args, image)
+        assert run("digest", image) == (0, expected, ""), name
+        images += 1
+    assert images >= 30  # every usable upstream asset, twice, and the directory
 
 
 def test_digest_of_empty_file_is_the_kernel_value(run: Run, tmp_path: Path) -> None:
@@ -475,7 +526,7 @@ def test_entry_points_run(entry: str, tmp_path: Path) -> None:
         argv = [script]
     ok = subprocess.run([*argv, "digest", str(SAMPLE)], capture_output=True, cwd=REPO)
     assert ok.returncode == 0
-    assert ok.stdout.decode() == f"{fsverity_digest(SAMPLE).hex()} {SAMPLE}\n"
+    assert ok.stdout.decode() == f"{fsverity_digest(SAMPLE).hex()}\n"
     bad = tmp_path / "bad.dump"
     bad.write_bytes(b"/ 0 40755 2 0 0 0 0.0 - - -\n/.. 0 100644 1 0 0 0 0.0 - - -\n")
     failed = subprocess.run(
