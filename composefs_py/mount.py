@@ -337,10 +337,14 @@ def _remove_staging_dir(path: Path) -> None:
     """Remove an empty staging folder; detach first whatever is still mounted on it.
 
     libcomposefs detaches the image mount itself, success or failure; the
-    detach here is a second line of defence.
+    detach here is a second line of defence.  When the kernel refuses the
+    image, libcomposefs removes the folder itself, although it did not make
+    it (lcfs_mount_erofs_ovl, 1.0.8): a folder already gone is fine.
     """
     try:
         os.rmdir(path)
+    except FileNotFoundError:
+        return
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             raise

@@ -19,8 +19,11 @@ import hashlib
 import os
 import platform
 import random
+import shutil
 import stat
+import struct
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import composefs_mounts, file_loop_devices
 
 from composefs_py.errors import LibraryError
 from composefs_py.fsverity import enable_fsverity, fsverity_digest
@@ -882,3 +886,377 @@ def test_mount_with_odd_upperdir_and_relative_paths(
     finally:
         assert leftover_mounts(tmp_path) == []
     assert (odd / "upper" / "written").read_bytes() == b"w"
+
+
+# ---------------------------------------------------------------------------
+# what libcomposefs asks of the kernel: loop device, direct I/O, noacl
+#
+# libcomposefs (lcfs-mount.c) mounts the EROFS image from /proc/self/fd/N,
+# read-only, with ``noacl`` unless the image's header says it has ACLs; when
+# erofs refuses a file source (ENOTBLK) it binds a loop device with
+# LO_FLAGS_READ_ONLY | LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR and mounts
+# that.  It then detaches the EROFS mount (only the overlay holds it), so
+# mountinfo never lists it.  What can be observed:
+#
+# * the loop device, in /sys/block/loopN (ro, loop/dio, loop/autoclear,
+#   loop/backing_file).  Linux >= 6.12 erofs with
+#   CONFIG_EROFS_FS_BACKED_BY_FILE mounts a regular file itself when its file
+#   system can read folios (ext4, xfs, ...); a file on tmpfs still needs a loop.
+# * the superblock options: a block device has one erofs superblock, so a
+#   second read-only mount of the loop device (asking for nothing) shares the
+#   superblock libcomposefs made, and mountinfo shows its options.
+# * on the file-backed path nothing shows them: strace shows the fsconfig call.
+# ---------------------------------------------------------------------------
+
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_MS_RDONLY = 1
+_MNT_DETACH = 2
+
+#: A minimal valid POSIX ACL (user::rw-, group::r--, other::r--), xattr form.
+ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((0x01, 6), (0x04, 4), (0x20, 4))
+)
+ACL_SAMPLE = [
+    Entry(b"/", "dir", 0o755),
+    Entry(b"/shared", "reg", 0o644, data=b"s" * 200, xattrs={b"system.posix_acl_access": ACL}),
+]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def tmpfs(path: Path) -> Iterator[Path]:
+    """A tmpfs on ``path``: erofs cannot mount its files itself, so they need a loop."""
+    path.mkdir()
+    libc = _libc()
+    if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", 0, b"size=64m") != 0:
+        code = ctypes.get_errno()
+        pytest.skip(f"cannot mount a tmpfs: {os.strerror(code)}")
+    try:
+        yield path
+    finally:
+        libc.umount2(os.fsencode(path), _MNT_DETACH)
+
+
+def erofs_mounts_the_file_itself(image: Path) -> bool:
+    """Whether the kernel's erofs takes ``image`` (a regular file) as its source.
+
+    A superblock is created and dropped again; nothing is mounted.
+    """
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(_SYS_FSOPEN, b"erofs", ctypes.c_uint(1))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "fsopen erofs")
+    try:
+        for cmd, key, value in (
+            (_FSCONFIG_SET_STRING, b"source", os.fsencode(image)),
+            (_FSCONFIG_SET_FLAG, b"ro", None),
+            (_FSCONFIG_CMD_CREATE, None, None),
+        ):
+            if libc.syscall(_SYS_FSCONFIG, fd, ctypes.c_uint(cmd), key, value, 0) < 0:
+                code = ctypes.get_errno()
+                if cmd == _FSCONFIG_CMD_CREATE and code == errno.ENOTBLK:
+                    return False
+                raise OSError(code, f"fsconfig {key!r}: {os.strerror(code)}")
+        return True
+    finally:
+        os.close(fd)
+
+
+def loops_backed_by(image: Path) -> list[str]:
+    wanted = str(image.resolve())
+    return [dev for dev, backing in file_loop_devices().items() if backing == wanted]
+
+
+def _sys_block(dev: str, name: str) -> str:
+    return (Path("/sys/block") / os.path.basename(dev) / name).read_text().strip()
+
+
+def _opens_with_o_direct(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def superblock_options(dev: str, peek: Path) -> list[str]:
+    """The options of the erofs superblock on ``dev``, through a second mount of it.
+
+    The mount asks for no option: what mountinfo shows is the existing
+    superblock's (the kernel does not reconfigure a shared superblock).
+    """
+    peek.mkdir()
+    libc = _libc()
+    if libc.mount(os.fsencode(dev), os.fsencode(peek), b"erofs", _MS_RDONLY, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mount {dev}: {os.strerror(code)}")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == str(peek):
+                    tail = fields[fields.index("-") + 1 :]
+                    assert tail[:2] == ["erofs", dev], line
+                    return tail[2].split(",")
+        raise AssertionError(f"{peek} is not in /proc/self/mountinfo")
+    finally:
+        libc.umount2(os.fsencode(peek), 0)
+
+
+@pytest.fixture
+def on_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "tmpfs") as path:
+        yield path
+
+
+def test_an_image_erofs_cannot_mount_itself_goes_through_a_read_only_direct_io_loop(
+    mkcomposefs: Path, mnt: Path, on_tmpfs: Path, tmp_path: Path
+) -> None:
+    require_mounts()
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    image = build_image(mkcomposefs, on_tmpfs, "sample", SAMPLE, objects)
+    if erofs_mounts_the_file_itself(image):
+        pytest.skip("this kernel's erofs mounts files on tmpfs itself: no loop device to observe")
+    assert loops_backed_by(image) == []
+    mount(image, mnt, objects=objects)
+    try:
+        devices = loops_backed_by(image)
+        assert len(devices) == 1
+        dev = devices[0]
+        assert _sys_block(dev, "ro") == "1"
+        assert _sys_block(dev, "loop/autoclear") == "1"
+        # LO_FLAGS_DIRECT_IO is asked for; loop drops it when the file cannot do O_DIRECT.
+        assert _sys_block(dev, "loop/dio") == ("1" if _opens_with_o_direct(image) else "0")
+        assert (mnt / "bin" / "tool").read_bytes() == BIG
+    finally:
+        unmount(mnt)
+    assert loops_backed_by(image) == []  # auto-cleared with the last mount
+
+
+@pytest.mark.parametrize(("entries", "option"), [(SAMPLE, "noacl"), (ACL_SAMPLE, "acl")])
+def test_erofs_is_mounted_noacl_unless_the_image_has_acls(
+    mkcomposefs: Path,
+    mnt: Path,  # before on_tmpfs: its check runs after the tmpfs is gone
+    on_tmpfs: Path,
+    tmp_path: Path,
+    entries: list[Entry],
+    option: str,
+) -> None:
+    require_mounts()
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    image = build_image(mkcomposefs, on_tmpfs, "image", entries, objects)
+    if erofs_mounts_the_file_itself(image):
+        pytest.skip("this kernel's erofs mounts files on tmpfs itself: no loop device to observe")
+    mount(image, mnt, objects=objects)
+    try:
+        (dev,) = loops_backed_by(image)
+        options = superblock_options(dev, tmp_path / "peek")
+        if entries is ACL_SAMPLE:
+            assert os.getxattr(mnt / "shared", "system.posix_acl_access") == ACL
+    finally:
+        unmount(mnt)
+    assert "ro" in options
+    assert option in options
+    assert ({"acl", "noacl"} - {option}).isdisjoint(options)
+
+
+def test_an_image_erofs_mounts_from_its_file_needs_no_loop_device(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    direct = erofs_mounts_the_file_itself(image)
+    mount(image, mnt, objects=objects)
+    try:
+        devices = loops_backed_by(image)
+        assert (mnt / "bin" / "tool").read_bytes() == BIG
+    finally:
+        unmount(mnt)
+    if direct:
+        assert devices == []
+    else:
+        assert len(devices) == 1 and _sys_block(devices[0], "ro") == "1"
+
+
+@pytest.mark.parametrize(("entries", "asked"), [(SAMPLE, True), (ACL_SAMPLE, False)])
+def test_noacl_is_asked_for_on_the_file_backed_path_too(
+    mkcomposefs: Path, tmp_path: Path, mnt: Path, entries: list[Entry], asked: bool
+) -> None:
+    require_mounts()
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not found: the file-backed erofs mount shows its options nowhere else")
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    image = build_image(mkcomposefs, tmp_path, "image", entries, objects)
+    log = tmp_path / "strace.log"
+    code = (
+        "import sys\n"
+        "from composefs_py.mount import mount, unmount\n"
+        "mount(sys.argv[1], sys.argv[2], objects=sys.argv[3])\n"
+        "unmount(sys.argv[2])\n"
+    )
+    traced = [sys.executable, "-c", code, str(image), str(mnt), str(objects)]
+    subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=fsopen,fsconfig", "-o", str(log), *traced],
+        check=True,
+        capture_output=True,
+    )
+    calls = log.read_text()
+    assert 'fsopen("erofs"' in calls
+    assert ('"noacl"' in calls) == asked
+
+
+# ---------------------------------------------------------------------------
+# failing halfway leaves nothing: no mount, no loop device, no folder
+#
+# The images live on a tmpfs, so every image mount goes through a loop
+# device; the staging folders of mount() and mount_layers() go to a
+# temporary directory of the test's own (tempfile.tempdir).
+# ---------------------------------------------------------------------------
+
+
+def corrupt_copy(image: Path, dest: Path) -> Path:
+    """``image`` with its composefs and erofs magics intact and the rest of the
+    erofs superblock overwritten: it passes the checks made before mounting
+    and the kernel refuses it."""
+    data = bytearray(image.read_bytes())
+    data[1024 + 4 : 1024 + 128] = b"\xff" * 124
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+@dataclass(frozen=True)
+class OnTmpfs:
+    images: list[Path]  # three layers, top first
+    objects: Path
+    staging: Path  # tempfile.tempdir for the test
+
+
+@pytest.fixture
+def three_layers(
+    mkcomposefs: Path,
+    mnt: Path,
+    on_tmpfs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> OnTmpfs:
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    images = [
+        build_image(mkcomposefs, on_tmpfs, name, entries, objects)
+        for name, entries in (("upper", UPPER), ("sample", SAMPLE), ("lower", LOWER))
+    ]
+    return OnTmpfs(images, objects, staging)
+
+
+def assert_nothing_left(layers: OnTmpfs, tmp_path: Path) -> None:
+    mounts = [m for m in composefs_mounts() if m[1].startswith(str(tmp_path) + "/")]
+    assert mounts == []
+    for image in layers.images:
+        assert loops_backed_by(image) == [], image
+    assert list(layers.staging.iterdir()) == []
+
+
+def test_mount_layers_of_good_images_uses_one_loop_device_per_layer(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+) -> None:
+    # The stack the failure tests break: it mounts, each layer on its loop device.
+    require_mounts(xwhiteouts=True)
+    if erofs_mounts_the_file_itself(three_layers.images[0]):
+        pytest.skip("this kernel's erofs mounts files on tmpfs itself: no loop device to observe")
+    with mounted(three_layers.images, mnt, three_layers.objects):
+        assert [len(loops_backed_by(image)) for image in three_layers.images] == [1, 1, 1]
+        assert (mnt / "etc" / "hosts").read_bytes() == b"new hosts\n"
+        assert (mnt / "bin" / "tool").read_bytes() == BIG
+        assert list(three_layers.staging.iterdir()) == []
+    assert_nothing_left(three_layers, tmp_path)
+
+
+def test_mount_layers_with_a_layer_the_kernel_refuses_leaves_nothing(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts(xwhiteouts=True)
+    images = three_layers.images
+    bad = corrupt_copy(images[2], images[2].with_name("corrupt.cfs"))
+    with pytest.raises(LibraryError, match=r"corrupt\.cfs") as info:
+        # The top two layers are mounted (on loop devices) before the base fails.
+        mount_layers([images[0], images[1], bad], mnt, objects=three_layers.objects)
+    assert info.value.errno == errno.EINVAL
+    assert loops_backed_by(bad) == []
+    assert_nothing_left(three_layers, tmp_path)
+
+
+def test_mount_layers_whose_stacking_overlay_is_refused_leaves_nothing(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts(xwhiteouts=True)
+    upper = tmp_path / "upper"
+    work = upper / "work"  # overlayfs wants them apart: refused after every layer is mounted
+    work.mkdir(parents=True)
+    with pytest.raises(LibraryError, match="stacking overlay") as info:
+        mount_layers(
+            three_layers.images, mnt, objects=three_layers.objects, upperdir=upper, workdir=work
+        )
+    assert info.value.errno == errno.EINVAL
+    assert_nothing_left(three_layers, tmp_path)
+
+
+@pytest.mark.parametrize("problem", ["garbage image", "missing object store", "missing workdir"])
+def test_mount_layers_with_a_bad_image_or_folder_leaves_nothing(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path, problem: str
+) -> None:
+    require_mounts(xwhiteouts=True)
+    images = list(three_layers.images)
+    objects: list[Path] = [three_layers.objects]
+    options: dict[str, Path] = {}
+    if problem == "garbage image":
+        images[2] = tmp_path / "garbage.cfs"
+        images[2].write_bytes(b"\0" * 8192)
+    elif problem == "missing object store":
+        objects.append(tmp_path / "nowhere")
+    else:
+        options = {"upperdir": tmp_path, "workdir": tmp_path / "nowhere"}
+    with pytest.raises(LibraryError):
+        mount_layers(images, mnt, objects=objects, **options)  # type: ignore[arg-type]
+    assert_nothing_left(three_layers, tmp_path)
+
+
+def test_mount_of_an_image_the_kernel_refuses_leaves_nothing(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts()
+    bad = corrupt_copy(three_layers.images[1], three_layers.images[1].with_name("corrupt.cfs"))
+    with pytest.raises(LibraryError) as info:
+        mount(bad, mnt, objects=three_layers.objects)
+    assert info.value.errno == errno.EINVAL
+    assert loops_backed_by(bad) == []
+    assert_nothing_left(three_layers, tmp_path)
+
+
+def test_mount_whose_overlay_is_refused_after_the_image_mount_leaves_nothing(
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+) -> None:
+    require_mounts()
+    upper = tmp_path / "upper"
+    work = upper / "work"
+    work.mkdir(parents=True)
+    with pytest.raises(LibraryError) as info:
+        mount(
+            three_layers.images[1], mnt, objects=three_layers.objects, upperdir=upper, workdir=work
+        )
+    assert info.value.errno == errno.EINVAL
+    assert_nothing_left(three_layers, tmp_path)
