@@ -635,3 +635,22 @@ def test_mount_idmap_with_more_ranges_than_the_kernel_takes_is_one_line(
     status, _, stderr = run("mount", image, mnt, "--objects", objects, *ranges)
     assert status == 1
     assert "at most 340 ranges" in one_error_line(stderr)
+
+
+def test_mount_needs_an_image_and_a_mountpoint(run: Run, tmp_path: Path) -> None:
+    status, _, stderr = run("mount", tmp_path, "--objects", tmp_path)
+    assert status == 2
+    assert "needs IMAGE and MNT" in stderr.splitlines()[-1]
+
+
+def test_options_between_positionals_are_accepted_and_unknown_ones_refused(
+    run: Run, tmp_path: Path
+) -> None:
+    layers = small_stack(tmp_path)
+    image, objects = tmp_path / "i.cfs", tmp_path / "objects"
+    status, _, stderr = run("build", layers[0], "-o", image, layers[1], "--objects", objects)
+    assert status == 0, stderr
+    assert image_view(image, objects) == reference(layers[:2])
+    status, _, stderr = run("build", layers[0], "-o", image, layers[1], "--bogus")
+    assert status == 2
+    assert "unrecognized arguments: " in stderr and "--bogus" in stderr
