@@ -6,13 +6,28 @@ build needs (``LD_PRELOAD`` of atheris' ``asan_with_fuzzer.so``,
 ``composefs_py._lcfs``); run it by hand only to pass libFuzzer options the
 runner does not know.  composefs_py and the targets are imported under
 atheris' instrumentation, so libFuzzer sees Python branch coverage as well as
-the C coverage of the sanitized libcomposefs.
+the C coverage of the sanitized libcomposefs.  ``CFSPY_FUZZ_UNCHECKED=1``
+skips read_image's structural check (to replay the libcomposefs loader bugs
+it stops).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported at run time only under atheris' instrumentation
+    from composefs_py._erofs import ImageSummary
+
+
+def _unchecked(
+    data: bytes | bytearray | memoryview, *, max_depth: int | None = None
+) -> ImageSummary:
+    """Stands in for composefs_py._erofs.check_image under CFSPY_FUZZ_UNCHECKED=1."""
+    from composefs_py._erofs import ImageSummary
+
+    return ImageSummary(version=0, inodes=0, directories=0, entries=0, depth=0)
 
 
 def main(argv: list[str]) -> None:
@@ -28,10 +43,17 @@ def main(argv: list[str]) -> None:
         # The sanitized _lcfs shadows the regular one; nothing else is there.
         composefs_py.__path__ = [pylib, *composefs_py.__path__]
     with atheris.instrument_imports(include=["composefs_py", "fuzz"]):
-        from composefs_py import _native
+        # Every module a target reaches is imported here, not lazily by the
+        # target, or atheris would not instrument it.
+        from composefs_py import _native, layers, objects, writer  # noqa: F401
         from fuzz import targets
     if pylib and not _native.__spec__:
         raise RuntimeError("composefs_py._native did not load")
+    if os.environ.get("CFSPY_FUZZ_UNCHECKED") == "1":
+        # Replays of the raw libcomposefs loader bugs (fuzz/crashes/README.md):
+        # the bytes reach lcfs_load_node_from_image without the structural
+        # check that read_image runs first.
+        setattr(_native, "check_image", _unchecked)  # noqa: B010 (not exported)
     if target not in targets.TARGETS:
         sys.exit(f"unknown target {target!r}; choose one of {', '.join(targets.TARGETS)}")
     run = targets.TARGETS[target].run

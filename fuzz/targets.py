@@ -22,8 +22,9 @@ undefined-behaviour error in libcomposefs.
     an image that reads back as the same Tree (what an image cannot keep is
     lost once, not again), and writing is deterministic.
 ``reader``
-    the bytes as a composefs image: ``read_image`` (libcomposefs's image
-    loader, then the TreeBuilder); an accepted image's Tree must write.
+    the bytes as a composefs image: ``read_image`` (the structural check of
+    ``composefs_py._erofs``, libcomposefs's image loader, then the
+    TreeBuilder); an accepted image's Tree must write.
 
 Run them with ``python -m fuzz run --target NAME`` (atheris, libFuzzer) or
 replay a file with ``python -m fuzz replay FILE``.
@@ -169,10 +170,13 @@ def fuzz_writer(data: bytes) -> None:
 
 
 def fuzz_reader(data: bytes) -> None:
-    from composefs_py import _native
+    # The public read_image: the magic-number gate, then (on a thread with a
+    # large stack) the structural check of composefs_py._erofs, libcomposefs's
+    # loader and the TreeBuilder.
+    from composefs_py.writer import read_image
 
     try:
-        tree = _native.read_image(data)
+        tree = read_image(data)
     except ValidationError:
         return
     _write_native(tree, 1)

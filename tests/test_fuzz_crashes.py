@@ -7,10 +7,13 @@ reported and not yet fixed, in which case it must still fail exactly as
 recorded (when it stops failing, the entry goes: the test says so).
 
 With the ASan+UBSan build (``make fuzz-deps``) and atheris installed, each
-file also runs through the libFuzzer harness in a child process:
-:data:`KNOWN_SANITIZER` lists the libcomposefs bugs the sanitizers still
-report (with the report's summary line); every other file must run clean.
-See fuzz/crashes/README.md for what each file is.
+file also runs through the libFuzzer harness in a child process, where it
+must run clean.  :data:`KNOWN_SANITIZER` lists the libcomposefs image-loader
+bugs that read_image's structural check (composefs_py/_erofs.py) keeps
+away from libcomposefs: each of those files also runs with the check
+bypassed (``CFSPY_FUZZ_UNCHECKED=1``), where the sanitizers must still report
+the upstream bug (with the report's summary line).  See
+fuzz/crashes/README.md for what each file is.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the fuzz package lives at the top of the checkout
     sys.path.insert(0, str(REPO))
 
+from composefs_py._erofs import check_image  # noqa: E402
+from composefs_py.errors import ValidationError  # noqa: E402
 from fuzz.targets import TARGETS, replay  # noqa: E402
 
 CRASHES = REPO / "fuzz" / "crashes"
@@ -40,12 +45,12 @@ KNOWN: dict[str, tuple[type[BaseException], str]] = {
     "writer/payload-read-overrun.dump": (AssertionError, "read back as b'abc\\xff\\xff'"),
 }
 
-#: Files the sanitized libcomposefs still reports: file -> texts of the report.
-#: These are memory errors in libcomposefs 1.0.8's image loader
-#: (lcfs_load_node_from_image), reachable from untrusted image bytes; in the
-#: regular build their outcome is undefined (often nothing, sometimes a
-#: SIGSEGV or a glibc heap-corruption abort), so there only termination is
-#: checked and the sanitized replay is the regression test.
+#: Files the sanitized libcomposefs reports when they reach it unchecked:
+#: file -> texts of the report.  These are memory errors in libcomposefs
+#: 1.0.8's image loader (lcfs_load_node_from_image), reachable from untrusted
+#: image bytes (in the regular build their outcome is undefined: often
+#: nothing, sometimes a SIGSEGV or a glibc heap-corruption abort).
+#: read_image's structural check rejects each of them first.
 KNOWN_SANITIZER: dict[str, tuple[str, ...]] = {
     # erofs_readdir_block() reads dirents[0].nameoff of a directory block
     # before checking that the block lies inside the image (ASan calls it a
@@ -97,26 +102,9 @@ def test_every_crash_file_belongs_to_a_target() -> None:
         assert (CRASHES / name).is_file(), f"{name} is listed but missing"
 
 
-def _replay_in_child(path: Path) -> subprocess.CompletedProcess[str]:
-    # A child process: some inputs crash the regular libcomposefs build.
-    return subprocess.run(
-        [sys.executable, "-m", "fuzz", "replay", str(path)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-
-
 @pytest.mark.parametrize("path", crash_files(), ids=_id)
 def test_crash_replays_clean_or_as_reported(path: Path) -> None:
     name = _id(path)
-    if name in KNOWN_SANITIZER:
-        # Undefined in the regular build; it must terminate, nothing more.
-        _replay_in_child(path)
-        return
     known = KNOWN.get(name)
     if known is None:
         replay(path.parent.name, path.read_bytes())
@@ -153,14 +141,7 @@ def _sanitized_env() -> dict[str, str] | None:
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "path", [p for p in crash_files() if TARGETS[p.parent.name].native], ids=_id
-)
-def test_crash_replays_under_asan_and_ubsan(path: Path) -> None:
-    env = _sanitized_env()
-    if env is None:
-        pytest.skip("no sanitized build or no atheris: run `make fuzz-deps`")
+def _harness(path: Path, env: dict[str, str]) -> tuple[int, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "fuzz.harness", path.parent.name, str(path)],
         env=env,
@@ -170,12 +151,37 @@ def test_crash_replays_under_asan_and_ubsan(path: Path) -> None:
         check=False,
         timeout=300,
     )
-    report = proc.stdout + proc.stderr
-    expected = KNOWN_SANITIZER.get(_id(path))
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(n for n in KNOWN_SANITIZER if n.startswith("reader/")))
+def test_structural_check_rejects_every_loader_bug_reproducer(name: str) -> None:
+    with pytest.raises(ValidationError, match="not a valid composefs image"):
+        check_image((CRASHES / name).read_bytes())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path", [p for p in crash_files() if TARGETS[p.parent.name].native], ids=_id
+)
+def test_crash_replays_under_asan_and_ubsan(path: Path) -> None:
+    env = _sanitized_env()
+    if env is None:
+        pytest.skip("no sanitized build or no atheris: run `make fuzz-deps`")
+    returncode, report = _harness(path, env)
     python_finding = "Uncaught Python exception" in report and _id(path) in KNOWN
-    if expected is None:
-        assert proc.returncode == 0 or python_finding, report[-3000:]
-    elif proc.returncode == 0:
-        pytest.fail(f"{_id(path)} runs clean under ASan now: drop it from KNOWN_SANITIZER")
-    else:
-        assert all(text in report for text in expected), report[-3000:]
+    assert returncode == 0 or python_finding, report[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KNOWN_SANITIZER))
+def test_unchecked_loader_bug_still_reported_under_asan(name: str) -> None:
+    # Documents the upstream bug the structural check keeps away: with the
+    # check bypassed the bytes reach libcomposefs, and the sanitizers report.
+    env = _sanitized_env()
+    if env is None:
+        pytest.skip("no sanitized build or no atheris: run `make fuzz-deps`")
+    returncode, report = _harness(CRASHES / name, {**env, "CFSPY_FUZZ_UNCHECKED": "1"})
+    if returncode == 0:
+        pytest.fail(f"{name} runs clean under ASan now: libcomposefs fixed it, drop it")
+    assert all(text in report for text in KNOWN_SANITIZER[name]), report[-3000:]
