@@ -160,6 +160,39 @@ _SAMPLE_DUMP = (
 )
 
 
+def _rich_dump() -> str:
+    """A dumpfile whose image uses every structure the image loader reads.
+
+    Extended and compact inodes, a directory of several blocks, inline and
+    out-of-line file content and symlink targets, shared and inline xattrs
+    (ACLs, an escaped overlay xattr), hardlinks, a chunk-based file with a
+    payload and digest, devices, a fifo, a whiteout.
+    """
+    digest = "0123456789abcdef" * 4
+    lines = [
+        "/ 4096 40755 4 0 0 0 1700000000.0 - - - user.a=1",
+        "/big 8192 40700 2 70000 70000 0 1700000001.5 - - -",
+        "/big/ext 3 100600 1 70000 0 0 5.5 - abc - user.shared=same",
+        f"/file 3000000 100644 1 0 0 0 0.0 ab/{digest[2:]} - {digest}"
+        " security.capability=\\x01\\x00 user.shared=same",
+        "/inline 4100 100644 2 0 0 0 0.0 - " + "x" * 4100 + " - user.shared=same",
+        "/hard 4100 @100644 2 0 0 0 0.0 /inline - -",
+        "/outside 3000 100644 1 0 0 0 0.0 - " + "y" * 3000 + " -",
+        "/acl 0 100644 1 0 0 0 0.0 - - -"
+        " system.posix_acl_access=\\x02\\x00\\x00\\x00\\x01\\x00\\x06\\x00"
+        "\\xff\\xff\\xff\\xff\\x04\\x00\\x04\\x00\\xff\\xff\\xff\\xff"
+        "\\x20\\x00\\x04\\x00\\xff\\xff\\xff\\xff",
+        "/opaque 4096 40755 2 0 0 0 0.0 - - - trusted.overlay.opaque=y",
+        "/opaque/white 0 20000 1 0 0 0 0.0 - - -",
+        "/sym 6 120777 1 0 0 0 0.0 target - -",
+        "/longsym 4000 120777 1 0 0 0 0.0 " + "s" * 4000 + " - - user.pad=" + "p" * 200,
+        "/blk 0 60660 1 0 6 2049 0.0 - - -",
+        "/fifo 0 10644 1 0 0 0 0.0 - - -",
+    ]
+    lines += [f"/big/entry-{i:04d}-padding-name 0 100644 1 0 0 0 0.0 - - -" for i in range(160)]
+    return "\n".join(sorted(lines)) + "\n"
+
+
 def seed_inputs() -> Iterator[tuple[str, str, bytes]]:
     """``(target, file_name, data)`` for every seed of every target."""
     for path in real_toc_paths():
@@ -173,16 +206,17 @@ def seed_inputs() -> Iterator[tuple[str, str, bytes]]:
     from composefs_py.dumpfile import parse_dumpfile
     from composefs_py.writer import write_image
 
-    for version in (0, 1):
-        out = io.BytesIO()
-        tree = parse_dumpfile(_SAMPLE_DUMP)
-        import tempfile
+    for name, text in (("sample", _SAMPLE_DUMP), ("rich", _rich_dump())):
+        for version in (0, 1):
+            out = io.BytesIO()
+            tree = parse_dumpfile(text)
+            import tempfile
 
-        with tempfile.TemporaryFile() as tmp:
-            write_image(tree, tmp.fileno(), backend="native", max_version=version)
-            tmp.seek(0)
-            out.write(tmp.read())
-        yield "reader", f"sample-v{version}.cfs", out.getvalue()
+            with tempfile.TemporaryFile() as tmp:
+                write_image(tree, tmp.fileno(), backend="native", max_version=version)
+                tmp.seek(0)
+                out.write(tmp.read())
+            yield "reader", f"{name}-v{version}.cfs", out.getvalue()
 
 
 def write_corpus(root: Path) -> list[Path]:
