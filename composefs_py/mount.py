@@ -8,6 +8,15 @@ object store(s) as data-only lower layers (Linux >= 6.5), plus optional
 upper/work dirs.  libcomposefs detaches the EROFS mount at once: the overlay
 holds the only reference, so :func:`unmount` of the overlay frees both.
 
+The EROFS mount (tests/test_mount.py observes each point): read-only, with
+``noacl`` unless the image's header says it holds ACL xattrs.  erofs mounts
+the image file itself where it can (Linux >= 6.12 with
+CONFIG_EROFS_FS_BACKED_BY_FILE, the file on ext4, xfs, btrfs...); where it
+cannot (ENOTBLK: older kernels, a file on tmpfs) libcomposefs binds a loop
+device read-only, with direct I/O (dropped by the loop driver when the file
+cannot do O_DIRECT) and auto-clear, so it goes away with the last mount.
+The image mount is staged on a folder this module makes and removes.
+
 Several layer images (first is top, as in an OCI manifest read backwards)
 are stacked by :func:`mount_layers`: each image is mounted as above under a
 private staging folder, one more overlay is mounted with

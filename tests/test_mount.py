@@ -450,11 +450,9 @@ def test_mount_with_several_object_dirs_finds_objects_in_each(
         assert (mnt / "b").read_bytes() == b"B" * 1000
 
 
-def test_mount_with_an_idmapped_user_namespace_shifts_owners(
-    sample: tuple[Path, Path], mnt: Path
-) -> None:
-    require_mounts()
-    image, objects = sample
+@contextmanager
+def user_namespace(*, uid_base: int, gid_base: int, count: int = 65536) -> Iterator[int]:
+    """An fd of a new user namespace mapping 0..count-1 to ``uid_base``/``gid_base``."""
     libc = ctypes.CDLL(None, use_errno=True)
     clone_newuser = 0x10000000
 
@@ -464,18 +462,29 @@ def test_mount_with_an_idmapped_user_namespace_shifts_owners(
 
     child = subprocess.Popen(["sleep", "600"], preexec_fn=enter_userns)
     try:
-        Path(f"/proc/{child.pid}/uid_map").write_text("0 100000 65536\n")
+        Path(f"/proc/{child.pid}/uid_map").write_text(f"0 {uid_base} {count}\n")
         Path(f"/proc/{child.pid}/setgroups").write_text("deny")
-        Path(f"/proc/{child.pid}/gid_map").write_text("0 200000 65536\n")
+        Path(f"/proc/{child.pid}/gid_map").write_text(f"0 {gid_base} {count}\n")
         userns = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with mounted([image], mnt, objects, idmap_userns_fd=userns):
-                seen = walk(mnt)
+            yield userns
         finally:
             os.close(userns)
     finally:
         child.kill()
         child.wait()
+
+
+def test_mount_with_an_idmapped_user_namespace_shifts_owners(
+    sample: tuple[Path, Path], mnt: Path
+) -> None:
+    require_mounts()
+    image, objects = sample
+    with (
+        user_namespace(uid_base=100000, gid_base=200000) as userns,
+        mounted([image], mnt, objects, idmap_userns_fd=userns),
+    ):
+        seen = walk(mnt)
     assert (seen[b"/bin/tool"].uid, seen[b"/bin/tool"].gid) == (100000, 200000)
     assert (seen[b"/etc/inline"].uid, seen[b"/etc/inline"].gid) == (101000, 201001)
     assert seen[b"/bin/tool"].data == BIG

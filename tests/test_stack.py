@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_mount import Seen, require_mounts, walk
+from test_mount import Seen, require_mounts, user_namespace, walk
 
 from composefs_py import (
     ObjectStore,
@@ -257,6 +257,14 @@ def stacked_markers(layers: Sequence[Sequence[Member]]) -> set[bytes]:
     }
 
 
+def expected_stacked(stack: Stack) -> dict[bytes, Seen]:
+    """The reference, plus the whiteout bookkeeping a stacked mount shows."""
+    expected = walk(stack.reference)
+    for path in stacked_markers(list(LAYERS.values())):
+        expected[path].xattrs.update({b"user.overlay.opaque": b"x", b"user.overlay.whiteouts": b""})
+    return expected
+
+
 def identity_groups(root: Path, seen: dict[bytes, Seen]) -> set[frozenset[bytes]]:
     """Sets of (two or more) non-directory paths that are one inode (st_dev, st_ino)."""
     groups: dict[tuple[int, int], set[bytes]] = {}
@@ -344,9 +352,7 @@ def test_stacked_layers_equal_the_tars_extracted_in_order(
         groups = identity_groups(mnt, seen)
     finally:
         unmount(mnt)
-    expected = walk(stack.reference)
-    for path in stacked_markers(list(LAYERS.values())):
-        expected[path].xattrs.update({b"user.overlay.opaque": b"x", b"user.overlay.whiteouts": b""})
+    expected = expected_stacked(stack)
     assert comparable(seen) == comparable(expected)
     assert groups == identity_groups(stack.reference, expected)
     assert groups == {
@@ -406,3 +412,19 @@ def test_writes_to_a_stack_with_upperdir_land_in_upperdir(
         assert info.value.errno == errno.EROFS
     finally:
         unmount(mnt)
+
+
+def test_an_idmapped_stack_shows_every_owner_shifted(stack: Stack, mnt: Path) -> None:
+    require_mounts(xwhiteouts=True)
+    with user_namespace(uid_base=100000, gid_base=200000) as userns:
+        mount_layers(stack.images, mnt, objects=stack.stores, idmap_userns_fd=userns)
+        try:
+            seen = walk(mnt)
+        finally:
+            unmount(mnt)
+    shifted = {
+        path: Seen(**{**entry.__dict__, "uid": entry.uid + 100000, "gid": entry.gid + 200000})
+        for path, entry in expected_stacked(stack).items()
+    }
+    assert comparable(seen) == comparable(shifted)
+    assert seen[b"/home/user"].uid == 101000
