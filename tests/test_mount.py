@@ -733,22 +733,23 @@ def test_mount_layers_with_upperdir_is_writable(
 
 
 def test_mount_layers_failure_leaves_nothing_mounted(
-    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path
+    layers: tuple[Path, Path, Path], mnt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_mounts()
     upper, lower, objects = layers
     bogus = tmp_path / "bogus.cfs"
     bogus.write_bytes(b"\0" * 8192)
-    staging = Path(tempfile.gettempdir())
-    before = set(staging.glob(".composefs-py-layers.*"))
+    staging = tmp_path / "staging"  # the test's own: other processes stage in /tmp too
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
     with pytest.raises(LibraryError, match="not a composefs image"):
-        mount_layers([upper, bogus], mnt, objects=objects)  # the top one mounts first
+        mount_layers([upper, bogus], mnt, objects=objects)
     with pytest.raises(LibraryError) as info:
         # upper has no external content, so it mounts; lower's lacks digests.
         mount_layers([upper, lower], mnt, objects=objects, require_verity=True)
     assert info.value.errno == ENOVERITY
     assert leftover_mounts(tmp_path) == []
-    assert set(staging.glob(".composefs-py-layers.*")) <= before
+    assert list(staging.iterdir()) == []
 
 
 def _tree(entries: Sequence[Entry]) -> Tree:
@@ -1269,3 +1270,67 @@ def test_mount_whose_overlay_is_refused_after_the_image_mount_leaves_nothing(
         )
     assert info.value.errno == errno.EINVAL
     assert_nothing_left(three_layers, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# the leak check itself (tests/conftest.py)
+# ---------------------------------------------------------------------------
+
+LEAKING_TESTS = """
+import subprocess
+from pathlib import Path
+
+from composefs_py.mount import mount
+
+IMAGE = Path({image!r})
+
+
+def test_leaves_a_mount(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    mount(IMAGE, tmp_path / "mnt", objects={objects!r})
+
+
+def test_leaves_a_loop_device(tmp_path):
+    (tmp_path / "fs").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp_path / "fs")], check=True)
+    copy = tmp_path / "fs" / "image.cfs"
+    copy.write_bytes(IMAGE.read_bytes())
+    subprocess.run(["losetup", "--find", "--read-only", str(copy)], check=True)
+
+
+def test_cleans_up(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    mount(IMAGE, tmp_path / "mnt", objects={objects!r})
+    subprocess.run(["umount", str(tmp_path / "mnt")], check=True)
+"""
+
+
+def test_the_leak_check_fails_a_test_that_leaves_a_mount_or_a_loop_device(
+    sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    require_mounts()
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup not found (util-linux)")
+    image, objects = sample
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(Path(__file__).with_name("conftest.py"), suite / "conftest.py")
+    (suite / "test_leaks.py").write_text(
+        LEAKING_TESTS.format(image=str(image), objects=str(objects))
+    )
+    options = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--basetemp"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *options, str(tmp_path / "basetemp"), str(suite)],
+        cwd=suite,
+        capture_output=True,
+        text=True,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 1, report
+    assert "3 passed, 2 errors" in report, report
+    assert "ERROR at teardown of test_leaves_a_mount" in report
+    assert "overlay composefs on " + str(tmp_path / "basetemp") in report
+    assert "ERROR at teardown of test_leaves_a_loop_device" in report
+    assert "loop device /dev/loop" in report
+    # The loop device was cleared by the check (the tmpfs went with the run's namespace).
+    assert not [b for b in file_loop_devices().values() if b.startswith(str(tmp_path))]
