@@ -13,8 +13,8 @@ The EROFS mount (tests/test_mount.py observes each point): read-only, with
 the image file itself where it can (Linux >= 6.12 with
 CONFIG_EROFS_FS_BACKED_BY_FILE, the file on ext4, xfs, btrfs...); where it
 cannot (ENOTBLK: older kernels, a file on tmpfs) libcomposefs binds a loop
-device read-only, with direct I/O (dropped by the loop driver when the file
-cannot do O_DIRECT) and auto-clear, so it goes away with the last mount.
+device read-only, with direct I/O (where the file can do O_DIRECT) and
+auto-clear, so it goes away with the last mount.
 The image mount is staged on a folder this module makes and removes.
 
 Several layer images (first is top, as in an OCI manifest read backwards)

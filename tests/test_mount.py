@@ -1044,8 +1044,12 @@ def test_an_image_erofs_cannot_mount_itself_goes_through_a_read_only_direct_io_l
         dev = devices[0]
         assert _sys_block(dev, "ro") == "1"
         assert _sys_block(dev, "loop/autoclear") == "1"
-        # LO_FLAGS_DIRECT_IO is asked for; loop drops it when the file cannot do O_DIRECT.
-        assert _sys_block(dev, "loop/dio") == ("1" if _opens_with_o_direct(image) else "0")
+        # LO_FLAGS_DIRECT_IO is asked for, and granted when the file can do O_DIRECT
+        # (tmpfs can since Linux 6.6).  What a loop does with a file that cannot is
+        # not asserted: on this kernel no such file needs a loop (ramfs files are
+        # mounted by erofs itself).
+        if _opens_with_o_direct(image):
+            assert _sys_block(dev, "loop/dio") == "1"
         assert (mnt / "bin" / "tool").read_bytes() == BIG
     finally:
         unmount(mnt)
