@@ -29,7 +29,10 @@ What the stacked mount shows besides (asserted, not skipped): a directory
 whose topmost layer held ``.wh.NAME`` whiteouts carries ``user.overlay.opaque=x``
 and ``user.overlay.whiteouts`` (libcomposefs writes them next to the
 ``trusted.overlay.*`` ones the stacking overlay consumes).  The flattened
-image has no whiteouts left, so none of them.
+image has no whiteouts left, so none of them.  Link counts in the stacked
+mount are each layer's own (a file whose hardlink partner a later layer
+replaced still counts 2); ``flatten`` recounts them, so the flattened mount
+shows the extracted tree's counts.
 """
 
 from __future__ import annotations
@@ -359,6 +362,9 @@ def test_stacked_layers_equal_the_tars_extracted_in_order(
         frozenset({b"/usr/bin/tool", b"/usr/bin/tool-again"}),
         frozenset({b"/usr/bin/newtool", b"/usr/bin/newtool-alias"}),
     }
+    # Link counts are the layer's own: the base still counts the replaced partner.
+    assert seen[b"/usr/lib/libx.so"].nlink == 2
+    assert expected[b"/usr/lib/libx.so"].nlink == 1
 
 
 def test_flattened_image_mounted_alone_equals_the_tars_extracted_in_order(
@@ -376,6 +382,10 @@ def test_flattened_image_mounted_alone_equals_the_tars_extracted_in_order(
     expected = walk(stack.reference)
     assert comparable(seen) == comparable(expected)
     assert groups == identity_groups(stack.reference, expected)
+    # flatten recounts links: a link whose partner was replaced is alone again.
+    links = {p: s.nlink for p, s in seen.items() if s.kind != "dir"}
+    assert links == {p: s.nlink for p, s in expected.items() if s.kind != "dir"}
+    assert links[b"/usr/lib/libx.so"] == 1 and links[b"/usr/bin/tool"] == 2
 
 
 def test_writes_to_a_stack_with_upperdir_land_in_upperdir(
