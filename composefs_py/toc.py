@@ -53,7 +53,10 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Annotated, Any, cast
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from .errors import ValidationError
 from .limits import Limits
@@ -510,6 +513,132 @@ def _streamed(text: str, walker: _Walker) -> Tree:
         raise _SlowPath from None  # JSON or validation errors (ValidationError is one)
 
 
+# -- the typed fast path ------------------------------------------------------------
+#
+# msgspec decodes the document straight into the structs below, checking JSON
+# syntax, every field's JSON type (a bool is not an integer, null is no
+# value) and the plain ranges in C.  Whatever it refuses goes to the
+# json-module paths above, which then report exactly what they always report;
+# so do a document with keys the structs do not know (they would be ignored
+# unchecked) and one with a duplicate key (the structs keep the last), both
+# found by counting keys (see _key_count).
+
+
+_I32 = Annotated[int, msgspec.Meta(ge=0, le=_ID_MAX)]
+_I63 = Annotated[int, msgspec.Meta(ge=0, le=_I63_MAX)]
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """One TOC entry as msgspec decodes it: UNSET marks an absent field."""
+
+    type: str
+    name: str
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o177777)] | UnsetType = UNSET
+    size: _I63 | UnsetType = UNSET
+    uid: _I32 | UnsetType = UNSET
+    gid: _I32 | UnsetType = UNSET
+    modtime: str | UnsetType = UNSET
+    accesstime: str | UnsetType = UNSET
+    changetime: str | UnsetType = UNSET
+    linkName: str | UnsetType = UNSET
+    digest: str | UnsetType = UNSET
+    offset: _I63 | UnsetType = UNSET
+    endOffset: _I63 | UnsetType = UNSET
+    # the rare fields: an entry with any of them goes through _Walker.entry
+    devMajor: int | UnsetType = UNSET
+    devMinor: int | UnsetType = UNSET
+    xattrs: dict[str, str] | UnsetType = UNSET
+    innerOffset: int | UnsetType = UNSET
+    chunkSize: int | UnsetType = UNSET
+    chunkOffset: int | UnsetType = UNSET
+    chunkDigest: str | UnsetType = UNSET
+    chunkType: str | UnsetType = UNSET
+
+
+class _Document(msgspec.Struct, gc=False):
+    """The top level; each entry stays raw JSON (a view of the input) until its turn."""
+
+    version: int
+    entries: list[msgspec.Raw]
+    tarSplitDigest: str | UnsetType = UNSET
+
+
+_TYPED_DECODER = msgspec.json.Decoder(_Document)
+_ENTRY_DECODER = msgspec.json.Decoder(_Entry)
+#: The depth of the deepest document the structs take (top, entries, entry, xattrs).
+_TYPED_DEPTH = 4
+_ENTRY_FIELDS = _Entry.__struct_fields__
+_KEY_BEFORE_SPACE = re.compile(rb'"[ \t\n\r]+:').search
+
+
+def _key_count(raw: bytes) -> int | None:
+    """The number of object keys in the valid JSON document ``raw`` (None: unsure).
+
+    Escaped backslashes go first; then every ``":`` outside a string ends a
+    key (inside one the quote would be escaped).  A key with white space
+    before its colon is not counted here: None then.
+    """
+    if raw.find(b"\\") >= 0:
+        raw = raw.replace(b"\\\\", b"")
+        escaped = raw.count(b'\\":')
+    else:
+        escaped = 0
+    for space in _JSON_SPACE:
+        if raw.find(space.encode()) >= 0:
+            if _KEY_BEFORE_SPACE(raw) is not None:
+                return None
+            break
+    return raw.count(b'":') - escaped
+
+
+def _as_dict(entry: _Entry) -> dict[str, Any]:
+    """``entry`` as the JSON object it came from (its known keys)."""
+    return {
+        field: value for field in _ENTRY_FIELDS if (value := getattr(entry, field)) is not UNSET
+    }
+
+
+def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
+    """The fast path of :func:`parse_toc`; None leaves the document to the others.
+
+    Only a valid document gives a Tree here: any problem (JSON, duplicate or
+    unknown keys, a value the entry checks refuse) gives None, and the
+    json-module paths report it as they always do.
+    """
+    if limits.max_json_depth < _TYPED_DEPTH or raw.find(_WH_OPAQUE) >= 0:
+        return None  # opaque markers need the pre-pass of the json-module paths
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        document = _TYPED_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # includes msgspec.ValidationError
+    if document.version != 1:
+        return None
+    split = document.tarSplitDigest
+    if split is not UNSET and not _is_digest(split):
+        return None
+    entries = document.entries
+    if len(entries) > limits.max_entries:
+        return None
+    keys = _key_count(raw)
+    if keys is None:
+        return None
+    walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
+    try:
+        seen = walker.typed_entries(entries)
+        if seen + 2 + (split is not UNSET) != keys:
+            return None
+        del document, entries
+        walker.close_chain()
+        return walker.builder.build()
+    except (ValidationError, msgspec.DecodeError):
+        return None
+
+
 # -- the entry walker -------------------------------------------------------------
 
 
@@ -595,11 +724,15 @@ def parse_toc(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the parse allocates millions of acyclic objects
     try:
+        if not collect:
+            tree = _typed(raw, limits, compat)
+            if tree is not None:
+                return tree
         text = _json_text(raw, limits)
         # Only a document that spells null somewhere needs the null checks.
         nulls = raw.find(b"null") >= 0
         # Only one that names an opaque marker needs the pre-pass for them.
-        has_opaque = raw.find(b".wh..wh..opq") >= 0
+        has_opaque = raw.find(_WH_OPAQUE) >= 0
         del raw
         if not collect and not has_opaque:
             try:
@@ -741,26 +874,7 @@ class _Walker:
         # most entries have none of the rare fields: one C-speed test skips their lookups
         rare = not _RARE_FIELDS.isdisjoint(cast(dict[str, Any], entry))
 
-        # name: the fast path takes names that are clean already
-        path = b""
-        if (
-            name
-            and "\0" not in name
-            and "//" not in name
-            and "/." not in name
-            and name[0] != "."
-            and name[0] != "/"
-            and name.isascii()
-        ):
-            raw = (name[:-1] if name[-1] == "/" else name).encode()
-            if len(raw) <= self.max_name:
-                path = b"/" + raw
-        if not path:
-            try:
-                path = _clean_name(name, self.limits)
-            except ValueError as err:
-                raise self.fail(index, name, "name", str(err)) from None
-
+        path = self.path(index, name)
         if typ == "chunk":
             self.chunk(index, name, path, get)
             return
@@ -826,25 +940,7 @@ class _Walker:
         if value is not None:
             xattrs = self.xattrs(index, name, value)
 
-        # digest -> payload
-        payload = None
-        digest = get("digest")
-        if digest is not None:
-            if digest.__class__ is not str or _DIGEST(digest) is None:
-                raise self.fail(index, name, "digest", _digest_problem(digest))
-            if typ != "reg":
-                raise self.fail(index, name, "digest", f"only regular files have one, not a {typ}")
-            if size:
-                payload = f"{digest[7:9]}/{digest[9:]}".encode()
-            elif digest != _EMPTY_SHA256:
-                raise self.fail(
-                    index,
-                    name,
-                    "digest",
-                    "an empty file's digest must be the sha256 of nothing",
-                )
-        elif size:
-            raise self.fail(index, name, "digest", "required for a regular file with data")
+        payload = self.payload(index, name, typ, size, get("digest"))
 
         # where the data is, and its chunks
         offset = get("offset")
@@ -875,17 +971,193 @@ class _Walker:
             chunk_size = self.chunk_fields(index, name, get, first=True)
 
         link = get("linkName") if rare else None
-        if link is not None:
-            if link.__class__ is not str:
-                raise self.fail(index, name, "linkName", f"must be a string, got {_show(link)}")
-            if link and typ != "symlink" and typ != "hardlink":
-                raise self.fail(
-                    index,
-                    name,
-                    "linkName",
-                    f"only symlinks and hardlinks have one, not a {typ}",
-                )
+        if link is not None and link.__class__ is not str:
+            raise self.fail(index, name, "linkName", f"must be a string, got {_show(link)}")
 
+        self.node(
+            index, name, path, typ, mode, uid, gid, mtime, mtime_nsec, size, rdev, payload,
+            link, xattrs, chunk_size,
+        )  # fmt: skip
+
+    # -- the typed fast path ---------------------------------------------------
+
+    def typed_entries(self, entries: list[msgspec.Raw]) -> int:
+        """Validate and add msgspec-decoded entries; return how many keys they held.
+
+        What :meth:`entry` does, for entries whose JSON types and plain
+        ranges the decoder checked already: an entry with a rare field
+        (device numbers, xattrs, chunk fields, innerOffset) or of type
+        ``chunk``, and every entry whose checks fail, goes through
+        :meth:`entry` itself, which then does or says exactly what it always
+        does.
+        """
+        unset = UNSET
+        keys = 0
+        max_size = self.max_size
+        times = self.times
+        dates = self.dates
+        clocks = self.clocks
+        type_bits = _TYPE_BITS
+        decode = _ENTRY_DECODER.decode
+        for index, piece in enumerate(entries):
+            # one entry at a time: the decoded entries never pile up in memory
+            e = decode(piece)
+            typ = e.type
+            name = e.name
+            if (
+                typ == "chunk"
+                or typ not in type_bits
+                or e.xattrs is not unset
+                or e.devMajor is not unset
+                or e.devMinor is not unset
+                or e.chunkSize is not unset
+                or e.chunkOffset is not unset
+                or e.chunkDigest is not unset
+                or e.chunkType is not unset
+                or e.innerOffset is not unset
+            ):
+                fields = _as_dict(e)
+                keys += len(fields)
+                if fields.get("xattrs").__class__ is dict:
+                    keys += len(fields["xattrs"])
+                self.entry(index, fields)
+                continue
+            if self.chain is not None:
+                self.close_chain()
+            keys += 2
+
+            path = self.path(index, name)
+
+            # the integer fields (types and ranges checked by the decoder)
+            mode = e.mode
+            if mode is unset:
+                mode = 0
+            else:
+                keys += 1
+                if mode > 0o7777:
+                    mode = self.check_ints(index, name, typ, mode, 0, 0, 0)
+            uid = e.uid
+            if uid is unset:
+                uid = 0
+            else:
+                keys += 1
+            gid = e.gid
+            if gid is unset:
+                gid = 0
+            else:
+                keys += 1
+            size = e.size
+            if size is unset:
+                size = 0
+            else:
+                keys += 1
+                if size:
+                    if size > max_size:
+                        self.check_ints(index, name, typ, mode, uid, gid, size)
+                    if typ != "reg":
+                        raise self.fail(
+                            index, name, "size", f"only regular files have a size, not a {typ}"
+                        )
+
+            # times: modtime is kept, accesstime and changetime only checked
+            mtime = 0
+            mtime_nsec = 0
+            modtime = e.modtime
+            if modtime is not unset:
+                keys += 1
+                parsed = times.get(modtime)
+                if (
+                    parsed is not None
+                    or (parsed := _quick_time(modtime, dates, clocks)) is not None
+                ):
+                    mtime, mtime_nsec = parsed
+                else:
+                    mtime, mtime_nsec = self.time(index, name, "modtime", modtime)
+            for field, text in (("accesstime", e.accesstime), ("changetime", e.changetime)):
+                if text is not unset:
+                    keys += 1
+                    if (
+                        text != modtime
+                        and text not in times
+                        and _quick_time(text, dates, clocks) is None
+                    ):
+                        self.time(index, name, field, text)
+
+            digest = e.digest
+            if digest is not unset:
+                keys += 1
+                payload = self.payload(index, name, typ, size, digest)
+            elif size:
+                self.payload(index, name, typ, size, None)  # raises: a file with data needs one
+            else:
+                payload = None
+
+            # where the data is (ranges checked by the decoder)
+            offset = e.offset
+            end = e.endOffset
+            if offset is not unset:
+                keys += 1
+                if end is not unset:
+                    keys += 1
+                    if end < offset:
+                        raise self.fail(
+                            index, name, "endOffset", f"{end} is before offset {offset}"
+                        )
+            elif end is not unset:
+                keys += 1
+
+            link: str | None = None
+            if e.linkName is not unset:
+                keys += 1
+                link = e.linkName
+
+            self.node(
+                index, name, path, typ, mode, uid, gid, mtime, mtime_nsec, size, 0, payload,
+                link, (), None,
+            )  # fmt: skip
+        return keys
+
+    def payload(self, index: int, name: str, typ: str, size: int, digest: object) -> bytes | None:
+        """The payload path ``digest`` (None: absent) names; raise if it does not fit the entry."""
+        if digest is None:
+            if size:
+                raise self.fail(index, name, "digest", "required for a regular file with data")
+            return None
+        if digest.__class__ is not str or _DIGEST(digest) is None:
+            raise self.fail(index, name, "digest", _digest_problem(digest))
+        if typ != "reg":
+            raise self.fail(index, name, "digest", f"only regular files have one, not a {typ}")
+        if size:
+            return f"{digest[7:9]}/{digest[9:]}".encode()
+        if digest != _EMPTY_SHA256:
+            raise self.fail(
+                index, name, "digest", "an empty file's digest must be the sha256 of nothing"
+            )
+        return None
+
+    def node(
+        self,
+        index: int,
+        name: str,
+        path: bytes,
+        typ: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mtime_nsec: int,
+        size: int,
+        rdev: int,
+        payload: bytes | None,
+        link: str | None,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        chunk_size: int | None,
+    ) -> None:
+        """Make the node of a checked entry and add it (or what it stands for) to the tree."""
+        if link and typ != "symlink" and typ != "hardlink":
+            raise self.fail(
+                index, name, "linkName", f"only symlinks and hardlinks have one, not a {typ}"
+            )
         node: Node
         if typ == "reg":
             if (size == 1 and path in _LANDMARKS) or path == _STARGZ_INDEX:
@@ -960,6 +1232,26 @@ class _Walker:
             self.builder.add(path, node, entry=index)
         except ValidationError as error:
             raise _located(error, index, name) from None
+
+    def path(self, index: int, name: str) -> bytes:
+        """The clean absolute path of an entry's ``name``; raise if it is not a valid one."""
+        # the fast path takes names that are clean already
+        if (
+            name
+            and "\0" not in name
+            and "//" not in name
+            and "/." not in name
+            and name[0] != "."
+            and name[0] != "/"
+            and name.isascii()
+        ):
+            raw = (name[:-1] if name[-1] == "/" else name).encode()
+            if len(raw) <= self.max_name:
+                return b"/" + raw
+        try:
+            return _clean_name(name, self.limits)
+        except ValueError as err:
+            raise self.fail(index, name, "name", str(err)) from None
 
     def same_as_before(self, index: int, name: str, path: bytes, seen: object) -> None:
         """An entry that makes no node at its own path: a repeat of it must agree."""

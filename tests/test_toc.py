@@ -26,7 +26,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from benchmarks.generate import toc_json
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
+from composefs_py import toc as toc_module
 from composefs_py.strategies import hostile_toc_cases, toc_cases
 from composefs_py.toc import parse_toc
 from composefs_py.writer import available_backends, write_image
@@ -1428,3 +1430,73 @@ def test_streamed_parse_accepts_what_the_whole_document_accepts() -> None:
                         indent=2) + "\n"  # fmt: skip
     assert parse_toc(compact) == parse_toc(spaced) == parse_toc(compact, collect=True)
     assert parse_toc('{"version":1,"entries":[]}') == parse_toc('{"entries":[ ],"version":1}')
+
+
+# -- the typed (msgspec) fast path gives what the json-module paths give ------------
+
+
+def _reference(raw: bytes, compat: str | None = None) -> Tree | None:
+    """The whole-document walk (``collect=True`` never takes a fast path)."""
+    try:
+        return parse_toc(raw, compat=compat, collect=True)
+    except ValidationError:
+        return None
+
+
+def _fast(raw: bytes, compat: str | None = None) -> Tree | None:
+    return toc_module._typed(raw, Limits(), compat)
+
+
+def test_typed_path_takes_a_realistic_toc_and_gives_the_reference_tree() -> None:
+    raw = toc_json(3000)
+    fast = _fast(raw)
+    assert fast is not None
+    assert fast == _reference(raw)
+    assert fast == parse_toc(raw)
+
+
+@given(case=toc_cases(max_entries=24), compat=st.sampled_from([None, "containers-storage"]))
+def test_typed_path_gives_the_reference_tree_or_steps_aside(
+    case: tuple[bytes, Tree], compat: str | None
+) -> None:
+    raw, _tree = case
+    fast = _fast(raw, compat)
+    assert fast is None or fast == _reference(raw, compat)
+
+
+@given(case=hostile_toc_cases())
+def test_typed_path_never_takes_what_the_reference_rejects(case: tuple[str, bytes]) -> None:
+    _mutation, raw = case
+    fast = _fast(raw)
+    if fast is not None:
+        assert fast == _reference(raw)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # duplicate keys (msgspec itself keeps the last one)
+        '{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":2}]}',
+        '{"version":1,"entries":[{"type":"dir","name":"a","name":"a"}]}',
+        '{"version":1,"version":1,"entries":[]}',
+        '{"version":1,"entries":[{"type":"dir","name":"a","xattrs":{"user.a":"","user.a":""}}]}',
+        # a duplicate hidden by a key with white space before its colon
+        '{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":2,"uid" :0}]}',
+        # escapes that look like key ends
+        '{"version":1,"entries":[{"type":"dir","name":"a\\\\","name":"b"}]}',
+        '{"version":1,"entries":[{"type":"dir","name":"a\\":","name":"b"}]}',
+        # unknown keys are ignored, but only the reference path ignores them
+        '{"version":1,"entries":[{"type":"dir","name":"a","x":[[[[[[1]]]]]]}]}',
+        '{"version":1,"entries":[],"x":{}}',
+    ],
+)
+def test_typed_path_steps_aside_for_duplicate_or_unknown_keys(text: str) -> None:
+    assert _fast(text.encode()) is None
+
+
+def test_typed_path_key_count_sees_through_escapes() -> None:
+    text = r'{"version":1,"entries":[{"type":"dir","name":"a\\\"b\\"},{"type":"dir","name":"c"}]}'
+    raw = text.encode()
+    assert json.loads(raw)["entries"][0]["name"] == 'a\\"b\\'
+    assert toc_module._key_count(raw) == 6
+    assert _fast(raw) == _reference(raw)
