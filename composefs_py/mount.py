@@ -39,7 +39,12 @@ What a mount shows, compared with the source:
   their directory gains ``trusted.overlay.opaque=x``,
   ``trusted.overlay.whiteouts``, ``user.overlay.opaque=x`` and
   ``user.overlay.whiteouts`` (libcomposefs, format version 1).  Stacked,
-  they disappear together with what they hide.
+  they disappear together with what they hide, but a directory whose
+  topmost layer held whiteouts still shows ``user.overlay.opaque=x`` and
+  ``user.overlay.whiteouts`` (the stacking overlay consumes only the
+  ``trusted.overlay.*`` ones).
+* Stacked, link counts are each layer's own: a file whose hardlink partner
+  a later layer replaced still counts both links.  :func:`flatten` recounts.
 * A directory with both ``.wh..wh..opq`` and ``.wh.NAME`` entries loses its
   opaqueness: libcomposefs replaces ``opaque=y`` by ``opaque=x`` when it
   escapes the whiteouts (a ``.wh.NAME`` in an opaque directory is redundant,

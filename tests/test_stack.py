@@ -7,7 +7,8 @@ The three layers are plain tars written here with Python's ``tarfile``:
   replaces by a file and a file that a later layer replaces by a directory;
 * middle: ``etc/.wh.motd`` and ``opt/.wh.keep`` delete a file and a whole
   directory, ``usr/share/doc/.wh..wh..opq`` makes a directory opaque (with
-  one new file in it), one of two hardlinked files is replaced (the link is
+  one new file in it, and a redundant ``.wh.README`` that must not undo the
+  opacity), one of two hardlinked files is replaced (the link is
   broken), a file becomes a directory, a directory changes mode and owner;
 * top: new files (one hardlinked to another), a deleted file added again, a
   retargeted symlink, a directory replaced by a file.
@@ -150,6 +151,7 @@ MIDDLE = [
     _dir("usr/share", mtime=_T + 106),
     _dir("usr/share/doc", mode=0o775, mtime=_T + 107),
     Member("usr/share/doc/.wh..wh..opq", "reg"),
+    Member("usr/share/doc/.wh.README", "reg"),  # redundant in an opaque directory
     _reg("usr/share/doc/NEW", b"docs of the middle layer\n", mtime=_T + 108),
     _dir("opt", mtime=_T + 109),
     Member("opt/.wh.keep", "reg"),
