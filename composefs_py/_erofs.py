@@ -30,8 +30,9 @@ misuse, and everything libcomposefs never writes:
 * xattrs, inline and shared: the ibody header and shared index array inside
   the inode's xattr area, every entry (header, name, value) inside its area,
   shared entries inside the image at an index the loader's 32-bit arithmetic
-  does not wrap, known name prefix indexes, full names of 1..255 bytes
-  without NUL, no name twice on one inode, the space libcomposefs accounts
+  does not wrap, known name prefix indexes, names without NUL, of 1..255
+  bytes once unescaped (``trusted.overlay.overlay.X`` is stored as
+  ``trusted.overlay.X``), no name twice on one inode, the space libcomposefs accounts
   for them within its 65535-byte limit.
 
 The loader also reads up to 2 bytes past an overlay redirect's value (it
@@ -391,8 +392,8 @@ class _Checker:
         if b"\0" in suffix:
             raise _fail(f"{where}: xattr name at byte {pos} holds a NUL byte", "xattr", path)
         name = _XATTR_PREFIXES[index] + suffix
-        if not 0 < len(name) <= _XATTR_NAME_MAX:
-            raise _fail(f"{where}: xattr name of {len(name)} bytes at byte {pos}", "xattr", path)
+        if not name:
+            raise _fail(f"{where}: empty xattr name at byte {pos}", "xattr", path)
         if name in seen:
             raise _fail(f"{where}: xattr {name!r} appears twice", "xattr", path)
         seen.add(name)
@@ -407,7 +408,11 @@ class _Checker:
             if not name.startswith(_OVERLAY_ESCAPE):
                 return
             name = _OVERLAY + name[len(_OVERLAY_ESCAPE) :]
-        # lcfs_node_set_xattr_internal's accounting (7 + name + value each).
+        # What lcfs_node_set_xattr_internal accepts: a name of at most 255
+        # bytes (an escaped name is longer in the image), and its accounting
+        # of 7 + name + value bytes per xattr.
+        if len(name) > _XATTR_NAME_MAX:
+            raise _fail(f"{where}: xattr name of {len(name)} bytes at byte {pos}", "xattr", path)
         space[0] += 7 + len(name) + value_size
         if space[0] > _XATTR_SPACE_MAX:
             raise _fail(f"{where}: xattrs take more than {_XATTR_SPACE_MAX} bytes", "xattr", path)

@@ -1,0 +1,413 @@
+"""composefs_py._erofs.check_image: the structural check read_image runs first.
+
+It must accept every image libcomposefs writes (upstream's assets, the real
+layers, Hypothesis trees, both format versions) and reject, naming the field,
+each way an image can make libcomposefs 1.0.8's loader read out of bounds,
+use freed memory or recurse without end.  Hostile images are made here by
+patching single fields of a real image; the sanitized replays of the loader
+bugs themselves are in tests/test_fuzz_crashes.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from composefs_py import strategies
+from composefs_py._erofs import check_image
+from composefs_py.dumpfile import parse_dumpfile
+from composefs_py.errors import ValidationError
+from composefs_py.layers import open_layer
+from composefs_py.model import ROOT, Hardlink, Inode, Tree, TreeBuilder, name_of, parent_of
+from composefs_py.writer import read_image, write_image
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = REPO / "tests" / "data" / "layers"
+ROOT_WHITEOUTS = {f"{i:02x}".encode() for i in range(256)}
+DIGEST = "0123456789abcdef" * 4
+
+#: Every structure the loader reads: shared xattrs (user.shared on three
+#: inodes), inline and out-of-line content and symlink targets, a chunk-based
+#: file with a payload, a hardlink, devices, a fifo, a whiteout, a directory
+#: of several blocks.
+BASE_DUMP = (
+    "\n".join(
+        sorted(
+            [
+                "/ 4096 40755 4 0 0 0 1700000000.0 - - - user.a=1",
+                "/d 4096 40755 2 0 0 0 0.0 - - -",
+                "/d/x 3 100644 1 0 0 0 0.0 - abc - user.shared=same",
+                "/d/y 3 100644 1 0 0 0 0.0 - xyz - user.shared=same",
+                f"/f 10 100644 1 0 0 0 0.0 ab/{DIGEST[2:]} - {DIGEST} user.shared=same",
+                "/h 3 @100644 1 0 0 0 0.0 /d/x - -",
+                "/i 5 100644 1 0 0 0 0.0 - hello - user.v=" + "v" * 40,
+                "/l 6 120777 1 0 0 0 0.0 target - -",
+                "/long 4000 120777 1 0 0 0 0.0 " + "s" * 4000 + " - - user.pad=" + "p" * 200,
+                "/w 0 20000 1 0 0 0 0.0 - - -",
+                "/c 0 20644 1 0 0 0 0.0 - - -",
+                "/p 0 10644 1 0 0 0 0.0 - - -",
+                "/many 4096 40755 2 0 0 0 0.0 - - -",
+            ]
+            + [
+                f"/many/entry-{i:04d}-with-a-long-name 0 100644 1 0 0 0 0.0 - - -"
+                for i in range(150)
+            ]
+        )
+    )
+    + "\n"
+)
+
+
+def _write(tree: Tree, version: int) -> bytes:
+    fd = os.memfd_create("cfspy-check")
+    try:
+        write_image(tree, fd, backend="native", min_version=0, max_version=version)
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)
+
+
+def _entries(tree: Tree) -> int:
+    """Directory entries an image of ``tree`` holds (libcomposefs adds 00..ff)."""
+    top = {name_of(p) for p in tree.paths if p != ROOT and parent_of(p) == ROOT}
+    return len(tree) - 1 + len(ROOT_WHITEOUTS - top)
+
+
+# ---------------------------------------------------------------------------
+# what libcomposefs writes is accepted
+# ---------------------------------------------------------------------------
+
+
+def _asset_names() -> list[str]:
+    src = REPO / ".deps" / "src" / "composefs" / "tests" / "assets"
+    if not src.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in src.iterdir()
+        if not p.name.startswith("should-fail") and p.name.endswith((".dump", ".dump.gz"))
+    )
+
+
+def _dump_entries(text: bytes) -> int:
+    """Directory entries an image of this dumpfile holds (libcomposefs adds 00..ff)."""
+    paths = [line.split(b" ", 1)[0] for line in text.split(b"\n") if line.strip()]
+    top = {p[1:] for p in paths if p.count(b"/") == 1 and p != b"/"}
+    return len(paths) - 1 + len(ROOT_WHITEOUTS - top)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("name", _asset_names())
+def test_every_upstream_asset_image_is_accepted(
+    composefs_src: Path, run_mkcomposefs: Callable[..., bytes], name: str, version: int
+) -> None:
+    # mkcomposefs writes what the native backend writes (test_upstream_assets
+    # proves it), and much faster for the 100k-entry assets.
+    raw = (composefs_src / "tests" / "assets" / name).read_bytes()
+    text = gzip.decompress(raw) if name.endswith(".gz") else raw
+    image = run_mkcomposefs(text, f"--min-version={version}", f"--max-version={version}")
+    summary = check_image(image)
+    assert summary.version == version
+    assert summary.entries == _dump_entries(text)
+
+
+@pytest.mark.parametrize("blob", sorted(LAYERS.glob("*.blob")), ids=lambda p: p.name)
+@pytest.mark.parametrize("version", [0, 1])
+def test_images_of_the_real_layers_are_accepted(blob: Path, version: int) -> None:
+    tree = open_layer(blob).tree()
+    summary = check_image(_write(tree, version))
+    assert summary.entries == _entries(tree)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=strategies.trees(max_entries=30), version=st.integers(0, 1))
+def test_images_of_any_tree_are_accepted(tree: Tree, version: int) -> None:
+    summary = check_image(_write(tree, version))
+    assert summary.entries == _entries(tree)
+    dirs = sum(1 for _, node in tree if isinstance(node, Inode) and node.is_dir)
+    assert summary.directories == dirs
+
+
+def test_base_image_is_accepted_and_read() -> None:
+    image = _base_image()
+    summary = check_image(image)
+    assert summary.directories == 3
+    assert summary.depth == 1
+    assert read_image(image).inode(b"/long").symlink_target == b"s" * 4000
+
+
+def test_a_deep_tree_is_accepted_up_to_max_depth() -> None:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    path = b""
+    for _ in range(12):
+        path += b"/d"
+        builder.add(path, Inode(mode=stat.S_IFDIR | 0o755))
+    image = _write(builder.build(), 1)
+    assert check_image(image, max_depth=12).depth == 12
+    with pytest.raises(ValidationError) as err:
+        check_image(image, max_depth=11)
+    assert err.value.field == "depth"
+    assert err.value.path == "/d" * 12
+
+
+# ---------------------------------------------------------------------------
+# hostile images: one field patched in a real image
+# ---------------------------------------------------------------------------
+
+_SUPER = 1024
+_META = _SUPER + 40
+_XATTR = _SUPER + 44
+_ROOT_NID = _SUPER + 14
+
+
+class Image:
+    """A writable image and where its parts are (parsed independently of _erofs)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        (meta,) = struct.unpack_from("<I", data, _META)
+        (xattr,) = struct.unpack_from("<I", data, _XATTR)
+        self.meta = meta * 4096
+        self.xattr = xattr * 4096
+        (self.root,) = struct.unpack_from("<H", data, _ROOT_NID)
+
+    def inode(self, nid: int) -> tuple[int, int, int, int]:
+        """(offset, inode size, xattr area size, data size) of ``nid``."""
+        off = self.meta + nid * 32
+        i_format, icount = struct.unpack_from("<HH", self.data, off)
+        extended = i_format & 1
+        isize = 64 if extended else 32
+        (size,) = struct.unpack_from("<Q" if extended else "<I", self.data, off + 8)
+        return off, isize, 0 if icount == 0 else 12 + (icount - 1) * 4, size
+
+    def blocks(self, nid: int) -> list[tuple[int, int]]:
+        """(offset, size) of each block of directory ``nid``."""
+        off, isize, xsize, size = self.inode(nid)
+        i_format, _, _, _, _, _, blkaddr = struct.unpack_from("<HHHHIII", self.data, off)
+        tail = size % 4096 if i_format >> 1 == 2 else 0
+        oob = size - tail
+        out = [(blkaddr * 4096 + b, min(4096, oob - b)) for b in range(0, oob, 4096)]
+        return out + ([(off + isize + xsize, tail)] if tail else [])
+
+    def dirents(self, nid: int) -> dict[bytes, tuple[int, int]]:
+        """name -> (offset of its dirent, nid) in directory ``nid``."""
+        out = {}
+        for block, size in self.blocks(nid):
+            (table,) = struct.unpack_from("<H", self.data, block + 8)
+            raw = [struct.unpack_from("<QH", self.data, block + i) for i in range(0, table, 12)]
+            for i, (child, nameoff) in enumerate(raw):
+                end = raw[i + 1][1] if i + 1 < len(raw) else size
+                name = bytes(self.data[block + nameoff : block + end]).split(b"\0")[0]
+                out[name] = (block + 12 * i, int(child))
+        return out
+
+    def nid(self, path: bytes) -> int:
+        nid = int(self.root)
+        for part in filter(None, path.split(b"/")):
+            nid = self.dirents(nid)[part][1]
+        return nid
+
+    def put(self, fmt: str, offset: int, value: int) -> None:
+        struct.pack_into(fmt, self.data, offset, value)
+
+
+_BASE: list[bytes] = []
+
+
+def _base_image() -> bytes:
+    if not _BASE:
+        _BASE.append(_write(parse_dumpfile(BASE_DUMP), 1))
+    return _BASE[0]
+
+
+def _inode_of(img: Image, path: bytes) -> int:
+    return img.inode(img.nid(path))[0]
+
+
+def _first_shared_index_at(img: Image, path: bytes) -> int:
+    off, isize, xsize, _ = img.inode(img.nid(path))
+    assert xsize and img.data[off + isize + 4] >= 1, "a shared xattr"
+    return off + isize + 12
+
+
+def _first_inline_xattr_at(img: Image, path: bytes) -> int:
+    off, isize, _xsize, _ = img.inode(img.nid(path))
+    shared = img.data[off + isize + 4]
+    return off + isize + 12 + 4 * shared
+
+
+def _dirent(img: Image, path: bytes) -> int:
+    return img.dirents(img.nid(parent_of(path)))[name_of(path)][0]
+
+
+Patch = Callable[[Image], None]
+
+#: name -> (patch, the field ValidationError names).  The comments name the
+#: libcomposefs 1.0.8 loader bug each check keeps away.
+HOSTILE: dict[str, tuple[Patch, str]] = {
+    "header magic": (lambda i: i.put("<I", 0, 0x1234), "header.magic"),
+    "header version": (lambda i: i.put("<I", 4, 2), "header.version"),
+    "composefs version": (lambda i: i.put("<I", 12, 7), "header.composefs_version"),
+    "erofs magic": (lambda i: i.put("<I", _SUPER, 0), "superblock.magic"),
+    "block size": (lambda i: i.put("<B", _SUPER + 12, 13), "superblock.blkszbits"),
+    "compression": (lambda i: i.put("<I", _SUPER + 80, 0x3), "superblock.feature_incompat"),
+    "unknown compat feature": (
+        lambda i: i.put("<I", _SUPER + 8, 0x80),
+        "superblock.feature_compat",
+    ),
+    # The metadata area is used unchecked (readdir overflow, SIGSEGV).
+    "metadata past the end": (lambda i: i.put("<I", _META, 1 << 24), "superblock.meta_blkaddr"),
+    "xattr area past the end": (lambda i: i.put("<I", _XATTR, 1 << 20), "superblock.xattr_blkaddr"),
+    "root not a directory": (lambda i: i.put("<H", _ROOT_NID, i.nid(b"/l")), "superblock.root_nid"),
+    "root past the end": (lambda i: i.put("<H", _ROOT_NID, 0xFFFF), "nid"),
+    # lcfs_image_get_erofs_inode checks the start of an inode only.
+    "nid past the end": (lambda i: i.put("<Q", _dirent(i, b"/l"), 1 << 40), "nid"),
+    "unknown i_format bit": (lambda i: i.put("<H", _inode_of(i, b"/p"), 0x10), "i_format"),
+    "compressed layout": (lambda i: i.put("<H", _inode_of(i, b"/p"), 1 << 1), "i_format"),
+    "unknown file type": (lambda i: i.put("<H", _inode_of(i, b"/p") + 4, 0o644), "i_mode"),
+    "device with a size": (lambda i: i.put("<I", _inode_of(i, b"/p") + 8, 1), "i_size"),
+    # erofs_readdir_block reads a directory block before any bounds check.
+    "directory block past the end": (
+        lambda i: i.put("<I", _inode_of(i, b"/many") + 16, 1 << 19),
+        "i_u.raw_blkaddr",
+    ),
+    "inline tail past the block": (lambda i: i.put("<I", _inode_of(i, b"/d") + 8, 4000), "i_size"),
+    # strnlen/memcpy of a name at an unchecked dirent offset.
+    "name offset past the block": (
+        lambda i: i.put("<H", _dirent(i, b"/l") + 8, 0xFFF0),
+        "dirent.nameoff",
+    ),
+    "dirent table past the block": (
+        lambda i: i.put("<H", next(iter(i.dirents(i.nid(b"/d")).values()))[0] + 8, 0xF000),
+        "dirent.nameoff",
+    ),
+    "name with a slash": (
+        lambda i: i.data.__setitem__(_name_at(i, b"/d/x"), ord("/")),
+        "dirent.name",
+    ),
+    "names out of order": (
+        lambda i: i.data.__setitem__(_name_at(i, b"/d/y"), ord("a")),
+        "dirent.name",
+    ),
+    "dot names another inode": (lambda i: i.put("<Q", _dirent(i, b"/d/."), i.root), "dirent.nid"),
+    "dotdot names another inode": (
+        lambda i: i.put("<Q", _dirent(i, b"/d/.."), i.nid(b"/many")),
+        "dirent.nid",
+    ),
+    # A cycle: unbounded recursion in lcfs_build_node_from_image.
+    "directory contains the root": (
+        lambda i: i.put("<Q", _dirent(i, b"/d/x"), i.root),
+        "dirent.nid",
+    ),
+    "directory entered twice": (
+        lambda i: i.put("<Q", _dirent(i, b"/l"), i.nid(b"/d")),
+        "dirent.nid",
+    ),
+    # The loader frees a whiteout and keeps it in its nid table: a second
+    # entry for it is a heap use after free in lcfs_node_ref.
+    "whiteout entered twice": (
+        lambda i: i.put("<Q", _dirent(i, b"/01"), i.nid(b"/00")),
+        "dirent.nid",
+    ),
+    "file type mismatch": (lambda i: i.put("<B", _dirent(i, b"/l") + 10, 2), "dirent.file_type"),
+    "symlink without target": (lambda i: i.put("<I", _inode_of(i, b"/l") + 8, 0), "i_size"),
+    "symlink target too long": (lambda i: i.put("<I", _inode_of(i, b"/long") + 8, 4096), "i_size"),
+    "symlink target past the end": (
+        lambda i: i.put("<I", _inode_of(i, b"/long") + 16, 1 << 19),
+        "i_u.raw_blkaddr",
+    ),
+    "content over the inline maximum": (
+        lambda i: i.put("<I", _inode_of(i, b"/i") + 8, 5001),
+        "i_size",
+    ),
+    "chunk format bits": (lambda i: i.put("<H", _inode_of(i, b"/f") + 16, 0x20), "i_u.c.format"),
+    # Shared xattrs are read at an unchecked index (SIGSEGV).
+    "shared xattr index past the end": (
+        lambda i: i.put("<I", _first_shared_index_at(i, b"/f"), 1 << 29),
+        "xattr",
+    ),
+    "shared xattr index that wraps": (
+        lambda i: i.put("<I", _first_shared_index_at(i, b"/f"), 1 << 30),
+        "xattr",
+    ),
+    "shared count over the area": (
+        lambda i: i.put("<B", _first_shared_index_at(i, b"/f") - 8, 200),
+        "h_shared_count",
+    ),
+    # memdup of an xattr value whose size is not checked.
+    "xattr value past the area": (
+        lambda i: i.put("<H", _first_inline_xattr_at(i, b"/i") + 2, 0xFFFF),
+        "xattr",
+    ),
+    "xattr name index": (lambda i: i.put("<B", _first_inline_xattr_at(i, b"/i") + 1, 9), "xattr"),
+    "xattr name with NUL": (
+        lambda i: i.put("<B", _first_inline_xattr_at(i, b"/i") + 4, 0),
+        "xattr",
+    ),
+    "xattr area past the image": (
+        lambda i: i.put("<H", _inode_of(i, b"/p") + 2, 0xFFFF),
+        "i_xattr_icount",
+    ),
+}
+
+
+def _name_at(img: Image, path: bytes) -> int:
+    """Offset of the first byte of ``path``'s name in its parent's directory."""
+    entry = img.dirents(img.nid(parent_of(path)))[name_of(path)][0]
+    block = max(b for b, _ in img.blocks(img.nid(parent_of(path))) if b <= entry)
+    (nameoff,) = struct.unpack_from("<H", img.data, entry + 8)
+    return block + int(nameoff)
+
+
+#: Cases read_image's magic-number gate refuses before the check runs.
+_MAGIC = frozenset({"header magic", "erofs magic"})
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_image_is_rejected_naming_the_field(case: str) -> None:
+    patch, field = HOSTILE[case]
+    img = Image(_base_image())
+    patch(img)
+    hostile = bytes(img.data)
+    assert hostile != _base_image()
+    with pytest.raises(ValidationError, match="not a valid composefs image") as err:
+        check_image(hostile)
+    assert err.value.field == field, str(err.value)
+    # read_image refuses it the same way, before libcomposefs sees it.
+    with pytest.raises(ValidationError) as again:
+        read_image(hostile)
+    assert again.value.field == (None if case in _MAGIC else field)
+
+
+@pytest.mark.parametrize("cut", [4095, 4096 + 100, 8192, -4096, -1])
+def test_truncated_image_is_rejected(cut: int) -> None:
+    image = _base_image()
+    with pytest.raises(ValidationError, match="not a valid composefs image"):
+        check_image(image[:cut])
+
+
+def test_error_names_the_inode_and_its_offset() -> None:
+    img = Image(_base_image())
+    HOSTILE["symlink without target"][0](img)
+    with pytest.raises(ValidationError) as err:
+        check_image(bytes(img.data))
+    nid = img.nid(b"/l")
+    assert err.value.path == "/l"
+    assert f"inode {nid} at byte {img.meta + nid * 32}" in str(err.value)
+
+
+def test_a_hardlinked_file_is_entered_twice_but_a_directory_is_not() -> None:
+    img = Image(_base_image())
+    assert img.nid(b"/h") == img.nid(b"/d/x")
+    check_image(bytes(img.data))
+    tree = read_image(bytes(img.data))
+    assert tree[b"/h"] == Hardlink(b"/d/x") or tree[b"/d/x"] == Hardlink(b"/h")
