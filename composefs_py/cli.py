@@ -429,6 +429,7 @@ def _cmd_digest(args: argparse.Namespace) -> int:
 def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "mount",
+        usage="%(prog)s [options] IMAGE [IMAGE ...] MNT",
         help="mount a composefs image, or layer images stacked",
         description="Mount IMAGE on MNT with DIR as its object store.  Several "
         "IMAGEs are layers, top first (IMG_TOP ... IMG_BASE): they are mounted "
@@ -436,7 +437,12 @@ def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "layers hiding what they cover below (Linux >= 6.7).",
     )
     # One positional list, split in _cmd_mount into the images and MNT.
-    parser.add_argument("paths", metavar="IMAGE [IMAGE ...] MNT", nargs="+")
+    parser.add_argument(
+        "paths",
+        metavar="IMAGE [IMAGE ...] MNT",
+        nargs="+",
+        help="the image (or layer images, top first), then the mount point",
+    )
     parser.add_argument(
         "--objects",
         metavar="DIR",
@@ -447,8 +453,17 @@ def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--upper", metavar="DIR", help="writable overlay upper directory")
     parser.add_argument("--work", metavar="DIR", help="overlay work directory (with --upper)")
     verity = parser.add_mutually_exclusive_group()
-    verity.add_argument("--require-verity", action="store_true")
-    verity.add_argument("--try-verity", action="store_true")
+    verity.add_argument(
+        "--require-verity",
+        action="store_true",
+        help="every file must have an fs-verity digest in the image, matched by "
+        "its object's kernel fs-verity (else the mount fails)",
+    )
+    verity.add_argument(
+        "--try-verity",
+        action="store_true",
+        help="check fs-verity digests where the image and objects allow it",
+    )
     idmap = parser.add_argument_group(
         "ID-mapped mount",
         "Show the image's owners shifted: uid/gid C appears as H, for N ids "
