@@ -156,19 +156,15 @@ def walk(root: Path) -> dict[bytes, Seen]:
 
 
 def leftover_mounts(under: Path) -> list[str]:
-    """Mount points at or below ``under``, plus any erofs/overlay mount libcomposefs
-    or mount_layers staged (``/tmp/.composefs.*``, ``.composefs-py-layers.*``)."""
+    """Mount points at or below ``under``, plus any image mount libcomposefs, mount
+    or mount_layers staged (``.composefs.*``, ``.composefs-py-image.*``,
+    ``.composefs-py-layers.*``)."""
     prefix = os.path.realpath(under)
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split(" ")[4]
-            if (
-                point == prefix
-                or point.startswith(prefix + "/")
-                or "/.composefs." in point
-                or "/.composefs-py-layers." in point
-            ):
+            if point == prefix or point.startswith(prefix + "/") or "/.composefs" in point:
                 found.append(point)
     return found
 
