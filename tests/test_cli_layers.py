@@ -19,6 +19,7 @@ import io
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -654,3 +655,21 @@ def test_options_between_positionals_are_accepted_and_unknown_ones_refused(
     status, _, stderr = run("build", layers[0], "-o", image, layers[1], "--bogus")
     assert status == 2
     assert "unrecognized arguments: " in stderr and "--bogus" in stderr
+
+
+def test_new_options_fail_in_one_line_from_the_real_command(tmp_path: Path) -> None:
+    """The entry point itself (a real process): exit 1 and one line, no traceback."""
+    (tmp_path / "mnt").mkdir()
+    command = [sys.executable, "-m", "composefs_py"]
+    cases = [
+        ["mount", "i.cfs", "mnt", "--objects", ".", "--uidmap", "0:1:10", "--uidmap", "9:50:1"],
+        ["mount", "i.cfs", "mnt", "--objects", ".", "--idmap-pid", "2147483647"],
+        ["build", "missing-base.tar", "missing-top.tar", "-o", "x.cfs", "--objects", "o"],
+    ]
+    for args in cases:
+        done = subprocess.run([*command, *args], capture_output=True, cwd=tmp_path)
+        assert done.returncode == 1, args
+        one_error_line(done.stderr.decode())
+    usage = subprocess.run([*command, "mount", "--uidmap", "zero"], capture_output=True)
+    assert usage.returncode == 2
+    assert b"Traceback" not in usage.stderr
