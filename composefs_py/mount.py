@@ -576,7 +576,7 @@ def mount_layers(
             errno.ENOTSUP,
             "stacking composefs layers needs overlayfs xwhiteouts (Linux >= 6.7) to honour "
             f"their whiteouts; this kernel is {os.uname().release}: write one image with "
-            "flatten_layers() instead",
+            "flatten() instead",
         )
     # Everything that can be checked without mounting is checked before the
     # first mount, so a bad later layer does not cost mounting the earlier ones.
