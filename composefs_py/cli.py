@@ -231,7 +231,8 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "print its fs-verity digest.  Several SOURCEs are layers of one image, "
         "base first: they are flattened with OCI semantics (whiteouts delete, "
         "opaque directories hide what lies below, later layers replace earlier "
-        "entries) into one image.",
+        "entries) into one image.  One layer alone keeps its whiteouts, so "
+        "that its image can be mounted stacked.",
     )
     parser.add_argument("sources", metavar="SOURCE", nargs="+")
     parser.add_argument("-o", "--output", metavar="IMAGE", required=True)
