@@ -3,8 +3,10 @@
 Started by :mod:`composefs_py.sandbox` as ``python -I -c <bootstrap>`` with
 an empty environment, cwd ``/``, its own session, stdin/stdout/stderr pipes
 and (when writing) one inherited output fd.  Everything it will ever import
-is imported first; then, before reading a single byte of input, it locks
-itself down in this order:
+is imported first; then (after reading only its address-space limit when the
+argv says ``--address-space=stdin``: the parent's number, sent first so the
+child can start before the parent has measured the Tree), before reading a
+single byte of input, it locks itself down in this order:
 
 1. rlimits: address space, CPU seconds, file size (the largest image),
    open files, no core dumps;
@@ -18,10 +20,12 @@ itself down in this order:
 6. seccomp: an allowlist of what the write and read paths need; anything
    else kills the process (SIGSYS).
 
-Then it rebuilds the Tree from the parent's records (``marshal`` of
-:func:`~composefs_py.model.tree_records`) through a TreeBuilder, every
-invariant checked again (defence in depth), and writes the image with the
-native backend.  When the compiled module is unavailable (``--engine
+Then it rebuilds the Tree from the parent's frames of records (each
+:data:`FRAME_HEADER`, the frame's length, then ``marshal`` data of
+``(paths, values)``: per path an Inode's field values or a Hardlink's
+target; a zero length ends them) through a TreeBuilder, frame by frame as
+they arrive, every invariant checked again (defence in depth), and writes
+the image with the native backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import marshal
 import mmap
@@ -52,19 +57,31 @@ import resource
 import signal
 import socket
 import stat
+import struct
 import sys
 import traceback
+from dataclasses import fields
+from itertools import starmap
 from typing import Any, NoReturn
 
 from . import _lockdown
 from .dumpfile import dump_bytes
 from .errors import ValidationError
-from .model import Tree, tree_from_records
+from .model import Hardlink, Inode, Node, Tree, TreeBuilder
 
 try:
     from . import _native
 except ImportError:  # pragma: no cover - depends on the build
     _native = None  # type: ignore[assignment]
+
+#: Each frame of records: its length in bytes (0 ends the records).
+FRAME_HEADER = struct.Struct("<Q")
+#: ``--address-space`` value: the limit is the first FRAME_HEADER on stdin
+#: (the parent's number, read before the lockdown; the input follows it).
+ADDRESS_SPACE_ON_STDIN = "stdin"
+#: A frame longer than this is refused (the parent's are far smaller).
+MAX_FRAME_BYTES = 1 << 30
+_INODE_FIELD_COUNT = len(fields(Inode))
 
 EXIT_OK = 0
 EXIT_REJECTED = 65
@@ -105,12 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-version", type=int, default=1)
     p.add_argument("--engine", choices=("native", "mkcomposefs"), default="native")
     p.add_argument("--mkcomposefs", default="")
-    p.add_argument("--address-space", type=int, required=True)
+    p.add_argument("--address-space", type=_address_space, required=True)
     p.add_argument("--cpu-seconds", type=int, required=True)
     p.add_argument("--file-size", type=int, required=True)
     p.add_argument("--open-files", type=int, required=True)
     p.add_argument("--fault", choices=FAULTS, default=None)
     return p
+
+
+def _address_space(text: str) -> int:
+    """``--address-space``: bytes, or ADDRESS_SPACE_ON_STDIN (-1: read it first)."""
+    return -1 if text == ADDRESS_SPACE_ON_STDIN else int(text)
 
 
 def _elf_interpreter(path: str) -> str | None:
@@ -262,6 +284,67 @@ def _read_stdin() -> bytes:
     return b"".join(chunks)
 
 
+def _read_exact(size: int) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = os.readv(0, [view[got:]])
+        if not count:
+            raise ValidationError(f"the records end early ({got} of {size} bytes of a frame)")
+        got += count
+    return buffer
+
+
+def _read_tree() -> Tree:
+    """Rebuild the Tree from the parent's frames, through a TreeBuilder.
+
+    Every entry goes through :meth:`TreeBuilder.add` (parents first, no
+    duplicates, as a dumpfile): the records are untrusted input like any
+    other, and anything malformed raises :class:`ValidationError`.
+    """
+    builder = TreeBuilder()
+    add = builder.add
+    index = 0
+    while size := FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]:
+        if size > MAX_FRAME_BYTES:
+            raise ValidationError(f"a frame of records is longer than {MAX_FRAME_BYTES} bytes")
+        try:
+            frame = marshal.loads(_read_exact(size))
+        except (EOFError, ValueError, TypeError) as exc:
+            raise ValidationError(f"a frame of records is not marshal data: {exc}") from None
+        for path, node in zip(*_frame_nodes(frame, index), strict=True):
+            if path.__class__ is not bytes:
+                raise ValidationError("the path must be bytes", entry=index, field="path")
+            add(path, node, entry=index)
+            index += 1
+    return builder.build()
+
+
+def _frame_nodes(frame: object, first: int) -> tuple[tuple[object, ...], list[Node]]:
+    """A frame's paths and its nodes, in order (``first``: its first entry's index)."""
+    if not (isinstance(frame, tuple) and len(frame) == 3):
+        raise ValidationError("a frame of records must be (paths, inodes, links)")
+    paths, inodes, links = frame
+    if not (isinstance(paths, tuple) and isinstance(inodes, list) and isinstance(links, tuple)):
+        raise ValidationError("a frame of records must be (paths, inodes, links)")
+    if len(inodes) + len(links) != len(paths):
+        raise ValidationError("a frame of records has more or fewer nodes than paths")
+    if not all(values.__class__ is tuple for values in inodes) or any(
+        length != _INODE_FIELD_COUNT for length in map(len, inodes)
+    ):
+        raise ValidationError(f"an inode must be a tuple of {_INODE_FIELD_COUNT} fields")
+    nodes: list[Node] = list(starmap(Inode, inodes))
+    for link in links:
+        if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
+            raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
+        position, target = link
+        if not (position.__class__ is int and 0 <= position <= len(nodes)):
+            raise ValidationError("a hardlink's position is outside its frame", entry=first)
+        nodes.insert(position, Hardlink(target))
+    return paths, nodes
+
+
 def _fault(name: str, out_fd: int) -> None:
     """Misbehave as the tests ask, after lockdown; a blocked attempt raises."""
     if name == "segv":
@@ -330,15 +413,16 @@ def _run(args: argparse.Namespace) -> int:
         _emit({"lockdown": report, "probe": probe, "native": _native is not None})
         return EXIT_OK
 
+    if args.address_space < 0:
+        args.address_space = FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]
     report = lockdown(args)
     if args.fault is not None:
         _fault(args.fault, args.fd)
 
-    data = _read_stdin()
     if args.mode == "read":
         if _native is None:
             raise RuntimeError("the compiled module is unavailable: cannot read images")
-        tree = _native.read_image(data)
+        tree = _native.read_image(_read_stdin())
         _emit({"lockdown": report})
         text = dump_bytes(tree)
         view = memoryview(text)
@@ -346,15 +430,9 @@ def _run(args: argparse.Namespace) -> int:
             view = view[os.write(1, view) :]
         return EXIT_OK
 
-    try:
-        records = marshal.loads(data)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise ValidationError(f"the records are not marshal data: {exc}") from None
-    del data
-    if not (isinstance(records, tuple) and len(records) == 2):
-        raise ValidationError("the records must be a pair (paths, nodes)")
-    tree = tree_from_records(*records)
-    del records
+    # Hundreds of thousands of acyclic objects: no collection can free any.
+    gc.disable()
+    tree = _read_tree()
     if args.engine == "native":
         if _native is None:
             raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")

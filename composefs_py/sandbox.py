@@ -1,14 +1,16 @@
 """The sandboxed writer backend: libcomposefs in a locked-down child process.
 
 A crash, hang or memory bomb inside libcomposefs must not take the caller
-down.  :func:`write_image_sandboxed` serializes the (already validated) Tree
-as plain records (:func:`~composefs_py.model.tree_records`, :mod:`marshal`:
-tuples, ints, bytes; the parent makes them, so the child can load them) and
-hands them to a fresh ``python -I`` child
-(:mod:`composefs_py._worker`) that, before reading any input, sets rlimits,
-no_new_privs, enters new user/net/IPC/mount namespaces, drops every
-capability, applies Landlock (no filesystem access) and a seccomp allowlist
-(and, in its own mount namespace, swaps the root for an empty tmpfs).
+down.  :func:`write_image_sandboxed` starts a fresh ``python -I`` child
+(:mod:`composefs_py._worker`) and, while it starts, streams it the (already
+validated) Tree as frames of plain records (:mod:`marshal`: tuples, ints,
+bytes; the parent makes them, so the child can load them; see
+:func:`_record_frames`): the child rebuilds the Tree through a TreeBuilder
+frame by frame while the parent makes the next ones.  Before reading any
+input the child sets rlimits, no_new_privs, enters new user/net/IPC/mount
+namespaces, drops every capability, applies Landlock (no filesystem access)
+and a seccomp allowlist (and, in its own mount namespace, swaps the root for
+an empty tmpfs).
 The child inherits nothing but stdin/stdout/stderr pipes and the output fd,
 runs with an empty environment in ``/`` and in its own session (process
 group).
@@ -40,6 +42,7 @@ defence in depth) and the digest check.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import marshal
 import os
@@ -51,16 +54,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import Tree, tree_records
+from .model import Hardlink, Inode, Node, Tree
 
 __all__ = [
     "SandboxLimits",
@@ -69,9 +74,20 @@ __all__ = [
     "write_image_sandboxed",
 ]
 
-#: The marshal format the parent hands the Tree to the child in (see
-#: model.tree_records; the child rebuilds it through a TreeBuilder).
+#: The marshal format of the frames the parent hands the Tree to the child
+#: in (see _record_frames; the child rebuilds it through a TreeBuilder).
 _MARSHAL_VERSION = 2  # no back-references: 3x faster to write than 4 here
+#: Entries in the first frame, so the child starts building early; each
+#: next frame doubles, up to _LAST_FRAME_ENTRIES.
+_FIRST_FRAME_ENTRIES = 256
+_LAST_FRAME_ENTRIES = 8192
+_INODE_VALUES = attrgetter(*(field.name for field in fields(Inode)))
+#: Bytes a record takes in a frame besides its byte strings (an upper bound).
+_RECORD_OVERHEAD = 160
+_VARIABLE_FIELDS = tuple(attrgetter(name) for name in ("payload", "symlink_target", "content"))
+_XATTRS = attrgetter("xattrs")
+#: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
+_PIPE_SIZE = 1 << 20
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 # The child's program: import from where this process imports (-I ignores
 # PYTHONPATH and adds no directory to sys.path), then hand over to the worker.
@@ -141,9 +157,18 @@ class SandboxLimits:
 def _worker_argv(
     mode: str,
     limits: SandboxLimits,
-    input_bytes: int,
+    input_bytes: int | None,
     extra: Sequence[str] = (),
 ) -> list[str]:
+    """The child's command line; ``input_bytes=None``: the address-space
+    limit comes first on its stdin (:data:`~composefs_py._worker.FRAME_HEADER`),
+    so the child starts before the parent has measured the input."""
+    if limits.address_space is not None:
+        address_space = str(limits.address_space)
+    elif input_bytes is None:
+        address_space = ADDRESS_SPACE_ON_STDIN
+    else:
+        address_space = str(limits.address_space_for(input_bytes))
     return [
         sys.executable,
         "-I",
@@ -152,7 +177,7 @@ def _worker_argv(
         _import_path(),
         f"--mode={mode}",
         f"--parent-pid={os.getpid()}",
-        f"--address-space={limits.address_space_for(input_bytes)}",
+        f"--address-space={address_space}",
         f"--cpu-seconds={max(1, int(limits.cpu_seconds))}",
         f"--file-size={limits.file_size}",
         f"--open-files={limits.open_files}",
@@ -179,7 +204,7 @@ def _stderr_tail(stderr: bytes | bytearray) -> str:
 
 def _run_child(
     argv: list[str],
-    data: bytes,
+    data: bytes | Iterable[bytes],
     timeout: float,
     *,
     max_stdout: int,
@@ -187,10 +212,12 @@ def _run_child(
 ) -> _Outcome:
     """Run the worker to completion; raise SandboxError for any unclean end.
 
-    Feeds ``data`` to its stdin and collects its stdout (at most
-    ``max_stdout`` bytes: more kills it) and the tail of its stderr, all
-    within ``timeout`` seconds of wall-clock time.  Whatever happens, the
-    child's whole process group is killed before this returns.
+    Feeds ``data`` (bytes, or pieces of bytes made only as the pipe takes
+    them: the child starts while the rest is being made) to its stdin and
+    collects its stdout (at most ``max_stdout`` bytes: more kills it) and the
+    tail of its stderr, all within ``timeout`` seconds of wall-clock time.
+    Whatever happens, the child's whole process group is killed before this
+    returns.
     """
     global _last_child_pid
     try:
@@ -210,7 +237,8 @@ def _run_child(
     _last_child_pid = proc.pid
     stderr = bytearray()
     try:
-        stdout = _exchange(proc, data, timeout, max_stdout, stderr)
+        pieces = iter((data,) if isinstance(data, bytes) else data)
+        stdout = _exchange(proc, pieces, timeout, max_stdout, stderr)
     except BaseException:
         _kill_group(proc.pid)
         proc.wait()
@@ -237,7 +265,8 @@ def _run_child(
             limit = next(
                 (a.partition("=")[2] for a in argv if a.startswith("--address-space=")), ""
             )
-            hint = f" [address-space limit {limit} bytes: see SandboxLimits.address_space]"
+            size = f" {limit} bytes" if limit.isdigit() else ""
+            hint = f" [address-space limit{size}: see SandboxLimits.address_space]"
         raise SandboxError(
             f"sandboxed child failed with exit status {code}" + (f": {tail}" if tail else "") + hint
         )
@@ -245,21 +274,26 @@ def _run_child(
 
 
 def _exchange(
-    proc: subprocess.Popen[bytes], data: bytes, timeout: float, max_stdout: int, stderr: bytearray
+    proc: subprocess.Popen[bytes],
+    pieces: Iterator[bytes],
+    timeout: float,
+    max_stdout: int,
+    stderr: bytearray,
 ) -> bytes:
     """Write stdin, read stdout and stderr, wait for the exit; return stdout."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
     stdout = bytearray()
-    pending = memoryview(data)
+    pending = memoryview(b"")
     stdin_fd = proc.stdin.fileno()
     streams = {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr}
     with selectors.DefaultSelector() as selector:
-        if pending:
-            os.set_blocking(stdin_fd, False)
-            selector.register(stdin_fd, selectors.EVENT_WRITE)
-        else:
-            proc.stdin.close()
+        os.set_blocking(stdin_fd, False)
+        try:
+            fcntl.fcntl(stdin_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # a lower /proc/sys/fs/pipe-max-size: the default size works too
+        selector.register(stdin_fd, selectors.EVENT_WRITE)
         for fd in streams:
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
@@ -269,13 +303,18 @@ def _exchange(
             for key, _ in selector.select(remaining):
                 fd = key.fd
                 if fd == stdin_fd:
-                    try:
-                        pending = pending[os.write(fd, pending[: 1 << 16]) :]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending = pending[:0]  # the child stopped reading
                     if not pending:
+                        piece = next(pieces, None)
+                        if piece is None:  # all written
+                            selector.unregister(fd)
+                            proc.stdin.close()
+                            continue
+                        pending = memoryview(piece)
+                    try:
+                        pending = pending[os.write(fd, pending[:_PIPE_SIZE]) :]
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:  # the child stopped reading
                         selector.unregister(fd)
                         proc.stdin.close()
                     continue
@@ -404,13 +443,12 @@ def write_image_sandboxed(
     if _fault is not None:
         extra.append(f"--fault={_fault}")
 
-    data = marshal.dumps(tree_records(tree), _MARSHAL_VERSION)
     if stat.S_ISREG(os.fstat(fd).st_mode):
-        return _write_to_file(fd, data, limits, extra, min_version, max_version, engine)
+        return _write_to_file(fd, tree, limits, extra, min_version, max_version, engine)
     # A pipe or socket: nothing may reach it before the checks pass, so the
     # child writes to an unlinked temporary file that is copied afterwards.
     with tempfile.TemporaryFile(prefix="composefs-py-sandbox-") as tmp:
-        digest = _write_to_file(tmp.fileno(), data, limits, extra, min_version, max_version, engine)
+        digest = _write_to_file(tmp.fileno(), tree, limits, extra, min_version, max_version, engine)
         size = os.lseek(tmp.fileno(), 0, os.SEEK_END)
         offset = 0
         while offset < size:
@@ -422,9 +460,63 @@ def write_image_sandboxed(
     return digest
 
 
+def _child_input(tree: Tree, limits: SandboxLimits) -> Iterator[bytes]:
+    """What the writing child reads, made as its stdin takes it: the
+    child's address-space limit unless its argv has one, then the frames of
+    records (see :func:`_record_frames`)."""
+    nodes = list(map(tree.__getitem__, tree.paths))
+    if limits.address_space is None:
+        size = _records_size_bound(tree.paths, nodes)
+        yield FRAME_HEADER.pack(limits.address_space_for(size))
+    yield from _record_frames(tree.paths, nodes)
+
+
+def _record_frames(paths: tuple[bytes, ...], nodes: list[Node]) -> Iterator[bytes]:
+    """The entries ``paths`` and ``nodes`` (in Tree order) as frames of records.
+
+    A frame is its length (:data:`~composefs_py._worker.FRAME_HEADER`), then
+    the :mod:`marshal` data of ``(paths, inodes, links)`` for the next
+    entries: ``inodes`` holds the field values (declaration order) of each
+    Inode among them, ``links`` a ``(position, target)`` pair for each
+    Hardlink.  A zero length ends the records.  Frames start small and grow,
+    so the child builds the first entries while the rest are made.
+    """
+    values = _INODE_VALUES
+    frame_header = FRAME_HEADER.pack
+    start = 0
+    step = _FIRST_FRAME_ENTRIES
+    while start < len(paths):
+        end = start + step
+        chunk = nodes[start:end]
+        links = tuple(
+            (position, node.target)
+            for position, node in enumerate(chunk)
+            if node.__class__ is Hardlink
+        )
+        if links:
+            chunk = [node for node in chunk if node.__class__ is Inode]
+        data = marshal.dumps((paths[start:end], list(map(values, chunk)), links), _MARSHAL_VERSION)
+        yield frame_header(len(data)) + data
+        start = end
+        step = min(2 * step, _LAST_FRAME_ENTRIES)
+    yield frame_header(0)
+
+
+def _records_size_bound(paths: tuple[bytes, ...], nodes: list[Node]) -> int:
+    """An upper bound of the bytes :func:`_record_frames` makes (for the rlimit)."""
+    total = sum(map(len, paths)) + _RECORD_OVERHEAD * len(paths)
+    inodes = [node for node in nodes if node.__class__ is Inode]
+    for field in _VARIABLE_FIELDS:
+        total += sum(map(len, filter(None, map(field, inodes))))
+    for xattrs in filter(None, map(_XATTRS, inodes)):
+        for name, value in xattrs:
+            total += len(name) + len(value) + _RECORD_OVERHEAD // 8
+    return total
+
+
 def _write_to_file(
     fd: int,
-    data: bytes,
+    tree: Tree,
     limits: SandboxLimits,
     extra: list[str],
     min_version: int,
@@ -435,11 +527,19 @@ def _write_to_file(
     # The child gets its own number (>= 3) for the same open file: writes
     # through it move this offset too.
     child_fd = os.dup(fd)
+    gc_was_enabled = gc.isenabled()
     try:
-        argv = _worker_argv("write", limits, len(data), [*extra, f"--fd={child_fd}"])
+        argv = _worker_argv("write", limits, None, [*extra, f"--fd={child_fd}"])
+        # The frames are made while the child runs; they hold no cycles, and
+        # a collection would walk the whole Tree for nothing.
+        gc.disable()
         try:
             outcome = _run_child(
-                argv, data, limits.timeout, max_stdout=1 << 16, pass_fds=(child_fd,)
+                argv,
+                _child_input(tree, limits),
+                limits.timeout,
+                max_stdout=1 << 16,
+                pass_fds=(child_fd,),
             )
             record, _ = _first_line(outcome.stdout)
             end = os.lseek(fd, 0, os.SEEK_CUR)
@@ -455,6 +555,8 @@ def _write_to_file(
             raise
     finally:
         os.close(child_fd)
+        if gc_was_enabled:
+            gc.enable()
     return actual
 
 

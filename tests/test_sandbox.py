@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from composefs_py import _lockdown, sandbox
+from composefs_py._worker import FRAME_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
 from composefs_py.fsverity import fsverity_digest
@@ -332,6 +333,98 @@ def test_writer_sandbox_backend_publishes_the_same_image(tmp_path: Path) -> None
     assert write_image(tree, dest, backend="sandbox") == expected_digest
     assert dest.read_bytes() == expected
     assert sorted(p.name for p in dest.parent.iterdir()) == ["image.cfs"]
+
+
+def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) -> None:
+    # 20,000 entries take several frames of growing size, and hardlinks
+    # land inside and at the edges of frames.
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
+    builder.add(b"/d", Inode(stat.S_IFDIR | 0o755))
+    builder.add(b"/d/f00000", Inode(stat.S_IFREG | 0o644, nlink=5, size=1, payload=PAYLOAD))
+    for i in range(1, 20_000):
+        node = Hardlink(b"/d/f00000") if i % 4999 == 0 or i == 255 else Inode(
+            stat.S_IFREG | 0o600, size=i, mtime=i, payload=b"%02x/%062x" % (i % 256, i),
+            xattrs=((b"user.n", b"%d" % i),) if i % 7 == 0 else (),
+        )  # fmt: skip
+        builder.add(b"/d/f%05d" % i, node)
+    tree = builder.build()
+    frames = list(sandbox._record_frames(tree.paths, [tree[p] for p in tree.paths]))
+    assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
+    expected, expected_digest = native_image(tree, tmp_path)
+    fd, path = out
+    assert write_image_sandboxed(tree, fd) == expected_digest
+    assert path.read_bytes() == expected
+
+
+def test_records_size_bound_covers_the_frames() -> None:
+    for tree in (small_tree(), synthetic_tree(3000)):
+        nodes = [tree[p] for p in tree.paths]
+        made = sum(map(len, sandbox._record_frames(tree.paths, nodes)))
+        assert made <= sandbox._records_size_bound(tree.paths, nodes) < 4 * made
+
+
+def _frame(paths: list[Any], inodes: list[Any], links: tuple[Any, ...] = ()) -> bytes:
+    import marshal
+
+    data = marshal.dumps((tuple(paths), inodes, links), 2)
+    return FRAME_HEADER.pack(len(data)) + data
+
+
+def _fields(inode: Inode) -> tuple[Any, ...]:
+    return tuple(sandbox._INODE_VALUES(inode))
+
+
+ROOT_FIELDS = _fields(Inode(stat.S_IFDIR | 0o755))
+FILE_FIELDS = _fields(Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD))
+END = FRAME_HEADER.pack(0)
+
+# Input the parent never sends: the child must refuse each with the
+# TreeBuilder's (or the frame reader's) reason, and write nothing.
+HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
+    ("dotdot", [_frame([b"/", b"/.."], [ROOT_FIELDS, FILE_FIELDS]), END], "b'..'"),
+    ("no-parent", [_frame([b"/", b"/a/b"], [ROOT_FIELDS, FILE_FIELDS]), END], "parent"),
+    ("duplicate", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS]),
+                   _frame([b"/a"], [FILE_FIELDS]), END], "duplicate path"),
+    ("bad-mode", [_frame([b"/", b"/a"], [ROOT_FIELDS, (0o170644, *FILE_FIELDS[1:])]), END],
+     "unknown file type"),
+    ("dir-size", [_frame([b"/", b"/a"], [ROOT_FIELDS, (*ROOT_FIELDS[:6], 7, *ROOT_FIELDS[7:])]),
+                  END], "only regular files have a size"),
+    ("hardlink-missing", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((1, b"/nowhere"),)), END],
+     "does not exist"),
+    ("root-not-dir", [_frame([b"/"], [FILE_FIELDS]), END], "the root must be a directory"),
+    ("short-fields", [_frame([b"/"], [ROOT_FIELDS[:5]]), END], "tuple of 13 fields"),
+    ("path-not-bytes", [_frame(["/"], [ROOT_FIELDS]), END], "the path must be bytes"),
+    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END], "more or fewer nodes"),
+    ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((9, b"/"),)), END], "outside its frame"),
+    ("not-marshal", [FRAME_HEADER.pack(4) + b"\xff\xff\xff\xff", END], "not marshal"),
+    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END], "must be (paths, inodes, links)"),
+    ("cut-short", [_frame([b"/"], [ROOT_FIELDS])[:-3]], "end early"),
+    ("no-root", [END], "no root"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [case[1:] for case in HOSTILE_FRAMES],
+    ids=[case[0] for case in HOSTILE_FRAMES],
+)
+def test_child_rebuilds_and_rejects_what_the_builder_rejects(
+    frames: list[bytes], reason: str, out: tuple[int, Path]
+) -> None:
+    fd, path = out
+    child_fd = os.dup(fd)
+    try:
+        argv = sandbox._worker_argv(
+            "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
+        )
+        with pytest.raises(ValidationError) as caught:
+            sandbox._run_child(argv, frames, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
+    finally:
+        os.close(child_fd)
+    assert reason in str(caught.value)
+    assert path.stat().st_size == 0
+    assert_child_gone()
 
 
 # ---------------------------------------------------------------------------
