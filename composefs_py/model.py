@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import gc
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, cast
 
 from .errors import ValidationError
 from .limits import Limits
@@ -31,6 +31,7 @@ __all__ = [
     "Tree",
     "TreeBuilder",
     "ROOT",
+    "new_inode",
     "tree_from_records",
     "tree_records",
 ]
@@ -500,17 +501,67 @@ class TreeBuilder:
                 nodes[target] = _with(inode, nlink=1 + count)
 
 
+class _InodeSlots:
+    """An :class:`Inode`'s slots, writable while :func:`new_inode` fills them.
+
+    A frozen dataclass sets each field through ``object.__setattr__`` (about
+    2.5 us per Inode, the largest single cost of a big TOC); plain slot stores
+    then one ``__class__`` assignment (allowed: same slots, same layout) make
+    the very same Inode in a quarter of the time.
+    """
+
+    __slots__ = tuple(field.name for field in fields(Inode))
+
+    def __init__(
+        self,
+        mode: int,
+        nlink: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mtime_nsec: int,
+        size: int,
+        rdev: int,
+        payload: bytes | None,
+        symlink_target: bytes | None,
+        content: bytes | None,
+        fsverity_digest: bytes | None,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        /,
+    ) -> None:
+        self.mode = mode
+        self.nlink = nlink
+        self.uid = uid
+        self.gid = gid
+        self.mtime = mtime
+        self.mtime_nsec = mtime_nsec
+        self.size = size
+        self.rdev = rdev
+        self.payload = payload
+        self.symlink_target = symlink_target
+        self.content = content
+        self.fsverity_digest = fsverity_digest
+        self.xattrs = xattrs
+        self.__class__ = Inode  # type: ignore[assignment]
+
+
+#: ``Inode(...)`` with all 13 fields given positionally, about 4x faster; the
+#: result is an ordinary Inode (frozen, equal to one made the usual way).  It
+#: checks nothing, as ``Inode(...)`` does not: TreeBuilder checks every node.
+new_inode = cast(
+    "Callable[[int, int, int, int, int, int, int, int, bytes | None, bytes | None, "
+    "bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]], Inode]",
+    _InodeSlots,
+)
+
+
 def _with(inode: Inode, *, nlink: int) -> Inode:
     """``replace(inode, nlink=nlink)``, without replace()'s generic (slow) path."""
-    return Inode(
+    return new_inode(
         inode.mode, nlink, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.size,
         inode.rdev, inode.payload, inode.symlink_target, inode.content, inode.fsverity_digest,
         inode.xattrs,
     )  # fmt: skip
-
-
-def _is_int(value: object, low: int, high: int) -> bool:
-    return value.__class__ is int and low <= value <= high  # type: ignore[operator,unused-ignore]
 
 
 def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
@@ -521,26 +572,26 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
     ftype = mode & S_IFMT
     if ftype not in _FILE_TYPES:
         return "mode", f"unknown file type 0o{ftype:o}"
-    if not _is_int(node.nlink, 0, _U32_MAX):
+    if not (node.nlink.__class__ is int and 0 <= node.nlink <= _U32_MAX):
         return "nlink", f"must be an integer in 0..{_U32_MAX}, got {node.nlink!r}"
-    if not _is_int(node.uid, 0, _U32_MAX):
+    if not (node.uid.__class__ is int and 0 <= node.uid <= _U32_MAX):
         return "uid", f"must be an integer in 0..{_U32_MAX}, got {node.uid!r}"
-    if not _is_int(node.gid, 0, _U32_MAX):
+    if not (node.gid.__class__ is int and 0 <= node.gid <= _U32_MAX):
         return "gid", f"must be an integer in 0..{_U32_MAX}, got {node.gid!r}"
-    if not _is_int(node.mtime, _I64_MIN, _I64_MAX):
+    if not (node.mtime.__class__ is int and _I64_MIN <= node.mtime <= _I64_MAX):
         return "mtime", f"must be an integer in {_I64_MIN}..{_I64_MAX}, got {node.mtime!r}"
-    if not _is_int(node.mtime_nsec, 0, _NSEC_PER_SEC - 1):
+    if not (node.mtime_nsec.__class__ is int and 0 <= node.mtime_nsec <= _NSEC_PER_SEC - 1):
         return "mtime", f"nanoseconds must be in 0..999999999, got {node.mtime_nsec!r}"
     is_reg = ftype == S_IFREG
     if is_reg:
-        if not _is_int(node.size, 0, limits.max_file_size):
+        if not (node.size.__class__ is int and 0 <= node.size <= limits.max_file_size):
             return "size", f"must be an integer in 0..{limits.max_file_size}, got {node.size!r}"
     elif node.size != 0:
         return "size", "only regular files have a size"
     if ftype in (S_IFCHR, S_IFBLK):
         # EROFS keeps 32 bits of device number: a larger one would silently
         # become another device (or 0:0, a whiteout).
-        if not _is_int(node.rdev, 0, _U32_MAX):
+        if not (node.rdev.__class__ is int and 0 <= node.rdev <= _U32_MAX):
             return "rdev", f"must be an integer in 0..{_U32_MAX}, got {node.rdev!r}"
     elif node.rdev != 0:
         return "rdev", "only character and block devices have a device number"
@@ -661,7 +712,7 @@ def tree_from_records(paths: object, values: object, limits: Limits | None = Non
             if path.__class__ is not bytes:
                 raise ValidationError("the path must be bytes", entry=index, field="path")
             if isinstance(value, tuple) and len(value) == _INODE_FIELD_COUNT:
-                node = Inode(*value)
+                node = new_inode(*value)
             elif isinstance(value, bytes):
                 node = Hardlink(value)
             else:

@@ -60,7 +60,7 @@ from msgspec import UNSET, UnsetType
 
 from .errors import ValidationError
 from .limits import Limits
-from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder
+from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
 
 __all__ = ["COMPAT_MODES", "TocSource", "parse_toc"]
 
@@ -1166,7 +1166,7 @@ class _Walker:
                     index, name, path, (mode, uid, gid, mtime, mtime_nsec, size, payload, xattrs)
                 )
                 return
-            node = Inode(
+            node = new_inode(
                 _S_IFREG | mode,
                 1,
                 uid,
@@ -1196,12 +1196,12 @@ class _Walker:
                 merged[_OPAQUE_XATTR[0]] = _OPAQUE_XATTR[1]
                 xattrs = tuple(sorted(merged.items()))
                 self.opaque_done.add(path)
-            node = Inode(
+            node = new_inode(
                 _S_IFDIR | mode, 1, uid, gid, mtime, mtime_nsec, 0, 0, None, None,
                 None, None, xattrs,
             )  # fmt: skip
         elif typ == "symlink":
-            node = Inode(
+            node = new_inode(
                 _S_IFLNK | mode, 1, uid, gid, mtime, mtime_nsec, 0, 0, None,
                 self.symlink_target(index, name, link), None, None, xattrs,
             )  # fmt: skip
@@ -1218,7 +1218,7 @@ class _Walker:
         else:  # char, block, fifo
             if typ == "fifo" and rdev:
                 raise self.fail(index, name, "devMajor", "a fifo has no device numbers")
-            node = Inode(
+            node = new_inode(
                 _TYPE_BITS[typ] | mode, 1, uid, gid, mtime, mtime_nsec, 0, rdev,
                 None, None, None, None, xattrs,
             )  # fmt: skip

@@ -32,6 +32,8 @@ process: an ``abort()`` would kill the test run).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import stat
 import tempfile
@@ -57,9 +59,11 @@ from composefs_py.model import (
     Node,
     Tree,
     TreeBuilder,
+    new_inode,
     tree_from_records,
     tree_records,
 )
+from composefs_py.strategies import inodes
 
 DIR = stat.S_IFDIR | 0o755
 REG = stat.S_IFREG | 0o644
@@ -907,3 +911,26 @@ def test_records_are_validated_like_any_input() -> None:
     for bad_paths, bad_values, message in cases:
         with pytest.raises(ValidationError, match=message):
             tree_from_records(bad_paths, bad_values)
+
+
+# -- new_inode: the fast constructor makes the very same Inode ----------------------
+
+
+@given(inode=inodes())
+def test_new_inode_makes_an_equal_frozen_inode(inode: Inode) -> None:
+    values = tuple(getattr(inode, field.name) for field in dataclasses.fields(Inode))
+    made = new_inode(*values)
+    assert type(made) is Inode
+    assert made == inode
+    assert hash(made) == hash(inode)
+    assert repr(made) == repr(inode)
+    assert dataclasses.replace(made, nlink=7) == dataclasses.replace(inode, nlink=7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.mode = 0  # type: ignore[misc]
+    assert copy.copy(made) == inode
+
+
+def test_new_inode_takes_every_field_in_declaration_order() -> None:
+    names = [field.name for field in dataclasses.fields(Inode)]
+    made = new_inode(*range(len(names)))  # type: ignore[arg-type]
+    assert [getattr(made, name) for name in names] == list(range(len(names)))
