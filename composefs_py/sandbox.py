@@ -88,11 +88,18 @@ _VARIABLE_FIELDS = tuple(attrgetter(name) for name in ("payload", "symlink_targe
 _XATTRS = attrgetter("xattrs")
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
 _PIPE_SIZE = 1 << 20
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_PARENT = str(Path(_PACKAGE_DIR).parent)
 # The child's program: import from where this process imports (-I ignores
-# PYTHONPATH and adds no directory to sys.path), then hand over to the worker.
+# PYTHONPATH and adds no directory to sys.path, -S skips site: the parent's
+# sys.path already holds what .pth files add), with the package registered
+# bare (its __init__ imports the whole public API; the worker needs only
+# its own few modules, and every child pays for each import), then hand
+# over to the worker.
 _BOOTSTRAP = (
     "import sys; sys.path[:0] = sys.argv.pop(1).split('\\n'); "
+    "package = type(sys)('composefs_py'); package.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['composefs_py'] = package; "
     "from composefs_py._worker import main; main(sys.argv[1:])"
 )
 
@@ -172,9 +179,11 @@ def _worker_argv(
     return [
         sys.executable,
         "-I",
+        "-S",
         "-c",
         _BOOTSTRAP,
         _import_path(),
+        _PACKAGE_DIR,
         f"--mode={mode}",
         f"--parent-pid={os.getpid()}",
         f"--address-space={address_space}",
