@@ -264,7 +264,7 @@ HOSTILE: dict[str, tuple[Patch, str]] = {
         lambda i: i.put("<I", _SUPER + 8, 0x80),
         "superblock.feature_compat",
     ),
-    # The metadata area is used unchecked (readdir overflow, SIGSEGV).
+    # meta_blkaddr * 4096 is computed in 32 bits: 2^24 blocks wrap to 0.
     "metadata past the end": (lambda i: i.put("<I", _META, 1 << 24), "superblock.meta_blkaddr"),
     "xattr area past the end": (lambda i: i.put("<I", _XATTR, 1 << 20), "superblock.xattr_blkaddr"),
     "root not a directory": (lambda i: i.put("<H", _ROOT_NID, i.nid(b"/l")), "superblock.root_nid"),
@@ -303,7 +303,8 @@ HOSTILE: dict[str, tuple[Patch, str]] = {
         lambda i: i.put("<Q", _dirent(i, b"/d/.."), i.nid(b"/many")),
         "dirent.nid",
     ),
-    # A cycle: unbounded recursion in lcfs_build_node_from_image.
+    # A directory entered twice becomes a hardlink to a directory (here to
+    # an ancestor: a reference cycle libcomposefs never frees).
     "directory contains the root": (
         lambda i: i.put("<Q", _dirent(i, b"/d/x"), i.root),
         "dirent.nid",
@@ -313,7 +314,7 @@ HOSTILE: dict[str, tuple[Patch, str]] = {
         "dirent.nid",
     ),
     # The loader frees a whiteout and keeps it in its nid table: a second
-    # entry for it is a heap use after free in lcfs_node_ref.
+    # entry for it is a heap use after free in lcfs_node_ref (LOADER_BUGS).
     "whiteout entered twice": (
         lambda i: i.put("<Q", _dirent(i, b"/01"), i.nid(b"/00")),
         "dirent.nid",
@@ -411,3 +412,37 @@ def test_a_hardlinked_file_is_entered_twice_but_a_directory_is_not() -> None:
     check_image(bytes(img.data))
     tree = read_image(bytes(img.data))
     assert tree[b"/h"] == Hardlink(b"/d/x") or tree[b"/d/x"] == Hardlink(b"/h")
+
+
+#: Hostile cases on which libcomposefs 1.0.8's loader, reached without the
+#: check, makes ASan report (what the report names): the upstream bugs the
+#: check keeps away, replayed with the sanitized build as their record.
+LOADER_BUGS: dict[str, str] = {
+    "directory block past the end": "lcfs-writer-erofs.c:1546",  # erofs_readdir_block
+    "dirent table past the block": "in erofs_readdir_block",  # memcpy of a name
+    "name offset past the block": "in erofs_readdir_block",
+    "shared xattr index past the end": "lcfs-writer-erofs.c:1920",
+    "shared count over the area": "lcfs-writer-erofs.c:1920",
+    "whiteout entered twice": "heap-use-after-free",  # lcfs_node_ref
+    "symlink target past the end": "in lcfs_build_node_from_image",  # memcpy of the target
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(LOADER_BUGS))
+def test_loader_bug_the_check_stops_is_real_under_asan(case: str, tmp_path: Path) -> None:
+    from test_fuzz_crashes import _harness, _sanitized_env
+
+    env = _sanitized_env()
+    if env is None:
+        pytest.skip("no sanitized build or no atheris: run `make fuzz-deps`")
+    img = Image(_base_image())
+    HOSTILE[case][0](img)
+    path = tmp_path / "reader" / "hostile.cfs"
+    path.parent.mkdir()
+    path.write_bytes(bytes(img.data))
+    returncode, report = _harness(path, env)
+    assert returncode == 0, report[-3000:]  # refused by the check: clean
+    returncode, report = _harness(path, {**env, "CFSPY_FUZZ_UNCHECKED": "1"})
+    assert returncode != 0 and "ERROR: AddressSanitizer" in report, report[-3000:]
+    assert LOADER_BUGS[case] in report, report[-3000:]
