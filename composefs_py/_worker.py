@@ -67,7 +67,7 @@ from typing import Any, NoReturn
 from . import _lockdown
 from .dumpfile import dump_bytes
 from .errors import ValidationError
-from .model import Hardlink, Inode, Node, Tree, TreeBuilder
+from .model import Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
 
 try:
     from . import _native
@@ -334,7 +334,7 @@ def _frame_nodes(frame: object, first: int) -> tuple[tuple[object, ...], list[No
         length != _INODE_FIELD_COUNT for length in map(len, inodes)
     ):
         raise ValidationError(f"an inode must be a tuple of {_INODE_FIELD_COUNT} fields")
-    nodes: list[Node] = list(starmap(Inode, inodes))
+    nodes: list[Node] = list(starmap(new_inode, inodes))
     for link in links:
         if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
             raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
