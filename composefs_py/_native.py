@@ -26,6 +26,8 @@ import os
 import stat
 from array import array
 from collections.abc import Sequence
+from itertools import chain, compress, count, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 from ._erofs import check_image
@@ -125,69 +127,77 @@ def _check_versions(min_version: int, max_version: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-_KIND_INODE: int = lib.CFSPY_KIND_INODE
-_KIND_HARDLINK: int = lib.CFSPY_KIND_HARDLINK
+_INTS = attrgetter("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
+_DATA = attrgetter("payload", "symlink_target")
+_EXTRA = attrgetter("content", "fsverity_digest", "xattrs")
 
 
-def _pack(tree: Tree) -> tuple[array[int], bytes, array[int]]:
-    """The records, blob and xattr lengths ``cfspy_write_tree`` reads (see shim.h).
+def _lengths(pieces: list[bytes | None]) -> tuple[bytes, array[int]]:
+    """The byte strings joined, and each one's length (-1 for None)."""
+    lens = array("q", [-1 if piece is None else len(piece) for piece in pieces])
+    return b"".join([piece for piece in pieces if piece is not None]), lens
 
-    One tuple of integers per node and its byte strings appended in order; a
-    handful of C-speed joins at the end.  This is all the Python work per node.
+
+class _Columns:
+    """What ``cfspy_write_tree`` reads (see shim.h), as Python buffers.
+
+    Built column by column with C-speed maps over the nodes; only the nodes
+    that are hardlinks or carry inline content, fs-verity digests or xattrs
+    take a Python loop.
     """
-    records: list[int] = []
-    record = records.extend
-    pieces: list[bytes] = []
-    piece = pieces.append
-    xattr_lens: list[int] = []
-    index_of: dict[bytes, int] | None = None
-    for path, node in tree:
-        piece(path)
-        if isinstance(node, Hardlink):
-            if index_of is None:
-                index_of = {p: i for i, p in enumerate(tree.paths)}
-            target = node.target
-            record(
-                (_KIND_HARDLINK, tree.inode(target).mode, index_of[target],
-                 0, 0, 0, 0, 0, 0, len(path), -1, -1, 0, 0)
-            )  # fmt: skip
-            continue
-        payload = node.payload
-        if payload is None:
-            payload = node.symlink_target
-        content = node.content
-        digest = node.fsverity_digest
-        xattrs = node.xattrs
-        record(
-            (
-                _KIND_INODE,
-                node.mode,
-                node.nlink,
-                node.uid,
-                node.gid,
-                node.mtime,
-                node.mtime_nsec,
-                node.size,
-                node.rdev,
-                len(path),
-                -1 if payload is None else len(payload),
-                -1 if content is None else len(content),
-                digest is not None,
-                len(xattrs),
-            )
+
+    __slots__ = ("data", "data_lens", "extra", "extra_lens", "ints", "links", "path_lens",
+                 "paths", "xattr_lens")  # fmt: skip
+
+    def __init__(self, tree: Tree) -> None:
+        order = tree.paths
+        nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
+        links: list[int] = []
+        if Hardlink in set(map(type, nodes)):
+            index_of = dict(zip(order, count()))
+            for i in compress(count(), map(is_, map(type, nodes), repeat(Hardlink))):
+                target = index_of[nodes[i].target]
+                links += (i, target)
+                # the row of a hardlink: the target's mode, nothing of its own
+                nodes[i] = Inode(nodes[target].mode)
+        self.links = array("q", links)
+        self.ints = array("q")
+        self.ints.fromlist(list(chain.from_iterable(map(_INTS, nodes))))
+        self.paths = b"".join(order)
+        self.path_lens = array("q", map(len, order))
+        self.data, self.data_lens = _lengths(
+            [payload if payload is not None else target for payload, target in map(_DATA, nodes)]
         )
-        if payload is not None:
-            piece(payload)
-        if content is not None:
-            piece(content)
-        if digest is not None:
-            piece(digest)
-        for name, value in xattrs:
-            piece(name)
-            piece(value)
-            xattr_lens.append(len(name))
-            xattr_lens.append(len(value))
-    return array("q", records), b"".join(pieces), array("q", xattr_lens)
+        self.extra = b""
+        self.extra_lens: array[int] | None = None
+        self.xattr_lens = array("q")
+        extras = list(map(_EXTRA, nodes))
+        found = list(compress(range(len(extras)), map(_NO_EXTRA.__ne__, extras)))
+        if found:
+            self._extras(extras, found)
+
+    def _extras(self, extras: list[tuple[Any, Any, Any]], found: list[int]) -> None:
+        lens = array("q", (-1, 0, 0)) * len(extras)
+        pieces: list[bytes] = []
+        xattr_lens = self.xattr_lens
+        for i in found:
+            content, digest, xattrs = extras[i]
+            lens[3 * i : 3 * i + 3] = array(
+                "q", (-1 if content is None else len(content), digest is not None, len(xattrs))
+            )
+            if content is not None:
+                pieces.append(content)
+            if digest is not None:
+                pieces.append(digest)
+            for name, value in xattrs:
+                pieces += (name, value)
+                xattr_lens.append(len(name))
+                xattr_lens.append(len(value))
+        self.extra = b"".join(pieces)
+        self.extra_lens = lens
+
+
+_NO_EXTRA = (None, None, ())
 
 
 def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
@@ -199,17 +209,27 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     The C tree is built, written and freed in one C call (``cfspy_write_tree``).
     """
     _check_versions(min_version, max_version)
-    records, blob, xattr_lens = _pack(tree)
+    columns = _Columns(tree)
     digest = ffi.new("uint8_t[]", DIGEST_SIZE)
     failed_index = ffi.new("int64_t *")
     failed_call = ffi.new("const char **")
+    extra_lens = columns.extra_lens
     rc = lib.cfspy_write_tree(
         len(tree),
-        ffi.from_buffer("int64_t[]", records),
-        ffi.from_buffer("uint8_t[]", blob),
-        len(blob),
-        ffi.from_buffer("int64_t[]", xattr_lens),
-        len(xattr_lens),
+        ffi.from_buffer("int64_t[]", columns.ints),
+        ffi.from_buffer("uint8_t[]", columns.paths),
+        len(columns.paths),
+        ffi.from_buffer("int64_t[]", columns.path_lens),
+        ffi.from_buffer("uint8_t[]", columns.data),
+        len(columns.data),
+        ffi.from_buffer("int64_t[]", columns.data_lens),
+        ffi.from_buffer("int64_t[]", columns.links),
+        len(columns.links) // 2,
+        ffi.from_buffer("uint8_t[]", columns.extra),
+        len(columns.extra),
+        ffi.NULL if extra_lens is None else ffi.from_buffer("int64_t[]", extra_lens),
+        ffi.from_buffer("int64_t[]", columns.xattr_lens),
+        len(columns.xattr_lens),
         fd,
         min_version,
         max_version,
@@ -217,6 +237,7 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
         failed_index,
         failed_call,
     )
+    del columns
     if rc < 0:
         err = ffi.errno or _errno.EIO
         what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"

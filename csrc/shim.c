@@ -196,15 +196,17 @@ static const uint8_t *cfspy_take(const uint8_t *blob, size_t blob_len, size_t *p
 		goto fail;                                                          \
 	} while (0)
 
-int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob,
-		     size_t blob_len, const int64_t *xattr_lens, size_t n_xattr_lens, int fd,
-		     uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
+int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
+		     size_t paths_len, const int64_t *path_lens, const uint8_t *data,
+		     size_t data_len, const int64_t *data_lens, const int64_t *links,
+		     size_t n_links, const uint8_t *extra, size_t extra_len,
+		     const int64_t *extra_lens, const int64_t *xattr_lens, size_t n_xattr_lens,
+		     int fd, uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
 		     int64_t *failed_index, const char **failed_call)
 {
 	struct lcfs_node_s **nodes = NULL;  /* by index, for hardlinks */
 	struct lcfs_node_s **dirs = NULL;   /* the open directory at each depth */
-	int64_t *links = NULL;              /* (node, target) index pairs */
-	size_t n_links = 0, pos = 0, xpos = 0, i;
+	size_t next_link = 0, path_pos = 0, data_pos = 0, extra_pos = 0, xpos = 0, i;
 	struct lcfs_node_s *root = NULL, *unparented = NULL;
 	struct cfspy_cstr name = { NULL, 0 }, value = { NULL, 0 };
 	int ret = -1, err;
@@ -218,31 +220,31 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob
 	}
 	nodes = calloc(n_nodes, sizeof(*nodes));
 	dirs = calloc(n_nodes + 1, sizeof(*dirs));
-	links = malloc(2 * n_nodes * sizeof(*links));
-	if (nodes == NULL || dirs == NULL || links == NULL) {
+	if (nodes == NULL || dirs == NULL) {
 		errno = ENOMEM;
 		goto fail;
 	}
 	for (i = 0; i < n_nodes; i++) {
-		const int64_t *r = records + i * CFSPY_RECORD_FIELDS;
-		const int64_t kind = r[CFSPY_KIND], mode = r[CFSPY_MODE];
+		const int64_t *r = ints + i * CFSPY_INT_FIELDS;
+		const int64_t mode = r[CFSPY_MODE], path_len = path_lens[i];
 		const int ftype = (int)(mode & S_IFMT);
-		const uint8_t *path, *data;
+		const int is_link = next_link < n_links && links[2 * next_link] == (int64_t)i;
+		const uint8_t *path, *at;
 		size_t depth = 0, cut = 0, k;
 		struct lcfs_node_s *node;
 
 		*failed_index = (int64_t)i;
-		path = cfspy_take(blob, blob_len, &pos, r[CFSPY_PATH_LEN]);
-		if (path == NULL || r[CFSPY_PATH_LEN] == 0 || path[0] != '/')
+		path = cfspy_take(paths, paths_len, &path_pos, path_len);
+		if (path == NULL || path_len == 0 || path[0] != '/')
 			CFSPY_FAIL("cfspy_write_tree: bad record");
-		for (k = 0; k < (size_t)r[CFSPY_PATH_LEN]; k++) {
+		for (k = 0; k < (size_t)path_len; k++) {
 			if (path[k] == '/') {
 				depth++;
 				cut = k;
 			}
 		}
 		if (i == 0) {
-			if (r[CFSPY_PATH_LEN] != 1)
+			if (path_len != 1)
 				CFSPY_FAIL("cfspy_write_tree: the first node is not the root");
 			depth = 0;
 		} else if (depth > i || dirs[depth - 1] == NULL) {
@@ -261,16 +263,16 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob
 
 		if (lcfs_node_try_set_mode(node, (uint32_t)mode) < 0)
 			CFSPY_FAIL("lcfs_node_try_set_mode");
-		if (kind == CFSPY_KIND_HARDLINK) {
-			if (r[CFSPY_NLINK] < 0 || (uint64_t)r[CFSPY_NLINK] >= n_nodes) {
+		if (is_link) {
+			if (links[2 * next_link + 1] < 0 ||
+			    (uint64_t)links[2 * next_link + 1] >= n_nodes) {
 				errno = EINVAL;
 				CFSPY_FAIL("cfspy_write_tree: bad hardlink target");
 			}
-			links[2 * n_links] = (int64_t)i;
-			links[2 * n_links + 1] = r[CFSPY_NLINK];
-			n_links++;
+			next_link++;
 		} else {
 			struct timespec ts;
+			const int64_t dlen = data_lens[i];
 
 			if (ftype != S_IFLNK)
 				lcfs_node_set_size(node, (uint64_t)r[CFSPY_SIZE]);
@@ -282,74 +284,85 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob
 			ts.tv_sec = (time_t)r[CFSPY_MTIME];
 			ts.tv_nsec = (long)r[CFSPY_MTIME_NSEC];
 			lcfs_node_set_mtime(node, &ts);
-			if (r[CFSPY_PAYLOAD_LEN] >= 0) {
-				const char *payload;
+			if (dlen >= 0) {
+				const char *text;
 
-				data = cfspy_take(blob, blob_len, &pos, r[CFSPY_PAYLOAD_LEN]);
-				if (data == NULL)
+				at = cfspy_take(data, data_len, &data_pos, dlen);
+				if (at == NULL)
 					CFSPY_FAIL("cfspy_write_tree: bad record");
-				payload = cfspy_cstr_set(&value, data, (size_t)r[CFSPY_PAYLOAD_LEN]);
-				if (payload == NULL)
+				text = cfspy_cstr_set(&value, at, (size_t)dlen);
+				if (text == NULL)
 					CFSPY_FAIL("cfspy_write_tree");
 				if (ftype == S_IFLNK) {
-					if (lcfs_node_set_symlink_payload(node, payload) < 0)
+					if (lcfs_node_set_symlink_payload(node, text) < 0)
 						CFSPY_FAIL("lcfs_node_set_symlink_payload");
-				} else if (lcfs_node_set_payload(node, payload) < 0) {
+				} else if (lcfs_node_set_payload(node, text) < 0) {
 					CFSPY_FAIL("lcfs_node_set_payload");
 				}
 			} else if (ftype == S_IFLNK) {
 				errno = EINVAL; /* libcomposefs aborts on a symlink without target */
 				CFSPY_FAIL("cfspy_write_tree: symlink without target");
 			}
-			if (r[CFSPY_CONTENT_LEN] >= 0) {
-				data = cfspy_take(blob, blob_len, &pos, r[CFSPY_CONTENT_LEN]);
-				if (data == NULL)
-					CFSPY_FAIL("cfspy_write_tree: bad record");
-				if (lcfs_node_set_content(node, data, (size_t)r[CFSPY_CONTENT_LEN]) < 0)
-					CFSPY_FAIL("lcfs_node_set_content");
-			}
-			if (r[CFSPY_HAS_DIGEST]) {
-				data = cfspy_take(blob, blob_len, &pos, LCFS_DIGEST_SIZE);
-				if (data == NULL)
-					CFSPY_FAIL("cfspy_write_tree: bad record");
-				lcfs_node_set_fsverity_digest(node, (uint8_t *)data);
-			}
-			for (k = 0; k < (size_t)r[CFSPY_N_XATTRS]; k++) {
-				const char *cname;
-				const uint8_t *vdata;
+			if (extra_lens != NULL) {
+				const int64_t *x = extra_lens + 3 * i;
 
-				if (xpos + 2 > n_xattr_lens) {
-					errno = EINVAL;
-					CFSPY_FAIL("cfspy_write_tree: bad record");
+				if (x[0] >= 0) {
+					at = cfspy_take(extra, extra_len, &extra_pos, x[0]);
+					if (at == NULL)
+						CFSPY_FAIL("cfspy_write_tree: bad record");
+					if (lcfs_node_set_content(node, at, (size_t)x[0]) < 0)
+						CFSPY_FAIL("lcfs_node_set_content");
 				}
-				data = cfspy_take(blob, blob_len, &pos, xattr_lens[xpos]);
-				vdata = data == NULL ? NULL :
-						       cfspy_take(blob, blob_len, &pos,
-								  xattr_lens[xpos + 1]);
-				if (vdata == NULL)
-					CFSPY_FAIL("cfspy_write_tree: bad record");
-				cname = cfspy_cstr_set(&name, data, (size_t)xattr_lens[xpos]);
-				if (cname == NULL)
-					CFSPY_FAIL("cfspy_write_tree");
-				if (lcfs_node_set_xattr(node, cname, (const char *)vdata,
-							(size_t)xattr_lens[xpos + 1]) < 0)
-					CFSPY_FAIL("lcfs_node_set_xattr");
-				xpos += 2;
+				if (x[1]) {
+					at = cfspy_take(extra, extra_len, &extra_pos,
+							LCFS_DIGEST_SIZE);
+					if (at == NULL)
+						CFSPY_FAIL("cfspy_write_tree: bad record");
+					lcfs_node_set_fsverity_digest(node, (uint8_t *)at);
+				}
+				for (k = 0; k < (size_t)x[2]; k++) {
+					const char *cname;
+					const uint8_t *vdata;
+
+					if (xpos + 2 > n_xattr_lens) {
+						errno = EINVAL;
+						CFSPY_FAIL("cfspy_write_tree: bad record");
+					}
+					at = cfspy_take(extra, extra_len, &extra_pos,
+							xattr_lens[xpos]);
+					vdata = at == NULL ? NULL :
+							     cfspy_take(extra, extra_len, &extra_pos,
+									xattr_lens[xpos + 1]);
+					if (vdata == NULL)
+						CFSPY_FAIL("cfspy_write_tree: bad record");
+					cname = cfspy_cstr_set(&name, at, (size_t)xattr_lens[xpos]);
+					if (cname == NULL)
+						CFSPY_FAIL("cfspy_write_tree");
+					if (lcfs_node_set_xattr(node, cname, (const char *)vdata,
+								(size_t)xattr_lens[xpos + 1]) < 0)
+						CFSPY_FAIL("lcfs_node_set_xattr");
+					xpos += 2;
+				}
 			}
 		}
 		if (i > 0) {
 			const char *cname = cfspy_cstr_set(&name, path + cut + 1,
-							   (size_t)r[CFSPY_PATH_LEN] - cut - 1);
+							   (size_t)path_len - cut - 1);
 			if (cname == NULL)
 				CFSPY_FAIL("cfspy_write_tree");
 			if (lcfs_node_add_child(dirs[depth - 1], node, cname) < 0)
 				CFSPY_FAIL("lcfs_node_add_child");
 			unparented = NULL; /* owned by its parent now */
 		}
-		if (kind != CFSPY_KIND_HARDLINK && ftype == S_IFDIR) {
+		if (!is_link && ftype == S_IFDIR) {
 			dirs[depth] = node;
 			dirs[depth + 1] = NULL; /* deeper levels belong to another directory */
 		}
+	}
+	if (next_link != n_links) {
+		errno = EINVAL; /* a pair out of order or past the last node */
+		*failed_index = -1;
+		CFSPY_FAIL("cfspy_write_tree: bad hardlink record");
 	}
 	/* As mkcomposefs: hardlinks resolved last, newest first; the target keeps
 	 * the link count the input gave it. */
@@ -374,8 +387,6 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob
 	nodes = NULL;
 	free(dirs);
 	dirs = NULL;
-	free(links);
-	links = NULL;
 	*failed_call = "lcfs_write_to";
 	ret = cfspy_write_to_fd(root, fd, min_version, max_version, digest_out);
 	if (ret < 0)
@@ -390,7 +401,6 @@ fail:
 		lcfs_node_unref(root);
 	free(nodes);
 	free(dirs);
-	free(links);
 	free(name.buf);
 	free(value.buf);
 	errno = ret < 0 ? err : 0;

@@ -26,36 +26,37 @@ int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec);
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec);
 
-/* Build the whole C tree from packed records and write its image to fd, in
- * one call (no Python code per node).  Node i is records[i * 14 ..], the
- * fields in the order of the CFSPY_* enum below; nodes come in Tree order
- * (the root first, every directory before its children).  blob holds, per
- * node in order: the absolute path, then (when its length is >= 0) the
- * payload or symlink target, the inline content, the 32-byte fs-verity
- * digest (when HAS_DIGEST), and per xattr its name then its value, whose
- * lengths are the next pair in xattr_lens.  A HARDLINK record holds the
- * target's mode in MODE and the target's node index in NLINK.  Returns 0, or
- * -1 with errno set, *failed_index the node (or -1) and *failed_call the
- * libcomposefs call that failed. */
+/* Build the whole C tree from columns and write its image to fd, in one
+ * call (no Python code per node).  Nodes come in Tree order (the root first,
+ * every directory before its children); node i has:
+ *   ints[i * 8 ..]  the fields in the order of the CFSPY_* enum below;
+ *   paths           its absolute path, path_lens[i] bytes (consecutive);
+ *   data            its payload (regular file) or symlink target,
+ *                   data_lens[i] bytes, none when -1 (consecutive);
+ *   extra           only when extra_lens is not NULL: its inline content
+ *                   (extra_lens[3 * i] bytes, none when -1), its 32-byte
+ *                   fs-verity digest (when extra_lens[3 * i + 1]) and
+ *                   extra_lens[3 * i + 2] xattrs, each its name then its
+ *                   value, whose lengths are the next pair in xattr_lens.
+ * links holds n_links (node, target) index pairs, ascending by node: those
+ * nodes are hardlinks to the target (their MODE is the target's mode, the
+ * other ints are ignored).  Returns 0, or -1 with errno set, *failed_index
+ * the node (or -1) and *failed_call the libcomposefs call that failed. */
 enum {
-	CFSPY_KIND = 0,
-	CFSPY_MODE = 1,
-	CFSPY_NLINK = 2,
-	CFSPY_UID = 3,
-	CFSPY_GID = 4,
-	CFSPY_MTIME = 5,
-	CFSPY_MTIME_NSEC = 6,
-	CFSPY_SIZE = 7,
-	CFSPY_RDEV = 8,
-	CFSPY_PATH_LEN = 9,
-	CFSPY_PAYLOAD_LEN = 10,
-	CFSPY_CONTENT_LEN = 11,
-	CFSPY_HAS_DIGEST = 12,
-	CFSPY_N_XATTRS = 13,
-	CFSPY_RECORD_FIELDS = 14
+	CFSPY_MODE = 0,
+	CFSPY_NLINK = 1,
+	CFSPY_UID = 2,
+	CFSPY_GID = 3,
+	CFSPY_MTIME = 4,
+	CFSPY_MTIME_NSEC = 5,
+	CFSPY_SIZE = 6,
+	CFSPY_RDEV = 7,
+	CFSPY_INT_FIELDS = 8
 };
-enum { CFSPY_KIND_INODE = 0, CFSPY_KIND_HARDLINK = 1 };
-int cfspy_write_tree(size_t n_nodes, const int64_t *records, const uint8_t *blob,
-		     size_t blob_len, const int64_t *xattr_lens, size_t n_xattr_lens, int fd,
-		     uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
+int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
+		     size_t paths_len, const int64_t *path_lens, const uint8_t *data,
+		     size_t data_len, const int64_t *data_lens, const int64_t *links,
+		     size_t n_links, const uint8_t *extra, size_t extra_len,
+		     const int64_t *extra_lens, const int64_t *xattr_lens, size_t n_xattr_lens,
+		     int fd, uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
 		     int64_t *failed_index, const char **failed_call);
