@@ -154,6 +154,25 @@ class ImageSummary:
     depth: int
 
 
+class _Bad(Exception):
+    """A problem inside one inode: (reason after its name, field)."""
+
+
+_S_IFMT = 0o170000
+_FLAT = (_FLAT_PLAIN, _FLAT_INLINE)
+_FLAT_OR_CHUNKS = (_FLAT_PLAIN, _FLAT_INLINE, _CHUNK_BASED)
+_PLAIN = (_FLAT_PLAIN,)
+
+
+def _layout(layout: int, allowed: tuple[int, ...]) -> None:
+    if layout not in allowed:
+        raise _Bad(f": data layout {layout} is not one libcomposefs reads", "i_format")
+
+
+def _join(directory: bytes, name: bytes) -> bytes:
+    return directory + b"/" + name if directory != b"/" else b"/" + name
+
+
 def _fail(reason: str, field: str, path: bytes | None = None) -> ValidationError:
     return ValidationError(f"not a valid composefs image: {reason}", path=path, field=field)
 
@@ -166,6 +185,7 @@ class _Checker:
         "xattr_start",
         "max_depth",
         "inodes",
+        "shared",
         "directories",
         "entries",
         "depth",
@@ -179,6 +199,8 @@ class _Checker:
         self.xattr_start = 0
         # nid -> file type, or -1 for a whiteout the loader frees.
         self.inodes: dict[int, int] = {}
+        # shared xattr index -> what _entry() found there.
+        self.shared: dict[int, tuple[bytes, int, int, int]] = {}
         self.directories = 0
         self.entries = 0
         self.depth = 0
@@ -242,185 +264,178 @@ class _Checker:
 
     # -- inodes ------------------------------------------------------------
 
-    def inode(self, nid: int, path: bytes) -> tuple[int, int, int, int, int]:
+    def inode(self, nid: int, parent: bytes, name: bytes) -> tuple[int, int, int, int, int]:
         """Check inode ``nid``; return (file type, size, layout, tail offset, block address).
 
-        The tail offset is where inline data starts (after the xattrs).
+        It is entry ``name`` of directory ``parent`` (the root: ``/`` and no
+        name).  The tail offset is where inline data starts (after the
+        xattrs).
         """
-        data = self.data
         off = self.meta_start + (nid << _SLOT_BITS)
-        where = f"inode {nid} at byte {off}"
+        try:
+            return self._inode(off)
+        except _Bad as bad:
+            path = _join(parent, name) if name else parent
+            raise _fail(f"inode {nid} at byte {off}{bad.args[0]}", bad.args[1], path) from None
+
+    def _inode(self, off: int) -> tuple[int, int, int, int, int]:
+        data = self.data
         if off + _COMPACT.size > self.size:
-            raise _fail(f"{where} is outside the image ({self.size} bytes)", "nid", path)
+            raise _Bad(f" is outside the image ({self.size} bytes)", "nid")
         (i_format,) = _U16.unpack_from(data, off)
         if i_format & ~_I_ALL:
-            raise _fail(f"{where}: unknown bits 0x{i_format:x}", "i_format", path)
+            raise _Bad(f": unknown bits 0x{i_format:x}", "i_format")
         layout = i_format >> 1
         if i_format & 1:
             isize = _EXTENDED.size
             if off + isize > self.size:
-                raise _fail(f"{where}: extended inode runs past the image end", "nid", path)
+                raise _Bad(": extended inode runs past the image end", "nid")
             _f, icount, mode, _r, size, i_u = _EXTENDED.unpack_from(data, off)[:6]
         else:
             isize = _COMPACT.size
             _f, icount, mode, _n, size, _r, i_u = _COMPACT.unpack_from(data, off)[:7]
-        ftype = stat.S_IFMT(mode)
+        ftype = mode & _S_IFMT
         if ftype not in _FILE_TYPES:
-            raise _fail(f"{where}: unknown file type in mode 0o{mode:o}", "i_mode", path)
+            raise _Bad(f": unknown file type in mode 0o{mode:o}", "i_mode")
         xattr_size = 0 if icount == 0 else _XATTR_HEADER_SIZE + (icount - 1) * 4
         tail_start = off + isize + xattr_size
         if tail_start > self.size:
-            raise _fail(f"{where}: xattr area runs past the image end", "i_xattr_icount", path)
+            raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
         if icount:
-            self.xattrs(off + isize, tail_start, ftype, where, path)
+            self.xattrs(off + isize, tail_start, ftype)
         tail = 0
         if layout == _FLAT_INLINE:
             tail = size % BLOCK_SIZE
             if tail == 0:
-                raise _fail(f"{where}: inline layout without inline data", "i_size", path)
+                raise _Bad(": inline layout without inline data", "i_size")
             if tail_start + tail > self.size:
-                raise _fail(f"{where}: inline data runs past the image end", "i_size", path)
+                raise _Bad(": inline data runs past the image end", "i_size")
             if tail_start // BLOCK_SIZE != (tail_start + tail - 1) // BLOCK_SIZE:
-                raise _fail(f"{where}: inline data crosses a block boundary", "i_size", path)
+                raise _Bad(": inline data crosses a block boundary", "i_size")
         if ftype == stat.S_IFDIR:
-            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE), where, path)
-            self._blocks(i_u, size - tail, where, path)
+            _layout(layout, _FLAT)
+            self._blocks(i_u, size - tail)
         elif ftype == stat.S_IFLNK:
-            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE), where, path)
+            _layout(layout, _FLAT)
             if not 0 < size < _PATH_MAX:
-                raise _fail(f"{where}: symlink target of {size} bytes", "i_size", path)
-            start = tail_start if tail else self._blocks(i_u, size, where, path)
+                raise _Bad(f": symlink target of {size} bytes", "i_size")
+            start = tail_start if tail else self._blocks(i_u, size)
             if data.find(b"\0", start, start + size) >= 0:
-                raise _fail(f"{where}: symlink target holds a NUL byte", "symlink", path)
+                raise _Bad(": symlink target holds a NUL byte", "symlink")
         elif ftype == stat.S_IFREG:
-            self._layout(layout, (_FLAT_PLAIN, _FLAT_INLINE, _CHUNK_BASED), where, path)
+            _layout(layout, _FLAT_OR_CHUNKS)
             if layout == _CHUNK_BASED:
                 if i_u & 0xFFFF & ~_CHUNK_FORMAT_BLKBITS_MASK:
-                    raise _fail(f"{where}: chunk format 0x{i_u & 0xFFFF:x}", "i_u.c.format", path)
+                    raise _Bad(f": chunk format 0x{i_u & 0xFFFF:x}", "i_u.c.format")
             elif size:
                 if size > min(INLINE_CONTENT_MAX, self.size):
-                    raise _fail(
-                        f"{where}: {size} bytes of content stored in the image "
+                    raise _Bad(
+                        f": {size} bytes of content stored in the image "
                         f"(at most {INLINE_CONTENT_MAX})",
                         "i_size",
-                        path,
                     )
-                self._blocks(i_u, size - tail, where, path)
+                self._blocks(i_u, size - tail)
         else:
-            self._layout(layout, (_FLAT_PLAIN,), where, path)
+            _layout(layout, _PLAIN)
             if size:
-                raise _fail(f"{where}: a device, fifo or socket of {size} bytes", "i_size", path)
+                raise _Bad(f": a device, fifo or socket of {size} bytes", "i_size")
             if ftype == stat.S_IFCHR and i_u == 0:
                 return -1, 0, layout, 0, 0
         return ftype, size, layout, tail_start, i_u
 
-    @staticmethod
-    def _layout(layout: int, allowed: tuple[int, ...], where: str, path: bytes) -> None:
-        if layout not in allowed:
-            raise _fail(
-                f"{where}: data layout {layout} is not one libcomposefs reads", "i_format", path
-            )
-
-    def _blocks(self, blkaddr: int, length: int, where: str, path: bytes) -> int:
+    def _blocks(self, blkaddr: int, length: int) -> int:
         """Check that ``length`` bytes from block ``blkaddr`` are in the image."""
         start = blkaddr * BLOCK_SIZE
         if length and (start >= _U32_LIMIT or start + length > self.size):
-            raise _fail(
-                f"{where}: {length} data bytes from block {blkaddr} run past the image end",
+            raise _Bad(
+                f": {length} data bytes from block {blkaddr} run past the image end",
                 "i_u.raw_blkaddr",
-                path,
             )
         return start
 
     # -- xattrs ------------------------------------------------------------
 
-    def xattrs(self, start: int, end: int, ftype: int, where: str, path: bytes) -> None:
+    def xattrs(self, start: int, end: int, ftype: int) -> None:
         data = self.data
         shared = data[start + 4]
         pos = start + _XATTR_HEADER_SIZE + 4 * shared
         if pos > end:
-            raise _fail(
-                f"{where}: {shared} shared xattrs do not fit its xattr area",
-                "h_shared_count",
-                path,
-            )
+            raise _Bad(f": {shared} shared xattrs do not fit its xattr area", "h_shared_count")
         seen: set[bytes] = set()
-        space = [_XATTR_HEADER_SIZE]
+        space = _XATTR_HEADER_SIZE
+        regular = ftype == stat.S_IFREG
         while pos < end:
             if pos + 4 > end:
-                raise _fail(f"{where}: xattr entry at byte {pos} is cut short", "xattr", path)
-            name_len, index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
-            value_end = pos + 4 + name_len + value_size
-            if value_end > end:
-                raise _fail(
-                    f"{where}: xattr entry at byte {pos} runs past the xattr area",
-                    "xattr",
-                    path,
-                )
-            self._xattr(pos, name_len, index, value_end, ftype, seen, space, where, path)
+                raise _Bad(f": xattr entry at byte {pos} is cut short", "xattr")
+            name, value_end, cost_regular, cost_other = self._entry(pos, end)
+            if name in seen:
+                raise _Bad(f": xattr {name!r} appears twice", "xattr")
+            seen.add(name)
+            space += cost_regular if regular else cost_other
             pos = (value_end + 3) & ~3
         if pos != end:
-            raise _fail(f"{where}: the last xattr entry overruns the xattr area", "xattr", path)
-        for i in range(shared):
-            (idx,) = _U32.unpack_from(data, start + _XATTR_HEADER_SIZE + 4 * i)
-            entry = self.xattr_start + idx * 4
-            if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
-                raise _fail(
-                    f"{where}: shared xattr index {idx} is outside the image", "xattr", path
-                )
-            name_len, index, value_size = _XATTR_ENTRY.unpack_from(data, entry)
-            value_end = entry + 4 + name_len + value_size
-            if value_end > self.size:
-                raise _fail(f"{where}: shared xattr {idx} runs past the image end", "xattr", path)
-            self._xattr(entry, name_len, index, value_end, ftype, seen, space, where, path)
+            raise _Bad(": the last xattr entry overruns the xattr area", "xattr")
+        first = start + _XATTR_HEADER_SIZE
+        for (idx,) in _U32.iter_unpack(data[first : first + 4 * shared]):
+            known = self.shared.get(idx)
+            if known is None:
+                entry = self.xattr_start + idx * 4
+                if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
+                    raise _Bad(f": shared xattr index {idx} is outside the image", "xattr")
+                known = self.shared[idx] = self._entry(entry, self.size)
+            name, _end, cost_regular, cost_other = known
+            if name in seen:
+                raise _Bad(f": xattr {name!r} appears twice", "xattr")
+            seen.add(name)
+            space += cost_regular if regular else cost_other
+        # lcfs_node_set_xattr_internal's accounting of what it stores.
+        if space > _XATTR_SPACE_MAX:
+            raise _Bad(f": xattrs take more than {_XATTR_SPACE_MAX} bytes", "xattr")
 
-    def _xattr(
-        self,
-        pos: int,
-        name_len: int,
-        index: int,
-        value_end: int,
-        ftype: int,
-        seen: set[bytes],
-        space: list[int],
-        where: str,
-        path: bytes,
-    ) -> None:
+    def _entry(self, pos: int, end: int) -> tuple[bytes, int, int, int]:
+        """Check the xattr entry at ``pos`` (inside ``end``).
+
+        Returns its full name, where its value ends, and what
+        lcfs_node_set_xattr_internal accounts for it (7 + name + value
+        bytes, 0 when the loader does not store it) on a regular file and on
+        anything else.
+        """
+        data = self.data
+        name_len, index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
+        value_end = pos + 4 + name_len + value_size
+        if value_end > end:
+            raise _Bad(f": xattr entry at byte {pos} runs past its area", "xattr")
         if index >= len(_XATTR_PREFIXES):
-            raise _fail(f"{where}: xattr name index {index} at byte {pos}", "xattr", path)
-        suffix = self.data[pos + 4 : pos + 4 + name_len]
+            raise _Bad(f": xattr name index {index} at byte {pos}", "xattr")
+        suffix = data[pos + 4 : pos + 4 + name_len]
         if b"\0" in suffix:
-            raise _fail(f"{where}: xattr name at byte {pos} holds a NUL byte", "xattr", path)
+            raise _Bad(f": xattr name at byte {pos} holds a NUL byte", "xattr")
         name = _XATTR_PREFIXES[index] + suffix
         if not name:
-            raise _fail(f"{where}: empty xattr name at byte {pos}", "xattr", path)
-        if name in seen:
-            raise _fail(f"{where}: xattr {name!r} appears twice", "xattr", path)
-        seen.add(name)
-        value_size = value_end - pos - 4 - name_len
+            raise _Bad(f": empty xattr name at byte {pos}", "xattr")
         # The loader copies an overlay redirect with strndup(value + 1,
         # value_size + 1): up to 2 bytes past the value, stopped by a NUL.
         # That stays inside the buffer because read_image hands libcomposefs
         # a bytes object, which always has a NUL after its last byte.
-        if name in _NOT_STORED or (name == _ESCAPED_WHITEOUT and ftype == stat.S_IFREG):
-            return
+        if name in _NOT_STORED:
+            return name, value_end, 0, 0
+        stored = name
         if name.startswith(_OVERLAY):
             if not name.startswith(_OVERLAY_ESCAPE):
-                return
-            name = _OVERLAY + name[len(_OVERLAY_ESCAPE) :]
-        # What lcfs_node_set_xattr_internal accepts: a name of at most 255
-        # bytes (an escaped name is longer in the image), and its accounting
-        # of 7 + name + value bytes per xattr.
-        if len(name) > _XATTR_NAME_MAX:
-            raise _fail(f"{where}: xattr name of {len(name)} bytes at byte {pos}", "xattr", path)
-        space[0] += 7 + len(name) + value_size
-        if space[0] > _XATTR_SPACE_MAX:
-            raise _fail(f"{where}: xattrs take more than {_XATTR_SPACE_MAX} bytes", "xattr", path)
+                return name, value_end, 0, 0
+            stored = _OVERLAY + name[len(_OVERLAY_ESCAPE) :]
+        # lcfs_node_set_xattr_internal stores a name of at most 255 bytes (an
+        # escaped name is longer in the image).
+        if len(stored) > _XATTR_NAME_MAX:
+            raise _Bad(f": xattr name of {len(stored)} bytes at byte {pos}", "xattr")
+        cost = 7 + len(stored) + value_size
+        # An escaped whiteout turns a regular file into a whiteout instead.
+        return name, value_end, 0 if name == _ESCAPED_WHITEOUT else cost, cost
 
     # -- directories -------------------------------------------------------
 
     def walk(self, root_nid: int) -> None:
-        root = self.inode(root_nid, b"/")
+        root = self.inode(root_nid, b"/", b"")
         if root[0] != stat.S_IFDIR:
             raise _fail(f"root inode {root_nid} is not a directory", "superblock.root_nid")
         self.inodes[root_nid] = stat.S_IFDIR
@@ -430,13 +445,11 @@ class _Checker:
             self.directories += 1
             self.depth = max(self.depth, depth)
             for child, name, child_info in self.directory(nid, parent, path, info):
+                child_path = _join(path, name)
                 if depth + 1 > self.max_depth:
                     raise _fail(
-                        f"directories nest deeper than {self.max_depth}",
-                        "depth",
-                        path + b"/" + name if path != b"/" else b"/" + name,
+                        f"directories nest deeper than {self.max_depth}", "depth", child_path
                     )
-                child_path = path + b"/" + name if path != b"/" else b"/" + name
                 stack.append((child, nid, depth + 1, child_path, child_info))
 
     def directory(
@@ -479,7 +492,6 @@ class _Checker:
                     dots += 1
                     continue
                 self.entries += 1
-                child_path = path + b"/" + name if path != b"/" else b"/" + name
                 known = self.inodes.get(child)
                 if known is not None:
                     if known == stat.S_IFDIR:
@@ -487,17 +499,17 @@ class _Checker:
                             f"inode {child} is a directory entered a second time "
                             "(a cycle or a hardlinked directory)",
                             "dirent.nid",
-                            child_path,
+                            _join(path, name),
                         )
                     if known == -1:
                         raise _fail(
                             f"whiteout inode {child} is entered a second time",
                             "dirent.nid",
-                            child_path,
+                            _join(path, name),
                         )
                     kind = known
                 else:
-                    child_info = self.inode(child, child_path)
+                    child_info = self.inode(child, path, name)
                     kind = child_info[0]
                     self.inodes[child] = kind
                     if kind == stat.S_IFDIR:
@@ -507,7 +519,7 @@ class _Checker:
                     raise _fail(
                         f"file type {ftype} in the entry, {want_type} in inode {child}",
                         "dirent.file_type",
-                        child_path,
+                        _join(path, name),
                     )
         if dots != 2:
             raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
@@ -515,12 +527,19 @@ class _Checker:
 
     def dirents(self, start: int, size: int, nid: int, path: bytes) -> list[tuple[int, bytes, int]]:
         data = self.data
-        where = f"directory inode {nid}, block at byte {start}"
         if size < _DIRENT.size:
-            raise _fail(f"{where}: {size} bytes cannot hold an entry", "i_size", path)
+            raise _fail(
+                f"directory inode {nid}, block at byte {start}: {size} bytes cannot hold an entry",
+                "i_size",
+                path,
+            )
         (table,) = _U16.unpack_from(data, start + 8)
         if table == 0 or table % _DIRENT.size or table >= size:
-            raise _fail(f"{where}: entry table of {table} bytes", "dirent.nameoff", path)
+            raise _fail(
+                f"directory inode {nid}, block at byte {start}: entry table of {table} bytes",
+                "dirent.nameoff",
+                path,
+            )
         raw = list(_DIRENT.iter_unpack(data[start : start + table]))
         out: list[tuple[int, bytes, int]] = []
         last = len(raw) - 1
@@ -532,14 +551,18 @@ class _Checker:
                 name_end = size if nul < 0 else nul - start
             if not table <= nameoff < name_end <= size or name_end - nameoff > _NAME_MAX:
                 raise _fail(
-                    f"{where}: entry {i}: name at {nameoff}..{name_end} (table {table}, "
-                    f"block {size} bytes)",
+                    f"directory inode {nid}, block at byte {start}: entry {i}: name at "
+                    f"{nameoff}..{name_end} (table {table}, block {size} bytes)",
                     "dirent.nameoff",
                     path,
                 )
             name = data[start + nameoff : start + name_end]
             if b"\0" in name or b"/" in name:
-                raise _fail(f"{where}: entry {i}: name {name!r}", "dirent.name", path)
+                raise _fail(
+                    f"directory inode {nid}, block at byte {start}: entry {i}: name {name!r}",
+                    "dirent.name",
+                    path,
+                )
             out.append((child, name, ftype))
         return out
 
