@@ -350,12 +350,20 @@ def read_image(
     :class:`~composefs_py.model.TreeBuilder` rejects.  What EROFS does not
     store cannot come back; see tests/test_upstream_assets.py for the list.
 
-    ``sandbox=True`` parses the image in the sandboxed child.  Use it for
-    images you did not write: libcomposefs 1.0.8's reader does not
-    bounds-check block addresses, directory entries or the nesting depth of
-    a hostile image, so such an image can crash the process that parses it
-    (the sandbox turns that into SandboxError).  In-process reading runs on a
-    thread with a large stack, so every image of a valid Tree reads back.
+    Before libcomposefs sees a byte, :func:`composefs_py._erofs.check_image`
+    checks the image's structure (in this process and in the sandboxed child
+    alike): libcomposefs 1.0.8's loader does not bounds-check block
+    addresses, directory entries, xattr indexes and sizes, reuses a freed
+    whiteout and recurses once per directory level, and the check rejects
+    every image that would make it read out of bounds, use freed memory or
+    nest deeper than ``Limits.max_depth`` directories.  In-process reading
+    runs on a thread with a large stack, so every image of a valid Tree
+    reads back.
+
+    ``sandbox=True`` parses the image in the sandboxed child: defence in
+    depth for images from untrusted sources (a libcomposefs bug the check
+    does not know of becomes a SandboxError, and time and memory are
+    bounded).
     """
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
