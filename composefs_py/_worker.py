@@ -22,10 +22,11 @@ single byte of input, it locks itself down in this order:
 
 Then it rebuilds the Tree from the parent's frames of records (each
 :data:`FRAME_HEADER`, the frame's length, then ``marshal`` data of
-``(paths, values)``: per path an Inode's field values or a Hardlink's
-target; a zero length ends them) through a TreeBuilder, frame by frame as
-they arrive, every invariant checked again (defence in depth), and writes
-the image with the native backend.  When the compiled module is unavailable (``--engine
+``(paths, columns, links)``: per Inode field a column of the values of the
+frame's Inodes, per Hardlink its position and target; a zero length ends
+them) through a TreeBuilder, frame by frame as they arrive, every invariant
+checked again (defence in depth), and writes the image with the native
+backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -61,7 +62,6 @@ import struct
 import sys
 import traceback
 from dataclasses import fields
-from itertools import starmap
 from typing import Any, NoReturn
 
 from . import _lockdown
@@ -324,17 +324,19 @@ def _read_tree() -> Tree:
 def _frame_nodes(frame: object, first: int) -> tuple[tuple[object, ...], list[Node]]:
     """A frame's paths and its nodes, in order (``first``: its first entry's index)."""
     if not (isinstance(frame, tuple) and len(frame) == 3):
-        raise ValidationError("a frame of records must be (paths, inodes, links)")
-    paths, inodes, links = frame
-    if not (isinstance(paths, tuple) and isinstance(inodes, list) and isinstance(links, tuple)):
-        raise ValidationError("a frame of records must be (paths, inodes, links)")
-    if len(inodes) + len(links) != len(paths):
-        raise ValidationError("a frame of records has more or fewer nodes than paths")
-    if not all(values.__class__ is tuple for values in inodes) or any(
-        length != _INODE_FIELD_COUNT for length in map(len, inodes)
+        raise ValidationError("a frame of records must be (paths, columns, links)")
+    paths, columns, links = frame
+    if not (isinstance(paths, tuple) and isinstance(columns, list) and isinstance(links, tuple)):
+        raise ValidationError("a frame of records must be (paths, columns, links)")
+    count = len(paths) - len(links)
+    if len(columns) != _INODE_FIELD_COUNT or not all(
+        column.__class__ is list and len(column) == count for column in columns
     ):
-        raise ValidationError(f"an inode must be a tuple of {_INODE_FIELD_COUNT} fields")
-    nodes: list[Node] = list(starmap(new_inode, inodes))
+        raise ValidationError(
+            f"a frame of records must hold {_INODE_FIELD_COUNT} columns of {count} inode fields",
+            entry=first,
+        )
+    nodes: list[Node] = list(map(new_inode, *columns))
     for link in links:
         if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
             raise ValidationError("a hardlink must be (position, target bytes)", entry=first)

@@ -65,7 +65,7 @@ from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import Hardlink, Inode, Node, Tree
+from .model import Hardlink, Inode, Tree
 
 __all__ = [
     "SandboxLimits",
@@ -81,11 +81,12 @@ _MARSHAL_VERSION = 2  # no back-references: 3x faster to write than 4 here
 #: next frame doubles, up to _LAST_FRAME_ENTRIES.
 _FIRST_FRAME_ENTRIES = 256
 _LAST_FRAME_ENTRIES = 8192
-_INODE_VALUES = attrgetter(*(field.name for field in fields(Inode)))
-#: Bytes a record takes in a frame besides its byte strings (an upper bound).
+#: The Inode fields, in declaration order: the order of a frame's columns.
+_INODE_FIELDS = tuple(field.name for field in fields(Inode))
+#: The fields whose size varies, made for all entries first (for the bound).
+_SIZED_FIELDS = ("payload", "symlink_target", "content", "xattrs")
+#: Bytes an entry takes in a frame besides its byte strings (an upper bound).
 _RECORD_OVERHEAD = 160
-_VARIABLE_FIELDS = tuple(attrgetter(name) for name in ("payload", "symlink_target", "content"))
-_XATTRS = attrgetter("xattrs")
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
 _PIPE_SIZE = 1 << 20
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -472,55 +473,68 @@ def write_image_sandboxed(
 def _child_input(tree: Tree, limits: SandboxLimits) -> Iterator[bytes]:
     """What the writing child reads, made as its stdin takes it: the
     child's address-space limit unless its argv has one, then the frames of
-    records (see :func:`_record_frames`)."""
-    nodes = list(map(tree.__getitem__, tree.paths))
+    records (see :class:`_Records`)."""
+    records = _Records(tree)
     if limits.address_space is None:
-        size = _records_size_bound(tree.paths, nodes)
-        yield FRAME_HEADER.pack(limits.address_space_for(size))
-    yield from _record_frames(tree.paths, nodes)
+        yield FRAME_HEADER.pack(limits.address_space_for(records.size_bound()))
+    yield from records.frames()
 
 
-def _record_frames(paths: tuple[bytes, ...], nodes: list[Node]) -> Iterator[bytes]:
-    """The entries ``paths`` and ``nodes`` (in Tree order) as frames of records.
+class _Records:
+    """``tree`` as frames of records for the child.
 
     A frame is its length (:data:`~composefs_py._worker.FRAME_HEADER`), then
-    the :mod:`marshal` data of ``(paths, inodes, links)`` for the next
-    entries: ``inodes`` holds the field values (declaration order) of each
-    Inode among them, ``links`` a ``(position, target)`` pair for each
-    Hardlink.  A zero length ends the records.  Frames start small and grow,
-    so the child builds the first entries while the rest are made.
+    the :mod:`marshal` data of ``(paths, columns, links)`` for the next
+    entries in Tree order: ``columns`` holds one list per Inode field
+    (declaration order) with the values of each Inode among them, ``links``
+    a ``(position, target)`` pair for each Hardlink.  A zero length ends the
+    records.  Frames start small and grow, so the child builds the first
+    entries while the rest are made.
     """
-    values = _INODE_VALUES
-    frame_header = FRAME_HEADER.pack
-    start = 0
-    step = _FIRST_FRAME_ENTRIES
-    while start < len(paths):
-        end = start + step
-        chunk = nodes[start:end]
-        links = tuple(
-            (position, node.target)
-            for position, node in enumerate(chunk)
-            if node.__class__ is Hardlink
-        )
-        if links:
-            chunk = [node for node in chunk if node.__class__ is Inode]
-        data = marshal.dumps((paths[start:end], list(map(values, chunk)), links), _MARSHAL_VERSION)
-        yield frame_header(len(data)) + data
-        start = end
-        step = min(2 * step, _LAST_FRAME_ENTRIES)
-    yield frame_header(0)
 
+    def __init__(self, tree: Tree) -> None:
+        self.paths = tree.paths
+        nodes = list(map(tree.__getitem__, self.paths))
+        self.links = [
+            (index, node.target) for index, node in enumerate(nodes) if isinstance(node, Hardlink)
+        ]
+        self.inodes = [node for node in nodes if node.__class__ is Inode] if self.links else nodes
+        self.sized = {name: list(map(attrgetter(name), self.inodes)) for name in _SIZED_FIELDS}
 
-def _records_size_bound(paths: tuple[bytes, ...], nodes: list[Node]) -> int:
-    """An upper bound of the bytes :func:`_record_frames` makes (for the rlimit)."""
-    total = sum(map(len, paths)) + _RECORD_OVERHEAD * len(paths)
-    inodes = [node for node in nodes if node.__class__ is Inode]
-    for field in _VARIABLE_FIELDS:
-        total += sum(map(len, filter(None, map(field, inodes))))
-    for xattrs in filter(None, map(_XATTRS, inodes)):
-        for name, value in xattrs:
-            total += len(name) + len(value) + _RECORD_OVERHEAD // 8
-    return total
+    def size_bound(self) -> int:
+        """An upper bound of the bytes :meth:`frames` makes (for the rlimit)."""
+        total = sum(map(len, self.paths)) + _RECORD_OVERHEAD * len(self.paths)
+        for name in ("payload", "symlink_target", "content"):
+            total += sum(map(len, filter(None, self.sized[name])))
+        for xattrs in filter(None, self.sized["xattrs"]):
+            for name, value in xattrs:
+                total += len(name) + len(value) + _RECORD_OVERHEAD // 8
+        return total
+
+    def frames(self) -> Iterator[bytes]:
+        paths, links, inodes, sized = self.paths, self.links, self.inodes, self.sized
+        getters = [(name, attrgetter(name)) for name in _INODE_FIELDS]
+        frame_header = FRAME_HEADER.pack
+        start = first = link = 0
+        step = _FIRST_FRAME_ENTRIES
+        while start < len(paths):
+            end = min(start + step, len(paths))
+            frame_links = []
+            while link < len(links) and links[link][0] < end:
+                index, target = links[link]
+                frame_links.append((index - start, target))
+                link += 1
+            last = first + (end - start) - len(frame_links)
+            chunk = inodes[first:last]
+            columns = [
+                sized[name][first:last] if name in sized else list(map(getter, chunk))
+                for name, getter in getters
+            ]
+            data = marshal.dumps((paths[start:end], columns, tuple(frame_links)), _MARSHAL_VERSION)
+            yield frame_header(len(data)) + data
+            start, first = end, last
+            step = min(2 * step, _LAST_FRAME_ENTRIES)
+        yield frame_header(0)
 
 
 def _write_to_file(

@@ -349,7 +349,7 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
         )  # fmt: skip
         builder.add(b"/d/f%05d" % i, node)
     tree = builder.build()
-    frames = list(sandbox._record_frames(tree.paths, [tree[p] for p in tree.paths]))
+    frames = list(sandbox._Records(tree).frames())
     assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
     expected, expected_digest = native_image(tree, tmp_path)
     fd, path = out
@@ -359,20 +359,22 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
 
 def test_records_size_bound_covers_the_frames() -> None:
     for tree in (small_tree(), synthetic_tree(3000)):
-        nodes = [tree[p] for p in tree.paths]
-        made = sum(map(len, sandbox._record_frames(tree.paths, nodes)))
-        assert made <= sandbox._records_size_bound(tree.paths, nodes) < 4 * made
+        records = sandbox._Records(tree)
+        made = sum(map(len, records.frames()))
+        assert made <= records.size_bound() < 4 * made
 
 
 def _frame(paths: list[Any], inodes: list[Any], links: tuple[Any, ...] = ()) -> bytes:
+    """A frame of the given entries: ``inodes`` their field tuples (as rows)."""
     import marshal
 
-    data = marshal.dumps((tuple(paths), inodes, links), 2)
+    columns = [list(column) for column in zip(*inodes, strict=True)] if inodes else [[]] * 13
+    data = marshal.dumps((tuple(paths), columns, links), 2)
     return FRAME_HEADER.pack(len(data)) + data
 
 
 def _fields(inode: Inode) -> tuple[Any, ...]:
-    return tuple(sandbox._INODE_VALUES(inode))
+    return tuple(getattr(inode, name) for name in sandbox._INODE_FIELDS)
 
 
 ROOT_FIELDS = _fields(Inode(stat.S_IFDIR | 0o755))
@@ -393,12 +395,12 @@ HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
     ("hardlink-missing", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((1, b"/nowhere"),)), END],
      "does not exist"),
     ("root-not-dir", [_frame([b"/"], [FILE_FIELDS]), END], "the root must be a directory"),
-    ("short-fields", [_frame([b"/"], [ROOT_FIELDS[:5]]), END], "tuple of 13 fields"),
+    ("short-fields", [_frame([b"/"], [ROOT_FIELDS[:5]]), END], "13 columns of 1"),
     ("path-not-bytes", [_frame(["/"], [ROOT_FIELDS]), END], "the path must be bytes"),
-    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END], "more or fewer nodes"),
+    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END], "13 columns of 2"),
     ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((9, b"/"),)), END], "outside its frame"),
     ("not-marshal", [FRAME_HEADER.pack(4) + b"\xff\xff\xff\xff", END], "not marshal"),
-    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END], "must be (paths, inodes, links)"),
+    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END], "must be (paths, columns, links)"),
     ("cut-short", [_frame([b"/"], [ROOT_FIELDS])[:-3]], "end early"),
     ("no-root", [END], "no root"),
 ]  # fmt: skip
