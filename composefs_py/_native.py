@@ -139,7 +139,7 @@ def _lengths(pieces: list[bytes | None]) -> tuple[bytes, array[int]]:
 
 
 class _Columns:
-    """What ``cfspy_write_tree`` reads (see shim.h), as Python buffers.
+    """What ``cfspy_build_tree`` reads (see shim.h), as Python buffers.
 
     Built column by column with C-speed maps over the nodes; only the nodes
     that are hardlinks or carry inline content, fs-verity digests or xattrs
@@ -200,21 +200,13 @@ class _Columns:
 _NO_EXTRA = (None, None, ())
 
 
-def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
-    """Write the EROFS composefs image of ``tree`` to ``fd``; return its fs-verity digest.
-
-    The image is byte-identical to ``mkcomposefs --from-file`` on ``dump(tree)``
-    with the same ``--min-version``/``--max-version``.  ``fd`` is written
-    sequentially from its current position (a pipe works); it is not closed.
-    The C tree is built, written and freed in one C call (``cfspy_write_tree``).
-    """
-    _check_versions(min_version, max_version)
+def _build(tree: Tree) -> Any:
+    """The C tree of ``tree`` (its root); the caller unrefs it."""
     columns = _Columns(tree)
-    digest = ffi.new("uint8_t[]", DIGEST_SIZE)
     failed_index = ffi.new("int64_t *")
     failed_call = ffi.new("const char **")
     extra_lens = columns.extra_lens
-    rc = lib.cfspy_write_tree(
+    root = lib.cfspy_build_tree(
         len(tree),
         ffi.from_buffer("int64_t[]", columns.ints),
         ffi.from_buffer("uint8_t[]", columns.paths),
@@ -230,21 +222,36 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
         ffi.NULL if extra_lens is None else ffi.from_buffer("int64_t[]", extra_lens),
         ffi.from_buffer("int64_t[]", columns.xattr_lens),
         len(columns.xattr_lens),
-        fd,
-        min_version,
-        max_version,
-        digest,
         failed_index,
         failed_call,
     )
-    del columns
-    if rc < 0:
+    if root == ffi.NULL:
         err = ffi.errno or _errno.EIO
         what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"
         if failed_index[0] >= 0:
             path = tree.paths[failed_index[0]].decode("utf-8", "backslashreplace")
             what = f"{what}({path})"
         raise LibraryError(err, f"{what}: {os.strerror(err)}")
+    return root
+
+
+def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
+    """Write the EROFS composefs image of ``tree`` to ``fd``; return its fs-verity digest.
+
+    The image is byte-identical to ``mkcomposefs --from-file`` on ``dump(tree)``
+    with the same ``--min-version``/``--max-version``.  ``fd`` is written
+    sequentially from its current position (a pipe works); it is not closed.
+    The C tree is built in one C call (``cfspy_build_tree``), then written and
+    freed; the Python buffers it was built from go before the writing, so
+    they and the image writer's memory never add up.
+    """
+    _check_versions(min_version, max_version)
+    root = _build(tree)
+    try:
+        digest = ffi.new("uint8_t[]", DIGEST_SIZE)
+        _check(lib.cfspy_write_to_fd(root, fd, min_version, max_version, digest), "lcfs_write_to")
+    finally:
+        lib.lcfs_node_unref(root)
     return bytes(ffi.buffer(digest))
 
 

@@ -196,23 +196,24 @@ static const uint8_t *cfspy_take(const uint8_t *blob, size_t blob_len, size_t *p
 		goto fail;                                                          \
 	} while (0)
 
-int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
-		     size_t paths_len, const int64_t *path_lens, const uint8_t *data,
-		     size_t data_len, const int64_t *data_lens, const int64_t *links,
-		     size_t n_links, const uint8_t *extra, size_t extra_len,
-		     const int64_t *extra_lens, const int64_t *xattr_lens, size_t n_xattr_lens,
-		     int fd, uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
-		     int64_t *failed_index, const char **failed_call)
+struct lcfs_node_s *cfspy_build_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
+				     size_t paths_len, const int64_t *path_lens,
+				     const uint8_t *data, size_t data_len,
+				     const int64_t *data_lens, const int64_t *links,
+				     size_t n_links, const uint8_t *extra, size_t extra_len,
+				     const int64_t *extra_lens, const int64_t *xattr_lens,
+				     size_t n_xattr_lens, int64_t *failed_index,
+				     const char **failed_call)
 {
 	struct lcfs_node_s **nodes = NULL;  /* by index, for hardlinks */
 	struct lcfs_node_s **dirs = NULL;   /* the open directory at each depth */
 	size_t next_link = 0, path_pos = 0, data_pos = 0, extra_pos = 0, xpos = 0, i;
 	struct lcfs_node_s *root = NULL, *unparented = NULL;
 	struct cfspy_cstr name = { NULL, 0 }, value = { NULL, 0 };
-	int ret = -1, err;
+	int err;
 
 	*failed_index = -1;
-	*failed_call = "cfspy_write_tree";
+	*failed_call = "cfspy_build_tree";
 	errno = 0;
 	if (n_nodes == 0) {
 		errno = EINVAL;
@@ -236,7 +237,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 		*failed_index = (int64_t)i;
 		path = cfspy_take(paths, paths_len, &path_pos, path_len);
 		if (path == NULL || path_len == 0 || path[0] != '/')
-			CFSPY_FAIL("cfspy_write_tree: bad record");
+			CFSPY_FAIL("cfspy_build_tree: bad record");
 		for (k = 0; k < (size_t)path_len; k++) {
 			if (path[k] == '/') {
 				depth++;
@@ -245,11 +246,11 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 		}
 		if (i == 0) {
 			if (path_len != 1)
-				CFSPY_FAIL("cfspy_write_tree: the first node is not the root");
+				CFSPY_FAIL("cfspy_build_tree: the first node is not the root");
 			depth = 0;
 		} else if (depth > i || dirs[depth - 1] == NULL) {
 			errno = EINVAL;
-			CFSPY_FAIL("cfspy_write_tree: node before its parent");
+			CFSPY_FAIL("cfspy_build_tree: node before its parent");
 		}
 
 		node = lcfs_node_new();
@@ -267,7 +268,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 			if (links[2 * next_link + 1] < 0 ||
 			    (uint64_t)links[2 * next_link + 1] >= n_nodes) {
 				errno = EINVAL;
-				CFSPY_FAIL("cfspy_write_tree: bad hardlink target");
+				CFSPY_FAIL("cfspy_build_tree: bad hardlink target");
 			}
 			next_link++;
 		} else {
@@ -289,10 +290,10 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 
 				at = cfspy_take(data, data_len, &data_pos, dlen);
 				if (at == NULL)
-					CFSPY_FAIL("cfspy_write_tree: bad record");
+					CFSPY_FAIL("cfspy_build_tree: bad record");
 				text = cfspy_cstr_set(&value, at, (size_t)dlen);
 				if (text == NULL)
-					CFSPY_FAIL("cfspy_write_tree");
+					CFSPY_FAIL("cfspy_build_tree");
 				if (ftype == S_IFLNK) {
 					if (lcfs_node_set_symlink_payload(node, text) < 0)
 						CFSPY_FAIL("lcfs_node_set_symlink_payload");
@@ -301,7 +302,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 				}
 			} else if (ftype == S_IFLNK) {
 				errno = EINVAL; /* libcomposefs aborts on a symlink without target */
-				CFSPY_FAIL("cfspy_write_tree: symlink without target");
+				CFSPY_FAIL("cfspy_build_tree: symlink without target");
 			}
 			if (extra_lens != NULL) {
 				const int64_t *x = extra_lens + 3 * i;
@@ -309,7 +310,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 				if (x[0] >= 0) {
 					at = cfspy_take(extra, extra_len, &extra_pos, x[0]);
 					if (at == NULL)
-						CFSPY_FAIL("cfspy_write_tree: bad record");
+						CFSPY_FAIL("cfspy_build_tree: bad record");
 					if (lcfs_node_set_content(node, at, (size_t)x[0]) < 0)
 						CFSPY_FAIL("lcfs_node_set_content");
 				}
@@ -317,7 +318,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 					at = cfspy_take(extra, extra_len, &extra_pos,
 							LCFS_DIGEST_SIZE);
 					if (at == NULL)
-						CFSPY_FAIL("cfspy_write_tree: bad record");
+						CFSPY_FAIL("cfspy_build_tree: bad record");
 					lcfs_node_set_fsverity_digest(node, (uint8_t *)at);
 				}
 				for (k = 0; k < (size_t)x[2]; k++) {
@@ -326,7 +327,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 
 					if (xpos + 2 > n_xattr_lens) {
 						errno = EINVAL;
-						CFSPY_FAIL("cfspy_write_tree: bad record");
+						CFSPY_FAIL("cfspy_build_tree: bad record");
 					}
 					at = cfspy_take(extra, extra_len, &extra_pos,
 							xattr_lens[xpos]);
@@ -334,10 +335,10 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 							     cfspy_take(extra, extra_len, &extra_pos,
 									xattr_lens[xpos + 1]);
 					if (vdata == NULL)
-						CFSPY_FAIL("cfspy_write_tree: bad record");
+						CFSPY_FAIL("cfspy_build_tree: bad record");
 					cname = cfspy_cstr_set(&name, at, (size_t)xattr_lens[xpos]);
 					if (cname == NULL)
-						CFSPY_FAIL("cfspy_write_tree");
+						CFSPY_FAIL("cfspy_build_tree");
 					if (lcfs_node_set_xattr(node, cname, (const char *)vdata,
 								(size_t)xattr_lens[xpos + 1]) < 0)
 						CFSPY_FAIL("lcfs_node_set_xattr");
@@ -349,7 +350,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 			const char *cname = cfspy_cstr_set(&name, path + cut + 1,
 							   (size_t)path_len - cut - 1);
 			if (cname == NULL)
-				CFSPY_FAIL("cfspy_write_tree");
+				CFSPY_FAIL("cfspy_build_tree");
 			if (lcfs_node_add_child(dirs[depth - 1], node, cname) < 0)
 				CFSPY_FAIL("lcfs_node_add_child");
 			unparented = NULL; /* owned by its parent now */
@@ -362,7 +363,7 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 	if (next_link != n_links) {
 		errno = EINVAL; /* a pair out of order or past the last node */
 		*failed_index = -1;
-		CFSPY_FAIL("cfspy_write_tree: bad hardlink record");
+		CFSPY_FAIL("cfspy_build_tree: bad hardlink record");
 	}
 	/* As mkcomposefs: hardlinks resolved last, newest first; the target keeps
 	 * the link count the input gave it. */
@@ -376,23 +377,20 @@ int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
 		*failed_index = links[2 * n_links];
 		if (node == target) {
 			errno = EINVAL; /* libcomposefs aborts on a self link */
-			CFSPY_FAIL("cfspy_write_tree: hardlink to itself");
+			CFSPY_FAIL("cfspy_build_tree: hardlink to itself");
 		}
 		nlink = lcfs_node_get_nlink(target);
 		lcfs_node_make_hardlink(node, target);
 		lcfs_node_set_nlink(target, nlink);
 	}
 	*failed_index = -1;
-	free(nodes);
-	nodes = NULL;
-	free(dirs);
-	dirs = NULL;
-	*failed_call = "lcfs_write_to";
-	ret = cfspy_write_to_fd(root, fd, min_version, max_version, digest_out);
-	if (ret < 0)
-		goto fail;
 	*failed_call = NULL;
-	ret = 0;
+	free(nodes);
+	free(dirs);
+	free(name.buf);
+	free(value.buf);
+	errno = 0;
+	return root;
 fail:
 	err = errno != 0 ? errno : EIO;
 	if (unparented != NULL)
@@ -403,6 +401,6 @@ fail:
 	free(dirs);
 	free(name.buf);
 	free(value.buf);
-	errno = ret < 0 ? err : 0;
-	return ret;
+	errno = err;
+	return NULL;
 }

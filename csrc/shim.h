@@ -26,8 +26,8 @@ int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec);
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec);
 
-/* Build the whole C tree from columns and write its image to fd, in one
- * call (no Python code per node).  Nodes come in Tree order (the root first,
+/* Build the whole C tree from columns, in one call (no Python code per
+ * node); the caller writes it (cfspy_write_to_fd) and unrefs the root.  Nodes come in Tree order (the root first,
  * every directory before its children); node i has:
  *   ints[i * 8 ..]  the fields in the order of the CFSPY_* enum below;
  *   paths           its absolute path, path_lens[i] bytes (consecutive);
@@ -40,8 +40,8 @@ void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec
  *                   value, whose lengths are the next pair in xattr_lens.
  * links holds n_links (node, target) index pairs, ascending by node: those
  * nodes are hardlinks to the target (their MODE is the target's mode, the
- * other ints are ignored).  Returns 0, or -1 with errno set, *failed_index
- * the node (or -1) and *failed_call the libcomposefs call that failed. */
+ * other ints are ignored).  Returns the root, or NULL with errno set,
+ * *failed_index the node (or -1) and *failed_call the call that failed. */
 enum {
 	CFSPY_MODE = 0,
 	CFSPY_NLINK = 1,
@@ -53,10 +53,11 @@ enum {
 	CFSPY_RDEV = 7,
 	CFSPY_INT_FIELDS = 8
 };
-int cfspy_write_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
-		     size_t paths_len, const int64_t *path_lens, const uint8_t *data,
-		     size_t data_len, const int64_t *data_lens, const int64_t *links,
-		     size_t n_links, const uint8_t *extra, size_t extra_len,
-		     const int64_t *extra_lens, const int64_t *xattr_lens, size_t n_xattr_lens,
-		     int fd, uint32_t min_version, uint32_t max_version, uint8_t *digest_out,
-		     int64_t *failed_index, const char **failed_call);
+struct lcfs_node_s *cfspy_build_tree(size_t n_nodes, const int64_t *ints, const uint8_t *paths,
+				     size_t paths_len, const int64_t *path_lens,
+				     const uint8_t *data, size_t data_len,
+				     const int64_t *data_lens, const int64_t *links,
+				     size_t n_links, const uint8_t *extra, size_t extra_len,
+				     const int64_t *extra_lens, const int64_t *xattr_lens,
+				     size_t n_xattr_lens, int64_t *failed_index,
+				     const char **failed_call);
