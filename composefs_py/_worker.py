@@ -203,6 +203,7 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
         )
     )
     report["rlimits"] = True
+    report["address_space"] = resource.getrlimit(resource.RLIMIT_AS)[0]
     if probe is not None:
         probe["rlimits"] = _current_rlimits()
     _lockdown.set_no_new_privs()

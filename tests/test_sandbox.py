@@ -523,6 +523,28 @@ def test_image_larger_than_the_file_size_limit_is_refused(out: tuple[int, Path])
     assert_child_gone()
 
 
+def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) -> None:
+    # Without SandboxLimits.address_space the child learns its limit from
+    # the first bytes on its stdin, 512 MiB plus 32 bytes per input byte
+    # (bounded above), and reports what the kernel then says it is.
+    fd, path = out
+    tree = synthetic_tree(3000)
+    child_fd = os.dup(fd)
+    try:
+        argv = sandbox._worker_argv("write", SandboxLimits(), None, [f"--fd={child_fd}"])
+        assert "--address-space=stdin" in argv
+        pieces = sandbox._child_input(tree, SandboxLimits())
+        outcome = sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
+    finally:
+        os.close(child_fd)
+    record, _ = sandbox._first_line(outcome.stdout)
+    made = sum(map(len, sandbox._Records(tree).frames()))
+    limit = record["lockdown"]["address_space"]
+    assert (512 << 20) + 32 * made <= limit < (512 << 20) + 32 * 4 * made
+    assert limit == SandboxLimits().address_space_for(sandbox._Records(tree).size_bound())
+    assert path.read_bytes() == native_image(tree, path.parent)[0]
+
+
 def test_memory_limit_hit_inside_libcomposefs_is_reported(out: tuple[int, Path]) -> None:
     fd, path = out
     tree = synthetic_tree(50_000)
