@@ -17,8 +17,7 @@ import gc
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from itertools import compress, repeat
-from operator import and_, attrgetter, is_, is_not, not_
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Literal, cast
 
@@ -263,24 +262,6 @@ class TreeBuilder:
 
     def add(self, path: bytes, node: Node, *, entry: int | None = None) -> None:
         """Add ``node`` at clean absolute ``path``; raise ValidationError if invalid."""
-        self._add(path, node, entry, True)
-
-    def add_all(self, items: list[tuple[bytes, Node, int | None]]) -> None:
-        """:meth:`add` each ``(path, node, entry)`` in order: the same checks, the same errors.
-
-        For a validator that has a whole input at hand: the inode invariants
-        are first checked over whole columns at C speed (:func:`_inodes_ok`);
-        only when that finds something is each inode checked on its own, as
-        :meth:`add` does, so the first error is the one it would raise.
-        """
-        inodes = [node for _path, node, _entry in items if node.__class__ is Inode]
-        check = not _inodes_ok(inodes, self._limits)
-        del inodes
-        add = self._add
-        for path, node, entry in items:
-            add(path, node, entry, check)
-
-    def _add(self, path: bytes, node: Node, entry: int | None, check_inode: bool) -> None:
         nodes = self._nodes
         if path in nodes:
             self._replace(path, node, entry)
@@ -326,7 +307,7 @@ class TreeBuilder:
                 self._synthesize_dir(parent, entry)
                 siblings = self._children[parent]
             if node.__class__ is Inode:
-                problem = _inode_problem(node, limits) if check_inode else None
+                problem = _inode_problem(node, limits)
                 if problem is not None:
                     raise ValidationError(problem[1], entry=entry, path=path, field=problem[0])
             else:
@@ -690,118 +671,6 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
                 f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}"
             )
     return None
-
-
-_INT_ONLY = frozenset((int,))
-_BYTES_ONLY = frozenset((bytes,))
-_NOT_TYPE_OR_PERMISSION = ~(S_IFMT | 0o7777)
-_DEVICE_TYPES = frozenset((S_IFCHR, S_IFBLK))
-_CONTENTS = attrgetter("content")
-_DIGESTS = attrgetter("fsverity_digest")
-_XATTRS = attrgetter("xattrs")
-_MODES = attrgetter("mode")
-_NLINKS = attrgetter("nlink")
-_UIDS = attrgetter("uid")
-_GIDS = attrgetter("gid")
-_MTIMES = attrgetter("mtime")
-_NSECS = attrgetter("mtime_nsec")
-_SIZES = attrgetter("size")
-_RDEVS = attrgetter("rdev")
-_PAYLOADS = attrgetter("payload")
-_TARGETS = attrgetter("symlink_target")
-
-
-def _ints_in(values: list[object], low: int, high: int) -> bool:
-    """Every value an int (not a bool) in ``low..high``."""
-    if not set(map(type, values)) <= _INT_ONLY:
-        return False
-    return not values or (low <= min(values) and max(values) <= high)  # type: ignore[type-var,operator]
-
-
-def _strings_in(values: list[object], high: int) -> bool:
-    """Every value bytes of 1..``high`` bytes without NUL."""
-    if not set(map(type, values)) <= _BYTES_ONLY:
-        return False
-    lengths = list(map(len, values))  # type: ignore[arg-type]
-    return not values or (
-        min(lengths) > 0
-        and max(lengths) <= high
-        and not any(map(bytes.__contains__, values, repeat(b"\0")))  # type: ignore[arg-type]
-    )
-
-
-def _inodes_ok(inodes: list[Inode], limits: Limits) -> bool:
-    """True only if :func:`_inode_problem` finds nothing in any of ``inodes``.
-
-    It repeats those checks for inodes without content, digest or xattrs:
-    a rule added there for such inodes must be added here too (a test
-    compares the two on hostile inodes).
-
-    The same checks over whole columns, with C-speed maps; inodes with inline
-    content, an fs-verity digest or xattrs are checked one by one.  False
-    may also mean "not sure" (say, a float 0 where an int 0 is fine): then
-    the caller checks each inode on its own.
-    """
-    plain = list(
-        map(
-            and_,
-            map(and_, map(is_, map(_CONTENTS, inodes), repeat(None)),
-                map(is_, map(_DIGESTS, inodes), repeat(None))),
-            map(is_, map(_XATTRS, inodes), repeat(())),
-        )
-    )  # fmt: skip
-    if not all(plain):
-        special = list(compress(inodes, map(not_, plain)))
-        if any(_inode_problem(node, limits) is not None for node in special):
-            return False
-        inodes = list(compress(inodes, plain))
-    del plain
-    modes = list(map(_MODES, inodes))
-    if not _ints_in(modes, 0, S_IFMT | 0o7777) or any(map(_NOT_TYPE_OR_PERMISSION.__and__, modes)):
-        return False
-    ftypes = list(map(S_IFMT.__and__, modes))
-    del modes
-    if not set(ftypes) <= _FILE_TYPES:
-        return False
-    if not (
-        _ints_in(list(map(_NLINKS, inodes)), 0, _U32_MAX)
-        and _ints_in(list(map(_UIDS, inodes)), 0, _U32_MAX)
-        and _ints_in(list(map(_GIDS, inodes)), 0, _U32_MAX)
-        and _ints_in(list(map(_MTIMES, inodes)), _I64_MIN, _I64_MAX)
-        and _ints_in(list(map(_NSECS, inodes)), 0, _NSEC_PER_SEC - 1)
-    ):
-        return False
-    is_reg = list(map(S_IFREG.__eq__, ftypes))
-    sizes = list(map(_SIZES, inodes))
-    if not (
-        set(map(type, sizes)) <= _INT_ONLY
-        and _ints_in(list(compress(sizes, is_reg)), 0, limits.max_file_size)
-        and not any(compress(sizes, map(not_, is_reg)))
-    ):
-        return False
-    del sizes
-    is_device = list(map(_DEVICE_TYPES.__contains__, ftypes))
-    rdevs = list(map(_RDEVS, inodes))
-    if not (
-        set(map(type, rdevs)) <= _INT_ONLY
-        and _ints_in(list(compress(rdevs, is_device)), 0, _U32_MAX)
-        and not any(compress(rdevs, map(not_, is_device)))
-    ):
-        return False
-    del rdevs, is_device
-    payloads = list(map(_PAYLOADS, inodes))
-    has_payload = list(map(is_not, payloads, repeat(None)))
-    if not (
-        all(compress(is_reg, has_payload))
-        and _strings_in(list(compress(payloads, has_payload)), limits.max_path_bytes)
-    ):
-        return False
-    del payloads, has_payload, is_reg
-    targets = list(map(_TARGETS, inodes))
-    is_link = list(map(S_IFLNK.__eq__, ftypes))
-    return _strings_in(list(compress(targets, is_link)), limits.max_symlink_bytes) and all(
-        map(is_, compress(targets, map(not_, is_link)), repeat(None))
-    )
 
 
 _INODE_VALUES = attrgetter(*(field.name for field in fields(Inode)))

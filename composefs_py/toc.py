@@ -628,15 +628,12 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
     if keys is None:
         return None
     walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
-    walker.pending = []
     try:
         seen = walker.typed_entries(entries)
         if seen + 2 + (split is not UNSET) != keys:
             return None
         del document, entries
         walker.close_chain()
-        walker.builder.add_all(walker.pending)
-        walker.pending = None
         return walker.builder.build()
     except (ValidationError, msgspec.DecodeError):
         return None
@@ -787,8 +784,6 @@ class _Walker:
         # The chunk chain of the last regular file: [entry, path, size, covered]
         # where covered is None once a piece ran to the end of the file.
         self.chain: list[Any] | None = None
-        # (path, node, entry) to add in one go (the typed path), else None
-        self.pending: list[tuple[bytes, Node, int | None]] | None = None
 
     # -- document level ----------------------------------------------------
 
@@ -1233,7 +1228,10 @@ class _Walker:
                 index, name, path, path.rfind(b"/"), typ, node, uid, gid, mtime, mtime_nsec
             )
             return
-        self.add(index, name, path, node)
+        try:
+            self.builder.add(path, node, entry=index)
+        except ValidationError as error:
+            raise _located(error, index, name) from None
 
     def path(self, index: int, name: str) -> bytes:
         """The clean absolute path of an entry's ``name``; raise if it is not a valid one."""
@@ -1264,9 +1262,6 @@ class _Walker:
             )
 
     def add(self, index: int, name: str, path: bytes, node: Node) -> None:
-        if self.pending is not None:  # the typed path adds them all at once
-            self.pending.append((path, node, index))
-            return
         try:
             self.builder.add(path, node, entry=index)
         except ValidationError as error:

@@ -37,7 +37,7 @@ import dataclasses
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,13 +59,11 @@ from composefs_py.model import (
     Node,
     Tree,
     TreeBuilder,
-    _inode_problem,
-    _inodes_ok,
     new_inode,
     tree_from_records,
     tree_records,
 )
-from composefs_py.strategies import inodes, trees
+from composefs_py.strategies import inodes
 
 DIR = stat.S_IFDIR | 0o755
 REG = stat.S_IFREG | 0o644
@@ -936,102 +934,3 @@ def test_new_inode_takes_every_field_in_declaration_order() -> None:
     names = [field.name for field in dataclasses.fields(Inode)]
     made = new_inode(*range(len(names)))  # type: ignore[arg-type]
     assert [getattr(made, name) for name in names] == list(range(len(names)))
-
-
-# -- add_all: column-wise inode checks, the same outcome as add() one by one -------------
-
-_FIELDS = [field.name for field in dataclasses.fields(Inode)]
-_ODD: list[object] = (
-    [-1, 0, 1, 0.0, True, False, None, b"", b"\0", b"x", b"a\0b", "x", (), [], bytearray(b"x"),
-     U32_MAX, U32_MAX + 1, I64_MAX + 1, I64_MIN - 1, 999_999_999, 1_000_000_000,
-     stat.S_IFMT(0o177777), REG | 0o7777, 0o200000, DIR, LNK, CHR, BLK, SOCK, FIFO,
-     b"x" * 4096, ((b"user.a", b""),), ((b"user.", b""),)]
-)  # fmt: skip
-_ODD_VALUES = st.sampled_from(_ODD)
-
-
-@st.composite
-def _odd_inodes(draw: st.DrawFn) -> tuple[Inode, bool]:
-    """An inode with up to three fields set to odd values, and whether any was."""
-    inode = draw(inodes())
-    changes = draw(st.dictionaries(st.sampled_from(_FIELDS), _ODD_VALUES, max_size=3))
-    return dataclasses.replace(inode, **changes), bool(changes)
-
-
-_EDGES = {
-    "mode": [-1, 0, 0o7777, REG | 0o7777, DIR, LNK, CHR, BLK, FIFO, SOCK, 0o170000, 0o200000,
-             0o177777],
-    "nlink": [-1, 0, U32_MAX, U32_MAX + 1],
-    "uid": [-1, 0, U32_MAX, U32_MAX + 1],
-    "gid": [-1, 0, U32_MAX, U32_MAX + 1],
-    "mtime": [I64_MIN - 1, I64_MIN, I64_MAX, I64_MAX + 1],
-    "mtime_nsec": [-1, 0, 999_999_999, 1_000_000_000],
-    "size": [-1, 0, 1, Limits().max_file_size, Limits().max_file_size + 1],
-    "rdev": [-1, 0, 1, U32_MAX, U32_MAX + 1],
-    "payload": [None, b"", b"x", b"a\0b", b"x" * Limits().max_path_bytes,
-                b"x" * (Limits().max_path_bytes + 1)],
-    "symlink_target": [None, b"", b"x", b"a\0b", b"x" * Limits().max_symlink_bytes,
-                       b"x" * (Limits().max_symlink_bytes + 1)],
-    "content": [None, b"x"],
-    "fsverity_digest": [None, b"x" * 32],
-    "xattrs": [(), ((b"user.a", b""),), ((b"user.", b""),)],
-}  # fmt: skip
-_BASES = [Inode(REG, size=1, payload=PAYLOAD), Inode(REG), Inode(DIR),
-          Inode(LNK, symlink_target=b"t"), Inode(CHR, rdev=0x103), Inode(BLK), Inode(FIFO),
-          Inode(SOCK)]  # fmt: skip
-
-
-def test_column_checks_agree_with_the_inode_checks_on_every_edge() -> None:
-    for base in _BASES:
-        for field, values in _EDGES.items():
-            for value in [*values, *_ODD]:
-                inode = dataclasses.replace(base, **{field: value})
-                valid = _inode_problem(inode, Limits()) is None
-                ok = _inodes_ok([inode], Limits())
-                assert not ok or valid, inode
-                if value.__class__ in (int, bytes, type(None), tuple):
-                    assert ok == valid, inode
-                # and among others that are fine
-                assert _inodes_ok([base, inode, base], Limits()) == ok
-
-
-@given(st.lists(_odd_inodes(), max_size=8))
-def test_column_checks_pass_exactly_what_the_inode_checks_pass(
-    cases: list[tuple[Inode, bool]],
-) -> None:
-    made = [inode for inode, _odd in cases]
-    valid = all(_inode_problem(inode, Limits()) is None for inode in made)
-    ok = _inodes_ok(made, Limits())
-    assert not ok or valid
-    if not any(odd for _inode, odd in cases):
-        assert ok
-
-
-def _items(tree: Tree) -> list[tuple[bytes, Node, int | None]]:
-    return [(path, node, index) for index, (path, node) in enumerate(tree) if path != ROOT]
-
-
-def _outcome(add: Callable[[TreeBuilder], None]) -> object:
-    builder = TreeBuilder(synthesize_parents=True, duplicates="identical", count_hardlinks=True)
-    try:
-        add(builder)
-        return builder.build()
-    except ValidationError as error:
-        return (str(error), error.entry, error.path, error.field)
-
-
-@given(tree=trees(), odd=st.lists(st.tuples(st.integers(0, 30), _odd_inodes()), max_size=2))
-def test_add_all_gives_what_add_one_by_one_gives(
-    tree: Tree, odd: list[tuple[int, tuple[Inode, bool]]]
-) -> None:
-    items = _items(tree)
-    for at, (inode, _odd) in odd:
-        if items:
-            path, _node, entry = items[at % len(items)]
-            items[at % len(items)] = (path, inode, entry)
-
-    def one_by_one(builder: TreeBuilder) -> None:
-        for path, node, entry in items:
-            builder.add(path, node, entry=entry)
-
-    assert _outcome(lambda builder: builder.add_all(items)) == _outcome(one_by_one)
