@@ -26,8 +26,8 @@ import os
 import stat
 from array import array
 from collections.abc import Sequence
-from itertools import chain, compress, count, repeat
-from operator import attrgetter, is_
+from itertools import compress, count, repeat
+from operator import is_
 from typing import Any
 
 from ._erofs import check_image
@@ -127,11 +127,6 @@ def _check_versions(min_version: int, max_version: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-_INTS = attrgetter("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
-_DATA = attrgetter("payload", "symlink_target")
-_EXTRA = attrgetter("content", "fsverity_digest", "xattrs")
-
-
 def _lengths(pieces: list[bytes | None]) -> tuple[bytes, array[int]]:
     """The byte strings joined, and each one's length (-1 for None)."""
     lens = array("q", [-1 if piece is None else len(piece) for piece in pieces])
@@ -141,9 +136,10 @@ def _lengths(pieces: list[bytes | None]) -> tuple[bytes, array[int]]:
 class _Columns:
     """What ``cfspy_build_tree`` reads (see shim.h), as Python buffers.
 
-    Built column by column with C-speed maps over the nodes; only the nodes
-    that are hardlinks or carry inline content, fs-verity digests or xattrs
-    take a Python loop.
+    Built column by column with comprehensions (attribute loads in Python
+    code beat attrgetter maps on slotted instances) and C-speed joins; only
+    the nodes that carry inline content, fs-verity digests or xattrs take a
+    loop of their own.
     """
 
     __slots__ = ("data", "data_lens", "extra", "extra_lens", "ints", "links", "path_lens",
@@ -162,26 +158,35 @@ class _Columns:
                 nodes[i] = Inode(nodes[target].mode)
         self.links = array("q", links)
         self.ints = array("q")
-        self.ints.fromlist(list(chain.from_iterable(map(_INTS, nodes))))
+        self.ints.fromlist(
+            [value for n in nodes
+             for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
+        )  # fmt: skip
         self.paths = b"".join(order)
         self.path_lens = array("q", map(len, order))
         self.data, self.data_lens = _lengths(
-            [payload if payload is not None else target for payload, target in map(_DATA, nodes)]
+            [n.payload if n.payload is not None else n.symlink_target for n in nodes]
         )
         self.extra = b""
         self.extra_lens: array[int] | None = None
         self.xattr_lens = array("q")
-        extras = list(map(_EXTRA, nodes))
-        found = list(compress(range(len(extras)), map(_NO_EXTRA.__ne__, extras)))
+        found = [
+            i
+            for i, n in enumerate(nodes)
+            if n.content is not None or n.fsverity_digest is not None or n.xattrs
+        ]
         if found:
-            self._extras(extras, found)
+            self._extras(nodes, found)
 
-    def _extras(self, extras: list[tuple[Any, Any, Any]], found: list[int]) -> None:
-        lens = array("q", (-1, 0, 0)) * len(extras)
+    def _extras(self, nodes: list[Inode], found: list[int]) -> None:
+        lens = array("q", (-1, 0, 0)) * len(nodes)
         pieces: list[bytes] = []
         xattr_lens = self.xattr_lens
         for i in found:
-            content, digest, xattrs = extras[i]
+            node = nodes[i]
+            content = node.content
+            digest = node.fsverity_digest
+            xattrs = node.xattrs
             lens[3 * i : 3 * i + 3] = array(
                 "q", (-1 if content is None else len(content), digest is not None, len(xattrs))
             )
@@ -195,9 +200,6 @@ class _Columns:
                 xattr_lens.append(len(value))
         self.extra = b"".join(pieces)
         self.extra_lens = lens
-
-
-_NO_EXTRA = (None, None, ())
 
 
 def _build(tree: Tree) -> Any:
