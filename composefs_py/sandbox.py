@@ -31,18 +31,20 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
 
-Cost (2-core machine, libcomposefs 1.0.8, wall time, python -m benchmarks
---only sandbox): a child costs about 0.1 s (interpreter start, imports,
-lockdown); at 100,000 entries the whole overhead over the native backend is
-1.0-1.3 s: the records in the parent (0.25 s), and in the child the
-TreeBuilder rebuild (0.6 s: Inode construction and the invariant checks, the
-defence in depth) and the digest check.
+Cost (2-core machine, libcomposefs 1.0.8, python -m benchmarks --only
+sandbox): a child costs 0.06-0.1 s (interpreter start, its own imports,
+lockdown).  At 100,000 entries the parent's frames take 0.18-0.22 s of CPU
+and overlap the child's work; the overhead over the native backend is then
+the child's start, its wait for the address-space bound (the parent measures
+the Tree meanwhile), the TreeBuilder rebuild (about 0.3 s of CPU:
+TreeBuilder.add 0.2, build 0.035, Inodes 0.037, marshal 0.026; the defence
+in depth) and the exit and digest check (0.04 s); the child's packing and
+libcomposefs's write cost what they cost the native backend.
 """
 
 from __future__ import annotations
 
 import fcntl
-import gc
 import json
 import marshal
 import os
@@ -550,12 +552,8 @@ def _write_to_file(
     # The child gets its own number (>= 3) for the same open file: writes
     # through it move this offset too.
     child_fd = os.dup(fd)
-    gc_was_enabled = gc.isenabled()
     try:
         argv = _worker_argv("write", limits, None, [*extra, f"--fd={child_fd}"])
-        # The frames are made while the child runs; they hold no cycles, and
-        # a collection would walk the whole Tree for nothing.
-        gc.disable()
         try:
             outcome = _run_child(
                 argv,
@@ -578,8 +576,6 @@ def _write_to_file(
             raise
     finally:
         os.close(child_fd)
-        if gc_was_enabled:
-            gc.enable()
     return actual
 
 
