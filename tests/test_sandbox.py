@@ -357,6 +357,22 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
     assert path.read_bytes() == expected
 
 
+def test_frame_columns_follow_the_inode_fields() -> None:
+    import marshal
+
+    tree = small_tree()
+    frame = next(iter(sandbox._Records(tree).frames()))
+    paths, columns, links = marshal.loads(frame[FRAME_HEADER.size :])
+    assert paths == tree.paths
+    nodes = [tree[path] for path in paths]
+    inodes = [node for node in nodes if isinstance(node, Inode)]
+    for name, column in zip(sandbox._INODE_FIELDS, columns, strict=True):
+        assert column == [getattr(inode, name) for inode in inodes], name
+    assert links == tuple(
+        (i, node.target) for i, node in enumerate(nodes) if isinstance(node, Hardlink)
+    )
+
+
 def test_records_size_bound_covers_the_frames() -> None:
     for tree in (small_tree(), synthetic_tree(3000)):
         records = sandbox._Records(tree)
