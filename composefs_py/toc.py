@@ -52,7 +52,7 @@ import gc
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, cast
 
 import msgspec
@@ -591,6 +591,10 @@ def _key_count(raw: bytes) -> int | None:
     return raw.count(b'":') - escaped
 
 
+def _raise(error: ValidationError) -> None:
+    raise error
+
+
 def _as_dict(entry: _Entry) -> dict[str, Any]:
     """``entry`` as the JSON object it came from (its known keys)."""
     return {
@@ -605,8 +609,8 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
     unknown keys, a value the entry checks refuse) gives None, and the
     json-module paths report it as they always do.
     """
-    if limits.max_json_depth < _TYPED_DEPTH or raw.find(_WH_OPAQUE) >= 0:
-        return None  # opaque markers need the pre-pass of the json-module paths
+    if limits.max_json_depth < _TYPED_DEPTH:
+        return None
     if not raw.isascii():
         try:
             raw.decode("utf-8")
@@ -629,11 +633,18 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
         return None
     walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
     try:
+        if walker.whiteouts and raw.find(_WH_OPAQUE) >= 0:
+            decode = _ENTRY_DECODER.decode
+            walker.opaque = _opaque_dirs_named(
+                (decode(piece).name for piece in entries if bytes(piece).find(_WH_OPAQUE) >= 0),
+                limits,
+            )
         seen = walker.typed_entries(entries)
         if seen + 2 + (split is not UNSET) != keys:
             return None
         del document, entries
         walker.close_chain()
+        walker.add_opaque_dirs(_raise)
         return walker.builder.build()
     except (ValidationError, msgspec.DecodeError):
         return None
@@ -685,11 +696,15 @@ def _located(error: ValidationError, index: int | None, name: object) -> Validat
 
 def _opaque_dirs(entries: list[Any], limits: Limits) -> set[bytes]:
     """Directories that hold a ``.wh..wh..opq`` marker (pre-pass; errors wait)."""
+    return _opaque_dirs_named(
+        (entry.get("name") for entry in entries if entry.__class__ is dict), limits
+    )
+
+
+def _opaque_dirs_named(names: Iterable[object], limits: Limits) -> set[bytes]:
+    """:func:`_opaque_dirs` from the entries' names."""
     found: set[bytes] = set()
-    for entry in entries:
-        if entry.__class__ is not dict:
-            continue
-        name = entry.get("name")
+    for name in names:
         if name.__class__ is not str or ".wh..wh..opq" not in name:
             continue
         try:
@@ -828,18 +843,7 @@ class _Walker:
         except ValidationError as error:
             add_problem(error)
         builder = self.builder
-        for directory in sorted(self.opaque - self.opaque_done):
-            # No directory entry of its own: the marker makes (or marks) it.
-            try:
-                builder.add(directory, Inode(mode=_S_IFDIR | 0o755, xattrs=(_OPAQUE_XATTR,)))
-            except ValidationError as error:
-                add_problem(
-                    ValidationError(
-                        "holds a .wh..wh..opq marker but cannot be made opaque: " + error.reason,
-                        path=directory,
-                        field="name",
-                    )
-                )
+        self.add_opaque_dirs(add_problem)
         problems.raise_if_any()
         try:
             return builder.build()
@@ -852,6 +856,21 @@ class _Walker:
             add_problem(_located(error, None, name))
             problems.raise_if_any()
             raise  # pragma: no cover - raise_if_any raised
+
+    def add_opaque_dirs(self, add_problem: Callable[[ValidationError], None]) -> None:
+        """Make the directories that hold an opaque marker but have no entry of their own."""
+        for directory in sorted(self.opaque - self.opaque_done):
+            # No directory entry of its own: the marker makes (or marks) it.
+            try:
+                self.builder.add(directory, Inode(mode=_S_IFDIR | 0o755, xattrs=(_OPAQUE_XATTR,)))
+            except ValidationError as error:
+                add_problem(
+                    ValidationError(
+                        "holds a .wh..wh..opq marker but cannot be made opaque: " + error.reason,
+                        path=directory,
+                        field="name",
+                    )
+                )
 
     # -- one entry -------------------------------------------------------------
 

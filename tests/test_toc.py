@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from benchmarks.generate import toc_json
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
 from composefs_py import toc as toc_module
-from composefs_py.strategies import hostile_toc_cases, toc_cases
+from composefs_py.strategies import hostile_toc_cases, real_toc_paths, toc_cases
 from composefs_py.toc import parse_toc
 from composefs_py.writer import available_backends, write_image
 
@@ -1453,6 +1453,19 @@ def test_typed_path_takes_a_realistic_toc_and_gives_the_reference_tree() -> None
     assert fast is not None
     assert fast == _reference(raw)
     assert fast == parse_toc(raw)
+
+
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+def test_typed_path_takes_the_real_tocs_opaque_markers_and_all(compat: str | None) -> None:
+    paths = real_toc_paths()
+    if not paths:
+        pytest.skip("no real TOCs (shared testdata) here")
+    for path in paths:
+        raw = path.read_bytes()
+        assert b".wh..wh..opq" in raw
+        fast = _fast(raw, compat)
+        assert fast is not None, path.name
+        assert fast == _reference(raw, compat), path.name
 
 
 @given(case=toc_cases(max_entries=24), compat=st.sampled_from([None, "containers-storage"]))
