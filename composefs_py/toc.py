@@ -58,6 +58,7 @@ from typing import Annotated, Any, cast
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ._acl import ACL_XATTR_NAMES, posix_acl_problem
 from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
@@ -1507,6 +1508,11 @@ class _Walker:
                     "xattrs",
                     f"value of {_show(key)} is longer than {limits.max_xattr_value_bytes} bytes",
                 )
+            if key_bytes in ACL_XATTR_NAMES:
+                problem = posix_acl_problem(raw)
+                if problem is not None:
+                    # the kernel would refuse to show it: the file's ACL unreadable
+                    raise self.fail(index, name, "xattrs", f"value of {_show(key)}: {problem}")
             pairs.append((key_bytes, raw))
         pairs.sort()
         result = tuple(pairs)

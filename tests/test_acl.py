@@ -8,7 +8,9 @@ the check rejects as unreadable.
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import os
 import stat
 import struct
@@ -20,7 +22,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from composefs_py import Inode, TreeBuilder, mount, unmount, write_image
+from composefs_py import (
+    Inode,
+    TreeBuilder,
+    ValidationError,
+    mount,
+    parse_dumpfile,
+    parse_toc,
+    unmount,
+    write_image,
+)
 from composefs_py._acl import ACL_XATTR_NAMES, posix_acl_problem
 from composefs_py.model import ROOT
 
@@ -211,3 +222,40 @@ def test_a_mounted_image_shows_exactly_the_values_the_check_passes(
                 assert shown is None
     finally:
         unmount(mnt)
+
+
+# ---------------------------------------------------------------------------
+# the TOC validator applies the check
+# ---------------------------------------------------------------------------
+
+
+def _toc(value: bytes) -> bytes:
+    entry = {
+        "type": "dir",
+        "name": "d",
+        "mode": 0o755,
+        "xattrs": {ACCESS: base64.b64encode(value).decode()},
+    }
+    return json.dumps({"version": 1, "entries": [entry]}).encode()
+
+
+@pytest.mark.parametrize("value", [b"", b"x", MINIMAL[:-1], acl((3, 6, 0))])
+def test_parse_toc_rejects_a_malformed_acl_naming_entry_and_field(value: bytes) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_toc(_toc(value))
+    error = info.value
+    assert (error.entry, error.field) == (0, "xattrs")
+    problem = posix_acl_problem(value)
+    assert problem is not None
+    assert ACCESS in str(error) and problem in str(error)
+
+
+def test_parse_toc_keeps_a_well_formed_acl() -> None:
+    tree = parse_toc(_toc(FULL))
+    assert dict(tree.inode(b"/d").xattrs)[ACCESS.encode()] == FULL
+
+
+def test_parse_dumpfile_keeps_any_acl_value_as_mkcomposefs_does() -> None:
+    # upstream's honggfuzz-bigfile-with-acl asset carries "x" on purpose
+    tree = parse_dumpfile(b"/ 0 40755 1 0 0 0 0.0 - - - system.posix_acl_default=x\n")
+    assert dict(tree.root.xattrs)[b"system.posix_acl_default"] == b"x"
