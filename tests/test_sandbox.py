@@ -336,14 +336,16 @@ def test_writer_sandbox_backend_publishes_the_same_image(tmp_path: Path) -> None
 
 
 def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) -> None:
+    import marshal
+
     # 20,000 entries take several frames of growing size, and hardlinks
     # land inside and at the edges of frames.
     builder = TreeBuilder()
     builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
     builder.add(b"/d", Inode(stat.S_IFDIR | 0o755))
-    builder.add(b"/d/f00000", Inode(stat.S_IFREG | 0o644, nlink=5, size=1, payload=PAYLOAD))
+    builder.add(b"/d/f00000", Inode(stat.S_IFREG | 0o644, nlink=7, size=1, payload=PAYLOAD))
     for i in range(1, 20_000):
-        node = Hardlink(b"/d/f00000") if i % 4999 == 0 or i == 255 else Inode(
+        node = Hardlink(b"/d/f00000") if i % 4999 == 0 or i in (253, 254) else Inode(
             stat.S_IFREG | 0o600, size=i, mtime=i, payload=b"%02x/%062x" % (i % 256, i),
             xattrs=((b"user.n", b"%d" % i),) if i % 7 == 0 else (),
         )  # fmt: skip
@@ -351,6 +353,8 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
     tree = builder.build()
     frames = list(sandbox._Records(tree).frames())
     assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
+    first, second = (marshal.loads(frame[FRAME_HEADER.size :]) for frame in frames[:2])
+    assert len(first[0]) == 256 and first[2][-1][0] == 255 and second[2][0][0] == 0
     expected, expected_digest = native_image(tree, tmp_path)
     fd, path = out
     assert write_image_sandboxed(tree, fd) == expected_digest
