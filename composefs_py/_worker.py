@@ -1,12 +1,13 @@
 """The sandboxed child: locks itself down, then writes or reads one image.
 
-Started by :mod:`composefs_py.sandbox` as ``python -I -c <bootstrap>`` with
-an empty environment, cwd ``/``, its own session, stdin/stdout/stderr pipes
-and (when writing) one inherited output fd.  Everything it will ever import
-is imported first; then (after reading only its address-space limit when the
-argv says ``--address-space=stdin``: the parent's number, sent first so the
-child can start before the parent has measured the Tree), before reading a
-single byte of input, it locks itself down in this order:
+Started by :mod:`composefs_py.sandbox` as ``python -I -S -c <bootstrap>``
+with an empty environment, cwd ``/``, its own session, stdin/stdout/stderr
+pipes and (when writing) one inherited output fd.  Everything it will ever
+import is imported first (what only some runs use: :func:`_import_for`);
+then (after reading only its address-space limit when the argv says
+``--address-space=stdin``: the parent's number, sent first so the child can
+start before the parent has measured the Tree), before reading a single byte
+of input, it locks itself down in this order:
 
 1. rlimits: address space, CPU seconds, file size (the largest image),
    open files, no core dumps;
@@ -52,11 +53,9 @@ import ctypes
 import gc
 import json
 import marshal
-import mmap
 import os
 import resource
 import signal
-import socket
 import stat
 import struct
 import sys
@@ -65,7 +64,6 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from . import _lockdown
-from .dumpfile import dump_bytes
 from .errors import ValidationError
 from .model import Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
 
@@ -366,6 +364,8 @@ def _fault(name: str, out_fd: int) -> None:
             f.read()
         raise RuntimeError("fault open: /etc/passwd was readable")
     elif name == "socket":
+        import socket  # loaded before the lockdown (_import_for)
+
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect(("127.0.0.1", 22))
@@ -382,6 +382,8 @@ def _fault(name: str, out_fd: int) -> None:
         os.lseek(out_fd, 0, os.SEEK_SET)
         os.write(out_fd, b"overwritten")
     elif name == "mmap":
+        import mmap  # loaded before the lockdown (_import_for)
+
         os.write(out_fd, bytes(mmap.PAGESIZE))
         with mmap.mmap(out_fd, mmap.PAGESIZE, offset=0) as mapping:
             mapping[:11] = b"overwritten"
@@ -427,6 +429,8 @@ def _run(args: argparse.Namespace) -> int:
             raise RuntimeError("the compiled module is unavailable: cannot read images")
         tree = _native.read_image(_read_stdin())
         _emit({"lockdown": report})
+        from .dumpfile import dump_bytes  # loaded before the lockdown (_import_for)
+
         text = dump_bytes(tree)
         view = memoryview(text)
         while view:
@@ -448,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _exec_mkcomposefs(args: argparse.Namespace, tree: Tree, report: dict[str, Any]) -> NoReturn:
+    from .dumpfile import dump_bytes  # loaded before the lockdown (_import_for)
+
     text = dump_bytes(tree)
     memfd = os.memfd_create("composefs-py-dump", os.MFD_CLOEXEC)
     view = memoryview(text)
@@ -488,8 +494,21 @@ def _current_rlimits() -> dict[str, list[int]]:
     }
 
 
+def _import_for(args: argparse.Namespace) -> None:
+    """Import what only some runs use, now: after the lockdown no file opens.
+
+    Every child pays for each import it makes; most write natively and need
+    neither the dumpfile module nor the faults' modules.
+    """
+    if args.mode == "read" or (args.mode == "write" and args.engine == "mkcomposefs"):
+        __import__(f"{__package__}.dumpfile")
+    if args.fault in ("socket", "mmap"):
+        __import__(args.fault)
+
+
 def main(argv: list[str]) -> NoReturn:
     args = _parser().parse_args(argv)
+    _import_for(args)
     # Default action for a file-size limit hit: die by SIGXFSZ (Python
     # ignores it, which would turn the hit into a write error).
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
