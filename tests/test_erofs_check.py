@@ -446,3 +446,23 @@ def test_loader_bug_the_check_stops_is_real_under_asan(case: str, tmp_path: Path
     returncode, report = _harness(path, {**env, "CFSPY_FUZZ_UNCHECKED": "1"})
     assert returncode != 0 and "ERROR: AddressSanitizer" in report, report[-3000:]
     assert LOADER_BUGS[case] in report, report[-3000:]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["whiteout entered twice", "shared xattr index past the end", "dirent table past the block"],
+)
+def test_sandboxed_read_image_refuses_with_the_same_field(case: str) -> None:
+    from composefs_py.writer import available_backends
+
+    if "sandbox" not in available_backends():
+        pytest.skip("the sandbox backend is not available")
+    patch, field = HOSTILE[case]
+    img = Image(_base_image())
+    patch(img)
+    # The child runs the check too, before its libcomposefs reads a byte.
+    # (The parent rebuilds the error from the child's message: the text
+    # names the field, the attributes are not carried over.)
+    with pytest.raises(ValidationError) as err:
+        read_image(bytes(img.data), sandbox=True)
+    assert f"{field}: not a valid composefs image" in str(err.value)
