@@ -34,6 +34,7 @@ __all__ = [
     "drop_capabilities",
     "enter_empty_root",
     "landlock_abi",
+    "raise_stack_limit",
     "set_no_new_privs",
     "set_rlimits",
     "unshare_namespaces",
@@ -102,6 +103,31 @@ def set_rlimits(limits: Rlimits) -> None:
     lower(resource.RLIMIT_FSIZE, limits.file_size, limits.file_size)
     lower(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)
     lower(resource.RLIMIT_AS, limits.address_space, limits.address_space)
+
+
+#: The stack the child's main thread may grow to: as much as the in-process
+#: image reader's thread gets (composefs_py.writer._READER_STACK).
+#: libcomposefs's loader recurses once per directory level, and the 2048
+#: levels the model allows overflow the default 8 MiB near level 950.
+CHILD_STACK = 64 << 20
+
+
+def raise_stack_limit(size: int = CHILD_STACK) -> int:
+    """Raise RLIMIT_STACK's soft limit to ``size`` (at most the hard limit); return it.
+
+    The kernel checks the limit each time the main thread's stack grows, so
+    raising it in a running process takes effect at once (no thread, no
+    clone(), which the seccomp allowlist does not grant).  Room is there:
+    at exec the kernel placed the mmap area at least 128 MiB below the
+    stack.  Address space the stack uses counts against RLIMIT_AS as before.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if hard != resource.RLIM_INFINITY:
+        size = min(size, hard)
+    if soft == resource.RLIM_INFINITY or soft >= size:
+        return soft
+    resource.setrlimit(resource.RLIMIT_STACK, (size, hard))
+    return size
 
 
 # ---------------------------------------------------------------------------

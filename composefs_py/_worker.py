@@ -10,7 +10,9 @@ start before the parent has measured the Tree), before reading a single byte
 of input, it locks itself down in this order:
 
 1. rlimits: address space, CPU seconds, file size (the largest image),
-   open files, no core dumps;
+   open files, no core dumps; the stack limit goes *up* to 64 MiB
+   (:data:`~composefs_py._lockdown.CHILD_STACK`: libcomposefs's image
+   loader recurses per directory level, as deep as the model allows);
 2. ``PR_SET_NO_NEW_PRIVS`` (and not dumpable);
 3. new user, network, IPC and mount namespaces, where the kernel allows;
    in its own mount namespace the root becomes an empty read-only tmpfs;
@@ -192,6 +194,7 @@ def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -
         probe["parent_namespaces"] = _namespace_ids()
 
     _lockdown.die_with_parent(args.parent_pid)
+    report["stack"] = _lockdown.raise_stack_limit()
     _lockdown.set_rlimits(
         _lockdown.Rlimits(
             address_space=args.address_space,
@@ -490,7 +493,7 @@ def _execv(path: str, argv: list[str]) -> NoReturn:
 def _current_rlimits() -> dict[str, list[int]]:
     return {
         name: list(resource.getrlimit(getattr(resource, f"RLIMIT_{name}")))
-        for name in ("AS", "CPU", "FSIZE", "NOFILE", "CORE")
+        for name in ("AS", "CPU", "FSIZE", "NOFILE", "CORE", "STACK")
     }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from composefs_py import _lockdown, sandbox
+from composefs_py import _lockdown, read_image, sandbox, write_image
 from composefs_py._worker import FRAME_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
@@ -632,6 +632,37 @@ def test_read_image_sandboxed_round_trips_a_tree(tmp_path: Path) -> None:
     image, _ = native_image(tree, tmp_path)
     got = read_image_sandboxed(image)
     assert dump_bytes(got) == dump_bytes(_native.read_image(image))
+
+
+def _chain(depth: int) -> Tree:
+    """Directories ``depth`` levels deep, a file at the bottom."""
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
+    path = b""
+    for _ in range(depth):
+        path += b"/d"
+        builder.add(path, Inode(stat.S_IFDIR | 0o755))
+    builder.add(path + b"/f", Inode(stat.S_IFREG | 0o644, size=3, content=b"abc"))
+    return builder.build()
+
+
+def test_the_deepest_valid_tree_round_trips_through_the_sandbox(tmp_path: Path) -> None:
+    # 2046 levels plus a file fill a 4095-byte path.  libcomposefs's loader
+    # recurses per level: on the default 8 MiB stack the child died near
+    # level 980 (SIGSEGV); it raises RLIMIT_STACK before the lockdown.
+    tree = _chain(2046)
+    out = tmp_path / "deep.cfs"
+    digest = write_image(tree, out, backend="sandbox")
+    image = out.read_bytes()
+    assert digest == fsverity_digest(image)
+    assert image == native_image(tree, tmp_path)[0]
+    assert dump_bytes(read_image(image, sandbox=True)) == dump_bytes(tree)
+    assert_child_gone()
+
+
+def test_child_raises_its_stack_limit_before_the_lockdown(probe: dict[str, Any]) -> None:
+    assert probe["lockdown"]["stack"] in (_lockdown.CHILD_STACK, -1)
+    assert probe["probe"]["rlimits"]["STACK"][0] in (_lockdown.CHILD_STACK, -1)
 
 
 def _outcome(read: Callable[[bytes], Tree], data: bytes) -> tuple[str, str]:
