@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ValidationError
 from .limits import Limits
@@ -136,6 +136,7 @@ _NOT_STORED = frozenset(
     }
 )
 _ESCAPED_WHITEOUT = b"trusted.overlay.overlay.whiteout"
+_REDIRECT = b"trusted.overlay.redirect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,15 @@ class ImageSummary:
     entries: int
     #: Deepest directory below the root (the root is 0).
     depth: int
+    #: Path -> payload, for every path of a regular file whose payload the
+    #: loader misreads (the redirect over-read: up to 2 bytes that follow
+    #: the value end up in the payload); the image's payload is this one.
+    payloads: dict[bytes, bytes] = field(default_factory=dict)
+    #: Path -> xattr name, for every path of an inode whose last inline xattr
+    #: the loader drops (it reads entries while ``entry + 4 < end``: a last
+    #: entry of 4 bytes, a name stored as a prefix alone with an empty value,
+    #: is never read); the image holds that name with an empty value.
+    dropped_xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class _Bad(Exception):
@@ -189,6 +199,12 @@ class _Checker:
         "directories",
         "entries",
         "depth",
+        "misread",
+        "payloads",
+        "redirect_at",
+        "dropped_at",
+        "dropped",
+        "dropped_xattrs",
     )
 
     def __init__(self, data: bytes, max_depth: int) -> None:
@@ -204,6 +220,17 @@ class _Checker:
         self.directories = 0
         self.entries = 0
         self.depth = 0
+        # nid -> the payload of a regular file whose redirect the loader
+        # over-reads; path -> that payload, for each path of such a file.
+        self.misread: dict[int, bytes] = {}
+        self.payloads: dict[bytes, bytes] = {}
+        # Where the inode being checked keeps its overlay redirect, or -1.
+        self.redirect_at = -1
+        # The xattr the loader drops from the inode being checked, or b"";
+        # nid -> that name; path -> that name for each path of such an inode.
+        self.dropped_at = b""
+        self.dropped: dict[int, bytes] = {}
+        self.dropped_xattrs: dict[bytes, bytes] = {}
 
     # -- superblock --------------------------------------------------------
 
@@ -273,10 +300,19 @@ class _Checker:
         """
         off = self.meta_start + (nid << _SLOT_BITS)
         try:
-            return self._inode(off)
+            info = self._inode(off)
         except _Bad as bad:
             path = _join(parent, name) if name else parent
             raise _fail(f"inode {nid} at byte {off}{bad.args[0]}", bad.args[1], path) from None
+        if self.redirect_at >= 0:
+            payload = self.misread_payload(self.redirect_at)
+            if payload is not None:
+                self.misread[nid] = payload
+            self.redirect_at = -1
+        if self.dropped_at:
+            self.dropped[nid] = self.dropped_at
+            self.dropped_at = b""
+        return info
 
     def _inode(self, off: int) -> tuple[int, int, int, int, int]:
         data = self.data
@@ -371,6 +407,10 @@ class _Checker:
             if name in seen:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
+            if regular and name == _REDIRECT:
+                self.redirect_at = pos
+            elif value_end == pos + 4 == end and cost_other:
+                self.dropped_at = name
             space += cost_regular if regular else cost_other
             pos = (value_end + 3) & ~3
         if pos != end:
@@ -387,6 +427,8 @@ class _Checker:
             if name in seen:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
+            if regular and name == _REDIRECT:
+                self.redirect_at = self.xattr_start + idx * 4
             space += cost_regular if regular else cost_other
         # lcfs_node_set_xattr_internal's accounting of what it stores.
         if space > _XATTR_SPACE_MAX:
@@ -432,6 +474,21 @@ class _Checker:
         # An escaped whiteout turns a regular file into a whiteout instead.
         return name, value_end, 0 if name == _ESCAPED_WHITEOUT else cost, cost
 
+    def misread_payload(self, pos: int) -> bytes | None:
+        """The payload of the redirect entry at ``pos``, if the loader misreads it.
+
+        lcfs_build_node_erofs_xattr copies a value ``/PAYLOAD`` of n bytes
+        with ``strndup(value + 1, n + 1)``: the 2 bytes after the value come
+        along unless a NUL stops the copy first.
+        """
+        data = self.data
+        name_len, _index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
+        start = pos + 4 + name_len
+        end = start + value_size
+        if value_size <= 1 or data[start] != 0x2F or data[end : end + 1] in (b"", b"\0"):
+            return None
+        return data[start + 1 : end]
+
     # -- directories -------------------------------------------------------
 
     def walk(self, root_nid: int) -> None:
@@ -439,6 +496,8 @@ class _Checker:
         if root[0] != stat.S_IFDIR:
             raise _fail(f"root inode {root_nid} is not a directory", "superblock.root_nid")
         self.inodes[root_nid] = stat.S_IFDIR
+        if root_nid in self.dropped:
+            self.dropped_xattrs[b"/"] = self.dropped[root_nid]
         stack = [(root_nid, root_nid, 0, b"/", root)]
         while stack:
             nid, parent, depth, path, info = stack.pop()
@@ -514,6 +573,10 @@ class _Checker:
                     self.inodes[child] = kind
                     if kind == stat.S_IFDIR:
                         subdirs.append((child, name, child_info))
+                if kind == stat.S_IFREG and child in self.misread:
+                    self.payloads[_join(path, name)] = self.misread[child]
+                if child in self.dropped:
+                    self.dropped_xattrs[_join(path, name)] = self.dropped[child]
                 want_type = _FILE_TYPES[stat.S_IFCHR if kind == -1 else kind]
                 if ftype != want_type:
                     raise _fail(
@@ -587,4 +650,6 @@ def check_image(
         directories=checker.directories,
         entries=checker.entries,
         depth=checker.depth,
+        payloads=checker.payloads,
+        dropped_xattrs=checker.dropped_xattrs,
     )

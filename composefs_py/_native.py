@@ -20,6 +20,7 @@ and raises :class:`~composefs_py.errors.LibraryError` naming the call.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno as _errno
 import os
@@ -408,7 +409,11 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
     # A bytes object: the loader reads up to 2 bytes past an overlay
     # redirect value at the very end, and CPython ends bytes with a NUL.
     data = data if isinstance(data, bytes) else bytes(data)
-    check_image(data)
+    # The check also finds what libcomposefs 1.0.8's loader misreads: a
+    # payload with the 2 bytes after its redirect value appended, a last
+    # inline xattr of 4 bytes dropped.  Those come from the check instead.
+    summary = check_image(data)
+    misread, dropped = summary.payloads, summary.dropped_xattrs
     buf = ffi.from_buffer("uint8_t[]", data)
     root = lib.lcfs_load_node_from_image(buf, len(buf))
     if root == ffi.NULL:
@@ -445,7 +450,13 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
                     )
                 builder.add(path, Hardlink(target_path), entry=index)
             else:
-                builder.add(path, _read_inode(cnode), entry=index)
+                inode = _read_inode(cnode)
+                if misread and path in misread:
+                    inode = dataclasses.replace(inode, payload=misread[path])
+                if dropped and path in dropped and dropped[path] not in dict(inode.xattrs):
+                    xattrs = tuple(sorted((*inode.xattrs, (dropped[path], b""))))
+                    inode = dataclasses.replace(inode, xattrs=xattrs)
+                builder.add(path, inode, entry=index)
         return builder.build()
     finally:
         lib.lcfs_node_unref(root)

@@ -77,8 +77,6 @@ def fuzz_env(python: str, *, sanitize: bool) -> tuple[dict[str, str], bool]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
-    # Reported, unfixed bugs are not re-found on every run (fuzz/targets.py).
-    env.setdefault("CFSPY_FUZZ_IGNORE_KNOWN", "1")
     atheris = _atheris_dir(python)
     if atheris is None:
         raise SystemExit("atheris is not installed: run `make fuzz-deps` (scripts/build-asan.sh)")
