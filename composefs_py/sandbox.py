@@ -524,11 +524,13 @@ class _Records:
                 total += len(name) + len(value) + _RECORD_OVERHEAD // 8
         return total
 
-    def frames(self) -> Iterator[bytes]:
+    def frames(
+        self, first_entries: int = _FIRST_FRAME_ENTRIES, most_entries: int = _LAST_FRAME_ENTRIES
+    ) -> Iterator[bytes]:
         paths, links, targets, inodes = self.paths, self.links, self.targets, self.inodes
         frame_header = FRAME_HEADER.pack
         start = first = link = 0
-        step = _FIRST_FRAME_ENTRIES
+        step = first_entries
         while start < len(paths):
             end = min(start + step, len(paths))
             frame_links = []
@@ -555,7 +557,7 @@ class _Records:
             data = marshal.dumps((paths[start:end], columns, tuple(frame_links)), _MARSHAL_VERSION)
             yield frame_header(len(data)) + data
             start, first = end, last
-            step = min(2 * step, _LAST_FRAME_ENTRIES)
+            step = min(2 * step, most_entries)
         yield frame_header(0)
 
 
