@@ -68,6 +68,7 @@ import sys
 import traceback
 from array import array
 from dataclasses import MISSING, fields
+from itertools import count, repeat
 from operator import is_
 from typing import Any, NoReturn, cast
 
@@ -359,17 +360,18 @@ class _Records:
         first = len(self.paths)
         paths, nodes, columns, links = _frame_nodes(frame, first)
         add = self.builder.add
-        index = first
-        for path, node in zip(paths, nodes, strict=True):
-            if path.__class__ is not bytes:
-                raise ValidationError("the path must be bytes", entry=index, field="path")
+        good = len(paths)  # the entries before the first path that is not bytes
+        if not all(map(is_, map(type, paths), repeat(bytes))):
+            good = next(i for i, path in enumerate(paths) if path.__class__ is not bytes)
+        for path, node, index in zip(cast("tuple[bytes, ...]", paths[:good]), nodes, count(first)):
             add(path, node, entry=index)
-            index += 1
+        if good < len(paths):
+            raise ValidationError("the path must be bytes", entry=first + good, field="path")
         for position, _ in links:  # as _frame_nodes inserts the Hardlinks
             for column, default in zip(columns, _LINK_ROW, strict=True):
                 column.insert(position, default)
             self.links.append(first + position)
-        self.paths += cast("tuple[bytes, ...]", paths)  # each checked above
+        self.paths += cast("tuple[bytes, ...]", paths)  # checked above
         self.nodes += nodes
         for values, column in zip(self.values, columns, strict=True):
             values += column

@@ -378,10 +378,15 @@ def test_frame_columns_follow_the_inode_fields() -> None:
 
 
 def test_records_size_bound_covers_the_frames() -> None:
-    for tree in (small_tree(), synthetic_tree(3000)):
-        records = sandbox._Records(tree)
-        made = sum(map(len, records.frames()))
-        assert made <= records.size_bound() < 4 * made
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
+    target = b"/" + b"t" * 255
+    builder.add(target, Inode(stat.S_IFREG | 0o644))
+    for i in range(200):  # hardlinks whose targets outweigh their paths
+        builder.add(b"/%d" % i, Hardlink(target))
+    for tree in (small_tree(), synthetic_tree(3000), builder.build()):
+        made = sum(map(len, sandbox._Records(tree).frames()))
+        assert made <= sandbox._size_bound(tree) < 4 * made
 
 
 def _frame(paths: list[Any], inodes: list[Any], links: tuple[Any, ...] = ()) -> bytes:
@@ -561,7 +566,7 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
     made = sum(map(len, sandbox._Records(tree).frames()))
     limit = record["lockdown"]["address_space"]
     assert (512 << 20) + 32 * made <= limit < (512 << 20) + 32 * 4 * made
-    assert limit == SandboxLimits().address_space_for(sandbox._Records(tree).size_bound())
+    assert limit == SandboxLimits().address_space_for(sandbox._size_bound(tree))
     assert path.read_bytes() == native_image(tree, path.parent)[0]
 
 

@@ -119,7 +119,7 @@ def hostile_frames(draw: st.DrawFn) -> list[Any]:
         else:
             column[row] = column[draw(st.integers(0, len(column) - 1))]
     elif kind == "path":
-        paths[draw(st.integers(0, len(paths) - 1))] = draw(st.sampled_from(tree.paths))
+        paths[draw(st.integers(0, len(paths) - 1))] = draw(st.sampled_from([*tree.paths, "/", 7]))
     elif kind == "swap":
         i, j = draw(st.integers(0, len(paths) - 1)), draw(st.integers(0, len(paths) - 1))
         paths[i], paths[j] = paths[j], paths[i]
