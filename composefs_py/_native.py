@@ -27,7 +27,7 @@ import os
 import stat
 from array import array
 from collections.abc import Sequence
-from itertools import chain, compress, count, repeat
+from itertools import compress, count, repeat
 from operator import is_
 from typing import Any
 
@@ -56,9 +56,7 @@ __all__ = [
     "image_version",
     "measure_fsverity",
     "mount_image",
-    "columns",
     "read_image",
-    "write_columns",
     "write_tree",
 ]
 
@@ -181,51 +179,7 @@ class _Columns:
         if found:
             self._extras(nodes, found)
 
-    @classmethod
-    def from_fields(
-        cls,
-        paths: Sequence[bytes],
-        values: Sequence[list[Any]],
-        links: array[int],
-        nodes: Sequence[Any],
-    ) -> _Columns:
-        """The columns of nodes given field by field, without an Inode's attribute loads.
-
-        ``values`` holds a list per Inode field (declaration order) with a
-        row for every node; a hardlink's row is its target's mode and the
-        defaults of the other fields (``links``: (node, target) index
-        pairs, ascending).  ``nodes[i]`` is read only where a row carries
-        inline content, a digest or xattrs: the Inode of those values.
-        The sandboxed child packs what it checked this way.
-        """
-        self = cls.__new__(cls)
-        mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = values[:8]
-        payloads, targets, contents, digests, xattrs = values[8:]
-        self.links = links
-        rows = zip(mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev, strict=True)
-        self.ints = array("q", chain.from_iterable(rows))
-        self.paths = b"".join(paths)
-        self.path_lens = array("q", map(len, paths))
-        self.data, self.data_lens = _lengths(
-            [
-                target if payload is None else payload
-                for payload, target in zip(payloads, targets, strict=True)
-            ]
-        )
-        self.extra = b""
-        self.extra_lens = None
-        self.xattr_lens = array("q")
-        extras = zip(contents, digests, xattrs, strict=True)
-        found = [
-            i
-            for i, (content, digest, pairs) in enumerate(extras)
-            if content is not None or digest is not None or pairs
-        ]
-        if found:
-            self._extras(nodes, found)
-        return self
-
-    def _extras(self, nodes: Sequence[Inode], found: list[int]) -> None:
+    def _extras(self, nodes: list[Inode], found: list[int]) -> None:
         lens = array("q", (-1, 0, 0)) * len(nodes)
         pieces: list[bytes] = []
         xattr_lens = self.xattr_lens
@@ -249,27 +203,14 @@ class _Columns:
         self.extra_lens = lens
 
 
-def columns(tree: Tree) -> _Columns:
-    """``tree`` packed as :func:`write_columns` takes it (cfspy_build_tree's columns)."""
-    return _Columns(tree)
-
-
-def _build(columns: _Columns) -> Any:
-    """The C tree of ``columns`` (its root); the caller unrefs it."""
-    count_ = len(columns.path_lens)
-    extra_lens = columns.extra_lens
-    if not (
-        count_ > 0
-        and len(columns.ints) == 8 * count_
-        and len(columns.data_lens) == count_
-        and (extra_lens is None or len(extra_lens) == 3 * count_)
-        and len(columns.links) % 2 == 0
-    ):
-        raise ValueError(f"columns of {count_} nodes with rows of other lengths")
+def _build(tree: Tree) -> Any:
+    """The C tree of ``tree`` (its root); the caller unrefs it."""
+    columns = _Columns(tree)
     failed_index = ffi.new("int64_t *")
     failed_call = ffi.new("const char **")
+    extra_lens = columns.extra_lens
     root = lib.cfspy_build_tree(
-        count_,
+        len(tree),
         ffi.from_buffer("int64_t[]", columns.ints),
         ffi.from_buffer("uint8_t[]", columns.paths),
         len(columns.paths),
@@ -291,9 +232,7 @@ def _build(columns: _Columns) -> Any:
         err = ffi.errno or _errno.EIO
         what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"
         if failed_index[0] >= 0:
-            start = sum(columns.path_lens[: failed_index[0]])
-            raw = columns.paths[start : start + columns.path_lens[failed_index[0]]]
-            path = raw.decode("utf-8", "backslashreplace")
+            path = tree.paths[failed_index[0]].decode("utf-8", "backslashreplace")
             what = f"{what}({path})"
         raise LibraryError(err, f"{what}: {os.strerror(err)}")
     return root
@@ -310,27 +249,7 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     they and the image writer's memory never add up.
     """
     _check_versions(min_version, max_version)
-    root = _build(_Columns(tree))
-    return _write_root(root, fd, min_version, max_version)
-
-
-def write_columns(
-    columns: _Columns, fd: int, *, min_version: int = 0, max_version: int = 1
-) -> bytes:
-    """:func:`write_tree` on packed columns (:func:`columns`, or
-    :meth:`_Columns.from_fields`); return the image's fs-verity digest.
-
-    Trusts them as write_tree trusts its Tree: they must hold a Tree that
-    :class:`~composefs_py.model.TreeBuilder` built or checked (the
-    sandboxed child checks what it packs).  Rows of the wrong lengths raise
-    ValueError.
-    """
-    _check_versions(min_version, max_version)
-    return _write_root(_build(columns), fd, min_version, max_version)
-
-
-def _write_root(root: Any, fd: int, min_version: int, max_version: int) -> bytes:
-    """Write the C tree ``root`` to ``fd``, unref it; return the digest."""
+    root = _build(tree)
     try:
         digest = ffi.new("uint8_t[]", DIGEST_SIZE)
         _check(lib.cfspy_write_to_fd(root, fd, min_version, max_version, digest), "lcfs_write_to")
