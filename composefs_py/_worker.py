@@ -28,12 +28,8 @@ Then it rebuilds the Tree from the parent's frames of records (each
 ``(paths, columns, links)``: per Inode field a column of the values of the
 frame's Inodes, per Hardlink its position and target; a zero length ends
 them) through a TreeBuilder, frame by frame as they arrive, every invariant
-checked again (defence in depth; :class:`_Records`).  The native engine
-then writes the image from the very values the builder checked, kept in
-their columns (``_native._Columns.from_fields`` and ``write_columns``: no
-second pass over the Inodes), once it has made sure the Tree built is
-exactly those rows (same order; no link count the builder set, no chain
-of hardlinks it resolved).  When the compiled module is unavailable (``--engine
+checked again (defence in depth), and writes the image with the native
+backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -66,9 +62,9 @@ import stat
 import struct
 import sys
 import traceback
-from array import array
-from dataclasses import MISSING, fields
-from itertools import count, repeat
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
+from itertools import repeat
 from operator import is_
 from typing import Any, NoReturn, cast
 
@@ -305,102 +301,42 @@ def _read_exact(size: int) -> bytearray:
     return buffer
 
 
-class _Records:
-    """The Tree the parent's frames hold, checked, and its values field by field.
+def _read_frames() -> Iterator[object]:
+    """The parent's frames, :mod:`marshal` loaded, as they arrive on stdin."""
+    while size := FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]:
+        if size > MAX_FRAME_BYTES:
+            raise ValidationError(f"a frame of records is longer than {MAX_FRAME_BYTES} bytes")
+        try:
+            yield marshal.loads(_read_exact(size))
+        except (EOFError, ValueError, TypeError) as exc:
+            raise ValidationError(f"a frame of records is not marshal data: {exc}") from None
+
+
+def tree_from_frames(frames: Iterable[object]) -> Tree:
+    """Rebuild the Tree from the parent's frames, through a TreeBuilder.
 
     Every entry goes through :meth:`TreeBuilder.add` (parents first, no
     duplicates, as a dumpfile): the records are untrusted input like any
-    other, and anything malformed raises :class:`ValidationError`.  The
-    values stay in their columns, a row for every entry (a hardlink's row:
-    its target's mode, the other fields' defaults), so the image is
-    written from the very values the builder checked
-    (:meth:`_native._Columns.from_fields`) without taking them out of
-    the Inodes again; :meth:`read` makes sure the Tree is exactly those rows.
+    other, and anything malformed raises :class:`ValidationError`.
     """
-
-    def __init__(self) -> None:
-        self.builder = TreeBuilder()
-        self.paths: list[bytes] = []
-        self.nodes: list[Node] = []
-        self.values: list[list[Any]] = [[] for _ in range(_INODE_FIELD_COUNT)]
-        self.links: list[int] = []
-
-    def read(self) -> Tree:
-        """Read and check every frame; return the Tree."""
-        while size := FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]:
-            if size > MAX_FRAME_BYTES:
-                raise ValidationError(f"a frame of records is longer than {MAX_FRAME_BYTES} bytes")
-            try:
-                frame = marshal.loads(_read_exact(size))
-            except (EOFError, ValueError, TypeError) as exc:
-                raise ValidationError(f"a frame of records is not marshal data: {exc}") from None
-            self.add_frame(frame)
-        return self.finish()
-
-    def finish(self) -> Tree:
-        """The Tree of the frames added; ValidationError unless the rows are exactly it."""
-        tree = self.builder.build()
-        # The builder sets directories' link counts and resolves chains of
-        # hardlinks: the rows must already say what the Tree says.
-        if tree.paths != tuple(self.paths):
-            raise ValidationError("the records are not in the order of their Tree")
-        built = list(map(tree._nodes.__getitem__, tree.paths))
-        if not all(map(is_, built, self.nodes)):
-            pairs = zip(built, self.nodes, strict=True)
-            index = next(i for i, (node, row) in enumerate(pairs) if node is not row)
-            raise ValidationError(
-                "differs from the entry its Tree has (link count, or a hardlink to a hardlink)",
-                entry=index,
-                path=self.paths[index],
-            )
-        return tree
-
-    def add_frame(self, frame: object) -> None:
-        """Check one frame (:mod:`marshal` loaded) and keep its rows."""
-        first = len(self.paths)
-        paths, nodes, columns, links = _frame_nodes(frame, first)
-        add = self.builder.add
+    builder = TreeBuilder()
+    add = builder.add
+    index = 0
+    for frame in frames:
+        paths, nodes = _frame_nodes(frame, index)
         good = len(paths)  # the entries before the first path that is not bytes
         if not all(map(is_, map(type, paths), repeat(bytes))):
             good = next(i for i, path in enumerate(paths) if path.__class__ is not bytes)
-        for path, node, index in zip(cast("tuple[bytes, ...]", paths[:good]), nodes, count(first)):
+        for path, node in zip(cast("tuple[bytes, ...]", paths[:good]), nodes[:good], strict=True):
             add(path, node, entry=index)
+            index += 1
         if good < len(paths):
-            raise ValidationError("the path must be bytes", entry=first + good, field="path")
-        for position, _ in links:  # as _frame_nodes inserts the Hardlinks
-            for column, default in zip(columns, _LINK_ROW, strict=True):
-                column.insert(position, default)
-            self.links.append(first + position)
-        self.paths += cast("tuple[bytes, ...]", paths)  # checked above
-        self.nodes += nodes
-        for values, column in zip(self.values, columns, strict=True):
-            values += column
-
-    def columns(self) -> Any:
-        """The checked rows packed for :func:`_native.write_columns`."""
-        assert _native is not None
-        pairs: list[int] = []
-        if self.links:
-            index_of = dict(zip(self.paths, range(len(self.paths)), strict=True))
-            modes = self.values[0]
-            for index in self.links:
-                node = self.nodes[index]
-                assert isinstance(node, Hardlink)
-                target = index_of[node.target]
-                modes[index] = modes[target]
-                pairs += (index, target)
-        return _native._Columns.from_fields(self.paths, self.values, array("q", pairs), self.nodes)
+            raise ValidationError("the path must be bytes", entry=index, field="path")
+    return builder.build()
 
 
-#: A hardlink's row before its target's mode is known (Inode's defaults).
-_LINK_ROW = tuple(field.default if field.default is not MISSING else 0 for field in fields(Inode))
-
-
-def _frame_nodes(
-    frame: object, first: int
-) -> tuple[tuple[object, ...], list[Node], list[list[Any]], tuple[tuple[int, bytes], ...]]:
-    """A frame's paths, its nodes in order (``first``: its first entry's index),
-    its columns and its hardlinks' (position, target) pairs."""
+def _frame_nodes(frame: object, first: int) -> tuple[tuple[object, ...], list[Node]]:
+    """A frame's paths and its nodes, in order (``first``: its first entry's index)."""
     if not (isinstance(frame, tuple) and len(frame) == 3):
         raise ValidationError("a frame of records must be (paths, columns, links)")
     paths, columns, links = frame
@@ -422,7 +358,7 @@ def _frame_nodes(
         if not (position.__class__ is int and 0 <= position <= len(nodes)):
             raise ValidationError("a hardlink's position is outside its frame", entry=first)
         nodes.insert(position, Hardlink(target))
-    return paths, nodes, columns, links
+    return paths, nodes
 
 
 def _fault(name: str, out_fd: int) -> None:
@@ -518,13 +454,12 @@ def _run(args: argparse.Namespace) -> int:
 
     # Hundreds of thousands of acyclic objects: no collection can free any.
     gc.disable()
-    records = _Records()
-    tree = records.read()
+    tree = tree_from_frames(_read_frames())
     if args.engine == "native":
         if _native is None:
             raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
-        digest = _native.write_columns(
-            records.columns(), args.fd, min_version=args.min_version, max_version=args.max_version
+        digest = _native.write_tree(
+            tree, args.fd, min_version=args.min_version, max_version=args.max_version
         )
         _emit({"lockdown": report, "digest": digest.hex(), "engine": "native"})
         return EXIT_OK
