@@ -5,12 +5,13 @@ down.  :func:`write_image_sandboxed` starts a fresh ``python -I`` child
 (:mod:`composefs_py._worker`) and, while it starts, streams it the (already
 validated) Tree as frames of plain records (:mod:`marshal`: tuples, ints,
 bytes; the parent makes them, so the child can load them; see
-:func:`_record_frames`): the child rebuilds the Tree through a TreeBuilder
+:class:`_Records`): the child rebuilds the Tree through a TreeBuilder
 frame by frame while the parent makes the next ones.  Before reading any
-input the child sets rlimits, no_new_privs, enters new user/net/IPC/mount
-namespaces, drops every capability, applies Landlock (no filesystem access)
-and a seccomp allowlist (and, in its own mount namespace, swaps the root for
-an empty tmpfs).
+input the child sets rlimits (its stack may grow to 64 MiB: libcomposefs
+recurses once per directory level, as deep as the model allows),
+no_new_privs, enters new user/net/IPC/mount namespaces, drops every
+capability, applies Landlock (no filesystem access) and a seccomp allowlist
+(and, in its own mount namespace, swaps the root for an empty tmpfs).
 The child inherits nothing but stdin/stdout/stderr pipes and the output fd,
 runs with an empty environment in ``/`` and in its own session (process
 group).
@@ -33,13 +34,17 @@ inside and reports which protections are active on this machine.
 
 Cost (2-core machine, libcomposefs 1.0.8, python -m benchmarks --only
 sandbox): a child costs 0.06-0.1 s (interpreter start, its own imports,
-lockdown).  At 100,000 entries the parent's frames take 0.18-0.22 s of CPU
-and overlap the child's work; the overhead over the native backend is then
-the child's start, its wait for the address-space bound (the parent measures
-the Tree meanwhile), the TreeBuilder rebuild (about 0.3 s of CPU:
-TreeBuilder.add 0.2, build 0.035, Inodes 0.037, marshal 0.026; the defence
-in depth) and the exit and digest check (0.04 s); the child's packing and
-libcomposefs's write cost what they cost the native backend.
+lockdown).  The parent sends the child's address-space bound first (summed
+over the Tree's mapping, 0.03 s at 100,000 entries), then makes each frame
+as it is sent (0.19 s of CPU at 100k in all), overlapping the child's work.
+At 100k the overhead over the native backend (0.3-0.45 s) is the child's
+start (0.06 s), its TreeBuilder rebuild, which sets the pace (0.38-0.45 s:
+TreeBuilder.add about 0.3, build 0.07, Inodes 0.05, marshal 0.035; the
+defence in depth), its packing of the rebuilt Tree for C (0.13 s, where
+the native backend's packing of a parsed TOC's Tree takes 0.25 s: the
+child's objects are freshly laid out in order) and the exit and digest
+check (0.05 s); libcomposefs's write costs what it costs the native
+backend.
 """
 
 from __future__ import annotations
