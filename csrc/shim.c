@@ -13,7 +13,7 @@
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-2"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-3"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif
