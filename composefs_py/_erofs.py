@@ -201,8 +201,6 @@ class _Checker:
         "depth",
         "misread",
         "payloads",
-        "redirect_at",
-        "dropped_at",
         "dropped",
         "dropped_xattrs",
     )
@@ -224,11 +222,8 @@ class _Checker:
         # over-reads; path -> that payload, for each path of such a file.
         self.misread: dict[int, bytes] = {}
         self.payloads: dict[bytes, bytes] = {}
-        # Where the inode being checked keeps its overlay redirect, or -1.
-        self.redirect_at = -1
-        # The xattr the loader drops from the inode being checked, or b"";
-        # nid -> that name; path -> that name for each path of such an inode.
-        self.dropped_at = b""
+        # nid -> the xattr name the loader drops from that inode; path ->
+        # that name, for each path of such an inode.
         self.dropped: dict[int, bytes] = {}
         self.dropped_xattrs: dict[bytes, bytes] = {}
 
@@ -300,21 +295,13 @@ class _Checker:
         """
         off = self.meta_start + (nid << _SLOT_BITS)
         try:
-            info = self._inode(off)
+            info = self._inode(off, nid)
         except _Bad as bad:
             path = _join(parent, name) if name else parent
             raise _fail(f"inode {nid} at byte {off}{bad.args[0]}", bad.args[1], path) from None
-        if self.redirect_at >= 0:
-            payload = self.misread_payload(self.redirect_at)
-            if payload is not None:
-                self.misread[nid] = payload
-            self.redirect_at = -1
-        if self.dropped_at:
-            self.dropped[nid] = self.dropped_at
-            self.dropped_at = b""
         return info
 
-    def _inode(self, off: int) -> tuple[int, int, int, int, int]:
+    def _inode(self, off: int, nid: int) -> tuple[int, int, int, int, int]:
         data = self.data
         if off + _COMPACT.size > self.size:
             raise _Bad(f" is outside the image ({self.size} bytes)", "nid")
@@ -338,7 +325,7 @@ class _Checker:
         if tail_start > self.size:
             raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
         if icount:
-            self.xattrs(off + isize, tail_start, ftype)
+            self.xattrs(off + isize, tail_start, ftype, nid)
         tail = 0
         if layout == _FLAT_INLINE:
             tail = size % BLOCK_SIZE
@@ -391,7 +378,8 @@ class _Checker:
 
     # -- xattrs ------------------------------------------------------------
 
-    def xattrs(self, start: int, end: int, ftype: int) -> None:
+    def xattrs(self, start: int, end: int, ftype: int, nid: int) -> None:
+        """Check inode ``nid``'s xattr area; note what the loader will misread."""
         data = self.data
         shared = data[start + 4]
         pos = start + _XATTR_HEADER_SIZE + 4 * shared
@@ -408,9 +396,9 @@ class _Checker:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
             if regular and name == _REDIRECT:
-                self.redirect_at = pos
+                self.note_redirect(pos, nid)
             elif value_end == pos + 4 == end and cost_other:
-                self.dropped_at = name
+                self.dropped[nid] = name
             space += cost_regular if regular else cost_other
             pos = (value_end + 3) & ~3
         if pos != end:
@@ -428,7 +416,7 @@ class _Checker:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
             if regular and name == _REDIRECT:
-                self.redirect_at = self.xattr_start + idx * 4
+                self.note_redirect(self.xattr_start + idx * 4, nid)
             space += cost_regular if regular else cost_other
         # lcfs_node_set_xattr_internal's accounting of what it stores.
         if space > _XATTR_SPACE_MAX:
@@ -474,8 +462,8 @@ class _Checker:
         # An escaped whiteout turns a regular file into a whiteout instead.
         return name, value_end, 0 if name == _ESCAPED_WHITEOUT else cost, cost
 
-    def misread_payload(self, pos: int) -> bytes | None:
-        """The payload of the redirect entry at ``pos``, if the loader misreads it.
+    def note_redirect(self, pos: int, nid: int) -> None:
+        """Note inode ``nid``'s payload if the loader misreads its redirect at ``pos``.
 
         lcfs_build_node_erofs_xattr copies a value ``/PAYLOAD`` of n bytes
         with ``strndup(value + 1, n + 1)``: the 2 bytes after the value come
@@ -485,9 +473,8 @@ class _Checker:
         name_len, _index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
         start = pos + 4 + name_len
         end = start + value_size
-        if value_size <= 1 or data[start] != 0x2F or data[end : end + 1] in (b"", b"\0"):
-            return None
-        return data[start + 1 : end]
+        if value_size > 1 and data[start] == 0x2F and data[end : end + 1] not in (b"", b"\0"):
+            self.misread[nid] = data[start + 1 : end]
 
     # -- directories -------------------------------------------------------
 
