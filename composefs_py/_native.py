@@ -62,7 +62,7 @@ __all__ = [
 
 #: Must equal what ``cfspy_build_stamp()`` in csrc/shim.c returns; bump both
 #: when the C side of the binding changes incompatibly.
-BUILD_STAMP = "composefs-py-ffi-3"
+BUILD_STAMP = "composefs-py-ffi-4"
 
 _built_stamp = ffi.string(lib.cfspy_build_stamp()).decode("ascii")
 if _built_stamp != BUILD_STAMP:  # pragma: no cover - a stale build

@@ -137,6 +137,8 @@ class Tree:
     _order: tuple[bytes, ...]
     _nodes: Mapping[bytes, Node]
     _key: object = None
+    #: The checked columns of a Tree built in bulk (composefs_py._columns).
+    _table: object = None
 
     def __post_init__(self) -> None:
         if self._key is not _BUILDER_KEY:

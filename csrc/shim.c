@@ -13,7 +13,7 @@
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-3"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-4"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif
@@ -141,6 +141,17 @@ void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec)
 	ts.tv_sec = (time_t)sec;
 	ts.tv_nsec = (long)nsec;
 	lcfs_node_set_mtime(node, &ts);
+}
+
+void cfspy_gather_rows(size_t n, const int64_t *rows, size_t n_cols, const int64_t *const *cols,
+		       int64_t *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		const int64_t row = rows[i];
+
+		for (size_t c = 0; c < n_cols; c++)
+			*out++ = cols[c][row];
+	}
 }
 
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec)

@@ -26,6 +26,13 @@ int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec);
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec);
 
+/* out[i * n_cols + c] = cols[c][rows[i]] for i < n, c < n_cols: one row
+ * per node in the order rows gives, the fields interleaved as
+ * cfspy_build_tree reads them.  Moves data only (the caller checked it);
+ * every rows[i] must be below the columns' length. */
+void cfspy_gather_rows(size_t n, const int64_t *rows, size_t n_cols, const int64_t *const *cols,
+		       int64_t *out);
+
 /* Build the whole C tree from columns, in one call (no Python code per
  * node); the caller writes it (cfspy_write_to_fd) and unrefs the root.  Nodes come in Tree order (the root first,
  * every directory before its children); node i has:

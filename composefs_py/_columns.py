@@ -1,0 +1,514 @@
+"""TreeBuilder's bulk form: node columns -> a :class:`Tree` kept as columns.
+
+A big input (a TOC, the sandbox's records) is checked column by column with
+C-level operations (joins, counts, ``min``/``max``, set algebra, one regex
+over all paths) instead of node by node.  :func:`tree_from_columns` vouches
+only for what it can prove, by the very rules of
+:class:`~composefs_py.model.TreeBuilder`, and returns None for anything else
+(a duplicate path, a missing parent it may not make, a bad value...): the
+caller then adds the same rows through a TreeBuilder, which says exactly
+what is wrong.  So a Tree made here is the Tree a TreeBuilder makes from the
+same rows (``tests/test_columns.py`` checks this differentially), and no
+rule is written twice: whatever this module cannot prove cheaply it leaves
+to the builder.
+
+The Tree keeps the columns (``Tree._table``): its nodes are made when read,
+and :mod:`composefs_py._native` hands the columns to C without a Python
+object per node, which is where the memory and time of a big tree went.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import is_not, not_
+from typing import Any
+
+from .limits import Limits
+from .model import (
+    _BUILDER_KEY,
+    _FILE_TYPES,
+    _I64_MAX,
+    _I64_MIN,
+    _NSEC_PER_SEC,
+    _U32_MAX,
+    ROOT,
+    S_IFBLK,
+    S_IFCHR,
+    S_IFDIR,
+    S_IFLNK,
+    S_IFMT,
+    S_IFREG,
+    Hardlink,
+    Inode,
+    Node,
+    Tree,
+    _inode_problem,
+    new_inode,
+)
+
+__all__ = ["NodeColumns", "Table", "tree_from_columns"]
+
+Extra = tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
+
+#: The int fields, in the order of cfspy_build_tree's rows (shim.h CFSPY_*).
+INT_FIELDS = ("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
+
+# A "." or ".." component anywhere in the NUL-joined paths.
+_DOT_COMPONENT = re.compile(rb"/\.\.?(?:/|\x00|\Z)").search
+# The last component of each NUL-joined path (removing it leaves the parent).
+_LAST_COMPONENT = re.compile(rb"/[^/\x00]*(?=\x00|\Z)")
+
+
+@dataclass(slots=True)
+class NodeColumns:
+    """Untrusted nodes as columns, one row per node, for :func:`tree_from_columns`.
+
+    Row ``i`` is the node at ``paths[i]``: an :class:`Inode` with
+    ``mode[i]``, ``uid[i]``... (``nlink`` None: all 1; ``rdev`` None: all 0),
+    whose ``data[i]`` is its payload (a regular file) or its symlink target
+    (a symlink) and None otherwise, and whose inline content, fs-verity
+    digest and xattrs are ``extras[i]`` when it has any.  A row in ``links``
+    is a :class:`Hardlink` to ``links[i]`` instead: its other columns must
+    read as an empty regular file (mode ``S_IFREG``, zeros, data None).
+    """
+
+    paths: list[bytes]
+    mode: list[int]
+    uid: list[int]
+    gid: list[int]
+    mtime: list[int]
+    mtime_nsec: list[int]
+    size: list[int]
+    data: list[bytes | None]
+    nlink: list[int] | None = None
+    rdev: list[int] | None = None
+    links: dict[int, bytes] = field(default_factory=dict)
+    extras: dict[int, Extra] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def nodes(self) -> Iterator[tuple[bytes, Node]]:
+        """The rows as ``(path, node)``, for :meth:`TreeBuilder.add`."""
+        links, extras = self.links, self.extras
+        nlink = self.nlink
+        rdev = self.rdev
+        for row, path in enumerate(self.paths):
+            target = links.get(row)
+            if target is not None:
+                yield path, Hardlink(target)
+                continue
+            mode = self.mode[row]
+            data = self.data[row]
+            is_link = mode.__class__ is int and mode & S_IFMT == S_IFLNK
+            content, digest, xattrs = extras.get(row, (None, None, ()))
+            yield (
+                path,
+                new_inode(
+                    mode,
+                    1 if nlink is None else nlink[row],
+                    self.uid[row],
+                    self.gid[row],
+                    self.mtime[row],
+                    self.mtime_nsec[row],
+                    self.size[row],
+                    0 if rdev is None else rdev[row],
+                    None if is_link else data,
+                    data if is_link else None,
+                    content,
+                    digest,
+                    xattrs,
+                ),
+            )
+
+
+class Table:
+    """The checked columns behind a Tree (rows in input order, then made parents)."""
+
+    __slots__ = ("paths", "index", "ints", "data", "links", "extras", "order", "__weakref__")
+
+    def __init__(
+        self,
+        paths: list[bytes],
+        index: dict[bytes, int],
+        ints: dict[str, array[int]],
+        data: list[bytes | None],
+        links: dict[int, int],
+        extras: dict[int, Extra],
+        order: array[int],
+    ) -> None:
+        self.paths = paths
+        self.index = index
+        #: field name -> array("q") of every row
+        self.ints = ints
+        self.data = data
+        #: hardlink row -> the row of its (final) target
+        self.links = links
+        self.extras = extras
+        #: the rows in Tree order
+        self.order = order
+
+    def node(self, row: int) -> Node:
+        target = self.links.get(row)
+        if target is not None:
+            return Hardlink(self.paths[target])
+        ints = self.ints
+        mode = ints["mode"][row]
+        data = self.data[row]
+        is_link = mode & S_IFMT == S_IFLNK
+        content, digest, xattrs = self.extras.get(row, (None, None, ()))
+        return new_inode(
+            mode,
+            ints["nlink"][row],
+            ints["uid"][row],
+            ints["gid"][row],
+            ints["mtime"][row],
+            ints["mtime_nsec"][row],
+            ints["size"][row],
+            ints["rdev"][row],
+            None if is_link else data,
+            data if is_link else None,
+            content,
+            digest,
+            xattrs,
+        )
+
+
+class _TableNodes(Mapping[bytes, Node]):
+    """A Tree's path -> node mapping over its :class:`Table` (nodes made on reading)."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    def __getitem__(self, path: bytes) -> Node:
+        return self._table.node(self._table.index[path])
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._table.index
+
+    def get(self, path: bytes, default: Any = None) -> Any:
+        row = self._table.index.get(path)
+        return default if row is None else self._table.node(row)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._table.index)
+
+    def __len__(self) -> int:
+        return len(self._table.index)
+
+
+def _int_column(values: list[int], low: int, high: int) -> array[int] | None:
+    """``values`` as an array("q") if each is an int (not a bool) in low..high."""
+    if not values:
+        return array("q")
+    if set(map(type, values)) != {int}:
+        return None
+    try:
+        column = array("q", values)
+    except OverflowError:
+        return None
+    if min(column) < low or max(column) > high:
+        return None
+    return column
+
+
+def _paths_ok(paths: list[bytes], joined: bytes, has_root: bool, limits: Limits) -> bool:
+    """Every path clean, absolute, within the length, name and depth limits."""
+    n = len(paths)
+    if (
+        joined.count(b"\0") != n - 1
+        or (b"\0" + joined).count(b"\0/") != n
+        or joined.find(b"//") >= 0
+        or (joined + b"\0").count(b"/\0") != has_root
+        or _DOT_COMPONENT(joined) is not None
+    ):
+        return False
+    longest = max(map(len, paths))
+    if longest > limits.max_path_bytes:
+        return False
+    # Only a path longer than a limit can break it: those few are split.
+    if longest > limits.max_name_bytes or longest > limits.max_depth:
+        for path in paths:
+            if len(path) > limits.max_name_bytes or len(path) > limits.max_depth:
+                parts = path.split(b"/")
+                if len(parts) - 1 > limits.max_depth:
+                    return False
+                if max(map(len, parts)) > limits.max_name_bytes:
+                    return False
+    return True
+
+
+def tree_from_columns(
+    columns: NodeColumns,
+    limits: Limits | None = None,
+    *,
+    synthesize_parents: bool = False,
+    count_hardlinks: bool = False,
+) -> Tree | None:
+    """The Tree a TreeBuilder makes of ``columns``' rows, or None.
+
+    ``synthesize_parents`` and ``count_hardlinks`` are TreeBuilder's; a
+    duplicate path is never taken (None).  Without ``synthesize_parents`` a
+    parent must come before its children, as ``TreeBuilder.add`` wants.
+    None means only "not proven here": add the rows (``columns.nodes()``)
+    through a TreeBuilder to learn what, if anything, is wrong.
+    """
+    limits = limits or Limits()
+    paths = list(columns.paths)
+    n = len(paths)
+    if n == 0 or not all(
+        len(column) == n
+        for column in (
+            columns.mode, columns.uid, columns.gid, columns.mtime, columns.mtime_nsec,
+            columns.size, columns.data, columns.nlink or paths, columns.rdev or paths,
+        )
+    ):  # fmt: skip
+        return None
+    if set(map(type, paths)) != {bytes}:
+        return None
+    index = dict(zip(paths, range(n), strict=True))
+    if len(index) != n:
+        return None  # duplicates: the builder's policy decides
+    root_row = index.get(ROOT)
+    joined = b"\0".join(paths)
+    if not _paths_ok(paths, joined, root_row is not None, limits):
+        return None
+
+    ints: dict[str, array[int]] = {}
+    for name, values, low, high in (
+        ("mode", columns.mode, 0, S_IFMT | 0o7777),
+        ("uid", columns.uid, 0, _U32_MAX),
+        ("gid", columns.gid, 0, _U32_MAX),
+        ("mtime", columns.mtime, _I64_MIN, _I64_MAX),
+        ("mtime_nsec", columns.mtime_nsec, 0, _NSEC_PER_SEC - 1),
+        ("size", columns.size, 0, limits.max_file_size),
+        ("nlink", columns.nlink, 0, _U32_MAX),
+        ("rdev", columns.rdev, 0, _U32_MAX),
+    ):
+        if values is None:
+            ints[name] = array("q", (1 if name == "nlink" else 0,)) * n
+            continue
+        column = _int_column(values, low, high)
+        if column is None:
+            return None
+        ints[name] = column
+    mode = ints["mode"]
+
+    # file types, by distinct mode (a few dozen at most)
+    modes = set(mode)
+    if any(m & ~(S_IFMT | 0o7777) or m & S_IFMT not in _FILE_TYPES for m in modes):
+        return None
+    of_type = {
+        kind: {m for m in modes if m & S_IFMT == kind}
+        for kind in (S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK)
+    }
+    is_reg = list(map(of_type[S_IFREG].__contains__, mode))
+    is_link = list(map(of_type[S_IFLNK].__contains__, mode))
+    if any(compress(ints["size"], map(not_, is_reg))):
+        return None  # a size on something else than a regular file
+    if columns.rdev is not None:
+        devices = of_type[S_IFCHR] | of_type[S_IFBLK]
+        if any(compress(ints["rdev"], map(not_, map(devices.__contains__, mode)))):
+            return None
+    if not _data_ok(columns.data, is_reg, is_link, limits):
+        return None
+
+    links = columns.links
+    extras = columns.extras
+    for row, extra in extras.items():
+        if row.__class__ is not int or not 0 <= row < n or row in links:
+            return None
+        content, digest, xattrs = extra
+        node = new_inode(
+            mode[row], 1, 0, 0, 0, 0, ints["size"][row], 0,
+            columns.data[row] if is_reg[row] else None,
+            columns.data[row] if is_link[row] else None, content, digest, xattrs,
+        )  # fmt: skip
+        if _inode_problem(node, limits) is not None:
+            return None
+
+    # parents: each one a directory of the input (or one made here)
+    dirs = set(compress(paths, map(of_type[S_IFDIR].__contains__, mode)))
+    parents = _LAST_COMPONENT.sub(b"", joined).split(b"\0")
+    if root_row is not None:
+        if ROOT not in dirs:
+            return None
+        parents[root_row] = b"-"  # the root has no parent (never a path)
+    made: list[bytes] = []
+    missing = set(parents) - dirs
+    missing.discard(b"")
+    missing.discard(b"-")
+    if root_row is None:
+        if not synthesize_parents:
+            return None
+        missing.add(ROOT)
+    if missing:
+        if not synthesize_parents or not missing.isdisjoint(index):
+            return None  # a parent that is not a directory, or no maker
+        made = _ancestors(missing, dirs)
+    elif not synthesize_parents:
+        # TreeBuilder.add wants each parent before its children
+        rows = map(index.__getitem__, (parent or ROOT for parent in parents if parent != b"-"))
+        others = (row for row in range(n) if row != root_row)
+        if root_row != 0 or any(map(int.__ge__, rows, others)):
+            return None
+    if n + len(made) > limits.max_entries:
+        return None
+    if (
+        len(joined) - (n - 1) - (root_row is not None) + sum(map(len, made)) - (ROOT in made)
+        > limits.max_total_path_bytes
+    ):
+        return None
+
+    if made:
+        first = n
+        for path in made:
+            index[path] = len(paths)
+            paths.append(path)
+        data = [*columns.data, *repeat(None, len(made))]
+        count = len(made)
+        for name, column in ints.items():
+            column.extend(array("q", (S_IFDIR | 0o755 if name == "mode" else 0,)) * count)
+        ints["nlink"][first:] = array("q", (1,)) * count
+        parents += [_parent(path) if path != ROOT else b"-" for path in made]
+        dirs.update(made)
+        n = len(paths)
+    else:
+        data = list(columns.data)
+
+    final_links = _resolve_links(links, index, paths, mode, n)
+    if final_links is None:
+        return None
+    nlink = ints["nlink"]
+    if count_hardlinks and final_links:
+        for target, count in Counter(final_links.values()).items():
+            nlink[target] = 1 + count
+    # a directory's link count: 2 + its subdirectories
+    subdirs = Counter(
+        parent or ROOT
+        for parent, path in zip(parents, paths, strict=True)
+        if path in dirs and parent != b"-"
+    )
+    for path in dirs:
+        nlink[index[path]] = 2 + subdirs.get(path, 0)
+    for row in final_links:
+        # the row of a hardlink reads as the builder keeps it (mode only matters to C)
+        mode[row] = mode[final_links[row]]
+
+    keys = list(map(bytes.replace, paths, repeat(b"/"), repeat(b"\0")))
+    order = array("q", sorted(range(n), key=keys.__getitem__))
+    del keys
+    table = Table(paths, index, ints, data, final_links, dict(extras), order)
+    return Tree(tuple(map(paths.__getitem__, order)), _TableNodes(table), _BUILDER_KEY, table)
+
+
+def _parent(path: bytes) -> bytes:
+    cut = path.rfind(b"/")
+    return path[:cut] if cut > 0 else b""
+
+
+def _ancestors(missing: set[bytes], dirs: set[bytes]) -> list[bytes]:
+    """The directories to make for ``missing`` parents, each after its own parent."""
+    made: set[bytes] = set()
+    for path in missing:
+        while path not in made and path not in dirs:
+            made.add(path)
+            if path == ROOT:
+                break
+            path = _parent(path) or ROOT
+    return sorted(made, key=lambda path: path.count(b"/") if path != ROOT else -1)
+
+
+def _data_ok(
+    data: list[bytes | None], is_reg: list[bool], is_link: list[bool], limits: Limits
+) -> bool:
+    """Payloads only on regular files, targets on every symlink, each a sane path."""
+    present = list(map(is_not, data, repeat(None)))
+    if present.count(True) != sum(is_link) + sum(compress(present, is_reg)):
+        return False  # data on a type that has none
+    targets = list(compress(data, is_link))
+    if targets and not _strings_ok(targets, limits.max_symlink_bytes):  # type: ignore[arg-type]
+        return False
+    if len(targets) != sum(is_link) or None in targets:
+        return False
+    payloads = [d for d in compress(data, is_reg) if d is not None]
+    return not payloads or _strings_ok(payloads, limits.max_path_bytes)
+
+
+def _strings_ok(values: list[bytes], longest: int) -> bool:
+    """Each value bytes, 1..longest long, without NUL."""
+    if set(map(type, values)) != {bytes}:
+        return False
+    lengths = list(map(len, values))
+    return (
+        min(lengths) >= 1
+        and max(lengths) <= longest
+        and b"\0".join(values).count(b"\0") == (len(values) - 1)
+    )
+
+
+def _resolve_links(
+    links: dict[int, bytes], index: dict[bytes, int], paths: list[bytes], mode: array[int], n: int
+) -> dict[int, int] | None:
+    """Each hardlink row -> the row of the Inode its chain ends at (None: not proven)."""
+    if not links:
+        return {}
+    found: dict[int, int] = {}
+    for row, target in links.items():
+        if row.__class__ is not int or not 0 <= row < n or target.__class__ is not bytes:
+            return None
+        if mode[row] != S_IFREG:
+            return None
+    for row, target in links.items():
+        seen = {row}
+        at = index.get(target)
+        while at is not None and at in links:
+            if at in seen:
+                return None  # a cycle
+            seen.add(at)
+            at = index.get(links[at])
+        if at is None or at == row or mode[at] & S_IFMT == S_IFDIR:
+            return None
+        found[row] = at
+    return found
+
+
+def columns_of(tree: Tree) -> NodeColumns:
+    """``tree``'s nodes as columns, in Tree order."""
+    order = tree.paths
+    nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
+    links = {row: node.target for row, node in enumerate(nodes) if node.__class__ is Hardlink}
+    if links:
+        for row in links:
+            nodes[row] = _EMPTY_FILE
+    extras = {
+        row: (node.content, node.fsverity_digest, node.xattrs)
+        for row, node in enumerate(nodes)
+        if node.content is not None or node.fsverity_digest is not None or node.xattrs
+    }
+    return NodeColumns(
+        paths=list(order),
+        mode=[node.mode for node in nodes],
+        uid=[node.uid for node in nodes],
+        gid=[node.gid for node in nodes],
+        mtime=[node.mtime for node in nodes],
+        mtime_nsec=[node.mtime_nsec for node in nodes],
+        size=[node.size for node in nodes],
+        data=[
+            node.payload if node.symlink_target is None else node.symlink_target for node in nodes
+        ],
+        nlink=[node.nlink for node in nodes],
+        rdev=[node.rdev for node in nodes],
+        links=links,
+        extras=extras,
+    )
+
+
+_EMPTY_FILE = Inode(S_IFREG, nlink=0)
