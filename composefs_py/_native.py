@@ -31,6 +31,7 @@ from itertools import compress, count, repeat
 from operator import is_
 from typing import Any
 
+from ._columns import INT_FIELDS, Table
 from ._erofs import check_image
 from .errors import LibraryError, ValidationError
 from .limits import Limits
@@ -147,6 +148,10 @@ class _Columns:
                  "paths", "xattr_lens")  # fmt: skip
 
     def __init__(self, tree: Tree) -> None:
+        table = tree._table
+        if isinstance(table, Table):
+            self._from_table(tree.paths, table)
+            return
         order = tree.paths
         nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
         links: list[int] = []
@@ -178,6 +183,36 @@ class _Columns:
         ]
         if found:
             self._extras(nodes, found)
+
+    def _from_table(self, order: tuple[bytes, ...], table: Table) -> None:
+        """The same buffers from a bulk-built Tree's columns (no node objects)."""
+        rows = table.order
+        n = len(rows)
+        self.ints = array("q", bytes(8 * len(INT_FIELDS) * n))
+        columns = [table.ints[name] for name in INT_FIELDS]
+        lib.cfspy_gather_rows(
+            n,
+            ffi.from_buffer("int64_t[]", rows),
+            len(columns),
+            ffi.new("int64_t *[]", [ffi.from_buffer("int64_t[]", column) for column in columns]),
+            ffi.from_buffer("int64_t[]", self.ints),
+        )
+        self.paths = b"".join(order)
+        self.path_lens = array("q", map(len, order))
+        self.data, self.data_lens = _lengths(list(map(table.data.__getitem__, rows)))
+        links, extras = table.links, table.extras
+        wanted = {*links, *links.values(), *extras}
+        position = {row: at for at, row in enumerate(rows) if row in wanted} if wanted else {}
+        pairs = sorted((position[row], position[target]) for row, target in links.items())
+        self.links = array("q", [value for pair in pairs for value in pair])
+        self.extra = b""
+        self.extra_lens = None
+        self.xattr_lens = array("q")
+        if extras:
+            nodes: list[Any] = [None] * n
+            for row in extras:
+                nodes[position[row]] = table.node(row)
+            self._extras(nodes, sorted(map(position.__getitem__, extras)))
 
     def _extras(self, nodes: list[Inode], found: list[int]) -> None:
         lens = array("q", (-1, 0, 0)) * len(nodes)

@@ -330,7 +330,9 @@ def inodes(
 @cache
 def _payloads(limits: Limits) -> st.SearchStrategy[bytes]:
     digest_named = st.binary(min_size=32, max_size=32).map(lambda d: _payload_from_digest(d.hex()))
-    odd = st.binary(min_size=1, max_size=80).map(lambda b: b.replace(b"\0", b"_"))
+    odd = st.binary(min_size=1, max_size=min(80, limits.max_path_bytes)).map(
+        lambda b: b.replace(b"\0", b"_")
+    )
     longest = st.just(b"p" * limits.max_path_bytes)
     return st.one_of(digest_named, odd, longest)
 
@@ -338,7 +340,9 @@ def _payloads(limits: Limits) -> st.SearchStrategy[bytes]:
 @cache
 def _symlink_targets(limits: Limits, *, utf8_only: bool) -> st.SearchStrategy[bytes]:
     plain = st.sampled_from([b"/", b"..", b"../usr/lib/os-release", b"a", b"-", b"/etc/passwd"])
-    built = st.lists(names(utf8_only=utf8_only), min_size=1, max_size=4).map(b"/".join)
+    built = st.lists(names(utf8_only=utf8_only, limits=limits), min_size=1, max_size=4).map(
+        lambda parts: b"/".join(parts)[: limits.max_symlink_bytes]
+    )
     longest = st.just(b"t" * limits.max_symlink_bytes)
     return st.one_of(plain, built, longest)
 
@@ -376,7 +380,7 @@ def trees(
     if draw(st.integers(0, 24)) == 0:
         # A deep chain: 1-byte names, as deep as the path length allows.
         depth = draw(st.sampled_from([64, 512, (limits.max_path_bytes - 2) // 2]))
-        depth = min(depth, limits.max_depth)
+        depth = min(depth, limits.max_depth - 1)  # the file goes one deeper
         path = ROOT
         for _ in range(depth):
             path = _join(path, b"d")

@@ -1,0 +1,344 @@
+"""tree_from_columns (the bulk TreeBuilder) against TreeBuilder itself.
+
+The bulk form may only ever say "the same Tree" or "not proven" (None): for
+valid rows it must give the Tree a TreeBuilder makes of them, for rows a
+TreeBuilder refuses it must give None.  Hypothesis throws valid trees,
+shuffled rows with missing parents, and single hostile changes at both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import stat
+from typing import Any, cast
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from composefs_py import Tree, ValidationError, dump, write_image
+from composefs_py._columns import NodeColumns, columns_of, tree_from_columns
+from composefs_py.limits import Limits
+from composefs_py.model import ROOT, TreeBuilder
+from composefs_py.strategies import trees
+
+_SMALL = Limits(
+    max_entries=60,
+    max_depth=8,
+    max_name_bytes=40,
+    max_path_bytes=120,
+    max_symlink_bytes=64,
+    max_total_path_bytes=2000,
+)
+
+
+def _builder_tree(
+    columns: NodeColumns, limits: Limits | None = None, **options: Any
+) -> Tree | ValidationError:
+    builder = TreeBuilder(limits, **options)
+    try:
+        for row, (path, node) in enumerate(columns.nodes()):
+            builder.add(path, node, entry=row)
+        return builder.build()
+    except ValidationError as error:
+        return error
+
+
+def _image(tree: Tree, path: str) -> bytes:
+    write_image(tree, path, backend="native")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _same(bulk: Tree, tree: Tree) -> None:
+    assert bulk == tree
+    assert list(bulk) == list(tree)
+    assert bulk.paths == tree.paths
+    assert dump(bulk) == dump(tree)
+
+
+@given(trees(max_entries=30))
+def test_valid_rows_give_the_builders_tree(tree: Tree) -> None:
+    columns = columns_of(tree)
+    bulk = tree_from_columns(columns)
+    assert bulk is not None, "valid rows in Tree order must be taken"
+    _same(bulk, tree)
+    assert bulk._table is not None
+
+
+@given(trees(max_entries=30), st.randoms(use_true_random=False), st.booleans())
+def test_shuffled_rows_with_parents_to_make(tree: Tree, rnd: random.Random, count: bool) -> None:
+    columns = columns_of(tree)
+    rows = list(range(len(columns)))
+    rnd.shuffle(rows)
+    # drop some directories that are bare (the builder makes them the same way)
+    bare = stat.S_IFDIR | 0o755
+    rows = [
+        row
+        for row in rows
+        if not (
+            columns.mode[row] == bare
+            and columns.uid[row] == columns.gid[row] == columns.mtime[row] == 0
+            and columns.mtime_nsec[row] == 0
+            and row not in columns.extras
+            and rnd.random() < 0.5
+        )
+    ]
+    shuffled = _select(columns, rows)
+    expected = _builder_tree(shuffled, synthesize_parents=True, count_hardlinks=count)
+    bulk = tree_from_columns(shuffled, synthesize_parents=True, count_hardlinks=count)
+    note(f"expected {expected!r}")
+    if isinstance(expected, ValidationError):
+        assert bulk is None
+    else:
+        assert bulk is not None
+        _same(bulk, expected)
+
+
+def _select(columns: NodeColumns, rows: list[int]) -> NodeColumns:
+    """The given rows of ``columns``, in that order."""
+    new_row = {old: new for new, old in enumerate(rows)}
+
+    def pick(values: list[Any] | None) -> Any:
+        return None if values is None else [values[row] for row in rows]
+
+    return NodeColumns(
+        paths=pick(columns.paths),
+        mode=pick(columns.mode),
+        uid=pick(columns.uid),
+        gid=pick(columns.gid),
+        mtime=pick(columns.mtime),
+        mtime_nsec=pick(columns.mtime_nsec),
+        size=pick(columns.size),
+        data=pick(columns.data),
+        nlink=pick(columns.nlink),
+        rdev=pick(columns.rdev),
+        links={new_row[row]: target for row, target in columns.links.items() if row in new_row},
+        extras={new_row[row]: extra for row, extra in columns.extras.items() if row in new_row},
+    )
+
+
+_INT_COLUMNS = ("mode", "uid", "gid", "mtime", "mtime_nsec", "size", "nlink", "rdev")
+_HOSTILE_INTS = (
+    -1, 1 << 32, (1 << 32) - 1, 1 << 63, -(1 << 63) - 1, (1 << 53) + 1, 10**9, True, False,
+    1.0, None, "0", stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777, stat.S_IFCHR, stat.S_IFBLK,
+    stat.S_IFIFO, stat.S_IFSOCK, 0o170000, 0o7777 | stat.S_IFREG, 0o10000 | stat.S_IFREG, 0,
+)  # fmt: skip
+_HOSTILE_PATHS = (
+    b"", b"/", b"//", b"/a//b", b"/a/", b"/.", b"/..", b"/a/./b", b"/a/../b", b"a", b"/a\0b",
+    b"/" + b"n" * 41, b"/" + b"/d" * 9, b"/" + b"x" * 130, "/str", None, b"/.hidden", b"/...",
+    b"/a\nb", b"/missing/child",
+)  # fmt: skip
+_HOSTILE_DATA = (
+    None, b"", b"x", b"a\0b", b"l" * 65, b"p" * 121, "str", b"ab/cdef", 0,
+)  # fmt: skip
+
+
+@st.composite
+def _hostile(draw: st.DrawFn) -> tuple[NodeColumns, bool, bool]:
+    tree = draw(trees(max_entries=20, limits=_SMALL))
+    columns = columns_of(tree)
+    rows = list(range(len(columns)))
+    if draw(st.booleans()):
+        draw(st.randoms(use_true_random=False)).shuffle(rows)
+    columns = _select(columns, rows)
+    n = len(columns)
+    for _ in range(draw(st.integers(1, 3))):
+        row = draw(st.integers(0, n - 1))
+        what = draw(st.sampled_from(("int", "path", "data", "link", "extra", "dup", "drop")))
+        if what == "int":
+            name = draw(st.sampled_from(_INT_COLUMNS))
+            values = getattr(columns, name)
+            if values is None:
+                values = [1 if name == "nlink" else 0] * n
+                setattr(columns, name, values)
+            values[row] = draw(st.sampled_from(_HOSTILE_INTS))
+        elif what == "path":
+            cast("list[Any]", columns.paths)[row] = draw(st.sampled_from(_HOSTILE_PATHS))
+        elif what == "data":
+            cast("list[Any]", columns.data)[row] = draw(st.sampled_from(_HOSTILE_DATA))
+        elif what == "link":
+            target = draw(st.sampled_from([*columns.paths, b"/nowhere", b"rel", "str"]))
+            cast("dict[int, Any]", columns.links)[row] = target
+            if draw(st.booleans()):
+                columns.mode[row], columns.size[row], columns.data[row] = stat.S_IFREG, 0, None
+        elif what == "extra":
+            columns.extras[row] = draw(
+                st.sampled_from(
+                    [
+                        (b"abc", None, ()),
+                        (None, bytes(32), ()),
+                        (None, b"short", ()),
+                        (None, None, ((b"user.a", b"1"),)),
+                        (None, None, ((b"user.", b"1"),)),
+                        (None, None, ((b"user.b", b"1"), (b"user.a", b"1"))),
+                        (None, None, ((b"user.a", b"v" * 70000),)),
+                    ]
+                )
+            )
+        elif what == "dup":
+            columns.paths[row] = columns.paths[draw(st.integers(0, n - 1))]
+        else:
+            for name in (*_INT_COLUMNS, "paths", "data"):
+                values = getattr(columns, name)
+                if values is not None and len(values) == n:
+                    del values[row]
+            columns.links = {r - (r > row): t for r, t in columns.links.items() if r != row}
+            columns.extras = {r - (r > row): e for r, e in columns.extras.items() if r != row}
+            n -= 1
+            if n == 0:
+                break
+    return columns, draw(st.booleans()), draw(st.booleans())
+
+
+@given(_hostile())
+def test_hostile_rows_are_never_taken_where_the_builder_refuses(
+    case: tuple[NodeColumns, bool, bool],
+) -> None:
+    columns, synthesize, count = case
+    try:
+        expected = _builder_tree(
+            columns, _SMALL, synthesize_parents=synthesize, count_hardlinks=count
+        )
+    except (TypeError, AttributeError, IndexError, ValueError) as error:
+        # rows TreeBuilder.add cannot even be given (not bytes, not ints...)
+        expected = ValidationError(str(error))
+    bulk = tree_from_columns(columns, _SMALL, synthesize_parents=synthesize, count_hardlinks=count)
+    note(f"expected {expected!r}")
+    if isinstance(expected, ValidationError):
+        assert bulk is None
+    elif bulk is not None:
+        _same(bulk, expected)
+
+
+# Row 1 is the regular file /a, row 2 the symlink /b (see _three_files).
+_REFUSALS = [
+    (1, "paths", b"/.."),
+    (1, "paths", b"/."),
+    (1, "paths", b"/a/"),
+    (1, "paths", b"//a"),
+    (1, "paths", b"a"),
+    (1, "paths", b"/a\0"),
+    (1, "paths", b"/b"),  # a duplicate
+    (1, "paths", b"/b/x"),  # below a symlink
+    (1, "paths", "/a"),
+    (1, "mode", stat.S_IFDIR | 0o10000),
+    (1, "mode", 0o644),
+    (1, "mode", True),
+    (1, "uid", 1 << 32),
+    (1, "uid", -1),
+    (1, "gid", 1.0),
+    (1, "mtime", 1 << 63),
+    (1, "mtime_nsec", 10**9),
+    (1, "size", -1),
+    (1, "size", (1 << 53) + 1),
+    (2, "size", 5),  # a size on a symlink
+    (1, "nlink", 1 << 32),
+    (1, "rdev", 1),  # a device number on a regular file
+    (1, "data", b"a\0b"),
+    (1, "data", b""),
+    (1, "data", "ab/cd"),
+    (2, "data", None),  # a symlink without target
+    (2, "data", b"t" * 4096),
+    (0, "data", b"x"),  # data on a directory
+    (0, "mode", stat.S_IFREG | 0o644),  # the root not a directory
+]
+
+
+@pytest.mark.parametrize(("row", "change", "value"), _REFUSALS)
+@pytest.mark.parametrize("synthesize", [False, True])
+def test_refusals_of_each_rule(row: int, change: str, value: object, synthesize: bool) -> None:
+    base = columns_of(_three_files())
+    assert tree_from_columns(base, synthesize_parents=synthesize) is not None
+    columns = dataclasses.replace(base, **{change: list(getattr(base, change))})  # type: ignore[arg-type]
+    getattr(columns, change)[row] = value
+    with pytest.raises((ValidationError, TypeError, AttributeError)):
+        tree = _builder_tree(columns, synthesize_parents=synthesize)
+        if isinstance(tree, ValidationError):
+            raise tree
+    assert tree_from_columns(columns, synthesize_parents=synthesize) is None
+
+
+@pytest.mark.parametrize(
+    ("links", "extras"),
+    [
+        ({1: b"/b"}, {}),  # a hardlink to a symlink is fine: see below
+        ({1: b"/"}, {}),  # to a directory
+        ({1: b"/a"}, {}),  # to itself
+        ({1: b"/nowhere"}, {}),
+        ({1: b"a"}, {}),
+        ({1: "/b"}, {}),
+        ({}, {1: (b"abc", None, ())}),  # content and a payload
+        ({}, {2: (None, bytes(32), ())}),  # a digest on a symlink
+        ({}, {1: (None, b"short", ())}),
+        ({}, {1: (None, None, ((b"user.b", b""), (b"user.a", b"")))}),
+        ({}, {1: (None, None, ((b"user.", b""),))}),
+        ({}, {7: (None, None, ((b"user.a", b""),))}),
+    ],
+)
+def test_refusals_of_links_and_extras(links: dict[int, object], extras: dict[int, Any]) -> None:
+    columns = columns_of(_three_files())
+    columns.links = dict(links)  # type: ignore[arg-type]
+    columns.extras = dict(extras)
+    for row in links:
+        columns.mode[row], columns.size[row], columns.data[row] = stat.S_IFREG, 0, None
+    expected = _builder_tree(columns) if 7 not in extras else ValidationError("no row 7")
+    bulk = tree_from_columns(columns)
+    if isinstance(expected, ValidationError):
+        assert bulk is None
+    else:  # the hardlink to the symlink
+        assert bulk is not None
+        _same(bulk, expected)
+
+
+def _three_files() -> Tree:
+    builder = TreeBuilder()
+    from composefs_py.model import Inode
+
+    builder.add(ROOT, Inode(stat.S_IFDIR | 0o755))
+    builder.add(b"/a", Inode(stat.S_IFREG | 0o644, size=3, payload=b"ab/cd"))
+    builder.add(b"/b", Inode(stat.S_IFLNK | 0o777, symlink_target=b"a"))
+    return builder.build()
+
+
+def test_a_table_tree_reads_and_writes_as_its_nodes(tmp_path: Any) -> None:
+    tree = next(iter([_three_files()]))
+    bulk = tree_from_columns(columns_of(tree))
+    assert bulk is not None
+    assert bulk[b"/a"] == tree[b"/a"]
+    assert bulk.get(b"/b") == tree.get(b"/b")
+    assert bulk.get(b"/nothing") is None
+    assert b"/a" in bulk and b"/x" not in bulk
+    assert bulk.inode(b"/a") == tree.inode(b"/a")
+    assert len(bulk) == len(tree) == 3
+    assert _image(bulk, os.fspath(tmp_path / "a")) == _image(tree, os.fspath(tmp_path / "b"))
+
+
+@given(trees(max_entries=25))
+def test_table_trees_write_the_same_image(tree: Tree) -> None:
+    bulk = tree_from_columns(columns_of(tree))
+    assert bulk is not None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        assert _image(bulk, os.path.join(work, "a")) == _image(tree, os.path.join(work, "b"))
+
+
+@pytest.mark.parametrize(
+    ("limits", "path"),
+    [
+        (Limits(max_depth=3), b"/d/d/d/f"),
+        (Limits(max_entries=3), b"/d/f"),
+        (Limits(max_name_bytes=3), b"/dddd/f"),
+        (Limits(max_path_bytes=6), b"/d/d/ff"),
+        (Limits(max_total_path_bytes=8), b"/d/ff"),
+    ],
+)
+def test_limits_count_the_parents_made(limits: Limits, path: bytes) -> None:
+    columns = columns_of(_three_files())
+    assert tree_from_columns(columns, limits, synthesize_parents=True) is not None
+    columns.paths[1] = path
+    assert isinstance(_builder_tree(columns, limits, synthesize_parents=True), ValidationError)
+    assert tree_from_columns(columns, limits, synthesize_parents=True) is None
