@@ -60,8 +60,6 @@ INT_FIELDS = ("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rde
 
 # A "." or ".." component anywhere in the NUL-joined paths.
 _DOT_COMPONENT = re.compile(rb"/\.\.?(?:/|\x00|\Z)").search
-# The last component of each NUL-joined path (removing it leaves the parent).
-_LAST_COMPONENT = re.compile(rb"/[^/\x00]*(?=\x00|\Z)")
 
 
 @dataclass(slots=True)
@@ -335,8 +333,9 @@ def tree_from_columns(
             return None
 
     # parents: each one a directory of the input (or one made here)
-    dirs = set(compress(paths, map(of_type[S_IFDIR].__contains__, mode)))
-    parents = _LAST_COMPONENT.sub(b"", joined).split(b"\0")
+    is_dir = list(map(of_type[S_IFDIR].__contains__, mode))
+    dirs = set(compress(paths, is_dir))
+    parents = [parent for parent, _, _ in map(bytes.rpartition, paths, repeat(b"/"))]
     if root_row is not None:
         if ROOT not in dirs:
             return None
@@ -378,6 +377,7 @@ def tree_from_columns(
             column.extend(array("q", (S_IFDIR | 0o755 if name == "mode" else 0,)) * count)
         ints["nlink"][first:] = array("q", (1,)) * count
         parents += [_parent(path) if path != ROOT else b"-" for path in made]
+        is_dir += [True] * count
         dirs.update(made)
         n = len(paths)
     else:
@@ -391,11 +391,8 @@ def tree_from_columns(
         for target, count in Counter(final_links.values()).items():
             nlink[target] = 1 + count
     # a directory's link count: 2 + its subdirectories
-    subdirs = Counter(
-        parent or ROOT
-        for parent, path in zip(parents, paths, strict=True)
-        if path in dirs and parent != b"-"
-    )
+    subdirs = Counter(compress(parents, is_dir))
+    subdirs[ROOT] = subdirs.pop(b"", 0)
     for path in dirs:
         nlink[index[path]] = 2 + subdirs.get(path, 0)
     for row in final_links:
