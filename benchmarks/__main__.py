@@ -122,9 +122,14 @@ def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
     theirs_img = work / f"theirs-{n}.cfs"
     mk = _mkcomposefs()
 
+    stages: dict[str, list[float]] = {"parse_s": [], "write_s": []}
+
     def ours() -> tuple[float, int]:
         _, kib, out = _timed([*_CHILD, "toc", str(toc_path), str(ours_img)])
-        return json.loads(out)["seconds"], kib
+        record = json.loads(out)
+        for stage, values in stages.items():
+            values.append(record[stage])
+        return record["seconds"], kib
 
     def theirs() -> tuple[float, int]:
         wall, kib, _ = _timed([mk, "--from-file", str(dump_path), str(theirs_img)])
@@ -138,6 +143,7 @@ def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
         "same_bytes": same,
         "time_ratio": result["composefs-py"]["seconds"] / result["mkcomposefs"]["seconds"],
         "rss_ratio": result["composefs-py"]["rss_mib"] / result["mkcomposefs"]["rss_mib"],
+        **{stage: _median(values) for stage, values in stages.items()},
     }
 
 
@@ -219,7 +225,7 @@ def _table(results: dict[str, list[dict[str, object]]]) -> str:
     lines.append("TOC JSON -> image (composefs-py native) vs mkcomposefs --from-file (dumpfile)")
     lines.append(
         f"{'entries':>9} {'ours s':>8} {'mkcfs s':>8} {'ratio':>6} "
-        f"{'ours MiB':>9} {'mkcfs MiB':>9} {'rss x':>6} same"
+        f"{'ours MiB':>9} {'mkcfs MiB':>9} {'rss x':>6} same {'parse s':>8} {'write s':>8}"
     )
     for r in results.get("toc", []):
         o, t = r["composefs-py"], r["mkcomposefs"]
@@ -227,7 +233,8 @@ def _table(results: dict[str, list[dict[str, object]]]) -> str:
         lines.append(
             f"{r['entries']:>9} {o['seconds']:>8.3f} {t['seconds']:>8.3f} "
             f"{r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} {t['rss_mib']:>9.1f} "
-            f"{r['rss_ratio']:>6.2f} {r['same_bytes']}"
+            f"{r['rss_ratio']:>6.2f} {r['same_bytes']!s:>4} {r['parse_s']:>8.3f} "
+            f"{r['write_s']:>8.3f}"
         )
     if results.get("sandbox"):
         lines.append("")
