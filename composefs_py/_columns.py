@@ -19,12 +19,13 @@ object per node, which is where the memory and time of a big tree went.
 
 from __future__ import annotations
 
+import marshal
 import re
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import accumulate, compress, pairwise, repeat
 from operator import is_not, not_
 from typing import Any
 
@@ -126,30 +127,94 @@ class NodeColumns:
 
 
 class Table:
-    """The checked columns behind a Tree (rows in input order, then made parents)."""
+    """The checked columns behind a Tree (rows in input order, then made parents).
 
-    __slots__ = ("paths", "index", "ints", "data", "links", "extras", "order", "__weakref__")
+    Only a few big buffers: the paths and the data joined, with their
+    lengths, and one array per int field, so that nothing of a node outlives
+    the parse as a Python object of its own (a bulk parse frees every small
+    object it made, and its memory with them).  The lists of paths and data,
+    and the path -> row index, are made on first use, for reading nodes.
+    """
+
+    __slots__ = (
+        "path_buf", "path_lens", "ints", "data_buf", "data_lens", "link_rows", "link_targets",
+        "extras_blob", "order", "_paths", "_data", "_index", "_links", "_extras", "__weakref__",
+    )  # fmt: skip
 
     def __init__(
         self,
         paths: list[bytes],
-        index: dict[bytes, int],
         ints: dict[str, array[int]],
         data: list[bytes | None],
         links: dict[int, int],
         extras: dict[int, Extra],
         order: array[int],
     ) -> None:
-        self.paths = paths
-        self.index = index
+        self.path_buf = b"".join(paths)
+        self.path_lens = array("q", map(len, paths))
+        self.data_buf = b"".join([piece for piece in data if piece is not None])
+        self.data_lens = array("q", [-1 if piece is None else len(piece) for piece in data])
         #: field name -> array("q") of every row
         self.ints = ints
-        self.data = data
-        #: hardlink row -> the row of its (final) target
-        self.links = links
-        self.extras = extras
+        #: each hardlink row, and the row of its (final) target
+        self.link_rows = array("q", links)
+        self.link_targets = array("q", links.values())
+        #: row -> (content, fs-verity digest, xattrs), marshal'd
+        self.extras_blob = marshal.dumps(extras) if extras else b""
         #: the rows in Tree order
         self.order = order
+        self._paths: list[bytes] | None = None
+        self._data: list[bytes | None] | None = None
+        self._index: dict[bytes, int] | None = None
+        self._links: dict[int, int] | None = None
+        self._extras: dict[int, Extra] | None = None
+
+    @property
+    def links(self) -> dict[int, int]:
+        """Hardlink row -> the row of its (final) target."""
+        if self._links is None:
+            self._links = dict(zip(self.link_rows, self.link_targets, strict=True))
+        return self._links
+
+    @property
+    def extras(self) -> dict[int, Extra]:
+        """Row -> (inline content, fs-verity digest, xattrs), for the rows that have any."""
+        if self._extras is None:
+            self._extras = marshal.loads(self.extras_blob) if self.extras_blob else {}
+        return self._extras
+
+    @staticmethod
+    def starts(lens: array[int]) -> array[int]:
+        """Where each piece starts in its buffer (a piece of length -1 is none)."""
+        return array("q", accumulate(map(max, lens, repeat(0)), initial=0))
+
+    @property
+    def paths(self) -> list[bytes]:
+        if self._paths is None:
+            buf = self.path_buf
+            self._paths = [buf[start:end] for start, end in pairwise(self.starts(self.path_lens))]
+        return self._paths
+
+    @property
+    def data(self) -> list[bytes | None]:
+        if self._data is None:
+            buf = self.data_buf
+            self._data = [
+                None if length < 0 else buf[start : start + length]
+                # starts has one more item (the end): zip stops at the last length
+                for start, length in zip(self.starts(self.data_lens), self.data_lens, strict=False)
+            ]
+        return self._data
+
+    @property
+    def index(self) -> dict[bytes, int]:
+        if self._index is None:
+            self._index = dict(zip(self.paths, range(len(self.path_lens)), strict=True))
+        return self._index
+
+    def tree_paths(self) -> tuple[bytes, ...]:
+        """The paths in Tree order."""
+        return tuple(map(self.paths.__getitem__, self.order))
 
     def node(self, row: int) -> Node:
         target = self.links.get(row)
@@ -199,7 +264,7 @@ class _TableNodes(Mapping[bytes, Node]):
         return iter(self._table.index)
 
     def __len__(self) -> int:
-        return len(self._table.index)
+        return len(self._table.path_lens)
 
 
 def _int_column(values: list[int], low: int, high: int) -> array[int] | None:
@@ -278,6 +343,8 @@ def tree_from_columns(
     joined = b"\0".join(paths)
     if not _paths_ok(paths, joined, root_row is not None, limits):
         return None
+    path_bytes = len(joined) - (n - 1) - (root_row is not None)  # as the builder counts
+    del joined
 
     ints: dict[str, array[int]] = {}
     for name, values, low, high in (
@@ -333,17 +400,12 @@ def tree_from_columns(
             return None
 
     # parents: each one a directory of the input (or one made here)
-    is_dir = list(map(of_type[S_IFDIR].__contains__, mode))
-    dirs = set(compress(paths, is_dir))
-    parents = [parent for parent, _, _ in map(bytes.rpartition, paths, repeat(b"/"))]
-    if root_row is not None:
-        if ROOT not in dirs:
-            return None
-        parents[root_row] = b"-"  # the root has no parent (never a path)
+    dirs = set(compress(paths, map(of_type[S_IFDIR].__contains__, mode)))
+    if root_row is not None and ROOT not in dirs:
+        return None
     made: list[bytes] = []
-    missing = set(parents) - dirs
-    missing.discard(b"")
-    missing.discard(b"-")
+    missing = {parent for parent, _, _ in map(bytes.rpartition, paths, repeat(b"/"))} - dirs
+    missing.discard(b"")  # the root's
     if root_row is None:
         if not synthesize_parents:
             return None
@@ -353,17 +415,14 @@ def tree_from_columns(
             return None  # a parent that is not a directory, or no maker
         made = _ancestors(missing, dirs)
     elif not synthesize_parents:
-        # TreeBuilder.add wants each parent before its children
-        rows = map(index.__getitem__, (parent or ROOT for parent in parents if parent != b"-"))
-        others = (row for row in range(n) if row != root_row)
-        if root_row != 0 or any(map(int.__ge__, rows, others)):
+        # TreeBuilder.add wants each parent before its children (the root first)
+        below = map(bytes.rpartition, paths[1:], repeat(b"/"))
+        rows = map(index.__getitem__, (parent or ROOT for parent, _, _ in below))
+        if root_row != 0 or any(map(int.__ge__, rows, range(1, n))):
             return None
     if n + len(made) > limits.max_entries:
         return None
-    if (
-        len(joined) - (n - 1) - (root_row is not None) + sum(map(len, made)) - (ROOT in made)
-        > limits.max_total_path_bytes
-    ):
+    if path_bytes + sum(map(len, made)) - (ROOT in made) > limits.max_total_path_bytes:
         return None
 
     if made:
@@ -376,8 +435,6 @@ def tree_from_columns(
         for name, column in ints.items():
             column.extend(array("q", (S_IFDIR | 0o755 if name == "mode" else 0,)) * count)
         ints["nlink"][first:] = array("q", (1,)) * count
-        parents += [_parent(path) if path != ROOT else b"-" for path in made]
-        is_dir += [True] * count
         dirs.update(made)
         n = len(paths)
     else:
@@ -391,19 +448,21 @@ def tree_from_columns(
         for target, count in Counter(final_links.values()).items():
             nlink[target] = 1 + count
     # a directory's link count: 2 + its subdirectories
-    subdirs = Counter(compress(parents, is_dir))
-    subdirs[ROOT] = subdirs.pop(b"", 0)
+    dirs.discard(ROOT)
+    subdirs = Counter(parent or ROOT for parent, _, _ in map(bytes.rpartition, dirs, repeat(b"/")))
+    dirs.add(ROOT)
     for path in dirs:
         nlink[index[path]] = 2 + subdirs.get(path, 0)
     for row in final_links:
         # the row of a hardlink reads as the builder keeps it (mode only matters to C)
         mode[row] = mode[final_links[row]]
 
+    del index, dirs, subdirs
     keys = list(map(bytes.replace, paths, repeat(b"/"), repeat(b"\0")))
     order = array("q", sorted(range(n), key=keys.__getitem__))
     del keys
-    table = Table(paths, index, ints, data, final_links, dict(extras), order)
-    return Tree(tuple(map(paths.__getitem__, order)), _TableNodes(table), _BUILDER_KEY, table)
+    table = Table(paths, ints, data, final_links, dict(extras), order)
+    return Tree(None, _TableNodes(table), _BUILDER_KEY, table)
 
 
 def _parent(path: bytes) -> bytes:

@@ -146,11 +146,13 @@ class _Columns:
 
     __slots__ = ("data", "data_lens", "extra", "extra_lens", "ints", "links", "path_lens",
                  "paths", "xattr_lens")  # fmt: skip
+    paths: bytes | bytearray
+    data: bytes | bytearray
 
     def __init__(self, tree: Tree) -> None:
         table = tree._table
         if isinstance(table, Table):
-            self._from_table(tree.paths, table)
+            self._from_table(table)
             return
         order = tree.paths
         nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
@@ -184,22 +186,22 @@ class _Columns:
         if found:
             self._extras(nodes, found)
 
-    def _from_table(self, order: tuple[bytes, ...], table: Table) -> None:
+    def _from_table(self, table: Table) -> None:
         """The same buffers from a bulk-built Tree's columns (no node objects)."""
         rows = table.order
         n = len(rows)
+        c_rows = ffi.from_buffer("int64_t[]", rows)
         self.ints = array("q", bytes(8 * len(INT_FIELDS) * n))
         columns = [table.ints[name] for name in INT_FIELDS]
         lib.cfspy_gather_rows(
             n,
-            ffi.from_buffer("int64_t[]", rows),
+            c_rows,
             len(columns),
             ffi.new("int64_t *[]", [ffi.from_buffer("int64_t[]", column) for column in columns]),
             ffi.from_buffer("int64_t[]", self.ints),
         )
-        self.paths = b"".join(order)
-        self.path_lens = array("q", map(len, order))
-        self.data, self.data_lens = _lengths(list(map(table.data.__getitem__, rows)))
+        self.paths, self.path_lens = _gathered(c_rows, table.path_buf, table.path_lens)
+        self.data, self.data_lens = _gathered(c_rows, table.data_buf, table.data_lens)
         links, extras = table.links, table.extras
         wanted = {*links, *links.values(), *extras}
         position = {row: at for at, row in enumerate(rows) if row in wanted} if wanted else {}
@@ -236,6 +238,22 @@ class _Columns:
                 xattr_lens.append(len(value))
         self.extra = b"".join(pieces)
         self.extra_lens = lens
+
+
+def _gathered(rows: Any, buf: bytes, lens: array[int]) -> tuple[bytearray, array[int]]:
+    """The pieces of ``buf`` (lengths ``lens``, -1: none) in the order of ``rows``."""
+    out = bytearray(len(buf))
+    out_lens = array("q", bytes(8 * len(lens)))
+    lib.cfspy_gather_bytes(
+        len(lens),
+        rows,
+        ffi.from_buffer("uint8_t[]", buf),
+        ffi.from_buffer("int64_t[]", Table.starts(lens)),
+        ffi.from_buffer("int64_t[]", lens),
+        ffi.from_buffer("uint8_t[]", out),
+        ffi.from_buffer("int64_t[]", out_lens),
+    )
+    return out, out_lens
 
 
 def _build(tree: Tree) -> Any:

@@ -134,7 +134,8 @@ class Tree:
     composefs-dump(5)).
     """
 
-    _order: tuple[bytes, ...]
+    #: None until first read in a Tree built in bulk (made from ``_table``).
+    _order: tuple[bytes, ...] | None
     _nodes: Mapping[bytes, Node]
     _key: object = None
     #: The checked columns of a Tree built in bulk (composefs_py._columns).
@@ -146,11 +147,11 @@ class Tree:
 
     def __iter__(self) -> Iterator[tuple[bytes, Node]]:
         nodes = self._nodes
-        for path in self._order:
+        for path in self.paths:
             yield path, nodes[path]
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._nodes)
 
     def __contains__(self, path: object) -> bool:
         return path in self._nodes
@@ -161,15 +162,15 @@ class Tree:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tree):
             return NotImplemented
-        return self._order == other._order and all(
-            self._nodes[p] == other._nodes[p] for p in self._order
+        return self.paths == other.paths and all(
+            self._nodes[p] == other._nodes[p] for p in self.paths
         )
 
     def __hash__(self) -> int:
-        return hash(self._order)
+        return hash(self.paths)
 
     def __repr__(self) -> str:
-        return f"<Tree: {len(self._order)} entries>"
+        return f"<Tree: {len(self)} entries>"
 
     def get(self, path: bytes) -> Node | None:
         return self._nodes.get(path)
@@ -177,7 +178,11 @@ class Tree:
     @property
     def paths(self) -> tuple[bytes, ...]:
         """Every path, in iteration order."""
-        return self._order
+        order = self._order
+        if order is None:
+            order = self._table.tree_paths()  # type: ignore[attr-defined]
+            object.__setattr__(self, "_order", order)
+        return order
 
     @property
     def root(self) -> Inode:
@@ -689,9 +694,9 @@ def tree_records(tree: Tree) -> Records:
     :class:`TreeBuilder`; the sandbox hands a Tree to its child this way.
     """
     values = _INODE_VALUES
-    return tree._order, [
+    return tree.paths, [
         values(node) if node.__class__ is Inode else node.target  # type: ignore[union-attr]
-        for node in map(tree._nodes.__getitem__, tree._order)
+        for node in map(tree._nodes.__getitem__, tree.paths)
     ]
 
 

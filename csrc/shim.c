@@ -154,6 +154,21 @@ void cfspy_gather_rows(size_t n, const int64_t *rows, size_t n_cols, const int64
 	}
 }
 
+void cfspy_gather_bytes(size_t n, const int64_t *rows, const uint8_t *src, const int64_t *starts,
+			const int64_t *lens, uint8_t *dst, int64_t *dst_lens)
+{
+	for (size_t i = 0; i < n; i++) {
+		const int64_t row = rows[i];
+		const int64_t len = lens[row];
+
+		dst_lens[i] = len;
+		if (len > 0) {
+			memcpy(dst, src + starts[row], (size_t)len);
+			dst += len;
+		}
+	}
+}
+
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec)
 {
 	struct timespec ts;

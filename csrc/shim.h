@@ -33,6 +33,12 @@ void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec
 void cfspy_gather_rows(size_t n, const int64_t *rows, size_t n_cols, const int64_t *const *cols,
 		       int64_t *out);
 
+/* The byte strings of the rows, in the order rows gives: row r is
+ * lens[r] bytes at src + starts[r] (none when lens[r] < 0); they go one after
+ * the other to dst and their lengths to dst_lens[i].  Moves data only. */
+void cfspy_gather_bytes(size_t n, const int64_t *rows, const uint8_t *src, const int64_t *starts,
+			const int64_t *lens, uint8_t *dst, int64_t *dst_lens);
+
 /* Build the whole C tree from columns, in one call (no Python code per
  * node); the caller writes it (cfspy_write_to_fd) and unrefs the root.  Nodes come in Tree order (the root first,
  * every directory before its children); node i has:
