@@ -25,11 +25,12 @@ of input, it locks itself down in this order:
 
 Then it rebuilds the Tree from the parent's frames of records (each
 :data:`FRAME_HEADER`, the frame's length, then ``marshal`` data of
-``(paths, columns, links)``: per Inode field a column of the values of the
-frame's Inodes, per Hardlink its position and target; a zero length ends
-them) through a TreeBuilder, frame by frame as they arrive, every invariant
-checked again (defence in depth), and writes the image with the native
-backend.  When the compiled module is unavailable (``--engine
+``(paths, ints, data, links, extras)``: the frame's entries as columns,
+see :class:`_Rows`; a zero length ends them), collecting them as they
+arrive, checks every invariant again (defence in depth) with the bulk
+TreeBuilder (:func:`~composefs_py._columns.tree_from_columns`), or with a
+TreeBuilder entry by entry where that cannot vouch for them, and writes the
+image with the native backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -62,15 +63,14 @@ import stat
 import struct
 import sys
 import traceback
+from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
-from itertools import repeat
-from operator import is_
 from typing import Any, NoReturn, cast
 
 from . import _lockdown
+from ._columns import INT_FIELDS, Extra, NodeColumns, tree_from_columns
 from .errors import ValidationError
-from .model import Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
+from .model import S_IFREG, Tree, TreeBuilder
 
 try:
     from . import _native
@@ -84,7 +84,9 @@ FRAME_HEADER = struct.Struct("<Q")
 ADDRESS_SPACE_ON_STDIN = "stdin"
 #: A frame longer than this is refused (the parent's are far smaller).
 MAX_FRAME_BYTES = 1 << 30
-_INODE_FIELD_COUNT = len(fields(Inode))
+#: Bytes of int columns a frame holds per entry (see :class:`_Rows`).
+_INT_FRAME_BYTES = 8 * len(INT_FIELDS)
+_NOT_A_FRAME = "a frame of records must be (paths, ints, data, links, extras)"
 
 EXIT_OK = 0
 EXIT_REJECTED = 65
@@ -313,52 +315,179 @@ def _read_frames() -> Iterator[object]:
 
 
 def tree_from_frames(frames: Iterable[object]) -> Tree:
-    """Rebuild the Tree from the parent's frames, through a TreeBuilder.
+    """Rebuild the Tree from the parent's frames: in bulk, else through a TreeBuilder.
 
-    Every entry goes through :meth:`TreeBuilder.add` (parents first, no
-    duplicates, as a dumpfile): the records are untrusted input like any
-    other, and anything malformed raises :class:`ValidationError`.
+    The frames' rows are collected into one :class:`NodeColumns` and handed
+    to :func:`~composefs_py._columns.tree_from_columns` (parents first, no
+    parent made, as a TreeBuilder() takes a dumpfile), which checks every
+    invariant column-wise.  Where it cannot vouch for the rows (None),
+    they go through :meth:`TreeBuilder.add` one by one, which says what is
+    wrong: the records are untrusted input like any other, and anything
+    malformed raises :class:`ValidationError`, the message a TreeBuilder
+    (or, for the frames' shape, :class:`_Rows`) gives.  A frame that is
+    not well formed is reported after any error in the entries before it,
+    as when every entry went through the builder as it arrived.
     """
-    builder = TreeBuilder()
+    rows = _Rows()
+    try:
+        for frame in frames:
+            rows.add_frame(frame)
+    except ValidationError:
+        _add_rows(TreeBuilder(), rows.columns())  # an earlier entry's own error comes first
+        raise
+    columns = rows.columns()
+    tree = tree_from_columns(columns)
+    if tree is None:
+        builder = TreeBuilder()
+        _add_rows(builder, columns)
+        tree = builder.build()
+    return tree
+
+
+def _add_rows(builder: TreeBuilder, columns: NodeColumns) -> None:
+    """Add every row of ``columns`` to ``builder``, in order (its first error raises)."""
     add = builder.add
-    index = 0
-    for frame in frames:
-        paths, nodes = _frame_nodes(frame, index)
-        good = len(paths)  # the entries before the first path that is not bytes
-        if not all(map(is_, map(type, paths), repeat(bytes))):
-            good = next(i for i, path in enumerate(paths) if path.__class__ is not bytes)
-        for path, node in zip(cast("tuple[bytes, ...]", paths[:good]), nodes[:good], strict=True):
-            add(path, node, entry=index)
-            index += 1
-        if good < len(paths):
-            raise ValidationError("the path must be bytes", entry=index, field="path")
-    return builder.build()
+    for entry, (path, node) in enumerate(columns.nodes()):
+        if path.__class__ is not bytes:
+            raise ValidationError("the path must be bytes", entry=entry, field="path")
+        add(path, node, entry=entry)
 
 
-def _frame_nodes(frame: object, first: int) -> tuple[tuple[object, ...], list[Node]]:
-    """A frame's paths and its nodes, in order (``first``: its first entry's index)."""
-    if not (isinstance(frame, tuple) and len(frame) == 3):
-        raise ValidationError("a frame of records must be (paths, columns, links)")
-    paths, columns, links = frame
-    if not (isinstance(paths, tuple) and isinstance(columns, list) and isinstance(links, tuple)):
-        raise ValidationError("a frame of records must be (paths, columns, links)")
-    count = len(paths) - len(links)
-    if len(columns) != _INODE_FIELD_COUNT or not all(
-        column.__class__ is list and len(column) == count for column in columns
-    ):
-        raise ValidationError(
-            f"a frame of records must hold {_INODE_FIELD_COUNT} columns of {count} inode fields",
-            entry=first,
+class _Rows:
+    """The rows of the frames read so far, as columns (each frame checked whole first).
+
+    A frame is the :mod:`marshal` data of ``(paths, ints, data, links,
+    extras)`` for its ``count`` entries: ``paths`` a tuple of ``count``
+    paths; ``ints`` ``8 * count`` int64 values in this machine's byte order
+    (``array("q")``), column by column in the order of
+    :data:`~composefs_py._columns.INT_FIELDS` (``mode, nlink, uid, gid,
+    mtime, mtime_nsec, size, rdev``); ``data`` a list of ``count`` values,
+    each the payload of a regular file, the target of a symlink or None;
+    ``links`` ``(position, target)`` for each hardlink, ``extras``
+    ``(position, content, fsverity_digest, xattrs)`` for each entry that
+    has any of those, both by increasing position in the frame.  A
+    hardlink's row reads as an empty regular file (mode ``S_IFREG``, every
+    other int 0, data None, no extras): :class:`NodeColumns`' rule.
+    """
+
+    __slots__ = ("paths", "ints", "data", "links", "extras")
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+        self.ints = [array("q") for _ in INT_FIELDS]
+        self.data: list[bytes | None] = []
+        self.links: dict[int, bytes] = {}
+        self.extras: dict[int, Extra] = {}
+
+    def add_frame(self, frame: object) -> None:
+        first = len(self.paths)
+        if not (frame.__class__ is tuple and len(frame) == 5):
+            raise ValidationError(_NOT_A_FRAME, entry=first)
+        paths, ints, data, links, extras = cast("tuple[object, ...]", frame)
+        if not (
+            paths.__class__ is tuple
+            and ints.__class__ is bytes
+            and data.__class__ is list
+            and links.__class__ is tuple
+            and extras.__class__ is tuple
+        ):
+            raise ValidationError(_NOT_A_FRAME, entry=first)
+        paths = cast("tuple[bytes, ...]", paths)
+        data = cast("list[bytes | None]", data)
+        count = len(paths)
+        if len(ints) != _INT_FRAME_BYTES * count or len(data) != count:
+            raise ValidationError(
+                f"a frame of records must hold {len(INT_FIELDS)} int columns and a data "
+                f"column of {count} entries each",
+                entry=first,
+            )
+        raw = memoryview(ints)
+        values = raw.cast("q")
+        found_links = self._links(cast("tuple[object, ...]", links), count, values, data, first)
+        found_extras = self._extras(cast("tuple[object, ...]", extras), count, found_links, first)
+        self.paths += paths
+        if count:
+            size = 8 * count
+            for column, at in zip(self.ints, range(0, len(ints), size), strict=True):
+                column.frombytes(raw[at : at + size])
+        self.data += data
+        for position, target in found_links.items():
+            self.links[first + position] = target
+        for position, extra in found_extras:
+            self.extras[first + position] = extra
+
+    @staticmethod
+    def _links(
+        links: tuple[object, ...],
+        count: int,
+        values: memoryview,
+        data: list[bytes | None],
+        first: int,
+    ) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        previous = -1
+        for link in links:
+            if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
+                raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
+            position, target = cast("tuple[int, bytes]", link)
+            if not (position.__class__ is int and previous < position < count):
+                raise ValidationError(
+                    "a hardlink's position is outside its frame or out of order", entry=first
+                )
+            if (
+                values[position] != S_IFREG
+                or any(values[position + count * k] for k in range(1, len(INT_FIELDS)))
+                or data[position] is not None
+            ):
+                raise ValidationError(
+                    "a hardlink's row must read as an empty regular file", entry=first + position
+                )
+            found[position] = target
+            previous = position
+        return found
+
+    @staticmethod
+    def _extras(
+        extras: tuple[object, ...], count: int, links: dict[int, bytes], first: int
+    ) -> list[tuple[int, Extra]]:
+        found: list[tuple[int, Extra]] = []
+        previous = -1
+        for extra in extras:
+            if not (extra.__class__ is tuple and len(extra) == 4):
+                raise ValidationError(
+                    "an entry's extras must be (position, content, digest, xattrs)", entry=first
+                )
+            position, content, digest, xattrs = cast("tuple[int, Any, Any, Any]", extra)
+            if not (position.__class__ is int and previous < position < count):
+                raise ValidationError(
+                    "an entry's extras' position is outside its frame or out of order", entry=first
+                )
+            if position in links:
+                raise ValidationError(
+                    "a hardlink's row must read as an empty regular file", entry=first + position
+                )
+            found.append((position, (content, digest, xattrs)))
+            previous = position
+        return found
+
+    def columns(self) -> NodeColumns:
+        mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = (
+            column.tolist() for column in self.ints
         )
-    nodes: list[Node] = list(map(new_inode, *columns))
-    for link in links:
-        if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
-            raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
-        position, target = link
-        if not (position.__class__ is int and 0 <= position <= len(nodes)):
-            raise ValidationError("a hardlink's position is outside its frame", entry=first)
-        nodes.insert(position, Hardlink(target))
-    return paths, nodes
+        return NodeColumns(
+            paths=self.paths,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            mtime=mtime,
+            mtime_nsec=mtime_nsec,
+            size=size,
+            data=self.data,
+            nlink=nlink,
+            rdev=rdev,
+            links=self.links,
+            extras=self.extras,
+        )
 
 
 def _fault(name: str, out_fd: int) -> None:
@@ -461,7 +590,9 @@ def _run(args: argparse.Namespace) -> int:
         digest = _native.write_tree(
             tree, args.fd, min_version=args.min_version, max_version=args.max_version
         )
-        _emit({"lockdown": report, "digest": digest.hex(), "engine": "native"})
+        # How the Tree was rebuilt: "columns" (in bulk) or "builder" (node by node).
+        rebuild = "builder" if tree._table is None else "columns"
+        _emit({"lockdown": report, "digest": digest.hex(), "engine": "native", "rebuild": rebuild})
         return EXIT_OK
     _exec_mkcomposefs(args, tree, report)
 

@@ -61,19 +61,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
 from operator import is_
 from pathlib import Path
 from typing import Any
 
+from ._columns import INT_FIELDS, Table
 from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import Hardlink, Inode, Tree
+from .model import S_IFREG, Hardlink, Inode, Tree
 
 __all__ = [
     "SandboxLimits",
@@ -83,14 +86,19 @@ __all__ = [
 ]
 
 #: The marshal format of the frames the parent hands the Tree to the child
-#: in (see _record_frames; the child rebuilds it through a TreeBuilder).
+#: in (see _Records; the child rebuilds it from them).
 _MARSHAL_VERSION = 2  # no back-references: 3x faster to write than 4 here
 #: Entries in the first frame, so the child starts building early; each
 #: next frame doubles, up to _LAST_FRAME_ENTRIES.
 _FIRST_FRAME_ENTRIES = 256
 _LAST_FRAME_ENTRIES = 8192
-#: The Inode fields, in declaration order: the order of a frame's columns.
-_INODE_FIELDS = tuple(field.name for field in fields(Inode))
+#: What a frame holds, before marshal: see _Records.
+_Extras = tuple[int, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
+_Frame = tuple[
+    tuple[bytes, ...], bytes, list[bytes | None], tuple[tuple[int, bytes], ...], tuple[_Extras, ...]
+]
+#: A hardlink's row in a frame (NodeColumns' rule: an empty regular file).
+_EMPTY_FILE = Inode(S_IFREG, nlink=0)
 #: Bytes an entry takes in a frame besides its byte strings (an upper bound).
 _RECORD_OVERHEAD = 160
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
@@ -489,20 +497,28 @@ def _child_input(tree: Tree, limits: SandboxLimits) -> Iterator[bytes]:
 def _size_bound(tree: Tree) -> int:
     """An upper bound of the bytes the frames of ``tree`` take (for the rlimit).
 
-    Over the Tree's mapping in its own order (no lookup per path: the
-    child waits for this number before it reads anything).
+    Over the Tree's columns when it has them, else over its mapping in its
+    own order (no lookup per path, no node made: the child waits for this
+    number before it reads anything).
     """
-    nodes = tree._nodes.values()
-    inodes = [node for node in nodes if node.__class__ is Inode]
     total = sum(map(len, tree.paths)) + _RECORD_OVERHEAD * len(tree)
-    total += sum(len(node.target) for node in nodes if node.__class__ is Hardlink)
-    for column in (
-        [node.payload for node in inodes],
-        [node.symlink_target for node in inodes],
-        [node.content for node in inodes],
-    ):
-        total += sum(map(len, filter(None, column)))
-    for xattrs in filter(None, [node.xattrs for node in inodes]):
+    table = tree._table
+    if isinstance(table, Table):
+        total += sum(map(len, filter(None, table.data)))
+        total += sum(map(len, map(table.paths.__getitem__, table.links.values())))
+        extras = list(table.extras.values())
+        contents = [extra[0] for extra in extras] + [extra[1] for extra in extras]
+        xattrs_of = [extra[2] for extra in extras]
+    else:
+        nodes = tree._nodes.values()
+        inodes = [node for node in nodes if node.__class__ is Inode]
+        total += sum(len(node.target) for node in nodes if node.__class__ is Hardlink)
+        total += sum(map(len, filter(None, [node.payload for node in inodes])))
+        total += sum(map(len, filter(None, [node.symlink_target for node in inodes])))
+        contents = [node.content for node in inodes]
+        xattrs_of = [node.xattrs for node in inodes]
+    total += sum(map(len, filter(None, contents)))
+    for xattrs in filter(None, xattrs_of):
         for name, value in xattrs:
             total += len(name) + len(value) + _RECORD_OVERHEAD // 8
     return total
@@ -512,21 +528,29 @@ class _Records:
     """``tree`` as frames of records for the child.
 
     A frame is its length (:data:`~composefs_py._worker.FRAME_HEADER`), then
-    the :mod:`marshal` data of ``(paths, columns, links)`` for the next
-    entries in Tree order: ``columns`` holds one list per Inode field
-    (declaration order: :data:`_INODE_FIELDS`) with the values of each Inode
-    among them, ``links`` a ``(position, target)`` pair for each Hardlink.  A
-    zero length ends the records.  Frames start small and grow, so the child
-    builds the first entries while the rest are made.
+    the :mod:`marshal` data of ``(paths, ints, data, links, extras)`` for the
+    next entries in Tree order (the layout :class:`~composefs_py._worker._Rows`
+    reads, one row per entry: the rows of
+    :class:`~composefs_py._columns.NodeColumns`): ``ints`` the int64 column
+    of each field of :data:`~composefs_py._columns.INT_FIELDS` in turn (one
+    ``array("q")``'s bytes), ``data`` each entry's payload or symlink target
+    or None, ``links`` ``(position, target)`` per hardlink (its row an empty
+    regular file), ``extras`` ``(position, content, fsverity_digest,
+    xattrs)`` per entry that has any.  A zero length ends the records.
+    Frames start small and grow, so the child starts reading early.
 
-    Everything here is C-level maps and comprehensions (attribute loads in
-    comprehensions beat attrgetter maps on slotted instances), frame by
-    frame: nothing is made before the first frame, which the child is
-    waiting for.
+    A Tree built in bulk is sliced from its columns (``Tree._table``, rows
+    taken in Tree order: no node object is made); any other Tree is read
+    node by node with C-level maps and comprehensions (attribute loads in
+    comprehensions beat attrgetter maps on slotted instances).  Each frame
+    is made only when it is sent: nothing is made before the first frame,
+    which the child is waiting for.
     """
 
     def __init__(self, tree: Tree) -> None:
         self.paths = tree.paths
+        table = tree._table
+        self.table = table if isinstance(table, Table) else None
         # The Tree's own mapping, as _native reads it: Tree.__getitem__ is a
         # Python call per entry (0.4 s instead of 0.2 s at 400k entries).
         self.node_at = tree._nodes.__getitem__
@@ -534,39 +558,96 @@ class _Records:
     def frames(
         self, first_entries: int = _FIRST_FRAME_ENTRIES, most_entries: int = _LAST_FRAME_ENTRIES
     ) -> Iterator[bytes]:
-        paths, node_at = self.paths, self.node_at
         frame_header = FRAME_HEADER.pack
+        make = self._table_frame() if self.table is not None else self._node_frame
+        paths = self.paths
         start = 0
         step = first_entries
         while start < len(paths):
             end = min(start + step, len(paths))
-            frame_paths = paths[start:end]
-            chunk: list[Any] = list(map(node_at, frame_paths))
-            links: tuple[tuple[int, bytes], ...] = ()
-            if Hardlink in set(map(type, chunk)):
-                positions = compress(count(), map(is_, map(type, chunk), repeat(Hardlink)))
-                links = tuple((position, chunk[position].target) for position in positions)
-                chunk = [node for node in chunk if node.__class__ is Inode]
-            columns = [  # in the order of _INODE_FIELDS
-                [node.mode for node in chunk],
-                [node.nlink for node in chunk],
-                [node.uid for node in chunk],
-                [node.gid for node in chunk],
-                [node.mtime for node in chunk],
-                [node.mtime_nsec for node in chunk],
-                [node.size for node in chunk],
-                [node.rdev for node in chunk],
-                [node.payload for node in chunk],
-                [node.symlink_target for node in chunk],
-                [node.content for node in chunk],
-                [node.fsverity_digest for node in chunk],
-                [node.xattrs for node in chunk],
-            ]
-            data = marshal.dumps((frame_paths, columns, links), _MARSHAL_VERSION)
+            data = marshal.dumps(make(start, end), _MARSHAL_VERSION)
             yield frame_header(len(data)) + data
             start = end
             step = min(2 * step, most_entries)
         yield frame_header(0)
+
+    def _node_frame(self, start: int, end: int) -> _Frame:
+        frame_paths = self.paths[start:end]
+        chunk: list[Any] = list(map(self.node_at, frame_paths))
+        links: tuple[tuple[int, bytes], ...] = ()
+        if Hardlink in set(map(type, chunk)):
+            positions = list(compress(count(), map(is_, map(type, chunk), repeat(Hardlink))))
+            links = tuple((position, chunk[position].target) for position in positions)
+            for position in positions:
+                chunk[position] = _EMPTY_FILE
+        ints = array("q")
+        for values in (  # in the order of INT_FIELDS
+            [node.mode for node in chunk],
+            [node.nlink for node in chunk],
+            [node.uid for node in chunk],
+            [node.gid for node in chunk],
+            [node.mtime for node in chunk],
+            [node.mtime_nsec for node in chunk],
+            [node.size for node in chunk],
+            [node.rdev for node in chunk],
+        ):
+            ints.fromlist(values)
+        data = [
+            node.payload if node.symlink_target is None else node.symlink_target for node in chunk
+        ]
+        extras = tuple(
+            (position, node.content, node.fsverity_digest, node.xattrs)
+            for position, node in enumerate(chunk)
+            if node.content is not None or node.fsverity_digest is not None or node.xattrs
+        )
+        return frame_paths, ints.tobytes(), data, links, extras
+
+    def _table_frame(self) -> Callable[[int, int], _Frame]:
+        """The frame maker of a Tree built in bulk (what it needs found once)."""
+        table = self.table
+        assert table is not None
+        order = table.order
+        columns = [table.ints[name] for name in INT_FIELDS]
+        row_data = table.data.__getitem__
+        # Positions (in Tree order) of the rows that are hardlinks or have extras.
+        links, extras = table.links, table.extras
+        wanted = {*links, *extras}.__contains__
+        found = compress(zip(count(), order), map(wanted, order))
+        special = [(position, row) for position, row in found]
+        special_at = [position for position, _ in special]
+
+        def make(start: int, end: int) -> _Frame:
+            rows = order[start:end]
+            size = end - start
+            ints = array("q")
+            for column in columns:
+                ints.extend(map(column.__getitem__, rows))
+            data = list(map(row_data, rows))
+            frame_links: list[tuple[int, bytes]] = []
+            frame_extras: list[_Extras] = []
+            for position, row in special[
+                bisect_left(special_at, start) : bisect_left(special_at, end)
+            ]:
+                at = position - start
+                target = links.get(row)
+                if target is not None:
+                    frame_links.append((at, table.paths[target]))
+                    # its row reads as an empty regular file
+                    ints[at] = S_IFREG
+                    for k in range(1, len(INT_FIELDS)):
+                        ints[at + k * size] = 0
+                    data[at] = None
+                else:
+                    frame_extras.append((at, *extras[row]))
+            return (
+                self.paths[start:end],
+                ints.tobytes(),
+                data,
+                tuple(frame_links),
+                tuple(frame_extras),
+            )
+
+        return make
 
 
 def _write_to_file(

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from composefs_py import _lockdown, read_image, sandbox, write_image
+from composefs_py._columns import INT_FIELDS, columns_of, tree_from_columns
 from composefs_py._worker import FRAME_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
@@ -336,6 +337,13 @@ def test_writer_sandbox_backend_publishes_the_same_image(tmp_path: Path) -> None
     assert sorted(p.name for p in dest.parent.iterdir()) == ["image.cfs"]
 
 
+def table_tree(tree: Tree) -> Tree:
+    """``tree`` built in bulk: the same Tree, kept as columns (``Tree._table``)."""
+    built = tree_from_columns(columns_of(tree))
+    assert built is not None and built._table is not None and built == tree
+    return built
+
+
 def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) -> None:
     import marshal
 
@@ -355,27 +363,81 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
     frames = list(sandbox._Records(tree).frames())
     assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
     first, second = (marshal.loads(frame[FRAME_HEADER.size :]) for frame in frames[:2])
-    assert len(first[0]) == 256 and first[2][-1][0] == 255 and second[2][0][0] == 0
+    assert len(first[0]) == 256 and first[3][-1][0] == 255 and second[3][0][0] == 0
+    assert list(sandbox._Records(table_tree(tree)).frames()) == frames
     expected, expected_digest = native_image(tree, tmp_path)
     fd, path = out
     assert write_image_sandboxed(tree, fd) == expected_digest
     assert path.read_bytes() == expected
 
 
-def test_frame_columns_follow_the_inode_fields() -> None:
+def test_a_tree_built_in_bulk_makes_the_same_image(tmp_path: Path) -> None:
+    tree = small_tree()
+    bulk = table_tree(tree)
+    expected, expected_digest = native_image(tree, tmp_path)
+    for which, source in (("nodes", tree), ("table", bulk)):
+        path = tmp_path / f"{which}.img"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            assert write_image_sandboxed(source, fd) == expected_digest, which
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == expected, which
+
+
+def run_writer(frames: list[bytes], out: tuple[int, Path]) -> dict[str, Any]:
+    """Run the writing child on ``frames`` (the size bound in its argv); its report."""
+    fd, _ = out
+    child_fd = os.dup(fd)
+    try:
+        argv = sandbox._worker_argv(
+            "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
+        )
+        outcome = sandbox._run_child(argv, frames, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
+    finally:
+        os.close(child_fd)
+    record, _ = sandbox._first_line(outcome.stdout)
+    return record
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["nodes", "table"])
+def test_the_child_rebuilds_the_parents_frames_in_bulk(
+    bulk: bool, tmp_path: Path, out: tuple[int, Path]
+) -> None:
+    tree = small_tree()
+    record = run_writer(list(sandbox._Records(table_tree(tree) if bulk else tree).frames()), out)
+    assert record["rebuild"] == "columns"  # not the TreeBuilder fallback
+    expected, expected_digest = native_image(tree, tmp_path)
+    assert record["digest"] == expected_digest.hex()
+    assert out[1].read_bytes() == expected
+
+
+def test_frame_columns_follow_the_int_fields() -> None:
     import marshal
+    from array import array
 
     tree = small_tree()
     frame = next(iter(sandbox._Records(tree).frames()))
-    paths, columns, links = marshal.loads(frame[FRAME_HEADER.size :])
+    paths, ints, data, links, extras = marshal.loads(frame[FRAME_HEADER.size :])
     assert paths == tree.paths
     nodes = [tree[path] for path in paths]
-    inodes = [node for node in nodes if isinstance(node, Inode)]
-    for name, column in zip(sandbox._INODE_FIELDS, columns, strict=True):
-        assert column == [getattr(inode, name) for inode in inodes], name
+    values = array("q", ints)
+    assert len(values) == len(INT_FIELDS) * len(paths)
+    empty_file = Inode(stat.S_IFREG, nlink=0)
+    rows = [empty_file if isinstance(node, Hardlink) else node for node in nodes]
+    for k, name in enumerate(INT_FIELDS):
+        column = values[k * len(paths) : (k + 1) * len(paths)].tolist()
+        assert column == [getattr(row, name) for row in rows], name
+    assert data == [row.payload or row.symlink_target for row in rows]
     assert links == tuple(
         (i, node.target) for i, node in enumerate(nodes) if isinstance(node, Hardlink)
     )
+    assert extras == tuple(
+        (i, row.content, row.fsverity_digest, row.xattrs)
+        for i, row in enumerate(rows)
+        if row.content is not None or row.fsverity_digest is not None or row.xattrs
+    )
+    assert links and extras
 
 
 def test_records_size_bound_covers_the_frames() -> None:
@@ -388,47 +450,97 @@ def test_records_size_bound_covers_the_frames() -> None:
     for tree in (small_tree(), synthetic_tree(3000), builder.build()):
         made = sum(map(len, sandbox._Records(tree).frames()))
         assert made <= sandbox._size_bound(tree) < 4 * made
+        assert sandbox._size_bound(table_tree(tree)) == sandbox._size_bound(tree)
 
 
-def _frame(paths: list[Any], inodes: list[Any], links: tuple[Any, ...] = ()) -> bytes:
-    """A frame of the given entries: ``inodes`` their field tuples (as rows)."""
+def _frame(
+    paths: list[Any],
+    rows: list[Any],
+    links: tuple[Any, ...] = (),
+    extras: tuple[Any, ...] = (),
+    *,
+    ints: Any = None,
+) -> bytes:
+    """A frame of the given entries: ``rows`` their (8 ints, data) tuples."""
     import marshal
+    from array import array
 
-    columns = [list(column) for column in zip(*inodes, strict=True)] if inodes else [[]] * 13
-    data = marshal.dumps((tuple(paths), columns, links), 2)
-    return FRAME_HEADER.pack(len(data)) + data
+    if ints is None:
+        ints = array("q", [row[k] for k in range(len(INT_FIELDS)) for row in rows]).tobytes()
+    data = [row[len(INT_FIELDS)] for row in rows]
+    raw = marshal.dumps((tuple(paths), ints, data, links, extras), 2)
+    return FRAME_HEADER.pack(len(raw)) + raw
 
 
-def _fields(inode: Inode) -> tuple[Any, ...]:
-    return tuple(getattr(inode, name) for name in sandbox._INODE_FIELDS)
+def _row(inode: Inode) -> tuple[Any, ...]:
+    """``inode``'s row in a frame: its INT_FIELDS values, then its data."""
+    ints = tuple(getattr(inode, name) for name in INT_FIELDS)
+    return (*ints, inode.payload or inode.symlink_target)
 
 
-ROOT_FIELDS = _fields(Inode(stat.S_IFDIR | 0o755))
-FILE_FIELDS = _fields(Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD))
+ROOT_FIELDS = _row(Inode(stat.S_IFDIR | 0o755))
+FILE_FIELDS = _row(Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD))
+LINK_FIELDS = _row(Inode(stat.S_IFREG, nlink=0))
 END = FRAME_HEADER.pack(0)
+_ROOT_AND_FILE = ([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS])
+_UNSORTED_XATTRS = ((b"user.b", b""), (b"user.a", b""))
+_BAD_UID_FILE = (*FILE_FIELDS[:2], -1, *FILE_FIELDS[3:])
 
 # Input the parent never sends: the child must refuse each with the
 # TreeBuilder's (or the frame reader's) reason, and write nothing.
 HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
     ("dotdot", [_frame([b"/", b"/.."], [ROOT_FIELDS, FILE_FIELDS]), END], "b'..'"),
     ("no-parent", [_frame([b"/", b"/a/b"], [ROOT_FIELDS, FILE_FIELDS]), END], "parent"),
-    ("duplicate", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS]),
-                   _frame([b"/a"], [FILE_FIELDS]), END], "duplicate path"),
+    ("duplicate", [_frame(*_ROOT_AND_FILE), _frame([b"/a"], [FILE_FIELDS]), END],
+     'entry 2 ("/a"): name: duplicate path'),
     ("bad-mode", [_frame([b"/", b"/a"], [ROOT_FIELDS, (0o170644, *FILE_FIELDS[1:])]), END],
      "unknown file type"),
     ("dir-size", [_frame([b"/", b"/a"], [ROOT_FIELDS, (*ROOT_FIELDS[:6], 7, *ROOT_FIELDS[7:])]),
                   END], "only regular files have a size"),
-    ("hardlink-missing", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((1, b"/nowhere"),)), END],
-     "does not exist"),
+    ("dir-data", [_frame([b"/", b"/a"], [ROOT_FIELDS, (*ROOT_FIELDS[:8], PAYLOAD)]), END],
+     "only regular files have a payload"),
+    ("hardlink-missing", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/nowhere"),)),
+                          END], "does not exist"),
+    ("hardlink-to-dir", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/"),)), END],
+     "hardlink to a directory"),
+    ("hardlink-to-self", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/a"),)), END],
+     "hardlink to itself"),
     ("root-not-dir", [_frame([b"/"], [FILE_FIELDS]), END], "the root must be a directory"),
-    ("short-fields", [_frame([b"/"], [ROOT_FIELDS[:5]]), END], "13 columns of 1"),
+    ("bad-xattrs", [_frame(*_ROOT_AND_FILE, (), ((1, None, None, _UNSORTED_XATTRS),)), END],
+     "names must be unique and sorted"),
+    ("short-digest", [_frame(*_ROOT_AND_FILE, (), ((1, None, b"\1" * 31, ()),)), END],
+     "fs-verity digest must be 32 bytes"),
     ("path-not-bytes", [_frame(["/"], [ROOT_FIELDS]), END], "the path must be bytes"),
-    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END], "13 columns of 2"),
-    ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS], ((9, b"/"),)), END], "outside its frame"),
+    ("short-ints", [_frame([b"/"], [ROOT_FIELDS], ints=bytes(8 * 7)), END],
+     "8 int columns and a data column of 1"),
+    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END],
+     "8 int columns and a data column of 2"),
+    ("ints-not-bytes", [_frame([b"/"], [ROOT_FIELDS], ints=list(ROOT_FIELDS[:8])), END],
+     "must be (paths, ints, data, links, extras)"),
+    ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((9, b"/"),)), END],
+     "outside its frame"),
+    ("links-out-of-order", [_frame([b"/", b"/a", b"/b"], [ROOT_FIELDS, LINK_FIELDS, LINK_FIELDS],
+                                   ((2, b"/x"), (1, b"/x"))), END], "out of order"),
+    ("link-not-pair", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, "/"),)), END],
+     "a hardlink must be (position, target bytes)"),
+    ("link-row-with-data", [_frame(*_ROOT_AND_FILE, ((1, b"/"),)), END],
+     'entry 1: a hardlink\'s row must read as an empty regular file'),
+    ("link-row-with-extras", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/"),),
+                                     ((1, b"x", None, ()),)), END],
+     "a hardlink's row must read as an empty regular file"),
+    ("extras-not-four", [_frame(*_ROOT_AND_FILE, (), ((1, None, None),)), END],
+     "an entry's extras must be (position, content, digest, xattrs)"),
+    ("extras-outside", [_frame(*_ROOT_AND_FILE, (), ((2, None, None, ()),)), END],
+     "outside its frame"),
     ("not-marshal", [FRAME_HEADER.pack(4) + b"\xff\xff\xff\xff", END], "not marshal"),
-    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END], "must be (paths, columns, links)"),
+    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END],
+     "must be (paths, ints, data, links, extras)"),
+    ("too-long", [FRAME_HEADER.pack((1 << 30) + 1), END], "longer than 1073741824 bytes"),
     ("cut-short", [_frame([b"/"], [ROOT_FIELDS])[:-3]], "end early"),
     ("no-root", [END], "no root"),
+    # an entry's own error comes before a malformed frame after it
+    ("entry-then-frame", [_frame([b"/", b"/a"], [ROOT_FIELDS, _BAD_UID_FILE]),
+                          FRAME_HEADER.pack(1) + b"N", END], 'entry 1 ("/a"): uid'),
 ]  # fmt: skip
 
 
@@ -574,12 +686,14 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
 def test_memory_limit_hit_inside_libcomposefs_is_reported(out: tuple[int, Path]) -> None:
     fd, path = out
     tree = synthetic_tree(50_000)
-    # Writing 50,000 entries takes about 120 MiB: libcomposefs' malloc
-    # (ENOMEM) or Python's (MemoryError) fails first, depending on the heap.
+    # Writing 50,000 entries takes about 85 MiB of address space (the frames'
+    # columns, the Tree kept as columns, libcomposefs' own): libcomposefs'
+    # malloc (ENOMEM) or Python's (MemoryError) fails first, depending on
+    # the heap.
     with pytest.raises(
         SandboxError, match=r"(Cannot allocate memory|MemoryError).*address-space limit"
     ):
-        write_image_sandboxed(tree, fd, limits=SandboxLimits(address_space=90 << 20))
+        write_image_sandboxed(tree, fd, limits=SandboxLimits(address_space=64 << 20))
     assert path.stat().st_size == 0
     assert_child_gone()
 
