@@ -52,13 +52,16 @@ import gc
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
+from operator import is_not, lt, not_
 from typing import Annotated, Any, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from ._acl import ACL_XATTR_NAMES, posix_acl_problem
+from ._columns import NodeColumns, tree_from_columns
 from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
@@ -101,7 +104,9 @@ _I63_MAX = (1 << 63) - 1
 
 _EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _HEX = "0123456789abcdef"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}").fullmatch
+#: A digest, its first two hex digits (the payload's folder) and the rest.
+_DIGEST_PARTS = re.compile(r"sha256:([0-9a-f]{2})([0-9a-f]{62})")
+_DIGEST = _DIGEST_PARTS.fullmatch
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_BARE_PREFIXES = frozenset(_XATTR_PREFIXES)
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
@@ -246,13 +251,20 @@ def _quick_time(
     hms = text[11:19]
     clock = clocks.get(hms)
     if clock is None:
-        match = _CLOCK(hms)
-        if match is None:
+        clock = _clock_seconds(hms)
+        if clock is None:
             return None
-        hour, minute, second = match.groups()
-        clock = int(hour) * 3600 + int(minute) * 60 + int(second)
         clocks[hms] = clock  # at most 86400 of them
     return date + clock, nsec
+
+
+def _clock_seconds(hms: str) -> int | None:
+    """Seconds into the day of an ``HH:MM:SS`` text (None: not a valid clock)."""
+    match = _CLOCK(hms)
+    if match is None:
+        return None
+    hour, minute, second = match.groups()
+    return int(hour) * 3600 + int(minute) * 60 + int(second)
 
 
 def _is_digest(value: object) -> bool:
@@ -603,12 +615,15 @@ def _as_dict(entry: _Entry) -> dict[str, Any]:
     }
 
 
-def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
-    """The fast path of :func:`parse_toc`; None leaves the document to the others.
+def _typed_document(
+    raw: bytes, limits: Limits, decoder: msgspec.json.Decoder[Any]
+) -> tuple[Any, int] | None:
+    """A typed document (version 1, a sane split digest, not too many entries)
+    and the number of keys other than its own three, once; None: not here.
 
-    Only a valid document gives a Tree here: any problem (JSON, duplicate or
-    unknown keys, a value the entry checks refuse) gives None, and the
-    json-module paths report it as they always do.
+    A document's keys count once each: the decoder ignores unknown keys and
+    keeps the last of duplicates, so the caller counts the keys its structs
+    took and steps aside unless they are all of them.
     """
     if limits.max_json_depth < _TYPED_DEPTH:
         return None
@@ -618,7 +633,7 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
         except UnicodeDecodeError:
             return None
     try:
-        document = _TYPED_DECODER.decode(raw)
+        document = decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return None  # includes msgspec.ValidationError
     if document.version != 1:
@@ -626,12 +641,26 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
     split = document.tarSplitDigest
     if split is not UNSET and not _is_digest(split):
         return None
-    entries = document.entries
-    if len(entries) > limits.max_entries:
+    if len(document.entries) > limits.max_entries:
         return None
     keys = _key_count(raw)
     if keys is None:
         return None
+    return document, keys - 2 - (split is not UNSET)
+
+
+def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
+    """The fast path of :func:`parse_toc`; None leaves the document to the others.
+
+    Only a valid document gives a Tree here: any problem (JSON, duplicate or
+    unknown keys, a value the entry checks refuse) gives None, and the
+    json-module paths report it as they always do.
+    """
+    head = _typed_document(raw, limits, _TYPED_DECODER)
+    if head is None:
+        return None
+    document, keys = head
+    entries = document.entries
     walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
     try:
         if walker.whiteouts and raw.find(_WH_OPAQUE) >= 0:
@@ -640,8 +669,7 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
                 (decode(piece).name for piece in entries if bytes(piece).find(_WH_OPAQUE) >= 0),
                 limits,
             )
-        seen = walker.typed_entries(entries)
-        if seen + 2 + (split is not UNSET) != keys:
+        if walker.typed_entries(entries) != keys:
             return None
         del document, entries
         walker.close_chain()
@@ -649,6 +677,281 @@ def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
         return walker.builder.build()
     except (ValidationError, msgspec.DecodeError):
         return None
+
+
+# -- the bulk path -----------------------------------------------------------------
+#
+# The whole document decoded at once, every rule checked column by column
+# with C-level operations (counts, joins, translations, set algebra), and the
+# tree built by tree_from_columns.  It takes the plain TOC only: reg, dir,
+# symlink and hardlink entries with the common fields, clean names and Go's
+# RFC 3339 times.  Anything else, and anything wrong, gives None, and the
+# paths above decide with their own messages.
+#
+# An absent field reads as a value the checks never take ("" for the
+# strings, -1 for the integers, whose ranges exclude it): a field given that
+# value counts as absent, so the key count differs and the document is left
+# to the others.
+
+_NO_INT = -1
+_BulkI32 = Annotated[int, msgspec.Meta(ge=0, le=_ID_MAX)]
+_BulkI63 = Annotated[int, msgspec.Meta(ge=0, le=_I63_MAX)]
+
+
+class _BulkEntry(msgspec.Struct, gc=False):
+    """The fields the bulk path takes; any other key makes the key count differ."""
+
+    type: str
+    name: str
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o177777)] = _NO_INT
+    size: _BulkI63 = _NO_INT
+    uid: _BulkI32 = _NO_INT
+    gid: _BulkI32 = _NO_INT
+    offset: _BulkI63 = _NO_INT
+    endOffset: _BulkI63 = _NO_INT
+    modtime: str = ""
+    accesstime: str = ""
+    changetime: str = ""
+    linkName: str = ""
+    digest: str = ""
+    xattrs: dict[str, str] | None = None
+
+
+class _BulkDocument(msgspec.Struct, gc=False):
+    version: int
+    entries: list[_BulkEntry]
+    tarSplitDigest: str | UnsetType = UNSET
+
+
+_BULK_DECODER = msgspec.json.Decoder(_BulkDocument)
+_BULK_TYPES = frozenset(("reg", "dir", "symlink", "hardlink"))
+#: The epoch in RFC 3339, which an absent modtime stands for.
+_EPOCH_TEXT = "1970-01-01T00:00:00Z"
+# Every digit as 0: what is left of a time or a digest is its shape.
+_DIGITS_AS_0 = bytes.maketrans(b"123456789", b"0" * 9)
+_HEX_AS_0 = bytes.maketrans(b"123456789abcdef", b"0" * 15)
+#: Go's RFC 3339 times (``Z``, 0..9 fraction digits), as shapes.
+_TIME_SHAPES = frozenset(
+    b"0000-00-00T00:00:00" + (b"." + b"0" * digits if digits else b"") + b"Z"
+    for digits in range(10)
+)
+_NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
+_DIGEST_SHAPE = _EMPTY_SHA256.encode().translate(_HEX_AS_0)
+#: A "." or ".." name part, in "\0"-framed names.
+_DOT_PART = re.compile(r"[\x00/]\.\.?(?=[/\x00])").search
+#: Paths the walker treats apart (eStargz bookkeeping), "\0"-framed.
+_SET_APART = tuple(b"\0" + path + b"\0" for path in (*_LANDMARKS, _STARGZ_INDEX))
+
+
+def _bulk(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
+    """The Tree of a plain TOC checked column by column; None: leave it to the others.
+
+    The rules are the walker's (:meth:`_Walker.entry`): the same values
+    accepted, the same nodes made, for every document this takes.
+    """
+    head = _typed_document(raw, limits, _BULK_DECODER)
+    if head is None or not head[0].entries:
+        return None
+    document, keys = head
+    entries = document.entries
+    del document, head
+    types = [entry.type for entry in entries]
+    names = [entry.name for entry in entries]
+    modes = [entry.mode for entry in entries]
+    sizes = [entry.size for entry in entries]
+    uids = [entry.uid for entry in entries]
+    gids = [entry.gid for entry in entries]
+    offsets = [entry.offset for entry in entries]
+    ends = [entry.endOffset for entry in entries]
+    modtimes = [entry.modtime for entry in entries]
+    accesstimes = [entry.accesstime for entry in entries]
+    changetimes = [entry.changetime for entry in entries]
+    link_names = [entry.linkName for entry in entries]
+    digests = [entry.digest for entry in entries]
+    xattrs = [entry.xattrs for entry in entries]
+    del entries
+    n = len(types)
+    # every key is one of these fields: no duplicate, no other key
+    no_modtime = modtimes.count("")
+    no_digest = digests.count("")
+    xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(None))))
+    absent = sum(map(list.count, (modes, sizes, uids, gids, offsets, ends), repeat(_NO_INT)))
+    absent += sum(map(list.count, (accesstimes, changetimes, link_names), repeat("")))
+    absent += no_modtime + no_digest + n - len(xattr_rows)
+    if 14 * n - absent + sum(len(xattrs[row]) for row in xattr_rows) != keys:
+        return None
+    if not _BULK_TYPES.issuperset(types):
+        return None
+
+    paths = _bulk_paths(names, limits, compat)
+    if paths is None:
+        return None
+
+    # the file type and permission bits of each distinct (type, mode)
+    kind_modes: dict[tuple[str, int], int] = {}
+    for kind, mode in set(zip(types, modes, strict=True)):
+        bits = max(mode, 0)
+        if bits > 0o7777:
+            if bits & _S_IFMT != _TYPE_BITS[kind]:
+                return None
+            bits &= 0o7777
+        kind_modes[kind, mode] = _S_IFREG if kind == "hardlink" else _TYPE_BITS[kind] | bits
+
+    # only regular files have data (a size) or a digest; data needs one
+    sizes = [size if size > 0 else 0 for size in sizes]
+    not_reg = [kind != "reg" for kind in types]
+    if (
+        any(compress(sizes, not_reg))
+        or any(compress(digests, not_reg))
+        or not _all_digests("".join(digests), n - no_digest)
+        or "" in compress(digests, sizes)
+        or not {"", _EMPTY_SHA256}.issuperset(compress(digests, map(not_, sizes)))
+    ):
+        return None
+    # the payload is the digest's path (see _Walker.payload); an empty file has none
+    data: list[bytes | None] = [
+        f"{digest[7:9]}/{digest[9:]}".encode() if size else None
+        for digest, size in zip(digests, sizes, strict=True)
+    ]
+
+    # symlink targets and hardlinks: theirs is the only linkName (an empty one is none)
+    linked = list(compress(range(n), link_names))
+    if len(linked) != types.count("symlink") + types.count("hardlink"):
+        return None
+    links: dict[int, bytes] = {}
+    try:
+        for row in linked:
+            kind = types[row]
+            if kind == "symlink":
+                data[row] = link_names[row].encode()
+            elif kind == "hardlink":
+                links[row] = _clean_name(link_names[row], limits)
+                if links[row] == paths[row]:
+                    return None
+            else:
+                return None
+    except (UnicodeEncodeError, ValueError):
+        return None
+
+    # times: modtime is kept (absent: 0), every time given must be valid
+    times = _times_of([text or _EPOCH_TEXT for text in modtimes] if no_modtime else modtimes)
+    if times is None:
+        return None
+    for other in (accesstimes, changetimes):
+        if other != modtimes:
+            extra = set(other).difference(modtimes)
+            extra.discard("")
+            if extra and _times_of(list(extra)) is None:
+                return None
+
+    # where the data is: an end not before its offset
+    if any(compress(map(lt, ends, offsets), map(_NO_INT.__ne__, ends))):
+        return None
+
+    walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
+    extras: dict[int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
+    try:
+        for row in xattr_rows:
+            pairs = walker.xattrs(row, names[row], xattrs[row])
+            if pairs and row not in links:  # a hardlink's own xattrs are checked, then dropped
+                extras[row] = (None, None, pairs)
+    except ValidationError:
+        return None
+
+    columns = NodeColumns(
+        paths=paths,
+        mode=[kind_modes[kind, mode] for kind, mode in zip(types, modes, strict=True)],
+        uid=[uid if uid > 0 else 0 for uid in uids],
+        gid=[gid if gid > 0 else 0 for gid in gids],
+        mtime=times[0],
+        mtime_nsec=times[1],
+        size=sizes,
+        data=data,
+        links=links,
+        extras=extras,
+    )
+    for row in links:  # a hardlink's row reads as an empty regular file
+        columns.uid[row] = columns.gid[row] = columns.mtime[row] = columns.mtime_nsec[row] = 0
+    return tree_from_columns(columns, limits, synthesize_parents=True, count_hardlinks=True)
+
+
+def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> list[bytes] | None:
+    """The paths of names that are clean already (but for a trailing ``/``); else None.
+
+    Such a name is its path without the leading ``/`` (see :func:`_clean_name`).
+    The root, whiteouts (unless ``compat``) and eStargz's bookkeeping files
+    are the walker's; lengths and depths are ``tree_from_columns``' to check.
+    """
+    framed = "\0" + "\0".join(names) + "\0"
+    if framed.count("\0") != len(names) + 1 or framed.find("//") >= 0:
+        return None  # a NUL in a name, or an empty part
+    framed = framed.replace("/\0", "\0")
+    if framed.find("\0/") >= 0 or framed.find("\0\0") >= 0:
+        return None  # an absolute or empty name
+    if (framed.find("/.") >= 0 or framed.find("\0.") >= 0) and _DOT_PART(framed) is not None:
+        return None
+    try:
+        joined = framed.encode().replace(b"\0", b"\0/")
+    except UnicodeEncodeError:
+        return None
+    if (compat is None and joined.find(_WH) >= 0) or any(map(joined.__contains__, _SET_APART)):
+        return None
+    return joined[1:-2].split(b"\0")
+
+
+def _all_digests(joined: str, count: int) -> bool:
+    """``joined`` is ``count`` digests, each sha256: and 64 lowercase hex digits."""
+    return (
+        len(joined) == 71 * count
+        and joined.count("sha256:") == count
+        and joined.isascii()
+        and joined.encode().translate(_HEX_AS_0) == _DIGEST_SHAPE * count
+    )
+
+
+class _TimeParts(dict[str, int]):
+    """A part of a time (a date, ``HH:MM``, ``SS``) -> its seconds, parsed on first sight."""
+
+    def __init__(self, parse: Callable[[str], int | None]) -> None:
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, part: str) -> int:
+        seconds = self.parse(part)
+        if seconds is None:
+            raise ValueError(part)
+        self[part] = seconds
+        return seconds
+
+
+def _day_start(day: str) -> int | None:
+    parsed = _parse_time(day + "T00:00:00Z")
+    return None if parsed is None else parsed[0]
+
+
+def _times_of(texts: list[str]) -> tuple[list[int], list[int]] | None:
+    """Seconds and nanoseconds of Go's RFC 3339 times (None: another form, or invalid).
+
+    What :meth:`_Walker.time` makes of them: each distinct date, ``HH:MM``
+    and ``SS`` is checked once, by the walker's own parsers.
+    """
+    joined = "\n".join(texts) + "\n"
+    if not joined.isascii():
+        return None
+    shape = joined.encode().translate(_DIGITS_AS_0)
+    if shape != _NANO_SHAPE * len(texts) and (
+        shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
+    ):
+        return None
+    days = _TimeParts(_day_start)
+    minutes = _TimeParts(lambda hm: _clock_seconds(hm + ":00"))
+    seconds = _TimeParts(lambda ss: _clock_seconds("00:00:" + ss))
+    try:
+        whole = [days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts]
+    except ValueError:
+        return None
+    scale = _FRACTION_SCALE
+    return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
 
 
 # -- the entry walker -------------------------------------------------------------
@@ -741,7 +1044,9 @@ def parse_toc(
     gc.disable()  # the parse allocates millions of acyclic objects
     try:
         if not collect:
-            tree = _typed(raw, limits, compat)
+            tree = _bulk(raw, limits, compat)
+            if tree is None:
+                tree = _typed(raw, limits, compat)
             if tree is not None:
                 return tree
         text = _json_text(raw, limits)
