@@ -62,6 +62,7 @@ import signal
 import stat
 import struct
 import sys
+import time
 import traceback
 from array import array
 from collections.abc import Iterable, Iterator
@@ -328,6 +329,12 @@ def tree_from_frames(frames: Iterable[object]) -> Tree:
     not well formed is reported after any error in the entries before it,
     as when every entry went through the builder as it arrived.
     """
+    return _rebuild(_collect(frames))
+
+
+def _collect(frames: Iterable[object]) -> NodeColumns:
+    """The rows of every frame as one NodeColumns (a malformed frame raises,
+    after the error of any entry before it)."""
     rows = _Rows()
     try:
         for frame in frames:
@@ -335,7 +342,11 @@ def tree_from_frames(frames: Iterable[object]) -> Tree:
     except ValidationError:
         _add_rows(TreeBuilder(), rows.columns())  # an earlier entry's own error comes first
         raise
-    columns = rows.columns()
+    return rows.columns()
+
+
+def _rebuild(columns: NodeColumns) -> Tree:
+    """The Tree of ``columns``: in bulk, else through a TreeBuilder (its error raises)."""
     tree = tree_from_columns(columns)
     if tree is None:
         builder = TreeBuilder()
@@ -555,7 +566,7 @@ def _emit(record: dict[str, Any]) -> None:
     os.write(1, (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, times: dict[str, float]) -> int:
     if args.mode == "info":
         probe: dict[str, Any] = {}
         report = lockdown(args, probe=probe)
@@ -583,16 +594,30 @@ def _run(args: argparse.Namespace) -> int:
 
     # Hundreds of thousands of acyclic objects: no collection can free any.
     gc.disable()
-    tree = tree_from_frames(_read_frames())
+    times["lockdown"] = time.monotonic()
+    columns = _collect(_read_frames())
+    times["frames"] = time.monotonic()
+    tree = _rebuild(columns)
+    del columns
+    times["rebuild"] = time.monotonic()
     if args.engine == "native":
         if _native is None:
             raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
         digest = _native.write_tree(
             tree, args.fd, min_version=args.min_version, max_version=args.max_version
         )
-        # How the Tree was rebuilt: "columns" (in bulk) or "builder" (node by node).
-        rebuild = "builder" if tree._table is None else "columns"
-        _emit({"lockdown": report, "digest": digest.hex(), "engine": "native", "rebuild": rebuild})
+        times["write"] = time.monotonic()
+        _emit(
+            {
+                "lockdown": report,
+                "digest": digest.hex(),
+                "engine": "native",
+                # how the Tree was rebuilt: "columns" (in bulk) or "builder" (entry by entry)
+                "rebuild": "builder" if tree._table is None else "columns",
+                # CLOCK_MONOTONIC (shared with the parent) at each step's end
+                "times": times,
+            }
+        )
         return EXIT_OK
     _exec_mkcomposefs(args, tree, report)
 
@@ -653,6 +678,7 @@ def _import_for(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> NoReturn:
+    times = {"main": time.monotonic()}
     args = _parser().parse_args(argv)
     _import_for(args)
     # Default action for a file-size limit hit: die by SIGXFSZ (Python
@@ -662,7 +688,7 @@ def main(argv: list[str]) -> NoReturn:
         sys.stderr.write("composefs-py worker: --fd must name an open regular file\n")
         os._exit(EXIT_FAILED)
     try:
-        code = _run(args)
+        code = _run(args, times)
     except ValidationError as exc:
         _die(EXIT_REJECTED, f"rejected: {exc}")
     except MemoryError:
