@@ -717,13 +717,10 @@ class _BulkEntry(msgspec.Struct, gc=False):
     xattrs: dict[str, str] | None = None
 
 
-class _BulkDocument(msgspec.Struct, gc=False):
-    version: int
-    entries: list[_BulkEntry]
-    tarSplitDigest: str | UnsetType = UNSET
-
-
-_BULK_DECODER = msgspec.json.Decoder(_BulkDocument)
+_BULK_DECODER = msgspec.json.Decoder(list[_BulkEntry])
+#: Entries decoded at a time: their columns stay small (in cache), and the
+#: decoded entries never pile up in memory.
+_BULK_BATCH = 8192
 _BULK_TYPES = frozenset(("reg", "dir", "symlink", "hardlink"))
 #: The epoch in RFC 3339, which an absent modtime stands for.
 _EPOCH_TEXT = "1970-01-01T00:00:00Z"
@@ -749,130 +746,28 @@ def _bulk(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
     The rules are the walker's (:meth:`_Walker.entry`): the same values
     accepted, the same nodes made, for every document this takes.
     """
-    head = _typed_document(raw, limits, _BULK_DECODER)
+    head = _typed_document(raw, limits, _TYPED_DECODER)
     if head is None or not head[0].entries:
         return None
     document, keys = head
-    entries = document.entries
+    pieces = document.entries
     del document, head
-    types = [entry.type for entry in entries]
-    names = [entry.name for entry in entries]
-    modes = [entry.mode for entry in entries]
-    sizes = [entry.size for entry in entries]
-    uids = [entry.uid for entry in entries]
-    gids = [entry.gid for entry in entries]
-    offsets = [entry.offset for entry in entries]
-    ends = [entry.endOffset for entry in entries]
-    modtimes = [entry.modtime for entry in entries]
-    accesstimes = [entry.accesstime for entry in entries]
-    changetimes = [entry.changetime for entry in entries]
-    link_names = [entry.linkName for entry in entries]
-    digests = [entry.digest for entry in entries]
-    xattrs = [entry.xattrs for entry in entries]
-    del entries
-    n = len(types)
-    # every key is one of these fields: no duplicate, no other key
-    no_modtime = modtimes.count("")
-    no_digest = digests.count("")
-    xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(None))))
-    absent = sum(map(list.count, (modes, sizes, uids, gids, offsets, ends), repeat(_NO_INT)))
-    absent += sum(map(list.count, (accesstimes, changetimes, link_names), repeat("")))
-    absent += no_modtime + no_digest + n - len(xattr_rows)
-    if 14 * n - absent + sum(len(xattrs[row]) for row in xattr_rows) != keys:
-        return None
-    if not _BULK_TYPES.issuperset(types):
-        return None
-
-    paths = _bulk_paths(names, limits, compat)
-    if paths is None:
-        return None
-
-    # the file type and permission bits of each distinct (type, mode)
-    kind_modes: dict[tuple[str, int], int] = {}
-    for kind, mode in set(zip(types, modes, strict=True)):
-        bits = max(mode, 0)
-        if bits > 0o7777:
-            if bits & _S_IFMT != _TYPE_BITS[kind]:
-                return None
-            bits &= 0o7777
-        kind_modes[kind, mode] = _S_IFREG if kind == "hardlink" else _TYPE_BITS[kind] | bits
-
-    # only regular files have data (a size) or a digest; data needs one
-    sizes = [size if size > 0 else 0 for size in sizes]
-    not_reg = [kind != "reg" for kind in types]
-    if (
-        any(compress(sizes, not_reg))
-        or any(compress(digests, not_reg))
-        or not _all_digests("".join(digests), n - no_digest)
-        or "" in compress(digests, sizes)
-        or not {"", _EMPTY_SHA256}.issuperset(compress(digests, map(not_, sizes)))
-    ):
-        return None
-    # the payload is the digest's path (see _Walker.payload); an empty file has none
-    data: list[bytes | None] = [
-        f"{digest[7:9]}/{digest[9:]}".encode() if size else None
-        for digest, size in zip(digests, sizes, strict=True)
-    ]
-
-    # symlink targets and hardlinks: theirs is the only linkName (an empty one is none)
-    linked = list(compress(range(n), link_names))
-    if len(linked) != types.count("symlink") + types.count("hardlink"):
-        return None
-    links: dict[int, bytes] = {}
+    bulk = _Bulk(limits, compat)
     try:
-        for row in linked:
-            kind = types[row]
-            if kind == "symlink":
-                data[row] = link_names[row].encode()
-            elif kind == "hardlink":
-                links[row] = _clean_name(link_names[row], limits)
-                if links[row] == paths[row]:
-                    return None
-            else:
+        for first in range(0, len(pieces), _BULK_BATCH):
+            batch = _BULK_DECODER.decode(
+                b"[" + b",".join(pieces[first : first + _BULK_BATCH]) + b"]"
+            )
+            found = bulk.rows(batch, first)
+            if found is None:
                 return None
-    except (UnicodeEncodeError, ValueError):
+            keys -= found
+    except msgspec.DecodeError:
         return None
-
-    # times: modtime is kept (absent: 0), every time given must be valid
-    times = _times_of([text or _EPOCH_TEXT for text in modtimes] if no_modtime else modtimes)
-    if times is None:
-        return None
-    for other in (accesstimes, changetimes):
-        if other != modtimes:
-            extra = set(other).difference(modtimes)
-            extra.discard("")
-            if extra and _times_of(list(extra)) is None:
-                return None
-
-    # where the data is: an end not before its offset
-    if any(compress(map(lt, ends, offsets), map(_NO_INT.__ne__, ends))):
-        return None
-
-    walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
-    extras: dict[int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
-    try:
-        for row in xattr_rows:
-            pairs = walker.xattrs(row, names[row], xattrs[row])
-            if pairs and row not in links:  # a hardlink's own xattrs are checked, then dropped
-                extras[row] = (None, None, pairs)
-    except ValidationError:
-        return None
-
-    columns = NodeColumns(
-        paths=paths,
-        mode=[kind_modes[kind, mode] for kind, mode in zip(types, modes, strict=True)],
-        uid=[uid if uid > 0 else 0 for uid in uids],
-        gid=[gid if gid > 0 else 0 for gid in gids],
-        mtime=times[0],
-        mtime_nsec=times[1],
-        size=sizes,
-        data=data,
-        links=links,
-        extras=extras,
-    )
-    for row in links:  # a hardlink's row reads as an empty regular file
-        columns.uid[row] = columns.gid[row] = columns.mtime[row] = columns.mtime_nsec[row] = 0
-    return tree_from_columns(columns, limits, synthesize_parents=True, count_hardlinks=True)
+    if keys:
+        return None  # a duplicate or an unknown key
+    del pieces
+    return tree_from_columns(bulk.columns, limits, synthesize_parents=True, count_hardlinks=True)
 
 
 def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> list[bytes] | None:
@@ -883,8 +778,8 @@ def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> lis
     are the walker's; lengths and depths are ``tree_from_columns``' to check.
     """
     framed = "\0" + "\0".join(names) + "\0"
-    if framed.count("\0") != len(names) + 1 or framed.find("//") >= 0:
-        return None  # a NUL in a name, or an empty part
+    if framed.find("//") >= 0:
+        return None  # an empty part
     framed = framed.replace("/\0", "\0")
     if framed.find("\0/") >= 0 or framed.find("\0\0") >= 0:
         return None  # an absolute or empty name
@@ -896,7 +791,8 @@ def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> lis
         return None
     if (compat is None and joined.find(_WH) >= 0) or any(map(joined.__contains__, _SET_APART)):
         return None
-    return joined[1:-2].split(b"\0")
+    paths = joined[1:-2].split(b"\0")
+    return paths if len(paths) == len(names) else None  # else a NUL in a name
 
 
 def _all_digests(joined: str, count: int) -> bool:
@@ -929,29 +825,172 @@ def _day_start(day: str) -> int | None:
     return None if parsed is None else parsed[0]
 
 
-def _times_of(texts: list[str]) -> tuple[list[int], list[int]] | None:
-    """Seconds and nanoseconds of Go's RFC 3339 times (None: another form, or invalid).
+class _Bulk:
+    """The columns of a plain TOC, added batch by batch (see :func:`_bulk`)."""
 
-    What :meth:`_Walker.time` makes of them: each distinct date, ``HH:MM``
-    and ``SS`` is checked once, by the walker's own parsers.
-    """
-    joined = "\n".join(texts) + "\n"
-    if not joined.isascii():
-        return None
-    shape = joined.encode().translate(_DIGITS_AS_0)
-    if shape != _NANO_SHAPE * len(texts) and (
-        shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
-    ):
-        return None
-    days = _TimeParts(_day_start)
-    minutes = _TimeParts(lambda hm: _clock_seconds(hm + ":00"))
-    seconds = _TimeParts(lambda ss: _clock_seconds("00:00:" + ss))
-    try:
-        whole = [days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts]
-    except ValueError:
-        return None
-    scale = _FRACTION_SCALE
-    return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
+    def __init__(self, limits: Limits, compat: str | None) -> None:
+        self.limits = limits
+        self.compat = compat
+        self.columns = NodeColumns(
+            paths=[], mode=[], uid=[], gid=[], mtime=[], mtime_nsec=[], size=[], data=[]
+        )
+        # the parts of the times seen so far, each checked once
+        self.days = _TimeParts(_day_start)
+        self.minutes = _TimeParts(lambda hm: _clock_seconds(hm + ":00"))
+        self.seconds = _TimeParts(lambda ss: _clock_seconds("00:00:" + ss))
+
+    def rows(self, entries: list[_BulkEntry], first: int) -> int | None:
+        """Check ``entries`` (rows from ``first`` on) and add them; return their keys.
+
+        None: not all plain, or not all valid.
+        """
+        limits = self.limits
+        out = self.columns
+        types = [entry.type for entry in entries]
+        names = [entry.name for entry in entries]
+        modes = [entry.mode for entry in entries]
+        sizes = [entry.size for entry in entries]
+        uids = [entry.uid for entry in entries]
+        gids = [entry.gid for entry in entries]
+        offsets = [entry.offset for entry in entries]
+        ends = [entry.endOffset for entry in entries]
+        modtimes = [entry.modtime for entry in entries]
+        accesstimes = [entry.accesstime for entry in entries]
+        changetimes = [entry.changetime for entry in entries]
+        link_names = [entry.linkName for entry in entries]
+        digests = [entry.digest for entry in entries]
+        xattrs = [entry.xattrs for entry in entries]
+        del entries
+        n = len(types)
+        # the keys these fields hold (the caller matches them with the document's)
+        no_modtime = modtimes.count("")
+        no_digest = digests.count("")
+        xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(None))))
+        absent: int = sum(
+            map(list.count, (modes, sizes, uids, gids, offsets, ends), repeat(_NO_INT))
+        )
+        absent += sum(map(list.count, (accesstimes, changetimes, link_names), repeat("")))
+        absent += no_modtime + no_digest + n - len(xattr_rows)
+        keys = 14 * n - absent + sum([len(value) for value in xattrs if value is not None])
+        if not _BULK_TYPES.issuperset(types):
+            return None
+
+        paths = _bulk_paths(names, limits, self.compat)
+        if paths is None:
+            return None
+
+        # the file type and permission bits of each distinct (type, mode)
+        kind_modes: dict[tuple[str, int], int] = {}
+        for kind, mode in set(zip(types, modes, strict=True)):
+            bits = max(mode, 0)
+            if bits > 0o7777:
+                if bits & _S_IFMT != _TYPE_BITS[kind]:
+                    return None
+                bits &= 0o7777
+            kind_modes[kind, mode] = _S_IFREG if kind == "hardlink" else _TYPE_BITS[kind] | bits
+
+        # only regular files have data (a size) or a digest; data needs one
+        sizes = [size if size > 0 else 0 for size in sizes]
+        not_reg = [kind != "reg" for kind in types]
+        if (
+            any(compress(sizes, not_reg))
+            or any(compress(digests, not_reg))
+            or not _all_digests("".join(digests), n - no_digest)
+            or "" in compress(digests, sizes)
+            or not {"", _EMPTY_SHA256}.issuperset(compress(digests, map(not_, sizes)))
+        ):
+            return None
+        # the payload is the digest's path (see _Walker.payload); an empty file has none
+        data: list[bytes | None] = [
+            f"{digest[7:9]}/{digest[9:]}".encode() if size else None
+            for digest, size in zip(digests, sizes, strict=True)
+        ]
+
+        # symlink targets and hardlinks: theirs is the only linkName (an empty one is none)
+        linked = list(compress(range(n), link_names))
+        if len(linked) != types.count("symlink") + types.count("hardlink"):
+            return None
+        links: dict[int, bytes] = {}
+        try:
+            for row in linked:
+                kind = types[row]
+                if kind == "symlink":
+                    data[row] = link_names[row].encode()
+                elif kind == "hardlink":
+                    links[row] = _clean_name(link_names[row], limits)
+                    if links[row] == paths[row]:
+                        return None
+                else:
+                    return None
+        except (UnicodeEncodeError, ValueError):
+            return None
+
+        # times: modtime is kept (absent: 0), every time given must be valid
+        times = self.times([text or _EPOCH_TEXT for text in modtimes] if no_modtime else modtimes)
+        if times is None:
+            return None
+        for other in (accesstimes, changetimes):
+            if other != modtimes:
+                extra = set(other).difference(modtimes)
+                extra.discard("")
+                if extra and self.times(list(extra)) is None:
+                    return None
+
+        # where the data is: an end not before its offset
+        if any(compress(map(lt, ends, offsets), map(_NO_INT.__ne__, ends))):
+            return None
+
+        extras: dict[int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
+        if xattr_rows:
+            walker = _Walker(limits, self.compat, False, nulls=False, has_opaque=False)
+            try:
+                for row in xattr_rows:
+                    pairs = walker.xattrs(first + row, names[row], xattrs[row])
+                    if pairs and row not in links:  # a hardlink's xattrs are checked, then dropped
+                        extras[row] = (None, None, pairs)
+            except ValidationError:
+                return None
+
+        uids = [uid if uid > 0 else 0 for uid in uids]
+        gids = [gid if gid > 0 else 0 for gid in gids]
+        seconds, nanoseconds = times
+        for row in links:  # a hardlink's row reads as an empty regular file
+            uids[row] = gids[row] = seconds[row] = nanoseconds[row] = 0
+        out.paths += paths
+        out.mode += [kind_modes[kind, mode] for kind, mode in zip(types, modes, strict=True)]
+        out.uid += uids
+        out.gid += gids
+        out.mtime += seconds
+        out.mtime_nsec += nanoseconds
+        out.size += sizes
+        out.data += data
+        out.links.update((first + row, target) for row, target in links.items())
+        out.extras.update((first + row, extra) for row, extra in extras.items())
+        return keys
+
+    def times(self, texts: list[str]) -> tuple[list[int], list[int]] | None:
+        """Seconds and nanoseconds of Go's RFC 3339 times (None: another form, or invalid).
+
+        What :meth:`_Walker.time` makes of them: each distinct date, ``HH:MM``
+        and ``SS`` is checked once, by the walker's own parsers.
+        """
+        joined = "\n".join(texts) + "\n"
+        if not joined.isascii():
+            return None
+        shape = joined.encode().translate(_DIGITS_AS_0)
+        if shape != _NANO_SHAPE * len(texts) and (
+            shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
+        ):
+            return None
+        days, minutes, seconds = self.days, self.minutes, self.seconds
+        try:
+            whole = [
+                days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts
+            ]
+        except ValueError:
+            return None
+        scale = _FRACTION_SCALE
+        return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
 
 
 # -- the entry walker -------------------------------------------------------------

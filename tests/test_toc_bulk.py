@@ -132,6 +132,22 @@ def test_bulk_path_takes_the_benchmark_toc_with_the_same_image(tmp_path: Path) -
     assert any(node.xattrs for _, node in bulk if not isinstance(node, Hardlink))
 
 
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_bulk_path_gives_the_same_tree_in_batches_of_any_size(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = toc_json(500)
+    whole = check(raw, taken=True)
+    monkeypatch.setattr(toc_module, "_BULK_BATCH", batch)
+    assert check(raw, taken=True) == whole
+    # a broken entry in a later batch still sends the document to the walker
+    entries = json.loads(raw)["entries"]
+    entries[-1]["mode"] = 0o170644  # type bits of no type
+    check(document(entries), taken=False)
+    entries[-1]["unknown"] = 1
+    check(document(entries), taken=False)
+
+
 @pytest.mark.parametrize("compat", COMPATS)
 def test_bulk_path_takes_every_kind_and_field_it_knows(compat: str | None, tmp_path: Path) -> None:
     raw = document(plain_entries())
