@@ -13,11 +13,9 @@ component, no NUL.
 
 from __future__ import annotations
 
-import gc
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from operator import attrgetter
 from types import MappingProxyType
 from typing import Literal, cast
 
@@ -32,8 +30,6 @@ __all__ = [
     "TreeBuilder",
     "ROOT",
     "new_inode",
-    "tree_from_records",
-    "tree_records",
 ]
 
 ROOT = b"/"
@@ -678,61 +674,3 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
                 f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}"
             )
     return None
-
-
-_INODE_VALUES = attrgetter(*(field.name for field in fields(Inode)))
-
-#: What :func:`tree_records` returns: the paths, and per path an Inode's
-#: field values (in declaration order) or a Hardlink's target.
-Records = tuple[tuple[bytes, ...], list["tuple[object, ...] | bytes"]]
-
-
-def tree_records(tree: Tree) -> Records:
-    """``tree`` as plain values (tuples, ints, bytes, None) for :mod:`marshal`.
-
-    :func:`tree_from_records` makes the same Tree from them, through a
-    :class:`TreeBuilder`; the sandbox hands a Tree to its child this way.
-    """
-    values = _INODE_VALUES
-    return tree.paths, [
-        values(node) if node.__class__ is Inode else node.target  # type: ignore[union-attr]
-        for node in map(tree._nodes.__getitem__, tree.paths)
-    ]
-
-
-def tree_from_records(paths: object, values: object, limits: Limits | None = None) -> Tree:
-    """Validate what :func:`tree_records` made (or anything else) into a Tree.
-
-    Every node goes through :meth:`TreeBuilder.add` (parents first, no
-    duplicates, as a dumpfile), so the records are untrusted input like any
-    other: anything malformed raises :class:`ValidationError`.
-    """
-    if not (isinstance(paths, tuple) and isinstance(values, list) and len(paths) == len(values)):
-        raise ValidationError("records must be a tuple of paths and a list of as many nodes")
-    builder = TreeBuilder(limits)
-    add = builder.add
-    node: Node
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # hundreds of thousands of acyclic objects: no collection can free any
-    try:
-        for index, (path, value) in enumerate(zip(paths, values, strict=True)):
-            if path.__class__ is not bytes:
-                raise ValidationError("the path must be bytes", entry=index, field="path")
-            if isinstance(value, tuple) and len(value) == _INODE_FIELD_COUNT:
-                node = new_inode(*value)
-            elif isinstance(value, bytes):
-                node = Hardlink(value)
-            else:
-                raise ValidationError(
-                    f"must be {_INODE_FIELD_COUNT} inode fields or a hardlink target",
-                    entry=index,
-                    path=path,
-                )
-            add(path, node, entry=index)
-        return builder.build()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-_INODE_FIELD_COUNT = len(fields(Inode))

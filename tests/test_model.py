@@ -32,8 +32,6 @@ process: an ``abort()`` would kill the test run).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 import stat
 import tempfile
@@ -59,11 +57,7 @@ from composefs_py.model import (
     Node,
     Tree,
     TreeBuilder,
-    new_inode,
-    tree_from_records,
-    tree_records,
 )
-from composefs_py.strategies import inodes
 
 DIR = stat.S_IFDIR | 0o755
 REG = stat.S_IFREG | 0o644
@@ -870,67 +864,3 @@ def test_a_tree_cannot_be_made_without_the_builder() -> None:
 
     with pytest.raises(TypeError):
         Tree((b"/",), MappingProxyType({b"/": Inode(DIR)}))
-
-
-# ---------------------------------------------------------------------------
-# records: how the sandbox hands a Tree to its child
-# ---------------------------------------------------------------------------
-
-
-@given(ops=_ops())
-def test_records_rebuild_the_same_tree(ops: list[tuple[bytes, Node]]) -> None:
-    import marshal
-
-    for tree in _attempt([(ROOT, Inode(DIR)), *ops], {}):
-        paths, values = marshal.loads(marshal.dumps(tree_records(tree), 2))
-        assert tree_from_records(paths, values) == tree
-
-
-def test_records_are_validated_like_any_input() -> None:
-    tree = build(
-        (b"/d", Inode(DIR)), (b"/d/f", Inode(REG, size=3, payload=PAYLOAD)),
-        (b"/l", Hardlink(b"/d/f")),
-    )  # fmt: skip
-    paths, values = tree_records(tree)
-    assert tree_from_records(paths, values) == tree
-    f = paths.index(b"/d/f")
-    bad_size = list(values)
-    bad_size[f] = (*values[f][:6], -1, *values[f][7:])
-    bad_arity = list(values)
-    bad_arity[f] = values[f][:5]
-    cases: list[tuple[object, object, str]] = [
-        (paths, bad_size, "size"),
-        (paths, bad_arity, "inode fields"),
-        (paths[1:], values[1:], "parent directory is missing"),
-        ((b"/", b"/x/y"), [values[0], values[f]], "parent"),
-        (paths, [*values[:-1], b"/nowhere"], "does not exist"),
-        ((b"/", "/str"), values[:2], "bytes"),
-        (list(paths), values, "records"),
-        (paths, values[:-1], "records"),
-    ]
-    for bad_paths, bad_values, message in cases:
-        with pytest.raises(ValidationError, match=message):
-            tree_from_records(bad_paths, bad_values)
-
-
-# -- new_inode: the fast constructor makes the very same Inode ----------------------
-
-
-@given(inode=inodes())
-def test_new_inode_makes_an_equal_frozen_inode(inode: Inode) -> None:
-    values = tuple(getattr(inode, field.name) for field in dataclasses.fields(Inode))
-    made = new_inode(*values)
-    assert type(made) is Inode
-    assert made == inode
-    assert hash(made) == hash(inode)
-    assert repr(made) == repr(inode)
-    assert dataclasses.replace(made, nlink=7) == dataclasses.replace(inode, nlink=7)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        made.mode = 0  # type: ignore[misc]
-    assert copy.copy(made) == inode
-
-
-def test_new_inode_takes_every_field_in_declaration_order() -> None:
-    names = [field.name for field in dataclasses.fields(Inode)]
-    made = new_inode(*range(len(names)))  # type: ignore[arg-type]
-    assert [getattr(made, name) for name in names] == list(range(len(names)))
