@@ -216,6 +216,35 @@ class Table:
         """The paths in Tree order."""
         return tuple(map(self.paths.__getitem__, self.order))
 
+    def items(self, batch: int = 4096) -> Iterator[tuple[bytes, Node]]:
+        """``(path, node)`` in Tree order, made a batch of rows at a time by C-level maps."""
+        order, paths, data = self.order, self.paths, self.data
+        columns = [self.ints[name] for name in INT_FIELDS]
+        links, extras = self.links, self.extras
+        special = {*links, *extras}
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            ints = [list(map(column.__getitem__, rows)) for column in columns]
+            pieces = list(map(data.__getitem__, rows))
+            symlinks = {m for m in set(ints[0]) if m & S_IFMT == S_IFLNK}
+            is_link = list(map(symlinks.__contains__, ints[0]))
+            nodes: list[Node] = list(
+                map(
+                    new_inode,
+                    *ints,
+                    [None if link else piece for link, piece in zip(is_link, pieces, strict=True)],
+                    [piece if link else None for link, piece in zip(is_link, pieces, strict=True)],
+                    repeat(None),
+                    repeat(None),
+                    repeat(()),
+                )
+            )
+            if special:
+                for at, row in enumerate(rows):
+                    if row in special:
+                        nodes[at] = self.node(row)
+            yield from zip(map(paths.__getitem__, rows), nodes, strict=True)
+
     def node(self, row: int) -> Node:
         target = self.links.get(row)
         if target is not None:

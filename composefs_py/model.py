@@ -142,6 +142,9 @@ class Tree:
             raise TypeError("a Tree is made by TreeBuilder.build(), which checks it")
 
     def __iter__(self) -> Iterator[tuple[bytes, Node]]:
+        if self._table is not None:
+            yield from self._table.items()  # type: ignore[attr-defined]
+            return
         nodes = self._nodes
         for path in self.paths:
             yield path, nodes[path]
