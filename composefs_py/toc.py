@@ -615,9 +615,7 @@ def _as_dict(entry: _Entry) -> dict[str, Any]:
     }
 
 
-def _typed_document(
-    raw: bytes, limits: Limits, decoder: msgspec.json.Decoder[Any]
-) -> tuple[Any, int] | None:
+def _typed_document(raw: bytes, limits: Limits) -> tuple[_Document, int] | None:
     """A typed document (version 1, a sane split digest, not too many entries)
     and the number of keys other than its own three, once; None: not here.
 
@@ -633,7 +631,7 @@ def _typed_document(
         except UnicodeDecodeError:
             return None
     try:
-        document = decoder.decode(raw)
+        document = _TYPED_DECODER.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return None  # includes msgspec.ValidationError
     if document.version != 1:
@@ -649,14 +647,18 @@ def _typed_document(
     return document, keys - 2 - (split is not UNSET)
 
 
-def _typed(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
+def _typed(
+    raw: bytes, limits: Limits, compat: str | None, head: tuple[_Document, int] | None = None
+) -> Tree | None:
     """The fast path of :func:`parse_toc`; None leaves the document to the others.
 
     Only a valid document gives a Tree here: any problem (JSON, duplicate or
     unknown keys, a value the entry checks refuse) gives None, and the
-    json-module paths report it as they always do.
+    json-module paths report it as they always do.  ``head``: what
+    :func:`_typed_document` made of ``raw`` already.
     """
-    head = _typed_document(raw, limits, _TYPED_DECODER)
+    if head is None:
+        head = _typed_document(raw, limits)
     if head is None:
         return None
     document, keys = head
@@ -740,32 +742,36 @@ _DOT_PART = re.compile(r"[\x00/]\.\.?(?=[/\x00])").search
 _SET_APART = tuple(b"\0" + path + b"\0" for path in (*_LANDMARKS, _STARGZ_INDEX))
 
 
-def _bulk(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
+def _bulk(
+    raw: bytes, limits: Limits, compat: str | None, head: tuple[_Document, int] | None = None
+) -> Tree | None:
     """The Tree of a plain TOC checked column by column; None: leave it to the others.
 
     The rules are the walker's (:meth:`_Walker.entry`): the same values
     accepted, the same nodes made, for every document this takes.
+    ``head``: what :func:`_typed_document` made of ``raw`` already.
     """
-    head = _typed_document(raw, limits, _TYPED_DECODER)
+    if head is None:
+        head = _typed_document(raw, limits)
     if head is None or not head[0].entries:
         return None
-    document, keys = head
-    pieces = document.entries
-    del document, head
+    pieces = head[0].entries
+    keys = head[1]
+    del head
     bulk = _Bulk(limits, compat)
     try:
         for first in range(0, len(pieces), _BULK_BATCH):
-            batch = _BULK_DECODER.decode(
-                b"[" + b",".join(pieces[first : first + _BULK_BATCH]) + b"]"
-            )
-            found = bulk.rows(batch, first)
-            if found is None:
+            text = b"[" + b",".join(pieces[first : first + _BULK_BATCH]) + b"]"
+            found = bulk.rows(_BULK_DECODER.decode(text), first)
+            # a batch with a key its fields do not hold ends here (a real
+            # layer's chunk fields, say), not after the whole document
+            if found is None or found != _key_count(text):
                 return None
             keys -= found
     except msgspec.DecodeError:
         return None
     if keys:
-        return None  # a duplicate or an unknown key
+        return None  # a duplicate or an unknown key at the top
     del pieces
     return tree_from_columns(bulk.columns, limits, synthesize_parents=True, count_hardlinks=True)
 
@@ -1082,12 +1088,14 @@ def parse_toc(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the parse allocates millions of acyclic objects
     try:
-        if not collect:
-            tree = _bulk(raw, limits, compat)
+        head = None if collect else _typed_document(raw, limits)
+        if head is not None:
+            tree = _bulk(raw, limits, compat, head)
             if tree is None:
-                tree = _typed(raw, limits, compat)
+                tree = _typed(raw, limits, compat, head)
             if tree is not None:
                 return tree
+            del head
         text = _json_text(raw, limits)
         # Only a document that spells null somewhere needs the null checks.
         nulls = raw.find(b"null") >= 0

@@ -48,7 +48,7 @@ DELETE = object()
 def bulk_bypassed() -> Iterator[None]:
     """parse_toc as it is without the bulk path."""
     saved = toc_module._bulk
-    toc_module._bulk = lambda raw, limits, compat: None
+    toc_module._bulk = lambda raw, limits, compat, head=None: None
     try:
         yield
     finally:
@@ -456,8 +456,10 @@ class _Recorder:
     def pytest_configure(self) -> None:
         real = self.real = toc_module._bulk
 
-        def recording(raw: bytes, limits: Limits, compat: str | None) -> Tree | None:
-            tree = real(raw, limits, compat)
+        def recording(
+            raw: bytes, limits: Limits, compat: str | None, head: Any = None
+        ) -> Tree | None:
+            tree = real(raw, limits, compat, head)
             self.calls.append((raw, limits, compat, tree is not None))
             return tree
 
