@@ -763,9 +763,11 @@ def _bulk(
         for first in range(0, len(pieces), _BULK_BATCH):
             text = b"[" + b",".join(pieces[first : first + _BULK_BATCH]) + b"]"
             found = bulk.rows(_BULK_DECODER.decode(text), first)
-            # a batch with a key its fields do not hold ends here (a real
-            # layer's chunk fields, say), not after the whole document
-            if found is None or found != _key_count(text):
+            if found is None:
+                return None
+            # A key the fields do not hold (a real layer's chunk fields, say)
+            # shows in the first batch: end there, not after the document.
+            if not first and found != _key_count(text):
                 return None
             keys -= found
     except msgspec.DecodeError:
