@@ -66,6 +66,7 @@ import time
 import traceback
 from array import array
 from collections.abc import Iterable, Iterator
+from itertools import accumulate, pairwise, repeat
 from typing import Any, NoReturn, cast
 
 from . import _lockdown
@@ -87,7 +88,7 @@ ADDRESS_SPACE_ON_STDIN = "stdin"
 MAX_FRAME_BYTES = 1 << 30
 #: Bytes of int columns a frame holds per entry (see :class:`_Rows`).
 _INT_FRAME_BYTES = 8 * len(INT_FIELDS)
-_NOT_A_FRAME = "a frame of records must be (paths, ints, data, links, extras)"
+_NOT_A_FRAME = "a frame of records must be (paths, path_lens, ints, data, data_lens, links, extras)"
 
 EXIT_OK = 0
 EXIT_REJECTED = 65
@@ -359,69 +360,83 @@ def _add_rows(builder: TreeBuilder, columns: NodeColumns) -> None:
     """Add every row of ``columns`` to ``builder``, in order (its first error raises)."""
     add = builder.add
     for entry, (path, node) in enumerate(columns.nodes()):
-        if path.__class__ is not bytes:
-            raise ValidationError("the path must be bytes", entry=entry, field="path")
         add(path, node, entry=entry)
 
 
 class _Rows:
     """The rows of the frames read so far, as columns (each frame checked whole first).
 
-    A frame is the :mod:`marshal` data of ``(paths, ints, data, links,
-    extras)`` for its ``count`` entries: ``paths`` a tuple of ``count``
-    paths; ``ints`` ``8 * count`` int64 values in this machine's byte order
-    (``array("q")``), column by column in the order of
+    A frame is the :mod:`marshal` data of ``(paths, path_lens, ints, data,
+    data_lens, links, extras)`` for its ``count`` entries: ``paths`` the
+    paths joined, ``path_lens`` their ``count`` lengths; ``ints`` ``8 *
+    count`` values, entry by entry, in the order of
     :data:`~composefs_py._columns.INT_FIELDS` (``mode, nlink, uid, gid,
-    mtime, mtime_nsec, size, rdev``); ``data`` a list of ``count`` values,
-    each the payload of a regular file, the target of a symlink or None;
-    ``links`` ``(position, target)`` for each hardlink, ``extras``
-    ``(position, content, fsverity_digest, xattrs)`` for each entry that
-    has any of those, both by increasing position in the frame.  A
-    hardlink's row reads as an empty regular file (mode ``S_IFREG``, every
-    other int 0, data None, no extras): :class:`NodeColumns`' rule.
+    mtime, mtime_nsec, size, rdev``); ``data`` the payloads (regular files)
+    and targets (symlinks) joined, ``data_lens`` their ``count`` lengths, -1
+    for an entry without; these lengths and ints int64 in this machine's
+    byte order (``array("q")`` bytes); ``links`` ``(position, target)`` for
+    each hardlink, ``extras`` ``(position, content, fsverity_digest,
+    xattrs)`` for each entry that has any of those, both by increasing
+    position in the frame.  A hardlink's row reads as an empty regular file
+    (mode ``S_IFREG``, every other int 0, no data, no extras):
+    :class:`NodeColumns`' rule.
     """
 
-    __slots__ = ("paths", "ints", "data", "links", "extras")
+    __slots__ = ("paths", "path_lens", "ints", "data", "data_lens", "links", "extras")
 
     def __init__(self) -> None:
         self.paths: list[bytes] = []
-        self.ints = [array("q") for _ in INT_FIELDS]
-        self.data: list[bytes | None] = []
+        self.path_lens = array("q")
+        self.ints = array("q")
+        self.data: list[bytes] = []
+        self.data_lens = array("q")
         self.links: dict[int, bytes] = {}
         self.extras: dict[int, Extra] = {}
 
     def add_frame(self, frame: object) -> None:
-        first = len(self.paths)
-        if not (frame.__class__ is tuple and len(frame) == 5):
+        first = len(self.path_lens)
+        if not (frame.__class__ is tuple and len(frame) == 7):
             raise ValidationError(_NOT_A_FRAME, entry=first)
-        paths, ints, data, links, extras = cast("tuple[object, ...]", frame)
+        paths, path_lens, ints, data, data_lens, links, extras = cast("tuple[object, ...]", frame)
         if not (
-            paths.__class__ is tuple
+            paths.__class__ is bytes
+            and path_lens.__class__ is bytes
             and ints.__class__ is bytes
-            and data.__class__ is list
+            and data.__class__ is bytes
+            and data_lens.__class__ is bytes
             and links.__class__ is tuple
             and extras.__class__ is tuple
         ):
             raise ValidationError(_NOT_A_FRAME, entry=first)
-        paths = cast("tuple[bytes, ...]", paths)
-        data = cast("list[bytes | None]", data)
-        count = len(paths)
-        if len(ints) != _INT_FRAME_BYTES * count or len(data) != count:
+        count = len(path_lens) // 8
+        if not (
+            len(path_lens) == len(data_lens) == 8 * count and len(ints) == _INT_FRAME_BYTES * count
+        ):
             raise ValidationError(
-                f"a frame of records must hold {len(INT_FIELDS)} int columns and a data "
-                f"column of {count} entries each",
+                f"a frame of records must hold {len(INT_FIELDS)} ints and 2 lengths per entry",
                 entry=first,
             )
-        raw = memoryview(ints)
-        values = raw.cast("q")
-        found_links = self._links(cast("tuple[object, ...]", links), count, values, data, first)
+        path_sizes = memoryview(path_lens).cast("q")
+        data_sizes = memoryview(data_lens).cast("q")
+        if count and (
+            min(path_sizes) < 0
+            or sum(path_sizes) != len(paths)
+            or min(data_sizes) < -1
+            or sum(map(max, data_sizes, repeat(0))) != len(data)
+        ):
+            raise ValidationError(
+                "a frame's lengths must add up to its paths' and its data's bytes", entry=first
+            )
+        values = memoryview(ints).cast("q")
+        found_links = self._links(
+            cast("tuple[object, ...]", links), count, values, data_sizes, first
+        )
         found_extras = self._extras(cast("tuple[object, ...]", extras), count, found_links, first)
-        self.paths += paths
-        if count:
-            size = 8 * count
-            for column, at in zip(self.ints, range(0, len(ints), size), strict=True):
-                column.frombytes(raw[at : at + size])
-        self.data += data
+        self.paths.append(paths)
+        self.path_lens.frombytes(path_lens)
+        self.ints.frombytes(ints)
+        self.data.append(data)
+        self.data_lens.frombytes(data_lens)
         for position, target in found_links.items():
             self.links[first + position] = target
         for position, extra in found_extras:
@@ -432,11 +447,12 @@ class _Rows:
         links: tuple[object, ...],
         count: int,
         values: memoryview,
-        data: list[bytes | None],
+        data_sizes: memoryview,
         first: int,
     ) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
         previous = -1
+        fields = len(INT_FIELDS)
         for link in links:
             if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
                 raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
@@ -445,10 +461,11 @@ class _Rows:
                 raise ValidationError(
                     "a hardlink's position is outside its frame or out of order", entry=first
                 )
+            row = fields * position
             if (
-                values[position] != S_IFREG
-                or any(values[position + count * k] for k in range(1, len(INT_FIELDS)))
-                or data[position] is not None
+                values[row] != S_IFREG
+                or any(values[row + 1 : row + fields].tolist())
+                or data_sizes[position] != -1
             ):
                 raise ValidationError(
                     "a hardlink's row must read as an empty regular file", entry=first + position
@@ -482,18 +499,27 @@ class _Rows:
         return found
 
     def columns(self) -> NodeColumns:
+        paths = b"".join(self.paths)
+        path_at = accumulate(self.path_lens, initial=0)
+        data = b"".join(self.data)
+        data_lens = self.data_lens
+        data_at = accumulate(map(max, data_lens, repeat(0)), initial=0)
+        fields = len(INT_FIELDS)
         mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = (
-            column.tolist() for column in self.ints
+            self.ints[k::fields].tolist() for k in range(fields)
         )
         return NodeColumns(
-            paths=self.paths,
+            paths=[paths[start:end] for start, end in pairwise(path_at)],
             mode=mode,
             uid=uid,
             gid=gid,
             mtime=mtime,
             mtime_nsec=mtime_nsec,
             size=size,
-            data=self.data,
+            data=[
+                None if length < 0 else data[start : start + length]
+                for start, length in zip(data_at, data_lens, strict=False)
+            ],
             nlink=nlink,
             rdev=rdev,
             links=self.links,

@@ -69,10 +69,10 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import compress, count, repeat
-from operator import is_, itemgetter
+from itertools import accumulate, compress, count, repeat
+from operator import is_, or_
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ._columns import INT_FIELDS, Table
 from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER
@@ -80,7 +80,7 @@ from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import S_IFREG, Hardlink, Inode, Tree
+from .model import DIGEST_SIZE, S_IFREG, Hardlink, Inode, Tree
 
 __all__ = [
     "SandboxLimits",
@@ -99,11 +99,11 @@ _LAST_FRAME_ENTRIES = 8192
 #: What a frame holds, before marshal: see _Records.
 _Extras = tuple[int, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
 _Frame = tuple[
-    tuple[bytes, ...], bytes, list[bytes | None], tuple[tuple[int, bytes], ...], tuple[_Extras, ...]
+    bytes, bytes, bytes, bytes, bytes, tuple[tuple[int, bytes], ...], tuple[_Extras, ...]
 ]
-_T = TypeVar("_T")
 #: A hardlink's row in a frame (NodeColumns' rule: an empty regular file).
 _EMPTY_FILE = Inode(S_IFREG, nlink=0)
+_EMPTY_FILE_INTS = array("q", [S_IFREG] + [0] * (len(INT_FIELDS) - 1))
 #: Bytes an entry takes in a frame besides its byte strings (an upper bound).
 _RECORD_OVERHEAD = 160
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
@@ -584,40 +584,34 @@ class _Records:
     """``tree`` as frames of records for the child.
 
     A frame is its length (:data:`~composefs_py._worker.FRAME_HEADER`), then
-    the :mod:`marshal` data of ``(paths, ints, data, links, extras)`` for the
-    next entries in Tree order (the layout :class:`~composefs_py._worker._Rows`
-    reads, one row per entry: the rows of
-    :class:`~composefs_py._columns.NodeColumns`): ``ints`` the int64 column
-    of each field of :data:`~composefs_py._columns.INT_FIELDS` in turn (one
-    ``array("q")``'s bytes), ``data`` each entry's payload or symlink target
-    or None, ``links`` ``(position, target)`` per hardlink (its row an empty
-    regular file), ``extras`` ``(position, content, fsverity_digest,
-    xattrs)`` per entry that has any.  A zero length ends the records.
-    Frames start small and grow, so the child starts reading early.
+    the :mod:`marshal` data of ``(paths, path_lens, ints, data, data_lens,
+    links, extras)`` for the next entries in Tree order, one row per entry
+    (the rows of :class:`~composefs_py._columns.NodeColumns`; the layout
+    :class:`~composefs_py._worker._Rows` reads): ``paths`` the paths joined,
+    ``path_lens`` their lengths; ``ints`` each entry's values of
+    :data:`~composefs_py._columns.INT_FIELDS` in turn; ``data`` the payloads
+    and symlink targets joined, ``data_lens`` their lengths (-1: none); all
+    these int64 in this machine's byte order (``array("q")`` bytes);
+    ``links`` ``(position, target)`` per hardlink (its row an empty regular
+    file), ``extras`` ``(position, content, fsverity_digest, xattrs)`` per
+    entry that has any.  A zero length ends the records.  Frames start small
+    and grow, so the child starts reading early.
 
-    A Tree built in bulk is sliced from its columns (``Tree._table``, rows
-    taken in Tree order: no node object is made); any other Tree is read
-    node by node with C-level maps and comprehensions (attribute loads in
-    comprehensions beat attrgetter maps on slotted instances).  Each frame
-    is made only when it is sent: nothing is made before the first frame,
-    which the child is waiting for.
+    These are the buffers the native backend hands libcomposefs: with the
+    compiled module the Tree's are made once (``_native._Columns``: a Tree
+    built in bulk is gathered in Tree order by C, with no Python object per
+    node), and each frame is a slice of them.  Without it, each frame is
+    made from the Tree's nodes as it is sent.
     """
 
     def __init__(self, tree: Tree) -> None:
-        table = tree._table
-        self.table = table if isinstance(table, Table) else None
         self.tree = tree
 
     def frames(
         self, first_entries: int = _FIRST_FRAME_ENTRIES, most_entries: int = _LAST_FRAME_ENTRIES
     ) -> Iterator[bytes]:
         frame_header = FRAME_HEADER.pack
-        if self.table is not None:
-            make = self._table_frame(self.table)
-            entries = len(self.table.order)
-        else:
-            make = self._node_frame(self.tree)
-            entries = len(self.tree.paths)
+        make, entries = (_sliced_frames if _native_available() else _node_frames)(self.tree)
         start = 0
         step = first_entries
         while start < entries:
@@ -628,101 +622,119 @@ class _Records:
             step = min(2 * step, most_entries)
         yield frame_header(0)
 
-    @staticmethod
-    def _node_frame(tree: Tree) -> Callable[[int, int], _Frame]:
-        """The frame maker of a Tree of nodes."""
-        paths = tree.paths
-        # The Tree's own mapping, as _native reads it: Tree.__getitem__ is a
-        # Python call per entry (0.4 s instead of 0.2 s at 400k entries).
-        node_at = tree._nodes.__getitem__
 
-        def make(start: int, end: int) -> _Frame:
-            frame_paths = paths[start:end]
-            chunk: list[Any] = list(map(node_at, frame_paths))
-            links: tuple[tuple[int, bytes], ...] = ()
-            if Hardlink in set(map(type, chunk)):
-                positions = list(compress(count(), map(is_, map(type, chunk), repeat(Hardlink))))
-                links = tuple((position, chunk[position].target) for position in positions)
-                for position in positions:
-                    chunk[position] = _EMPTY_FILE
-            ints = array("q")
-            for values in (  # in the order of INT_FIELDS
-                [node.mode for node in chunk],
-                [node.nlink for node in chunk],
-                [node.uid for node in chunk],
-                [node.gid for node in chunk],
-                [node.mtime for node in chunk],
-                [node.mtime_nsec for node in chunk],
-                [node.size for node in chunk],
-                [node.rdev for node in chunk],
-            ):
-                ints.fromlist(values)
-            data = [
-                node.payload if node.symlink_target is None else node.symlink_target
-                for node in chunk
-            ]
-            extras = tuple(
-                (position, node.content, node.fsverity_digest, node.xattrs)
-                for position, node in enumerate(chunk)
-                if node.content is not None or node.fsverity_digest is not None or node.xattrs
-            )
-            return frame_paths, ints.tobytes(), data, links, extras
+def _sliced_frames(tree: Tree) -> tuple[Callable[[int, int], _Frame], int]:
+    """The frame maker that slices the native backend's buffers of ``tree``,
+    and the number of entries."""
+    from . import _native
 
-        return make
+    columns = _native._Columns(tree)
+    path_at = array("q", accumulate(columns.path_lens, initial=0))
+    data_at = array("q", accumulate(map(max, columns.data_lens, repeat(0)), initial=0))
+    paths, data = columns.paths, columns.data
+    ints = columns.ints
+    pairs = columns.links
+    links = [
+        (pairs[k], bytes(paths[path_at[pairs[k + 1]] : path_at[pairs[k + 1] + 1]]))
+        for k in range(0, len(pairs), 2)
+    ]
+    link_at = [position for position, _ in links]
+    extras = _native_extras(columns.extra, columns.extra_lens, columns.xattr_lens)
+    extra_at = [extra[0] for extra in extras]
+    fields = len(INT_FIELDS)
 
-    @staticmethod
-    def _table_frame(table: Table) -> Callable[[int, int], _Frame]:
-        """The frame maker of a Tree built in bulk: its columns' rows taken in
-        Tree order (``table.order``) by one C-level getter per frame."""
-        order = table.order
-        columns = [table.ints[name] for name in INT_FIELDS]
-        paths, data = table.paths, table.data
-        # Positions (in Tree order) of the rows that are hardlinks or have extras.
-        links, extras = table.links, table.extras
-        wanted = {*links, *extras}.__contains__
-        special = list(compress(zip(count(), order), map(wanted, order)))
-        special_at = [position for position, _ in special]
+    def make(start: int, end: int) -> _Frame:
+        frame_links = links[bisect_left(link_at, start) : bisect_left(link_at, end)]
+        frame_extras = extras[bisect_left(extra_at, start) : bisect_left(extra_at, end)]
+        frame_ints = ints[fields * start : fields * end]
+        for position, _ in frame_links:
+            # its row reads as an empty regular file (the native row has the
+            # target's mode; its data is none already)
+            at = fields * (position - start)
+            frame_ints[at : at + fields] = _EMPTY_FILE_INTS
+        return (
+            bytes(paths[path_at[start] : path_at[end]]),
+            columns.path_lens[start:end].tobytes(),
+            frame_ints.tobytes(),
+            bytes(data[data_at[start] : data_at[end]]),
+            columns.data_lens[start:end].tobytes(),
+            tuple((position - start, target) for position, target in frame_links),
+            tuple(
+                (at - start, content, digest, xattrs)
+                for at, content, digest, xattrs in frame_extras
+            ),
+        )
 
-        def make(start: int, end: int) -> _Frame:
-            take = _rows_getter(order[start:end])
-            size = end - start
-            ints = array("q")
-            for column in columns:
-                ints.fromlist(take(column))
-            frame_data = take(data)
-            frame_links: list[tuple[int, bytes]] = []
-            frame_extras: list[_Extras] = []
-            first, last = bisect_left(special_at, start), bisect_left(special_at, end)
-            for position, row in special[first:last]:
-                at = position - start
-                target = links.get(row)
-                if target is not None:
-                    frame_links.append((at, paths[target]))
-                    # its row reads as an empty regular file
-                    ints[at] = S_IFREG
-                    for k in range(1, len(INT_FIELDS)):
-                        ints[at + k * size] = 0
-                    frame_data[at] = None
-                else:
-                    frame_extras.append((at, *extras[row]))
-            return (
-                tuple(take(paths)),
-                ints.tobytes(),
-                frame_data,
-                tuple(frame_links),
-                tuple(frame_extras),
-            )
-
-        return make
+    return make, len(columns.path_lens)
 
 
-def _rows_getter(rows: Sequence[int]) -> Callable[[Sequence[_T]], list[_T]]:
-    """What takes ``rows`` of a column, in that order, as a list (a C-level loop)."""
-    if len(rows) == 1:
-        (row,) = rows
-        return lambda column: [column[row]]
-    getter = itemgetter(*rows)
-    return lambda column: list(getter(column))
+def _native_extras(extra: bytes, lens: array[int] | None, xattr_lens: array[int]) -> list[_Extras]:
+    """``(position, content, digest, xattrs)`` per entry of the native
+    backend's extra buffers (per entry: content length or -1, a digest or
+    not, its xattr count; the pieces in that order)."""
+    if lens is None:
+        return []
+    has = map(or_, map(or_, map((-1).__ne__, lens[0::3]), lens[1::3]), lens[2::3])
+    found: list[_Extras] = []
+    at = pair = 0
+    for position in compress(count(), has):
+        content_len, has_digest, xattr_count = lens[3 * position : 3 * position + 3]
+        content = digest = None
+        if content_len >= 0:
+            content = extra[at : at + content_len]
+            at += content_len
+        if has_digest:
+            digest = extra[at : at + DIGEST_SIZE]
+            at += DIGEST_SIZE
+        xattrs = []
+        for _ in range(xattr_count):
+            name_len, value_len = xattr_lens[pair], xattr_lens[pair + 1]
+            pair += 2
+            value_at = at + name_len
+            xattrs.append((extra[at:value_at], extra[value_at : value_at + value_len]))
+            at = value_at + value_len
+        found.append((position, content, digest, tuple(xattrs)))
+    return found
+
+
+def _node_frames(tree: Tree) -> tuple[Callable[[int, int], _Frame], int]:
+    """The frame maker that reads ``tree``'s nodes (without the compiled
+    module), and the number of entries."""
+    paths = tree.paths
+    # The Tree's own mapping: Tree.__getitem__ is a Python call per entry.
+    node_at = tree._nodes.__getitem__
+
+    def make(start: int, end: int) -> _Frame:
+        frame_paths = paths[start:end]
+        chunk: list[Any] = list(map(node_at, frame_paths))
+        links: tuple[tuple[int, bytes], ...] = ()
+        if Hardlink in set(map(type, chunk)):
+            positions = list(compress(count(), map(is_, map(type, chunk), repeat(Hardlink))))
+            links = tuple((position, chunk[position].target) for position in positions)
+            for position in positions:
+                chunk[position] = _EMPTY_FILE
+        ints = array("q")
+        ints.fromlist(
+            [value for n in chunk
+             for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
+        )  # fmt: skip
+        data = [n.payload if n.symlink_target is None else n.symlink_target for n in chunk]
+        extras = tuple(
+            (position, node.content, node.fsverity_digest, node.xattrs)
+            for position, node in enumerate(chunk)
+            if node.content is not None or node.fsverity_digest is not None or node.xattrs
+        )
+        return (
+            b"".join(frame_paths),
+            array("q", map(len, frame_paths)).tobytes(),
+            ints.tobytes(),
+            b"".join(filter(None, data)),
+            array("q", [-1 if piece is None else len(piece) for piece in data]).tobytes(),
+            links,
+            extras,
+        )
+
+    return make, len(paths)
 
 
 def _write_to_file(

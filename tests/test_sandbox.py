@@ -363,7 +363,7 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
     frames = list(sandbox._Records(tree).frames())
     assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
     first, second = (marshal.loads(frame[FRAME_HEADER.size :]) for frame in frames[:2])
-    assert len(first[0]) == 256 and first[3][-1][0] == 255 and second[3][0][0] == 0
+    assert len(first[1]) == 8 * 256 and first[5][-1][0] == 255 and second[5][0][0] == 0
     assert list(sandbox._Records(table_tree(tree)).frames()) == frames
     expected, expected_digest = native_image(tree, tmp_path)
     fd, path = out
@@ -418,17 +418,19 @@ def test_frame_columns_follow_the_int_fields() -> None:
 
     tree = small_tree()
     frame = next(iter(sandbox._Records(tree).frames()))
-    paths, ints, data, links, extras = marshal.loads(frame[FRAME_HEADER.size :])
-    assert paths == tree.paths
-    nodes = [tree[path] for path in paths]
-    values = array("q", ints)
-    assert len(values) == len(INT_FIELDS) * len(paths)
+    paths, path_lens, ints, data, data_lens, links, extras = marshal.loads(
+        frame[FRAME_HEADER.size :]
+    )
+    assert paths == b"".join(tree.paths)
+    assert array("q", path_lens).tolist() == list(map(len, tree.paths))
+    nodes = [tree[path] for path in tree.paths]
     empty_file = Inode(stat.S_IFREG, nlink=0)
     rows = [empty_file if isinstance(node, Hardlink) else node for node in nodes]
-    for k, name in enumerate(INT_FIELDS):
-        column = values[k * len(paths) : (k + 1) * len(paths)].tolist()
-        assert column == [getattr(row, name) for row in rows], name
-    assert data == [row.payload or row.symlink_target for row in rows]
+    values = array("q", ints).tolist()
+    assert values == [getattr(row, name) for row in rows for name in INT_FIELDS]
+    pieces = [row.payload or row.symlink_target for row in rows]
+    assert data == b"".join(piece for piece in pieces if piece is not None)
+    assert array("q", data_lens).tolist() == [-1 if p is None else len(p) for p in pieces]
     assert links == tuple(
         (i, node.target) for i, node in enumerate(nodes) if isinstance(node, Hardlink)
     )
@@ -454,21 +456,30 @@ def test_records_size_bound_covers_the_frames() -> None:
 
 
 def _frame(
-    paths: list[Any],
+    paths: list[bytes],
     rows: list[Any],
     links: tuple[Any, ...] = (),
     extras: tuple[Any, ...] = (),
-    *,
-    ints: Any = None,
+    /,
+    **replace: Any,
 ) -> bytes:
-    """A frame of the given entries: ``rows`` their (8 ints, data) tuples."""
+    """A frame of the given entries (``rows`` their 8 ints then their data),
+    with any of its seven parts replaced by ``replace``."""
     import marshal
     from array import array
 
-    if ints is None:
-        ints = array("q", [row[k] for k in range(len(INT_FIELDS)) for row in rows]).tobytes()
     data = [row[len(INT_FIELDS)] for row in rows]
-    raw = marshal.dumps((tuple(paths), ints, data, links, extras), 2)
+    parts: dict[str, Any] = {
+        "paths": b"".join(paths),
+        "path_lens": array("q", map(len, paths)).tobytes(),
+        "ints": array("q", [value for row in rows for value in row[: len(INT_FIELDS)]]).tobytes(),
+        "data": b"".join(piece for piece in data if piece is not None),
+        "data_lens": array("q", [-1 if piece is None else len(piece) for piece in data]).tobytes(),
+        "links": links,
+        "extras": extras,
+    }
+    parts.update(replace)
+    raw = marshal.dumps(tuple(parts.values()), 2)
     return FRAME_HEADER.pack(len(raw)) + raw
 
 
@@ -485,6 +496,13 @@ END = FRAME_HEADER.pack(0)
 _ROOT_AND_FILE = ([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS])
 _UNSORTED_XATTRS = ((b"user.b", b""), (b"user.a", b""))
 _BAD_UID_FILE = (*FILE_FIELDS[:2], -1, *FILE_FIELDS[3:])
+
+
+def _lens(values: list[int]) -> bytes:
+    from array import array
+
+    return array("q", values).tobytes()
+
 
 # Input the parent never sends: the child must refuse each with the
 # TreeBuilder's (or the frame reader's) reason, and write nothing.
@@ -510,13 +528,25 @@ HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
      "names must be unique and sorted"),
     ("short-digest", [_frame(*_ROOT_AND_FILE, (), ((1, None, b"\1" * 31, ()),)), END],
      "fs-verity digest must be 32 bytes"),
-    ("path-not-bytes", [_frame(["/"], [ROOT_FIELDS]), END], "the path must be bytes"),
     ("short-ints", [_frame([b"/"], [ROOT_FIELDS], ints=bytes(8 * 7)), END],
-     "8 int columns and a data column of 1"),
-    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS]), END],
-     "8 int columns and a data column of 2"),
+     "8 ints and 2 lengths per entry"),
+    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS], data_lens=bytes(8)),
+                        END], "8 ints and 2 lengths per entry"),
     ("ints-not-bytes", [_frame([b"/"], [ROOT_FIELDS], ints=list(ROOT_FIELDS[:8])), END],
-     "must be (paths, ints, data, links, extras)"),
+     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
+    ("paths-not-bytes", [_frame([b"/"], [ROOT_FIELDS], paths=(b"/",)), END],
+     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
+    ("path-lens-short", [_frame(*_ROOT_AND_FILE, paths=b"/a"), END],
+     "lengths must add up to its paths' and its data's bytes"),
+    ("path-len-negative", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS],
+                                  path_lens=_lens([4, -1]), paths=b"/" * 3), END],
+     "lengths must add up"),
+    ("data-lens-long", [_frame(*_ROOT_AND_FILE, data=PAYLOAD + b"x"), END],
+     "lengths must add up"),
+    ("data-len-below-none", [_frame(*_ROOT_AND_FILE, data_lens=_lens([-2, 2 + len(PAYLOAD)])),
+                             END], "lengths must add up"),
+    ("empty-path", [_frame([b"/", b""], [ROOT_FIELDS, FILE_FIELDS]), END],
+     "must be a clean absolute path"),
     ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((9, b"/"),)), END],
      "outside its frame"),
     ("links-out-of-order", [_frame([b"/", b"/a", b"/b"], [ROOT_FIELDS, LINK_FIELDS, LINK_FIELDS],
@@ -534,7 +564,7 @@ HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
      "outside its frame"),
     ("not-marshal", [FRAME_HEADER.pack(4) + b"\xff\xff\xff\xff", END], "not marshal"),
     ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END],
-     "must be (paths, ints, data, links, extras)"),
+     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
     ("too-long", [FRAME_HEADER.pack((1 << 30) + 1), END], "longer than 1073741824 bytes"),
     ("cut-short", [_frame([b"/"], [ROOT_FIELDS])[:-3]], "end early"),
     ("no-root", [END], "no root"),
@@ -582,7 +612,7 @@ def test_a_child_that_stops_reading_ends_the_exchange(out: tuple[int, Path]) -> 
         argv = sandbox._worker_argv(
             "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
         )
-        with pytest.raises(ValidationError, match="must be \\(paths, ints"):
+        with pytest.raises(ValidationError, match="must be \\(paths, path_lens, ints"):
             sandbox._run_child(argv, pieces(), 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
         os.close(child_fd)
