@@ -25,12 +25,13 @@ of input, it locks itself down in this order:
 
 Then it rebuilds the Tree from the parent's frames of records (each
 :data:`FRAME_HEADER`, the frame's length, then ``marshal`` data of
-``(paths, ints, data, links, extras)``: the frame's entries as columns,
-see :class:`_Rows`; a zero length ends them), collecting them as they
-arrive, checks every invariant again (defence in depth) with the bulk
-TreeBuilder (:func:`~composefs_py._columns.tree_from_columns`), or with a
-TreeBuilder entry by entry where that cannot vouch for them, and writes the
-image with the native backend.  When the compiled module is unavailable (``--engine
+``(paths, path_lens, ints, data, data_lens, links, extras)``: the frame's
+entries as buffers and lengths, see :class:`_Rows`; a zero length ends
+them), decoding each frame as it arrives, checks every invariant again
+(defence in depth) with the bulk TreeBuilder
+(:func:`~composefs_py._columns.tree_from_columns`), or with a TreeBuilder
+entry by entry where that cannot vouch for them, and writes the image with
+the native backend.  When the compiled module is unavailable (``--engine
 mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
 Landlock grants read on the library directories and read+execute on the
 mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
@@ -40,9 +41,11 @@ into a memfd and *replaces itself* with ``mkcomposefs --from-file - -``
 restriction above, inherited across exec, without a fork.
 
 Protocol: stdout carries one JSON line (``{"digest": ..., "lockdown":
-...}``); in read mode it carries the image's dump after that line.  Exit 0
-on success, 65 when the input is rejected (the last stderr line says why),
-70 when a step failed; a signal when something crashed or hit a limit.
+..., "rebuild": "columns"|"builder", "times": ...}``: how the Tree was
+rebuilt, and the CLOCK_MONOTONIC time at which each step ended); in read
+mode it carries the image's dump after that line.  Exit 0 on success, 65
+when the input is rejected (the last stderr line says why), 70 when a step
+failed; a signal when something crashed or hit a limit.
 
 ``--fault NAME`` exists for the tests only (sandbox.py passes it when its
 private ``_fault`` argument is set; the input can never reach it): it makes
@@ -64,7 +67,6 @@ import struct
 import sys
 import time
 import traceback
-from array import array
 from collections.abc import Iterable, Iterator
 from itertools import accumulate, pairwise, repeat
 from typing import Any, NoReturn, cast
@@ -382,19 +384,18 @@ class _Rows:
     :class:`NodeColumns`' rule.
     """
 
-    __slots__ = ("paths", "path_lens", "ints", "data", "data_lens", "links", "extras")
+    __slots__ = ("paths", "ints", "data", "links", "extras")
 
     def __init__(self) -> None:
+        # Each frame is decoded as it arrives (while the parent makes the next).
         self.paths: list[bytes] = []
-        self.path_lens = array("q")
-        self.ints = array("q")
-        self.data: list[bytes] = []
-        self.data_lens = array("q")
+        self.ints: list[list[int]] = [[] for _ in INT_FIELDS]
+        self.data: list[bytes | None] = []
         self.links: dict[int, bytes] = {}
         self.extras: dict[int, Extra] = {}
 
     def add_frame(self, frame: object) -> None:
-        first = len(self.path_lens)
+        first = len(self.paths)
         if not (frame.__class__ is tuple and len(frame) == 7):
             raise ValidationError(_NOT_A_FRAME, entry=first)
         paths, path_lens, ints, data, data_lens, links, extras = cast("tuple[object, ...]", frame)
@@ -432,11 +433,17 @@ class _Rows:
             cast("tuple[object, ...]", links), count, values, data_sizes, first
         )
         found_extras = self._extras(cast("tuple[object, ...]", extras), count, found_links, first)
-        self.paths.append(paths)
-        self.path_lens.frombytes(path_lens)
-        self.ints.frombytes(ints)
-        self.data.append(data)
-        self.data_lens.frombytes(data_lens)
+        self.paths += [
+            paths[start:end] for start, end in pairwise(accumulate(path_sizes, initial=0))
+        ]
+        fields = len(INT_FIELDS)
+        for k, column in enumerate(self.ints):
+            column += values[k::fields].tolist()
+        data_at = accumulate(map(max, data_sizes, repeat(0)), initial=0)
+        self.data += [
+            None if length < 0 else data[start : start + length]
+            for start, length in zip(data_at, data_sizes, strict=False)
+        ]
         for position, target in found_links.items():
             self.links[first + position] = target
         for position, extra in found_extras:
@@ -499,27 +506,16 @@ class _Rows:
         return found
 
     def columns(self) -> NodeColumns:
-        paths = b"".join(self.paths)
-        path_at = accumulate(self.path_lens, initial=0)
-        data = b"".join(self.data)
-        data_lens = self.data_lens
-        data_at = accumulate(map(max, data_lens, repeat(0)), initial=0)
-        fields = len(INT_FIELDS)
-        mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = (
-            self.ints[k::fields].tolist() for k in range(fields)
-        )
+        mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = self.ints
         return NodeColumns(
-            paths=[paths[start:end] for start, end in pairwise(path_at)],
+            paths=self.paths,
             mode=mode,
             uid=uid,
             gid=gid,
             mtime=mtime,
             mtime_nsec=mtime_nsec,
             size=size,
-            data=[
-                None if length < 0 else data[start : start + length]
-                for start, length in zip(data_at, data_lens, strict=False)
-            ],
+            data=self.data,
             nlink=nlink,
             rdev=rdev,
             links=self.links,
