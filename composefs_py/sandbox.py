@@ -36,18 +36,16 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 inside and reports which protections are active on this machine.
 
 Cost (2-core machine, libcomposefs 1.0.8, python -m benchmarks --only
-sandbox): a child costs 0.06-0.1 s (interpreter start, its own imports,
-lockdown).  The parent sends the child's address-space bound first (summed
-over the Tree's mapping, 0.03 s at 100,000 entries), then makes each frame
-as it is sent (0.19 s of CPU at 100k in all), overlapping the child's work.
-At 100k the overhead over the native backend (0.3-0.45 s) is the child's
-start (0.06 s), its TreeBuilder rebuild, which sets the pace (0.38-0.45 s:
-TreeBuilder.add about 0.3, build 0.07, Inodes 0.05, marshal 0.035; the
-defence in depth), its packing of the rebuilt Tree for C (0.13 s, where
-the native backend's packing of a parsed TOC's Tree takes 0.25 s: the
-child's objects are freshly laid out in order) and the exit and digest
-check (0.05 s); libcomposefs's write costs what it costs the native
-backend.
+sandbox, a TOC's Tree of 100,000 entries, built in bulk): native 0.51-0.58
+s, sandbox 1.08-1.14 s.  The child starts in 0.06-0.08 s (interpreter, its
+own imports, lockdown), while the parent sends the address-space bound
+(from the Tree's buffers: no time) and makes the native backend's buffers
+(0.08-0.1 s) and the frames (0.02 s of slicing and marshal), ahead of the
+pipe.  The child then receives and decodes the frames (0.15-0.17 s after
+its lockdown, 0.07 s of it its own decoding into lists), checks them with
+``tree_from_columns`` (0.26 s), writes as the native backend does (0.54 s,
+packing included) and exits (0.01 s); the parent's digest check of the
+image takes 0.02 s.
 """
 
 from __future__ import annotations
