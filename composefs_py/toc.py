@@ -738,6 +738,8 @@ _NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
 _DIGEST_SHAPE = _EMPTY_SHA256.encode().translate(_HEX_AS_0)
 #: A "." or ".." name part, in "\0"-framed names.
 _DOT_PART = re.compile(r"[\x00/]\.\.?(?=[/\x00])").search
+#: A whiteout's part of a path (see _Walker.node).
+_WH_PART = b"/" + _WH
 #: Paths the walker treats apart (eStargz bookkeeping), "\0"-framed.
 _SET_APART = tuple(b"\0" + path + b"\0" for path in (*_LANDMARKS, _STARGZ_INDEX))
 
@@ -797,7 +799,7 @@ def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> lis
         joined = framed.encode().replace(b"\0", b"\0/")
     except UnicodeEncodeError:
         return None
-    if (compat is None and joined.find(_WH) >= 0) or any(map(joined.__contains__, _SET_APART)):
+    if (compat is None and joined.find(_WH_PART) >= 0) or any(map(joined.__contains__, _SET_APART)):
         return None
     paths = joined[1:-2].split(b"\0")
     return paths if len(paths) == len(names) else None  # else a NUL in a name

@@ -215,6 +215,7 @@ TAKEN: dict[tuple[int, str], list[object]] = {
     (4, "xattrs"): [{"user.x": "eA=="}],
     (5, "xattrs"): [{}],
     (6, "name"): ["usr"],
+    (2, "name"): ["etc/x.wh.y", ".etc", "etc/..."],
 }
 # the bulk path may step aside
 EITHER: dict[tuple[int, str], list[object]] = {
