@@ -469,7 +469,7 @@ def tree_from_columns(
     else:
         data = list(columns.data)
 
-    final_links = _resolve_links(links, index, paths, mode, n)
+    final_links = _resolve_links(links, index, data, mode, n)
     if final_links is None:
         return None
     nlink = ints["nlink"]
@@ -540,7 +540,11 @@ def _strings_ok(values: list[bytes], longest: int) -> bool:
 
 
 def _resolve_links(
-    links: dict[int, bytes], index: dict[bytes, int], paths: list[bytes], mode: array[int], n: int
+    links: dict[int, bytes],
+    index: dict[bytes, int],
+    data: list[bytes | None],
+    mode: array[int],
+    n: int,
 ) -> dict[int, int] | None:
     """Each hardlink row -> the row of the Inode its chain ends at (None: not proven)."""
     if not links:
@@ -549,7 +553,8 @@ def _resolve_links(
     for row, target in links.items():
         if row.__class__ is not int or not 0 <= row < n or target.__class__ is not bytes:
             return None
-        if mode[row] != S_IFREG:
+        # a hardlink row holds nothing of its own (C reads no data for it)
+        if mode[row] != S_IFREG or data[row] is not None:
             return None
     for row, target in links.items():
         seen = {row}

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import random
 import stat
+import tempfile
 from typing import Any, cast
 
 import pytest
@@ -211,6 +212,11 @@ def test_hostile_rows_are_never_taken_where_the_builder_refuses(
         assert bulk is None
     elif bulk is not None:
         _same(bulk, expected)
+        with tempfile.TemporaryDirectory() as work:
+            images = [
+                _image(tree, os.path.join(work, f"{i}")) for i, tree in enumerate((bulk, expected))
+            ]
+        assert images[0] == images[1]
 
 
 # Row 1 is the regular file /a, row 2 the symlink /b (see _three_files).
@@ -284,6 +290,10 @@ def test_refusals_of_links_and_extras(links: dict[int, object], extras: dict[int
     columns.extras = dict(extras)
     for row in links:
         columns.mode[row], columns.size[row], columns.data[row] = stat.S_IFREG, 0, None
+    if links == {1: b"/b"} and extras == {}:
+        # data on a hardlink row: the builder ignores it, C would read it as the next row's
+        with_data = dataclasses.replace(columns, data=[None, b"ab/cd", b"a"])
+        assert tree_from_columns(with_data) is None
     expected = _builder_tree(columns) if 7 not in extras else ValidationError("no row 7")
     bulk = tree_from_columns(columns)
     if isinstance(expected, ValidationError):
@@ -320,8 +330,6 @@ def test_a_table_tree_reads_and_writes_as_its_nodes(tmp_path: Any) -> None:
 def test_table_trees_write_the_same_image(tree: Tree) -> None:
     bulk = tree_from_columns(columns_of(tree))
     assert bulk is not None
-    import tempfile
-
     with tempfile.TemporaryDirectory() as work:
         assert _image(bulk, os.path.join(work, "a")) == _image(tree, os.path.join(work, "b"))
 
