@@ -52,10 +52,11 @@ import gc
 import json
 import os
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import compress, repeat
+from itertools import accumulate, compress, repeat
 from operator import is_not, lt, not_
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Protocol, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -647,6 +648,16 @@ def _typed_document(raw: bytes, limits: Limits) -> tuple[_Document, int] | None:
     return document, keys - 2 - (split is not UNSET)
 
 
+def _opaque_dirs_of(raw: bytes, entries: list[msgspec.Raw], limits: Limits) -> set[bytes]:
+    """:func:`_opaque_dirs` of typed entries (raises msgspec.DecodeError for a bad one)."""
+    if raw.find(_WH_OPAQUE) < 0:
+        return set()
+    decode = _ENTRY_DECODER.decode
+    return _opaque_dirs_named(
+        (decode(piece).name for piece in entries if bytes(piece).find(_WH_OPAQUE) >= 0), limits
+    )
+
+
 def _typed(
     raw: bytes, limits: Limits, compat: str | None, head: tuple[_Document, int] | None = None
 ) -> Tree | None:
@@ -665,12 +676,8 @@ def _typed(
     entries = document.entries
     walker = _Walker(limits, compat, False, nulls=False, has_opaque=False)
     try:
-        if walker.whiteouts and raw.find(_WH_OPAQUE) >= 0:
-            decode = _ENTRY_DECODER.decode
-            walker.opaque = _opaque_dirs_named(
-                (decode(piece).name for piece in entries if bytes(piece).find(_WH_OPAQUE) >= 0),
-                limits,
-            )
+        if walker.whiteouts:
+            walker.opaque = _opaque_dirs_of(raw, entries, limits)
         if walker.typed_entries(entries) != keys:
             return None
         del document, entries
@@ -683,12 +690,17 @@ def _typed(
 
 # -- the bulk path -----------------------------------------------------------------
 #
-# The whole document decoded at once, every rule checked column by column
-# with C-level operations (counts, joins, translations, set algebra), and the
-# tree built by tree_from_columns.  It takes the plain TOC only: reg, dir,
-# symlink and hardlink entries with the common fields, clean names and Go's
-# RFC 3339 times.  Anything else, and anything wrong, gives None, and the
-# paths above decide with their own messages.
+# The document decoded in batches, its common entries checked column by
+# column with C-level operations (counts, joins, translations, set algebra),
+# and the tree built by tree_from_columns.  The columns take reg, dir,
+# symlink and hardlink entries with the common fields (a regular file's
+# chunkDigest, and a chunkSize that is the whole file), clean names and Go's
+# RFC 3339 times.  The few other rows of a real layer (chunk entries and the
+# file they continue, devices and fifos, the root, whiteouts, eStargz's
+# bookkeeping, names to clean) go through the walker's own checks
+# (_Walker.entry), in document order, and the nodes it makes join the
+# columns.  Anything wrong gives None, and the paths above decide with their
+# own messages.
 #
 # An absent field reads as a value the checks never take ("" for the
 # strings, -1 for the integers, whose ranges exclude it): a field given that
@@ -701,7 +713,7 @@ _BulkI63 = Annotated[int, msgspec.Meta(ge=0, le=_I63_MAX)]
 
 
 class _BulkEntry(msgspec.Struct, gc=False):
-    """The fields the bulk path takes; any other key makes the key count differ."""
+    """The fields the bulk path knows; any other key makes the key count differ."""
 
     type: str
     name: str
@@ -711,15 +723,24 @@ class _BulkEntry(msgspec.Struct, gc=False):
     gid: _BulkI32 = _NO_INT
     offset: _BulkI63 = _NO_INT
     endOffset: _BulkI63 = _NO_INT
+    # device numbers and chunks are the walker's to check (see _Bulk.walker_rows),
+    # but for a regular file's chunkDigest and whole-file chunkSize
+    devMajor: int = _NO_INT
+    devMinor: int = _NO_INT
+    chunkSize: int = _NO_INT
+    chunkOffset: int = _NO_INT
     modtime: str = ""
     accesstime: str = ""
     changetime: str = ""
     linkName: str = ""
     digest: str = ""
+    chunkDigest: str = ""
+    chunkType: str = ""
     xattrs: dict[str, str] | None = None
 
 
 _BULK_DECODER = msgspec.json.Decoder(list[_BulkEntry])
+_BULK_FIELDS = len(_BulkEntry.__struct_fields__)
 #: Entries decoded at a time: their columns stay small (in cache), and the
 #: decoded entries never pile up in memory.
 _BULK_BATCH = 8192
@@ -736,18 +757,24 @@ _TIME_SHAPES = frozenset(
 )
 _NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
 _DIGEST_SHAPE = _EMPTY_SHA256.encode().translate(_HEX_AS_0)
-#: A "." or ".." name part, in "\0"-framed names.
-_DOT_PART = re.compile(r"[\x00/]\.\.?(?=[/\x00])").search
-#: A whiteout's part of a path (see _Walker.node).
-_WH_PART = b"/" + _WH
-#: Paths the walker treats apart (eStargz bookkeeping), "\0"-framed.
-_SET_APART = tuple(b"\0" + path + b"\0" for path in (*_LANDMARKS, _STARGZ_INDEX))
+#: What makes a name the walker's, in "\0"-framed names: an empty part or
+#: name, an absolute name, a "." or ".." part (the root is "./"), eStargz's
+#: bookkeeping files (see _Walker.node).
+_WALKER_NAME = re.compile(
+    r"//|\x00/|\x00\x00|[\x00/]\.\.?(?=[/\x00])|\x00(?:"
+    + "|".join(re.escape(path[1:].decode()) for path in (*_LANDMARKS, _STARGZ_INDEX))
+    + r")/?(?=\x00)"
+).finditer
+#: A whiteout's part of a name, "\0"-framed (see _Walker.node).
+_WH_NAME = re.compile(r"[\x00/]\.wh\.").finditer
+#: What any of the above starts with.
+_WALKER_NAME_HINTS = ("//", "\0/", "\0\0", "/.", "\0.", "stargz.index.json")
 
 
 def _bulk(
     raw: bytes, limits: Limits, compat: str | None, head: tuple[_Document, int] | None = None
 ) -> Tree | None:
-    """The Tree of a plain TOC checked column by column; None: leave it to the others.
+    """The Tree of a TOC checked column by column; None: leave it to the others.
 
     The rules are the walker's (:meth:`_Walker.entry`): the same values
     accepted, the same nodes made, for every document this takes.
@@ -760,15 +787,20 @@ def _bulk(
     pieces = head[0].entries
     keys = head[1]
     del head
-    bulk = _Bulk(limits, compat)
+    try:
+        opaque = _opaque_dirs_of(raw, pieces, limits) if compat is None else set()
+    except msgspec.DecodeError:
+        return None
+    bulk = _Bulk(limits, compat, opaque)
     try:
         for first in range(0, len(pieces), _BULK_BATCH):
-            text = b"[" + b",".join(pieces[first : first + _BULK_BATCH]) + b"]"
-            found = bulk.rows(_BULK_DECODER.decode(text), first)
+            batch = pieces[first : first + _BULK_BATCH]
+            text = b"[" + b",".join(batch) + b"]"
+            found = bulk.rows(_BULK_DECODER.decode(text), batch, first)
             if found is None:
                 return None
-            # A key the fields do not hold (a real layer's chunk fields, say)
-            # shows in the first batch: end there, not after the document.
+            # A key the fields do not hold (innerOffset, say) shows in the
+            # first batch: end there, not after the document.
             if not first and found != _key_count(text):
                 return None
             keys -= found
@@ -777,32 +809,24 @@ def _bulk(
     if keys:
         return None  # a duplicate or an unknown key at the top
     del pieces
-    return tree_from_columns(bulk.columns, limits, synthesize_parents=True, count_hardlinks=True)
-
-
-def _bulk_paths(names: Sequence[str], limits: Limits, compat: str | None) -> list[bytes] | None:
-    """The paths of names that are clean already (but for a trailing ``/``); else None.
-
-    Such a name is its path without the leading ``/`` (see :func:`_clean_name`).
-    The root, whiteouts (unless ``compat``) and eStargz's bookkeeping files
-    are the walker's; lengths and depths are ``tree_from_columns``' to check.
-    """
-    framed = "\0" + "\0".join(names) + "\0"
-    if framed.find("//") >= 0:
-        return None  # an empty part
-    framed = framed.replace("/\0", "\0")
-    if framed.find("\0/") >= 0 or framed.find("\0\0") >= 0:
-        return None  # an absolute or empty name
-    if (framed.find("/.") >= 0 or framed.find("\0.") >= 0) and _DOT_PART(framed) is not None:
+    columns = bulk.finish()
+    if columns is None:
         return None
+    return tree_from_columns(columns, limits, synthesize_parents=True, count_hardlinks=True)
+
+
+def _bulk_paths(names: Sequence[str]) -> list[bytes] | None:
+    """The paths of names :meth:`_Bulk.walker_rows` left to the columns (None: not UTF-8).
+
+    Such a name is its path without the leading ``/`` and any trailing one
+    (see :func:`_clean_name`); lengths and depths are ``tree_from_columns``'
+    to check.
+    """
     try:
-        joined = framed.encode().replace(b"\0", b"\0/")
+        joined = ("\0".join(names) + "\0").replace("/\0", "\0").encode()
     except UnicodeEncodeError:
         return None
-    if (compat is None and joined.find(_WH_PART) >= 0) or any(map(joined.__contains__, _SET_APART)):
-        return None
-    paths = joined[1:-2].split(b"\0")
-    return paths if len(paths) == len(names) else None  # else a NUL in a name
+    return (b"/" + joined.replace(b"\0", b"\0/"))[:-2].split(b"\0")
 
 
 def _all_digests(joined: str, count: int) -> bool:
@@ -835,12 +859,38 @@ def _day_start(day: str) -> int | None:
     return None if parsed is None else parsed[0]
 
 
-class _Bulk:
-    """The columns of a plain TOC, added batch by batch (see :func:`_bulk`)."""
+class _NodeSink(Protocol):
+    """Where :class:`_Walker` puts its nodes (a TreeBuilder's ``add``)."""
 
-    def __init__(self, limits: Limits, compat: str | None) -> None:
+    def add(self, path: bytes, node: Node, *, entry: int | None = None) -> None: ...
+
+
+class _WalkedNodes:
+    """The nodes the walker made for the bulk path: each path once, in order.
+
+    An identical repeat of a path adds nothing, as in the walker's own
+    builder (``duplicates="identical"``); any other repeat is left to that
+    builder to judge.
+    """
+
+    def __init__(self) -> None:
+        self.made: dict[bytes, Node] = {}
+        self.fresh: list[tuple[bytes, Node]] = []  # not in the columns yet
+
+    def add(self, path: bytes, node: Node, *, entry: int | None = None) -> None:
+        first = self.made.get(path)
+        if first is None:
+            self.made[path] = node
+            self.fresh.append((path, node))
+        elif first != node:
+            raise ValidationError("a repeat with other attributes", entry=entry, path=path)
+
+
+class _Bulk:
+    """The columns of a TOC, added batch by batch (see :func:`_bulk`)."""
+
+    def __init__(self, limits: Limits, compat: str | None, opaque: set[bytes]) -> None:
         self.limits = limits
-        self.compat = compat
         self.columns = NodeColumns(
             paths=[], mode=[], uid=[], gid=[], mtime=[], mtime_nsec=[], size=[], data=[]
         )
@@ -848,14 +898,24 @@ class _Bulk:
         self.days = _TimeParts(_day_start)
         self.minutes = _TimeParts(lambda hm: _clock_seconds(hm + ":00"))
         self.seconds = _TimeParts(lambda ss: _clock_seconds("00:00:" + ss))
+        # the rows left to the walker: the nodes it made, and the entry after its last row
+        self.walked = _WalkedNodes()
+        self.walker = _Walker(
+            limits, compat, False, nulls=False, has_opaque=False, nodes=self.walked
+        )
+        self.walker.opaque = opaque
+        # the directories that hold an opaque marker, by name (they are the walker's)
+        self.opaque_names = {path[1:].decode() for path in opaque}
+        self.after_walked = 0
+        self.rdev: dict[int, int] = {}
 
-    def rows(self, entries: list[_BulkEntry], first: int) -> int | None:
-        """Check ``entries`` (rows from ``first`` on) and add them; return their keys.
-
-        None: not all plain, or not all valid.
+    def rows(
+        self, entries: list[_BulkEntry], pieces: Sequence[msgspec.Raw], first: int
+    ) -> int | None:
+        """Check ``entries`` (rows from ``first`` on; ``pieces`` their JSON) and
+        add them; return the keys they hold.  None: not all valid, or not all
+        this path's.
         """
-        limits = self.limits
-        out = self.columns
         types = [entry.type for entry in entries]
         names = [entry.name for entry in entries]
         modes = [entry.mode for entry in entries]
@@ -870,24 +930,141 @@ class _Bulk:
         link_names = [entry.linkName for entry in entries]
         digests = [entry.digest for entry in entries]
         xattrs = [entry.xattrs for entry in entries]
+        majors = [entry.devMajor for entry in entries]
+        minors = [entry.devMinor for entry in entries]
+        chunk_sizes = [entry.chunkSize for entry in entries]
+        chunk_offsets = [entry.chunkOffset for entry in entries]
+        chunk_digests = [entry.chunkDigest for entry in entries]
+        chunk_types = [entry.chunkType for entry in entries]
         del entries
         n = len(types)
         # the keys these fields hold (the caller matches them with the document's)
-        no_modtime = modtimes.count("")
-        no_digest = digests.count("")
-        xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(None))))
-        absent: int = sum(
-            map(list.count, (modes, sizes, uids, gids, offsets, ends), repeat(_NO_INT))
+        ints = (modes, sizes, uids, gids, offsets, ends, majors, minors, chunk_sizes, chunk_offsets)
+        texts = (
+            modtimes,
+            accesstimes,
+            changetimes,
+            link_names,
+            digests,
+            chunk_digests,
+            chunk_types,
         )
-        absent += sum(map(list.count, (accesstimes, changetimes, link_names), repeat("")))
-        absent += no_modtime + no_digest + n - len(xattr_rows)
-        keys = 14 * n - absent + sum([len(value) for value in xattrs if value is not None])
-        if not _BULK_TYPES.issuperset(types):
-            return None
+        absent: int = sum(map(list.count, ints, repeat(_NO_INT)))
+        absent += sum(map(list.count, texts, repeat("")))
+        absent += xattrs.count(None)
+        keys = _BULK_FIELDS * n - absent + sum([len(value) for value in xattrs if value])
 
-        paths = _bulk_paths(names, limits, self.compat)
-        if paths is None:
+        walked = self.walker_rows(
+            types, names, sizes, majors, minors, chunk_sizes, chunk_offsets, chunk_types
+        )
+        if walked is None:
             return None
+        columns: tuple[list[Any], ...] = (
+            types,
+            names,
+            modes,
+            sizes,
+            uids,
+            gids,
+            offsets,
+            ends,
+            modtimes,
+            accesstimes,
+            changetimes,
+            link_names,
+            digests,
+            xattrs,
+            chunk_digests,
+        )
+        if walked:
+            kept = [True] * n
+            for row in walked:
+                kept[row] = False
+            columns = tuple(list(compress(column, kept)) for column in columns)
+        if columns[0] and not self.plain_rows(*columns):
+            return None
+        if walked and not self.walk(walked, pieces, first):
+            return None
+        return keys
+
+    def walker_rows(
+        self,
+        types: list[str],
+        names: list[str],
+        sizes: list[int],
+        majors: list[int],
+        minors: list[int],
+        chunk_sizes: list[int],
+        chunk_offsets: list[int],
+        chunk_types: list[str],
+    ) -> list[int] | None:
+        """The rows the walker checks, in order (None: a name holds a NUL, which none may).
+
+        Those of the types and fields the columns do not take, a regular
+        file whose chunkSize is not the whole file, and the names of
+        :data:`_WALKER_NAME`, whiteouts (unless ``compat``) and directories
+        an opaque marker names.
+        """
+        n = len(types)
+        rows: set[int] = set()
+        if not _BULK_TYPES.issuperset(types):
+            rows.update(row for row, kind in enumerate(types) if kind not in _BULK_TYPES)
+        for column in (majors, minors, chunk_offsets):
+            if column.count(_NO_INT) != n:
+                rows.update(compress(range(n), map(_NO_INT.__ne__, column)))
+        if chunk_types.count("") != n:
+            rows.update(compress(range(n), chunk_types))
+        if chunk_sizes.count(_NO_INT) != n:
+            # A file whose one chunk is the whole file is the columns': the
+            # walker would end its chain at the next entry, and refuse a chunk
+            # after it as it refuses one after a file with no chunkSize.
+            rows.update(
+                row
+                for row in compress(range(n), map(_NO_INT.__ne__, chunk_sizes))
+                if not (types[row] == "reg" and chunk_sizes[row] == sizes[row] > 0)
+            )
+
+        framed = "\0" + "\0".join(names) + "\0"
+        if framed.count("\0") != n + 1:
+            return None
+        if any(map(framed.__contains__, _WALKER_NAME_HINTS)):
+            found = [match.start() for match in _WALKER_NAME(framed)]
+            if self.walker.whiteouts:
+                found += [match.start() for match in _WH_NAME(framed)]
+            if found:
+                starts = list(accumulate([len(name) + 1 for name in names], initial=0))
+                rows.update(bisect_right(starts, at) - 1 for at in found)
+        if self.opaque_names:
+            opaque = self.opaque_names
+            rows.update(row for row, name in enumerate(names) if name.rstrip("/") in opaque)
+        return sorted(rows)
+
+    def plain_rows(
+        self,
+        types: list[str],
+        names: list[str],
+        modes: list[int],
+        sizes: list[int],
+        uids: list[int],
+        gids: list[int],
+        offsets: list[int],
+        ends: list[int],
+        modtimes: list[str],
+        accesstimes: list[str],
+        changetimes: list[str],
+        link_names: list[str],
+        digests: list[str],
+        xattrs: list[dict[str, str] | None],
+        chunk_digests: list[str],
+    ) -> bool:
+        """Check the rows the columns take and add them; False: not all valid."""
+        limits = self.limits
+        out = self.columns
+        base = len(out.paths)
+        n = len(types)
+        paths = _bulk_paths(names)
+        if paths is None:
+            return False
 
         # the file type and permission bits of each distinct (type, mode)
         kind_modes: dict[tuple[str, int], int] = {}
@@ -895,21 +1072,24 @@ class _Bulk:
             bits = max(mode, 0)
             if bits > 0o7777:
                 if bits & _S_IFMT != _TYPE_BITS[kind]:
-                    return None
+                    return False
                 bits &= 0o7777
             kind_modes[kind, mode] = _S_IFREG if kind == "hardlink" else _TYPE_BITS[kind] | bits
 
-        # only regular files have data (a size) or a digest; data needs one
+        # only regular files have data (a size), a digest or a chunkDigest; data needs one
         sizes = [size if size > 0 else 0 for size in sizes]
         not_reg = [kind != "reg" for kind in types]
+        no_digest = digests.count("")
         if (
             any(compress(sizes, not_reg))
             or any(compress(digests, not_reg))
             or not _all_digests("".join(digests), n - no_digest)
             or "" in compress(digests, sizes)
             or not {"", _EMPTY_SHA256}.issuperset(compress(digests, map(not_, sizes)))
+            or any(compress(chunk_digests, not_reg))
+            or not _all_digests("".join(chunk_digests), n - chunk_digests.count(""))
         ):
-            return None
+            return False
         # the payload is the digest's path (see _Walker.payload); an empty file has none
         data: list[bytes | None] = [
             f"{digest[7:9]}/{digest[9:]}".encode() if size else None
@@ -919,7 +1099,7 @@ class _Bulk:
         # symlink targets and hardlinks: theirs is the only linkName (an empty one is none)
         linked = list(compress(range(n), link_names))
         if len(linked) != types.count("symlink") + types.count("hardlink"):
-            return None
+            return False
         links: dict[int, bytes] = {}
         try:
             for row in linked:
@@ -929,37 +1109,39 @@ class _Bulk:
                 elif kind == "hardlink":
                     links[row] = _clean_name(link_names[row], limits)
                     if links[row] == paths[row]:
-                        return None
+                        return False
                 else:
-                    return None
+                    return False
         except (UnicodeEncodeError, ValueError):
-            return None
+            return False
 
         # times: modtime is kept (absent: 0), every time given must be valid
-        times = self.times([text or _EPOCH_TEXT for text in modtimes] if no_modtime else modtimes)
+        times = self.times(
+            [text or _EPOCH_TEXT for text in modtimes] if "" in modtimes else modtimes
+        )
         if times is None:
-            return None
+            return False
         for other in (accesstimes, changetimes):
             if other != modtimes:
                 extra = set(other).difference(modtimes)
                 extra.discard("")
                 if extra and self.times(list(extra)) is None:
-                    return None
+                    return False
 
         # where the data is: an end not before its offset
         if any(compress(map(lt, ends, offsets), map(_NO_INT.__ne__, ends))):
-            return None
+            return False
 
         extras: dict[int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]] = {}
-        if xattr_rows:
-            walker = _Walker(limits, self.compat, False, nulls=False, has_opaque=False)
-            try:
-                for row in xattr_rows:
-                    pairs = walker.xattrs(first + row, names[row], xattrs[row])
-                    if pairs and row not in links:  # a hardlink's xattrs are checked, then dropped
-                        extras[row] = (None, None, pairs)
-            except ValidationError:
-                return None
+        xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(None))))
+        try:
+            for row in xattr_rows:
+                # the index only locates an error, which leaves the document to the walker
+                pairs = self.walker.xattrs(row, names[row], xattrs[row])
+                if pairs and row not in links:  # a hardlink's xattrs are checked, then dropped
+                    extras[row] = (None, None, pairs)
+        except ValidationError:
+            return False
 
         uids = [uid if uid > 0 else 0 for uid in uids]
         gids = [gid if gid > 0 else 0 for gid in gids]
@@ -974,9 +1156,68 @@ class _Bulk:
         out.mtime_nsec += nanoseconds
         out.size += sizes
         out.data += data
-        out.links.update((first + row, target) for row, target in links.items())
-        out.extras.update((first + row, extra) for row, extra in extras.items())
-        return keys
+        out.links.update((base + row, target) for row, target in links.items())
+        out.extras.update((base + row, extra) for row, extra in extras.items())
+        return True
+
+    def walk(self, rows: list[int], pieces: Sequence[msgspec.Raw], first: int) -> bool:
+        """The walker's checks for ``rows`` of the batch, in order; False: one failed.
+
+        A row the columns took between two of them would have ended a chunk
+        chain in the walker (:meth:`_Walker.entry`): it ends here too.
+        """
+        walker = self.walker
+        decode = _ENTRY_DECODER.decode
+        try:
+            for row in rows:
+                index = first + row
+                if index != self.after_walked:
+                    walker.close_chain()
+                walker.entry(index, _as_dict(decode(pieces[row])))
+                self.after_walked = index + 1
+        except (ValidationError, msgspec.DecodeError):
+            return False
+        self.add_walked()
+        return True
+
+    def add_walked(self) -> None:
+        """Add the nodes the walker made since the last call as rows."""
+        out = self.columns
+        for path, node in self.walked.fresh:
+            row = len(out.paths)
+            out.paths.append(path)
+            if isinstance(node, Hardlink):
+                out.links[row] = node.target
+                node = _EMPTY_FILE  # a hardlink's row reads as an empty regular file
+            out.mode.append(node.mode)
+            out.uid.append(node.uid)
+            out.gid.append(node.gid)
+            out.mtime.append(node.mtime)
+            out.mtime_nsec.append(node.mtime_nsec)
+            out.size.append(node.size)
+            link = node.mode & _S_IFMT == _S_IFLNK
+            out.data.append(node.symlink_target if link else node.payload)
+            if node.rdev:
+                self.rdev[row] = node.rdev
+            if node.xattrs or node.content is not None or node.fsverity_digest is not None:
+                out.extras[row] = (node.content, node.fsverity_digest, node.xattrs)
+        self.walked.fresh.clear()
+
+    def finish(self) -> NodeColumns | None:
+        """The columns, once the walker ended its chunk chain and made the
+        opaque directories no entry made (None: it refused)."""
+        try:
+            self.walker.close_chain()
+            self.walker.add_opaque_dirs(_raise)
+        except ValidationError:
+            return None
+        self.add_walked()
+        out = self.columns
+        if self.rdev:
+            out.rdev = [0] * len(out.paths)
+            for row, rdev in self.rdev.items():
+                out.rdev[row] = rdev
+        return out
 
     def times(self, texts: list[str]) -> tuple[list[int], list[int]] | None:
         """Seconds and nanoseconds of Go's RFC 3339 times (None: another form, or invalid).
@@ -1001,6 +1242,10 @@ class _Bulk:
             return None
         scale = _FRACTION_SCALE
         return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
+
+
+#: What a hardlink's row reads as.
+_EMPTY_FILE = Inode(_S_IFREG)
 
 
 # -- the entry walker -------------------------------------------------------------
@@ -1131,6 +1376,7 @@ class _Walker:
         *,
         nulls: bool = True,
         has_opaque: bool = True,
+        nodes: _NodeSink | None = None,
     ) -> None:
         self.limits = limits
         self.whiteouts = compat is None
@@ -1141,6 +1387,8 @@ class _Walker:
             duplicates="identical",
             count_hardlinks=True,
         )
+        #: where the nodes go: the builder, or the bulk path's rows (see _WalkedNodes)
+        self.nodes: _NodeSink = self.builder if nodes is None else nodes
         self.opaque: set[bytes] = set()
         self.opaque_done: set[bytes] = set()
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
@@ -1219,7 +1467,7 @@ class _Walker:
         for directory in sorted(self.opaque - self.opaque_done):
             # No directory entry of its own: the marker makes (or marks) it.
             try:
-                self.builder.add(directory, Inode(mode=_S_IFDIR | 0o755, xattrs=(_OPAQUE_XATTR,)))
+                self.nodes.add(directory, Inode(mode=_S_IFDIR | 0o755, xattrs=(_OPAQUE_XATTR,)))
             except ValidationError as error:
                 add_problem(
                     ValidationError(
@@ -1605,7 +1853,7 @@ class _Walker:
             )
             return
         try:
-            self.builder.add(path, node, entry=index)
+            self.nodes.add(path, node, entry=index)
         except ValidationError as error:
             raise _located(error, index, name) from None
 
@@ -1639,7 +1887,7 @@ class _Walker:
 
     def add(self, index: int, name: str, path: bytes, node: Node) -> None:
         try:
-            self.builder.add(path, node, entry=index)
+            self.nodes.add(path, node, entry=index)
         except ValidationError as error:
             raise _located(error, index, name) from None
 

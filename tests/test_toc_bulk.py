@@ -12,6 +12,7 @@ takes the input, so that a fast path that never runs fails here too.
 from __future__ import annotations
 
 import base64
+import calendar
 import copy
 import hashlib
 import json
@@ -163,36 +164,248 @@ def test_bulk_path_takes_every_kind_and_field_it_knows(compat: str | None, tmp_p
     assert bulk.inode(b"/etc").mtime_nsec == 611178002
 
 
-def _plain_part(raw: bytes) -> list[dict[str, Any]]:
-    """A real TOC's entries without what the bulk path leaves to the walker."""
-    entries = []
-    for entry in json.loads(raw)["entries"]:
-        name = entry["name"]
-        if entry["type"] not in ("reg", "dir", "symlink", "hardlink") or ".wh." in name:
-            continue
-        if name in (".no.prefetch.landmark", ".prefetch.landmark", "stargz.index.json"):
-            continue
-        for field in ("chunkSize", "chunkOffset", "chunkDigest", "chunkType", "innerOffset"):
-            entry.pop(field, None)
-        entries.append(entry)
-    return entries
-
-
-@pytest.mark.parametrize("compat", COMPATS)
-def test_bulk_path_on_the_real_tocs(compat: str | None, tmp_path: Path) -> None:
+def real_tocs() -> list[bytes]:
     paths = real_toc_paths()
     if not paths:
         pytest.skip("no real TOCs (shared testdata) here")
-    for path in paths:
-        raw = path.read_bytes()
-        check(raw, compat)
-        # their plain entries (most of a layer) are the bulk path's
-        plain = document(_plain_part(raw))
-        bulk = check(plain, compat, taken=True)
+    return [path.read_bytes() for path in paths]
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+def test_bulk_path_takes_the_real_tocs_with_the_same_image(
+    compat: str | None, tmp_path: Path
+) -> None:
+    # what they hold besides plain files: chunks, devices, whiteouts, a repeat, bookkeeping
+    kinds = {entry["type"] for raw in real_tocs() for entry in json.loads(raw)["entries"]}
+    assert {"chunk", "char", "block", "fifo"} <= kinds
+    for raw in real_tocs():
+        bulk = check(raw, compat, taken=True)
         assert bulk is not None
         with bulk_bypassed():
-            reference = parse_toc(plain, compat=compat)
+            reference = parse_toc(raw, compat=compat)
         assert image_bytes(bulk, tmp_path / "bulk") == image_bytes(reference, tmp_path / "ref")
+        assert bulk.inode(b"/dev/null").rdev == (1 << 8) | 3
+        if compat is None:
+            assert bulk.inode(b"/etc/motd").mode == 0o020000
+            assert (b"trusted.overlay.opaque", b"y") in bulk.inode(b"/var/cache/apt").xattrs
+        else:
+            assert b"/etc/.wh.motd" in bulk
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 64])
+def test_bulk_path_takes_the_real_tocs_in_batches_of_any_size(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chunk chains and runs of the walker's rows cross the batch ends
+    tocs = real_tocs()
+    whole = [check(raw, taken=True) for raw in tocs]
+    monkeypatch.setattr(toc_module, "_BULK_BATCH", batch)
+    assert [check(raw, taken=True) for raw in tocs] == whole
+
+
+def _with_root(raw: bytes) -> bytes:
+    entries = json.loads(raw)["entries"]
+    entries.insert(0, {"type": "dir", "name": "./", "mode": 0o755, "modtime": T2})
+    return document(entries)
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+def test_bulk_path_takes_a_root_entry(compat: str | None) -> None:
+    for raw in real_tocs():
+        bulk = check(_with_root(raw), compat, taken=True)
+        assert bulk is not None
+        assert bulk.inode(b"/").mtime == calendar.timegm((2023, 6, 19, 13, 16, 46))
+
+
+# -- real TOCs edited: chunks, devices, whiteouts ------------------------------------
+
+Entries = list[dict[str, Any]]
+
+
+def _chain(entries: Entries) -> list[int]:
+    """The rows of the first regular file in chunks: the file's, then its chunks'."""
+    head = next(
+        row
+        for row, entry in enumerate(entries)
+        if entry["type"] == "reg" and 0 < entry.get("chunkSize", 0) < entry.get("size", 0)
+    )
+    rows = [head]
+    while entries[rows[-1] + 1]["type"] == "chunk":
+        rows.append(rows[-1] + 1)
+    return rows
+
+
+def _named(entries: Entries, kind: str) -> dict[str, Any]:
+    return next(entry for entry in entries if entry["type"] == kind)
+
+
+def _set(row: Callable[[Entries], dict[str, Any]], **fields: object) -> Callable[[Entries], None]:
+    def edit(entries: Entries) -> None:
+        entry = row(entries)
+        for field, value in fields.items():
+            if value is DELETE:
+                del entry[field]
+            else:
+                entry[field] = value
+
+    return edit
+
+
+def _head(entries: Entries) -> dict[str, Any]:
+    return entries[_chain(entries)[0]]
+
+
+def _first_chunk(entries: Entries) -> dict[str, Any]:
+    return entries[_chain(entries)[1]]
+
+
+def _last_chunk(entries: Entries) -> dict[str, Any]:
+    return entries[_chain(entries)[-1]]
+
+
+def _unchunked(entries: Entries) -> None:
+    rows = _chain(entries)
+    del entries[rows[1] : rows[-1] + 1]
+    entries[rows[0]].pop("chunkSize")
+
+
+def _one_chunk_less(entries: Entries) -> None:
+    rows = _chain(entries)
+    del entries[rows[-1]]
+    entries[rows[-2]].pop("chunkSize", None)  # now the last: it runs to the end
+
+
+def _drop(pick: Callable[[Entries], int]) -> Callable[[Entries], None]:
+    return lambda entries: entries.__delitem__(pick(entries))
+
+
+def _add(entry: dict[str, Any], at: int | None = None) -> Callable[[Entries], None]:
+    def edit(entries: Entries) -> None:
+        entries.insert(len(entries) if at is None else at, copy.deepcopy(entry))
+
+    return edit
+
+
+def _moved_chunk(entries: Entries) -> None:
+    rows = _chain(entries)
+    entries.insert(rows[-1] + 1, entries.pop(rows[1]))
+
+
+def _add_between_chunks(entries: Entries) -> None:
+    entries.insert(_chain(entries)[1], {"type": "dir", "name": "opt"})
+
+
+def _repeat(kind: str, **fields: object) -> Callable[[Entries], None]:
+    return lambda entries: entries.append({**_named(entries, kind), **fields})
+
+
+CHUNKED = {"type": "reg", "name": "opt/whole", "size": 5, "digest": DIGEST, "chunkSize": 5,
+           "chunkDigest": DIGEST}  # fmt: skip
+REAL_EDITS: list[tuple[str, Callable[[Entries], None], bool | None]] = [
+    # valid: the bulk path takes them
+    ("no chunks", _unchunked, True),
+    ("one chunk less", _one_chunk_less, True),
+    ("zeros", _set(_first_chunk, chunkType="zeros"), True),
+    ("no chunkDigest", _set(_head, chunkDigest=DELETE), True),
+    ("whole-file chunkSize", _add(CHUNKED), True),
+    ("whole-file chunkSize first", _add(CHUNKED, 0), True),
+    ("chunkOffset 0", _set(_head, chunkOffset=0), True),
+    (
+        "other device",
+        _set(lambda e: _named(e, "char"), devMajor=4095, devMinor=(1 << 20) - 1),
+        True,
+    ),
+    ("device 0", _set(lambda e: _named(e, "block"), devMajor=0, devMinor=0), True),
+    ("repeated device", _repeat("char"), True),
+    ("repeated fifo", _repeat("fifo"), True),
+    ("devMajor 0 on a file", _set(lambda e: _named(e, "reg"), devMajor=0), True),
+    ("opaque first", _add({"type": "reg", "name": "usr/.wh..wh..opq"}, 0), True),
+    ("whiteout in an opaque dir", _add({"type": "reg", "name": "var/cache/apt/.wh.x"}), True),
+    ("aufs metadata", _add({"type": "reg", "name": ".wh..wh.plnk/1"}), True),
+    ("opaque dir made", _add({"type": "reg", "name": "new/.wh..wh..opq"}), True),
+    ("name to clean", _add({"type": "dir", "name": "./opt//x/", "mode": 0o700}), True),
+    # the bulk path may step aside
+    ('chunkType ""', _set(_first_chunk, chunkType=""), None),
+    # invalid: the walker says what is wrong
+    (
+        "chunkSize + 1",
+        lambda entries: _head(entries).update(chunkSize=_head(entries)["chunkSize"] + 1),
+        False,
+    ),
+    ("chunk offset off", _set(_first_chunk, chunkOffset=1), False),
+    ("chunk lost", _drop(lambda e: _chain(e)[1]), False),
+    ("last chunk lost", _drop(lambda e: _chain(e)[-1]), False),
+    ("chunk moved", _moved_chunk, False),
+    ("an entry between chunks", _add_between_chunks, False),
+    ("chunk alone", _add({"type": "chunk", "name": "etc", "chunkOffset": 0}, 1), False),
+    ("chunk of another file", _set(_first_chunk, name="usr/bin/other"), False),
+    ("chunkType ones", _set(_first_chunk, chunkType="ones"), False),
+    ("chunkDigest upper", _set(_head, chunkDigest=DIGEST.upper()), False),
+    ("chunkDigest short", _set(_first_chunk, chunkDigest=DIGEST[:-1]), False),
+    ("head chunkOffset 1", _set(_head, chunkOffset=1), False),
+    ("chunkSize 0", _set(_head, chunkSize=0), False),
+    ("chunkSize -1", _set(_head, chunkSize=-1), False),
+    ("chunkSize a string", _set(_head, chunkSize="5"), False),
+    ("whole file too big", _add({**CHUNKED, "chunkSize": 6}), False),
+    ("whole file too small", _add({**CHUNKED, "chunkSize": 4}), False),
+    (
+        "whole file, then a chunk",
+        lambda e: e.extend(
+            [copy.deepcopy(CHUNKED), {"type": "chunk", "name": "opt/whole", "chunkOffset": 5}]
+        ),
+        False,
+    ),
+    ("chunkDigest on a dir", _set(lambda e: _named(e, "dir"), chunkDigest=DIGEST), False),
+    ("chunkSize on a symlink", _set(lambda e: _named(e, "symlink"), chunkSize=1), False),
+    ("devMajor 4096", _set(lambda e: _named(e, "char"), devMajor=4096), False),
+    ("devMinor on a fifo", _set(lambda e: _named(e, "fifo"), devMinor=1), False),
+    ("devMinor on a file", _set(lambda e: _named(e, "reg"), devMinor=1), False),
+    ("devMajor a bool", _set(lambda e: _named(e, "block"), devMajor=True), False),
+    ("device repeated otherwise", _repeat("char", mode=0o600), False),
+    ("size on a device", _set(lambda e: _named(e, "block"), size=1), False),
+    ("whiteout dir", _add({"type": "dir", "name": "etc/.wh.x"}), False),
+    ("whiteout of nothing", _add({"type": "reg", "name": "etc/.wh."}), False),
+    ("whiteout and its file", _add({"type": "reg", "name": "etc/motd"}), False),
+    ("root a file", _add({"type": "reg", "name": "./"}), False),
+    ("unknown type", _add({"type": "socket", "name": "run/s"}), False),
+    ("innerOffset", _set(_first_chunk, innerOffset=0), False),
+]
+#: Edits with .wh. names, which compat="containers-storage" keeps as plain files.
+PLAIN_FILES_IN_COMPAT = {
+    "opaque first", "whiteout in an opaque dir", "aufs metadata", "opaque dir made",
+    "whiteout dir", "whiteout of nothing", "whiteout and its file",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("label", "edit", "taken"), REAL_EDITS, ids=[e[0] for e in REAL_EDITS])
+@pytest.mark.parametrize("compat", COMPATS)
+def test_bulk_path_judges_edited_real_tocs_as_the_walker(
+    label: str, edit: Callable[[Entries], None], taken: bool | None, compat: str | None
+) -> None:
+    edited = 0
+    for raw in real_tocs():
+        entries = json.loads(raw)["entries"]
+        try:
+            edit(entries)
+        except StopIteration:
+            continue  # a TOC without a file in chunks
+        edited += 1
+        if compat is not None and label in PLAIN_FILES_IN_COMPAT:
+            taken = True  # .wh. names are plain files then
+        check(document(entries), compat, taken=taken)
+    assert edited >= 2
+
+
+def test_bulk_path_takes_a_benchmark_toc_with_chunk_fields() -> None:
+    entries = json.loads(toc_json(3000))["entries"]
+    chunked = 0
+    for entry in entries:
+        if entry["type"] == "reg" and entry.get("size"):
+            entry["chunkDigest"] = entry["digest"]
+            entry["chunkSize"] = entry["size"]
+            chunked += 1
+    assert chunked > 1000
+    check(document(entries), taken=True)
 
 
 # -- one field changed: taken alike, or left to the walker ----------------------------
@@ -210,16 +423,35 @@ TAKEN: dict[tuple[int, str], list[object]] = {
     (1, "offset"): [DELETE, 0],
     (1, "endOffset"): [DELETE, 10],
     (2, "digest"): [DELETE],
-    (0, "name"): ["etc"],
+    (0, "name"): ["etc", "./", "./etc"],
     (4, "linkName"): ["./etc/passwd", "etc//passwd/"],
     (4, "xattrs"): [{"user.x": "eA=="}],
     (5, "xattrs"): [{}],
     (6, "name"): ["usr"],
-    (2, "name"): ["etc/x.wh.y", ".etc", "etc/..."],
+    (2, "name"): [
+        "etc/x.wh.y",
+        ".etc",
+        "etc/...",
+        "./etc/empty",
+        "etc//empty/",
+        # the walker's, for the bulk path
+        "etc/.wh.gone",
+        "etc/.wh..wh..opq",
+        ".wh.gone",
+        "usr/.wh..wh..opq",
+    ],
+    # the fields and names the walker's checks take for the bulk path
+    (1, "chunkSize"): [5],
+    (1, "chunkDigest"): [DIGEST, OTHER_DIGEST],
+    (1, "chunkOffset"): [0],
+    (1, "chunkType"): ["zeros"],
+    (1, "devMajor"): [0],
+    (0, "devMinor"): [0],
 }
 # the bulk path may step aside
 EITHER: dict[tuple[int, str], list[object]] = {
     (1, "size"): [I63_MAX],
+    (1, "chunkType"): [""],
     (0, "linkName"): [""],
 }
 # invalid, or not the bulk path's: the walker decides
@@ -282,8 +514,15 @@ REJECTED: dict[tuple[int, str], list[object]] = {
     ],
     (3, "name"): ["etc/passwd"],
     (1, "type"): ["fifo", "chunk", "REG"],
-    (1, "chunkSize"): [5],
-    (1, "devMajor"): [0],
+    (1, "chunkSize"): [4, 6, 0, -1, True],
+    (2, "chunkSize"): [1],
+    (1, "chunkOffset"): [5, -1],
+    (1, "chunkDigest"): [DIGEST.upper(), "", 1],
+    (0, "chunkDigest"): [DIGEST],
+    (3, "chunkType"): ["zeros"],
+    (1, "chunkType"): ["ZEROS"],
+    (1, "devMajor"): [1, 4096, -1, None],
+    (0, "devMinor"): [1, 1 << 20],
     (1, "innerOffset"): [0],
     (1, "unknown"): [[1]],
 }
