@@ -740,6 +740,7 @@ class _BulkEntry(msgspec.Struct, gc=False):
 
 
 _BULK_DECODER = msgspec.json.Decoder(list[_BulkEntry])
+_struct_fields = msgspec.structs.asdict
 _BULK_FIELDS = len(_BulkEntry.__struct_fields__)
 #: Entries decoded at a time: their columns stay small (in cache), and the
 #: decoded entries never pile up in memory.
@@ -757,18 +758,21 @@ _TIME_SHAPES = frozenset(
 )
 _NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
 _DIGEST_SHAPE = _EMPTY_SHA256.encode().translate(_HEX_AS_0)
-#: What makes a name the walker's, in "\0"-framed names: an empty part or
-#: name, an absolute name, a "." or ".." part (the root is "./"), eStargz's
-#: bookkeeping files (see _Walker.node).
-_WALKER_NAME = re.compile(
-    r"//|\x00/|\x00\x00|[\x00/]\.\.?(?=[/\x00])|\x00(?:"
-    + "|".join(re.escape(path[1:].decode()) for path in (*_LANDMARKS, _STARGZ_INDEX))
-    + r")/?(?=\x00)"
+# What makes a name the walker's, in "\0"-framed names (each found from a
+# literal, which a regex finds fast): a "." or ".." part (the root is "./"),
+# a whiteout's part (see _Walker.node), eStargz's landmarks...
+assert all(path.startswith(b"/.") for path in _LANDMARKS)
+_DOT_NAME = re.compile(
+    r"\.(?<=[\x00/]\.)(?:\.?(?=[/\x00])|(?P<wh>wh\.)|(?<=\x00\.)(?:"
+    + "|".join(re.escape(path[2:].decode()) for path in _LANDMARKS)
+    + r")/?(?=\x00))"
 ).finditer
-#: A whiteout's part of a name, "\0"-framed (see _Walker.node).
-_WH_NAME = re.compile(r"[\x00/]\.wh\.").finditer
-#: What any of the above starts with.
-_WALKER_NAME_HINTS = ("//", "\0/", "\0\0", "/.", "\0.", "stargz.index.json")
+# ... and what is rare (hence looked for only where a literal shows): an empty
+# part or name, an absolute name, eStargz's index (see _Walker.node).
+_ODD_NAME = re.compile(
+    r"//|\x00/|\x00\x00|\x00" + re.escape(_STARGZ_INDEX[1:].decode()) + r"/?(?=\x00)"
+).finditer
+_ODD_NAME_HINTS = ("//", "\0/", "\0\0", _STARGZ_INDEX[1:].decode())
 
 
 def _bulk(
@@ -796,7 +800,7 @@ def _bulk(
         for first in range(0, len(pieces), _BULK_BATCH):
             batch = pieces[first : first + _BULK_BATCH]
             text = b"[" + b",".join(batch) + b"]"
-            found = bulk.rows(_BULK_DECODER.decode(text), batch, first)
+            found = bulk.rows(_BULK_DECODER.decode(text), first)
             if found is None:
                 return None
             # A key the fields do not hold (innerOffset, say) shows in the
@@ -909,12 +913,10 @@ class _Bulk:
         self.after_walked = 0
         self.rdev: dict[int, int] = {}
 
-    def rows(
-        self, entries: list[_BulkEntry], pieces: Sequence[msgspec.Raw], first: int
-    ) -> int | None:
-        """Check ``entries`` (rows from ``first`` on; ``pieces`` their JSON) and
-        add them; return the keys they hold.  None: not all valid, or not all
-        this path's.
+    def rows(self, entries: list[_BulkEntry], first: int) -> int | None:
+        """Check ``entries`` (rows from ``first`` on) and add them; return their keys.
+
+        None: not all valid, or not all this path's.
         """
         types = [entry.type for entry in entries]
         names = [entry.name for entry in entries]
@@ -936,7 +938,6 @@ class _Bulk:
         chunk_offsets = [entry.chunkOffset for entry in entries]
         chunk_digests = [entry.chunkDigest for entry in entries]
         chunk_types = [entry.chunkType for entry in entries]
-        del entries
         n = len(types)
         # the keys these fields hold (the caller matches them with the document's)
         ints = (modes, sizes, uids, gids, offsets, ends, majors, minors, chunk_sizes, chunk_offsets)
@@ -959,6 +960,8 @@ class _Bulk:
         )
         if walked is None:
             return None
+        to_walk = [entries[row] for row in walked]
+        del entries
         columns: tuple[list[Any], ...] = (
             types,
             names,
@@ -983,7 +986,7 @@ class _Bulk:
             columns = tuple(list(compress(column, kept)) for column in columns)
         if columns[0] and not self.plain_rows(*columns):
             return None
-        if walked and not self.walk(walked, pieces, first):
+        if walked and not self.walk(walked, to_walk, first):
             return None
         return keys
 
@@ -1002,8 +1005,8 @@ class _Bulk:
 
         Those of the types and fields the columns do not take, a regular
         file whose chunkSize is not the whole file, and the names of
-        :data:`_WALKER_NAME`, whiteouts (unless ``compat``) and directories
-        an opaque marker names.
+        :data:`_DOT_NAME` (but whiteouts with ``compat``), :data:`_ODD_NAME`
+        and directories an opaque marker names.
         """
         n = len(types)
         rows: set[int] = set()
@@ -1027,13 +1030,15 @@ class _Bulk:
         framed = "\0" + "\0".join(names) + "\0"
         if framed.count("\0") != n + 1:
             return None
-        if any(map(framed.__contains__, _WALKER_NAME_HINTS)):
-            found = [match.start() for match in _WALKER_NAME(framed)]
-            if self.walker.whiteouts:
-                found += [match.start() for match in _WH_NAME(framed)]
-            if found:
-                starts = list(accumulate([len(name) + 1 for name in names], initial=0))
-                rows.update(bisect_right(starts, at) - 1 for at in found)
+        whiteouts = self.walker.whiteouts
+        found = [
+            match.start() for match in _DOT_NAME(framed) if whiteouts or match.group("wh") is None
+        ]
+        if any(map(framed.__contains__, _ODD_NAME_HINTS)):
+            found += [match.start() for match in _ODD_NAME(framed)]
+        if found:
+            starts = list(accumulate([len(name) + 1 for name in names], initial=0))
+            rows.update(bisect_right(starts, at) - 1 for at in found)
         if self.opaque_names:
             opaque = self.opaque_names
             rows.update(row for row, name in enumerate(names) if name.rstrip("/") in opaque)
@@ -1160,22 +1165,30 @@ class _Bulk:
         out.extras.update((base + row, extra) for row, extra in extras.items())
         return True
 
-    def walk(self, rows: list[int], pieces: Sequence[msgspec.Raw], first: int) -> bool:
-        """The walker's checks for ``rows`` of the batch, in order; False: one failed.
+    def walk(self, rows: list[int], entries: list[_BulkEntry], first: int) -> bool:
+        """The walker's checks for the ``entries`` at ``rows`` of the batch, in order.
 
-        A row the columns took between two of them would have ended a chunk
-        chain in the walker (:meth:`_Walker.entry`): it ends here too.
+        False: one failed.  Each goes in as the JSON object it came from:
+        its name and the fields not at their absent mark (a field given that
+        value makes the key count differ).  A row the columns took between two of them
+        would have ended a chunk chain in the walker (:meth:`_Walker.entry`):
+        it ends here too.
         """
         walker = self.walker
-        decode = _ENTRY_DECODER.decode
         try:
-            for row in rows:
+            for row, entry in zip(rows, entries, strict=True):
                 index = first + row
                 if index != self.after_walked:
                     walker.close_chain()
-                walker.entry(index, _as_dict(decode(pieces[row])))
+                fields = {
+                    field: value
+                    for field, value in _struct_fields(entry).items()
+                    if value is not None and value != _NO_INT and value != ""
+                }
+                fields["name"] = entry.name  # given, if empty
+                walker.entry(index, fields)
                 self.after_walked = index + 1
-        except (ValidationError, msgspec.DecodeError):
+        except ValidationError:
             return False
         self.add_walked()
         return True

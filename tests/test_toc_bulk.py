@@ -423,7 +423,7 @@ TAKEN: dict[tuple[int, str], list[object]] = {
     (1, "offset"): [DELETE, 0],
     (1, "endOffset"): [DELETE, 10],
     (2, "digest"): [DELETE],
-    (0, "name"): ["etc", "./", "./etc"],
+    (0, "name"): ["etc", "./", "./etc", "", "/", "."],
     (4, "linkName"): ["./etc/passwd", "etc//passwd/"],
     (4, "xattrs"): [{"user.x": "eA=="}],
     (5, "xattrs"): [{}],
