@@ -1,7 +1,8 @@
 """The bulk TOC path (``toc._bulk``) gives the walker's Tree, or steps aside.
 
-``_bulk`` checks a whole TOC column by column and builds it with
-``tree_from_columns``; for every document it takes, the Tree must be the one
+``_bulk`` checks a whole TOC column by column (the rows the columns do not
+take, such as chunks, devices and whiteouts, by the walker's own checks) and
+builds it with ``tree_from_columns``; for every document it takes, the Tree must be the one
 the entry-by-entry paths make (equal, same dump, same image bytes), and for
 every other document it must return None, so that :func:`parse_toc` reports
 exactly what it reports without it.  Each test compares against
@@ -324,6 +325,12 @@ REAL_EDITS: list[tuple[str, Callable[[Entries], None], bool | None]] = [
     ("aufs metadata", _add({"type": "reg", "name": ".wh..wh.plnk/1"}), True),
     ("opaque dir made", _add({"type": "reg", "name": "new/.wh..wh..opq"}), True),
     ("name to clean", _add({"type": "dir", "name": "./opt//x/", "mode": 0o700}), True),
+    ("hardlink to a device", _add({"type": "hardlink", "name": "l", "linkName": "dev/null"}), True),
+    (
+        "hardlink the walker takes",
+        _add({"type": "hardlink", "name": "l", "linkName": "dev/null", "devMajor": 0}),
+        True,
+    ),
     # the bulk path may step aside
     ('chunkType ""', _set(_first_chunk, chunkType=""), None),
     # invalid: the walker says what is wrong
@@ -366,6 +373,8 @@ REAL_EDITS: list[tuple[str, Callable[[Entries], None], bool | None]] = [
     ("whiteout dir", _add({"type": "dir", "name": "etc/.wh.x"}), False),
     ("whiteout of nothing", _add({"type": "reg", "name": "etc/.wh."}), False),
     ("whiteout and its file", _add({"type": "reg", "name": "etc/motd"}), False),
+    ("whiteout of a directory", _add({"type": "reg", "name": "usr/.wh.bin"}), False),
+    ("whiteout of a directory first", _add({"type": "reg", "name": ".wh.usr"}, 0), False),
     ("root a file", _add({"type": "reg", "name": "./"}), False),
     ("unknown type", _add({"type": "socket", "name": "run/s"}), False),
     ("innerOffset", _set(_first_chunk, innerOffset=0), False),
@@ -373,7 +382,8 @@ REAL_EDITS: list[tuple[str, Callable[[Entries], None], bool | None]] = [
 #: Edits with .wh. names, which compat="containers-storage" keeps as plain files.
 PLAIN_FILES_IN_COMPAT = {
     "opaque first", "whiteout in an opaque dir", "aufs metadata", "opaque dir made",
-    "whiteout dir", "whiteout of nothing", "whiteout and its file",
+    "whiteout dir", "whiteout of nothing", "whiteout and its file", "whiteout of a directory",
+    "whiteout of a directory first",
 }  # fmt: skip
 
 
