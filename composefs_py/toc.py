@@ -760,17 +760,18 @@ _NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
 _DIGEST_SHAPE = _EMPTY_SHA256.encode().translate(_HEX_AS_0)
 # What makes a name the walker's, in "\0"-framed names (each found from a
 # literal, which a regex finds fast): a "." or ".." part (the root is "./"),
+# but a leading "./" before a clean name (dropped, as _clean_name drops it),
 # a whiteout's part (see _Walker.node), eStargz's landmarks...
 assert all(path.startswith(b"/.") for path in _LANDMARKS)
 _DOT_NAME = re.compile(
-    r"\.(?<=[\x00/]\.)(?:\.?(?=[/\x00])|(?P<wh>wh\.)|(?<=\x00\.)(?:"
+    r"\.(?<=[\x00/]\.)(?!(?<=\x00\.)/[^/.\x00])(?:\.?(?=[/\x00])|(?P<wh>wh\.)|(?<=\x00\.)(?:"
     + "|".join(re.escape(path[2:].decode()) for path in _LANDMARKS)
     + r")/?(?=\x00))"
 ).finditer
 # ... and what is rare (hence looked for only where a literal shows): an empty
 # part or name, an absolute name, eStargz's index (see _Walker.node).
 _ODD_NAME = re.compile(
-    r"//|\x00/|\x00\x00|\x00" + re.escape(_STARGZ_INDEX[1:].decode()) + r"/?(?=\x00)"
+    r"//|\x00/|\x00\x00|\x00(?:\./)?" + re.escape(_STARGZ_INDEX[1:].decode()) + r"/?(?=\x00)"
 ).finditer
 _ODD_NAME_HINTS = ("//", "\0/", "\0\0", _STARGZ_INDEX[1:].decode())
 
@@ -822,15 +823,16 @@ def _bulk(
 def _bulk_paths(names: Sequence[str]) -> list[bytes] | None:
     """The paths of names :meth:`_Bulk.walker_rows` left to the columns (None: not UTF-8).
 
-    Such a name is its path without the leading ``/`` and any trailing one
-    (see :func:`_clean_name`); lengths and depths are ``tree_from_columns``'
-    to check.
+    Such a name is its path without the leading ``/``, but for a trailing
+    ``/`` and a leading ``./`` (see :func:`_clean_name`); lengths and depths
+    are ``tree_from_columns``' to check.
     """
+    framed = ("\0" + "\0".join(names) + "\0").replace("/\0", "\0").replace("\0./", "\0")
     try:
-        joined = ("\0".join(names) + "\0").replace("/\0", "\0").encode()
+        joined = framed.encode()
     except UnicodeEncodeError:
         return None
-    return (b"/" + joined.replace(b"\0", b"\0/"))[:-2].split(b"\0")
+    return joined.replace(b"\0", b"\0/")[1:-2].split(b"\0")
 
 
 def _all_digests(joined: str, count: int) -> bool:
@@ -1041,7 +1043,11 @@ class _Bulk:
             rows.update(bisect_right(starts, at) - 1 for at in found)
         if self.opaque_names:
             opaque = self.opaque_names
-            rows.update(row for row, name in enumerate(names) if name.rstrip("/") in opaque)
+            rows.update(
+                row
+                for row, name in enumerate(names)
+                if name.removeprefix("./").rstrip("/") in opaque
+            )
         return sorted(rows)
 
     def plain_rows(

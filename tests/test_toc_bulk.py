@@ -210,6 +210,21 @@ def _with_root(raw: bytes) -> bytes:
     return document(entries)
 
 
+def _dot_slash(raw: bytes) -> bytes:
+    """``raw`` with every name as tar -C dir . writes it: "./" first."""
+    entries = json.loads(raw)["entries"]
+    for entry in entries:
+        entry["name"] = "./" + entry["name"]
+    return document(entries)
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+def test_bulk_path_takes_names_with_a_leading_dot_slash(compat: str | None) -> None:
+    for raw in [*real_tocs(), toc_json(500)]:
+        bulk = check(_dot_slash(raw), compat, taken=True)
+        assert bulk == check(raw, compat, taken=True)
+
+
 @pytest.mark.parametrize("compat", COMPATS)
 def test_bulk_path_takes_a_root_entry(compat: str | None) -> None:
     for raw in real_tocs():
@@ -296,6 +311,12 @@ def _add_between_chunks(entries: Entries) -> None:
     entries.insert(_chain(entries)[1], {"type": "dir", "name": "opt"})
 
 
+def _dot_slash_opaque_dir(entries: Entries) -> None:
+    marker = next(entry for entry in entries if entry["name"].endswith("/.wh..wh..opq"))
+    directory = marker["name"].removesuffix(".wh..wh..opq")
+    next(entry for entry in entries if entry["name"] == directory)["name"] = "./" + directory
+
+
 def _repeat(kind: str, **fields: object) -> Callable[[Entries], None]:
     return lambda entries: entries.append({**_named(entries, kind), **fields})
 
@@ -325,6 +346,7 @@ REAL_EDITS: list[tuple[str, Callable[[Entries], None], bool | None]] = [
     ("aufs metadata", _add({"type": "reg", "name": ".wh..wh.plnk/1"}), True),
     ("opaque dir made", _add({"type": "reg", "name": "new/.wh..wh..opq"}), True),
     ("name to clean", _add({"type": "dir", "name": "./opt//x/", "mode": 0o700}), True),
+    ("opaque dir named ./", _dot_slash_opaque_dir, True),
     ("hardlink to a device", _add({"type": "hardlink", "name": "l", "linkName": "dev/null"}), True),
     (
         "hardlink the walker takes",
@@ -577,6 +599,17 @@ def test_bulk_path_takes_what_the_walker_takes_one_field_changed(
         lambda entries: entries.append({"type": "dir", "name": ".", "mode": 0o700}),
         lambda entries: entries.append({"type": "reg", "name": ".hidden"}),
         lambda entries: entries.append({"type": "reg", "name": "etc/..."}),
+        # a leading "./", and what it may hide
+        lambda entries: entries.append({"type": "reg", "name": "./stargz.index.json"}),
+        lambda entries: entries.append(
+            {"type": "reg", "name": "./.no.prefetch.landmark", "size": 1, "digest": DIGEST}
+        ),
+        lambda entries: entries.append({"type": "reg", "name": "././etc/x"}),
+        lambda entries: entries.append({"type": "reg", "name": "./.wh.etc"}),
+        lambda entries: entries.append({"type": "reg", "name": "./usr/.wh..wh..opq"}),
+        lambda entries: entries.append({"type": "reg", "name": "./etc/./x"}),
+        lambda entries: entries.append({"type": "reg", "name": ".//etc/x"}),
+        lambda entries: entries.append({"type": "dir", "name": "./usr/", "mode": 0o711}),
         # hardlinks: chains, cycles, to a directory, to a later entry
         lambda entries: entries.append({"type": "hardlink", "name": "h2", "linkName": "etc/hard"}),
         lambda entries: entries.append({"type": "hardlink", "name": "etc", "linkName": "etc/hard"}),
