@@ -712,8 +712,12 @@ _BulkI32 = Annotated[int, msgspec.Meta(ge=0, le=_ID_MAX)]
 _BulkI63 = Annotated[int, msgspec.Meta(ge=0, le=_I63_MAX)]
 
 
-class _BulkEntry(msgspec.Struct, gc=False):
-    """The fields the bulk path knows; any other key makes the key count differ."""
+class _BulkEntry(msgspec.Struct, gc=False, omit_defaults=True):
+    """The fields the bulk path knows; any other key makes the key count differ.
+
+    ``msgspec.to_builtins`` makes one the JSON object it came from (its
+    fields not at their absent mark), for the walker.
+    """
 
     type: str
     name: str
@@ -740,7 +744,6 @@ class _BulkEntry(msgspec.Struct, gc=False):
 
 
 _BULK_DECODER = msgspec.json.Decoder(list[_BulkEntry])
-_struct_fields = msgspec.structs.asdict
 _BULK_FIELDS = len(_BulkEntry.__struct_fields__)
 #: Entries decoded at a time: their columns stay small (in cache), and the
 #: decoded entries never pile up in memory.
@@ -1174,9 +1177,8 @@ class _Bulk:
     def walk(self, rows: list[int], entries: list[_BulkEntry], first: int) -> bool:
         """The walker's checks for the ``entries`` at ``rows`` of the batch, in order.
 
-        False: one failed.  Each goes in as the JSON object it came from:
-        its name and the fields not at their absent mark (a field given that
-        value makes the key count differ).  A row the columns took between two of them
+        False: one failed.  Each goes in as the JSON object it came from
+        (see :class:`_BulkEntry`).  A row the columns took between two of them
         would have ended a chunk chain in the walker (:meth:`_Walker.entry`):
         it ends here too.
         """
@@ -1186,13 +1188,7 @@ class _Bulk:
                 index = first + row
                 if index != self.after_walked:
                     walker.close_chain()
-                fields = {
-                    field: value
-                    for field, value in _struct_fields(entry).items()
-                    if value is not None and value != _NO_INT and value != ""
-                }
-                fields["name"] = entry.name  # given, if empty
-                walker.entry(index, fields)
+                walker.entry(index, msgspec.to_builtins(entry))
                 self.after_walked = index + 1
         except ValidationError:
             return False
