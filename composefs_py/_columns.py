@@ -22,12 +22,11 @@ from __future__ import annotations
 import marshal
 import re
 from array import array
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, pairwise, repeat
 from operator import is_not, not_
-from typing import Any
+from typing import Any, TypeVar
 
 from .limits import Limits
 from .model import (
@@ -52,8 +51,9 @@ from .model import (
     new_inode,
 )
 
-__all__ = ["NodeColumns", "Table", "tree_from_columns"]
+__all__ = ["NodeColumns", "Table", "moved", "tree_from_columns"]
 
+_T = TypeVar("_T")
 Extra = tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
 
 #: The int fields, in the order of cfspy_build_tree's rows (shim.h CFSPY_*).
@@ -182,6 +182,28 @@ class Table:
         if self._extras is None:
             self._extras = marshal.loads(self.extras_blob) if self.extras_blob else {}
         return self._extras
+
+    def moved(self) -> Table:
+        """A copy whose small objects are made now (the big buffers are shared).
+
+        The allocator keeps a whole arena for one small object still in it:
+        made while a parse's temporaries filled the arenas, the few small
+        objects of a Table (itself, its arrays' and dicts' headers) would keep
+        tens of MiB of freed arenas.  Copied once those temporaries are gone,
+        they go to arenas that stay in use anyway.
+        """
+        table = Table.__new__(Table)
+        table.path_buf = self.path_buf
+        table.data_buf = self.data_buf
+        table.extras_blob = self.extras_blob
+        table.path_lens = self.path_lens[:]
+        table.data_lens = self.data_lens[:]
+        table.ints = {name: column[:] for name, column in self.ints.items()}
+        table.link_rows = self.link_rows[:]
+        table.link_targets = self.link_targets[:]
+        table.order = self.order[:]
+        table._paths = table._data = table._index = table._links = table._extras = None
+        return table
 
     @staticmethod
     def starts(lens: array[int]) -> array[int]:
@@ -474,11 +496,11 @@ def tree_from_columns(
         return None
     nlink = ints["nlink"]
     if count_hardlinks and final_links:
-        for target, count in Counter(final_links.values()).items():
+        for target, count in _counts(final_links.values()).items():
             nlink[target] = 1 + count
     # a directory's link count: 2 + its subdirectories
     dirs.discard(ROOT)
-    subdirs = Counter(parent or ROOT for parent, _, _ in map(bytes.rpartition, dirs, repeat(b"/")))
+    subdirs = _counts(parent or ROOT for parent, _, _ in map(bytes.rpartition, dirs, repeat(b"/")))
     dirs.add(ROOT)
     for path in dirs:
         nlink[index[path]] = 2 + subdirs.get(path, 0)
@@ -492,6 +514,29 @@ def tree_from_columns(
     del keys
     table = Table(paths, ints, data, final_links, dict(extras), order)
     return Tree(None, _TableNodes(table), _BUILDER_KEY, table)
+
+
+def moved(tree: Tree) -> Tree:
+    """``tree`` with the small objects of its Table made anew (see :meth:`Table.moved`).
+
+    Call it once the temporaries that made the Tree are freed; a Tree of
+    nodes is returned as it is.
+    """
+    table = tree._table
+    if not isinstance(table, Table):
+        return tree
+    table = table.moved()
+    return Tree(None, _TableNodes(table), _BUILDER_KEY, table)
+
+
+def _counts(items: Iterable[_T]) -> dict[_T, int]:
+    """How often each item comes (Counter's first isinstance check against
+    Mapping fills the ABC caches with small objects that live on, each
+    keeping an allocator arena that the parse's temporaries had filled)."""
+    counts: dict[_T, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def _parent(path: bytes) -> bytes:

@@ -62,7 +62,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ._acl import ACL_XATTR_NAMES, posix_acl_problem
-from ._columns import NodeColumns, tree_from_columns
+from ._columns import NodeColumns, moved, tree_from_columns
 from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
@@ -1355,8 +1355,13 @@ def parse_toc(
         head = None if collect else _typed_document(raw, limits)
         if head is not None:
             tree = _bulk(raw, limits, compat, head)
-            if tree is None:
-                tree = _typed(raw, limits, compat, head)
+            if tree is not None:
+                del head, raw
+                # The parse's small objects are gone: the Tree's own few are
+                # made anew where they keep no freed arena alive.
+                gc.collect(0)
+                return moved(tree)
+            tree = _typed(raw, limits, compat, head)
             if tree is not None:
                 return tree
             del head
