@@ -31,7 +31,7 @@ from itertools import compress, count, repeat
 from operator import is_
 from typing import Any
 
-from ._columns import INT_FIELDS, Table
+from ._columns import INT_FIELDS, Extra, Table
 from ._erofs import check_image
 from .errors import LibraryError, ValidationError
 from .limits import Limits
@@ -179,12 +179,12 @@ class _Columns:
         self.extra_lens: array[int] | None = None
         self.xattr_lens = array("q")
         found = [
-            i
+            (i, (n.content, n.fsverity_digest, n.xattrs))
             for i, n in enumerate(nodes)
             if n.content is not None or n.fsverity_digest is not None or n.xattrs
         ]
         if found:
-            self._extras(nodes, found)
+            self._extras(len(nodes), found)
 
     def _from_table(self, table: Table) -> None:
         """The same buffers from a bulk-built Tree's columns (no node objects)."""
@@ -211,20 +211,15 @@ class _Columns:
         self.extra_lens = None
         self.xattr_lens = array("q")
         if extras:
-            nodes: list[Any] = [None] * n
-            for row in extras:
-                nodes[position[row]] = table.node(row)
-            self._extras(nodes, sorted(map(position.__getitem__, extras)))
+            self._extras(n, sorted((position[row], extra) for row, extra in extras.items()))
 
-    def _extras(self, nodes: list[Inode], found: list[int]) -> None:
-        lens = array("q", (-1, 0, 0)) * len(nodes)
+    def _extras(self, n: int, found: list[tuple[int, Extra]]) -> None:
+        """The extra buffers of ``n`` nodes: ``found`` holds, by increasing
+        position, the (content, fs-verity digest, xattrs) of those that have any."""
+        lens = array("q", (-1, 0, 0)) * n
         pieces: list[bytes] = []
         xattr_lens = self.xattr_lens
-        for i in found:
-            node = nodes[i]
-            content = node.content
-            digest = node.fsverity_digest
-            xattrs = node.xattrs
+        for i, (content, digest, xattrs) in found:
             lens[3 * i : 3 * i + 3] = array(
                 "q", (-1 if content is None else len(content), digest is not None, len(xattrs))
             )
