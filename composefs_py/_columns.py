@@ -22,7 +22,7 @@ from __future__ import annotations
 import marshal
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, pairwise, repeat
 from operator import is_not, not_
@@ -51,7 +51,7 @@ from .model import (
     new_inode,
 )
 
-__all__ = ["NodeColumns", "Table", "moved", "tree_from_columns"]
+__all__ = ["EMPTY_FILE", "NodeColumns", "Table", "columns_of", "moved", "tree_from_columns"]
 
 _T = TypeVar("_T")
 Extra = tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
@@ -615,14 +615,14 @@ def _resolve_links(
     return found
 
 
-def columns_of(tree: Tree) -> NodeColumns:
-    """``tree``'s nodes as columns, in Tree order."""
-    order = tree.paths
+def columns_of(tree: Tree, paths: Sequence[bytes] | None = None) -> NodeColumns:
+    """``tree``'s nodes at ``paths`` (default: all, in Tree order) as columns."""
+    order = tree.paths if paths is None else paths
     nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
     links = {row: node.target for row, node in enumerate(nodes) if node.__class__ is Hardlink}
     if links:
         for row in links:
-            nodes[row] = _EMPTY_FILE
+            nodes[row] = EMPTY_FILE
     extras = {
         row: (node.content, node.fsverity_digest, node.xattrs)
         for row, node in enumerate(nodes)
@@ -646,4 +646,5 @@ def columns_of(tree: Tree) -> NodeColumns:
     )
 
 
-_EMPTY_FILE = Inode(S_IFREG, nlink=0)
+#: What a hardlink's row reads as (NodeColumns' rule).
+EMPTY_FILE = Inode(S_IFREG, nlink=0)

@@ -68,17 +68,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import accumulate, compress, count, repeat
-from operator import is_, or_
+from operator import or_
 from pathlib import Path
 from typing import Any
 
-from ._columns import INT_FIELDS, Table
+from ._columns import EMPTY_FILE, INT_FIELDS, Table, columns_of
 from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import DIGEST_SIZE, S_IFREG, Hardlink, Inode, Tree
+from .model import DIGEST_SIZE, Hardlink, Inode, Tree
 
 __all__ = [
     "SandboxLimits",
@@ -100,8 +100,7 @@ _Frame = tuple[
     bytes, bytes, bytes, bytes, bytes, tuple[tuple[int, bytes], ...], tuple[_Extras, ...]
 ]
 #: A hardlink's row in a frame (NodeColumns' rule: an empty regular file).
-_EMPTY_FILE = Inode(S_IFREG, nlink=0)
-_EMPTY_FILE_INTS = array("q", [S_IFREG] + [0] * (len(INT_FIELDS) - 1))
+_EMPTY_FILE_INTS = array("q", map(EMPTY_FILE.__getattribute__, INT_FIELDS))
 #: Bytes an entry takes in a frame besides its byte strings (an upper bound).
 _RECORD_OVERHEAD = 160
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
@@ -699,37 +698,21 @@ def _node_frames(tree: Tree) -> tuple[Callable[[int, int], _Frame], int]:
     """The frame maker that reads ``tree``'s nodes (without the compiled
     module), and the number of entries."""
     paths = tree.paths
-    # The Tree's own mapping: Tree.__getitem__ is a Python call per entry.
-    node_at = tree._nodes.__getitem__
 
     def make(start: int, end: int) -> _Frame:
-        frame_paths = paths[start:end]
-        chunk: list[Any] = list(map(node_at, frame_paths))
-        links: tuple[tuple[int, bytes], ...] = ()
-        if Hardlink in set(map(type, chunk)):
-            positions = list(compress(count(), map(is_, map(type, chunk), repeat(Hardlink))))
-            links = tuple((position, chunk[position].target) for position in positions)
-            for position in positions:
-                chunk[position] = _EMPTY_FILE
+        frame = columns_of(tree, paths[start:end])
         ints = array("q")
-        ints.fromlist(
-            [value for n in chunk
-             for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
-        )  # fmt: skip
-        data = [n.payload if n.symlink_target is None else n.symlink_target for n in chunk]
-        extras = tuple(
-            (position, node.content, node.fsverity_digest, node.xattrs)
-            for position, node in enumerate(chunk)
-            if node.content is not None or node.fsverity_digest is not None or node.xattrs
-        )
+        columns = map(frame.__getattribute__, INT_FIELDS)
+        ints.fromlist([value for row in zip(*columns, strict=True) for value in row])
+        data = frame.data
         return (
-            b"".join(frame_paths),
-            array("q", map(len, frame_paths)).tobytes(),
+            b"".join(frame.paths),
+            array("q", map(len, frame.paths)).tobytes(),
             ints.tobytes(),
             b"".join(filter(None, data)),
             array("q", [-1 if piece is None else len(piece) for piece in data]).tobytes(),
-            links,
-            extras,
+            tuple(sorted(frame.links.items())),
+            tuple((position, *extra) for position, extra in sorted(frame.extras.items())),
         )
 
     return make, len(paths)

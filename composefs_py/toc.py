@@ -62,7 +62,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ._acl import ACL_XATTR_NAMES, posix_acl_problem
-from ._columns import NodeColumns, moved, tree_from_columns
+from ._columns import EMPTY_FILE, NodeColumns, moved, tree_from_columns
 from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, new_inode
@@ -1203,7 +1203,7 @@ class _Bulk:
             out.paths.append(path)
             if isinstance(node, Hardlink):
                 out.links[row] = node.target
-                node = _EMPTY_FILE  # a hardlink's row reads as an empty regular file
+                node = EMPTY_FILE  # a hardlink's row reads as an empty regular file
             out.mode.append(node.mode)
             out.uid.append(node.uid)
             out.gid.append(node.gid)
@@ -1257,10 +1257,6 @@ class _Bulk:
             return None
         scale = _FRACTION_SCALE
         return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
-
-
-#: What a hardlink's row reads as.
-_EMPTY_FILE = Inode(_S_IFREG)
 
 
 # -- the entry walker -------------------------------------------------------------
