@@ -198,9 +198,11 @@ def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None
     and an object, in the first object dir that has it, whose measured
     fs-verity digest equals it.
     """
-    from ._native import read_image
+    # The one safe reader: the structural check, then libcomposefs' loader on
+    # a thread with a large stack (the loader recurses once per directory level).
+    from .writer import read_image
 
-    tree = read_image(image.read_bytes())
+    tree = read_image(image)
     for path, node in tree:
         if not isinstance(node, Inode) or node.payload is None:
             continue

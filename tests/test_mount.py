@@ -1334,3 +1334,77 @@ def test_the_leak_check_fails_a_test_that_leaves_a_mount_or_a_loop_device(
     assert "loop device /dev/loop" in report
     # The loop device was cleared by the check (the tmpfs went with the run's namespace).
     assert not [b for b in file_loop_devices().values() if b.startswith(str(tmp_path))]
+
+
+# ---------------------------------------------------------------------------
+# hostile images with verity asked for
+# ---------------------------------------------------------------------------
+
+_MOUNT_IN_CHILD = r"""
+import errno, sys
+from composefs_py.errors import LibraryError
+from composefs_py.mount import mount, unmount
+image, mnt, objects, how = sys.argv[1:5]
+try:
+    mount(image, mnt, objects=objects, **{how: True})
+except LibraryError as exc:
+    print("LibraryError", errno.errorcode.get(exc.errno, exc.errno), exc)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    unmount(mnt)
+    print("mounted")
+"""
+
+
+def mount_in_child(
+    image: Path, mnt: Path, objects: Path, how: str, *, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run :func:`mount` with ``how=True`` in a child (a crash must not take pytest down)."""
+    return subprocess.run(
+        [sys.executable, "-c", _MOUNT_IN_CHILD, str(image), str(mnt), str(objects), how],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def deep_image(tmp_path: Path, depth: int, objects: Path) -> Path:
+    """An image (from this package's writer) ``depth`` directories deep, a file
+    with an fs-verity digest at the bottom, its object in ``objects``."""
+    from composefs_py.objects import ObjectStore
+    from composefs_py.writer import write_image
+
+    payload = ObjectStore(objects).add(BIG)
+    builder = TreeBuilder(synthesize_parents=True)
+    path = b"/" + b"/".join(b"d" for _ in range(depth)) + b"/f"
+    builder.add(
+        path,
+        Inode(
+            mode=stat.S_IFREG | 0o644,
+            size=len(BIG),
+            payload=payload,
+            fsverity_digest=fsverity_digest(BIG),
+        ),
+    )
+    image = tmp_path / f"deep-{depth}.cfs"
+    write_image(builder.build(), image)
+    return image
+
+
+@pytest.mark.parametrize("depth", [1000, 2000])
+@pytest.mark.parametrize("how", ["require_verity", "try_verity"])
+def test_verity_checks_of_a_deep_image_do_not_crash(
+    tmp_path: Path, mnt: Path, depth: int, how: str
+) -> None:
+    require_mounts()
+    objects = tmp_path / "objects"
+    image = deep_image(tmp_path, depth, objects)
+    done = mount_in_child(image, mnt, objects, how)
+    assert done.returncode == 0, f"the child died (rc {done.returncode}): {done.stderr[-2000:]}"
+    if how == "try_verity" or _filesystem_has_fsverity(objects):
+        assert done.stdout.startswith("mounted"), done.stdout
+    else:
+        assert done.stdout.startswith("LibraryError ENOTTY"), done.stdout
+        assert "has no fs-verity" in done.stdout
