@@ -162,6 +162,11 @@ class ImageSummary:
     #: entry of 4 bytes, a name stored as a prefix alone with an empty value,
     #: is never read); the image holds that name with an empty value.
     dropped_xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    #: Sum of the lengths of all paths but the root's.
+    path_bytes: int = 0
+    #: What the loaded tree holds: path bytes, and per inode its stored
+    #: xattr space, payload, symlink target and inline content.
+    tree_bytes: int = 0
 
 
 class _Bad(Exception):
@@ -193,7 +198,11 @@ class _Checker:
         "size",
         "meta_start",
         "xattr_start",
+        "limits",
         "max_depth",
+        "used",
+        "path_bytes",
+        "tree_bytes",
         "inodes",
         "shared",
         "directories",
@@ -205,12 +214,25 @@ class _Checker:
         "dropped_xattrs",
     )
 
-    def __init__(self, data: bytes, max_depth: int) -> None:
+    def __init__(self, data: bytes, limits: Limits, max_depth: int) -> None:
         self.data = data
         self.size = len(data)
+        self.limits = limits
         self.max_depth = max_depth
         self.meta_start = 0
         self.xattr_start = 0
+        # One mark per 4 bytes of the image: set where something was read
+        # (the header and superblock, an inode with its xattrs and inline
+        # tail, a data block range, a shared xattr entry).  Nothing is read
+        # twice, so the walk and what the loader builds from it stay
+        # linear in the image's size.
+        self.used = bytearray((self.size + 3) >> 2)
+        self.used[: (SUPER_OFFSET + _SUPER.size) >> 2] = b"\1" * ((SUPER_OFFSET + _SUPER.size) >> 2)
+        # Sum of the lengths of every path (Limits.max_total_path_bytes) and
+        # of every byte the tree holds: paths, and per inode its stored
+        # xattrs, payload, symlink target and content (Limits.max_input_bytes).
+        self.path_bytes = 0
+        self.tree_bytes = 0
         # nid -> file type, or -1 for a whiteout the loader frees.
         self.inodes: dict[int, int] = {}
         # shared xattr index -> what _entry() found there.
@@ -324,8 +346,6 @@ class _Checker:
         tail_start = off + isize + xattr_size
         if tail_start > self.size:
             raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
-        if icount:
-            self.xattrs(off + isize, tail_start, ftype, nid)
         tail = 0
         if layout == _FLAT_INLINE:
             tail = size % BLOCK_SIZE
@@ -335,6 +355,14 @@ class _Checker:
                 raise _Bad(": inline data runs past the image end", "i_size")
             if tail_start // BLOCK_SIZE != (tail_start + tail - 1) // BLOCK_SIZE:
                 raise _Bad(": inline data crosses a block boundary", "i_size")
+        # The inode, its xattr area and its inline tail, claimed before a
+        # byte of them is parsed: no other inode may read them again.
+        if not self.claim(off, tail_start + tail):
+            raise _Bad(
+                f": its {tail_start + tail - off} bytes overlap another inode or data already read",
+                "nid",
+            )
+        held = self.xattrs(off + isize, tail_start, ftype, nid) if icount else 0
         if ftype == stat.S_IFDIR:
             _layout(layout, _FLAT)
             self._blocks(i_u, size - tail)
@@ -345,6 +373,7 @@ class _Checker:
             start = tail_start if tail else self._blocks(i_u, size)
             if data.find(b"\0", start, start + size) >= 0:
                 raise _Bad(": symlink target holds a NUL byte", "symlink")
+            held += size
         elif ftype == stat.S_IFREG:
             _layout(layout, _FLAT_OR_CHUNKS)
             if layout == _CHUNK_BASED:
@@ -358,28 +387,62 @@ class _Checker:
                         "i_size",
                     )
                 self._blocks(i_u, size - tail)
+                held += size
         else:
             _layout(layout, _PLAIN)
             if size:
                 raise _Bad(f": a device, fifo or socket of {size} bytes", "i_size")
             if ftype == stat.S_IFCHR and i_u == 0:
+                self.hold(held)
                 return -1, 0, layout, 0, 0
+        self.hold(held)
         return ftype, size, layout, tail_start, i_u
 
     def _blocks(self, blkaddr: int, length: int) -> int:
-        """Check that ``length`` bytes from block ``blkaddr`` are in the image."""
+        """Check and claim ``length`` bytes from block ``blkaddr``; return their offset."""
         start = blkaddr * BLOCK_SIZE
         if length and (start >= _U32_LIMIT or start + length > self.size):
             raise _Bad(
                 f": {length} data bytes from block {blkaddr} run past the image end",
                 "i_u.raw_blkaddr",
             )
+        if not self.claim(start, start + length):
+            raise _Bad(
+                f": {length} data bytes from block {blkaddr} are also another "
+                "inode's data or metadata (each block is read once)",
+                "i_u.raw_blkaddr",
+            )
         return start
+
+    def claim(self, start: int, end: int) -> bool:
+        """Mark bytes ``start..end`` read; False (and nothing marked) if one already was."""
+        if end <= start:
+            return True
+        first, last = start >> 2, (end + 3) >> 2
+        used = self.used
+        if used.find(1, first, last) >= 0:
+            return False
+        used[first:last] = b"\1" * (last - first)
+        return True
+
+    def hold(self, count: int) -> None:
+        """Count ``count`` more bytes the loaded tree holds (Limits.max_input_bytes)."""
+        self.tree_bytes += count
+        if self.tree_bytes > self.limits.max_input_bytes:
+            raise _Bad(
+                f": the tree it stands for holds more than {self.limits.max_input_bytes} "
+                "bytes (paths, xattrs, payloads, targets, contents)",
+                "tree_bytes",
+            )
 
     # -- xattrs ------------------------------------------------------------
 
-    def xattrs(self, start: int, end: int, ftype: int, nid: int) -> None:
-        """Check inode ``nid``'s xattr area; note what the loader will misread."""
+    def xattrs(self, start: int, end: int, ftype: int, nid: int) -> int:
+        """Check inode ``nid``'s xattr area; note what the loader will misread.
+
+        Returns the bytes the loaded inode holds for them: its xattr space
+        as libcomposefs accounts it, and the payload of a redirect.
+        """
         data = self.data
         shared = data[start + 4]
         pos = start + _XATTR_HEADER_SIZE + 4 * shared
@@ -387,6 +450,7 @@ class _Checker:
             raise _Bad(f": {shared} shared xattrs do not fit its xattr area", "h_shared_count")
         seen: set[bytes] = set()
         space = _XATTR_HEADER_SIZE
+        payload = 0
         regular = ftype == stat.S_IFREG
         while pos < end:
             if pos + 4 > end:
@@ -396,7 +460,7 @@ class _Checker:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
             if regular and name == _REDIRECT:
-                self.note_redirect(pos, nid)
+                payload = self.redirect(pos, nid)
             elif value_end == pos + 4 == end and cost_other:
                 self.dropped[nid] = name
             space += cost_regular if regular else cost_other
@@ -410,17 +474,28 @@ class _Checker:
                 entry = self.xattr_start + idx * 4
                 if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
                     raise _Bad(f": shared xattr index {idx} is outside the image", "xattr")
-                known = self.shared[idx] = self._entry(entry, self.size)
+                known = self._entry(entry, self.size)
+                # Each shared entry is read once, however many inodes name
+                # it; two indexes may not read overlapping bytes.
+                if not self.claim(entry, known[1]):
+                    raise _Bad(
+                        f": shared xattr index {idx} overlaps other data already read",
+                        "xattr",
+                    )
+                self.shared[idx] = known
             name, _end, cost_regular, cost_other = known
             if name in seen:
                 raise _Bad(f": xattr {name!r} appears twice", "xattr")
             seen.add(name)
             if regular and name == _REDIRECT:
-                self.note_redirect(self.xattr_start + idx * 4, nid)
+                payload = self.redirect(self.xattr_start + idx * 4, nid)
             space += cost_regular if regular else cost_other
-        # lcfs_node_set_xattr_internal's accounting of what it stores.
-        if space > _XATTR_SPACE_MAX:
-            raise _Bad(f": xattrs take more than {_XATTR_SPACE_MAX} bytes", "xattr")
+        # lcfs_node_set_xattr_internal's accounting of what it stores, bounded
+        # by what the loader accepts and by what the Tree may hold.
+        limit = min(_XATTR_SPACE_MAX, self.limits.max_xattr_space)
+        if space > limit:
+            raise _Bad(f": xattrs take more than {limit} bytes", "xattr")
+        return (space if space > _XATTR_HEADER_SIZE else 0) + payload
 
     def _entry(self, pos: int, end: int) -> tuple[bytes, int, int, int]:
         """Check the xattr entry at ``pos`` (inside ``end``).
@@ -462,19 +537,28 @@ class _Checker:
         # An escaped whiteout turns a regular file into a whiteout instead.
         return name, value_end, 0 if name == _ESCAPED_WHITEOUT else cost, cost
 
-    def note_redirect(self, pos: int, nid: int) -> None:
-        """Note inode ``nid``'s payload if the loader misreads its redirect at ``pos``.
+    def redirect(self, pos: int, nid: int) -> int:
+        """Check the redirect at ``pos`` of regular file ``nid``; return its payload's length.
 
         lcfs_build_node_erofs_xattr copies a value ``/PAYLOAD`` of n bytes
         with ``strndup(value + 1, n + 1)``: the 2 bytes after the value come
-        along unless a NUL stops the copy first.
+        along unless a NUL stops the copy first; that payload is noted.  A
+        payload is a path: longer than ``Limits.max_path_bytes`` is refused
+        here, before the loader copies it for every inode that names it.
         """
         data = self.data
         name_len, _index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
         start = pos + 4 + name_len
         end = start + value_size
+        if value_size > self.limits.max_path_bytes + 1:
+            raise _Bad(
+                f": a payload (overlay redirect) of {value_size} bytes, more than "
+                f"{self.limits.max_path_bytes}",
+                "xattr",
+            )
         if value_size > 1 and data[start] == 0x2F and data[end : end + 1] not in (b"", b"\0"):
             self.misread[nid] = data[start + 1 : end]
+        return int(value_size)
 
     # -- directories -------------------------------------------------------
 
@@ -538,6 +622,7 @@ class _Checker:
                     dots += 1
                     continue
                 self.entries += 1
+                self.count(path, name)
                 known = self.inodes.get(child)
                 if known is not None:
                     if known == stat.S_IFDIR:
@@ -574,6 +659,39 @@ class _Checker:
         if dots != 2:
             raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
         return subdirs
+
+    def count(self, path: bytes, name: bytes) -> None:
+        """Count entry ``name`` of directory ``path`` against the limits.
+
+        Every entry becomes a node of the loaded tree (a hardlink too), and
+        its path a key of the Tree: entries, each path's length, their sum
+        and the tree's bytes are checked here, as the entry is met.
+        """
+        limits = self.limits
+        if self.entries >= limits.max_entries:  # the root is one more
+            raise _fail(f"more than {limits.max_entries} entries", "entries", _join(path, name))
+        length = (len(path) if path != b"/" else 0) + 1 + len(name)
+        if length > limits.max_path_bytes:
+            raise _fail(
+                f"a path of {length} bytes, longer than {limits.max_path_bytes}",
+                "path",
+                _join(path, name),
+            )
+        self.path_bytes += length
+        self.tree_bytes += length
+        if self.path_bytes > limits.max_total_path_bytes:
+            raise _fail(
+                f"paths add up to more than {limits.max_total_path_bytes} bytes",
+                "path_bytes",
+                _join(path, name),
+            )
+        if self.tree_bytes > limits.max_input_bytes:
+            raise _fail(
+                f"the tree it stands for holds more than {limits.max_input_bytes} bytes "
+                "(paths, xattrs, payloads, targets, contents)",
+                "tree_bytes",
+                _join(path, name),
+            )
 
     def dirents(self, start: int, size: int, nid: int, path: bytes) -> list[tuple[int, bytes, int]]:
         data = self.data
@@ -618,17 +736,23 @@ class _Checker:
 
 
 def check_image(
-    data: bytes | bytearray | memoryview, *, max_depth: int | None = None
+    data: bytes | bytearray | memoryview,
+    *,
+    max_depth: int | None = None,
+    limits: Limits | None = None,
 ) -> ImageSummary:
     """Check a composefs image's structure before libcomposefs loads it.
 
     Raises :class:`~composefs_py.errors.ValidationError` naming the inode and
-    field at fault; returns what was walked.  ``max_depth`` bounds directory
-    nesting below the root (default :attr:`Limits.max_depth`): the loader
-    recurses once per level.
+    field at fault; returns what was walked.  ``limits`` (default
+    ``Limits().for_images()``) bound what the loader would build: entries,
+    path lengths and their sum, depth, xattr space per inode, and the bytes
+    the tree holds; ``max_depth`` overrides ``limits.max_depth`` (the loader
+    recurses once per level).
     """
     raw = data if isinstance(data, bytes) else bytes(data)
-    checker = _Checker(raw, Limits().max_depth if max_depth is None else max_depth)
+    bounds = Limits().for_images() if limits is None else limits
+    checker = _Checker(raw, bounds, bounds.max_depth if max_depth is None else max_depth)
     version, root_nid = checker.superblock()
     checker.walk(root_nid)
     return ImageSummary(
@@ -639,4 +763,6 @@ def check_image(
         depth=checker.depth,
         payloads=checker.payloads,
         dropped_xattrs=checker.dropped_xattrs,
+        path_bytes=checker.path_bytes,
+        tree_bytes=checker.tree_bytes,
     )

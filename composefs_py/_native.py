@@ -379,7 +379,7 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
     # The check also finds what libcomposefs 1.0.8's loader misreads: a
     # payload with the 2 bytes after its redirect value appended, a last
     # inline xattr of 4 bytes dropped.  Those come from the check instead.
-    summary = check_image(data)
+    summary = check_image(data, limits=_IMAGE_LIMITS)
     misread, dropped = summary.payloads, summary.dropped_xattrs
     buf = ffi.from_buffer("uint8_t[]", data)
     root = lib.lcfs_load_node_from_image(buf, len(buf))

@@ -466,3 +466,118 @@ def test_sandboxed_read_image_refuses_with_the_same_field(case: str) -> None:
     with pytest.raises(ValidationError) as err:
         read_image(bytes(img.data), sandbox=True)
     assert f"{field}: not a valid composefs image" in str(err.value)
+
+
+# ---------------------------------------------------------------------------
+# cost: what an image makes the loader build is linear in the image's size
+# ---------------------------------------------------------------------------
+
+
+def _shared_directories_image(directories: int, links: int) -> bytes:
+    """An image whose ``directories`` directories all list the same dirent blocks.
+
+    ``/d00000`` holds ``links`` hardlinks to ``/f`` named ``-NNNNN`` (they
+    sort before ``.``, so its first blocks hold nothing else); every other
+    directory keeps its own inline ``.`` and ``..`` and is patched to read
+    those blocks first.  The loader would make ``directories * links``
+    nodes of an image of about ``17 * links + 50 * directories`` bytes.
+    """
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    builder.add(b"/f", Inode(mode=stat.S_IFREG | 0o644))
+    builder.add(b"/d00000", Inode(mode=stat.S_IFDIR | 0o755))
+    for j in range(links):
+        builder.add(b"/d00000/-%05d" % j, Hardlink(b"/f"))
+    for i in range(1, directories):
+        builder.add(b"/d%05d" % i, Inode(mode=stat.S_IFDIR | 0o755))
+    img = Image(_write(builder.build(), 1))
+    first = img.nid(b"/d00000")
+    (blkaddr,) = struct.unpack_from("<I", img.data, img.inode(first)[0] + 16)
+    shared = 0
+    for start, size in img.blocks(first):
+        if size != 4096 or start != (blkaddr + shared) * 4096:
+            break
+        names = {
+            name
+            for name, (entry, _nid) in img.dirents(first).items()
+            if start <= entry < start + size
+        }
+        if b"." in names or b".." in names:
+            break
+        shared += 1
+    assert shared >= 2, "the hardlinks fill whole blocks"
+    for i in range(1, directories):
+        off, _isize, _xsize, size = img.inode(img.nid(b"/d%05d" % i))
+        assert size < 4096, "an inline directory"
+        img.put("<I", off + 8, shared * 4096 + size)
+        img.put("<I", off + 16, blkaddr)
+    return bytes(img.data)
+
+
+#: Measures read_image of the image at argv[1] in a child with RLIMIT_AS at
+#: argv[2] bytes: prints the outcome, peak RSS (KiB) and CPU seconds.
+_COST_CHILD = """
+import json, resource, sys, time
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from composefs_py.errors import ValidationError
+from composefs_py.writer import read_image
+data = open(sys.argv[1], "rb").read()
+start = time.process_time()
+try:
+    outcome = f"read {len(read_image(data))} entries"
+except ValidationError as exc:
+    outcome = f"refused ({exc.field}): {exc}"
+except MemoryError:
+    outcome = "MemoryError"
+cpu = time.process_time() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"outcome": outcome, "peak": peak, "cpu": cpu}))
+"""
+
+
+def _read_cost(image: bytes, tmp_path: Path, name: str) -> dict[str, object]:
+    """read_image of ``image`` in a child: its outcome, peak RSS (KiB), CPU seconds."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    path.write_bytes(image)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _COST_CHILD, str(path), str(3 << 30)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"outcome": "timed out", "peak": 1 << 30, "cpu": 60.0}
+    if done.returncode != 0:
+        return {
+            "outcome": f"exit {done.returncode}: {done.stderr[-300:]!r}",
+            "peak": 1 << 30,
+            "cpu": 0,
+        }
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("directories", [40])
+def test_directories_sharing_dirent_blocks_are_refused_at_linear_cost(
+    directories: int, tmp_path: Path
+) -> None:
+    # Twice the directories and twice the links: about twice the image, four
+    # times the entries the loader would build from it.
+    small = _shared_directories_image(directories, 40 * directories)
+    large = _shared_directories_image(2 * directories, 80 * directories)
+    assert len(large) < 2.5 * len(small)
+    base = _read_cost(_base_image(), tmp_path, "base.cfs")
+    costs = [_read_cost(image, tmp_path, f"{i}.cfs") for i, image in enumerate((small, large))]
+    floor = 8 << 10  # KiB: noise in a child that reads nothing much
+    grown = [max(int(str(c["peak"])) - int(str(base["peak"])), floor) for c in costs]
+    report = f"base {base}, n {costs[0]}, 2n {costs[1]}, image {len(small)} -> {len(large)} bytes"
+    print(report)
+    assert grown[1] / grown[0] < 2.5, report
+    for cost in costs:
+        assert str(cost["outcome"]).startswith("refused (i_u.raw_blkaddr)"), report
