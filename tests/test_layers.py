@@ -884,16 +884,22 @@ def many_files_blob(count: int, *, forged: int | None = None) -> tuple[bytes, li
                 "endOffset": len(data),
             }
         )
+    return zstd_chunked_blob(bytes(data), entries), contents
+
+
+def zstd_chunked_blob(data: bytes, entries: list[dict[str, object]]) -> bytes:
+    """A zstd:chunked blob: payload ``data``, then the TOC of ``entries``,
+    an empty tar-split and the footer."""
     toc = json.dumps({"version": 1, "entries": entries}).encode()
     compressed = zstandard.ZstdCompressor().compress(toc)
-    out = bytes(data) + skippable(compressed)
+    out = data + skippable(compressed)
     split = zstandard.ZstdCompressor().compress(b"")
     split_offset = len(out) + 8
     out += skippable(split)
     footer = struct.pack(
         "<7Q", len(data) + 8, len(compressed), len(toc), 1, split_offset, len(split), 0
     )
-    return out + skippable(footer + b"GNUlInUx"), contents
+    return out + skippable(footer + b"GNUlInUx")
 
 
 def test_many_files_import_stores_every_content_once(tmp_path: Path) -> None:
@@ -944,3 +950,94 @@ def test_many_files_import_into_a_store_holding_some(tmp_path: Path) -> None:
     assert {name: store.path_for(name).stat().st_ino for name in before} == inodes
     assert len(store_files(root)) == 297
     assert_store_clean(root)
+
+
+# -- chunkType "zeros": holes, read from nowhere ------------------------------------
+
+
+def zero_chunk_blob(*, end_offset: bool) -> tuple[bytes, bytes]:
+    """A zstd:chunked file of three chunks, data / zeros / data, whose zeros
+    chunk has no data in the blob (its offset is the next chunk's), as a
+    writer that leaves holes to containers/storage may make it."""
+    compressor = zstandard.ZstdCompressor()
+    head, hole, tail = b"a" * 1000, bytes(4096), b"b" * 1000
+    data = bytearray(compressor.compress(bytes(512)))
+    first = len(data)
+    data += compressor.compress(head)
+    third = len(data)
+    data += compressor.compress(tail)
+    content = head + hole + tail
+    entry: dict[str, object] = {
+        "type": "reg",
+        "name": "sparse",
+        "mode": 0o644,
+        "size": len(content),
+        "digest": "sha256:" + hashlib.sha256(content).hexdigest(),
+        "offset": first,
+        "chunkSize": len(head),
+        "chunkDigest": "sha256:" + hashlib.sha256(head).hexdigest(),
+    }
+    if end_offset:
+        entry["endOffset"] = len(data)
+    chunks = [
+        {
+            "type": "chunk",
+            "name": "sparse",
+            "offset": third,
+            "chunkOffset": len(head),
+            "chunkSize": len(hole),
+            "chunkDigest": "sha256:" + hashlib.sha256(hole).hexdigest(),
+            "chunkType": "zeros",
+        },
+        {
+            "type": "chunk",
+            "name": "sparse",
+            "offset": third,
+            "chunkOffset": len(head) + len(hole),
+            "chunkSize": len(tail),
+            "chunkDigest": "sha256:" + hashlib.sha256(tail).hexdigest(),
+        },
+    ]
+    return zstd_chunked_blob(bytes(data), [entry, *chunks]), content
+
+
+@pytest.mark.parametrize("end_offset", [False, True], ids=["chunks", "endOffset"])
+def test_zstd_chunked_zeros_chunk_is_a_hole(tmp_path: Path, end_offset: bool) -> None:
+    blob, content = zero_chunk_blob(end_offset=end_offset)
+    root = tmp_path / "objects"
+    tree = open_layer(write_blob(tmp_path, blob)).import_objects(
+        ObjectStore(root), progress=False
+    )
+    payload = tree.inode(b"/sparse").payload
+    assert payload == sha256_payload(content)
+    assert ObjectStore(root).path_for(payload).read_bytes() == content
+
+
+
+def test_files_whose_data_overlap_are_refused(tmp_path: Path) -> None:
+    # Two files of one shared gzip member whose innerOffset ranges overlap:
+    # serving both would decode the member twice.
+    files = {"a": b"x" * 3000, "b": b"y" * 3000}
+    blob = make_estargz_with_inner_offsets(files)
+    offset = int(blob[-51 + 16 : -51 + 32], 16)
+    toc = json.loads(open_layer(write_blob(tmp_path, blob)).toc_bytes() or b"")
+    toc["entries"][1]["innerOffset"] = toc["entries"][0]["innerOffset"] + 1000
+    forged = rebuild_estargz(blob[:offset] + estargz_footer(offset), json.dumps(toc).encode())
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, forged, "forged.blob")).import_objects(
+            ObjectStore(tmp_path / "objects"), progress=False
+        )
+    assert (info.value.path, info.value.field) == ("b", "offset")
+    assert store_files(tmp_path / "objects") == []
+
+
+def test_zstd_chunked_files_sharing_an_offset_are_refused(tmp_path: Path) -> None:
+    blob, _ = many_files_blob(10)
+    toc = json.loads(open_layer(write_blob(tmp_path, blob)).toc_bytes() or b"")
+    toc["entries"][5]["offset"] = toc["entries"][4]["offset"]
+    forged = rebuild_zstd_chunked(blob, json.dumps(toc).encode())
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, forged, "forged.blob")).import_objects(
+            ObjectStore(tmp_path / "objects"), progress=False
+        )
+    assert info.value.field == "offset" and info.value.entry in (4, 5)

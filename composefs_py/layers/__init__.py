@@ -17,11 +17,34 @@ and imports its regular files' contents into an
 checking each against the digest the TOC claims before publishing it.  Every
 rejection is a :class:`~composefs_py.errors.ValidationError` naming the
 TOC entry (or tar member) and its path.
+
+Cost model of the TOC-based import (zstd:chunked, eStargz; the tar reader
+has its own, in :mod:`.tar`):
+
+* The TOC: at most ``Limits.max_input_bytes`` after decompression, checked
+  before it is inflated past that (:mod:`.zstd_chunked`, :mod:`.estargz`);
+  then ``parse_toc`` applies every other limit.  :func:`plan_sources` is one
+  pass over the entries plus a sort of their offsets.
+* File data: each chunk is read from its ``offset`` up to the next larger
+  offset of any TOC entry, or the TOC's start; never to the end of the
+  blob.  :func:`schedule` orders the files by where their data is and
+  refuses files whose data overlap or interleave, so each compressed byte
+  of the data region is decoded at most once (files that share a gzip
+  member through ``innerOffset`` are served from one pass), and the bytes
+  read are at most the data region.  A whole-file read
+  (``whole_content``) reads at most ``ZSTD_compressBound(size)`` bytes.
+* Memory: decompression and copies go ``_READ_SIZE`` (1 MiB) at a time
+  (a zstd frame's window is bounded by libzstd's default limit, 128 MiB);
+  up to 4 threads, each with one decoder.
+* Writes: each distinct content once, its declared ``size`` (a file's size
+  is bounded by ``Limits.max_file_size`` in ``parse_toc``, before anything
+  is read); ``chunkType: "zeros"`` chunks write zeros without reading.
 """
 
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -29,6 +52,7 @@ import os
 import re
 import threading
 import zlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +141,12 @@ class TocLayer(Layer):
     (:attr:`data_end`) and how to decompress a file's bytes.
     """
 
-    #: zstd:chunked: read a file as one range ``[offset, endOffset)``.
+    #: zstd:chunked: a file's ``endOffset`` is checked and bounds its last chunk.
     use_end_offset: ClassVar[bool] = False
+    #: eStargz: a chunk starts ``innerOffset`` bytes into its gzip member's data.
+    inner_offsets: ClassVar[bool] = False
+    #: zstd:chunked: ``chunkType: "zeros"`` chunks are holes, not read from the blob.
+    zero_chunks: ClassVar[bool] = False
     #: Exceptions the decompressor raises on damaged data.
     decode_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
@@ -189,7 +217,11 @@ class TocLayer(Layer):
         limits = limits or self.limits
         tree = self.tree(limits=limits, compat=compat)
         sources = plan_sources(
-            toc_entries(self.toc_bytes()), self.data_end, use_end_offset=self.use_end_offset
+            toc_entries(self.toc_bytes()),
+            self.data_end,
+            use_end_offset=self.use_end_offset,
+            inner_offsets=self.inner_offsets,
+            zero_chunks=self.zero_chunks,
         )
         label = f"importing {self.path.name}"
         with open(self.path, "rb") as blob:
@@ -358,13 +390,15 @@ class Decoder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """Compressed bytes ``[start, end)``; their decompression, after ``skip``
-    bytes, begins with the ``length`` bytes wanted."""
+    """``length`` bytes of a file: the decompression of the compressed bytes
+    ``[start, end)`` after its first ``skip`` bytes; or, with ``zeros``, a
+    hole of ``length`` zero bytes that reads nothing from the blob."""
 
     start: int
     end: int
     length: int
     skip: int = 0
+    zeros: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,17 +424,41 @@ def _int_field(entry: dict[str, Any], key: str, index: int, name: str) -> int | 
 
 
 def plan_sources(
-    entries: list[dict[str, Any]], data_end: int, *, use_end_offset: bool
+    entries: list[dict[str, Any]],
+    data_end: int,
+    *,
+    use_end_offset: bool,
+    inner_offsets: bool = False,
+    zero_chunks: bool = False,
 ) -> dict[str, FileSource]:
     """Map each content digest (hex) to where the first file with it is stored.
 
-    ``data_end``: where the file data region ends (the TOC's start).  With
-    ``use_end_offset`` (zstd:chunked) a file whose entry has ``endOffset``
-    is read as one range ``[offset, endOffset)``; otherwise chunk by chunk,
-    each from its ``offset`` (each chunk starts a new frame or gzip member).
+    ``data_end``: where the file data region ends (the TOC's start).  A file
+    is read chunk by chunk, each chunk from its ``offset`` (each chunk starts
+    a new frame or gzip member), and each read is bounded by the next larger
+    offset any entry of the TOC has (or ``data_end``): never by the end of the
+    blob.  ``use_end_offset`` (zstd:chunked): a file's ``endOffset`` must lie
+    in the data and bounds its last chunk too.  ``inner_offsets`` (eStargz):
+    a chunk starts ``innerOffset`` bytes into what its member decompresses
+    to.  ``zero_chunks`` (zstd:chunked): a chunk with ``chunkType: "zeros"``
+    is a hole, read from nowhere (containers/storage writes holes for it).
     The TOC has been validated by ``parse_toc`` already; offsets are checked
     here against the blob.
     """
+    offsets = sorted(
+        {
+            value
+            for index, entry in enumerate(entries)
+            if entry.get("type") in ("reg", "chunk")
+            and (value := _int_field(entry, "offset", index, str(entry.get("name")))) is not None
+            and value < data_end
+        }
+    )
+
+    def bound(start: int) -> int:
+        after = bisect.bisect_right(offsets, start)
+        return offsets[after] if after < len(offsets) else data_end
+
     sources: dict[str, FileSource] = {}
     index = 0
     count = len(entries)
@@ -423,12 +481,26 @@ def plan_sources(
         hexdigest = digest.removeprefix("sha256:")
         if hexdigest in sources:
             continue
+        segments = _segments(
+            chunks, size, data_end, name, bound, inner_offsets=inner_offsets,
+            zero_chunks=zero_chunks,
+        )
+        end_offset = _int_field(entry, "endOffset", first, name) if use_end_offset else None
+        if end_offset is not None:
+            offset = _int_field(entry, "offset", first, name) or 0
+            if not offset < end_offset <= data_end:
+                raise ValidationError(
+                    f"[{offset}, {end_offset}) is not a range inside the file data "
+                    f"[0, {data_end})",
+                    entry=first,
+                    path=name,
+                    field="endOffset",
+                )
+            last = segments[-1]
+            if not last.zeros and last.start < end_offset < last.end:
+                segments = (*segments[:-1], dataclasses.replace(last, end=end_offset))
         sources[hexdigest] = FileSource(
-            entry=first,
-            name=name,
-            sha256=hexdigest,
-            size=size,
-            segments=_segments(chunks, size, data_end, name, use_end_offset=use_end_offset),
+            entry=first, name=name, sha256=hexdigest, size=size, segments=segments
         )
     return sources
 
@@ -438,37 +510,14 @@ def _segments(
     size: int,
     data_end: int,
     name: str,
+    bound: Callable[[int], int],
     *,
-    use_end_offset: bool,
+    inner_offsets: bool,
+    zero_chunks: bool,
 ) -> tuple[Segment, ...]:
-    first, entry = chunks[0]
-    offset = _int_field(entry, "offset", first, name)
-    if offset is None:
-        raise ValidationError(
-            "a file with content needs an offset", entry=first, path=name, field="offset"
-        )
-    end_offset = _int_field(entry, "endOffset", first, name) if use_end_offset else None
-    if end_offset is not None:
-        if not offset < end_offset <= data_end:
-            raise ValidationError(
-                f"[{offset}, {end_offset}) is not a range inside the file data "
-                f"[0, {data_end})",
-                entry=first,
-                path=name,
-                field="endOffset",
-            )
-        return (Segment(offset, end_offset, size),)
     segments: list[Segment] = []
     expected_offset = 0
     for position, (index, chunk) in enumerate(chunks):
-        start = _int_field(chunk, "offset", index, name)
-        if start is None or start >= data_end:
-            raise ValidationError(
-                f"must be inside the file data [0, {data_end}), got {start!r}",
-                entry=index,
-                path=name,
-                field="offset",
-            )
         chunk_offset = _int_field(chunk, "chunkOffset", index, name) or 0
         if chunk_offset != expected_offset:
             raise ValidationError(
@@ -496,11 +545,26 @@ def _segments(
                 path=name,
                 field="chunkSize",
             )
+        expected_offset = chunk_offset + chunk_size
+        if zero_chunks and chunk.get("chunkType") == "zeros":
+            segments.append(Segment(0, 0, chunk_size, zeros=True))
+            continue
+        start = _int_field(chunk, "offset", index, name)
+        if start is None and position == 0:
+            raise ValidationError(
+                "a file with content needs an offset", entry=index, path=name, field="offset"
+            )
+        if start is None or start >= data_end:
+            raise ValidationError(
+                f"must be inside the file data [0, {data_end}), got {start!r}",
+                entry=index,
+                path=name,
+                field="offset",
+            )
         # eStargz >= 0.13 may pack several small files into one gzip member;
         # innerOffset is where this piece starts in its decompressed bytes.
-        inner = _int_field(chunk, "innerOffset", index, name) or 0
-        segments.append(Segment(start, data_end, chunk_size, inner))
-        expected_offset = chunk_offset + chunk_size
+        inner = (_int_field(chunk, "innerOffset", index, name) or 0) if inner_offsets else 0
+        segments.append(Segment(start, bound(start), chunk_size, inner))
     if expected_offset != size:
         raise ValidationError(
             f"chunks cover {expected_offset} of {size} bytes",
@@ -509,6 +573,58 @@ def _segments(
             field="chunkSize",
         )
     return tuple(segments)
+
+
+def schedule(sources: Iterable[FileSource]) -> list[tuple[FileSource, ...]]:
+    """Group files into jobs that read the blob forward, each byte once.
+
+    Files are ordered by where their data starts; the data segments of the
+    whole sequence must then go forward: by ``start``, and within one
+    ``start`` (a gzip member several files share through ``innerOffset``) by
+    decompressed position, without overlap.  So every compressed range is
+    decoded once, in one pass, and its files served from that pass.  A job
+    is a run of files that share a range; jobs are independent (they may run
+    on several threads).  A file only of holes is a job of its own.  A TOC
+    whose files interleave or overlap is refused: no writer stores them so,
+    and reading them would mean decoding some bytes again for each file.
+    """
+    with_data: list[tuple[tuple[int, int], FileSource]] = []
+    jobs: list[tuple[FileSource, ...]] = []
+    for source in sources:
+        first = next(
+            ((segment.start, segment.skip) for segment in source.segments if not segment.zeros),
+            None,
+        )
+        if first is None:
+            jobs.append((source,))
+        else:
+            with_data.append((first, source))
+    with_data.sort(key=lambda item: (item[0], item[1].entry))
+    current: list[FileSource] = []
+    start, position = -1, 0
+    for (first_start, _), source in with_data:
+        if current and first_start != start:
+            jobs.append(tuple(current))
+            current = []
+        for segment in source.segments:
+            if segment.zeros:
+                continue
+            if segment.start < start or (segment.start == start and segment.skip < position):
+                raise ValidationError(
+                    f"its data at offset {segment.start} (innerOffset {segment.skip}) "
+                    "overlaps or comes before data of another file or chunk read "
+                    "before it: files must be stored apart, chunks in order",
+                    entry=source.entry,
+                    path=source.name,
+                    field="offset",
+                )
+            if segment.start != start:
+                start = segment.start
+            position = segment.skip + segment.length
+        current.append(source)
+    if current:
+        jobs.append(tuple(current))
+    return jobs
 
 
 def sha256_payload(hexdigest: str) -> bytes:
@@ -536,50 +652,51 @@ def import_sources(
                     f"no entry stores the content sha256:{hexdigest}", field="digest"
                 )
             wanted[node.payload] = source
+    jobs = schedule(wanted.values())
     if progress is not None:
         progress.start(
             label,
             total_files=len(wanted),
             total_bytes=sum(source.size for source in wanted.values()),
         )
-    names: dict[bytes, bytes] = {}
+    stored: dict[str, bytes] = {}
     try:
         with store.batch():
-            items = list(wanted.items())
-            workers = _import_workers(len(items))
+            workers = _import_workers(len(jobs))
             if workers == 1:
-                for toc_payload, source in items:
-                    names[toc_payload] = _import_one(fd, source, store, layer, progress)
+                for job in jobs:
+                    _import_job(fd, job, store, layer, progress, stored)
             else:
-                _import_parallel(fd, items, names, store, layer, progress, workers)
+                _import_parallel(fd, jobs, stored, store, layer, progress, workers)
     finally:
         if progress is not None:
             progress.close()
+    names = {toc_payload: stored[source.sha256] for toc_payload, source in wanted.items()}
     return with_store_names(tree, store, names, limits)
 
 
-#: Files below which an import stays on one thread (threads cost more than they give).
+#: Jobs below which an import stays on one thread (threads cost more than they give).
 _PARALLEL_MIN_FILES = 64
 
 
-def _import_workers(files: int) -> int:
+def _import_workers(jobs: int) -> int:
     """Threads for an import: decompression, hashing and writes release the GIL."""
-    if files < _PARALLEL_MIN_FILES:
+    if jobs < _PARALLEL_MIN_FILES:
         return 1
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def _import_parallel(
     fd: int,
-    items: list[tuple[bytes, FileSource]],
-    names: dict[bytes, bytes],
+    jobs: list[tuple[FileSource, ...]],
+    stored: dict[str, bytes],
     store: ObjectStore,
     layer: TocLayer,
     progress: Progress | None,
     workers: int,
 ) -> None:
-    """``_import_one`` for every item on ``workers`` threads; the first failure
-    (in TOC order) is raised after every thread has stopped, so the batch's
+    """``_import_job`` for every job on ``workers`` threads; the first failure
+    (in blob order) is raised after every thread has stopped, so the batch's
     cleanup sees every temporary file."""
     lock = threading.Lock()
     position = 0
@@ -591,11 +708,10 @@ def _import_parallel(
             with lock:
                 index = position
                 position += 1
-            if index >= len(items):
+            if index >= len(jobs):
                 return
-            toc_payload, source = items[index]
             try:
-                names[toc_payload] = _import_one(fd, source, store, layer, progress)
+                _import_job(fd, jobs[index], store, layer, progress, stored)
             except BaseException as exc:
                 failures.append((index, exc))
                 failed.set()
@@ -614,69 +730,99 @@ def _import_parallel(
         raise min(failures, key=lambda failure: failure[0])[1]
 
 
-def _import_one(
+class _Reading:
+    """The one decoder of a job: the range it reads and how far it has gone."""
+
+    __slots__ = ("decoder", "position", "start")
+
+    def __init__(self) -> None:
+        self.decoder: Decoder | None = None
+        self.start = -1
+        self.position = 0
+
+
+def _import_job(
     fd: int,
-    source: FileSource,
+    job: tuple[FileSource, ...],
     store: ObjectStore,
     layer: TocLayer,
     progress: Progress | None,
-) -> bytes:
-    try:
-        with store.writer("sha256:" + source.sha256) as out:
-            whole = layer.whole_content(fd, source)
-            if whole is not None:
-                out.write(whole)
-                if progress is not None:
-                    progress.advance(nbytes=len(whole))
-            else:
-                _stream_segments(fd, source, out, layer, progress)
-            payload = out.commit()
-    except layer.decode_errors as exc:
-        raise ValidationError(
-            f"file data cannot be decompressed: {exc}",
-            entry=source.entry,
-            path=source.name,
-            field="offset",
-        ) from None
-    except ValidationError as exc:
-        raise exc.located(entry=source.entry, path=source.name) from None
-    if progress is not None:
-        progress.advance(files=1)
-    return payload
-
-
-def _stream_segments(
-    fd: int, source: FileSource, out: ObjectWriter, layer: TocLayer, progress: Progress | None
+    stored: dict[str, bytes],
 ) -> None:
-    """Decompress ``source``'s segments into ``out``, exactly ``size`` bytes of each."""
-    for segment in source.segments:
-        decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
-        _skip(decoder, segment)
-        left = segment.length
+    """Store the files of ``job`` in order, decoding each range once (see :func:`schedule`)."""
+    reading = _Reading()
+    for source in job:
+        try:
+            with store.writer("sha256:" + source.sha256) as out:
+                whole = layer.whole_content(fd, source) if len(job) == 1 else None
+                if whole is not None:
+                    out.write(whole)
+                    if progress is not None:
+                        progress.advance(nbytes=len(whole))
+                else:
+                    for segment in source.segments:
+                        _copy_segment(fd, segment, reading, out, layer, progress)
+                stored[source.sha256] = out.commit()
+        except layer.decode_errors as exc:
+            raise ValidationError(
+                f"file data cannot be decompressed: {exc}",
+                entry=source.entry,
+                path=source.name,
+                field="offset",
+            ) from None
+        except ValidationError as exc:
+            raise exc.located(entry=source.entry, path=source.name) from None
+        if progress is not None:
+            progress.advance(files=1)
+
+
+_ZEROS = bytes(_READ_SIZE)
+
+
+def _copy_segment(
+    fd: int,
+    segment: Segment,
+    reading: _Reading,
+    out: ObjectWriter,
+    layer: TocLayer,
+    progress: Progress | None,
+) -> None:
+    """Write ``segment``'s bytes to ``out``, at most ``_READ_SIZE`` at a time."""
+    left = segment.length
+    if segment.zeros:
         while left:
-            data = decoder.read(min(left, _READ_SIZE))
-            if not data:
-                raise ValidationError(
-                    f"the data at offset {segment.start} decompresses to "
-                    f"{segment.length - left} bytes, expected {segment.length}",
-                    field="size",
-                )
-            left -= len(data)
-            out.write(data)
-            if progress is not None:
-                progress.advance(nbytes=len(data))
-
-
-def _skip(decoder: Decoder, segment: Segment) -> None:
-    left = segment.skip
-    while left:
-        data = decoder.read(min(left, _READ_SIZE))
+            piece = min(left, _READ_SIZE)
+            out.write(memoryview(_ZEROS)[:piece])
+            left -= piece
+        if progress is not None:
+            progress.advance(nbytes=segment.length)
+        return
+    if reading.decoder is None or reading.start != segment.start:
+        reading.decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
+        reading.start, reading.position = segment.start, 0
+    decoder = reading.decoder
+    skip = segment.skip - reading.position
+    while skip:
+        data = decoder.read(min(skip, _READ_SIZE))
         if not data:
             raise ValidationError(
                 f"the data at offset {segment.start} ends before innerOffset {segment.skip}",
                 field="innerOffset",
             )
+        skip -= len(data)
+    while left:
+        data = decoder.read(min(left, _READ_SIZE))
+        if not data:
+            raise ValidationError(
+                f"the data at offset {segment.start} decompresses to "
+                f"{segment.length - left} bytes, expected {segment.length}",
+                field="size",
+            )
         left -= len(data)
+        out.write(data)
+        if progress is not None:
+            progress.advance(nbytes=len(data))
+    reading.position = segment.skip + segment.length
 
 
 def with_store_names(

@@ -11,6 +11,13 @@ its own in a gzip member whose offset the 51-byte footer gives::
 The footer's structure is checked byte by byte and it must decompress to
 nothing; the TOC's tar header and size are checked, and its decompression
 stops at ``limits.max_input_bytes``.
+
+Cost: the footer is a fixed 51-byte read; the TOC's tar header is one block
+and its declared size is checked against ``Limits.max_input_bytes`` before
+the JSON is inflated, 1 MiB at a time, never past that size.  File data: see
+:mod:`composefs_py.layers`: a gzip member that several files share through
+``innerOffset`` is inflated once, in order, and the files are served from
+that one pass.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class EstargzLayer(TocLayer):
 
     format = "estargz"
     decode_errors = (zlib.error,)
+    inner_offsets = True
 
     def _locate_toc(self, fd: int) -> None:
         self.toc_offset = _read_footer(fd, self.blob_size)

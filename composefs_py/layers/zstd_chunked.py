@@ -14,6 +14,14 @@ The footer is eight little-endian u64: TOC offset (of the payload, after the
 fields as ``"offset:compressedLen:uncompressedLen:type"``; containers/storage
 locates the TOC only through it.  Every field is checked against the blob
 before it is used, and the TOC's decompression stops at its declared size.
+
+Cost: the footer and frame header are fixed-size reads; the compressed TOC
+is read once (its length is checked against the blob first), and inflated
+1 MiB at a time up to its declared uncompressed length, itself at most
+``Limits.max_input_bytes`` (checked before inflating; a frame that gives
+more or less is refused).  The tar-split is not read.  File data: see
+:mod:`composefs_py.layers` (ranges bounded by the next entry's offset,
+``chunkType: "zeros"`` chunks read as holes).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ _NUMBER = r"(0|[1-9][0-9]{0,19})"
 _POSITION = re.compile(rf"{_NUMBER}:{_NUMBER}:{_NUMBER}:([0-9]{{1,3}})")
 #: Files up to this size may be decompressed in one call (``whole_content``).
 _WHOLE_MAX = 8 << 20
+_READ_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ class ZstdChunkedLayer(TocLayer):
 
     format = "zstd:chunked"
     use_end_offset = True
+    zero_chunks = True
     decode_errors = (zstandard.ZstdError,)
 
     def __init__(
@@ -133,9 +143,12 @@ class ZstdChunkedLayer(TocLayer):
         if size > _WHOLE_MAX or len(source.segments) != 1:
             return None
         segment = source.segments[0]
-        if segment.skip:
+        if segment.skip or segment.zeros:
             return None
-        raw = os.pread(fd, segment.end - segment.start, segment.start)
+        # One frame of ``size`` bytes is at most ZSTD_compressBound(size) long:
+        # read no more, whatever the range (the streaming path reads the rest).
+        bound = size + (size >> 8) + (((128 << 10) - size) >> 11 if size < 128 << 10 else 0)
+        raw = os.pread(fd, min(segment.end - segment.start, bound + 64), segment.start)
         try:
             declared = zstandard.frame_content_size(raw)
             if declared not in (-1, size):
@@ -219,7 +232,11 @@ def _check_position(
 
 
 def _decompress_toc(compressed: bytes, expected: int) -> bytes:
-    """Decompress one zstd frame, reading at most ``expected + 1`` bytes of output."""
+    """Decompress one zstd frame, reading at most ``expected + 1`` bytes of output.
+
+    The output comes 1 MiB at a time, whatever ``expected`` or the frame
+    header declare: memory follows what the frame really gives.
+    """
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(compressed), read_across_frames=False
@@ -227,7 +244,7 @@ def _decompress_toc(compressed: bytes, expected: int) -> bytes:
         parts: list[bytes] = []
         got = 0
         while got <= expected:
-            data = reader.read(expected + 1 - got)
+            data = reader.read(min(expected + 1 - got, _READ_SIZE))
             if not data:
                 break
             parts.append(data)

@@ -1,0 +1,225 @@
+"""What hostile layers cost the readers: time, memory, bytes read and written.
+
+Each family of hostile layer is made at two sizes, n and 2n (files,
+members, padding bytes, name lengths, declared sizes), and imported in a
+forked child with ``RLIMIT_AS`` and a timeout, which reports its CPU time,
+its peak RSS above what it held when it started, and the bytes it read and
+wrote (``/proc/self/io``: ``rchar``, ``wchar``).  A linear reader costs
+about twice as much for twice the input; a limit checked before the memory
+or the write it bounds makes the cost of a refused input independent of
+what lies beyond the limit.  Ratios only, never absolute times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zstandard
+from test_layers import (
+    make_estargz_with_inner_offsets,
+    rebuild_zstd_chunked,
+    skippable,
+    zstd_chunked_blob,
+)
+
+from composefs_py.errors import ValidationError
+from composefs_py.layers import open_layer
+from composefs_py.limits import Limits
+from composefs_py.objects import ObjectStore
+
+MiB = 1 << 20
+
+
+# -- measuring a child ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What one call cost in a child process."""
+
+    cpu: float  # seconds, user + system, all threads
+    peak: int  # bytes of peak RSS above the child's RSS when it started
+    read: int  # bytes read by read/pread (rchar)
+    written: int  # bytes written by write (wchar)
+    outcome: str  # "ok: ...", "refused: <ValidationError>", or what went wrong
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def _io() -> tuple[int, int]:
+    with open("/proc/self/io") as counters:
+        values = dict(line.split(": ") for line in counters.read().splitlines())
+    return int(values["rchar"]), int(values["wchar"])
+
+
+def _child(work: Callable[[], str], send: object, memory: int) -> None:
+    limit = _status("VmSize") + memory
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS
+    base = _status("VmRSS")
+    read0, written0 = _io()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        outcome = "ok: " + work()
+    except ValidationError as exc:
+        outcome = f"refused: {exc}"
+    except MemoryError:
+        outcome = "MemoryError"
+    except BaseException as exc:  # reported, the parent fails the test
+        outcome = f"{type(exc).__name__}: {exc}"[:500]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    read, written = _io()
+    cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
+    cost = Cost(cpu, _status("VmHWM") - base, read - read0, written - written0, outcome)
+    send.send(dataclasses.astuple(cost))  # type: ignore[attr-defined]
+
+
+def measure(work: Callable[[], str], *, memory: int = 1 << 30, timeout: float = 60) -> Cost:
+    """Run ``work`` in a forked child with ``memory`` bytes of address space to spare."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(work, send, memory))
+    started = time.monotonic()
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            child.kill()
+            return Cost(time.monotonic() - started, 0, 0, 0, f"timeout after {timeout} s")
+        try:
+            return Cost(*receive.recv())
+        except EOFError:
+            return Cost(0, 0, 0, 0, f"child died (exit {child.exitcode})")
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+def importer(path: Path, store: Path, limits: Limits | None = None) -> Callable[[], str]:
+    def work() -> str:
+        tree = open_layer(path, limits=limits).import_objects(
+            ObjectStore(store), progress=False, limits=limits
+        )
+        return f"{sum(1 for _ in tree)} nodes"
+
+    return work
+
+
+def assert_linear(small: Cost, big: Cost, *, what: str, slack: float = 1.4) -> None:
+    """``big`` (the input doubled) costs at most about twice ``small``."""
+    for name, floor in (("read", 1 << 16), ("written", 1 << 16), ("peak", 8 * MiB)):
+        a, b = getattr(small, name), getattr(big, name)
+        assert b <= 2 * slack * a + floor, f"{what}: {name} {a} -> {b} (ratio {b / max(a, 1):.1f})"
+    if big.cpu > 0.2:  # below that the ratio is mostly noise on a shared machine
+        assert big.cpu <= 2 * slack * small.cpu + 0.1, (
+            f"{what}: cpu {small.cpu:.3f} -> {big.cpu:.3f} s"
+        )
+
+
+def assert_flat(small: Cost, big: Cost, *, what: str) -> None:
+    """A refused input: what lies beyond the limit costs nothing (n and 2n alike)."""
+    for name, floor in (("read", 1 << 16), ("written", 1 << 16), ("peak", 8 * MiB)):
+        a, b = getattr(small, name), getattr(big, name)
+        assert b <= 1.25 * a + floor, f"{what}: {name} {a} -> {b} (ratio {b / max(a, 1):.1f})"
+
+
+# -- zstd:chunked: a file's range is bounded by the next entry ------------------
+
+
+def padded_files(count: int, padding: int, *, tail: int = 0) -> bytes:
+    """``count`` files without ``endOffset``, each followed by ``padding`` bytes
+    of skippable frame, and ``tail`` bytes of them after the last."""
+    compressor = zstandard.ZstdCompressor(level=1)
+    data = bytearray(compressor.compress(bytes(512)))
+    entries: list[dict[str, object]] = []
+    for index in range(count):
+        content = (f"file {index}\n" * 40).encode()
+        entries.append(
+            {
+                "type": "reg",
+                "name": f"f{index}",
+                "mode": 0o644,
+                "size": len(content),
+                "digest": "sha256:" + hashlib.sha256(content).hexdigest(),
+                "offset": len(data),
+            }
+        )
+        data += compressor.compress(content)
+        data += skippable(bytes(padding))
+    if tail:
+        data += skippable(bytes(tail))
+    return zstd_chunked_blob(bytes(data), entries)
+
+
+def test_zstd_chunked_without_end_offset_reads_each_range_once(tmp_path: Path) -> None:
+    costs = []
+    for count in (60, 120):
+        path = tmp_path / f"padded-{count}.blob"
+        path.write_bytes(padded_files(count, 64 << 10))
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}")))
+    small, big = costs
+    assert small.outcome.startswith("ok") and big.outcome.startswith("ok"), costs
+    assert_linear(small, big, what="files x padding")
+    assert big.read <= 2 * (tmp_path / "padded-120.blob").stat().st_size
+
+
+def test_zstd_chunked_padding_after_the_files_is_never_read(tmp_path: Path) -> None:
+    costs = []
+    for tail in (16 * MiB, 32 * MiB):
+        path = tmp_path / f"tail-{tail}.blob"
+        path.write_bytes(padded_files(100, 0, tail=tail))
+        costs.append(measure(importer(path, tmp_path / f"objects-{tail}")))
+    small, big = costs
+    assert small.outcome.startswith("ok") and big.outcome.startswith("ok"), costs
+    assert_flat(small, big, what="padding before the TOC")
+
+
+# -- eStargz: members shared through innerOffset are inflated once ----------------
+
+
+def test_estargz_shared_member_inflated_once(tmp_path: Path) -> None:
+    costs = []
+    for count in (300, 600):
+        path = tmp_path / f"shared-{count}.blob"
+        path.write_bytes(
+            make_estargz_with_inner_offsets(
+                {f"f{i}": (f"line {i}\n" * 100).encode() for i in range(count)}
+            )
+        )
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}")))
+    small, big = costs
+    assert (small.outcome, big.outcome) == ("ok: 301 nodes", "ok: 601 nodes"), costs
+    assert_linear(small, big, what="files in one member")
+
+
+# -- compressed TOCs: memory follows the data, not what a header declares ---------
+
+
+def test_zstd_chunked_toc_declared_length_allocates_nothing(tmp_path: Path) -> None:
+    toc = json.dumps({"version": 1, "entries": [{"type": "dir", "name": "d"}]}).encode()
+    blob = zstd_chunked_blob(zstandard.ZstdCompressor().compress(bytes(512)), [])
+    costs = []
+    for declared in (128 * MiB, 256 * MiB):
+        forged = rebuild_zstd_chunked(blob, toc, uncompressed_length=declared)
+        path = tmp_path / f"toc-{declared}.blob"
+        path.write_bytes(forged)
+        costs.append(measure(importer(path, tmp_path / "objects"), memory=200 * MiB))
+    small, big = costs
+    assert "decompresses to only" in small.outcome and "decompresses to only" in big.outcome, costs
+    assert_flat(small, big, what="declared TOC length")
