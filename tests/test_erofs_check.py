@@ -10,10 +10,14 @@ bugs themselves are in tests/test_fuzz_crashes.py.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -514,8 +518,8 @@ def _shared_directories_image(directories: int, links: int) -> bytes:
     return bytes(img.data)
 
 
-#: Measures read_image of the image at argv[1] in a child with RLIMIT_AS at
-#: argv[2] bytes: prints the outcome, peak RSS (KiB) and CPU seconds.
+#: read_image of the image at argv[1] in a child with RLIMIT_AS at argv[2]
+#: bytes: prints its outcome, peak RSS (KiB, VmHWM) and CPU seconds.
 _COST_CHILD = """
 import json, resource, sys, time
 limit = int(sys.argv[2])
@@ -531,18 +535,25 @@ except ValidationError as exc:
 except MemoryError:
     outcome = "MemoryError"
 cpu = time.process_time() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"outcome": outcome, "peak": peak, "cpu": cpu}))
+# VmHWM, not ru_maxrss: execve keeps the parent's ru_maxrss, not its VmHWM.
+status = open("/proc/self/status").read()
+peak = int(status.split("VmHWM:")[1].split()[0])
+print(json.dumps([outcome, peak, cpu]))
 """
 
 
-def _read_cost(image: bytes, tmp_path: Path, name: str) -> dict[str, object]:
-    """read_image of ``image`` in a child: its outcome, peak RSS (KiB), CPU seconds."""
-    import json
-    import subprocess
-    import sys
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cost:
+    """What read_image of one image cost a child process."""
 
-    path = tmp_path / name
+    outcome: str
+    peak_kib: int
+    cpu: float
+
+
+def _read_cost(image: bytes, tmp_path: Path) -> Cost:
+    """read_image of ``image`` in a child (3 GiB of address space, 60 s)."""
+    path = tmp_path / f"cost-{len(image)}.cfs"
     path.write_bytes(image)
     try:
         done = subprocess.run(
@@ -552,32 +563,81 @@ def _read_cost(image: bytes, tmp_path: Path, name: str) -> dict[str, object]:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"outcome": "timed out", "peak": 1 << 30, "cpu": 60.0}
+        return Cost("timed out", 3 << 20, 60.0)
     if done.returncode != 0:
-        return {
-            "outcome": f"exit {done.returncode}: {done.stderr[-300:]!r}",
-            "peak": 1 << 30,
-            "cpu": 0,
-        }
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+        return Cost(f"exit {done.returncode}: {done.stderr[-300:]!r}", 3 << 20, 0.0)
+    outcome, peak, cpu = json.loads(done.stdout)
+    return Cost(outcome, peak, cpu)
+
+
+def _growth(small: bytes, large: bytes, tmp_path: Path) -> tuple[float, float, str]:
+    """How much more memory and CPU read_image takes for ``large`` than ``small``.
+
+    Memory is counted above a child that reads a small valid image; both are
+    floored (8 MiB, 50 ms) so that noise does not make a ratio.
+    """
+    base = _read_cost(_base_image(), tmp_path)
+    one, two = _read_cost(small, tmp_path), _read_cost(large, tmp_path)
+    memory = [max(c.peak_kib - base.peak_kib, 8 << 10) for c in (one, two)]
+    cpu = [max(c.cpu, 0.05) for c in (one, two)]
+    report = f"image {len(small)} -> {len(large)} bytes: {one} -> {two} (base {base})"
+    assert one.outcome.startswith("refused") == two.outcome.startswith("refused"), report
+    return memory[1] / memory[0], cpu[1] / cpu[0], report
 
 
 @pytest.mark.parametrize("directories", [40])
 def test_directories_sharing_dirent_blocks_are_refused_at_linear_cost(
     directories: int, tmp_path: Path
 ) -> None:
-    # Twice the directories and twice the links: about twice the image, four
+    # Twice the directories and twice the links: under twice the image, four
     # times the entries the loader would build from it.
     small = _shared_directories_image(directories, 40 * directories)
     large = _shared_directories_image(2 * directories, 80 * directories)
-    assert len(large) < 2.5 * len(small)
-    base = _read_cost(_base_image(), tmp_path, "base.cfs")
-    costs = [_read_cost(image, tmp_path, f"{i}.cfs") for i, image in enumerate((small, large))]
-    floor = 8 << 10  # KiB: noise in a child that reads nothing much
-    grown = [max(int(str(c["peak"])) - int(str(base["peak"])), floor) for c in costs]
-    report = f"base {base}, n {costs[0]}, 2n {costs[1]}, image {len(small)} -> {len(large)} bytes"
+    assert len(large) < 2 * len(small)
+    memory, cpu, report = _growth(small, large, tmp_path)
     print(report)
-    assert grown[1] / grown[0] < 2.5, report
-    for cost in costs:
-        assert str(cost["outcome"]).startswith("refused (i_u.raw_blkaddr)"), report
+    assert memory < 2.5 and cpu < 2.5, report
+    with pytest.raises(ValidationError, match="each block is read once") as err:
+        check_image(large)
+    assert err.value.field == "i_u.raw_blkaddr"
+
+
+def _clustered_nids_image(files: int, buckets: int = 8) -> bytes:
+    """An image of ``files`` fifos whose nids fall in ``buckets`` residues mod 11.
+
+    libcomposefs's loader keeps the inodes it meets in a gnulib hash table
+    of 11 buckets (nid % 11) that grows only when 9 of them are in use: with
+    8, every lookup walks a chain of about ``files / 8`` inodes.  The
+    inodes (the root's whiteouts too) are copied to fresh slots past the
+    end, ``buckets`` slots out of every 11, and the dirents patched.
+    """
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    for i in range(files):
+        builder.add(b"/%06d" % i, Inode(mode=stat.S_IFIFO | 0o644))
+    img = Image(_write(builder.build(), 0))
+    base = -(-len(img.data) // 4096) * 128  # the next block, in slots
+    base += -base % 11
+    moved = [
+        (entry, nid) for name, (entry, nid) in img.dirents(img.root).items() if name.strip(b".")
+    ]
+    img.data.extend(bytes(32 * (base + 11 * (len(moved) // buckets + 1)) - len(img.data)))
+    for k, (entry, nid) in enumerate(sorted(moved)):
+        new = base + 11 * (k // buckets) + k % buckets
+        old = img.meta + 32 * nid
+        img.data[32 * new : 32 * new + 32] = img.data[old : old + 32]
+        img.put("<Q", entry, new)
+    assert img.root % 11 < buckets
+    return bytes(img.data)
+
+
+def test_inode_numbers_that_collide_in_the_loaders_table_are_refused(tmp_path: Path) -> None:
+    # The same inodes spread over all 11 residues read back as usual.
+    assert len(read_image(_clustered_nids_image(2000, buckets=11))) == 2001
+    small, large = _clustered_nids_image(20_000), _clustered_nids_image(40_000)
+    _memory, cpu, report = _growth(small, large, tmp_path)
+    print(report)
+    assert cpu < 2.5, report
+    with pytest.raises(ValidationError, match="collide in libcomposefs's inode table") as err:
+        check_image(small)
+    assert err.value.field == "nid"
