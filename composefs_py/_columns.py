@@ -601,17 +601,28 @@ def _resolve_links(
         # a hardlink row holds nothing of its own (C reads no data for it)
         if mode[row] != S_IFREG or data[row] is not None:
             return None
+    # Each row's final target, once known: a chain met again ends in one step,
+    # so resolving every chain is linear in the links, whatever their shape.
     for row, target in links.items():
-        seen = {row}
+        if row in found:
+            continue
+        walked = [row]
+        on_walk = {row}
         at = index.get(target)
         while at is not None and at in links:
-            if at in seen:
+            end = found.get(at)
+            if end is not None:
+                at = end
+                break
+            if at in on_walk:
                 return None  # a cycle
-            seen.add(at)
+            walked.append(at)
+            on_walk.add(at)
             at = index.get(links[at])
-        if at is None or at == row or mode[at] & S_IFMT == S_IFDIR:
+        if at is None or mode[at] & S_IFMT == S_IFDIR:
             return None
-        found[row] = at
+        for link in walked:
+            found[link] = at
     return found
 
 

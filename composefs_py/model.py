@@ -467,38 +467,57 @@ class TreeBuilder:
         return Tree(tuple(order), MappingProxyType(dict(nodes)), _BUILDER_KEY)
 
     def _resolve_hardlinks(self) -> None:
+        """Point every hardlink at the inode its chain ends at; count the links.
+
+        Linear in the number of hardlinks, whatever their shape: once a
+        chain is resolved, every link met on the way is rewritten to point at
+        the inode, so a later chain through any of them ends in one step (a
+        chain given from its start, or many links to one long chain, would
+        otherwise be walked again for each link: quadratic).
+        """
         nodes = self._nodes
         links: dict[bytes, int] = {}
-        for path, node in list(nodes.items()):
-            if not isinstance(node, Hardlink):
+        for path in list(nodes):
+            node = nodes[path]
+            if node.__class__ is not Hardlink:
                 continue
-            entry = self._entries.get(path)
-            seen = {path}
             target = node.target
-            while True:
-                found = nodes.get(target)
+            found = nodes.get(target)
+            if found.__class__ is not Inode:
+                # a chain (or a bad link): walk it once, then shorten it
+                walked = [path]
+                on_walk = {path}
+                while found.__class__ is Hardlink:
+                    if target in on_walk:
+                        raise ValidationError(
+                            "hardlinks form a cycle",
+                            entry=self._entries.get(path),
+                            path=path,
+                            field="linkName",
+                        )
+                    walked.append(target)
+                    on_walk.add(target)
+                    target = found.target
+                    found = nodes.get(target)
                 if found is None:
                     raise ValidationError(
                         f"hardlink target {target.decode('utf-8', 'backslashreplace')!r}"
                         " does not exist",
-                        entry=entry,
+                        entry=self._entries.get(path),
                         path=path,
                         field="linkName",
                     )
-                if isinstance(found, Inode):
-                    break
-                if target in seen:
-                    raise ValidationError(
-                        "hardlinks form a cycle", entry=entry, path=path, field="linkName"
-                    )
-                seen.add(target)
-                target = found.target
-            if found.mode & S_IFMT == S_IFDIR:
+                if len(walked) > 1 and found.mode & S_IFMT != S_IFDIR:  # type: ignore[union-attr]
+                    resolved = Hardlink(target)
+                    for link in walked:
+                        nodes[link] = resolved
+            if cast(Inode, found).mode & S_IFMT == S_IFDIR:
                 raise ValidationError(
-                    "hardlink to a directory", entry=entry, path=path, field="linkName"
+                    "hardlink to a directory",
+                    entry=self._entries.get(path),
+                    path=path,
+                    field="linkName",
                 )
-            if target != node.target:
-                nodes[path] = Hardlink(target)
             links[target] = links.get(target, 0) + 1
         if self._count_hardlinks:
             for target, count in links.items():

@@ -367,3 +367,80 @@ def test_a_moved_tree_is_the_same_tree(tree: Tree) -> None:
     with tempfile.TemporaryDirectory() as work:
         assert _image(again, os.path.join(work, "a")) == _image(tree, os.path.join(work, "b"))
     assert moved(tree) is tree  # a Tree of nodes stays as it is
+
+
+# ---------------------------------------------------------------------------
+# cost: hardlink chains resolve in linear time
+# ---------------------------------------------------------------------------
+
+
+def _link_columns(entries: list[tuple[bytes, Any]]) -> NodeColumns:
+    """NodeColumns of the root, then ``entries`` (an Inode or a Hardlink each)."""
+    from composefs_py._columns import EMPTY_FILE
+    from composefs_py.model import Hardlink, Inode
+
+    nodes = [(ROOT, Inode(stat.S_IFDIR | 0o755)), *entries]
+    links = {row: node.target for row, (_, node) in enumerate(nodes) if isinstance(node, Hardlink)}
+    inodes = [EMPTY_FILE if isinstance(node, Hardlink) else node for _, node in nodes]
+    return NodeColumns(
+        paths=[path for path, _ in nodes],
+        mode=[node.mode for node in inodes],
+        uid=[0] * len(nodes),
+        gid=[0] * len(nodes),
+        mtime=[0] * len(nodes),
+        mtime_nsec=[0] * len(nodes),
+        size=[0] * len(nodes),
+        data=[None] * len(nodes),
+        links=links,
+    )
+
+
+def _bulk_links(columns: NodeColumns) -> Tree:
+    tree = tree_from_columns(columns, count_hardlinks=True)
+    assert tree is not None
+    return tree
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_resolution_in_bulk_is_linear(shape: str) -> None:
+    from test_model import _link_shape
+
+    from tests.cost import growth
+
+    small, large, ratio = growth(_bulk_links, lambda n: _link_columns(_link_shape(shape, n)), 10000)
+    assert ratio < 8, f"{shape}: 10000 links {small:.3f} s, 40000 links {large:.3f} s"
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_shapes_in_bulk_give_the_builders_tree(shape: str) -> None:
+    from test_model import _link_shape
+
+    columns = _link_columns(_link_shape(shape, 60))
+    bulk = tree_from_columns(columns, count_hardlinks=True)
+    assert bulk is not None
+    tree = _builder_tree(columns, count_hardlinks=True)
+    assert isinstance(tree, Tree)
+    _same(bulk, tree)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        {b"/a": b"/b", b"/b": b"/a"},  # a cycle
+        {b"/a": b"/b", b"/b": b"/c", b"/c": b"/b"},  # a chain into a cycle
+        {b"/a": b"/f", b"/b": b"/a", b"/c": b"/b", b"/x": b"/c", b"/y": b"/x", b"/z": b"/z"},
+        {b"/a": b"/f", b"/b": b"/a", b"/c": b"/d"},  # to a directory, after a good chain
+        {b"/a": b"/f", b"/b": b"/a", b"/c": b"/gone"},
+    ],
+)
+def test_bad_chains_are_not_taken_in_bulk(targets: dict[bytes, bytes]) -> None:
+    from composefs_py.model import Hardlink, Inode
+
+    entries: list[tuple[bytes, Any]] = [
+        (b"/d", Inode(stat.S_IFDIR | 0o755)),
+        (b"/f", Inode(stat.S_IFREG)),
+        *((path, Hardlink(target)) for path, target in targets.items()),
+    ]
+    columns = _link_columns(entries)
+    assert tree_from_columns(columns) is None
+    assert isinstance(_builder_tree(columns), ValidationError)

@@ -837,3 +837,31 @@ def test_directory_sizes_match_what_libcomposefs_writes(
     sizes = {x.split(" ")[0]: int(x.split(" ")[1]) for x in ours.splitlines()}
     assert sizes["/empty"] == 27  # 12 + 1 + 12 + 2: "." and ".."
     assert sizes["/big"] > 4096
+
+
+# ---------------------------------------------------------------------------
+# cost: hardlink chains resolve in linear time
+# ---------------------------------------------------------------------------
+
+
+def _link_dump(shape: str, n: int) -> bytes:
+    """A dumpfile of one file ``/f`` and ``n`` hardlinks shaped as test_model's ``_link_shape``."""
+    from test_model import _link_shape
+
+    lines = [ROOT]
+    for path, node in _link_shape(shape, n):
+        if isinstance(node, Hardlink):
+            lines.append(b"%s 0 @100644 1 0 0 0 0.0 %s - -\n" % (path, node.target))
+        else:
+            lines.append(b"%s 0 100644 %d 0 0 0 0.0 - - -\n" % (path, n + 1))
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_chains_cost_linear_time(shape: str) -> None:
+    from tests.cost import growth
+
+    small, large, ratio = growth(parse_dumpfile, lambda n: _link_dump(shape, n), 10000)
+    assert ratio < 8, f"{shape}: 10000 links {small:.3f} s, 40000 links {large:.3f} s"
+    tree = parse_dumpfile(_link_dump(shape, 30))
+    assert all(node == Hardlink(b"/f") for _, node in tree if isinstance(node, Hardlink))

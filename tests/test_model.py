@@ -864,3 +864,79 @@ def test_a_tree_cannot_be_made_without_the_builder() -> None:
 
     with pytest.raises(TypeError):
         Tree((b"/",), MappingProxyType({b"/": Inode(DIR)}))
+
+
+# ---------------------------------------------------------------------------
+# cost: hardlink chains resolve in linear time
+# ---------------------------------------------------------------------------
+
+
+def _link_shape(shape: str, n: int) -> list[tuple[bytes, Node]]:
+    """``n`` hardlinks (and their one inode ``/f``) shaped as ``shape``.
+
+    ``chain``: l0 -> l1 -> ... -> f, in that order; ``reverse``: the same
+    chain, its end first; ``fan-in``: half the links in a chain, the other
+    half all to the chain's far end; ``comb``: a chain with a link to each
+    of its links.
+    """
+    name = [b"/l%d" % i for i in range(n)]
+    if shape == "chain":
+        return [(b"/f", Inode(REG)), *((name[i], Hardlink(name[i + 1])) for i in range(n - 1)),
+                (name[n - 1], Hardlink(b"/f"))]  # fmt: skip
+    if shape == "reverse":
+        return list(reversed(_link_shape("chain", n)))
+    half = n // 2
+    spine = _link_shape("chain", half)
+    if shape == "fan-in":
+        return [*spine, *((b"/m%d" % i, Hardlink(name[0])) for i in range(n - half))]
+    if shape == "comb":
+        return [*spine, *((b"/m%d" % i, Hardlink(name[i % half])) for i in range(n - half))]
+    raise AssertionError(shape)
+
+
+def _build_links(entries: list[tuple[bytes, Node]]) -> Tree:
+    builder = TreeBuilder(count_hardlinks=True)
+    builder.add(ROOT, Inode(DIR))
+    for index, (path, node) in enumerate(entries):
+        builder.add(path, node, entry=index)
+    return builder.build()
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_resolution_is_linear(shape: str) -> None:
+    from tests.cost import growth
+
+    small, large, ratio = growth(_build_links, lambda n: _link_shape(shape, n), 10000)
+    assert ratio < 8, f"{shape}: 10000 links {small:.3f} s, 40000 links {large:.3f} s"
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_shapes_resolve_to_their_inode(shape: str) -> None:
+    entries = _link_shape(shape, 50)
+    tree = _build_links(entries)
+    links = [path for path, node in entries if isinstance(node, Hardlink)]
+    assert all(tree[path] == Hardlink(b"/f") for path in links)
+    assert tree.inode(b"/f").nlink == 1 + len(links)
+    assert_tree_invariants(tree)
+
+
+def test_a_cycle_reached_through_a_resolved_chain_is_still_a_cycle() -> None:
+    # /a resolves first; /x -> /y -> /x is a cycle though /y also leads nowhere else
+    error = rejects(
+        (b"/f", Inode(REG)),
+        (b"/a", Hardlink(b"/f")),
+        (b"/b", Hardlink(b"/a")),
+        (b"/c", Hardlink(b"/x")),
+        (b"/x", Hardlink(b"/y")),
+        (b"/y", Hardlink(b"/x")),
+    )
+    assert (error.entry, error.path, error.field) == (3, "/c", "linkName")
+    assert "cycle" in error.reason
+
+
+def test_a_chain_to_a_directory_or_nowhere_names_the_first_link() -> None:
+    error = rejects((b"/d", Inode(DIR)), (b"/a", Hardlink(b"/b")), (b"/b", Hardlink(b"/d")))
+    assert (error.entry, error.path, error.reason) == (1, "/a", "hardlink to a directory")
+    error = rejects((b"/a", Hardlink(b"/b")), (b"/b", Hardlink(b"/gone")))
+    assert (error.entry, error.path) == (0, "/a")
+    assert "'/gone' does not exist" in error.reason

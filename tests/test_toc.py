@@ -1513,3 +1513,50 @@ def test_typed_path_key_count_sees_through_escapes() -> None:
     assert json.loads(raw)["entries"][0]["name"] == 'a\\"b\\'
     assert toc_module._key_count(raw) == 6
     assert _fast(raw) == _reference(raw)
+
+
+# ---------------------------------------------------------------------------
+# cost: hardlink chains resolve in linear time, on every path
+# ---------------------------------------------------------------------------
+
+
+def _link_toc(shape: str, n: int) -> bytes:
+    """A TOC of one file ``f`` and ``n`` hardlinks shaped as test_model's ``_link_shape``."""
+    from test_model import _link_shape
+
+    entries = []
+    for path, node in _link_shape(shape, n):
+        name = path[1:].decode()
+        if isinstance(node, Hardlink):
+            entries.append({"type": "hardlink", "name": name, "linkName": node.target[1:].decode()})
+        else:
+            entries.append(reg(name))
+    return toc(*entries)
+
+
+def _parse_links(data: bytes) -> Tree:
+    return parse_toc(data)
+
+
+def _parse_links_walker(data: bytes) -> Tree:
+    return parse_toc(data, collect=True)
+
+
+@pytest.mark.parametrize("walker", [False, True], ids=["bulk", "walker"])
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_chains_cost_linear_time(shape: str, walker: bool) -> None:
+    from tests.cost import growth
+
+    work = _parse_links_walker if walker else _parse_links
+    small, large, ratio = growth(work, lambda n: _link_toc(shape, n), 5000)
+    assert ratio < 8, f"{shape}: 5000 links {small:.3f} s, 20000 links {large:.3f} s"
+
+
+@pytest.mark.parametrize("shape", ["chain", "reverse", "fan-in", "comb"])
+def test_hardlink_chains_resolve_alike_on_every_path(shape: str) -> None:
+    data = _link_toc(shape, 40)
+    bulk = parse_toc(data)
+    assert bulk._table is not None  # the bulk path took it
+    walked = parse_toc(data, collect=True)
+    assert bulk == walked
+    assert walked.inode(b"/f").nlink == 41
