@@ -40,8 +40,52 @@ copies it with ``strndup(value + 1, size + 1)``); that is safe only for a
 buffer followed by a NUL byte, which is why ``_native.read_image`` hands it a
 ``bytes`` object (CPython keeps a NUL after the last byte).
 
-The work is bounded: each inode is parsed once, each directory block once,
-no recursion; the cost is linear in the size of the reachable metadata.
+Cost model (DESIGN rule 7).  An image is a compact form of a tree: a block
+listed by two directories, or an inode read inside another, would make the
+loader build more than the image holds (40 directories sharing 1600
+hardlinks, 49 KB, became 64k nodes; twice that, 254k).  So the check, and
+through it the loader, does work linear in the image's size:
+
+* Each byte is read once.  A bitmap of the image (one mark per 4 bytes,
+  ``len(data) / 4`` bytes of memory) is marked for the header and
+  superblock, for each inode with its xattr area and inline tail *before*
+  they are parsed, for each data block range of a directory, symlink or
+  inline file *before* its dirents are read, and for each shared xattr
+  entry the first time an index names it.  A second mark is refused
+  (``nid``, ``i_u.raw_blkaddr``, ``xattr``): no dirent block, inode or
+  xattr is parsed twice, so entries, inodes and xattrs are each at most
+  ``len(data) / 12``; a directory is entered once (no cycle, no hardlinked
+  directory), a whiteout once.  A hardlink (an entry naming a known
+  non-directory inode) costs its dirent only, but is counted as an entry.
+* Totals are checked as the walk meets them, all before
+  ``lcfs_load_node_from_image`` runs, against the ``Limits`` ``read_image``
+  passes (``Limits().for_images()``): entries, the root included, against
+  ``max_entries`` (field ``entries``); each path's length against
+  ``max_path_bytes`` (``path``), their sum against ``max_total_path_bytes``
+  (``path_bytes``: ``read_image`` makes every path a Tree key); nesting
+  against ``max_depth`` (``depth``: the loader recurses once per level,
+  on ``writer.read_image``'s 64 MiB thread or the sandbox child's raised
+  stack); per inode, the xattr space as libcomposefs accounts it against
+  ``max_xattr_space`` (``xattr``) and a redirect payload against
+  ``max_path_bytes`` (``xattr``); and the bytes the loaded tree holds -- path
+  bytes plus, per inode, its stored xattrs (a shared xattr counted for every
+  inode that holds it: one entry may be named by all), payload, symlink
+  target and content -- against ``max_input_bytes`` (``tree_bytes``), the
+  bound of an input document describing the same tree.
+* The loader's inode table (gnulib hash, ``nid % buckets``, grows only when
+  80% of its buckets are in use) is replayed in the loader's order: nids
+  that crowd a few buckets would make every lookup walk all of them
+  (quadratic); more than 16 chain entries per lookup is refused (``nid``).
+* What stays in the loader is then linear: children arrive sorted (checked
+  here), so lcfs_node_add_child appends after a binary search; the xattrs
+  of one inode are matched by name against those before them (quadratic in
+  their number, which ``max_xattr_space`` bounds: at most about 2,500,
+  since each takes at least 13 bytes).
+* The check itself: each inode, dirent, xattr entry and block once (names
+  sliced once, the sorted-order test compares neighbours), a path built
+  only for a directory (the stack) or a reported error, and the replay's
+  arrays of nids (8 bytes an entry); no recursion.
+
 Chunk indexes (which the loader never reads) and the xattr name filter are
 not checked.
 """
@@ -497,8 +541,9 @@ class _Checker:
             )
         if not self.claim(start, start + length):
             raise _Bad(
-                f": {length} data bytes from block {blkaddr} are also another "
-                "inode's data or metadata (each block is read once)",
+                f": {length} data bytes from block {blkaddr} overlap bytes "
+                "already read: another inode's data, an inode or the superblock "
+                "(each block is read once)",
                 "i_u.raw_blkaddr",
             )
         return start

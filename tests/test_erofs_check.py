@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ from composefs_py._erofs import check_image
 from composefs_py.dumpfile import parse_dumpfile
 from composefs_py.errors import ValidationError
 from composefs_py.layers import open_layer
+from composefs_py.limits import Limits
 from composefs_py.model import ROOT, Hardlink, Inode, Tree, TreeBuilder, name_of, parent_of
 from composefs_py.writer import read_image, write_image
 
@@ -138,6 +140,9 @@ def test_images_of_any_tree_are_accepted(tree: Tree, version: int) -> None:
     assert summary.entries == _entries(tree)
     dirs = sum(1 for _, node in tree if isinstance(node, Inode) and node.is_dir)
     assert summary.directories == dirs
+    # Every path as the Tree keys it, and the root's whiteouts libcomposefs adds.
+    paths = sum(len(path) for path in tree.paths if path != ROOT)
+    assert summary.path_bytes == paths + 3 * (summary.entries - len(tree) + 1)
 
 
 def test_base_image_is_accepted_and_read() -> None:
@@ -362,7 +367,38 @@ HOSTILE: dict[str, tuple[Patch, str]] = {
         lambda i: i.put("<H", _inode_of(i, b"/p") + 2, 0xFFFF),
         "i_xattr_icount",
     ),
+    "name longer than 255 bytes": (
+        lambda i: i.put("<H", _second_dirent(i, b"/many") + 8, _nameoff(i, b"/many") + 300),
+        "dirent.nameoff",
+    ),
+    # Each byte is read once: nothing the loader builds from an image is more
+    # than linear in its size (every entry of a shared block, every inode
+    # inside another, once per reader: directories x entries nodes).
+    "directory block over the inode table": (
+        lambda i: i.put("<I", _inode_of(i, b"/many") + 16, 0),
+        "i_u.raw_blkaddr",
+    ),
+    "directory reads the root's blocks": (
+        lambda i: i.put("<I", _inode_of(i, b"/many") + 16, _blkaddr(i, b"/")),
+        "i_u.raw_blkaddr",
+    ),
 }
+
+
+def _blkaddr(img: Image, path: bytes) -> int:
+    (blkaddr,) = struct.unpack_from("<I", img.data, _inode_of(img, path) + 16)
+    return int(blkaddr)
+
+
+def _second_dirent(img: Image, path: bytes) -> int:
+    """Offset of the second dirent of directory ``path``'s first block."""
+    return img.blocks(img.nid(path))[0][0] + 12
+
+
+def _nameoff(img: Image, path: bytes) -> int:
+    """nameoff of the first dirent of directory ``path``'s first block."""
+    (nameoff,) = struct.unpack_from("<H", img.data, img.blocks(img.nid(path))[0][0] + 8)
+    return int(nameoff)
 
 
 def _name_at(img: Image, path: bytes) -> int:
@@ -641,3 +677,82 @@ def test_inode_numbers_that_collide_in_the_loaders_table_are_refused(tmp_path: P
     with pytest.raises(ValidationError, match="collide in libcomposefs's inode table") as err:
         check_image(small)
     assert err.value.field == "nid"
+
+
+def test_an_inode_inside_a_files_content_is_refused() -> None:
+    # /blob's content block holds a well-formed fifo inode and /p's entry
+    # names it: the same bytes would be read as data and as an inode.
+    text = (
+        "/ 4096 40755 2 0 0 0 0.0 - - -\n"
+        f"/blob 4200 100644 1 0 0 0 0.0 - {'c' * 4200} -\n"
+        "/p 0 10644 1 0 0 0 0.0 - - -\n"
+    )
+    img = Image(_write(parse_dumpfile(text), 1))
+    block = _blkaddr(img, b"/blob") * 4096
+    img.data[block : block + 32] = img.data[_inode_of(img, b"/p") : _inode_of(img, b"/p") + 32]
+    check_image(bytes(img.data))  # still /p's own inode: fine
+    img.put("<Q", _dirent(img, b"/p"), (block - img.meta) // 32)
+    with pytest.raises(ValidationError, match="overlap another inode or data") as err:
+        check_image(bytes(img.data))
+    assert (err.value.field, err.value.path) == ("nid", "/p")
+
+
+def _deep_image(levels: int) -> bytes:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    for depth in range(1, levels + 1):
+        builder.add(b"/d" * depth, Inode(mode=stat.S_IFDIR | 0o755))
+    return _write(builder.build(), 0)
+
+
+#: Limits.field -> (value, the field check_image names): every total is
+#: checked as the walk meets it, before libcomposefs loads a byte.
+LIMITED = {
+    "max_entries": (100, "entries"),
+    "max_path_bytes": (20, "path"),
+    "max_total_path_bytes": (100, "path_bytes"),
+    "max_input_bytes": (100, "tree_bytes"),
+    "max_depth": (11, "depth"),
+}
+
+
+@pytest.mark.parametrize("limit", sorted(LIMITED))
+def test_the_limits_bound_what_the_loader_would_build(limit: str) -> None:
+    image = _deep_image(12)
+    summary = check_image(image)
+    assert (summary.entries, summary.path_bytes, summary.depth) == (12 + 256, 156 + 3 * 256, 12)
+    value, field = LIMITED[limit]
+    changes: dict[str, Any] = {limit: value}
+    limits = dataclasses.replace(Limits().for_images(), **changes)
+    with pytest.raises(ValidationError, match="not a valid composefs image") as err:
+        check_image(image, limits=limits)
+    assert err.value.field == field, str(err.value)
+
+
+def test_xattr_space_and_payload_length_are_limited_before_loading() -> None:
+    image = _base_image()
+    small = dataclasses.replace(Limits().for_images(), max_xattr_space=100)
+    with pytest.raises(ValidationError, match="xattrs take more than 100 bytes") as err:
+        check_image(image, limits=small)
+    assert (err.value.field, err.value.path) == ("xattr", "/long")
+    # /f's payload is ab/ and 62 hex digits, stored as a redirect /ab/...
+    short = dataclasses.replace(Limits().for_images(), max_path_bytes=60)
+    with pytest.raises(ValidationError, match=r"a payload \(overlay redirect\) of 66 bytes") as err:
+        check_image(image, limits=short)
+    assert (err.value.field, err.value.path) == ("xattr", "/f")
+
+
+def test_a_shared_xattr_counts_for_every_inode_that_holds_it() -> None:
+    # One 30,000-byte value stored once, held by 64 inodes: the tree the
+    # loader builds holds it 64 times, and max_input_bytes bounds that.
+    value = "v" * 30_000
+    lines = ["/ 4096 40755 2 0 0 0 0.0 - - -"]
+    lines += [f"/f{i:02d} 0 100644 1 0 0 0 0.0 - - - user.big={value}" for i in range(64)]
+    image = _write(parse_dumpfile("\n".join(lines) + "\n"), 0)
+    assert len(image) < 64 * 1024
+    summary = check_image(image)
+    assert summary.tree_bytes > 64 * 30_000
+    limits = dataclasses.replace(Limits().for_images(), max_input_bytes=32 * 30_000)
+    with pytest.raises(ValidationError, match="holds more than 960000 bytes") as err:
+        check_image(image, limits=limits)
+    assert err.value.field == "tree_bytes"
