@@ -262,38 +262,26 @@ class _NidTable:
     chain entries the loader would walk.
     """
 
-    __slots__ = ("buckets", "counts", "used", "nids", "steps", "lookups")
+    __slots__ = ("buckets", "counts", "used", "grow_above", "nids")
 
     def __init__(self) -> None:
         self.buckets = _bucket_size(0)
         self.counts = [0] * self.buckets
         self.used = 0
+        self.grow_above = _f32(_GROWTH_THRESHOLD * self.buckets)
         self.nids = array("Q")
-        self.steps = 0
-        self.lookups = 0
 
-    def meet(self, nid: int, new: bool) -> None:
-        """hash_lookup of ``nid``, then hash_insert if ``new``."""
-        walked = self.counts[nid % self.buckets]
-        self.lookups += 1
-        self.steps += walked
-        if not new:
-            return
-        self.steps += walked  # hash_insert looks it up again
-        if self.used > _f32(_GROWTH_THRESHOLD * self.buckets):
-            candidate = int(_f32(_f32(self.buckets * _GROWTH_FACTOR) * _GROWTH_THRESHOLD))
-            size = _bucket_size(candidate)
-            if size != self.buckets:
-                counts = [0] * size
-                for known in self.nids:
-                    counts[known % size] += 1
-                self.buckets, self.counts = size, counts
-                self.used = size - counts.count(0)
-        bucket = nid % self.buckets
-        if not self.counts[bucket]:
-            self.used += 1
-        self.counts[bucket] += 1
-        self.nids.append(nid)
+    def grow(self) -> None:
+        """hash_insert's rehash, once more than 80% of the buckets are in use."""
+        candidate = int(_f32(_f32(self.buckets * _GROWTH_FACTOR) * _GROWTH_THRESHOLD))
+        size = _bucket_size(candidate)
+        if size != self.buckets:
+            counts = [0] * size
+            for known in self.nids:
+                counts[known % size] += 1
+            self.buckets, self.counts = size, counts
+            self.used = size - counts.count(0)
+            self.grow_above = _f32(_GROWTH_THRESHOLD * size)
 
 
 class _Bad(Exception):
@@ -326,6 +314,7 @@ class _Checker:
         "meta_start",
         "xattr_start",
         "limits",
+        "xattr_space",
         "max_depth",
         "used",
         "path_bytes",
@@ -347,6 +336,7 @@ class _Checker:
         self.data = data
         self.size = len(data)
         self.limits = limits
+        self.xattr_space = min(_XATTR_SPACE_MAX, limits.max_xattr_space)
         self.max_depth = max_depth
         self.meta_start = 0
         self.xattr_start = 0
@@ -626,7 +616,7 @@ class _Checker:
             space += cost_regular if regular else cost_other
         # lcfs_node_set_xattr_internal's accounting of what it stores, bounded
         # by what the loader accepts and by what the Tree may hold.
-        limit = min(_XATTR_SPACE_MAX, self.limits.max_xattr_space)
+        limit = self.xattr_space
         if space > limit:
             raise _Bad(f": xattrs take more than {limit} bytes", "xattr")
         return (space if space > _XATTR_HEADER_SIZE else 0) + payload
@@ -734,7 +724,12 @@ class _Checker:
         if tail:
             blocks.append((tail_start, tail))
         subdirs: list[tuple[int, bytes, tuple[int, int, int, int, int]]] = []
-        first = len(self.order)
+        order = self.order
+        first = len(order)
+        # Each entry's path is this directory's, a slash and its name.
+        base = (len(path) if path != b"/" else 0) + 1
+        longest = self.limits.max_path_bytes - base
+        names = 0
         previous = b""
         dots = 0
         for block_start, block_size in blocks:
@@ -756,9 +751,15 @@ class _Checker:
                         )
                     dots += 1
                     continue
-                self.entries += 1
-                self.count(path, name)
-                self.order.append(child)
+                if len(name) > longest:
+                    raise _fail(
+                        f"a path of {base + len(name)} bytes, longer than "
+                        f"{self.limits.max_path_bytes}",
+                        "path",
+                        _join(path, name),
+                    )
+                names += len(name)
+                order.append(child)
                 known = self.inodes.get(child)
                 if known is not None:
                     if known == stat.S_IFDIR:
@@ -794,7 +795,9 @@ class _Checker:
                     )
         if dots != 2:
             raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
-        self.spans[nid] = (first, len(self.order))
+        entries = len(order) - first
+        self.count(path, entries, entries * base + names)
+        self.spans[nid] = (first, len(order))
         return subdirs
 
     def replay(self, root_nid: int) -> None:
@@ -804,7 +807,11 @@ class _Checker:
         order, a new directory's entries before its next sibling.
         """
         table = _NidTable()
-        table.meet(root_nid, True)
+        nids = table.nids
+        buckets, counts = table.buckets, table.counts
+        counts[root_nid % buckets] = table.used = 1
+        nids.append(root_nid)
+        lookups, steps = 1, 0
         met = {root_nid}
         order, spans = self.order, self.spans
         stack = [spans[root_nid]]
@@ -813,55 +820,62 @@ class _Checker:
             while pos < end:
                 nid = order[pos]
                 pos += 1
-                new = nid not in met
-                table.meet(nid, new)
-                if new:
-                    met.add(nid)
-                    span = spans.get(nid)
-                    if span is not None:
-                        stack.append((pos, end))
-                        stack.append(span)
-                        break
-        budget = _CHAIN_STEPS_PER_LOOKUP * table.lookups + _CHAIN_STEPS_SLACK
-        if table.steps > budget:
+                # hash_lookup walks the chain; a new inode's hash_insert
+                # walks it again (and may grow the table first).
+                walked = counts[nid % buckets]
+                lookups += 1
+                if nid in met:
+                    steps += walked
+                    continue
+                steps += 2 * walked
+                met.add(nid)
+                if table.used > table.grow_above:
+                    table.grow()
+                    buckets, counts = table.buckets, table.counts
+                bucket = nid % buckets
+                if not counts[bucket]:
+                    table.used += 1
+                counts[bucket] += 1
+                nids.append(nid)
+                span = spans.get(nid)
+                if span is not None:
+                    stack.append((pos, end))
+                    stack.append(span)
+                    break
+        budget = _CHAIN_STEPS_PER_LOOKUP * lookups + _CHAIN_STEPS_SLACK
+        if steps > budget:
             raise _fail(
                 f"its inode numbers collide in libcomposefs's inode table: "
-                f"{table.steps} chain entries walked for {table.lookups} lookups "
+                f"{steps} chain entries walked for {lookups} lookups "
                 f"(at most {budget})",
                 "nid",
             )
 
-    def count(self, path: bytes, name: bytes) -> None:
-        """Count entry ``name`` of directory ``path`` against the limits.
+    def count(self, path: bytes, entries: int, path_bytes: int) -> None:
+        """Count directory ``path``'s ``entries`` and their ``path_bytes`` against the limits.
 
         Every entry becomes a node of the loaded tree (a hardlink too), and
-        its path a key of the Tree: entries, each path's length, their sum
-        and the tree's bytes are checked here, as the entry is met.
+        its path a key of the Tree; each path's length was checked as it was
+        met, the totals are checked here, once per directory.
         """
         limits = self.limits
+        self.entries += entries
+        self.path_bytes += path_bytes
+        self.tree_bytes += path_bytes
         if self.entries >= limits.max_entries:  # the root is one more
-            raise _fail(f"more than {limits.max_entries} entries", "entries", _join(path, name))
-        length = (len(path) if path != b"/" else 0) + 1 + len(name)
-        if length > limits.max_path_bytes:
-            raise _fail(
-                f"a path of {length} bytes, longer than {limits.max_path_bytes}",
-                "path",
-                _join(path, name),
-            )
-        self.path_bytes += length
-        self.tree_bytes += length
+            raise _fail(f"more than {limits.max_entries} entries", "entries", path)
         if self.path_bytes > limits.max_total_path_bytes:
             raise _fail(
                 f"paths add up to more than {limits.max_total_path_bytes} bytes",
                 "path_bytes",
-                _join(path, name),
+                path,
             )
         if self.tree_bytes > limits.max_input_bytes:
             raise _fail(
                 f"the tree it stands for holds more than {limits.max_input_bytes} bytes "
                 "(paths, xattrs, payloads, targets, contents)",
                 "tree_bytes",
-                _join(path, name),
+                path,
             )
 
     def dirents(self, start: int, size: int, nid: int, path: bytes) -> list[tuple[int, bytes, int]]:
