@@ -38,6 +38,26 @@ with the verity feature, btrfs; a kernel with ``CONFIG_FS_VERITY``): the
 constructor tries it on a scratch file and raises
 :class:`~composefs_py.errors.LibraryError` saying what is missing, before
 any object is written.
+
+Confinement: the store's folder is opened once (``O_DIRECTORY``) and every
+step below it goes through that fd (:class:`ObjectDir`): a fan-out folder
+``ab`` is opened with ``openat(O_DIRECTORY | O_NOFOLLOW)`` (or made with
+``mkdirat``) and its fd kept, temporary files are made with
+``openat(O_CREAT | O_EXCL | O_NOFOLLOW)`` in the root, objects are published
+with ``renameat`` between those fds, looked up with ``fstatat(...,
+AT_SYMLINK_NOFOLLOW)`` and read with ``openat(O_NOFOLLOW | O_NONBLOCK)``.
+Only digest-shaped names (``ab/`` + 62 lowercase hex) are ever looked up.
+A fan-out folder or an object name that is a symbolic link, or anything but
+a folder or a regular file, raises :class:`~composefs_py.errors.LibraryError`
+naming it: nothing planted in the store can make it open, write or create a
+file outside.
+
+Cost: the store reads no untrusted structure (its inputs are contents and
+digests), so no ``Limits`` field applies here; an object costs one pass of
+hashing over its bytes (what the caller streams in), a temporary file, and
+a constant number of system calls to publish it.  Fan-out folder fds are
+opened once per store (at most 256) and kept until :meth:`ObjectStore.close`.
+A batch's bookkeeping is one entry per staged object.
 """
 
 from __future__ import annotations
@@ -49,6 +69,7 @@ import functools
 import hashlib
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -59,7 +80,7 @@ from typing import BinaryIO, Literal, cast
 from .errors import LibraryError, ValidationError
 from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
 
-__all__ = ["Naming", "ObjectStore", "ObjectWriter", "payload_for_hex"]
+__all__ = ["Naming", "ObjectDir", "ObjectStore", "ObjectWriter", "payload_for_hex"]
 
 Naming = Literal["sha256", "fsverity"]
 
@@ -68,6 +89,10 @@ _PAYLOAD = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}")
 _TMP_PREFIX = ".tmp-"
 _COPY_SIZE = 1 << 20
 _OBJECT_MODE = 0o644
+# A fan-out folder: never through a link, never anything but a folder.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# An object read: never through a link, never blocking on a FIFO or device.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def payload_for_hex(hexdigest: str | bytes) -> bytes:
@@ -107,6 +132,171 @@ def _expected_hex(expected: str | bytes | None) -> str | None:
     return text
 
 
+class ObjectDir:
+    """An object store's folder opened once; everything below it is reached
+    relative to that fd and never through a symbolic link.
+
+    :class:`ObjectStore` keeps one to read and write; :func:`~composefs_py.mount.mount`
+    opens one per object folder for its verity checks (reading only).  The
+    folder itself is the caller's (it may be a link); a fan-out folder is
+    opened ``O_DIRECTORY | O_NOFOLLOW`` and its fd kept until :meth:`close`;
+    an object is looked up with ``fstatat(AT_SYMLINK_NOFOLLOW)`` and opened
+    ``O_NOFOLLOW | O_NONBLOCK``.  A fan-out folder that is not a folder or an
+    object that is not a regular file raises LibraryError naming it.
+    """
+
+    __slots__ = ("_fan_out", "_lock", "_retired", "fd", "path")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fan_out: dict[str, int] = {}
+        self._retired: list[int] = []
+        self._lock = threading.Lock()
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Close the folder's fd and every fan-out folder fd (idempotent)."""
+        fds = [*self._fan_out.values(), *self._retired]
+        self._fan_out.clear()
+        self._retired.clear()
+        fd, self.fd = getattr(self, "fd", -1), -1
+        if fd >= 0:
+            fds.append(fd)
+        for each in fds:
+            with contextlib.suppress(OSError):
+                os.close(each)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.close()
+
+    def __enter__(self) -> ObjectDir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def refusal(self, name: str, st_mode: int | None, code: int) -> LibraryError:
+        """The error for ``name`` (relative to the folder) that is not what it should be."""
+        if st_mode is None or stat.S_ISLNK(st_mode):
+            what = "a symbolic link (or not a folder)" if st_mode is None else "a symbolic link"
+        elif stat.S_ISDIR(st_mode):
+            what = "a folder"
+        elif stat.S_ISFIFO(st_mode):
+            what = "a FIFO"
+        elif stat.S_ISCHR(st_mode) or stat.S_ISBLK(st_mode):
+            what = "a device"
+        elif stat.S_ISSOCK(st_mode):
+            what = "a socket"
+        else:
+            what = "not a regular file"
+        return LibraryError(
+            code,
+            f"object store {self.path}: {name} is {what}: only folders and regular files "
+            "belong there, and the store follows no link",
+        )
+
+    def fan_out(self, prefix: str) -> int | None:
+        """The fd of fan-out folder ``prefix``; None if there is none."""
+        fd = self._fan_out.get(prefix)
+        if fd is None:
+            fd, _created = self._open_fan_out(prefix, create=False)
+        return fd
+
+    def make_fan_out(self, prefix: str) -> tuple[int, bool]:
+        """The fd of fan-out folder ``prefix``, made if missing; and whether this made it."""
+        fd = self._fan_out.get(prefix)
+        if fd is not None:
+            return fd, False
+        made, created = self._open_fan_out(prefix, create=True)
+        assert made is not None  # create=True: made or raised
+        return made, created
+
+    def forget_fan_out(self, prefix: str, fd: int) -> None:
+        """Drop a fan-out folder fd (its folder was removed behind the store's back).
+
+        The fd stays open until :meth:`close`: another thread may be using it."""
+        with self._lock:
+            if self._fan_out.get(prefix) == fd:
+                del self._fan_out[prefix]
+                self._retired.append(fd)
+
+    def _open_fan_out(self, prefix: str, *, create: bool) -> tuple[int | None, bool]:
+        with self._lock:
+            fd = self._fan_out.get(prefix)
+            if fd is not None:
+                return fd, False
+            created = False
+            try:
+                try:
+                    fd = os.open(prefix, _DIR_FLAGS, dir_fd=self.fd)
+                except FileNotFoundError:
+                    if not create:
+                        return None, False
+                    try:
+                        os.mkdir(prefix, 0o755, dir_fd=self.fd)
+                        created = True
+                    except FileExistsError:
+                        pass
+                    fd = os.open(prefix, _DIR_FLAGS, dir_fd=self.fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise self.refusal(prefix, self._lstat_mode(prefix), exc.errno) from None
+                raise
+            self._fan_out[prefix] = fd
+            return fd, created
+
+    def _lstat_mode(self, name: str, dir_fd: int | None = None) -> int | None:
+        try:
+            return os.stat(
+                name, dir_fd=self.fd if dir_fd is None else dir_fd, follow_symlinks=False
+            ).st_mode
+        except OSError:
+            return None
+
+    def has(self, hexdigest: str) -> bool:
+        """Whether object ``hexdigest`` (checked hex) exists: a regular file, else an error."""
+        fan = self.fan_out(hexdigest[:2])
+        if fan is None:
+            return False
+        try:
+            mode = os.stat(hexdigest[2:], dir_fd=fan, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(mode):
+            raise self.refusal(f"{hexdigest[:2]}/{hexdigest[2:]}", mode, errno.EINVAL)
+        return True
+
+    def open_object(self, payload: bytes | str) -> int | None:
+        """Open object ``payload`` (``ab/`` + 62 hex, else ValidationError) read-only.
+
+        Returns None if it is not there; raises LibraryError if it (or its
+        fan-out folder) is a link or not a regular file: it is looked up with
+        ``fstatat(AT_SYMLINK_NOFOLLOW)`` first (a FIFO or device is never
+        opened), opened ``O_NOFOLLOW | O_NONBLOCK`` and checked again.
+        """
+        hexdigest = _hex_of(payload)
+        name = f"{hexdigest[:2]}/{hexdigest[2:]}"
+        if not self.has(hexdigest):
+            return None
+        fan = self.fan_out(hexdigest[:2])
+        if fan is None:  # removed since
+            return None
+        try:
+            fd = os.open(hexdigest[2:], _READ_FLAGS, dir_fd=fan)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self.refusal(name, stat.S_IFLNK, exc.errno) from None
+            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise self.refusal(name, mode, errno.EINVAL)
+        return fd
+
+
 class ObjectStore:
     """A directory of content-addressed objects, ``root/ab/cdef...``.
 
@@ -118,17 +308,18 @@ class ObjectStore:
     the module docstring; implies ``fsverity``); raises LibraryError here when
     the store's file system or the kernel cannot.  ``durable=False`` skips
     every fsync and sync; a crash may then leave damaged objects behind,
-    which :meth:`verify` finds.  The root is created if missing.
+    which :meth:`verify` finds.  The root is created if missing, then opened
+    once: the store keeps that fd (and one per fan-out folder) until
+    :meth:`close` (or until it is garbage collected); it is a context manager.
     """
 
     __slots__ = (
-        "_dirs",
+        "_dir",
         "_enable_verity",
         "_fsverity",
         "_lock",
         "_naming",
         "_root",
-        "_root_str",
         "_staged",
         "_tmp_count",
         "_verity_digests",
@@ -149,6 +340,7 @@ class ObjectStore:
             raise ValueError(f"naming must be 'sha256' or 'fsverity', got {naming!r}")
         self._root = Path(root)
         self._root.mkdir(parents=True, exist_ok=True)
+        self._dir = ObjectDir(self._root)
         self._naming: Naming = naming
         self._fsverity = fsverity or enable_verity or naming == "fsverity"
         self._enable_verity = enable_verity
@@ -156,9 +348,8 @@ class ObjectStore:
         # In a batch: objects to enable fs-verity on once published, and
         # the digest each must measure.
         self._verity_pending: dict[bytes, bytes] = {}
-        self._root_str = os.fspath(self._root)
+        # In a batch: payload -> temporary file name (in the root).
         self._staged: dict[bytes, str] | None = None
-        self._dirs: set[str] = set()  # fan-out directories known to exist
         self._lock = threading.Lock()
         self._tmp_count = 0
         self.durable = durable
@@ -167,6 +358,16 @@ class ObjectStore:
 
     def __repr__(self) -> str:
         return f"ObjectStore({str(self._root)!r}, naming={self._naming!r})"
+
+    def close(self) -> None:
+        """Close the store's folder fds (idempotent); the store is unusable after."""
+        self._dir.close()
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def root(self) -> Path:
@@ -189,31 +390,53 @@ class ObjectStore:
     # -- names ---------------------------------------------------------
 
     def path_for(self, payload: bytes | str) -> Path:
-        """Return the file of the object named ``payload`` (``ab/cdef...``)."""
+        """Return the file of the object named ``payload`` (``ab/cdef...``).
+
+        Anything but ``ab/`` and 62 lowercase hex digits raises
+        ValidationError.  The path is for showing and for tools that take a
+        path: the store itself never opens an object by it.
+        """
         hexdigest = _hex_of(payload)
         return self._root / hexdigest[:2] / hexdigest[2:]
 
-    def _path_str(self, hexdigest: str) -> str:
-        """``path_for`` as a string, for a hex digest already checked."""
-        return f"{self._root_str}/{hexdigest[:2]}/{hexdigest[2:]}"
-
     def has(self, payload: bytes | str) -> bool:
-        """Whether the object named ``payload`` is in the store."""
-        return os.path.isfile(self._path_str(_hex_of(payload)))
+        """Whether the object named ``payload`` is in the store.
+
+        A name that is a link or not a regular file raises LibraryError."""
+        return self._dir.has(_hex_of(payload))
 
     def payloads(self) -> Iterator[bytes]:
-        """Every object name in the store (unordered)."""
-        for top in self._root.iterdir():
-            if len(top.name) != 2 or not top.is_dir():
+        """Every object name in the store (unordered); links are not followed."""
+        for top in self._list(None):
+            if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
                 continue
-            for obj in top.iterdir():
+            fan = self._dir.fan_out(top.name)
+            if fan is None:
+                continue
+            for obj in self._list(fan):
                 payload = f"{top.name}/{obj.name}".encode()
-                if _PAYLOAD.fullmatch(payload):
+                if _PAYLOAD.fullmatch(payload) and obj.is_file(follow_symlinks=False):
                     yield payload
+
+    def _list(self, fd: int | None) -> list[os.DirEntry[str]]:
+        """The entries of the root (``fd`` None) or of an open fan-out folder.
+
+        Listed through a fresh fd: a directory fd's position is shared, and
+        another thread may be listing the same folder."""
+        own = os.open(".", _DIR_FLAGS, dir_fd=self._dir.fd if fd is None else fd)
+        try:
+            with os.scandir(own) as entries:
+                return list(entries)
+        finally:
+            os.close(own)
 
     def temporary_files(self) -> list[Path]:
         """Temporary files: objects being written, or left by a killed process."""
-        return sorted(self._root.glob(_TMP_PREFIX + "*"))
+        return sorted(
+            self._root / entry.name
+            for entry in self._list(None)
+            if entry.name.startswith(_TMP_PREFIX)
+        )
 
     def remove_stale_temporary_files(self, older_than: float = 24 * 3600) -> int:
         """Remove temporary files not modified for ``older_than`` seconds.
@@ -224,10 +447,11 @@ class ObjectStore:
         """
         cutoff = time.time() - older_than
         removed = 0
+        root = self._dir.fd
         for path in self.temporary_files():
             with contextlib.suppress(FileNotFoundError):
-                if path.lstat().st_mtime < cutoff:
-                    path.unlink()
+                if os.stat(path.name, dir_fd=root, follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(path.name, dir_fd=root)
                     removed += 1
         return removed
 
@@ -277,7 +501,10 @@ class ObjectStore:
         Leaving the block normally makes them all durable with one
         ``syncfs(2)`` or ``sync(2)`` (not an fsync per object), renames them
         into place and syncs again; leaving it with an exception removes
-        them, so a rejected layer adds nothing to the store.  Nested blocks
+        them, so a rejected layer adds nothing to the store.  If publishing
+        fails halfway (a rename refused), the objects this batch already
+        published are removed again and so is every temporary file: objects
+        the store held before stay, nothing else appears.  Nested blocks
         join the outer one.
         """
         if self._staged is not None:
@@ -288,16 +515,7 @@ class ObjectStore:
         try:
             yield
             self._staged = None
-            durable = bool(staged) and self.durable
-            if durable:
-                self._sync_filesystem()  # the contents, before any rename
-            for payload in staged:
-                self._fan_out_dir(payload[:2].decode("ascii"))
-            while staged:
-                payload, tmp = staged.popitem()
-                self._rename(tmp, payload)
-            if durable:
-                self._sync_filesystem()  # the renames
+            self._publish_batch(staged)
             pending, self._verity_pending = self._verity_pending, {}
             for payload, digest in pending.items():
                 self._enable_object_verity(payload, digest)
@@ -305,8 +523,37 @@ class ObjectStore:
             self._verity_pending = {}
             self._staged = None
             for tmp in staged.values():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                self._unlink_temporary(tmp)
+
+    def _publish_batch(self, staged: dict[bytes, str]) -> None:
+        """Rename every staged object into place, or (on failure) none.
+
+        An entry leaves ``staged`` only once its temporary file is gone
+        (renamed, or removed as a duplicate), so the caller's cleanup removes
+        whatever is left; what this batch renamed is unlinked on failure."""
+        if not staged:
+            return
+        durable = self.durable
+        if durable:
+            self._sync_filesystem()  # the contents, before any rename
+        for payload in staged:
+            self._dir.make_fan_out(payload[:2].decode("ascii"))
+        published: list[str] = []
+        try:
+            for payload, tmp in list(staged.items()):
+                hexdigest = (payload[:2] + payload[3:]).decode("ascii")
+                if self._rename(tmp, hexdigest):
+                    published.append(hexdigest)
+                del staged[payload]
+            if durable:
+                self._sync_filesystem()  # the renames
+        except BaseException:
+            for hexdigest in published:
+                fan = self._dir.fan_out(hexdigest[:2])
+                if fan is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(hexdigest[2:], dir_fd=fan)
+            raise
 
     def _sync_filesystem(self) -> None:
         """Flush the store's filesystem: ``syncfs(2)`` (from the binding or
@@ -315,86 +562,76 @@ class ObjectStore:
         if syncfs is None:
             os.sync()
             return
-        fd = os.open(self._root_str, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            syncfs(fd)
-        finally:
-            os.close(fd)
+        syncfs(self._dir.fd)
 
     def _create_temporary(self) -> tuple[int, str]:
-        """Create a new, empty temporary file in the store; return its fd and path.
+        """Create a new, empty temporary file in the store; return its fd and name.
 
-        ``O_EXCL`` makes the name ours; the pid, a counter and random bits
-        keep names of concurrent writers (threads, processes) apart.
+        The name is relative to the store's root fd.  ``O_EXCL`` makes the
+        name ours (and refuses a link planted there); the pid, a counter and
+        random bits keep names of concurrent writers (threads, processes) apart.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         for _ in range(100):
             with self._lock:
                 self._tmp_count += 1
                 count = self._tmp_count
-            name = f"{self._root_str}/{_TMP_PREFIX}{os.getpid()}-{count}-{os.urandom(4).hex()}"
+            name = f"{_TMP_PREFIX}{os.getpid()}-{count}-{os.urandom(4).hex()}"
             try:
-                return os.open(name, flags, 0o600), name
+                return os.open(name, flags, 0o600, dir_fd=self._dir.fd), name
             except FileExistsError:
                 continue
-        raise FileExistsError(errno.EEXIST, "no free temporary file name", self._root_str)
+        raise FileExistsError(errno.EEXIST, "no free temporary file name", str(self._root))
 
-    def _fan_out_dir(self, prefix: str) -> bool:
-        """Make sure ``root/prefix`` exists; return True if this call created it."""
-        if prefix in self._dirs:
-            return False
-        path = f"{self._root_str}/{prefix}"
-        try:
-            os.mkdir(path, 0o755)
-            created = True
-        except FileExistsError:
-            if not os.path.isdir(path):
-                raise
-            created = False
-        self._dirs.add(prefix)
-        return created
+    def _unlink_temporary(self, tmp: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=self._dir.fd)
 
     def _publish(self, tmp: str, payload: bytes, *, checked: bool = False) -> bool:
         """Publish (or stage) ``tmp`` as ``payload``; return False if it already existed.
 
         ``checked``: the writer found no such object when it began (in a
         batch that is enough: the rename at the end checks again)."""
+        hexdigest = (payload[:2] + payload[3:]).decode("ascii")
         staged = self._staged
         if staged is not None:
-            hexdigest = (payload[:2] + payload[3:]).decode("ascii")
             with self._lock:
-                if payload in staged or (
-                    not checked and os.path.isfile(self._path_str(hexdigest))
-                ):
+                if payload in staged or (not checked and self._dir.has(hexdigest)):
                     duplicate = True
                 else:
                     staged[payload] = tmp
                     duplicate = False
             if duplicate:
-                os.unlink(tmp)
+                self._unlink_temporary(tmp)
                 return False
             return True
-        return self._rename(tmp, payload, sync_dirs=self.durable)
+        return self._rename(tmp, hexdigest, sync_dirs=self.durable)
 
-    def _rename(self, tmp: str, payload: bytes, *, sync_dirs: bool = False) -> bool:
-        prefix = payload[:2].decode("ascii")
-        target = self._path_str(prefix + payload[3:].decode("ascii"))
-        if os.path.isfile(target):
-            os.unlink(tmp)
+    def _rename(self, tmp: str, hexdigest: str, *, sync_dirs: bool = False) -> bool:
+        """Rename temporary file ``tmp`` to object ``hexdigest`` unless it exists
+        (then remove ``tmp``); return whether it was renamed."""
+        if self._dir.has(hexdigest):
+            self._unlink_temporary(tmp)
             return False
-        created_dir = self._fan_out_dir(prefix)
+        prefix, name = hexdigest[:2], hexdigest[2:]
+        root = self._dir.fd
+        fan, created_dir = self._dir.make_fan_out(prefix)
         try:
-            os.rename(tmp, target)
+            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=fan)
         except FileNotFoundError:  # the directory was removed behind our back
-            if not os.path.exists(tmp):
-                raise
-            self._dirs.discard(prefix)
-            created_dir = self._fan_out_dir(prefix)
-            os.rename(tmp, target)
+            try:
+                os.stat(tmp, dir_fd=root, follow_symlinks=False)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    errno.ENOENT, "temporary file vanished", f"{self._root}/{tmp}"
+                ) from None
+            self._dir.forget_fan_out(prefix, fan)
+            fan, created_dir = self._dir.make_fan_out(prefix)
+            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=fan)
         if sync_dirs:
-            _fsync_dir(f"{self._root_str}/{prefix}")
+            os.fsync(fan)
             if created_dir:
-                _fsync_dir(self._root_str)
+                os.fsync(root)
         return True
 
     def _staged_or_present(self, hexdigest: str) -> bool:
@@ -402,16 +639,24 @@ class ObjectStore:
         staged = self._staged
         if staged is not None and (hexdigest[:2] + "/" + hexdigest[2:]).encode() in staged:
             return True
-        return os.path.isfile(self._path_str(hexdigest))
+        return self._dir.has(hexdigest)
 
     # -- checking ------------------------------------------------------
 
+    def _open(self, payload: bytes | str) -> int:
+        """Open the object read-only (see :meth:`ObjectDir.open_object`);
+        FileNotFoundError if it is not there."""
+        fd = self._dir.open_object(payload)
+        if fd is None:
+            raise FileNotFoundError(
+                errno.ENOENT, "no such object in the store", os.fspath(self.path_for(payload))
+            )
+        return fd
+
     def verify(self, payload: bytes | str) -> bool:
         """Rehash the object; True if it exists and its content matches its name."""
-        path = self.path_for(payload)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        fd = self._dir.open_object(payload)
+        if fd is None:
             return False
         try:
             if self._naming == "sha256":
@@ -433,7 +678,11 @@ class ObjectStore:
             if self._naming == "fsverity":
                 digest = bytes.fromhex(_hex_of(key))
             else:
-                digest = fsverity_digest(self.path_for(key))
+                fd = self._open(key)
+                try:
+                    digest = fsverity_digest(fd)
+                finally:
+                    os.close(fd)
             self._verity_digests[key] = digest
         return digest
 
@@ -444,7 +693,7 @@ class ObjectStore:
         fs-verity (the message says which).  An object that already has it
         is measured only.
         """
-        fd = os.open(self.path_for(payload), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open(payload)
         try:
             enable_fsverity(fd)
             return measure_fsverity(fd)
@@ -479,13 +728,14 @@ class ObjectStore:
                 os.write(fd, b"\0")
             finally:
                 os.close(fd)
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)  # no writer may remain
+            # No writer may remain open.
+            fd = os.open(tmp, _READ_FLAGS, dir_fd=self._dir.fd)
             try:
-                enable_fsverity(fd, name=f"the object store {self._root_str}")
+                enable_fsverity(fd, name=f"the object store {self._root}")
             finally:
                 os.close(fd)
         finally:
-            os.unlink(tmp)
+            self._unlink_temporary(tmp)
 
 
 class ObjectWriter:
@@ -607,8 +857,7 @@ class ObjectWriter:
                 tmp, payload, checked=store.naming == "sha256" and self._expected is not None
             )
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            store._unlink_temporary(tmp)
             raise
         if verity is not None and store.enables_verity:
             store._verity_after_commit(payload, verity)
@@ -621,8 +870,7 @@ class ObjectWriter:
             os.close(self._fd)
             self._fd = None
         if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+            self._store._unlink_temporary(self._tmp)
             self._tmp = None
 
 
@@ -651,11 +899,3 @@ def _syncfs_function() -> Callable[[int], None] | None:
             raise OSError(code, f"syncfs: {os.strerror(code)}")
 
     return syncfs
-
-
-def _fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import hashlib
 import io
 import os
+import signal
 import stat
+import struct
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -281,3 +287,292 @@ def test_stale_temporary_files_removed_fresh_ones_kept(tmp_path: Path) -> None:
     writer2.abort()
     writer.abort()
     assert all_files(tmp_path) == [store.path_for(payload)]
+
+
+# ---------------------------------------------------------------------------
+# confinement: links planted in the store lead nowhere
+# ---------------------------------------------------------------------------
+
+_IN_ALL_EVENTS = 0xFFF  # access, modify, attrib, close, open, moves, create, delete
+_INOTIFY_EVENT = struct.Struct("iIII")
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    """Every entry below ``root``: mode, size, mtime and (regular files) content."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            st = path.lstat()
+            data = path.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+            found[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
+    return found
+
+
+class Canary:
+    """A folder outside the store (a file, a FIFO, a folder with a file) that
+    must stay untouched: inotify records any open, read, write, create,
+    attribute change or removal of anything in it, and its entries are
+    compared before and after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir()
+        (path / "victim").write_bytes(b"a host file\n")
+        os.mkfifo(path / "fifo")
+        (path / "sub").mkdir()
+        (path / "sub" / "file").write_bytes(b"another host file\n")
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._fd >= 0, os.strerror(ctypes.get_errno())
+        for folder in (path, path / "sub"):
+            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), _IN_ALL_EVENTS)
+            assert wd >= 0, os.strerror(ctypes.get_errno())
+        self.settle()
+
+    def settle(self) -> None:
+        """Take what is there now (and what the test did so far) as the reference."""
+        self._before = _snapshot(self.path)
+        self.events()  # the snapshot's own reads
+
+    def events(self) -> list[tuple[int, str]]:
+        """(mask, name) of every event since the last call."""
+        found: list[tuple[int, str]] = []
+        while True:
+            try:
+                raw = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return found
+            offset = 0
+            while offset < len(raw):
+                _wd, mask, _cookie, size = _INOTIFY_EVENT.unpack_from(raw, offset)
+                offset += _INOTIFY_EVENT.size
+                name = raw[offset : offset + size].rstrip(b"\0").decode()
+                offset += size
+                found.append((mask, name))
+
+    def assert_untouched(self) -> None:
+        events = self.events()
+        assert events == [], f"something outside the store was touched: {events}"
+        assert _snapshot(self.path) == self._before
+        self.events()
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Canary]:
+    bird = Canary(tmp_path / "canary")
+    yield bird
+    bird.close()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after ``seconds`` (an open of a FIFO blocks)."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+CONFINED = b"content that must land in the store\n" * 10
+CONFINED_HEX = hashlib.sha256(CONFINED).hexdigest()
+CONFINED_PAYLOAD = f"{CONFINED_HEX[:2]}/{CONFINED_HEX[2:]}".encode()
+
+
+def plant(root: Path, canary: Path, where: str) -> None:
+    """Put something hostile in the store at the fan-out folder or object name
+    of :data:`CONFINED_PAYLOAD`."""
+    fan_out = root / CONFINED_HEX[:2]
+    obj = fan_out / CONFINED_HEX[2:]
+    if where == "fan-out link to a folder outside":
+        fan_out.symlink_to(canary)
+    elif where == "fan-out link to a folder outside holding the object":
+        (canary / "sub" / CONFINED_HEX[2:]).write_bytes(CONFINED)
+        fan_out.symlink_to(canary / "sub")
+    elif where == "fan-out dangling link":
+        fan_out.symlink_to(canary / "made-by-the-store")
+    elif where == "fan-out is a file":
+        fan_out.write_bytes(b"")
+    else:
+        fan_out.mkdir()
+        if where == "object link to a file outside":
+            obj.symlink_to(canary / "victim")
+        elif where == "object link to a FIFO outside":
+            obj.symlink_to(canary / "fifo")
+        elif where == "object dangling link":
+            obj.symlink_to(canary / "made-by-the-store")
+        elif where == "object is a FIFO":
+            os.mkfifo(obj)
+        elif where == "object is a folder":
+            obj.mkdir()
+        else:
+            raise AssertionError(where)
+
+
+PLANTS = [
+    "fan-out link to a folder outside",
+    "fan-out link to a folder outside holding the object",
+    "fan-out dangling link",
+    "fan-out is a file",
+    "object link to a file outside",
+    "object link to a FIFO outside",
+    "object dangling link",
+    "object is a FIFO",
+    "object is a folder",
+]
+
+
+def _import_tar(store: ObjectStore, tmp_path: Path) -> None:
+    from composefs_py.layers import open_layer
+
+    blob = tmp_path / "layer.tar"
+    with tarfile.open(blob, "w") as tar:
+        info = tarfile.TarInfo("usr/file")
+        info.size = len(CONFINED)
+        tar.addfile(info, io.BytesIO(CONFINED))
+    open_layer(blob).import_objects(store)
+
+
+_OPERATIONS: dict[str, Callable[[ObjectStore, Path], object]] = {
+    "add": lambda store, tmp: store.add(CONFINED),
+    "add with digest": lambda store, tmp: store.add(CONFINED, CONFINED_HEX),
+    "add in a batch": lambda store, tmp: _add_in_batch(store),
+    "import a layer": _import_tar,
+    "has": lambda store, tmp: store.has(CONFINED_PAYLOAD),
+    "verify": lambda store, tmp: store.verify(CONFINED_PAYLOAD),
+    "fsverity_digest": lambda store, tmp: store.fsverity_digest(CONFINED_PAYLOAD),
+    "enable_verity": lambda store, tmp: store.enable_verity(CONFINED_PAYLOAD),
+}
+
+
+def _add_in_batch(store: ObjectStore) -> None:
+    with store.batch():
+        store.add(b"another object")
+        store.add(CONFINED, CONFINED_HEX)
+
+
+@pytest.mark.parametrize("operation", list(_OPERATIONS))
+@pytest.mark.parametrize("where", PLANTS)
+def test_a_planted_link_or_odd_file_in_the_store_is_refused_and_nothing_outside_is_touched(
+    tmp_path: Path, canary: Canary, where: str, operation: str
+) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root)
+    plant(root, canary.path, where)
+    canary.settle()
+    with deadline(5), pytest.raises(LibraryError) as info:
+        _OPERATIONS[operation](store, tmp_path)
+    canary.assert_untouched()
+    shown = f"{CONFINED_HEX[:2]}/{CONFINED_HEX[2:]}" if where.startswith("object") else ""
+    assert f"object store {root}: {shown or CONFINED_HEX[:2]}" in str(info.value)
+    assert store.temporary_files() == []
+    # Nothing the batch or the import wrote stays either (only what was planted).
+    planted = (CONFINED_HEX[:2], CONFINED_HEX[2:])
+    assert [p for p in all_files(root) if p.name not in planted] == []
+    assert list(store.payloads()) == []
+    # path_for only names the file, inside the store.
+    assert store.path_for(CONFINED_PAYLOAD) == root / CONFINED_PAYLOAD.decode()
+
+
+def test_planted_temporary_names_are_never_followed(
+    tmp_path: Path, canary: Canary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root)
+    monkeypatch.setattr(os, "urandom", lambda n: b"\0" * n)
+    for count in range(1, 6):
+        link = root / f".tmp-{os.getpid()}-{count}-00000000"
+        link.symlink_to(canary.path / ("victim" if count % 2 else "made-by-the-store"))
+    canary.events()
+    assert store.add(CONFINED) == CONFINED_PAYLOAD
+    with store.batch():
+        store.add(b"second")
+    canary.assert_untouched()
+    assert store.path_for(CONFINED_PAYLOAD).read_bytes() == CONFINED
+    assert store.verify(CONFINED_PAYLOAD)
+
+
+def test_a_store_root_that_is_a_link_is_the_callers_choice(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    store = ObjectStore(tmp_path / "link")
+    payload = store.add(CONFINED)
+    assert (real / payload.decode()).read_bytes() == CONFINED
+    assert store.has(payload) and store.verify(payload)
+    assert list(store.payloads()) == [payload]
+
+
+def test_payloads_lists_no_link_and_no_odd_file(tmp_path: Path, canary: Canary) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root)
+    kept = store.add(b"a real object")
+    (root / "ee").symlink_to(canary.path / "sub")
+    (canary.path / "sub" / ("0" * 62)).write_bytes(b"")
+    fan_out = root / kept.decode()[:2]
+    (fan_out / ("1" * 62)).symlink_to(canary.path / "victim")
+    os.mkfifo(fan_out / ("2" * 62))
+    canary.settle()
+    assert list(store.payloads()) == [kept]
+    canary.assert_untouched()
+
+
+# ---------------------------------------------------------------------------
+# a batch publishes all of its objects or none
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", [1, 3, 5])
+def test_a_rename_failing_mid_batch_publishes_nothing_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    store = ObjectStore(tmp_path)
+    before = store.add(b"there before")
+    real_rename = os.rename
+    calls = 0
+
+    def rename(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == failing:
+            raise OSError(errno.EIO, "the disk said no")
+        real_rename(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="the disk said no"), store.batch():
+        for index in range(5):
+            store.add(b"new object %d" % index)
+        store.add(b"there before")
+    assert calls == failing
+    assert all_files(tmp_path) == [store.path_for(before)]
+    assert store.temporary_files() == []
+    assert list(store.payloads()) == [before]
+
+
+def test_a_read_only_fan_out_folder_mid_batch_publishes_nothing(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder; the rename hook above covers it")
+    store = ObjectStore(tmp_path)
+    data = [b"object %d" % index for index in range(40)]
+    payloads = [sha256_payload(d) for d in data]
+    blocked = sorted({p[:2].decode() for p in payloads})[-1]
+    (tmp_path / blocked).mkdir()
+    (tmp_path / blocked).chmod(0o555)
+    try:
+        with pytest.raises(PermissionError), store.batch():
+            for d in data:
+                store.add(d)
+    finally:
+        (tmp_path / blocked).chmod(0o755)
+    assert all_files(tmp_path) == []
+    assert store.temporary_files() == []
