@@ -61,25 +61,43 @@ naming the file.  ``try_verity`` asks for the same only when those checks
 pass and otherwise mounts without verity (libcomposefs' own TRY_VERITY turns
 it on whenever the kernel supports it, which makes files without digests
 unreadable).
+
+Untrusted images, paths and cost: the image is read (for the verity checks
+only) by :func:`~composefs_py.writer.read_image`, the one safe reader: the
+structural check bounds what the loader may build by ``Limits`` (entries,
+depth, sizes) before it runs, and the loader runs on a thread with a large
+stack.  No string from an image becomes a host path: a payload is looked up
+only if it is an object name (``ab/`` + 62 lowercase hex), relative to each
+object folder's fd, without following links, and only a regular file is
+opened (``O_NOFOLLOW | O_NONBLOCK``; see
+:class:`~composefs_py.objects.ObjectDir`); anything else is refused with a
+LibraryError naming the file.  Each distinct payload is looked up and
+measured once, so the checks cost one pass over the Tree plus a constant
+number of system calls per distinct object.  The kernel resolves the image's
+redirects itself, beneath the data-only layers.  The paths used are the
+caller's (image, mountpoint, object folders, upper/work dirs) and staging
+folders this module makes with ``mkdtemp`` and removes folder by folder
+(never recursively, so nothing is deleted through a mount left there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import functools
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import LibraryError
+from .errors import LibraryError, ValidationError
 from .fsverity import measure_fsverity
 from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, parent_of
+from .objects import ObjectDir
 
 __all__ = [
     "ENOSIGNATURE",
@@ -196,55 +214,89 @@ def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None
 
     Every file with external content needs an fs-verity digest in the image
     and an object, in the first object dir that has it, whose measured
-    fs-verity digest equals it.
+    fs-verity digest equals it.  The image is untrusted: only a payload that
+    is an object name (``ab/`` + 62 lowercase hex) is looked up, relative to
+    each object dir's fd, never through a link, and only a regular file is
+    opened (:meth:`~composefs_py.objects.ObjectDir.open_object`).  Each
+    distinct payload is looked up and measured once.
     """
     # The one safe reader: the structural check, then libcomposefs' loader on
     # a thread with a large stack (the loader recurses once per directory level).
     from .writer import read_image
 
     tree = read_image(image)
-    for path, node in tree:
-        if not isinstance(node, Inode) or node.payload is None:
-            continue
-        shown = _show(path)
-        if node.fsverity_digest is None:
-            return LibraryError(
-                ENOVERITY,
-                f"{shown}: the image records no fs-verity digest for its content "
-                f"({_show(node.payload)}); build the image with digests to "
-                "require verity",
-            )
-        candidates = (d / _show(node.payload) for d in objdirs)
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None:
-            return LibraryError(
-                errno.ENOENT,
-                f"{shown}: object {_show(node.payload)} is in no object dir",
-            )
-        try:
-            fd = os.open(found, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            return _library_error(exc, f"{shown}: cannot open object {found}")
-        try:
-            measured = measure_fsverity(fd)
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-            if code in (errno.ENOTTY, errno.ENODATA, errno.EOPNOTSUPP):
+    stores: list[ObjectDir] = []
+    try:
+        for objdir in objdirs:
+            try:
+                stores.append(ObjectDir(objdir))
+            except OSError as exc:
+                return _library_error(exc, f"cannot open object store {objdir}")
+        measured: dict[bytes, bytes | LibraryError] = {}
+        for path, node in tree:
+            if not isinstance(node, Inode) or node.payload is None:
+                continue
+            shown = _show(path)
+            if node.fsverity_digest is None:
                 return LibraryError(
                     ENOVERITY,
-                    f"{shown}: object {found} has no fs-verity (not enabled, or its "
-                    f"file system or kernel lacks fs-verity): {os.strerror(code)}",
+                    f"{shown}: the image records no fs-verity digest for its content "
+                    f"({_show(node.payload)}); build the image with digests to "
+                    "require verity",
                 )
-            return LibraryError(code, f"{shown}: cannot measure object {found}: {exc}")
-        finally:
-            os.close(fd)
-        if measured != node.fsverity_digest:
+            result = measured.get(node.payload)
+            if result is None:
+                result = measured[node.payload] = _measure_object(node.payload, stores)
+            if isinstance(result, LibraryError):
+                return LibraryError(result.errno, f"{shown}: {result.strerror}")
+            if result != node.fsverity_digest:
+                return LibraryError(
+                    EWRONGVERITY,
+                    f"{shown}: object {_show(node.payload)} has fs-verity digest "
+                    f"{result.hex()}, the image expects {node.fsverity_digest.hex()}",
+                )
+        return None
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _measure_object(payload: bytes, stores: Sequence[ObjectDir]) -> bytes | LibraryError:
+    """The kernel's fs-verity digest of object ``payload`` in the first store
+    holding it, or the error that says why there is none."""
+    name = payload.decode("utf-8", "backslashreplace")
+    fd = None
+    for store in stores:
+        try:
+            fd = store.open_object(payload)
+        except ValidationError as exc:
             return LibraryError(
-                EWRONGVERITY,
-                f"{shown}: object {found} has fs-verity digest {measured.hex()}, "
-                f"the image expects {node.fsverity_digest.hex()}",
+                errno.EINVAL,
+                f"payload {name!r} is not an object name ({exc.reason}): verity checks "
+                "open only objects named by their digest",
             )
-    return None
+        except LibraryError as exc:
+            return exc
+        except OSError as exc:
+            return _library_error(exc, f"cannot open object {name} in {store.path}")
+        if fd is not None:
+            found = f"{store.path}/{name}"
+            break
+    else:
+        return LibraryError(errno.ENOENT, f"object {name} is in no object dir")
+    try:
+        return measure_fsverity(fd)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        if code in (errno.ENOTTY, errno.ENODATA, errno.EOPNOTSUPP):
+            return LibraryError(
+                ENOVERITY,
+                f"object {found} has no fs-verity (not enabled, or its "
+                f"file system or kernel lacks fs-verity): {os.strerror(code)}",
+            )
+        return LibraryError(code, f"cannot measure object {found}: {exc}")
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -592,11 +644,13 @@ def mount_layers(
         _check_dir(Path(upperdir), "upperdir")
         _check_dir(Path(workdir), "workdir")
     staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))
+    made: list[Path] = []
     mounted: list[Path] = []
     try:
         for index, image in enumerate(images):
             layer_dir = staging / str(index)
             layer_dir.mkdir()
+            made.append(layer_dir)
             mount(
                 image,
                 layer_dir,
@@ -618,7 +672,12 @@ def mount_layers(
         # The stacking overlay (if mounted) keeps its lower layers alive.
         for layer_dir in mounted:
             _libc().umount2(_fs(layer_dir), _MNT_DETACH)
-        shutil.rmtree(staging, ignore_errors=True)
+        # Folder by folder, never recursively: nothing is deleted through a
+        # mount that is still there (an image's tree), whatever it holds.
+        # A failure here must not hide the one that brought us here.
+        for folder in [*made, staging]:
+            with contextlib.suppress(OSError):
+                _remove_staging_dir(folder)
 
 
 def _is_whiteout(inode: Inode) -> bool:

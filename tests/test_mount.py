@@ -32,6 +32,15 @@ from pathlib import Path
 
 import pytest
 from conftest import composefs_mounts, file_loop_devices
+from test_objects import (
+    CONFINED,
+    CONFINED_HEX,
+    CONFINED_PAYLOAD,
+    PLANTS,
+    Canary,
+    deadline,
+    plant,
+)
 
 from composefs_py.errors import LibraryError
 from composefs_py.fsverity import enable_fsverity, fsverity_digest
@@ -44,6 +53,7 @@ from composefs_py.mount import (
     mount_layers,
     unmount,
 )
+from composefs_py.objects import ObjectStore
 
 # ---------------------------------------------------------------------------
 # shared helpers
@@ -1408,3 +1418,148 @@ def test_verity_checks_of_a_deep_image_do_not_crash(
     else:
         assert done.stdout.startswith("LibraryError ENOTTY"), done.stdout
         assert "has no fs-verity" in done.stdout
+
+
+def hostile_payloads(canary: Path) -> dict[str, bytes]:
+    """Payloads of every shape an image may carry; only the digest-shaped ones
+    may ever be looked up, and then only relative to the store, through no link."""
+    hexdigest = CONFINED_HEX
+    return {
+        "relative escape": b"../canary/victim",
+        "relative escape to a FIFO": b"../canary/fifo",
+        "absolute path": os.fsencode(canary / "victim"),
+        "absolute path of a FIFO": os.fsencode(canary / "fifo"),
+        "a device": b"/dev/zero",
+        "escape after a fan-out": f"{hexdigest[:2]}/../../canary/victim".encode(),
+        "61 hex digits": CONFINED_PAYLOAD[:-1],
+        "63 hex digits": CONFINED_PAYLOAD + b"0",
+        "upper-case hex": CONFINED_PAYLOAD.upper(),
+        "doubled slash": CONFINED_PAYLOAD.replace(b"/", b"//"),
+        "leading ./": b"./" + CONFINED_PAYLOAD,
+        "leading /": b"/" + CONFINED_PAYLOAD,
+        "no slash": CONFINED_PAYLOAD.replace(b"/", b""),
+        "three-digit fan-out": CONFINED_PAYLOAD[:3].replace(b"/", b"0")
+        + b"/"
+        + CONFINED_PAYLOAD[3:],
+        "empty": b"",
+    }
+
+
+@pytest.fixture(name="canary")
+def _canary(tmp_path: Path) -> Iterator[Canary]:
+    bird = Canary(tmp_path / "canary")
+    yield bird
+    bird.close()
+
+
+def _image_with_payload(mkcomposefs: Path, tmp_path: Path, payload: bytes) -> Path:
+    digest = fsverity_digest(CONFINED).hex()
+    text = (
+        "/ 0 40755 2 0 0 0 0.0 - - -\n"
+        f"/f {len(CONFINED)} 100644 1 0 0 0 0.0 {_esc(payload)} - {digest}\n"
+    )
+    image = tmp_path / "hostile.cfs"
+    subprocess.run(
+        [str(mkcomposefs), "--from-file", "-", str(image)],
+        input=text.encode(),
+        check=True,
+        capture_output=True,
+    )
+    return image
+
+
+def _hostile_cases() -> list[tuple[str, str]]:
+    cases = [("shape", name) for name in hostile_payloads(Path("/x"))]
+    cases += [("planted", where) for where in PLANTS]
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "case"), _hostile_cases())
+def test_verity_checks_of_an_image_open_nothing_outside_the_store(
+    mkcomposefs: Path, tmp_path: Path, mnt: Path, canary: Canary, kind: str, case: str
+) -> None:
+    """A payload of any shape, or a link or odd file planted in the store, gives
+    a clean refusal: no hang on a FIFO, no file outside the store opened."""
+    require_mounts()
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    if kind == "shape":
+        payload = hostile_payloads(canary.path)[case]
+        if not payload:
+            pytest.skip("a dumpfile cannot carry an empty payload")
+        (objects / CONFINED_PAYLOAD.decode()).parent.mkdir()
+        (objects / CONFINED_PAYLOAD.decode()).write_bytes(CONFINED)
+    else:
+        payload = CONFINED_PAYLOAD
+        plant(objects, canary.path, case)
+    image = _image_with_payload(mkcomposefs, tmp_path, payload)
+    canary.settle()
+    done = mount_in_child(image, mnt, objects, "require_verity", timeout=20)
+    assert done.returncode == 0, f"the child died (rc {done.returncode}): {done.stderr[-2000:]}"
+    assert done.stdout.startswith(("LibraryError", "ValidationError")), done.stdout
+    canary.assert_untouched()
+    assert not is_mountpoint(mnt)
+
+
+@pytest.mark.parametrize(("kind", "case"), _hostile_cases())
+def test_the_verity_check_itself_refuses_what_is_not_an_object(
+    tmp_path: Path, canary: Canary, monkeypatch: pytest.MonkeyPatch, kind: str, case: str
+) -> None:
+    """The check in mount does not rely on the image reader refusing such
+    payloads: given them (a reader stand-in), it refuses them itself."""
+    import composefs_py.writer
+
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    if kind == "shape":
+        payload = hostile_payloads(canary.path)[case]
+    else:
+        payload = CONFINED_PAYLOAD
+        plant(objects, canary.path, case)
+    inode = Inode(
+        mode=stat.S_IFREG | 0o644,
+        size=len(CONFINED),
+        payload=CONFINED_PAYLOAD,
+        fsverity_digest=fsverity_digest(CONFINED),
+    )
+    object.__setattr__(inode, "payload", payload)  # what no validator would let through
+    monkeypatch.setattr(composefs_py.writer, "read_image", lambda src: [(b"/f", inode)])
+    canary.settle()
+    with deadline(10):
+        problem = sys.modules["composefs_py.mount"]._verity_problem(tmp_path / "image", [objects])
+    assert isinstance(problem, LibraryError)
+    reason = str(problem.strerror)
+    assert reason.startswith("/f: ")
+    if kind == "shape":
+        assert problem.errno == errno.EINVAL
+        assert "is not an object name" in reason
+    else:
+        assert f"object store {objects}: {CONFINED_HEX[:2]}" in reason
+    canary.assert_untouched()
+
+
+def test_verity_check_measures_each_object_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import composefs_py.writer
+
+    mount_module = sys.modules["composefs_py.mount"]
+    objects = tmp_path / "objects"
+    payload = ObjectStore(objects).add(CONFINED)
+    inode = Inode(
+        mode=stat.S_IFREG | 0o644,
+        size=len(CONFINED),
+        payload=payload,
+        fsverity_digest=fsverity_digest(CONFINED),
+    )
+    nodes = [(b"/f%d" % i, inode) for i in range(1000)]
+    monkeypatch.setattr(composefs_py.writer, "read_image", lambda src: nodes)
+    measured: list[int] = []
+
+    def measure(fd: int) -> bytes:
+        measured.append(fd)
+        return fsverity_digest(CONFINED)
+
+    monkeypatch.setattr(mount_module, "measure_fsverity", measure)
+    assert mount_module._verity_problem(tmp_path / "image", [objects]) is None
+    assert len(measured) == 1
