@@ -21,11 +21,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import zstandard
 from test_layers import (
+    SPARSE_FORMATS,
     make_estargz_with_inner_offsets,
+    pax_member,
     rebuild_zstd_chunked,
     skippable,
+    sparse_tar,
+    tar_end,
+    tar_member,
     zstd_chunked_blob,
 )
 
@@ -223,3 +229,130 @@ def test_zstd_chunked_toc_declared_length_allocates_nothing(tmp_path: Path) -> N
     small, big = costs
     assert "decompresses to only" in small.outcome and "decompresses to only" in big.outcome, costs
     assert_flat(small, big, what="declared TOC length")
+
+
+# -- tar: names, pax records and sparse maps checked as they are read ---------------
+
+
+def tar_zst(members: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(members + tar_end())
+
+
+def long_name_members(kind: str, count: int, length: int) -> bytes:
+    """``count`` files, each with a name or link target of ``length`` bytes."""
+    out = bytearray()
+    for index in range(count):
+        text = b"%d" % index + b"n" * (length - 8)
+        if kind in ("L", "K"):
+            out += tar_member(b"././@LongLink", text + b"\0", kind=kind.encode())
+        else:
+            out += pax_member({b"path" if kind == "pax-path" else b"linkpath": text})
+        link = kind in ("K", "pax-linkpath")
+        out += tar_member(b"f%d" % index, kind=b"2" if link else b"0")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", ["L", "K", "pax-path", "pax-linkpath"])
+def test_tar_long_names_refused_as_read(tmp_path: Path, kind: str) -> None:
+    costs = []
+    for count in (8, 16):
+        path = tmp_path / f"long-{count}.tar.zst"
+        path.write_bytes(tar_zst(long_name_members(kind, count, 2 * MiB)))
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}")))
+    small, big = costs
+    assert small.outcome.startswith("refused") and big.outcome.startswith("refused"), costs
+    assert_flat(small, big, what=f"{kind} names of 2 MiB")
+
+
+def many_paths(count: int) -> bytes:
+    """``count`` files with distinct 4000-byte pax paths (each within the path limit)."""
+    out = bytearray()
+    for index in range(count):
+        name = (b"%06d/" % index) * 571 + b"f"
+        out += pax_member({b"path": name[:3999] + b"f"}) + tar_member(b"f")
+    return bytes(out)
+
+
+def many_xattrs(count: int) -> bytes:
+    """``count`` files with 16 KiB of xattrs each (within the per-inode space)."""
+    out = bytearray()
+    for index in range(count):
+        value = (b"%08d" % index) * 2048
+        out += pax_member({b"SCHILY.xattr.user.big": value}) + tar_member(b"f%d" % index)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("make", "limits"),
+    [
+        (many_paths, Limits(max_total_path_bytes=MiB)),
+        (many_xattrs, Limits(max_input_bytes=MiB)),
+        (lambda count: long_name_members("L", count, 3000), Limits(max_entries=100)),
+    ],
+    ids=["total-path-bytes", "toc-bytes", "entries"],
+)
+def test_tar_running_totals_refuse_early(
+    tmp_path: Path, make: Callable[[int], bytes], limits: Limits
+) -> None:
+    costs = []
+    for count in (1500, 3000):
+        path = tmp_path / f"many-{count}.tar"
+        path.write_bytes(make(count) + tar_end())
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}", limits)))
+    small, big = costs
+    assert small.outcome.startswith("refused") and big.outcome.startswith("refused"), costs
+    assert_flat(small, big, what="members beyond a running limit")
+
+
+def global_keys_then_files(count: int) -> bytes:
+    """A global pax header of ``20 * count`` records, then ``count`` files."""
+    records = {b"k%06d" % index: b"v" for index in range(20 * count)}
+    out = bytearray(pax_member(records, kind=b"g"))
+    for index in range(count):
+        out += tar_member(b"f%d" % index, b"x")
+    return bytes(out)
+
+
+def repeated_extended_headers(count: int) -> bytes:
+    return pax_member({b"path": b"a"}) * count + tar_member(b"f")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [global_keys_then_files, repeated_extended_headers],
+    ids=["global-header-kept-by-each-member", "extended-headers-in-a-row"],
+)
+def test_tar_extended_headers_cost_linear(tmp_path: Path, make: Callable[[int], bytes]) -> None:
+    costs = []
+    for count in (300, 600):
+        path = tmp_path / f"extended-{count}.tar"
+        path.write_bytes(make(count) + tar_end())
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}")))
+    small, big = costs
+    assert not small.outcome.startswith(("RecursionError", "MemoryError", "timeout")), costs
+    assert_linear(small, big, what="extended headers")
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+def test_tar_sparse_bomb_refused_before_writing(tmp_path: Path, fmt: str) -> None:
+    costs = []
+    for real_size in (16 * MiB, 32 * MiB):
+        path = tmp_path / f"sparse-{real_size}.tar"
+        path.write_bytes(sparse_tar(fmt, real_size, [(real_size - 512, b"z" * 512)]))
+        limits = Limits(max_file_size=MiB)
+        costs.append(measure(importer(path, tmp_path / f"objects-{real_size}", limits)))
+    small, big = costs
+    assert "max_file_size" in small.outcome and "max_file_size" in big.outcome, costs
+    assert small.written < MiB and big.written < MiB, costs
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax-0.0", "pax-1.0"])
+def test_tar_sparse_map_cost_linear(tmp_path: Path, fmt: str) -> None:
+    costs = []
+    for count in (2000, 4000):
+        path = tmp_path / f"map-{count}.tar"
+        path.write_bytes(sparse_tar(fmt, 1024 * count, [(1024 * i, b"d") for i in range(count)]))
+        costs.append(measure(importer(path, tmp_path / f"objects-{count}")))
+    small, big = costs
+    assert small.outcome == big.outcome == "ok: 3 nodes", costs
+    assert_linear(small, big, what="sparse map entries")

@@ -45,6 +45,8 @@ BLOBS = {
     ESTARGZ_CHUNKED: "estargz",
 }
 OPAQUE = (b"trusted.overlay.opaque", b"y")
+#: Sparse tar members: GNU's old "S" type and the pax sparse formats.
+SPARSE_FORMATS = ["gnu", "pax-0.0", "pax-0.1", "pax-1.0"]
 
 
 def shared(name: str) -> Path:
@@ -806,14 +808,30 @@ def small_layers() -> dict[str, bytes]:
         "tar.gz": gzip.compress(plain, mtime=0),
         "tar.zst": zstandard.ZstdCompressor().compress(plain),
         "estargz": make_estargz_with_inner_offsets(files),
+        **{
+            f"sparse-{fmt}": sparse_tar(fmt, 5000, [(0, b"a" * 100), (3000, b"b" * 50)])
+            for fmt in SPARSE_FORMATS
+        },
+        "long-names": (
+            tar_member(b"././@LongLink", b"n" * 300 + b"\0", kind=b"L")
+            + tar_member(b"x", b"data")
+            + pax_member({b"path": b"p" * 300, b"linkpath": b"l" * 200, b"mtime": b"1.5"})
+            + tar_member(b"y", kind=b"2")
+            + pax_member({b"uid": b"7"}, kind=b"g")
+            + tar_member(b"z", b"zz")
+            + tar_end()
+        ),
     }
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    kind=st.sampled_from(["tar", "tar.gz", "tar.zst", "estargz"]),
+    kind=st.sampled_from(
+        ["tar", "tar.gz", "tar.zst", "estargz", "long-names"]
+        + [f"sparse-{fmt}" for fmt in SPARSE_FORMATS]
+    ),
     flips=st.lists(
         st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)), max_size=4
     ),
@@ -1005,13 +1023,10 @@ def zero_chunk_blob(*, end_offset: bool) -> tuple[bytes, bytes]:
 def test_zstd_chunked_zeros_chunk_is_a_hole(tmp_path: Path, end_offset: bool) -> None:
     blob, content = zero_chunk_blob(end_offset=end_offset)
     root = tmp_path / "objects"
-    tree = open_layer(write_blob(tmp_path, blob)).import_objects(
-        ObjectStore(root), progress=False
-    )
+    tree = open_layer(write_blob(tmp_path, blob)).import_objects(ObjectStore(root), progress=False)
     payload = tree.inode(b"/sparse").payload
     assert payload == sha256_payload(content)
     assert ObjectStore(root).path_for(payload).read_bytes() == content
-
 
 
 def test_files_whose_data_overlap_are_refused(tmp_path: Path) -> None:
@@ -1041,3 +1056,242 @@ def test_zstd_chunked_files_sharing_an_offset_are_refused(tmp_path: Path) -> Non
             ObjectStore(tmp_path / "objects"), progress=False
         )
     assert info.value.field == "offset" and info.value.entry in (4, 5)
+
+
+# -- hand-made tar members: long names, pax records, sparse maps, number fields ------
+
+
+def tar_header(
+    name: bytes,
+    *,
+    kind: bytes = b"0",
+    size: int = 0,
+    linkname: bytes = b"",
+    mode: int = 0o644,
+    gnu: bool = False,
+    fields: dict[int, bytes] | None = None,
+) -> bytes:
+    """One 512-byte header block (ustar, or GNU's magic with ``gnu``);
+    ``fields``: raw bytes put at those offsets (base-256 numbers, sparse maps)."""
+    block = bytearray(512)
+    block[0 : len(name[:100])] = name[:100]
+    block[100:108] = b"%07o\0" % mode
+    block[108:116] = block[116:124] = b"0000000\0"
+    block[124:136] = b"%011o\0" % size if 0 <= size < 8**11 else b"\x80" + size.to_bytes(11, "big")
+    block[136:148] = b"%011o\0" % 1700000000
+    block[156:157] = kind
+    block[157 : 157 + len(linkname[:100])] = linkname[:100]
+    block[257:265] = b"ustar  \0" if gnu else b"ustar\x0000"
+    for offset, value in (fields or {}).items():
+        block[offset : offset + len(value)] = value
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_data(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def tar_member(name: bytes, data: bytes = b"", **header: object) -> bytes:
+    return tar_header(name, size=len(data), **header) + tar_data(data)  # type: ignore[arg-type]
+
+
+def pax_records(records: dict[bytes, bytes]) -> bytes:
+    out = bytearray()
+    for key, value in records.items():
+        body = b" " + key + b"=" + value + b"\n"
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length += 1
+        out += str(length).encode() + body
+    return bytes(out)
+
+
+def pax_member(records: dict[bytes, bytes], *, kind: bytes = b"x") -> bytes:
+    return tar_member(b"PaxHeaders/x", pax_records(records), kind=kind)
+
+
+def tar_end() -> bytes:
+    return bytes(1024)
+
+
+def sparse_tar(fmt: str, real_size: int, pieces: list[tuple[int, bytes]]) -> bytes:
+    """One sparse file ``s`` of ``real_size`` bytes with data ``pieces`` (offset, bytes),
+    in GNU's old format (``S``) or pax sparse 0.0, 0.1 or 1.0, then a file ``after``."""
+    data = b"".join(piece for _, piece in pieces)
+    pairs = [(offset, len(piece)) for offset, piece in pieces]
+    if fmt == "gnu":
+        fields: dict[int, bytes] = {483: b"%011o\0" % real_size}
+        for index, (offset, length) in enumerate(pairs[:4]):
+            fields[386 + 24 * index] = b"%011o\0%011o\0" % (offset, length)
+        extension = b""
+        rest = pairs[4:]
+        if rest:
+            fields[482] = b"\1"
+        while rest:
+            block = bytearray(512)
+            for index, (offset, length) in enumerate(rest[:21]):
+                block[24 * index : 24 * index + 24] = b"%011o\0%011o\0" % (offset, length)
+            rest = rest[21:]
+            block[504] = 1 if rest else 0
+            extension += bytes(block)
+        member = tar_header(b"s", kind=b"S", size=len(data), gnu=True, fields=fields)
+        member += extension + tar_data(data)
+    elif fmt == "pax-0.0":
+        records = [
+            (b"GNU.sparse.size", b"%d" % real_size),
+            (b"GNU.sparse.numblocks", b"%d" % len(pairs)),
+        ]
+        for offset, length in pairs:
+            records += [
+                (b"GNU.sparse.offset", b"%d" % offset),
+                (b"GNU.sparse.numbytes", b"%d" % length),
+            ]
+        body = b"".join(pax_records({key: value}) for key, value in records)
+        member = tar_member(b"PaxHeaders/s", body, kind=b"x") + tar_member(b"s", data)
+    elif fmt == "pax-0.1":
+        sparse_map = b",".join(b"%d,%d" % pair for pair in pairs)
+        records = {
+            b"GNU.sparse.size": b"%d" % real_size,
+            b"GNU.sparse.numblocks": b"%d" % len(pairs),
+            b"GNU.sparse.map": sparse_map,
+        }
+        member = pax_member(records) + tar_member(b"s", data)
+    else:
+        assert fmt == "pax-1.0"
+        records = {
+            b"GNU.sparse.major": b"1",
+            b"GNU.sparse.minor": b"0",
+            b"GNU.sparse.name": b"s",
+            b"GNU.sparse.realsize": b"%d" % real_size,
+        }
+        sparse_map = b"%d\n" % len(pairs) + b"".join(b"%d\n%d\n" % pair for pair in pairs)
+        member = pax_member(records) + tar_member(b"GNUSparseFile.0/s", tar_data(sparse_map) + data)
+    return member + tar_member(b"after", b"tail") + tar_end()
+
+
+def sparse_content(real_size: int, pieces: list[tuple[int, bytes]]) -> bytes:
+    content = bytearray(real_size)
+    for offset, piece in pieces:
+        content[offset : offset + len(piece)] = piece
+    return bytes(content)
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [(0, b"head"), (10000, b"middle" * 100), (70000, b"end")],
+        [(512 * i, b"%d" % i) for i in range(30)],  # GNU: extension blocks
+        [(5000, b"x")],  # a hole first
+        [],  # holes only
+    ],
+    ids=["three", "thirty", "hole-first", "empty-map"],
+)
+def test_tar_sparse_members_read_with_their_holes(
+    tmp_path: Path, fmt: str, pieces: list[tuple[int, bytes]]
+) -> None:
+    real_size = 80000
+    root = tmp_path / "objects"
+    blob = write_blob(tmp_path, sparse_tar(fmt, real_size, pieces))
+    tree = open_layer(blob).import_objects(ObjectStore(root), progress=False)
+    content = sparse_content(real_size, pieces)
+    node = tree.inode(b"/s")
+    assert node.size == real_size and node.payload == sha256_payload(content)
+    assert ObjectStore(root).path_for(node.payload).read_bytes() == content
+    assert tree.inode(b"/after").payload == sha256_payload(b"tail")
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+@pytest.mark.parametrize(
+    ("real_size", "pieces"),
+    [
+        (1000, [(0, b"x" * 600), (500, b"y" * 10)]),  # overlapping
+        (1000, [(500, b"y"), (0, b"x")]),  # out of order
+        (1000, [(990, b"z" * 20)]),  # beyond the real size
+    ],
+    ids=["overlap", "unordered", "beyond"],
+)
+def test_tar_inconsistent_sparse_maps_rejected(
+    tmp_path: Path, fmt: str, real_size: int, pieces: list[tuple[int, bytes]]
+) -> None:
+    root = tmp_path / "objects"
+    blob = write_blob(tmp_path, sparse_tar(fmt, real_size, pieces))
+    with pytest.raises(ValidationError) as info:
+        open_layer(blob).import_objects(ObjectStore(root), progress=False)
+    assert info.value.entry == 0 and info.value.field == "sparse"
+    assert store_files(root) == []
+
+
+@pytest.mark.parametrize(
+    ("blob", "field"),
+    [
+        pytest.param(
+            tar_header(b"neg", fields={124: b"\xff" * 12}) + tar_end(), "size", id="negative-size"
+        ),
+        pytest.param(
+            tar_member(b"a", b"1") + tar_header(b"big", size=1 << 80) + tar_end(),
+            "size",
+            id="base256-size-beyond-limit",
+        ),
+        pytest.param(
+            tar_member(b"././@LongLink", b"n" * 5000 + b"\0", kind=b"L")
+            + tar_member(b"short")
+            + tar_end(),
+            "name",
+            id="gnu-long-name",
+        ),
+        pytest.param(
+            tar_member(b"././@LongLink", b"t" * 5000 + b"\0", kind=b"K")
+            + tar_member(b"link", kind=b"2")
+            + tar_end(),
+            "linkName",
+            id="gnu-long-link",
+        ),
+        pytest.param(
+            pax_member({b"path": b"p" * 5000}) + tar_member(b"short") + tar_end(),
+            "name",
+            id="pax-path",
+        ),
+        pytest.param(
+            pax_member({b"linkpath": b"l" * 5000}) + tar_member(b"link", kind=b"2") + tar_end(),
+            "linkName",
+            id="pax-linkpath",
+        ),
+        pytest.param(
+            pax_member({b"size": b"-5"}) + tar_member(b"f") + tar_end(), "size", id="pax-size"
+        ),
+        pytest.param(
+            pax_member({b"path": b"a"}) * 50 + tar_member(b"f") + tar_end(),
+            "type",
+            id="extended-headers-without-a-file",
+        ),
+        pytest.param(pax_member({b"path": b"a"}) + tar_end(), "type", id="pax-then-end"),
+        pytest.param(
+            tar_member(b"PaxHeaders/x", b"99 path=x\n", kind=b"x") + tar_end(),
+            "pax",
+            id="pax-record-length-beyond-header",
+        ),
+    ],
+)
+def test_tar_hostile_headers_rejected(tmp_path: Path, blob: bytes, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        open_layer(write_blob(tmp_path, blob), limits=Limits(max_file_size=1 << 40)).tree()
+    assert info.value.field == field
+
+
+def test_tar_long_names_up_to_the_limit_accepted(tmp_path: Path) -> None:
+    name = ("d" * 200 + "/") * 20 + "f" * 74  # "/" and this: 4095 bytes
+    assert len(name) == 4094
+    target = "t" * 4095
+    blob = (
+        tar_member(b"././@LongLink", name.encode() + b"\0", kind=b"L")
+        + tar_member(b"x", b"data")
+        + pax_member({b"path": b"./" + name.encode()[:-1] + b"g", b"linkpath": target.encode()})
+        + tar_member(b"y", kind=b"2")
+        + tar_end()
+    )
+    tree = open_layer(write_blob(tmp_path, blob)).tree()
+    assert tree.inode(b"/" + name.encode()).size == 4
+    assert tree.inode(b"/" + name.encode()[:-1] + b"g").symlink_target == target.encode()
