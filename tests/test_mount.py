@@ -1420,6 +1420,38 @@ def test_verity_checks_of_a_deep_image_do_not_crash(
         assert "has no fs-verity" in done.stdout
 
 
+def _loader_callers() -> set[str]:
+    """Modules of the package that call ``_native.read_image`` (the loader) or import it."""
+    import ast
+
+    import composefs_py
+
+    package = Path(composefs_py.__file__).parent
+    found = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            direct = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "read_image"
+                and isinstance(node.value, ast.Name)
+                and "native" in node.value.id
+            )
+            imported = (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").endswith("_native")
+                and any(alias.name == "read_image" for alias in node.names)
+            )
+            if direct or imported:
+                found.add(source.relative_to(package).as_posix())
+    return found
+
+
+def test_the_image_loader_is_reached_only_through_the_safe_reader() -> None:
+    """writer.read_image (structural check, large-stack thread) is the one way in;
+    the sandbox child, which raises its own stack limit, is the other caller."""
+    assert _loader_callers() == {"writer.py", "_worker.py"}
+
+
 def hostile_payloads(canary: Path) -> dict[str, bytes]:
     """Payloads of every shape an image may carry; only the digest-shaped ones
     may ever be looked up, and then only relative to the store, through no link."""

@@ -152,6 +152,53 @@ def test_path_for_rejects_names_that_are_not_digests(tmp_path: Path, bad: bytes 
         store.path_for(bad)
 
 
+def _not_object_names() -> list[bytes]:
+    """Every length of either half around an object name's, and every odd shape."""
+    name = b"0123456789abcdef" * 4
+    names = [
+        name[:fan_out] + b"/" + name[:rest]
+        for fan_out in range(5)
+        for rest in range(66)
+        if (fan_out, rest) != (2, 62)
+    ]
+    good = b"ab/" + name[:62]
+    names += [
+        good.upper(),
+        good[:3] + b"G" + good[4:],
+        b"/" + good,
+        b"./" + good,
+        good + b"/",
+        good.replace(b"/", b"//"),
+        good.replace(b"/", b""),
+        good[:2] + b"/../" + good[3:],
+        b"ab/../../../etc/shadow",
+        good[:-1] + b"\0",
+        good[:-1] + b"\n",
+        good[:-1] + b" ",
+        good[:-1] + "\u00e9".encode(),
+        b"",
+    ]
+    return names
+
+
+def test_no_method_takes_a_name_that_is_not_an_object_name(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    for bad in _not_object_names():
+        for method in (
+            store.path_for,
+            store.has,
+            store.verify,
+            store.fsverity_digest,
+            store.enable_verity,
+        ):
+            with pytest.raises(ValidationError) as info:
+                method(bad)
+            assert info.value.field == "payload", (method, bad)
+        with pytest.raises(ValidationError):
+            store.path_for(bad.decode("utf-8", "replace"))
+    assert list((tmp_path / "objects").iterdir()) == []
+
+
 def test_fsverity_naming_uses_libcomposefs_digest(tmp_path: Path) -> None:
     data = os.urandom(5 * 4096 + 17)
     expected = libcomposefs_fsverity(data)
