@@ -364,8 +364,11 @@ def _address(cnode: Any) -> int:
     return int(ffi.cast("uintptr_t", cnode))
 
 
-def read_image(data: bytes | bytearray | memoryview) -> Tree:
+def read_image(data: bytes | bytearray | memoryview, limits: Limits | None = None) -> Tree:
     """Parse a composefs image into a validated :class:`Tree`.
+
+    ``limits`` (default ``Limits()``) bound the Tree, as
+    :meth:`Limits.for_images` applies them to images libcomposefs wrote.
 
     The image is untrusted: :func:`~composefs_py._erofs.check_image` checks
     its structure before libcomposefs's loader (which trusts offsets, sizes
@@ -379,7 +382,8 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
     # The check also finds what libcomposefs 1.0.8's loader misreads: a
     # payload with the 2 bytes after its redirect value appended, a last
     # inline xattr of 4 bytes dropped.  Those come from the check instead.
-    summary = check_image(data, limits=_IMAGE_LIMITS)
+    image_limits = _IMAGE_LIMITS if limits is None else limits.for_images()
+    summary = check_image(data, limits=image_limits)
     misread, dropped = summary.payloads, summary.dropped_xattrs
     buf = ffi.from_buffer("uint8_t[]", data)
     root = lib.lcfs_load_node_from_image(buf, len(buf))
@@ -406,7 +410,7 @@ def read_image(data: bytes | bytearray | memoryview) -> Tree:
                 child = _check_ptr(lib.lcfs_node_get_child(cnode, i), "lcfs_node_get_child")
                 name = _check_ptr(lib.lcfs_node_get_name(child), "lcfs_node_get_name")
                 stack.append((prefix + b"/" + ffi.string(name), child))
-        builder = TreeBuilder(_IMAGE_LIMITS)
+        builder = TreeBuilder(image_limits)
         for index, (path, cnode) in enumerate(walked):
             target = lib.lcfs_node_get_hardlink_target(cnode)
             if target != ffi.NULL:

@@ -809,11 +809,13 @@ def read_image_sandboxed(
     *,
     timeout: float | None = None,
     limits: SandboxLimits | None = None,
+    tree_limits: Limits | None = None,
 ) -> Tree:
     """Parse the untrusted composefs image ``data`` in a sandboxed child.
 
     The child answers with a dumpfile; the parent parses it with
-    :func:`~composefs_py.dumpfile.parse_dumpfile`, so what comes back is
+    :func:`~composefs_py.dumpfile.parse_dumpfile` under ``tree_limits``
+    (default ``Limits()``, as applied to images), so what comes back is
     validated like any other untrusted input.  An image libcomposefs or the
     validators reject raises :class:`ValidationError`; a crash, limit or
     timeout :class:`SandboxError`.
@@ -829,7 +831,7 @@ def read_image_sandboxed(
     argv = _worker_argv("read", limits, len(raw))
     outcome = _run_child(argv, raw, limits.timeout, max_stdout=limits.max_output)
     _, text = _first_line(outcome.stdout)
-    parse_limits = Limits().for_images()
+    parse_limits = (tree_limits or Limits()).for_images()
     if len(text) > parse_limits.max_input_bytes:
         parse_limits = replace(parse_limits, max_input_bytes=len(text))
     return parse_dumpfile(text, limits=parse_limits)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from .errors import BackendUnavailableError, LibraryError, ValidationError
+from .limits import Limits
 from .model import Tree
 
 __all__ = [
@@ -342,8 +343,12 @@ def read_image(
     src: bytes | bytearray | memoryview | os.PathLike[str] | str,
     *,
     sandbox: bool = False,
+    limits: Limits | None = None,
 ) -> Tree:
     """Read a composefs image (its bytes, or a path) back into a validated Tree.
+
+    ``limits`` (default ``Limits()``) bound the image (``max_input_bytes``,
+    checked before a path's content is read) and the Tree it gives.
 
     Anything that is not a composefs image (no composefs or EROFS magic
     number) raises ValidationError, and so does anything libcomposefs or the
@@ -365,29 +370,53 @@ def read_image(
     does not know of becomes a SandboxError, and time and memory are
     bounded).
     """
+    limits = Limits() if limits is None else limits
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
         where = "input"
     elif isinstance(src, str | os.PathLike):
-        data = Path(src).read_bytes()
         where = os.fspath(src)
+        data = _read_bounded(where, limits.max_input_bytes)
     else:
         raise TypeError(f"src must be bytes or a path, got {type(src).__name__}")
+    if len(data) > limits.max_input_bytes:
+        raise ValidationError(
+            f"{where}: image of {len(data)} bytes is larger than the limit "
+            f"max_input_bytes={limits.max_input_bytes}"
+        )
     if not is_image(data):
         raise ValidationError(f"{where}: not a composefs image (no composefs/EROFS magic number)")
     if sandbox:
         module = _sandbox_module()
         if module is None:
             raise BackendUnavailableError("the sandbox backend is not available in this build")
-        return cast(Tree, module.read_image_sandboxed(data))  # type: ignore[attr-defined]
+        tree = module.read_image_sandboxed(data, tree_limits=limits)  # type: ignore[attr-defined]
+        return cast(Tree, tree)
     native = _native_module()
     if native is None:
         raise BackendUnavailableError(
             "reading an image needs the compiled module composefs_py._lcfs; "
             "build it (`make deps`) or pass sandbox=True"
         )
-    reader = cast(Callable[[bytes], Tree], native.read_image)  # type: ignore[attr-defined]
+    native_reader = cast(Callable[[bytes, Limits], Tree], native.read_image)  # type: ignore[attr-defined]
+
+    def reader(image: bytes) -> Tree:
+        return native_reader(image, limits)
+
     return _with_reader_stack(reader, data)
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """The content of the file ``path``, refused before reading when it is
+    larger than ``limit`` bytes (a file that grows meanwhile is cut at
+    ``limit + 1`` bytes, and refused by the caller's check)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValidationError(
+                f"{path}: image of {size} bytes is larger than the limit max_input_bytes={limit}"
+            )
+        return f.read(limit + 1)
 
 
 def _with_reader_stack(reader: Callable[[bytes], Tree], data: bytes) -> Tree:

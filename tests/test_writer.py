@@ -29,6 +29,7 @@ from composefs_py.errors import (
     ValidationError,
 )
 from composefs_py.fsverity import fsverity_digest
+from composefs_py.limits import Limits
 from composefs_py.model import ROOT, Hardlink, Inode, Tree, TreeBuilder
 from composefs_py.writer import read_image, resolve_backend, write_image
 
@@ -512,6 +513,50 @@ def test_read_image_rejects_a_truncated_image(reference: bytes, cut: int) -> Non
     assert cut < len(reference)
     with pytest.raises(ValidationError):
         read_image(reference[:cut])
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_read_image_applies_the_callers_limits(reference: bytes, sandbox: bool) -> None:
+    small = Limits(max_entries=10)
+    with pytest.raises(ValidationError, match=r"\b10\b"):
+        read_image(reference, sandbox=sandbox, limits=small)
+    assert len(read_image(reference, sandbox=sandbox)) > 10
+
+
+def test_read_image_refuses_a_file_larger_than_max_input_bytes_before_reading_it(
+    reference: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.cfs"
+    path.write_bytes(reference)
+    reads: list[int] = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, f: object) -> None:
+            self._f = f
+
+        def __enter__(self) -> Spy:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._f.close()  # type: ignore[attr-defined]
+
+        def fileno(self) -> int:
+            return int(self._f.fileno())  # type: ignore[attr-defined]
+
+        def read(self, n: int = -1) -> bytes:
+            reads.append(n)
+            return bytes(self._f.read(n))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(writer, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    limit = len(reference) - 1
+    with pytest.raises(ValidationError, match="max_input_bytes"):
+        read_image(path, limits=Limits(max_input_bytes=limit))
+    assert reads == []
+    with pytest.raises(ValidationError, match="max_input_bytes"):
+        read_image(reference, limits=Limits(max_input_bytes=limit))
+    assert read_image(path, limits=Limits(max_input_bytes=len(reference))) == read_image(reference)
+    assert reads == [len(reference) + 1]
 
 
 def test_read_image_missing_file_is_file_not_found(tmp_path: Path) -> None:
