@@ -14,8 +14,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import struct
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -1295,3 +1297,43 @@ def test_tar_long_names_up_to_the_limit_accepted(tmp_path: Path) -> None:
     tree = open_layer(write_blob(tmp_path, blob)).tree()
     assert tree.inode(b"/" + name.encode()).size == 4
     assert tree.inode(b"/" + name.encode()[:-1] + b"g").symlink_target == target.encode()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--format=gnu"],
+        ["--format=posix"],
+        ["--format=posix", "--sparse-version=0.1"],
+        ["--format=posix", "--sparse-version=0.0"],
+    ],
+    ids=["gnu", "pax-1.0", "pax-0.1", "pax-0.0"],
+)
+def test_tar_sparse_files_and_long_names_from_gnu_tar(tmp_path: Path, options: list[str]) -> None:
+    tar = shutil.which("tar")
+    if (
+        tar is None
+        or b"GNU tar" not in subprocess.run([tar, "--version"], capture_output=True).stdout
+    ):
+        pytest.skip("GNU tar is not installed")
+    root = tmp_path / "root"
+    (root / ("d" * 150)).mkdir(parents=True)
+    sparse = root / "sparse"
+    with sparse.open("wb") as out:
+        out.truncate(10 << 20)
+        out.seek(5_000_000)
+        out.write(b"hello")
+        out.seek(9_000_000)
+        out.write(b"end")
+    long_name = root / ("d" * 150) / ("f" * 200)
+    long_name.write_bytes(b"long")
+    (root / "link").symlink_to("t" * 300)
+    blob = tmp_path / "layer.tar"
+    subprocess.run([tar, "-C", str(root), "--sparse", *options, "-cf", str(blob), "."], check=True)
+    store = tmp_path / "objects"
+    tree = open_layer(blob).import_objects(ObjectStore(store), progress=False)
+    node = tree.inode(b"/sparse")
+    assert node.size == 10 << 20 and node.payload == sha256_payload(sparse.read_bytes())
+    assert ObjectStore(store).path_for(node.payload).stat().st_size == 10 << 20
+    assert tree.inode(b"/" + b"d" * 150 + b"/" + b"f" * 200).payload == sha256_payload(b"long")
+    assert tree.inode(b"/link").symlink_target == b"t" * 300
