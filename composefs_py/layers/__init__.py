@@ -482,7 +482,12 @@ def plan_sources(
         if hexdigest in sources:
             continue
         segments = _segments(
-            chunks, size, data_end, name, bound, inner_offsets=inner_offsets,
+            chunks,
+            size,
+            data_end,
+            name,
+            bound,
+            inner_offsets=inner_offsets,
             zero_chunks=zero_chunks,
         )
         end_offset = _int_field(entry, "endOffset", first, name) if use_end_offset else None
@@ -490,8 +495,7 @@ def plan_sources(
             offset = _int_field(entry, "offset", first, name) or 0
             if not offset < end_offset <= data_end:
                 raise ValidationError(
-                    f"[{offset}, {end_offset}) is not a range inside the file data "
-                    f"[0, {data_end})",
+                    f"[{offset}, {end_offset}) is not a range inside the file data [0, {data_end})",
                     entry=first,
                     path=name,
                     field="endOffset",

@@ -66,9 +66,7 @@ class EstargzLayer(TocLayer):
         return GzipMembers(raw)
 
     def _load_toc(self, fd: int) -> bytes:
-        toc = _read_toc(
-            fd, self.toc_offset, self.blob_size - ESTARGZ_FOOTER_SIZE, self.limits
-        )
+        toc = _read_toc(fd, self.toc_offset, self.blob_size - ESTARGZ_FOOTER_SIZE, self.limits)
         check_toc_digest(toc, self._toc_digest, "TOC (stargz.index.json)")
         return toc
 
@@ -81,8 +79,8 @@ def _read_footer(fd: int, size: int) -> int:
             field="footer",
         )
     footer = read_exact(fd, size - ESTARGZ_FOOTER_SIZE, ESTARGZ_FOOTER_SIZE, "footer")
-    magic, _mtime, _xfl, _os, xlen, subfield, sublen, hex_offset, tag = (
-        _FOOTER_HEAD.unpack_from(footer)
+    magic, _mtime, _xfl, _os, xlen, subfield, sublen, hex_offset, tag = _FOOTER_HEAD.unpack_from(
+        footer
     )
     if (
         magic != b"\x1f\x8b\x08\x04"
@@ -128,9 +126,7 @@ def _read_toc(fd: int, start: int, end: int, limits: Limits) -> bytes:
         try:
             info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
         except tarfile.TarError as exc:
-            raise ValidationError(
-                f"the TOC's tar header is invalid: {exc}", field="toc"
-            ) from None
+            raise ValidationError(f"the TOC's tar header is invalid: {exc}", field="toc") from None
         if info.name != TOC_NAME or not info.isreg():
             raise ValidationError(
                 f"the tar at the TOC offset must hold a regular file {TOC_NAME}, "
@@ -147,9 +143,7 @@ def _read_toc(fd: int, start: int, end: int, limits: Limits) -> bytes:
     except zlib.error as exc:
         raise ValidationError(f"the TOC cannot be decompressed: {exc}", field="toc") from None
     if len(toc) != info.size:
-        raise ValidationError(
-            f"the TOC is cut short: {len(toc)} of {info.size} bytes", field="toc"
-        )
+        raise ValidationError(f"the TOC is cut short: {len(toc)} of {info.size} bytes", field="toc")
     return toc
 
 

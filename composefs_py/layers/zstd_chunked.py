@@ -176,8 +176,7 @@ class ZstdChunkedLayer(TocLayer):
 def _read_footer(fd: int, size: int) -> tuple[TocPosition, int]:
     if size < ZSTD_CHUNKED_FOOTER_SIZE + len(ZSTD_MAGIC):
         raise ValidationError(
-            f"a zstd:chunked blob is more than {ZSTD_CHUNKED_FOOTER_SIZE} bytes, "
-            f"this one {size}",
+            f"a zstd:chunked blob is more than {ZSTD_CHUNKED_FOOTER_SIZE} bytes, this one {size}",
             field="footer",
         )
     tail = read_exact(fd, size - ZSTD_CHUNKED_FOOTER_SIZE, ZSTD_CHUNKED_FOOTER_SIZE, "footer")
@@ -204,13 +203,9 @@ def _check_position(
         )
     offset, compressed = position.offset, position.compressed_length
     header = _SKIPPABLE_HEADER.size
-    if not (
-        len(ZSTD_MAGIC) + header <= offset
-        and 0 < compressed <= size - offset
-    ):
+    if not (len(ZSTD_MAGIC) + header <= offset and 0 < compressed <= size - offset):
         raise ValidationError(
-            f"TOC at offset {offset}, {compressed} bytes, does not fit in the "
-            f"{size}-byte blob",
+            f"TOC at offset {offset}, {compressed} bytes, does not fit in the {size}-byte blob",
             field=field,
         )
     if not 0 < position.uncompressed_length <= limits.max_input_bytes:
@@ -254,8 +249,7 @@ def _decompress_toc(compressed: bytes, expected: int) -> bytes:
     if got != expected:
         amount = f"more than {expected}" if got > expected else f"only {got}"
         raise ValidationError(
-            f"the TOC decompresses to {amount} bytes; its uncompressed length "
-            f"is {expected}",
+            f"the TOC decompresses to {amount} bytes; its uncompressed length is {expected}",
             field="toc",
         )
     return b"".join(parts)
