@@ -49,6 +49,7 @@ from .model import (
     Tree,
     _inode_problem,
     new_inode,
+    payloads_are_names,
 )
 
 __all__ = ["EMPTY_FILE", "NodeColumns", "Table", "columns_of", "moved", "tree_from_columns"]
@@ -559,7 +560,7 @@ def _ancestors(missing: set[bytes], dirs: set[bytes]) -> list[bytes]:
 def _data_ok(
     data: list[bytes | None], is_reg: list[bool], is_link: list[bool], limits: Limits
 ) -> bool:
-    """Payloads only on regular files, targets on every symlink, each a sane path."""
+    """Payloads only on regular files, each an object name; targets on every symlink."""
     present = list(map(is_not, data, repeat(None)))
     if present.count(True) != sum(is_link) + sum(compress(present, is_reg)):
         return False  # data on a type that has none
@@ -569,7 +570,12 @@ def _data_ok(
     if len(targets) != sum(is_link) or None in targets:
         return False
     payloads = [d for d in compress(data, is_reg) if d is not None]
-    return not payloads or _strings_ok(payloads, limits.max_path_bytes)
+    if not payloads:
+        return True
+    if limits.allow_foreign_payloads:
+        return _strings_ok(payloads, limits.max_path_bytes)
+    # the model's rule (object names), over all of them at once
+    return set(map(type, payloads)) == {bytes} and payloads_are_names(payloads)
 
 
 def _strings_ok(values: list[bytes], longest: int) -> bool:

@@ -62,6 +62,21 @@ class Limits:
     #: bytes (EROFS chunk bits 31 + block bits 12) and fails with EFBIG
     #: beyond 2**53 bytes.
     max_file_size: int = 1 << 53
+    #: Take an input's own ``trusted.overlay.*`` xattrs (redirect, metacopy,
+    #: origin, whiteout, opaque on a non-directory...).  Off: they are refused
+    #: (but ``trusted.overlay.opaque=y``/``x`` on a directory, which this
+    #: package and libcomposefs make themselves), because a composefs mount
+    #: shows them to an overlay stacked on it (``mount_layers``) as that
+    #: overlay's own metadata: a top layer could make it show a lower layer's
+    #: hidden file anywhere.  Turn on only for input trusted that far.
+    allow_overlay_xattrs: bool = False
+    #: Take any payload of 1..``max_path_bytes`` bytes without NUL, such as
+    #: ostree's ``ab/<62 hex>.file`` object names.  Off, a payload must be an
+    #: object name of this package's store, ``ab/`` + 62 lowercase hex digits
+    #: (DESIGN rule 8), so that no name from an input can point anywhere else.
+    #: Such a Tree can be written, but its payloads are not confined: the
+    #: image reader (``read_image``) and the object store still refuse them.
+    allow_foreign_payloads: bool = False
 
     def for_images(self) -> Limits:
         """These bounds as a reader of images libcomposefs wrote applies them.

@@ -13,6 +13,7 @@ component, no NUL.
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -51,6 +52,56 @@ DIGEST_SIZE = 32
 #: xattr names EROFS stores as a prefix index and an empty suffix, which the
 #: kernel refuses and the image reader loses.
 _BARE_PREFIXES = frozenset((b"user.", b"trusted.", b"security.", b"lustre."))
+
+#: A regular file's payload names its object in the store: the sha256 of the
+#: content as 2 lowercase hex digits, ``/``, the other 62 (DESIGN rule 8).
+#: Nothing else may name a file to open: not ``..``, not an absolute path,
+#: not a digest of another length (``limits.allow_foreign_payloads`` opts out).
+PAYLOAD_SIZE = 65
+_PAYLOAD_NAME = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}").fullmatch
+_HEX_AS_0 = bytes.maketrans(b"123456789abcdef", b"0" * 15)
+_PAYLOAD_SHAPE = (b"00/" + b"0" * 62).translate(_HEX_AS_0)
+
+#: overlayfs keeps its metadata in ``trusted.overlay.*`` xattrs.  libcomposefs
+#: escapes an input's ``trusted.overlay.X`` as ``trusted.overlay.overlay.X`` in
+#: the image, but the composefs mount shows it unescaped again, and an overlay
+#: stacked on that mount (``mount_layers``) then reads it as its own: a
+#: redirect to another layer's file, a metacopy, an origin, a whiteout...
+#: So an input's ``trusted.overlay.*`` xattrs are refused (DESIGN section 4),
+#: but for the one this package makes itself: ``trusted.overlay.opaque`` on a
+#: directory, with the value ``y`` (what a ``.wh..wh..opq`` marker becomes:
+#: the directory hides the layers below it, which the marker may do anyway)
+#: or ``x`` (what libcomposefs itself puts on a directory holding whiteouts in
+#: format 1, which reading such an image gives back: it only tells overlayfs
+#: to look for whiteouts there, and every whiteout an input can make is a
+#: character device 0/0 already).  ``limits.allow_overlay_xattrs`` opts out.
+OVERLAY_XATTR_PREFIX = b"trusted.overlay."
+_OWN_OVERLAY_XATTRS = frozenset(
+    ((b"trusted.overlay.opaque", b"y"), (b"trusted.overlay.opaque", b"x"))
+)
+
+
+def payload_problem(payload: bytes) -> str | None:
+    """Why ``payload`` is no object name of the store, or None."""
+    if _PAYLOAD_NAME(payload) is not None:
+        return None
+    return (
+        "must name an object of the store: 2 lowercase hex digits, '/', 62 lowercase "
+        f"hex digits (the content's sha256), got {payload[:80]!r}"
+        + ("..." if len(payload) > 80 else "")
+    )
+
+
+def payloads_are_names(payloads: list[bytes]) -> bool:
+    """Each of ``payloads`` (bytes) is an object name (:func:`payload_problem` in bulk)."""
+    if not payloads:
+        return True
+    joined = b"".join(payloads)
+    return (
+        len(joined) == PAYLOAD_SIZE * len(payloads)
+        and set(map(len, payloads)) == {PAYLOAD_SIZE}
+        and joined.translate(_HEX_AS_0) == _PAYLOAD_SHAPE * len(payloads)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +682,10 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             or payload.find(b"\0") >= 0
         ):
             return "payload", f"must be 1..{limits.max_path_bytes} bytes without NUL"
+        if not limits.allow_foreign_payloads:
+            problem = payload_problem(payload)
+            if problem is not None:
+                return "payload", problem
     target = node.symlink_target
     if ftype == S_IFLNK:
         if (
@@ -685,6 +740,17 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
             if name <= previous:
                 return "xattrs", f"names must be unique and sorted, got {name!r} again"
             previous = name
+            if (
+                name.startswith(OVERLAY_XATTR_PREFIX)
+                and not limits.allow_overlay_xattrs
+                and not (ftype == S_IFDIR and pair in _OWN_OVERLAY_XATTRS)
+            ):
+                return "xattrs", (
+                    f"{name.decode('utf-8', 'backslashreplace')} is overlayfs metadata, "
+                    "which would steer an overlay mount stacked on this image: refused "
+                    "(only trusted.overlay.opaque=y or x on a directory is taken; "
+                    "Limits.allow_overlay_xattrs=True carries any)"
+                )
             if len(value) > limits.max_xattr_value_bytes:
                 return "xattrs", (
                     f"value of {name.decode('utf-8', 'backslashreplace')} is longer than "

@@ -838,10 +838,20 @@ def _bulk_paths(names: Sequence[str]) -> list[bytes] | None:
     return joined.replace(b"\0", b"\0/")[1:-2].split(b"\0")
 
 
-def _all_digests(joined: str, count: int) -> bool:
-    """``joined`` is ``count`` digests, each sha256: and 64 lowercase hex digits."""
+def _all_digests(texts: list[str]) -> bool:
+    """Each of ``texts`` but the empty ones (absent) is sha256: and 64 lowercase hex digits.
+
+    Each one's length is checked too: in the joined text a digest a digit
+    short and the next one a digit long (or ``sha256:...sh`` then
+    ``a256:...``) would have the very shape of two good ones.
+    """
+    given = [text for text in texts if text] if "" in texts else texts
+    if not given:
+        return True
+    joined = "".join(given)
+    count = len(given)
     return (
-        len(joined) == 71 * count
+        set(map(len, given)) == {71}
         and joined.count("sha256:") == count
         and joined.isascii()
         and joined.encode().translate(_HEX_AS_0) == _DIGEST_SHAPE * count
@@ -1093,15 +1103,14 @@ class _Bulk:
         # only regular files have data (a size), a digest or a chunkDigest; data needs one
         sizes = [size if size > 0 else 0 for size in sizes]
         not_reg = [kind != "reg" for kind in types]
-        no_digest = digests.count("")
         if (
             any(compress(sizes, not_reg))
             or any(compress(digests, not_reg))
-            or not _all_digests("".join(digests), n - no_digest)
+            or not _all_digests(digests)
             or "" in compress(digests, sizes)
             or not {"", _EMPTY_SHA256}.issuperset(compress(digests, map(not_, sizes)))
             or any(compress(chunk_digests, not_reg))
-            or not _all_digests("".join(chunk_digests), n - chunk_digests.count(""))
+            or not _all_digests(chunk_digests)
         ):
             return False
         # the payload is the digest's path (see _Walker.payload); an empty file has none

@@ -33,6 +33,12 @@ _SMALL = Limits(
     max_symlink_bytes=64,
     max_total_path_bytes=2000,
 )
+#: The strategies' trees hold payloads that are no object names and
+#: trusted.overlay.* xattrs: they are valid Trees under these opt-ins (the
+#: hostile rows are judged with and without them).
+_OPEN = Limits(allow_foreign_payloads=True, allow_overlay_xattrs=True)
+_SMALL_OPEN = dataclasses.replace(_SMALL, allow_foreign_payloads=True, allow_overlay_xattrs=True)
+PAYLOAD = b"ab/" + b"cd" * 31
 
 
 def _builder_tree(
@@ -60,16 +66,16 @@ def _same(bulk: Tree, tree: Tree) -> None:
     assert dump(bulk) == dump(tree)
 
 
-@given(trees(max_entries=30))
+@given(trees(max_entries=30, limits=_OPEN))
 def test_valid_rows_give_the_builders_tree(tree: Tree) -> None:
     columns = columns_of(tree)
-    bulk = tree_from_columns(columns)
+    bulk = tree_from_columns(columns, _OPEN)
     assert bulk is not None, "valid rows in Tree order must be taken"
     _same(bulk, tree)
     assert bulk._table is not None
 
 
-@given(trees(max_entries=30), st.randoms(use_true_random=False), st.booleans())
+@given(trees(max_entries=30, limits=_OPEN), st.randoms(use_true_random=False), st.booleans())
 def test_shuffled_rows_with_parents_to_make(tree: Tree, rnd: random.Random, count: bool) -> None:
     columns = columns_of(tree)
     rows = list(range(len(columns)))
@@ -88,8 +94,8 @@ def test_shuffled_rows_with_parents_to_make(tree: Tree, rnd: random.Random, coun
         )
     ]
     shuffled = _select(columns, rows)
-    expected = _builder_tree(shuffled, synthesize_parents=True, count_hardlinks=count)
-    bulk = tree_from_columns(shuffled, synthesize_parents=True, count_hardlinks=count)
+    expected = _builder_tree(shuffled, _OPEN, synthesize_parents=True, count_hardlinks=count)
+    bulk = tree_from_columns(shuffled, _OPEN, synthesize_parents=True, count_hardlinks=count)
     note(f"expected {expected!r}")
     if isinstance(expected, ValidationError):
         assert bulk is None
@@ -133,13 +139,14 @@ _HOSTILE_PATHS = (
     b"/a\nb", b"/missing/child",
 )  # fmt: skip
 _HOSTILE_DATA = (
-    None, b"", b"x", b"a\0b", b"l" * 65, b"p" * 121, "str", b"ab/cdef", 0,
+    None, b"", b"x", b"a\0b", b"l" * 65, b"p" * 121, "str", b"ab/cdef", 0, PAYLOAD,
+    PAYLOAD.upper(), PAYLOAD + b"\n", b"../" + PAYLOAD[3:], b"/etc/shadow", PAYLOAD[:-1] + b"/",
 )  # fmt: skip
 
 
 @st.composite
 def _hostile(draw: st.DrawFn) -> tuple[NodeColumns, bool, bool]:
-    tree = draw(trees(max_entries=20, limits=_SMALL))
+    tree = draw(trees(max_entries=20, limits=_SMALL_OPEN))
     columns = columns_of(tree)
     rows = list(range(len(columns)))
     if draw(st.booleans()):
@@ -176,6 +183,8 @@ def _hostile(draw: st.DrawFn) -> tuple[NodeColumns, bool, bool]:
                         (None, None, ((b"user.", b"1"),)),
                         (None, None, ((b"user.b", b"1"), (b"user.a", b"1"))),
                         (None, None, ((b"user.a", b"v" * 70000),)),
+                        (None, None, ((b"trusted.overlay.redirect", b"/x"),)),
+                        (None, None, ((b"trusted.overlay.opaque", b"y"),)),
                     ]
                 )
             )
@@ -199,24 +208,28 @@ def test_hostile_rows_are_never_taken_where_the_builder_refuses(
     case: tuple[NodeColumns, bool, bool],
 ) -> None:
     columns, synthesize, count = case
-    try:
-        expected = _builder_tree(
-            columns, _SMALL, synthesize_parents=synthesize, count_hardlinks=count
+    for limits in (_SMALL_OPEN, _SMALL):
+        try:
+            expected = _builder_tree(
+                columns, limits, synthesize_parents=synthesize, count_hardlinks=count
+            )
+        except (TypeError, AttributeError, IndexError, ValueError) as error:
+            # rows TreeBuilder.add cannot even be given (not bytes, not ints...)
+            expected = ValidationError(str(error))
+        bulk = tree_from_columns(
+            columns, limits, synthesize_parents=synthesize, count_hardlinks=count
         )
-    except (TypeError, AttributeError, IndexError, ValueError) as error:
-        # rows TreeBuilder.add cannot even be given (not bytes, not ints...)
-        expected = ValidationError(str(error))
-    bulk = tree_from_columns(columns, _SMALL, synthesize_parents=synthesize, count_hardlinks=count)
-    note(f"expected {expected!r}")
-    if isinstance(expected, ValidationError):
-        assert bulk is None
-    elif bulk is not None:
-        _same(bulk, expected)
-        with tempfile.TemporaryDirectory() as work:
-            images = [
-                _image(tree, os.path.join(work, f"{i}")) for i, tree in enumerate((bulk, expected))
-            ]
-        assert images[0] == images[1]
+        note(f"expected {expected!r}")
+        if isinstance(expected, ValidationError):
+            assert bulk is None
+        elif bulk is not None:
+            _same(bulk, expected)
+            with tempfile.TemporaryDirectory() as work:
+                images = [
+                    _image(tree, os.path.join(work, f"{i}"))
+                    for i, tree in enumerate((bulk, expected))
+                ]
+            assert images[0] == images[1]
 
 
 # Row 1 is the regular file /a, row 2 the symlink /b (see _three_files).
@@ -246,6 +259,10 @@ _REFUSALS = [
     (1, "data", b"a\0b"),
     (1, "data", b""),
     (1, "data", "ab/cd"),
+    (1, "data", b"ab/cd"),  # no object name
+    (1, "data", PAYLOAD.upper()),
+    (1, "data", b"../../etc/shadow"),
+    (1, "data", PAYLOAD + b"x"),
     (2, "data", None),  # a symlink without target
     (2, "data", b"t" * 4096),
     (0, "data", b"x"),  # data on a directory
@@ -292,7 +309,7 @@ def test_refusals_of_links_and_extras(links: dict[int, object], extras: dict[int
         columns.mode[row], columns.size[row], columns.data[row] = stat.S_IFREG, 0, None
     if links == {1: b"/b"} and extras == {}:
         # data on a hardlink row: the builder ignores it, C would read it as the next row's
-        with_data = dataclasses.replace(columns, data=[None, b"ab/cd", b"a"])
+        with_data = dataclasses.replace(columns, data=[None, PAYLOAD, b"a"])
         assert tree_from_columns(with_data) is None
     expected = _builder_tree(columns) if 7 not in extras else ValidationError("no row 7")
     bulk = tree_from_columns(columns)
@@ -308,7 +325,7 @@ def _three_files() -> Tree:
     from composefs_py.model import Inode
 
     builder.add(ROOT, Inode(stat.S_IFDIR | 0o755))
-    builder.add(b"/a", Inode(stat.S_IFREG | 0o644, size=3, payload=b"ab/cd"))
+    builder.add(b"/a", Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD))
     builder.add(b"/b", Inode(stat.S_IFLNK | 0o777, symlink_target=b"a"))
     return builder.build()
 
@@ -326,9 +343,9 @@ def test_a_table_tree_reads_and_writes_as_its_nodes(tmp_path: Any) -> None:
     assert _image(bulk, os.fspath(tmp_path / "a")) == _image(tree, os.fspath(tmp_path / "b"))
 
 
-@given(trees(max_entries=25))
+@given(trees(max_entries=25, limits=_OPEN))
 def test_table_trees_write_the_same_image(tree: Tree) -> None:
-    bulk = tree_from_columns(columns_of(tree))
+    bulk = tree_from_columns(columns_of(tree), _OPEN)
     assert bulk is not None
     with tempfile.TemporaryDirectory() as work:
         assert _image(bulk, os.path.join(work, "a")) == _image(tree, os.path.join(work, "b"))
@@ -352,9 +369,9 @@ def test_limits_count_the_parents_made(limits: Limits, path: bytes) -> None:
     assert tree_from_columns(columns, limits, synthesize_parents=True) is None
 
 
-@given(trees(max_entries=25))
+@given(trees(max_entries=25, limits=_OPEN))
 def test_a_moved_tree_is_the_same_tree(tree: Tree) -> None:
-    bulk = tree_from_columns(columns_of(tree))
+    bulk = tree_from_columns(columns_of(tree), _OPEN)
     assert bulk is not None
     again = moved(bulk)
     assert again is not bulk and again._table is not bulk._table
@@ -444,3 +461,40 @@ def test_bad_chains_are_not_taken_in_bulk(targets: dict[bytes, bytes]) -> None:
     columns = _link_columns(entries)
     assert tree_from_columns(columns) is None
     assert isinstance(_builder_tree(columns), ValidationError)
+
+
+def _files_with(payloads: list[bytes]) -> NodeColumns:
+    from composefs_py.model import Inode
+
+    entries = [(b"/f%d" % i, Inode(stat.S_IFREG | 0o644, size=1)) for i in range(len(payloads))]
+    columns = _link_columns(entries)
+    columns.data[1:] = payloads
+    columns.size[1:] = [1] * len(payloads)
+    return columns
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        # each too short or too long, but joined the shape of good ones
+        [PAYLOAD[:-1], b"c" + PAYLOAD],
+        [PAYLOAD + b"c", PAYLOAD[1:]],
+        [PAYLOAD, PAYLOAD[:-1], b"d" + PAYLOAD],
+        [b"ab/" + b"c" * 61, b"c" + PAYLOAD],
+    ],
+)
+def test_payloads_that_join_into_good_ones_are_refused(payloads: list[bytes]) -> None:
+    columns = _files_with(payloads)
+    assert b"".join(payloads).count(b"/") == len(payloads)
+    assert tree_from_columns(columns) is None
+    error = _builder_tree(columns)
+    assert isinstance(error, ValidationError) and error.field == "payload"
+    assert tree_from_columns(columns, _OPEN) is not None  # the opt-in takes them
+
+
+def test_object_names_are_taken_in_bulk() -> None:
+    payloads = [b"%02x/" % i + bytes(b"0123456789abcdef"[(i + j) % 16] for j in range(62))
+                for i in range(256)]  # fmt: skip
+    bulk = tree_from_columns(_files_with(payloads))
+    assert bulk is not None
+    assert [bulk.inode(b"/f%d" % i).payload for i in range(256)] == payloads

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_upstream_assets import OPT_INS
 
 from composefs_py.dumpfile import FIELDS, dump, dump_bytes, parse_dumpfile
 from composefs_py.errors import ValidationError
@@ -32,6 +33,10 @@ DIGEST = "0123456789abcdef" * 4
 
 #: Upstream's non-strict assets (tests/test-checksums.sh).
 NONSTRICT = frozenset({"no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"})
+#: An object name (a payload the model takes without an opt-in).
+PAYLOAD = b"ab/" + b"cd" * 31
+#: Every opt-in: payloads that are no object names, trusted.overlay.* xattrs.
+OPEN = Limits(allow_foreign_payloads=True, allow_overlay_xattrs=True)
 
 
 def line(
@@ -52,10 +57,10 @@ def line(
     return b" ".join([*fields, *xattrs]) + b"\n"
 
 
-def parse_one(**fields: Any) -> Inode:
+def parse_one(limits: Limits | None = None, **fields: Any) -> Inode:
     """Parse the root plus one line built from ``fields``; return its inode."""
     path = fields.get("path", b"/f")
-    tree = parse_dumpfile(ROOT + line(**fields))
+    tree = parse_dumpfile(ROOT + line(**fields), limits=limits)
     node = tree[path.replace(b"\\x20", b" ")]
     assert isinstance(node, Inode)
     return node
@@ -115,7 +120,8 @@ def test_every_escape_decodes_in_every_escaped_field(escaped: bytes, raw: bytes)
         assert node.xattrs == ((b"user.k" + raw, b"1"),)
         link = parse_one(path=b"/l", mode=b"120777", size=str(len(raw)).encode(), payload=escaped)
         assert link.symlink_target == raw
-        assert parse_one(size=b"5", payload=b"ab/" + escaped).payload == b"ab/" + raw
+        # (a payload is an object name: any other only with the opt-in)
+        assert parse_one(OPEN, size=b"5", payload=b"ab/" + escaped).payload == b"ab/" + raw
     if b"/" not in raw and b"\0" not in raw:
         tree = parse_dumpfile(ROOT + line(path=b"/n" + escaped))
         assert b"/n" + raw in tree
@@ -353,7 +359,7 @@ def test_model_mapping_of_sizes_links_payloads_and_digests() -> None:
         b"/ 4096 40755 77 1 2 0 5.6 - - -\n"
         + line(path=b"/d", mode=b"40700", size=b"123", nlink=b"9")
         + line(path=b"/c", mode=b"20600", size=b"1", rdev=b"259")
-        + line(path=b"/f", size=b"10", nlink=b"3", payload=b"ab/cd", digest=DIGEST.upper().encode())
+        + line(path=b"/f", size=b"10", nlink=b"3", payload=PAYLOAD, digest=DIGEST.upper().encode())
         + line(path=b"/h", mode=b"@100644", size=b"999", nlink=b"42", payload=b"/f")
         + line(path=b"/p", mode=b"10644", size=b"7")
     )
@@ -366,7 +372,7 @@ def test_model_mapping_of_sizes_links_payloads_and_digests() -> None:
     assert tree.inode(b"/c").rdev == 259
     assert tree.inode(b"/p").size == 0
     regular = tree.inode(b"/f")
-    assert (regular.size, regular.nlink, regular.payload) == (10, 3, b"ab/cd")
+    assert (regular.size, regular.nlink, regular.payload) == (10, 3, PAYLOAD)
     assert regular.fsverity_digest == bytes.fromhex(DIGEST)
     assert tree[b"/h"] == Hardlink(b"/f")
     assert tree.inode(b"/h") == regular  # nlink is kept as given, not counted
@@ -448,12 +454,12 @@ def test_a_hardlink_groups_inode_stays_where_the_input_put_it(
     text = (
         ROOT
         + line(path=b"/a", mode=b"@100644", size=b"3", nlink=b"2", payload=b"/z")
-        + line(path=b"/z", size=b"3", nlink=b"2", payload=b"ab/cdef")
+        + line(path=b"/z", size=b"3", nlink=b"2", payload=PAYLOAD)
     )
     ours = dump_bytes(parse_dumpfile(text))
     assert ours.splitlines()[1:] == [
         b"/a 3 @100644 2 0 0 0 0.0 /z - -",
-        b"/z 3 100644 2 0 0 0 0.0 ab/cdef - -",
+        b"/z 3 100644 2 0 0 0 0.0 " + PAYLOAD + b" - -",
     ]
     image = run_mkcomposefs(text)
     assert run_mkcomposefs(ours) == image
@@ -658,12 +664,12 @@ def test_any_valid_tree_round_trips_through_its_dump() -> None:
     strategies = pytest.importorskip("composefs_py.strategies")
 
     @settings(max_examples=200)
-    @given(strategies.trees())
+    @given(strategies.trees(limits=OPEN))
     def round_trip(tree: Tree) -> None:
         # the image keeps 32 bits of a device number; the parser takes no more
         assume(all(node.rdev <= 0xFFFFFFFF for _, node in tree if isinstance(node, Inode)))
         text = dump(tree)
-        back = parse_dumpfile(text)
+        back = parse_dumpfile(text, limits=OPEN)
         assert dump(back) == text
         assert back == tree
 
@@ -710,14 +716,15 @@ def test_every_checksum_asset_parses_strict_unless_upstream_marks_it_nonstrict(
     assert any(path.name.endswith(".gz") for path in found)
     for asset in found:
         data = read_asset(asset)
+        limits = OPT_INS.get(asset.name)
         if asset.name in NONSTRICT:
             with pytest.raises(ValidationError):
-                parse_dumpfile(data)
-            tree = parse_dumpfile(data, strict=False)
+                parse_dumpfile(data, limits=limits)
+            tree = parse_dumpfile(data, strict=False, limits=limits)
         else:
-            tree = parse_dumpfile(data)
+            tree = parse_dumpfile(data, limits=limits)
         assert len(tree) == data.count(b"\n") + (not data.endswith(b"\n"))
-        assert dump(parse_dumpfile(dump(tree))) == dump(tree)
+        assert dump(parse_dumpfile(dump(tree), limits=limits)) == dump(tree)
 
 
 def _normalize_info_line(text: str) -> str:
@@ -753,7 +760,9 @@ def test_dump_equals_composefs_info_dump_of_the_mkcomposefs_image(
     exact = 0
     for asset in checksum_assets(composefs_src):
         data = read_asset(asset)
-        tree = parse_dumpfile(data, strict=asset.name not in NONSTRICT)
+        tree = parse_dumpfile(
+            data, strict=asset.name not in NONSTRICT, limits=OPT_INS.get(asset.name)
+        )
         ours = dump(tree)
         version = _version_args(asset)
         image = run_mkcomposefs(data, *version)
@@ -807,7 +816,7 @@ def _escape_torture() -> bytes:
 def test_escaping_matches_composefs_info_for_every_byte(
     run_mkcomposefs: Callable[..., bytes], composefs_info: Path
 ) -> None:
-    tree = parse_dumpfile(_escape_torture())
+    tree = parse_dumpfile(_escape_torture(), limits=OPEN)  # its payload "-" is no object name
     image = run_mkcomposefs(dump_bytes(tree))
     assert dump(tree) == composefs_info_dump(composefs_info, image)
 
@@ -865,3 +874,82 @@ def test_hardlink_chains_cost_linear_time(shape: str) -> None:
     assert ratio < 8, f"{shape}: 10000 links {small:.3f} s, 40000 links {large:.3f} s"
     tree = parse_dumpfile(_link_dump(shape, 30))
     assert all(node == Hardlink(b"/f") for _, node in tree if isinstance(node, Hardlink))
+
+
+# ---------------------------------------------------------------------------
+# payloads are object names; overlay xattrs of an input are refused
+# ---------------------------------------------------------------------------
+
+
+def _payload_line(payload: bytes) -> bytes:
+    escaped = b"".join(b"\\x%02x" % byte if byte <= 0x20 or byte >= 0x7F or byte == 0x5C
+                       else bytes((byte,)) for byte in payload)  # fmt: skip
+    return ROOT + line(path=b"/f", size=b"1", payload=escaped or b"-")
+
+
+@pytest.mark.parametrize("length", range(71))
+def test_a_payload_of_each_length_but_65_is_refused(length: int) -> None:
+    from test_model import _payload_shaped
+
+    text = _payload_line(_payload_shaped(length))
+    if length in (0, 65):
+        parse_dumpfile(text)  # 0: no payload ("-")
+    else:
+        error = assert_rejects(text, "payload")
+        assert error.path == "/f"
+
+
+def _shapes() -> list[bytes]:
+    from test_model import BAD_PAYLOAD_SHAPES
+
+    return BAD_PAYLOAD_SHAPES
+
+
+@pytest.mark.parametrize("payload", _shapes(), ids=repr)
+def test_a_payload_of_another_shape_is_refused(payload: bytes) -> None:
+    error = assert_rejects(_payload_line(payload), "payload")
+    assert error.path == "/f"
+
+
+@pytest.mark.parametrize("payload", _shapes(), ids=repr)
+def test_read_image_refuses_an_image_holding_such_a_payload(
+    payload: bytes, run_mkcomposefs: Callable[..., bytes]
+) -> None:
+    from composefs_py.writer import read_image
+
+    if b"\0" in payload:
+        pytest.skip("mkcomposefs cuts a payload at a NUL")
+    image = run_mkcomposefs(_payload_line(payload))
+    with pytest.raises(ValidationError) as caught:
+        read_image(image)
+    assert caught.value.field == "payload"
+    assert caught.value.path == "/f"
+
+
+@pytest.mark.parametrize(
+    ("xattr", "mode"),
+    [
+        (b"trusted.overlay.redirect=/secret", b"40755"),
+        (b"trusted.overlay.metacopy=", b"100644"),
+        (b"trusted.overlay.origin=\\x00\\xfb", b"40755"),
+        (b"trusted.overlay.opaque=y", b"100644"),
+        (b"trusted.overlay.opaque=x", b"20600"),
+        (b"trusted.overlay.opaque=n", b"40755"),
+        (b"trusted.overlay.whiteout=", b"100644"),
+        (b"trusted.overlay.overlay.redirect=/x", b"40755"),
+    ],
+)
+def test_overlay_xattrs_of_a_dumpfile_are_refused(xattr: bytes, mode: bytes) -> None:
+    text = ROOT + line(path=b"/e", mode=mode, xattrs=(b"user.a=1", xattr))
+    error = assert_rejects(text, "xattrs")
+    assert error.path == "/e"
+    assert error.reason.startswith(xattr.split(b"=")[0].decode() + " is overlayfs metadata")
+    parse_dumpfile(text, limits=Limits(allow_overlay_xattrs=True))
+
+
+@pytest.mark.parametrize("value", [b"y", b"x"])
+def test_the_opaque_marks_of_a_directory_are_taken(value: bytes) -> None:
+    tree = parse_dumpfile(
+        ROOT + line(path=b"/d", mode=b"40755", xattrs=(b"trusted.overlay.opaque=" + value,))
+    )
+    assert tree.inode(b"/d").xattrs == ((b"trusted.overlay.opaque", value),)

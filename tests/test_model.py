@@ -940,3 +940,115 @@ def test_a_chain_to_a_directory_or_nowhere_names_the_first_link() -> None:
     error = rejects((b"/a", Hardlink(b"/b")), (b"/b", Hardlink(b"/gone")))
     assert (error.entry, error.path) == (0, "/a")
     assert "'/gone' does not exist" in error.reason
+
+
+# ---------------------------------------------------------------------------
+# payloads are object names (DESIGN rule 8)
+# ---------------------------------------------------------------------------
+
+HEX62 = bytes(b"0123456789abcdef"[i % 16] for i in range(62))
+
+#: Payloads of the right length (65) but the wrong shape, and other hostile ones.
+BAD_PAYLOAD_SHAPES = [
+    b"AB/" + HEX62,  # uppercase
+    b"ab/" + HEX62.upper(),
+    b"ab/" + HEX62[:-1] + b"g",  # not hex
+    b"abc" + HEX62,  # no slash
+    b"ab/" + HEX62[:30] + b"/" + HEX62[31:],  # another slash
+    b"/b/" + HEX62,  # absolute
+    b"/ab/" + HEX62,
+    b"../" + HEX62,
+    b"ab/../../etc/shadow",
+    b"ab/" + HEX62[:-1] + b"\0",  # NUL
+    b"ab/" + HEX62[:-1] + b"\n",  # newline
+    b"ab/" + HEX62 + b"\n",
+    b"\nab/" + HEX62,
+    b"ab/" + HEX62 + b".file",  # ostree's object names
+    b"../../etc/shadow",
+    b"/etc/shadow",
+    b"ab\\/" + HEX62,
+    b"ab/" + "é".encode() + HEX62[2:],
+]
+
+
+def _payload_shaped(length: int) -> bytes:
+    """``length`` bytes of ``ab/`` then hex (a payload only at 65)."""
+    return (b"ab/" + HEX62 * 2)[:length]
+
+
+@pytest.mark.parametrize("length", range(71))
+def test_a_payload_of_each_length_but_65_is_refused(length: int) -> None:
+    payload = _payload_shaped(length)
+    entries = ((b"/f", Inode(REG, size=1, payload=payload or None)),)
+    if length in (0, 65):
+        build(*entries)  # 0: no payload at all
+        return
+    error = rejects(*entries)
+    assert (error.path, error.field) == ("/f", "payload")
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOAD_SHAPES)
+def test_a_payload_of_another_shape_is_refused(payload: bytes) -> None:
+    error = rejects((b"/f", Inode(REG, size=1, payload=payload)))
+    assert (error.path, error.field) == ("/f", "payload")
+    assert error.entry == 0
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOAD_SHAPES)
+def test_foreign_payloads_opt_in(payload: bytes) -> None:
+    limits = Limits(allow_foreign_payloads=True)
+    entries = ((b"/f", Inode(REG, size=1, payload=payload)),)
+    if b"\0" in payload:
+        rejects(*entries, limits=limits)  # never a NUL: C would cut the name
+    else:
+        assert build(*entries, limits=limits).inode(b"/f").payload == payload
+
+
+# ---------------------------------------------------------------------------
+# trusted.overlay.* xattrs of an input never act as overlay metadata
+# ---------------------------------------------------------------------------
+
+OVERLAY_XATTRS = [
+    (b"trusted.overlay.redirect", b"/secret"),
+    (b"trusted.overlay.metacopy", b""),
+    (b"trusted.overlay.origin", b"\x00\xfb"),
+    (b"trusted.overlay.whiteout", b""),
+    (b"trusted.overlay.whiteouts", b""),
+    (b"trusted.overlay.upper", b"x"),
+    (b"trusted.overlay.impure", b"y"),
+    (b"trusted.overlay.nlink", b"U+1"),
+    (b"trusted.overlay.protattr", b"i"),
+    (b"trusted.overlay.overlay.redirect", b"/x"),  # an escaped one
+    (b"trusted.overlay.opaque", b"n"),
+    (b"trusted.overlay.opaque", b""),
+    (b"trusted.overlay.opaque", b"yes"),
+]
+
+
+@pytest.mark.parametrize("kind", [DIR, REG, LNK, CHR])
+@pytest.mark.parametrize("xattr", OVERLAY_XATTRS, ids=lambda x: f"{x[0].decode()}={x[1]!r}")
+def test_overlay_xattrs_of_an_input_are_refused(xattr: tuple[bytes, bytes], kind: int) -> None:
+    target = b"x" if kind == LNK else None
+    node = Inode(kind, symlink_target=target, xattrs=((b"a.b", b"1"), xattr, (b"user.z", b"")))
+    error = rejects((b"/n", node))
+    assert (error.entry, error.path, error.field) == (0, "/n", "xattrs")
+    assert xattr[0].decode() in error.reason and "overlay" in error.reason
+    # the opt-in carries them
+    carried = build((b"/n", node), limits=Limits(allow_overlay_xattrs=True)).inode(b"/n")
+    assert carried.xattrs == node.xattrs
+
+
+@pytest.mark.parametrize("value", [b"y", b"x"])
+def test_the_packages_own_opaque_marks_are_taken_on_a_directory(value: bytes) -> None:
+    mark = (b"trusted.overlay.opaque", value)
+    tree = build((b"/d", Inode(DIR, xattrs=(mark,))))
+    assert tree.inode(b"/d").xattrs == (mark,)
+    for kind in (REG, CHR, FIFO):
+        error = rejects((b"/n", Inode(kind, xattrs=(mark,))))
+        assert (error.path, error.field) == ("/n", "xattrs")
+
+
+def test_other_overlay_namespaces_are_plain_xattrs() -> None:
+    # only trusted.overlay.* is what a stacked overlay (mount_layers) reads
+    xattrs = ((b"trusted.overlayx", b"1"), (b"user.overlay.redirect", b"/y"))
+    build((b"/f", Inode(REG, xattrs=xattrs)))

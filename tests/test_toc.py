@@ -775,7 +775,8 @@ def test_xattrs_are_base64_decoded_and_sorted() -> None:
                 },
             ),
             directory("d", xattrs={"system.posix_acl_default": b64(b"\x02\0\0\0")}),
-        )
+        ),
+        limits=Limits(allow_overlay_xattrs=True),  # trusted.overlay.opaque on a file
     )
     assert inode(tree, b"/a").xattrs == (
         (b"security.capability", bytes(range(20))),
@@ -1272,7 +1273,7 @@ def test_accepted_tocs_write_the_same_image_with_every_backend(tmp_path: Path) -
         assert len(digests) == 1, source.name
     tree = parse_toc(
         toc(
-            directory("d", xattrs={"trusted.overlay.x": b64(b"v")}),
+            directory("d", xattrs={"trusted.overlay.opaque": b64(b"x")}),
             reg("d/.wh..wh..opq"),
             reg("e/.wh.gone", uid=5),
             data_file("f", size=Limits().max_file_size),
@@ -1560,3 +1561,154 @@ def test_hardlink_chains_resolve_alike_on_every_path(shape: str) -> None:
     walked = parse_toc(data, collect=True)
     assert bulk == walked
     assert walked.inode(b"/f").nlink == 41
+
+
+# ---------------------------------------------------------------------------
+# digests and overlay xattrs: every path of parse_toc refuses them alike
+# ---------------------------------------------------------------------------
+
+HEX64 = "0123456789abcdef" * 4
+
+
+def _every_path(raw: bytes) -> dict[str, str]:
+    """What each path of parse_toc makes of ``raw``: ``taken`` or its message.
+
+    bulk: ``_bulk`` (None is "left to the others"); typed: the typed
+    entries' own checks (``_Walker.typed_entries``); streamed: ``_streamed``
+    (which leaves every error to the whole-document path); walker: the
+    whole-document walk (``collect=True``); default: parse_toc itself.
+    """
+    limits = Limits()
+    out: dict[str, str] = {}
+    out["bulk"] = "left" if toc_module._bulk(raw, limits, None) is None else "taken"
+    head = toc_module._typed_document(raw, limits)
+    assert head is not None
+    walker = toc_module._Walker(limits, None, False, nulls=False, has_opaque=False)
+    try:
+        walker.typed_entries(head[0].entries)
+        walker.close_chain()
+        walker.builder.build()
+        out["typed"] = "taken"
+    except ValidationError as error:
+        out["typed"] = str(error)
+    try:
+        toc_module._streamed(raw.decode(), toc_module._Walker(limits, None, False))
+        out["streamed"] = "taken"
+    except toc_module._SlowPath:
+        out["streamed"] = "left"
+    for name, collect in (("walker", True), ("default", False)):
+        try:
+            parse_toc(raw, collect=collect)
+            out[name] = "taken"
+        except ValidationError as error:
+            out[name] = str(error.problems[0])  # the first (collect=True finds them all)
+    return out
+
+
+def _refused_alike(raw: bytes, field: str) -> str:
+    paths = _every_path(raw)
+    assert paths["bulk"] == "left" and paths["streamed"] == "left", paths
+    message = paths["walker"]
+    assert paths["typed"] == paths["default"] == message, paths
+    assert f": {field}: " in message, message
+    return message
+
+
+_BAD_DIGESTS = [
+    *("sha256:" + (HEX64 * 2)[:length] for length in range(60, 71) if length != 64),
+    "sha256:" + HEX64.upper(),
+    "sha256:" + HEX64[:-1] + "A",
+    "sha256:" + HEX64[:-1] + "g",
+    "sha512:" + HEX64,
+    "sha512:" + HEX64 * 2,
+    HEX64,  # no prefix
+    "SHA256:" + HEX64,
+    "sha256-" + HEX64,
+    " sha256:" + HEX64,
+    "sha256:" + HEX64 + "\n",
+    "sha256:" + HEX64[:62] + "/x",
+    "sha256:../../etc/passwd" + "0" * 41,
+    "sha256:" + HEX64[:63] + "٣",  # a non-ASCII digit
+]
+
+
+@pytest.mark.parametrize("digest", _BAD_DIGESTS, ids=repr)
+@pytest.mark.parametrize("where", ["plain", "xattrs", "chunked", "second"])
+def test_a_bad_digest_is_refused_alike_on_every_path(digest: str, where: str) -> None:
+    good = data_file("g")
+    entry = reg("f", size=5, digest=digest)
+    if where == "xattrs":  # a rare field: the typed path hands it to the walker
+        entry["xattrs"] = {"user.a": b64(b"1")}
+    elif where == "chunked":  # the bulk path hands it to the walker
+        entry.update(chunkSize=2)
+    entries = [good, entry] if where == "second" else [entry, good]
+    if where == "chunked":
+        entries.insert(entries.index(entry) + 1, {"type": "chunk", "name": "f", "chunkOffset": 2})
+    message = _refused_alike(toc(*entries), "digest")
+    assert "must be sha256: and 64 lowercase hex digits" in message
+
+
+@pytest.mark.parametrize("length", range(60, 71))
+def test_every_digest_length_but_64_is_refused(length: int) -> None:
+    digest = "sha256:" + (HEX64 * 2)[:length]
+    raw = toc(reg("f", size=5, digest=digest))
+    if length == 64:
+        assert set(_every_path(raw).values()) == {"taken"}
+    else:
+        _refused_alike(raw, "digest")
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        # one digit short then one long: joined, the shape of two good ones
+        ("sha256:" + HEX64[:63], "0sha256:" + HEX64),
+        ("sha256:" + HEX64 + "sh", "a256:" + HEX64),
+        ("sha256:" + HEX64 + "0", "sha256:" + HEX64[:63]),
+    ],
+)
+def test_digests_that_join_into_good_ones_are_refused(pair: tuple[str, str]) -> None:
+    assert len("".join(pair)) == 142
+    message = _refused_alike(
+        toc(reg("f", size=5, digest=pair[0]), reg("g", size=5, digest=pair[1])), "digest"
+    )
+    assert "must be sha256: and 64 lowercase hex digits" in message
+
+
+_OVERLAY_XATTRS = [
+    ("trusted.overlay.redirect", b"/secret"),
+    ("trusted.overlay.metacopy", b""),
+    ("trusted.overlay.origin", b"\0\xfb"),
+    ("trusted.overlay.whiteout", b""),
+    ("trusted.overlay.upper", b"x"),
+    ("trusted.overlay.overlay.redirect", b"/x"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _OVERLAY_XATTRS)
+@pytest.mark.parametrize("kind", ["dir", "reg", "symlink"])
+def test_overlay_xattrs_of_a_toc_are_refused_alike_on_every_path(
+    name: str, value: bytes, kind: str
+) -> None:
+    entry = {"dir": directory("e"), "reg": reg("e"), "symlink": symlink("e", "t")}[kind]
+    entry["xattrs"] = {"user.a": b64(b"1"), name: b64(value)}
+    message = _refused_alike(toc(data_file("f"), entry), "xattrs")
+    assert message.startswith('entry 1 ("e"): xattrs: ' + name)
+    tree = parse_toc(toc(data_file("f"), entry), limits=Limits(allow_overlay_xattrs=True))
+    assert (name.encode(), value) in inode(tree, b"/e").xattrs
+
+
+@pytest.mark.parametrize("value", [b"y", b"x", b"n", b""])
+def test_opaque_is_taken_only_on_a_directory_and_as_the_packages_own_values(value: bytes) -> None:
+    mark = {"trusted.overlay.opaque": b64(value)}
+    raw = toc(directory("d", xattrs=mark))
+    if value in (b"y", b"x"):
+        assert inode(parse_toc(raw), b"/d").xattrs == ((b"trusted.overlay.opaque", value),)
+    else:
+        _refused_alike(raw, "xattrs")
+    _refused_alike(toc(reg("f", xattrs=mark)), "xattrs")
+
+
+def test_the_opaque_marker_still_makes_its_directory_opaque() -> None:
+    for raw in (toc(directory("d"), reg("d/.wh..wh..opq")), toc(reg("d/.wh..wh..opq"))):
+        assert inode(parse_toc(raw), b"/d").xattrs == ((b"trusted.overlay.opaque", b"y"),)
