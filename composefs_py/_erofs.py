@@ -73,18 +73,24 @@ through it the loader, does work linear in the image's size:
   target and content -- against ``max_input_bytes`` (``tree_bytes``), the
   bound of an input document describing the same tree.
 * The loader's inode table (gnulib hash, ``nid % buckets``, grows only when
-  80% of its buckets are in use) is replayed in the loader's order: nids
-  that crowd a few buckets would make every lookup walk all of them
-  (quadratic); more than 16 chain entries per lookup is refused (``nid``).
+  80% of its buckets are in use) is replayed in the loader's order (the
+  walk's: depth first, a directory's entries in order, a new directory
+  entered where it is met): nids that crowd a few buckets would make every
+  lookup walk all of them (quadratic); more than 16 chain entries per lookup
+  is refused (``nid``).
 * What stays in the loader is then linear: children arrive sorted (checked
   here), so lcfs_node_add_child appends after a binary search; the xattrs
   of one inode are matched by name against those before them (quadratic in
   their number, which ``max_xattr_space`` bounds: at most about 2,500,
   since each takes at least 13 bytes).
-* The check itself: each inode, dirent, xattr entry and block once (names
-  sliced once, the sorted-order test compares neighbours), a path built
-  only for a directory (the stack) or a reported error, and the replay's
-  arrays of nids (8 bytes an entry); no recursion.
+* The check itself: each inode, dirent, xattr entry and block once; a
+  directory block's dirent table in one unpack, its names' bounds, bytes
+  and order compared in bulk (C loops over the block, not a Python step
+  per check); an inode's xattr area of shared indexes and at most one
+  inline entry remembered by its bytes up to that entry's value (a
+  dictionary no larger than the areas read); a path built only for a
+  directory (the stack) or a reported error; the replay's array of nids
+  (8 bytes an entry) and bucket counts; no recursion.
 
 Chunk indexes (which the loader never reads) and the xattr name filter are
 not checked.
@@ -95,7 +101,11 @@ from __future__ import annotations
 import stat
 import struct
 from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
+from operator import lt, sub
 
 from .errors import ValidationError
 from .limits import Limits
@@ -129,7 +139,9 @@ _FLAT_PLAIN = 0
 _FLAT_INLINE = 2
 _CHUNK_BASED = 4
 _CHUNK_FORMAT_BLKBITS_MASK = 0x1F
+_CHUNK_FORMAT_UNKNOWN = 0xFFFF & ~_CHUNK_FORMAT_BLKBITS_MASK
 _I_ALL = 0xF
+_I_UNKNOWN = 0xFFFF & ~_I_ALL
 
 _HEADER = struct.Struct("<IIII")
 # magic checksum feature_compat blkszbits sb_extslots root_nid inos build_time
@@ -140,23 +152,31 @@ _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHHBBIQB23x")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 # i_format i_xattr_icount i_mode i_nlink i_size i_reserved i_u ...
-_COMPACT = struct.Struct("<HHHHII I I HHI".replace(" ", ""))
+_COMPACT = struct.Struct("<HHHHIII")
+_COMPACT_SIZE = 32
 # i_format i_xattr_icount i_mode i_reserved i_size i_u ...
-_EXTENDED = struct.Struct("<HHHHQ I I II QII 16x".replace(" ", ""))
+_EXTENDED = struct.Struct("<HHHHQI")
+_EXTENDED_SIZE = 64
 _DIRENT = struct.Struct("<QHBB")
+#: A dirent table of n entries, by n (at most 341 in a block).
+_DIRENT_TABLES: dict[int, struct.Struct] = {}
 _XATTR_ENTRY = struct.Struct("<BBH")
 _XATTR_HEADER_SIZE = 12
 
+_S_IFREG, _S_IFDIR, _S_IFLNK, _S_IFCHR = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR
 #: EROFS dirent file types (EROFS_FT_*) by file type.
 _FILE_TYPES = {
-    stat.S_IFREG: 1,
-    stat.S_IFDIR: 2,
-    stat.S_IFCHR: 3,
+    _S_IFREG: 1,
+    _S_IFDIR: 2,
+    _S_IFCHR: 3,
     stat.S_IFBLK: 4,
     stat.S_IFIFO: 5,
     stat.S_IFSOCK: 6,
-    stat.S_IFLNK: 7,
+    _S_IFLNK: 7,
 }
+#: The dirent file type of each kind of inode the walk records (-1: a whiteout).
+_DIRENT_TYPES = {**_FILE_TYPES, -1: _FILE_TYPES[_S_IFCHR]}
+_DIRENT_DIR = _FILE_TYPES[_S_IFDIR]
 
 #: erofs_xattr_prefixes[] in lcfs-erofs-internal.h, by e_name_index.
 _XATTR_PREFIXES = (
@@ -262,26 +282,27 @@ class _NidTable:
     chain entries the loader would walk.
     """
 
-    __slots__ = ("buckets", "counts", "used", "grow_above", "nids")
+    __slots__ = ("buckets", "counts", "used", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, root_nid: int) -> None:
         self.buckets = _bucket_size(0)
+        # Entries in each bucket's chain, and the buckets in use.
         self.counts = [0] * self.buckets
-        self.used = 0
-        self.grow_above = _f32(_GROWTH_THRESHOLD * self.buckets)
-        self.nids = array("Q")
+        self.counts[root_nid % self.buckets] = self.used = 1
+        # hash_insert grows the table when more buckets than this are in use.
+        self.limit = int(_f32(_GROWTH_THRESHOLD * self.buckets))
 
-    def grow(self) -> None:
-        """hash_insert's rehash, once more than 80% of the buckets are in use."""
+    def grow(self, nids: Iterable[int]) -> None:
+        """hash_insert's rehash of ``nids``, once more than 80% of the buckets are in use."""
         candidate = int(_f32(_f32(self.buckets * _GROWTH_FACTOR) * _GROWTH_THRESHOLD))
         size = _bucket_size(candidate)
         if size != self.buckets:
             counts = [0] * size
-            for known in self.nids:
-                counts[known % size] += 1
+            for bucket in map(size.__rmod__, nids):
+                counts[bucket] += 1
             self.buckets, self.counts = size, counts
             self.used = size - counts.count(0)
-            self.grow_above = _f32(_GROWTH_THRESHOLD * size)
+            self.limit = int(_f32(_GROWTH_THRESHOLD * size))
 
 
 class _Bad(Exception):
@@ -321,11 +342,15 @@ class _Checker:
         "tree_bytes",
         "inodes",
         "shared",
+        "inline",
+        "groups",
+        "regular_areas",
+        "other_areas",
+        "max_payload",
         "directories",
         "entries",
         "depth",
         "order",
-        "spans",
         "misread",
         "payloads",
         "dropped",
@@ -352,14 +377,24 @@ class _Checker:
         # xattrs, payload, symlink target and content (Limits.max_input_bytes).
         self.path_bytes = 0
         self.tree_bytes = 0
-        # The entries' nids, directory by directory in walk order, and where
-        # each directory's are in it: the loader's order is replayed from them.
+        # The nid of every entry, in the loader's order (the walk's).
         self.order = array("Q")
-        self.spans: dict[int, tuple[int, int]] = {}
         # nid -> file type, or -1 for a whiteout the loader frees.
         self.inodes: dict[int, int] = {}
-        # shared xattr index -> what _entry() found there.
+        # shared xattr index -> what _entry() found there; an inline entry's
+        # header and name -> (its name, value size, costs); an array of
+        # shared indexes -> what _shared() found.
         self.shared: dict[int, tuple[bytes, int, int, int]] = {}
+        self.inline: dict[bytes, tuple[bytes, int, int, int]] = {}
+        self.groups: dict[bytes, tuple[tuple[bytes, ...], int, int, int, int]] = {}
+        # An xattr area's bytes up to its one inline entry's value, on a
+        # regular file and on anything else -> (that value's size, what the
+        # inode holds but the redirect's payload, where a shared redirect's
+        # value starts, its size).
+        self.regular_areas: dict[bytes, tuple[int, int, int, int]] = {}
+        self.other_areas: dict[bytes, tuple[int, int, int, int]] = {}
+        # A redirect's value is '/' and a payload of at most max_path_bytes.
+        self.max_payload = limits.max_path_bytes + 1
         self.directories = 0
         self.entries = 0
         self.depth = 0
@@ -438,72 +473,66 @@ class _Checker:
         name).  The tail offset is where inline data starts (after the
         xattrs).
         """
-        off = self.meta_start + (nid << _SLOT_BITS)
         try:
-            info = self._inode(off, nid)
+            return self._inode(nid)
         except _Bad as bad:
-            path = _join(parent, name) if name else parent
-            raise _fail(f"inode {nid} at byte {off}{bad.args[0]}", bad.args[1], path) from None
-        return info
+            raise self._inode_error(nid, bad, _join(parent, name) if name else parent) from None
 
-    def _inode(self, off: int, nid: int) -> tuple[int, int, int, int, int]:
+    def _inode_error(self, nid: int, bad: _Bad, path: bytes) -> ValidationError:
+        off = self.meta_start + (nid << _SLOT_BITS)
+        return _fail(f"inode {nid} at byte {off}{bad.args[0]}", bad.args[1], path)
+
+    def _inode(self, nid: int) -> tuple[int, int, int, int, int]:
         data = self.data
-        if off + _COMPACT.size > self.size:
-            raise _Bad(f" is outside the image ({self.size} bytes)", "nid")
-        (i_format,) = _U16.unpack_from(data, off)
-        if i_format & ~_I_ALL:
+        image_size = self.size
+        off = self.meta_start + (nid << _SLOT_BITS)
+        if off + _COMPACT_SIZE > image_size:
+            raise _Bad(f" is outside the image ({image_size} bytes)", "nid")
+        i_format, icount, mode, _n, size, _r, i_u = _COMPACT.unpack_from(data, off)
+        if i_format & _I_UNKNOWN:
             raise _Bad(f": unknown bits 0x{i_format:x}", "i_format")
-        layout = i_format >> 1
         if i_format & 1:
-            isize = _EXTENDED.size
-            if off + isize > self.size:
+            body = off + _EXTENDED_SIZE
+            if body > image_size:
                 raise _Bad(": extended inode runs past the image end", "nid")
-            _f, icount, mode, _r, size, i_u = _EXTENDED.unpack_from(data, off)[:6]
+            _f, icount, mode, _r, size, i_u = _EXTENDED.unpack_from(data, off)
         else:
-            isize = _COMPACT.size
-            _f, icount, mode, _n, size, _r, i_u = _COMPACT.unpack_from(data, off)[:7]
+            body = off + _COMPACT_SIZE
         ftype = mode & _S_IFMT
         if ftype not in _FILE_TYPES:
             raise _Bad(f": unknown file type in mode 0o{mode:o}", "i_mode")
-        xattr_size = 0 if icount == 0 else _XATTR_HEADER_SIZE + (icount - 1) * 4
-        tail_start = off + isize + xattr_size
-        if tail_start > self.size:
+        tail_start = body + _XATTR_HEADER_SIZE + (icount - 1) * 4 if icount else body
+        if tail_start > image_size:
             raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
+        layout = i_format >> 1
         tail = 0
         if layout == _FLAT_INLINE:
             tail = size % BLOCK_SIZE
             if tail == 0:
                 raise _Bad(": inline layout without inline data", "i_size")
-            if tail_start + tail > self.size:
+            if tail_start + tail > image_size:
                 raise _Bad(": inline data runs past the image end", "i_size")
             if tail_start // BLOCK_SIZE != (tail_start + tail - 1) // BLOCK_SIZE:
                 raise _Bad(": inline data crosses a block boundary", "i_size")
         # The inode, its xattr area and its inline tail, claimed before a
         # byte of them is parsed: no other inode may read them again.
-        if not self.claim(off, tail_start + tail):
+        used = self.used
+        first, last = off >> 2, (tail_start + tail + 3) >> 2
+        if used.find(1, first, last) >= 0:
             raise _Bad(
                 f": its {tail_start + tail - off} bytes overlap another inode or data already read",
                 "nid",
             )
-        held = self.xattrs(off + isize, tail_start, ftype, nid) if icount else 0
-        if ftype == stat.S_IFDIR:
-            _layout(layout, _FLAT)
-            self._blocks(i_u, size - tail)
-        elif ftype == stat.S_IFLNK:
-            _layout(layout, _FLAT)
-            if not 0 < size < _PATH_MAX:
-                raise _Bad(f": symlink target of {size} bytes", "i_size")
-            start = tail_start if tail else self._blocks(i_u, size)
-            if data.find(b"\0", start, start + size) >= 0:
-                raise _Bad(": symlink target holds a NUL byte", "symlink")
-            held += size
-        elif ftype == stat.S_IFREG:
-            _layout(layout, _FLAT_OR_CHUNKS)
+        used[first:last] = b"\1" * (last - first)
+        held = self.xattrs(body, tail_start, ftype, nid) if icount else 0
+        if ftype == _S_IFREG:
             if layout == _CHUNK_BASED:
-                if i_u & 0xFFFF & ~_CHUNK_FORMAT_BLKBITS_MASK:
+                if i_u & _CHUNK_FORMAT_UNKNOWN:
                     raise _Bad(f": chunk format 0x{i_u & 0xFFFF:x}", "i_u.c.format")
+            elif layout not in _FLAT:
+                raise _Bad(f": data layout {layout} is not one libcomposefs reads", "i_format")
             elif size:
-                if size > min(INLINE_CONTENT_MAX, self.size):
+                if size > min(INLINE_CONTENT_MAX, image_size):
                     raise _Bad(
                         f": {size} bytes of content stored in the image "
                         f"(at most {INLINE_CONTENT_MAX})",
@@ -511,14 +540,28 @@ class _Checker:
                     )
                 self._blocks(i_u, size - tail)
                 held += size
+        elif ftype == _S_IFDIR:
+            _layout(layout, _FLAT)
+            self._blocks(i_u, size - tail)
+        elif ftype == _S_IFLNK:
+            _layout(layout, _FLAT)
+            if not 0 < size < _PATH_MAX:
+                raise _Bad(f": symlink target of {size} bytes", "i_size")
+            start = tail_start if tail else self._blocks(i_u, size)
+            if data.find(b"\0", start, start + size) >= 0:
+                raise _Bad(": symlink target holds a NUL byte", "symlink")
+            held += size
         else:
             _layout(layout, _PLAIN)
             if size:
                 raise _Bad(f": a device, fifo or socket of {size} bytes", "i_size")
-            if ftype == stat.S_IFCHR and i_u == 0:
+            if ftype == _S_IFCHR and i_u == 0:
                 self.hold(held)
                 return -1, 0, layout, 0, 0
-        self.hold(held)
+        if held:
+            self.tree_bytes += held
+            if self.tree_bytes > self.limits.max_input_bytes:
+                self.hold(0)
         return ftype, size, layout, tail_start, i_u
 
     def _blocks(self, blkaddr: int, length: int) -> int:
@@ -565,61 +608,136 @@ class _Checker:
         """Check inode ``nid``'s xattr area; note what the loader will misread.
 
         Returns the bytes the loaded inode holds for them: its xattr space
-        as libcomposefs accounts it, and the payload of a redirect.
+        as libcomposefs accounts it, and the payload of a redirect.  An area
+        of shared indexes and at most one inline entry is remembered by its
+        bytes up to that entry's value (the header, the indexes, the
+        entry's header and name): the next such area, on an inode of the
+        same kind, has its size compared and its redirect checked only.
         """
         data = self.data
+        regular = ftype == _S_IFREG
+        pos = start + _XATTR_HEADER_SIZE + 4 * data[start + 4]
+        if pos == end:
+            value_start = end
+        elif pos + 4 <= end:
+            value_start = pos + 4 + data[pos]
+        else:
+            return self._xattrs(start, end, regular, nid)
+        key = data[start:value_start]
+        areas = self.regular_areas if regular else self.other_areas
+        area = areas.get(key)
+        if area is not None:
+            value_size, held, redirect_start, redirect_size = area
+            if (value_start + value_size + 3) & ~3 == end:
+                if redirect_size:
+                    # Its size was checked; what follows it, if not a NUL,
+                    # makes the loader misread the payload.
+                    redirect_start = redirect_start or value_start
+                    redirect_end = redirect_start + redirect_size
+                    if redirect_end < self.size and data[redirect_end]:
+                        self.redirect(redirect_start, redirect_size, nid)
+                    held += redirect_size
+                return held
+        held = self._xattrs(start, end, regular, nid)
+        if nid in self.dropped:
+            return held
+        value_size = redirect_start = redirect_size = 0
+        if pos != end:
+            name, value_size = self.inline[data[pos:value_start]][:2]
+            if (value_start + value_size + 3) & ~3 != end:
+                return held  # more than one inline entry
+            if regular and name == _REDIRECT:
+                redirect_size = value_size
+        if regular and pos != start + _XATTR_HEADER_SIZE and not redirect_size:
+            redirect_start, redirect_size = self.groups[data[start + _XATTR_HEADER_SIZE : pos]][3:]
+        areas[key] = (value_size, held - redirect_size, redirect_start, redirect_size)
+        return held
+
+    def _xattrs(self, start: int, end: int, regular: bool, nid: int) -> int:
+        """Check inode ``nid``'s xattr area entry by entry (see :meth:`xattrs`)."""
+        data = self.data
         shared = data[start + 4]
-        pos = start + _XATTR_HEADER_SIZE + 4 * shared
+        first = start + _XATTR_HEADER_SIZE
+        pos = first + 4 * shared
         if pos > end:
             raise _Bad(f": {shared} shared xattrs do not fit its xattr area", "h_shared_count")
-        seen: set[bytes] = set()
+        names: list[bytes] = []
         space = _XATTR_HEADER_SIZE
         payload = 0
-        regular = ftype == stat.S_IFREG
+        inline = self.inline
         while pos < end:
             if pos + 4 > end:
                 raise _Bad(f": xattr entry at byte {pos} is cut short", "xattr")
-            name, value_end, cost_regular, cost_other = self._entry(pos, end)
-            if name in seen:
-                raise _Bad(f": xattr {name!r} appears twice", "xattr")
-            seen.add(name)
+            value_start = pos + 4 + data[pos]
+            key = data[pos:value_start]
+            known = inline.get(key)
+            if known is None:
+                name, value_end, cost_regular, cost_other = self._entry(pos, end)
+                known = inline[key] = (name, value_end - value_start, cost_regular, cost_other)
+            name, value_size, cost_regular, cost_other = known
+            value_end = value_start + value_size
+            if value_end > end:
+                raise _Bad(f": xattr entry at byte {pos} runs past its area", "xattr")
+            names.append(name)
             if regular and name == _REDIRECT:
-                payload = self.redirect(pos, nid)
-            elif value_end == pos + 4 == end and cost_other:
+                payload = self.redirect(value_start, value_size, nid)
+            elif value_end == value_start == end and cost_other:
                 self.dropped[nid] = name
             space += cost_regular if regular else cost_other
             pos = (value_end + 3) & ~3
         if pos != end:
             raise _Bad(": the last xattr entry overruns the xattr area", "xattr")
-        first = start + _XATTR_HEADER_SIZE
-        for (idx,) in _U32.iter_unpack(data[first : first + 4 * shared]):
-            known = self.shared.get(idx)
-            if known is None:
-                entry = self.xattr_start + idx * 4
-                if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
-                    raise _Bad(f": shared xattr index {idx} is outside the image", "xattr")
-                known = self._entry(entry, self.size)
-                # Each shared entry is read once, however many inodes name
-                # it; two indexes may not read overlapping bytes.
-                if not self.claim(entry, known[1]):
-                    raise _Bad(
-                        f": shared xattr index {idx} overlaps other data already read",
-                        "xattr",
-                    )
-                self.shared[idx] = known
-            name, _end, cost_regular, cost_other = known
-            if name in seen:
-                raise _Bad(f": xattr {name!r} appears twice", "xattr")
-            seen.add(name)
-            if regular and name == _REDIRECT:
-                payload = self.redirect(self.xattr_start + idx * 4, nid)
+        if shared:
+            indexes = data[first : first + 4 * shared]
+            group = self.groups.get(indexes)
+            if group is None:
+                group = self.groups[indexes] = self._shared(indexes)
+            shared_names, cost_regular, cost_other, value_start, value_size = group
+            names.extend(shared_names)
+            if regular and value_start:
+                payload = self.redirect(value_start, value_size, nid)
             space += cost_regular if regular else cost_other
+        if len(names) > 1 and len(set(names)) < len(names):
+            twice = next(name for i, name in enumerate(names) if name in names[:i])
+            raise _Bad(f": xattr {twice!r} appears twice", "xattr")
         # lcfs_node_set_xattr_internal's accounting of what it stores, bounded
         # by what the loader accepts and by what the Tree may hold.
         limit = self.xattr_space
         if space > limit:
             raise _Bad(f": xattrs take more than {limit} bytes", "xattr")
         return (space if space > _XATTR_HEADER_SIZE else 0) + payload
+
+    def _shared(self, indexes: bytes) -> tuple[tuple[bytes, ...], int, int, int, int]:
+        """Check the shared entries an inode's index array names.
+
+        Returns their names, what libcomposefs accounts for them on a
+        regular file and on anything else, and where a redirect's value
+        starts (0 for none) and its size.  Each entry is read once, however
+        many inodes name it; two indexes may not read overlapping bytes.
+        """
+        names: list[bytes] = []
+        space_regular = space_other = value_start = value_size = 0
+        for (idx,) in _U32.iter_unpack(indexes):
+            known = self.shared.get(idx)
+            entry = self.xattr_start + idx * 4
+            if known is None:
+                if idx * 4 >= _U32_LIMIT or entry + 4 > self.size:
+                    raise _Bad(f": shared xattr index {idx} is outside the image", "xattr")
+                known = self._entry(entry, self.size)
+                if not self.claim(entry, known[1]):
+                    raise _Bad(
+                        f": shared xattr index {idx} overlaps other data already read",
+                        "xattr",
+                    )
+                self.shared[idx] = known
+            name, value_end, cost_regular, cost_other = known
+            names.append(name)
+            if name == _REDIRECT:
+                value_start = entry + 4 + self.data[entry]
+                value_size = value_end - value_start
+            space_regular += cost_regular
+            space_other += cost_other
+        return tuple(names), space_regular, space_other, value_start, value_size
 
     def _entry(self, pos: int, end: int) -> tuple[bytes, int, int, int]:
         """Check the xattr entry at ``pos`` (inside ``end``).
@@ -661,50 +779,99 @@ class _Checker:
         # An escaped whiteout turns a regular file into a whiteout instead.
         return name, value_end, 0 if name == _ESCAPED_WHITEOUT else cost, cost
 
-    def redirect(self, pos: int, nid: int) -> int:
-        """Check the redirect at ``pos`` of regular file ``nid``; return its payload's length.
+    def redirect(self, start: int, size: int, nid: int) -> int:
+        """Check the redirect value at ``start`` (``size`` bytes) of regular file ``nid``.
 
-        lcfs_build_node_erofs_xattr copies a value ``/PAYLOAD`` of n bytes
-        with ``strndup(value + 1, n + 1)``: the 2 bytes after the value come
-        along unless a NUL stops the copy first; that payload is noted.  A
-        payload is a path: longer than ``Limits.max_path_bytes`` is refused
-        here, before the loader copies it for every inode that names it.
+        Returns its payload's length.  lcfs_build_node_erofs_xattr copies a
+        value ``/PAYLOAD`` of n bytes with ``strndup(value + 1, n + 1)``:
+        the 2 bytes after the value come along unless a NUL stops the copy
+        first; that payload is noted.  A payload is a path: longer than
+        ``Limits.max_path_bytes`` is refused here, before the loader copies
+        it for every inode that names it.
         """
-        data = self.data
-        name_len, _index, value_size = _XATTR_ENTRY.unpack_from(data, pos)
-        start = pos + 4 + name_len
-        end = start + value_size
-        if value_size > self.limits.max_path_bytes + 1:
+        if size > self.max_payload:
             raise _Bad(
-                f": a payload (overlay redirect) of {value_size} bytes, more than "
+                f": a payload (overlay redirect) of {size} bytes, more than "
                 f"{self.limits.max_path_bytes}",
                 "xattr",
             )
-        if value_size > 1 and data[start] == 0x2F and data[end : end + 1] not in (b"", b"\0"):
+        data = self.data
+        end = start + size
+        if size > 1 and data[start] == 0x2F and data[end : end + 1] not in (b"", b"\0"):
             self.misread[nid] = data[start + 1 : end]
-        return int(value_size)
+        return size
 
     # -- directories -------------------------------------------------------
 
     def walk(self, root_nid: int) -> None:
+        """Check every directory and inode reachable from the root, in the loader's order.
+
+        lcfs_load_node_from_image meets inodes depth first: each entry in
+        its directory's order, a new directory's entries before its next
+        sibling.  The walk does the same (a directory's blocks are checked
+        when it is entered), so ``order`` lists every lookup the loader
+        makes, in its order, for :meth:`replay`.
+        """
         root = self.inode(root_nid, b"/", b"")
-        if root[0] != stat.S_IFDIR:
+        if root[0] != _S_IFDIR:
             raise _fail(f"root inode {root_nid} is not a directory", "superblock.root_nid")
-        self.inodes[root_nid] = stat.S_IFDIR
+        inodes = self.inodes
+        inodes[root_nid] = _S_IFDIR
         if root_nid in self.dropped:
             self.dropped_xattrs[b"/"] = self.dropped[root_nid]
-        stack = [(root_nid, root_nid, 0, b"/", root)]
-        while stack:
-            nid, parent, depth, path, info = stack.pop()
-            self.directories += 1
-            self.depth = max(self.depth, depth)
-            for child, name, child_info in self.directory(nid, parent, path, info):
-                child_path = _join(path, name)
-                if depth + 1 > self.max_depth:
+        known_kind = inodes.get
+        check = self._inode
+        lookup = self.order.append
+        misread, dropped = self.misread, self.dropped
+        max_depth = self.max_depth
+        nid, depth, path = root_nid, 0, b"/"
+        entries = self.directory(nid, root_nid, path, root)
+        stack: list[tuple[Iterator[tuple[int, bytes, int]], int, int, bytes]] = []
+        while True:
+            for child, name, ftype in entries:
+                lookup(child)
+                kind = known_kind(child)
+                if kind is None:
+                    try:
+                        info = check(child)
+                    except _Bad as bad:
+                        raise self._inode_error(child, bad, _join(path, name)) from None
+                    kind = inodes[child] = info[0]
+                    if kind == _S_IFDIR and ftype == _DIRENT_DIR:
+                        if depth >= max_depth:
+                            raise _fail(
+                                f"directories nest deeper than {max_depth}",
+                                "depth",
+                                _join(path, name),
+                            )
+                        stack.append((entries, nid, depth, path))
+                        path = _join(path, name)
+                        entries = self.directory(child, nid, path, info)
+                        nid = child
+                        depth += 1
+                        self.depth = max(self.depth, depth)
+                        break
+                elif kind == _S_IFDIR or kind == -1:
                     raise _fail(
-                        f"directories nest deeper than {self.max_depth}", "depth", child_path
+                        f"inode {child} is a directory entered a second time "
+                        "(a cycle or a hardlinked directory)"
+                        if kind == _S_IFDIR
+                        else f"whiteout inode {child} is entered a second time",
+                        "dirent.nid",
+                        _join(path, name),
                     )
-                stack.append((child, nid, depth + 1, child_path, child_info))
+                if ftype != _DIRENT_TYPES[kind]:
+                    raise _fail(
+                        f"file type {ftype} in the entry, {_DIRENT_TYPES[kind]} in inode {child}",
+                        "dirent.file_type",
+                        _join(path, name),
+                    )
+                if (misread or dropped) and (child in misread or child in dropped):
+                    self.note(child, _join(path, name))
+            else:
+                if not stack:
+                    break
+                entries, nid, depth, path = stack.pop()
 
     def directory(
         self,
@@ -712,142 +879,127 @@ class _Checker:
         parent: int,
         path: bytes,
         info: tuple[int, int, int, int, int],
-    ) -> list[tuple[int, bytes, tuple[int, int, int, int, int]]]:
-        """Check one directory's entries; return its subdirectories."""
+    ) -> Iterator[tuple[int, bytes, int]]:
+        """Check directory ``nid``'s blocks; return its entries (nid, name, file type).
+
+        Its blocks are checked a block at a time (one unpack of the dirent
+        table, the names' bounds, bytes and order compared in bulk), and its
+        entries and their path bytes counted against the limits; each entry
+        then costs the walk a lookup of its inode, checked the first time.
+        """
+        self.directories += 1
         _ftype, size, layout, tail_start, blkaddr = info
-        blocks: list[tuple[int, int]] = []
         tail = size % BLOCK_SIZE if layout == _FLAT_INLINE else 0
         oob = size - tail
         start = blkaddr * BLOCK_SIZE
-        for block in range(0, oob, BLOCK_SIZE):
-            blocks.append((start + block, min(BLOCK_SIZE, oob - block)))
+        blocks = [
+            (start + block, min(BLOCK_SIZE, oob - block)) for block in range(0, oob, BLOCK_SIZE)
+        ]
         if tail:
             blocks.append((tail_start, tail))
-        subdirs: list[tuple[int, bytes, tuple[int, int, int, int, int]]] = []
-        order = self.order
-        first = len(order)
+        nids: list[int] = []
+        names: list[bytes] = []
+        types: list[int] = []
+        for block_start, block_size in blocks:
+            if not self.block(block_start, block_size, nids, names, types):
+                self.dirents(block_start, block_size, nid, path)  # names the fault
+                raise _fail(f"directory inode {nid}: block at byte {block_start}", "dirent", path)
+        if not all(map(lt, names, islice(names, 1, None))):
+            i = next(i for i in range(1, len(names)) if names[i] <= names[i - 1])
+            raise _fail(
+                f"directory inode {nid}: entry {names[i]!r} is not sorted after {names[i - 1]!r}",
+                "dirent.name",
+                path,
+            )
+        # '.' and '..' (not always neighbours: '.!' sorts between them).
+        dot = bisect_left(names, b".")
+        dotdot = bisect_left(names, b"..", dot)
+        if names[dot : dot + 1] != [b"."] or names[dotdot : dotdot + 1] != [b".."]:
+            raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
+        for name, at, want in ((b".", dot, nid), (b"..", dotdot, parent)):
+            if nids[at] != want:
+                raise _fail(
+                    f"directory inode {nid}: {name!r} names inode {nids[at]}, not {want}",
+                    "dirent.nid",
+                    path,
+                )
+        for column in (nids, names, types):
+            del column[dotdot], column[dot]
         # Each entry's path is this directory's, a slash and its name.
         base = (len(path) if path != b"/" else 0) + 1
         longest = self.limits.max_path_bytes - base
-        names = 0
-        previous = b""
-        dots = 0
-        for block_start, block_size in blocks:
-            for child, name, ftype in self.dirents(block_start, block_size, nid, path):
-                if name <= previous:
-                    raise _fail(
-                        f"directory inode {nid}: entry {name!r} is not sorted after {previous!r}",
-                        "dirent.name",
-                        path,
-                    )
-                previous = name
-                if name == b"." or name == b"..":
-                    want = nid if name == b"." else parent
-                    if child != want:
-                        raise _fail(
-                            f"directory inode {nid}: {name!r} names inode {child}, not {want}",
-                            "dirent.nid",
-                            path,
-                        )
-                    dots += 1
-                    continue
-                if len(name) > longest:
-                    raise _fail(
-                        f"a path of {base + len(name)} bytes, longer than "
-                        f"{self.limits.max_path_bytes}",
-                        "path",
-                        _join(path, name),
-                    )
-                names += len(name)
-                order.append(child)
-                known = self.inodes.get(child)
-                if known is not None:
-                    if known == stat.S_IFDIR:
-                        raise _fail(
-                            f"inode {child} is a directory entered a second time "
-                            "(a cycle or a hardlinked directory)",
-                            "dirent.nid",
-                            _join(path, name),
-                        )
-                    if known == -1:
-                        raise _fail(
-                            f"whiteout inode {child} is entered a second time",
-                            "dirent.nid",
-                            _join(path, name),
-                        )
-                    kind = known
-                else:
-                    child_info = self.inode(child, path, name)
-                    kind = child_info[0]
-                    self.inodes[child] = kind
-                    if kind == stat.S_IFDIR:
-                        subdirs.append((child, name, child_info))
-                if kind == stat.S_IFREG and child in self.misread:
-                    self.payloads[_join(path, name)] = self.misread[child]
-                if child in self.dropped:
-                    self.dropped_xattrs[_join(path, name)] = self.dropped[child]
-                want_type = _FILE_TYPES[stat.S_IFCHR if kind == -1 else kind]
-                if ftype != want_type:
-                    raise _fail(
-                        f"file type {ftype} in the entry, {want_type} in inode {child}",
-                        "dirent.file_type",
-                        _join(path, name),
-                    )
-        if dots != 2:
-            raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
-        entries = len(order) - first
-        self.count(path, entries, entries * base + names)
-        self.spans[nid] = (first, len(order))
-        return subdirs
+        if names and max(map(len, names)) > longest:
+            name = next(name for name in names if len(name) > longest)
+            raise _fail(
+                f"a path of {base + len(name)} bytes, longer than {self.limits.max_path_bytes}",
+                "path",
+                _join(path, name),
+            )
+        entries = len(names)
+        self.count(path, entries, entries * base + sum(map(len, names)))
+        return zip(nids, names, types, strict=True)
+
+    def note(self, nid: int, path: bytes) -> None:
+        """Note the payload or the dropped xattr of ``path``, a path of misread inode ``nid``."""
+        if nid in self.misread and self.inodes[nid] == _S_IFREG:
+            self.payloads[path] = self.misread[nid]
+        if nid in self.dropped:
+            self.dropped_xattrs[path] = self.dropped[nid]
+
+    def block(
+        self, start: int, size: int, nids: list[int], names: list[bytes], types: list[int]
+    ) -> bool:
+        """Append the entries of the directory block at ``start`` to the columns.
+
+        False, and nothing appended, if its table or a name is not one
+        :meth:`dirents` takes (which then names the fault): the table inside
+        the block, names one after the other from its end, each of 1..255
+        bytes, the last ended by a NUL or the block's end, no NUL or ``/``.
+        """
+        data = self.data
+        if size < _DIRENT.size:
+            return False
+        (table,) = _U16.unpack_from(data, start + 8)
+        if table == 0 or table % _DIRENT.size or table >= size:
+            return False
+        count = table // _DIRENT.size
+        layout = _DIRENT_TABLES.get(count)
+        if layout is None:
+            layout = _DIRENT_TABLES[count] = struct.Struct("<" + "QHBB" * count)
+        fields = layout.unpack_from(data, start)
+        offsets = fields[1::4]
+        nul = data.find(b"\0", start + offsets[-1], start + size)
+        ends = (*offsets[1:], size if nul < 0 else nul - start)
+        if (
+            offsets[0] < table
+            or not all(map(lt, offsets, ends))
+            or max(map(sub, ends, offsets)) > _NAME_MAX
+        ):
+            return False
+        # The names are back to back: no NUL or '/' in any is none in all.
+        first, stop = start + offsets[0], start + ends[-1]
+        if data.find(b"\0", first, stop) >= 0 or data.find(b"/", first, stop) >= 0:
+            return False
+        nids.extend(fields[0::4])
+        names.extend(
+            map(data.__getitem__, map(slice, map(start.__add__, offsets), map(start.__add__, ends)))
+        )
+        types.extend(fields[2::4])
+        return True
 
     def replay(self, root_nid: int) -> None:
-        """Replay the loader's inode table in its order; refuse a quadratic one.
-
-        The loader meets inodes depth first: each entry in its directory's
-        order, a new directory's entries before its next sibling.
-        """
-        table = _NidTable()
-        nids = table.nids
-        buckets, counts = table.buckets, table.counts
-        counts[root_nid % buckets] = table.used = 1
-        nids.append(root_nid)
-        lookups, steps = 1, 0
-        met = {root_nid}
-        order, spans = self.order, self.spans
-        stack = [spans[root_nid]]
-        while stack:
-            pos, end = stack.pop()
-            while pos < end:
-                nid = order[pos]
-                pos += 1
-                # hash_lookup walks the chain; a new inode's hash_insert
-                # walks it again (and may grow the table first).
-                walked = counts[nid % buckets]
-                lookups += 1
-                if nid in met:
-                    steps += walked
-                    continue
-                steps += 2 * walked
-                met.add(nid)
-                if table.used > table.grow_above:
-                    table.grow()
-                    buckets, counts = table.buckets, table.counts
-                bucket = nid % buckets
-                if not counts[bucket]:
-                    table.used += 1
-                counts[bucket] += 1
-                nids.append(nid)
-                span = spans.get(nid)
-                if span is not None:
-                    stack.append((pos, end))
-                    stack.append(span)
-                    break
+        """Replay the loader's inode table over the walk's lookups; refuse a quadratic one."""
+        met = self.order
+        lookups = len(met) + 1
         budget = _CHAIN_STEPS_PER_LOOKUP * lookups + _CHAIN_STEPS_SLACK
+        if lookups == len(self.inodes):
+            steps = _replay_inserts(root_nid, met, budget)
+        else:
+            steps = _replay_links(root_nid, met, budget)
         if steps > budget:
             raise _fail(
-                f"its inode numbers collide in libcomposefs's inode table: "
-                f"{steps} chain entries walked for {lookups} lookups "
-                f"(at most {budget})",
+                f"its inode numbers collide in libcomposefs's inode table: its "
+                f"{lookups} lookups walk more than {budget} chain entries",
                 "nid",
             )
 
@@ -918,6 +1070,63 @@ class _Checker:
                 )
             out.append((child, name, ftype))
         return out
+
+
+def _replay_inserts(root_nid: int, met: array[int], budget: int) -> int:
+    """Chain entries the loader walks to meet each of ``met`` once, after the root.
+
+    Each is a lookup and an insert, both walking the chain of its bucket
+    (the lookup before the table grows).  Stops once past ``budget``.
+    """
+    table = _NidTable(root_nid)
+    counts, buckets, used, limit = table.counts, table.buckets, table.used, table.limit
+    walked = 0
+    for i, nid in enumerate(met):
+        bucket = nid % buckets
+        chain_length = counts[bucket]
+        walked += chain_length
+        if used > limit:
+            if 2 * walked > budget:
+                break
+            table.grow(chain((root_nid,), met[:i]))
+            counts, buckets, used, limit = table.counts, table.buckets, table.used, table.limit
+            bucket = nid % buckets
+            chain_length = counts[bucket]
+        counts[bucket] = chain_length + 1
+        if not chain_length:
+            used += 1
+    return 2 * walked
+
+
+def _replay_links(root_nid: int, met: array[int], budget: int) -> int:
+    """:func:`_replay_inserts` when some inodes are met more than once (hardlinks).
+
+    hash_lookup walks the chain; a new inode's hash_insert walks it again
+    (and may grow the table first).
+    """
+    table = _NidTable(root_nid)
+    counts, buckets = table.counts, table.buckets
+    inserted = array("Q", [root_nid])
+    seen = {root_nid}
+    steps = 0
+    for nid in met:
+        chain_length = counts[nid % buckets]
+        if nid in seen:
+            steps += chain_length
+            continue
+        steps += 2 * chain_length
+        seen.add(nid)
+        if table.used > table.limit:
+            if steps > budget:
+                break
+            table.grow(inserted)
+            counts, buckets = table.counts, table.buckets
+        bucket = nid % buckets
+        if not counts[bucket]:
+            table.used += 1
+        counts[bucket] += 1
+        inserted.append(nid)
+    return steps
 
 
 def check_image(
