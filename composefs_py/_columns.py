@@ -12,6 +12,11 @@ same rows (``tests/test_columns.py`` checks this differentially), and no
 rule is written twice: whatever this module cannot prove cheaply it leaves
 to the builder.
 
+Cost: linear in the rows (the one sort, of the paths into Tree order, is
+n log n); the parents to make for missing ones are counted against
+``max_entries`` and ``max_total_path_bytes`` as they are found (see
+``_ancestors``), and hardlink chains resolve once each (``_resolve_links``).
+
 The Tree keeps the columns (``Tree._table``): its nodes are made when read,
 and :mod:`composefs_py._native` hands the columns to C without a Python
 object per node, which is where the memory and time of a big tree went.
@@ -465,7 +470,15 @@ def tree_from_columns(
     if missing:
         if not synthesize_parents or not missing.isdisjoint(index):
             return None  # a parent that is not a directory, or no maker
-        made = _ancestors(missing, dirs)
+        found = _ancestors(
+            missing,
+            dirs,
+            limits.max_entries - n,
+            limits.max_total_path_bytes - path_bytes + 1,  # + 1: the root's "/" counts 0
+        )
+        if found is None:
+            return None  # past a limit: the builder says which
+        made = found
     elif not synthesize_parents:
         # TreeBuilder.add wants each parent before its children (the root first)
         below = map(bytes.rpartition, paths[1:], repeat(b"/"))
@@ -545,12 +558,24 @@ def _parent(path: bytes) -> bytes:
     return path[:cut] if cut > 0 else b""
 
 
-def _ancestors(missing: set[bytes], dirs: set[bytes]) -> list[bytes]:
-    """The directories to make for ``missing`` parents, each after its own parent."""
+def _ancestors(
+    missing: set[bytes], dirs: set[bytes], entries: int, path_bytes: int
+) -> list[bytes] | None:
+    """The directories to make for ``missing`` parents, each after its own parent.
+
+    None once they would be more than ``entries`` or their paths longer than
+    ``path_bytes`` in all: checked as each is made, since a few deep paths
+    of short names (a 4 KiB name, 2,000 levels) stand for megabytes of
+    parents' paths.
+    """
     made: set[bytes] = set()
     for path in missing:
         while path not in made and path not in dirs:
             made.add(path)
+            entries -= 1
+            path_bytes -= len(path)
+            if entries < 0 or path_bytes < 0:
+                return None
             if path == ROOT:
                 break
             path = _parent(path) or ROOT

@@ -9,6 +9,22 @@ written once, here.
 Paths are ``bytes``, absolute and clean: ``b"/"`` is the root, ``b"/usr/bin"``
 a child of ``b"/usr"``.  No trailing ``/``, no empty, ``.`` or ``..``
 component, no NUL.
+
+Cost (DESIGN rule 7): :meth:`TreeBuilder.add` is linear in the path and
+node it is given (the path's checks, one dict insertion); each ``Limits``
+cap is checked before the node it bounds is kept: ``max_entries`` before
+the insertion, ``max_path_bytes``/``max_name_bytes``/``max_depth`` on the
+path, ``max_total_path_bytes`` as each path is added and, for the parents a
+path stands for (``synthesize_parents``), as they are found, before they
+are made (a 4 KiB path of 1-byte names stands for 2,000 parents and 4 MB of
+their paths); ``max_xattr_*``, ``max_inline_bytes``, ``max_symlink_bytes``
+and ``max_file_size`` on the node.  :meth:`TreeBuilder.build` is linear in
+the entries but for sorting each directory's names: hardlink chains are
+resolved once each, however they are shaped (see ``_resolve_hardlinks``).
+Rules of confinement (DESIGN rule 8) live here too: a payload is an object
+name of the store, and an input's ``trusted.overlay.*`` xattrs are refused
+(see ``payload_problem`` and ``OVERLAY_XATTR_PREFIX``), unless ``Limits``
+opts in.
 """
 
 from __future__ import annotations
@@ -385,8 +401,19 @@ class TreeBuilder:
             self._children[path] = []
 
     def _synthesize_dir(self, path: bytes, entry: int | None) -> None:
+        # The parents one deep path stands for take up to max_depth times its
+        # length: count them against the limit as they are found, not once made.
+        limits = self._limits
+        room = limits.max_total_path_bytes - self._total_path_bytes - len(path)
         missing = [path]
         while path != ROOT and (path := parent_of(path)) not in self._nodes:
+            room -= len(path)
+            if room < 0:
+                raise ValidationError(
+                    f"paths add up to more than {limits.max_total_path_bytes} bytes",
+                    entry=entry,
+                    path=path,
+                )
             missing.append(path)
         for synthetic in reversed(missing):
             self.add(synthetic, Inode(mode=S_IFDIR | 0o755), entry=entry)

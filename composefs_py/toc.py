@@ -43,6 +43,16 @@ Decisions worth knowing:
   and then dropped: they are not tree nodes.
 * Empty regular files have no payload, also when a digest is given (eStargz
   gives the sha256 of nothing, and only that digest is accepted for them).
+
+Cost: every path (bulk, typed, streamed, whole-document walker) is linear
+in the document.  ``max_input_bytes`` is checked before a file is read
+whole, ``max_json_depth`` by a C-speed pre-scan before the json module
+decodes (the typed decoders have a fixed depth), ``max_entries`` on the
+decoded entry count before any entry is checked; names, link names and
+xattrs are checked against their limits as each entry is read, and every
+tree limit is the TreeBuilder's (or ``tree_from_columns``', by the same
+rules).  A path that gives up on a document lets go of what it built
+before the next one starts (``_drop_frames``): peak memory is one path's.
 """
 
 from __future__ import annotations
@@ -446,6 +456,23 @@ _SCAN_VALUE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type:
 _scan_string: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
+def _drop_frames(error: BaseException) -> None:
+    """Let go of the frames of ``error`` and of the errors it was raised from.
+
+    A ValidationError is in a reference cycle (its ``problems`` holds it),
+    so it lives until the cyclic collector runs, which parse_toc keeps off:
+    its traceback would keep the frames of a path that failed (their
+    builder, up to the limits' worth of nodes) alive while the next path
+    builds its own.  Called where a path swallows the error.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
 class _SlowPath(Exception):
     """The streaming parse met something it leaves to the whole-document path."""
 
@@ -523,7 +550,8 @@ def _streamed(text: str, walker: _Walker) -> Tree:
         if "tarSplitDigest" in top and not _is_digest(top["tarSplitDigest"]):
             raise _SlowPath
         return walker.builder.build()
-    except (StopIteration, IndexError, ValueError, RecursionError):
+    except (StopIteration, IndexError, ValueError, RecursionError) as error:
+        _drop_frames(error)
         raise _SlowPath from None  # JSON or validation errors (ValidationError is one)
 
 
@@ -684,7 +712,8 @@ def _typed(
         walker.close_chain()
         walker.add_opaque_dirs(_raise)
         return walker.builder.build()
-    except (ValidationError, msgspec.DecodeError):
+    except (ValidationError, msgspec.DecodeError) as error:
+        _drop_frames(error)
         return None
 
 
@@ -1163,7 +1192,8 @@ class _Bulk:
                 pairs = self.walker.xattrs(row, names[row], xattrs[row])
                 if pairs and row not in links:  # a hardlink's xattrs are checked, then dropped
                     extras[row] = (None, None, pairs)
-        except ValidationError:
+        except ValidationError as error:
+            _drop_frames(error)
             return False
 
         uids = [uid if uid > 0 else 0 for uid in uids]
@@ -1199,7 +1229,8 @@ class _Bulk:
                     walker.close_chain()
                 walker.entry(index, msgspec.to_builtins(entry))
                 self.after_walked = index + 1
-        except ValidationError:
+        except ValidationError as error:
+            _drop_frames(error)
             return False
         self.add_walked()
         return True
@@ -1233,7 +1264,8 @@ class _Bulk:
         try:
             self.walker.close_chain()
             self.walker.add_opaque_dirs(_raise)
-        except ValidationError:
+        except ValidationError as error:
+            _drop_frames(error)
             return None
         self.add_walked()
         out = self.columns

@@ -953,3 +953,20 @@ def test_the_opaque_marks_of_a_directory_are_taken(value: bytes) -> None:
         ROOT + line(path=b"/d", mode=b"40755", xattrs=(b"trusted.overlay.opaque=" + value,))
     )
     assert tree.inode(b"/d").xattrs == ((b"trusted.overlay.opaque", value),)
+
+
+def test_the_line_limit_is_checked_before_the_lines_are_made() -> None:
+    import tracemalloc
+
+    text = b"\n" * 4_000_000 + b"x"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match="more than 1000 lines"):
+            parse_dumpfile(text, limits=Limits(max_entries=1000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # before: the split made a 32 MB list of 4M lines first
+    assert peak < 1 << 20, peak
+    with pytest.raises(ValidationError, match="more than 2 lines"):
+        parse_dumpfile(ROOT + line(path=b"/a") + b"/b", limits=Limits(max_entries=2), strict=False)

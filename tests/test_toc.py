@@ -1712,3 +1712,27 @@ def test_opaque_is_taken_only_on_a_directory_and_as_the_packages_own_values(valu
 def test_the_opaque_marker_still_makes_its_directory_opaque() -> None:
     for raw in (toc(directory("d"), reg("d/.wh..wh..opq")), toc(reg("d/.wh..wh..opq"))):
         assert inode(parse_toc(raw), b"/d").xattrs == ((b"trusted.overlay.opaque", b"y"),)
+
+
+def _deep_parents_toc(count: int) -> bytes:
+    """``count`` files, each 2,000 levels of 1-byte names below a parent of its own."""
+    return toc(*(reg(f"{i:x}/" + "a/" * 2000 + "f") for i in range(count)))
+
+
+@pytest.mark.parametrize("count", [20, 80])
+def test_parents_a_deep_path_stands_for_count_before_they_are_made(count: int) -> None:
+    import tracemalloc
+
+    limits = Limits(max_total_path_bytes=32 << 20)
+    raw = _deep_parents_toc(count)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match="paths add up to more than"):
+            parse_toc(raw, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # before: the bulk path made every parent (80 files: 320 MB of paths)
+    # before checking, and each path that failed kept its builder (the
+    # ValidationError's frames, in a cycle) while the next one built: 3 x
+    assert peak < 2.5 * limits.max_total_path_bytes, peak >> 20
