@@ -74,7 +74,12 @@ from typing import Any, NoReturn, cast
 from . import _lockdown
 from ._columns import INT_FIELDS, Extra, NodeColumns, tree_from_columns
 from .errors import ValidationError
+from .limits import Limits
 from .model import S_IFREG, Tree, TreeBuilder
+
+#: The parent proved the Tree with the caller's Limits: what those let in by
+#: an opt-in (an input's overlay xattrs, foreign payloads) the child takes too.
+_PROVEN = Limits(allow_overlay_xattrs=True, allow_foreign_payloads=True)
 
 try:
     from . import _native
@@ -343,16 +348,16 @@ def _collect(frames: Iterable[object]) -> NodeColumns:
         for frame in frames:
             rows.add_frame(frame)
     except ValidationError:
-        _add_rows(TreeBuilder(), rows.columns())  # an earlier entry's own error comes first
+        _add_rows(TreeBuilder(_PROVEN), rows.columns())  # an earlier entry's own error comes first
         raise
     return rows.columns()
 
 
 def _rebuild(columns: NodeColumns) -> Tree:
     """The Tree of ``columns``: in bulk, else through a TreeBuilder (its error raises)."""
-    tree = tree_from_columns(columns)
+    tree = tree_from_columns(columns, _PROVEN)
     if tree is None:
-        builder = TreeBuilder()
+        builder = TreeBuilder(_PROVEN)
         _add_rows(builder, columns)
         tree = builder.build()
     return tree

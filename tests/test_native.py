@@ -70,7 +70,7 @@ ENTRIES: list[tuple[bytes, Inode | Hardlink]] = [
             size=123456,
             mtime=1700000000,
             payload=TOOL_PAYLOAD,
-            xattrs=((b"trusted.overlay.foo", b"bar"), (b"user.a", b"\0\xff")),
+            xattrs=((b"trusted.foo", b"bar"), (b"user.a", b"\0\xff")),
         ),
     ),
     (b"/usr/gone", Inode(stat.S_IFCHR, mtime=1700000000)),
@@ -99,7 +99,7 @@ DUMP = b"".join(
         b"/usr/bin 0 40755 2 0 0 0 1700000000.0 - - -",
         b"/usr/bin/tool 123456 104755 1 0 0 0 1700000000.0 "
         + TOOL_PAYLOAD
-        + b" - - trusted.overlay.foo=bar user.a=\\x00\\xff",
+        + b" - - trusted.foo=bar user.a=\\x00\\xff",
         b"/usr/gone 0 20000 1 0 0 0 1700000000.0 - - -",
         b"/usr/sock 0 140755 1 0 0 0 1700000000.0 - - -",
     ]
