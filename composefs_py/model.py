@@ -22,8 +22,9 @@ and ``max_file_size`` on the node.  :meth:`TreeBuilder.build` is linear in
 the entries but for sorting each directory's names: hardlink chains are
 resolved once each, however they are shaped (see ``_resolve_hardlinks``).
 Rules of confinement (DESIGN rule 8) live here too: a payload is an object
-name of the store, and an input's ``trusted.overlay.*`` xattrs are refused
-(see ``payload_problem`` and ``OVERLAY_XATTR_PREFIX``), unless ``Limits``
+name of the store, and an input's overlay xattrs (``trusted.overlay.*``,
+``user.overlay.*``) are refused
+(see ``payload_problem`` and ``OVERLAY_XATTR_PREFIXES``), unless ``Limits``
 opts in.
 """
 
@@ -90,10 +91,15 @@ _PAYLOAD_SHAPE = (b"00/" + b"0" * 62).translate(_HEX_AS_0)
 #: or ``x`` (what libcomposefs itself puts on a directory holding whiteouts in
 #: format 1, which reading such an image gives back: it only tells overlayfs
 #: to look for whiteouts there, and every whiteout an input can make is a
-#: character device 0/0 already).  ``limits.allow_overlay_xattrs`` opts out.
-OVERLAY_XATTR_PREFIX = b"trusted.overlay."
+#: character device 0/0 already).  ``user.overlay.*`` is the same metadata
+#: for an overlay mounted with ``userxattr`` (an unprivileged one, in a user
+#: namespace), which libcomposefs does not escape at all: it gets the same
+#: rule, and the same two exceptions (format 1 marks a directory holding
+#: whiteouts with ``user.overlay.opaque=x`` too).
+#: ``limits.allow_overlay_xattrs`` opts out.
+OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 _OWN_OVERLAY_XATTRS = frozenset(
-    ((b"trusted.overlay.opaque", b"y"), (b"trusted.overlay.opaque", b"x"))
+    (prefix + b"opaque", value) for prefix in OVERLAY_XATTR_PREFIXES for value in (b"y", b"x")
 )
 
 
@@ -768,14 +774,14 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
                 return "xattrs", f"names must be unique and sorted, got {name!r} again"
             previous = name
             if (
-                name.startswith(OVERLAY_XATTR_PREFIX)
+                name.startswith(OVERLAY_XATTR_PREFIXES)
                 and not limits.allow_overlay_xattrs
                 and not (ftype == S_IFDIR and pair in _OWN_OVERLAY_XATTRS)
             ):
                 return "xattrs", (
                     f"{name.decode('utf-8', 'backslashreplace')} is overlayfs metadata, "
                     "which would steer an overlay mount stacked on this image: refused "
-                    "(only trusted.overlay.opaque=y or x on a directory is taken; "
+                    "(only {trusted,user}.overlay.opaque=y or x on a directory is taken; "
                     "Limits.allow_overlay_xattrs=True carries any)"
                 )
             if len(value) > limits.max_xattr_value_bytes:
