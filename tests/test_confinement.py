@@ -289,13 +289,12 @@ def untouched(site: Site, *, site_names: Sequence[str] = ("store", "mnt", "out")
     site_before = sorted(set(os.listdir(site.root)) - set(site_names))
     notify = Inotify()
     try:
-        for root in site.canaries():
-            for path in snapshot(root):
-                if not path.endswith(" ->") and os.path.isdir(path) and not os.path.islink(path):
+        for root in site.canaries():  # every directory: events of its entries and itself
+            for path, fields in before[root].items():
+                if isinstance(fields, tuple) and stat.S_ISDIR(fields[0]):
                     notify.watch(Path(path))
         notify.watch(site.root)
         yield
-        time.sleep(0.01)  # events of a child that just exited are queued by now
         events = [e for e in notify.events() if not (e[0] == site.root and e[2] in site_names)]
     finally:
         notify.close()
