@@ -14,10 +14,11 @@ files, a FIFO and directories.  While an operation runs, every directory of
 the canaries (and the site itself) is watched with **inotify** (open,
 access, create, modify, attrib, moved-to, delete); a before/after snapshot
 (names and ``lstat``) catches what inotify could miss.  Any event or change
-fails the test, naming it.  The operation runs in a **forked child** with a
-timeout, because the unfixed code opens FIFOs with a blocking open and
-hangs: a hang fails the test and names the path the child was blocked on
-(``/proc/PID/syscall`` and ``/proc/PID/mem``).
+fails the test, naming it.  The operation runs in a **forked child**: code
+that follows a name into a FIFO blocks in ``open`` for ever, so a child
+asleep opening a FIFO (``wait_for_partner``) for a second is killed and the
+test fails naming the path it was opening (``/proc/PID/syscall`` and
+``/proc/PID/mem``); any other child has a generous timeout.
 
 What is checked:
 
