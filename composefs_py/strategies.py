@@ -26,6 +26,10 @@ the specification says a validator must refuse):
 * :func:`hostile_dumpfiles` -- the same families for composefs-dump(5) text.
 * :func:`hostile_tree_entries` -- ``(path, node)`` pairs that break one
   :class:`~composefs_py.model.TreeBuilder` invariant each.
+* :func:`hostile_payloads` -- payload strings that are not object names
+  (every length and shape, traversal aimed at given host paths);
+  :func:`hostile_payload_fields` spells them as dumpfile fields and
+  :func:`link_targets` gives symlink targets reaching given host paths.
 * :func:`corrupted_blobs` -- byte-level and structure-aware (zstd:chunked and
   eStargz footer) corruption of a layer blob.
 
@@ -42,6 +46,7 @@ import itertools
 import json
 import os
 import random
+import re
 import stat
 import struct
 from collections.abc import Callable
@@ -64,10 +69,14 @@ __all__ = [
     "dumpfile_cases",
     "dumpfiles",
     "hostile_dumpfiles",
+    "hostile_payload_fields",
+    "hostile_payloads",
     "hostile_toc_cases",
     "hostile_tocs",
     "hostile_tree_entries",
     "inodes",
+    "is_object_name",
+    "link_targets",
     "names",
     "real_toc_paths",
     "render_dumpfile",
@@ -1762,3 +1771,267 @@ def corrupted_blobs(draw: Draw, blob: bytes) -> bytes:
         return blob[:-35] + hex_text + blob[-19:]
     data = blob
     return _byte_corruption(draw, data)
+
+
+# ---------------------------------------------------------------------------
+# hostile object names (payloads) and link targets
+# ---------------------------------------------------------------------------
+#
+# An object name (a regular file's payload) is exactly 2 lowercase hex
+# digits, "/", 62 lowercase hex digits (DESIGN rule 8): the only string from
+# an input that ever becomes a host path, relative to the object store's
+# root.  These strategies give every other shape, so that a test can check
+# that each validator refuses it and that nothing outside the store is
+# reached through it.
+
+_OBJECT_NAME = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}")
+_HEX_DIGITS = b"0123456789abcdef"
+#: Bytes that are not lowercase hex digits: look-alikes, separators,
+#: controls, what dumpfile syntax escapes, and non-ASCII.
+_NOT_HEX = b"ABCDEFgGxXzZ./\\-_+:% \0\n\r\t\x0b\x0c\x7f\x80\xc3\xef\xff"
+#: Multi-byte look-alikes of hex digits (fullwidth, Arabic-Indic, Cyrillic).
+_LOOKALIKES = tuple(c.encode("utf-8") for c in ("\uff10", "\uff41", "\u0663", "\u0430", "\u0435"))
+
+
+def is_object_name(payload: bytes) -> bool:
+    """Whether ``payload`` is a digest-shaped object name, ``ab/`` + 62 lowercase hex."""
+    return _OBJECT_NAME.fullmatch(payload) is not None
+
+
+@st.composite
+def _valid_object_names(draw: Draw) -> bytes:
+    return _payload_from_digest(draw(_DIGEST_BYTES).hex())
+
+
+@st.composite
+def _hex_of_length(draw: Draw) -> bytes:
+    """Hex digits of every length 0..70 (around 64), with the slash after 2, elsewhere or none."""
+    length = draw(st.one_of(st.integers(0, 70), st.sampled_from([61, 62, 63, 64, 65, 66])))
+    digits = (draw(_DIGEST_BYTES).hex() * 3).encode()[:length]
+    where = draw(st.sampled_from(["after-2", "none", "anywhere"]))
+    if where == "none" or not digits:
+        return digits
+    cut = 2 if where == "after-2" else draw(st.integers(0, len(digits)))
+    return digits[:cut] + b"/" + digits[cut:]
+
+
+@st.composite
+def _one_byte_off(draw: Draw) -> bytes:
+    """A valid name with one byte replaced, inserted or removed."""
+    name = bytearray(draw(_valid_object_names()))
+    index = draw(st.integers(0, len(name) - 1))
+    how = draw(st.sampled_from(["replace", "insert", "delete", "upper", "lookalike"]))
+    byte = draw(st.sampled_from(sorted(set(_NOT_HEX))))
+    if how == "replace":
+        name[index] = byte
+    elif how == "insert":
+        name.insert(index, byte)
+    elif how == "delete":
+        del name[index]
+    elif how == "upper":
+        letters = [i for i, b in enumerate(name) if b in b"abcdef"]
+        if letters:
+            index = draw(st.sampled_from(letters))
+            name[index] -= 0x20  # "a" -> "A"
+        else:  # all digits: put an uppercase letter in
+            name[index] = ord("A")
+    else:
+        name[index : index + 1] = draw(st.sampled_from(_LOOKALIKES))
+    return bytes(name)
+
+
+@st.composite
+def _slash_shapes(draw: Draw) -> bytes:
+    """Leading, trailing, doubled, missing and extra slashes around a valid name."""
+    name = draw(_valid_object_names())
+    flat = name[:2] + name[3:]
+    return draw(
+        st.sampled_from(
+            [
+                b"/" + name,
+                b"//" + name,
+                name + b"/",
+                name[:2] + b"//" + name[3:],
+                flat,
+                b"/" + flat,
+                flat[:2] + b"/" + flat[2:4] + b"/" + flat[4:],
+                name[:3] + b"/",
+                b"/",
+                b"//",
+                b"",
+            ]
+        )
+    )
+
+
+@st.composite
+def _dot_shapes(draw: Draw) -> bytes:
+    """``.`` and ``..`` parts: traversal out of the store and detours inside it."""
+    name = draw(_valid_object_names())
+    depth = draw(st.integers(1, 8))
+    up = b"../" * depth
+    return draw(
+        st.sampled_from(
+            [
+                up + name,
+                b"./" + name,
+                name[:3] + b"./" + name[3:],
+                name[:3] + b"../" + name,
+                name + b"/..",
+                name + b"/.",
+                b"..",
+                b".",
+                b"...",
+                up + b"etc/shadow",
+                name[:3] + up + b"etc/shadow",
+                b"/etc/shadow",
+                b"/proc/self/mem",
+                b"/dev/zero",
+                up[:-1],
+            ]
+        )
+    )
+
+
+@st.composite
+def _control_shapes(draw: Draw) -> bytes:
+    """NUL, newline and other controls before, inside or after a valid name."""
+    name = draw(_valid_object_names())
+    byte = draw(st.sampled_from([b"\0", b"\n", b"\r", b"\t", b" ", b"\x1b", b"\x7f"]))
+    where = draw(st.integers(0, len(name)))
+    return draw(st.sampled_from([name[:where] + byte + name[where:], name + byte, byte + name]))
+
+
+@st.composite
+def _backslash_shapes(draw: Draw) -> bytes:
+    """Literal backslashes and what looks like an escape, kept as bytes."""
+    name = draw(_valid_object_names())
+    return draw(
+        st.sampled_from(
+            [
+                name[:2] + b"\\" + name[3:],
+                name[:2] + b"\\x2f" + name[3:],
+                name[:2] + b"\\/" + name[3:],
+                b"..\\..\\etc\\shadow",
+                b"\\x2e\\x2e/\\x2e\\x2e/etc/shadow",
+                name + b"\\",
+                b"\\" + name,
+            ]
+        )
+    )
+
+
+@st.composite
+def _long_shapes(draw: Draw) -> bytes:
+    name = draw(_valid_object_names())
+    size = draw(st.sampled_from([255, 256, 4095, 4096, 4097, 65_536]))
+    return draw(
+        st.sampled_from(
+            [
+                (name * (size // len(name) + 1))[:size],
+                b"a" * size,
+                name[:3] + b"0" * (size - 3),
+                (b"../" * (size // 3))[: size - 10] + b"etc/shadow",
+            ]
+        )
+    )
+
+
+@st.composite
+def _reaching(draw: Draw, reach: tuple[bytes, ...]) -> bytes:
+    """Spellings of ``reach`` (host paths, absolute or relative to the store's root)."""
+    target = draw(st.sampled_from(reach))
+    if target.startswith(b"/"):
+        depth = draw(st.integers(1, 40))  # past any root: ../ at / stays at /
+        relative = b"../" * depth + target.lstrip(b"/")
+    else:
+        relative = target
+    return draw(
+        st.sampled_from(
+            [
+                target,
+                relative,
+                b"./" + relative,
+                relative.replace(b"/", b"//"),
+                relative.replace(b"/", b"/./"),
+                b"ab/../" + relative,
+                relative + b"/.",
+            ]
+        )
+    )
+
+
+def hostile_payloads(
+    *, reach: tuple[bytes, ...] | list[bytes] = (), max_size: int | None = None
+) -> st.SearchStrategy[bytes]:
+    """Payload strings that are **not** object names; every one must be refused.
+
+    Families: hex of every length 0..70 with the slash after two digits,
+    elsewhere or missing; a valid name with one byte replaced, inserted,
+    deleted, uppercased or swapped for a multi-byte look-alike; leading,
+    trailing, doubled, missing and extra slashes; ``.`` and ``..`` parts
+    (``../`` up to 8 deep, ``ab/../``, absolute host paths); NUL, newline and
+    other controls; literal backslashes and escape look-alikes; very long
+    names (255 .. 65536 bytes).  ``reach``: host paths (absolute, or relative
+    to the object store's root, such as ``b"../outside/file"``) to aim at,
+    each spelled several ways (``../`` past the root, ``//``, ``/./``,
+    ``ab/../``).  ``max_size`` drops longer examples.  No example is ever
+    digest-shaped (:func:`is_object_name`).
+    """
+    families = [
+        _hex_of_length(),
+        _one_byte_off(),
+        _slash_shapes(),
+        _dot_shapes(),
+        _control_shapes(),
+        _backslash_shapes(),
+        _long_shapes(),
+    ]
+    if reach:
+        targets = tuple(reach)
+        families += [_reaching(targets), _reaching(targets)]  # weighted: the ones that hurt
+    strategy = st.one_of(families).filter(lambda p: not is_object_name(p))
+    if max_size is not None:
+        strategy = strategy.filter(lambda p: len(p) <= max_size)
+    return strategy
+
+
+@st.composite
+def hostile_payload_fields(
+    draw: Draw, *, reach: tuple[bytes, ...] | list[bytes] = (), max_size: int | None = None
+) -> tuple[str, bytes]:
+    """``(field, payload)``: a :func:`hostile_payloads` example and a composefs-dump(5)
+    spelling of it, bytes escaped at random (``\\x2e\\x2e\\x2f`` for ``../``,
+    ``\\x2f`` for the slash, ``\\\\``, ``\\n``...), as a dumpfile's payload field."""
+    payload = draw(hostile_payloads(reach=reach, max_size=max_size))
+    rnd = random.Random(draw(_SEEDS))
+    field = _escape(payload, rnd)
+    if not field:
+        field = draw(st.sampled_from(["", "\\x00"]))  # an empty field, or a lone NUL
+        payload = b"" if not field else b"\0"
+    return field, payload
+
+
+@st.composite
+def link_targets(draw: Draw, *, reach: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """Symlink targets leading to one of ``reach`` (absolute host paths) from a link
+    placed anywhere: the absolute path, ``/./`` and ``//`` spellings, ``..``
+    past the file system root, through ``/proc/self/root``, or the path with a
+    trailing ``/.`` (which needs a directory)."""
+    target = draw(st.sampled_from(tuple(reach)))
+    if not target.startswith(b"/"):
+        raise ValueError(f"link_targets: reach paths must be absolute, got {target!r}")
+    depth = draw(st.integers(40, 64))  # deeper than any link: ".." stops at "/"
+    return draw(
+        st.sampled_from(
+            [
+                target,
+                target.replace(b"/", b"//"),
+                target.replace(b"/", b"/./"),
+                b"/.." * depth + target,
+                b"../" * depth + target.lstrip(b"/"),
+                b"/proc/self/root" + target,
+                target + b"/.",
+            ]
+        )
+    )
