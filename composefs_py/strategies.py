@@ -160,9 +160,9 @@ def names(draw: Draw, *, utf8_only: bool = False, limits: Limits | None = None) 
 
 _BARE_PREFIXES = frozenset((b"user.", b"trusted.", b"security.", b"lustre."))
 _TOC_XATTR_PREFIX = st.sampled_from([*TOC_XATTR_PREFIXES, *TOC_XATTR_EXACT])
-_ANY_XATTR_PREFIX = st.sampled_from(
-    [*TOC_XATTR_PREFIXES, b"trusted.overlay.", b"system.", b"os2.", b""]
-)
+_ANY_XATTR_PREFIX = st.sampled_from([*TOC_XATTR_PREFIXES, b"system.", b"os2.", b""])
+#: overlayfs's own namespaces: drawn only where ``Limits.allow_overlay_xattrs``.
+_OVERLAY_XATTR_PREFIX = st.sampled_from([b"trusted.overlay.", b"user.overlay."])
 _TOC_XATTR_REST = st.lists(
     st.sampled_from(list(b"abcdefgxyz0123456789._-")), min_size=1, max_size=12
 ).map(bytes)
@@ -178,6 +178,8 @@ _FILL_BYTE = st.sampled_from([b"v", b"\0", b"\xff", b"="])
 
 def _xattr_name(draw: Draw, toc: bool, limits: Limits) -> bytes:
     prefix = draw(_TOC_XATTR_PREFIX if toc else _ANY_XATTR_PREFIX)
+    if limits.allow_overlay_xattrs and draw(_KIND10) == 0:
+        prefix = draw(_OVERLAY_XATTR_PREFIX)
     if prefix in TOC_XATTR_EXACT:
         return prefix
     rest = draw(_TOC_XATTR_REST if toc else _ANY_XATTR_REST)
@@ -338,7 +340,10 @@ def inodes(
 
 @cache
 def _payloads(limits: Limits) -> st.SearchStrategy[bytes]:
+    """Object names; any other payload only where ``limits`` allow foreign payloads."""
     digest_named = st.binary(min_size=32, max_size=32).map(lambda d: _payload_from_digest(d.hex()))
+    if not limits.allow_foreign_payloads:
+        return digest_named
     odd = st.binary(min_size=1, max_size=min(80, limits.max_path_bytes)).map(
         lambda b: b.replace(b"\0", b"_")
     )

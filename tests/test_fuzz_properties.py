@@ -358,8 +358,12 @@ def test_read_image_gives_back_the_tree_up_to_the_documented_losses(
     assert _write(back, "native", max_version) == _write(expected, "native", max_version)
 
 
-def _single_file_tree(inode: Inode, root_xattrs: tuple[tuple[bytes, bytes], ...] = ()) -> Tree:
-    builder = TreeBuilder()
+def _single_file_tree(
+    inode: Inode,
+    root_xattrs: tuple[tuple[bytes, bytes], ...] = (),
+    limits: Limits | None = None,
+) -> Tree:
+    builder = TreeBuilder(limits)
     builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755, xattrs=root_xattrs))
     builder.add(b"/f", inode)
     return builder.build()
@@ -367,10 +371,14 @@ def _single_file_tree(inode: Inode, root_xattrs: tuple[tuple[bytes, bytes], ...]
 
 def test_a_longest_payload_reads_back() -> None:
     # libcomposefs's loader appends the 2 bytes after the redirect value
-    # (4097 bytes, which the model refuses); read_image repairs it.
-    payload = b"p" * Limits().max_path_bytes
-    tree = _single_file_tree(Inode(mode=stat.S_IFREG | 0o644, size=5, payload=payload))
-    assert read_image(_write(tree, "native")).inode(b"/f").payload == payload
+    # (4097 bytes, which the model refuses); read_image repairs it.  Only a
+    # foreign payload (an opt-in) can be that long; an object name is 65 bytes.
+    limits = Limits(allow_foreign_payloads=True)
+    payload = b"p" * limits.max_path_bytes
+    tree = _single_file_tree(
+        Inode(mode=stat.S_IFREG | 0o644, size=5, payload=payload), limits=limits
+    )
+    assert read_image(_write(tree, "native"), limits=limits).inode(b"/f").payload == payload
 
 
 def test_a_directory_with_full_xattrs_and_a_whiteout_reads_back() -> None:
