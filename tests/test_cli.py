@@ -415,7 +415,7 @@ def test_dump_not_an_image_nor_source(run: Run, tmp_path: Path) -> None:
 
 
 def test_dump_into_a_closed_pipe_is_quiet(tmp_path: Path, composefs_src: Path) -> None:
-    asset = composefs_src / "tests" / "assets" / "cs9-x86_64-minimal.dump.gz"
+    asset = composefs_src / "tests" / "assets" / "config.dump.gz"
     image = tmp_path / "big.cfs"
     assert main(["build", str(asset), "-o", str(image)]) == 0
     proc = subprocess.run(
