@@ -39,7 +39,17 @@ WORK = REPO / "build" / "fuzz"
 ASAN_PYLIB = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
 
 #: Default -max_len per target (inputs longer than this are not generated).
-MAX_LEN = {"toc": 16384, "dumpfile": 16384, "layer": 8192, "writer": 16384, "reader": 65536}
+MAX_LEN = {
+    "toc": 16384,
+    "dumpfile": 16384,
+    "layer": 8192,
+    "writer": 16384,
+    "reader": 65536,
+    "cost": 16,
+}
+#: libFuzzer's -timeout per target (seconds); default 20.  A cost execution
+#: runs three measuring children, each with its own timeout (fuzz/cost).
+TIMEOUT = {"cost": 900}
 _ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+$")
 
 
@@ -217,7 +227,7 @@ def run_target(
         f"-max_total_time={seconds}",
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
-        "-timeout=20",
+        f"-timeout={TIMEOUT.get(target, 20)}",
         "-rss_limit_mb=3072",
         f"-max_len={MAX_LEN.get(target, 65536)}",
         *extra,
