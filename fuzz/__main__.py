@@ -50,6 +50,9 @@ MAX_LEN = {
 #: libFuzzer's -timeout per target (seconds); default 20.  A cost execution
 #: runs three measuring children, each with its own timeout (fuzz/cost).
 TIMEOUT = {"cost": 900}
+#: Targets whose crashes are kept as they are: a cost input is a few bytes
+#: that choose a family, and each run of it takes seconds.
+_NOT_MINIMIZED = frozenset({"cost"})
 _ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+$")
 
 
@@ -180,7 +183,7 @@ def minimize(python: str, env: dict[str, str], target: str, crash: Path, seconds
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(crash.read_bytes()).hexdigest()[:12]
     dest = folder / f"{kind}-{digest}"
-    if kind == "crash":
+    if kind == "crash" and target not in _NOT_MINIMIZED:
         out = WORK / target / f"minimize-{digest}.log"
         with out.open("wb") as log:
             subprocess.run(

@@ -39,7 +39,9 @@ The judgement (:func:`judge`)
     * *increments*: ``(c4 - c2) / (c2 - c1)`` is about 2 for linear work and
       about 4 for quadratic work, whatever the fixed cost of the call;
       super-linear when it exceeds :data:`INCREMENT_TOLERANCE` times the
-      same ratio of input bytes (judged only where the input grows);
+      same ratio of input bytes (judged only where the input grows, and
+      where ``c2 - c1`` is at least half the floor: below, the ratio is
+      noise);
     * *totals*: ``c4 - c1`` may exceed ``c1 * (b4/b1 - 1)`` by the same
       tolerance, no more: this is what catches a cost that follows a
       *declared* size (a sparse member, a long name that compresses to
@@ -231,11 +233,12 @@ def _metric(
         return []
     shown = f"{name} {c1:.3g} / {c2:.3g} / {c4:.3g} {unit} for {b1} / {b2} / {b4} B in"
     problems = []
-    # Increments, where the input itself grows: linear gives the input's ratio.
-    if b2 - b1 >= 0.25 * b1 and b4 - b2 > 0:
+    # Increments, where the input itself grows and the first increment is
+    # above the noise (a ratio of a noisy denominator means nothing):
+    # linear work gives the input's ratio.
+    if b2 - b1 >= 0.25 * b1 and b4 - b2 > 0 and c2 - c1 >= floor / 2:
         expected = (b4 - b2) / (b2 - b1)
-        step = max(c2 - c1, floor / 8)
-        ratio = (c4 - c2) / step
+        ratio = (c4 - c2) / (c2 - c1)
         if ratio > INCREMENT_TOLERANCE * expected:
             problems.append(
                 f"super-linear {name}: increments ratio {ratio:.2f} "
