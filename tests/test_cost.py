@@ -116,15 +116,16 @@ def test_estargz_members_are_inflated_once(params: dict[str, Any]) -> None:
 
 @cost_settings
 @given(shapes("nesting", via=st.sampled_from(("read_image", "parse_toc", "parse_dumpfile"))))
-@example({"via": "read_image", "version": 1})
-@example({"via": "parse_toc", "version": 1})
+@example({"via": "read_image", "depth": "beyond", "version": 1})
+@example({"via": "parse_toc", "depth": "within", "version": 1})
 def test_deep_trees_are_read_or_refused_without_a_crash(params: dict[str, Any]) -> None:
     assert_linear("nesting", params)
 
 
 @pytest.mark.skipif(root_available() is not None, reason=str(root_available()))
 def test_mount_with_try_verity_survives_deep_images() -> None:
-    assert_linear("nesting", {"via": "mount(try_verity=True)", "version": 1})
+    assert_linear("nesting", {"via": "mount(try_verity=True)", "depth": "within", "version": 1})
+    assert_linear("nesting", {"via": "mount(try_verity=True)", "depth": "beyond", "version": 1})
 
 
 @pytest.mark.parametrize(

@@ -662,27 +662,33 @@ def _deep_dumpfile(depth: int) -> str:
 
 
 def _make_nesting(n: int, params: dict[str, Any]) -> Case:
-    """A tree ``n`` directories deep (beyond ``Limits.max_depth`` at the largest scales)."""
-    via = params["via"]
-    if via == "parse_dumpfile":
-        return Case(_deep_dumpfile(n).encode(), via)
-    if via == "parse_toc":
-        entries = [
-            {"type": "dir", "name": "a/" * depth, "mode": 0o755} for depth in range(1, n + 1)
-        ]
-        return Case(_toc(entries), via)
-    return Case(_image(_deep_dumpfile(n), params["version"], deep=True), via)
+    """A tree ``n`` directories deep, or ``n / 4`` beyond ``Limits.max_depth``.
 
+    Each series stays on one side of the limit: a refusal and an acceptance
+    take different paths, whose costs are not comparable.
+    """
+    via = params["via"]
+    depth = n if params["depth"] == "within" else _MAX_DEPTH + n // 4
+    if via == "parse_dumpfile":
+        return Case(_deep_dumpfile(depth).encode(), via)
+    if via == "parse_toc":
+        entries = [{"type": "dir", "name": "a/" * d, "mode": 0o755} for d in range(1, depth + 1)]
+        return Case(_toc(entries), via)
+    return Case(_image(_deep_dumpfile(depth), params["version"], deep=True), via)
+
+
+_MAX_DEPTH = 2048  # Limits().max_depth
 
 NESTING = Family(
     "nesting",
     "trees n directories deep, up to and beyond Limits.max_depth (recursion per level)",
     {
         "via": ("mount(try_verity=True)", "read_image", "parse_toc", "parse_dumpfile"),
+        "depth": ("within", "beyond"),
         "version": (1, 0),
     },
     _make_nesting,
-    scale=640,
+    scale=500,
 )
 
 
