@@ -645,7 +645,7 @@ INNER_OFFSET = Family(
     "eStargz files sharing one gzip member re-inflate it from its start",
     {"order": ("forward", "reverse")},
     _make_inner_offset,
-    scale=128,
+    scale=384,
 )
 
 
