@@ -39,7 +39,20 @@ WORK = REPO / "build" / "fuzz"
 ASAN_PYLIB = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
 
 #: Default -max_len per target (inputs longer than this are not generated).
-MAX_LEN = {"toc": 16384, "dumpfile": 16384, "layer": 8192, "writer": 16384, "reader": 65536}
+MAX_LEN = {
+    "toc": 16384,
+    "dumpfile": 16384,
+    "layer": 8192,
+    "writer": 16384,
+    "reader": 65536,
+    "cost": 16,
+}
+#: libFuzzer's -timeout per target (seconds); default 20.  A cost execution
+#: runs three measuring children, each with its own timeout (fuzz/cost).
+TIMEOUT = {"cost": 900}
+#: Targets whose crashes are kept as they are: a cost input is a few bytes
+#: that choose a family, and each run of it takes seconds.
+_NOT_MINIMIZED = frozenset({"cost"})
 _ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+$")
 
 
@@ -170,7 +183,7 @@ def minimize(python: str, env: dict[str, str], target: str, crash: Path, seconds
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(crash.read_bytes()).hexdigest()[:12]
     dest = folder / f"{kind}-{digest}"
-    if kind == "crash":
+    if kind == "crash" and target not in _NOT_MINIMIZED:
         out = WORK / target / f"minimize-{digest}.log"
         with out.open("wb") as log:
             subprocess.run(
@@ -217,7 +230,7 @@ def run_target(
         f"-max_total_time={seconds}",
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
-        "-timeout=20",
+        f"-timeout={TIMEOUT.get(target, 20)}",
         "-rss_limit_mb=3072",
         f"-max_len={MAX_LEN.get(target, 65536)}",
         *extra,

@@ -23,7 +23,15 @@ import zstandard
 
 from composefs_py.strategies import real_toc_paths
 
-__all__ = ["FILES", "estargz_blob", "seed_inputs", "write_corpus", "zstd_chunked_blob"]
+__all__ = [
+    "FILES",
+    "estargz_blob",
+    "finish_estargz",
+    "finish_zstd_chunked",
+    "seed_inputs",
+    "write_corpus",
+    "zstd_chunked_blob",
+]
 
 #: The files of the seed layers: name -> content (``None`` for a directory).
 FILES: tuple[tuple[str, bytes | None], ...] = (
@@ -84,7 +92,13 @@ def zstd_chunked_blob() -> bytes:
             entry["endOffset"] = len(out)
         entries.append(entry)
     out += zstd.compress(bytes(1024))
-    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    return finish_zstd_chunked(out, json.dumps({"version": 1, "entries": entries}).encode())
+
+
+def finish_zstd_chunked(data: bytes | bytearray, toc: bytes) -> bytes:
+    """``data`` (the frames) followed by the TOC, tar-split and footer skippable frames."""
+    zstd = zstandard.ZstdCompressor()
+    out = bytearray(data)
     compressed_toc = zstd.compress(toc)
     toc_offset = len(out) + 8
     out += _skippable(compressed_toc)
@@ -124,14 +138,18 @@ def estargz_blob() -> bytes:
         elif content is not None:
             entry["digest"] = "sha256:" + hashlib.sha256(b"").hexdigest()
         entries.append(entry)
-    toc = json.dumps({"version": 1, "entries": entries}).encode()
-    toc_offset = len(out)
+    return finish_estargz(out, json.dumps({"version": 1, "entries": entries}).encode())
+
+
+def finish_estargz(data: bytes | bytearray, toc: bytes) -> bytes:
+    """``data`` (the gzip members) followed by the TOC member and the 51-byte footer."""
+    toc_offset = len(data)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         info = tarfile.TarInfo("stargz.index.json")
         info.size = len(toc)
         tar.addfile(info, io.BytesIO(toc))
-    out += _gzip_member(buf.getvalue())
+    out = bytes(data) + _gzip_member(buf.getvalue())
     extra = b"SG" + struct.pack("<H", 22) + b"%016x" % toc_offset + b"STARGZ"
     footer = (
         b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
@@ -141,7 +159,7 @@ def estargz_blob() -> bytes:
         + struct.pack("<II", 0, 0)
     )
     assert len(footer) == 51, len(footer)
-    return bytes(out + footer)
+    return out + footer
 
 
 _SAMPLE_DUMP = (
@@ -203,6 +221,11 @@ def seed_inputs() -> Iterator[tuple[str, str, bytes]]:
     yield "writer", "sample.dump", _SAMPLE_DUMP.encode()
     yield "layer", "mini.zstd-chunked", zstd_chunked_blob()
     yield "layer", "mini.estargz", estargz_blob()
+    from fuzz.cost.families import FAMILIES
+
+    for index, family in enumerate(FAMILIES.values()):
+        # one byte picks the family, then one per shape parameter and the scale
+        yield "cost", f"{family.name}.bin", bytes([index]) + bytes(len(family.choices) + 1)
     from composefs_py.dumpfile import parse_dumpfile
     from composefs_py.writer import write_image
 

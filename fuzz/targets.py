@@ -25,6 +25,14 @@ undefined-behaviour error in libcomposefs.
     the bytes as a composefs image: ``read_image`` (the structural check of
     ``composefs_py._erofs``, libcomposefs's image loader, then the
     TreeBuilder); an accepted image's Tree must write.
+``cost``
+    the bytes choose a family of hostile inputs that scale
+    (:mod:`fuzz.cost.families`), its shape parameters and a scale; the input
+    is made at ``n``, ``2n`` and ``4n`` and each runs through its entry point
+    in a child with ``RLIMIT_AS`` and a timeout (:mod:`fuzz.cost`).  A
+    finding is a crash, hang, ``MemoryError`` or exception other than
+    ``ValidationError`` in a child, or a cost (CPU, peak memory, bytes
+    written) that grows faster than the input.
 
 Run them with ``python -m fuzz run --target NAME`` (atheris, libFuzzer) or
 replay a file with ``python -m fuzz replay FILE``.
@@ -36,9 +44,10 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from composefs_py.dumpfile import dump, parse_dumpfile
 from composefs_py.errors import ValidationError
@@ -46,7 +55,9 @@ from composefs_py.limits import Limits
 from composefs_py.model import Tree
 from composefs_py.toc import parse_toc
 
-__all__ = ["TARGETS", "Target", "replay"]
+__all__ = ["TARGETS", "Target", "cost_case", "replay"]
+
+_T = TypeVar("_T")
 
 #: Bounds for fuzzing: small enough that no input runs for long, large enough
 #: for the real TOCs.  The validators' own defaults are tested by the
@@ -166,6 +177,50 @@ def fuzz_reader(data: bytes) -> None:
     _write_native(tree, 1)
 
 
+class _Choices:
+    """Picks values with the fuzzer's bytes, one byte per choice (0 once they run out).
+
+    The same bytes always pick the same values, with or without atheris, so
+    that a finding replays anywhere (``python -m fuzz replay``).
+    """
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def pick(self, values: Sequence[_T]) -> _T:
+        byte = self._data[self._pos] if self._pos < len(self._data) else 0
+        self._pos += 1
+        return values[byte % len(values)]
+
+
+#: Multipliers of a family's base scale the cost target may pick.
+COST_SCALES = (1, 1, 2)
+
+
+def cost_case(data: bytes) -> tuple[str, dict[str, Any], int]:
+    """The family name, shape parameters and scale ``data`` picks (the ``cost`` target)."""
+    from fuzz.cost.families import FAMILIES
+
+    choices = _Choices(data)
+    family = choices.pick(list(FAMILIES.values()))
+    params = {key: choices.pick(values) for key, values in family.choices.items()}
+    return family.name, params, family.scale * choices.pick(COST_SCALES)
+
+
+def fuzz_cost(data: bytes) -> None:
+    from fuzz.cost.families import FAMILIES, check
+
+    name, params, scale = cost_case(data)
+    result = check(FAMILIES[name], params, scale)
+    if isinstance(result, str):  # the entry point cannot run here (e.g. mount without root)
+        return
+    if not result.ok:
+        raise AssertionError(f"cost of {name} {params} at n={scale}:\n{result.report()}")
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A fuzz target: its name, what it exercises, and the function."""
@@ -185,6 +240,7 @@ TARGETS: dict[str, Target] = {
         Target("layer", "open_layer/tree/import_objects on layer blobs", fuzz_layer, False),
         Target("writer", "dumpfile -> native writer -> reader -> writer", fuzz_writer, True),
         Target("reader", "read_image (libcomposefs loader) on image bytes", fuzz_reader, True),
+        Target("cost", "hostile families at n/2n/4n: cost must grow linearly", fuzz_cost, True),
     )
 }
 

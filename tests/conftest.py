@@ -16,7 +16,11 @@ Fixtures (session scoped):
     ``mkcomposefs --from-file`` writes for that dumpfile.
 
 Hypothesis profiles: ``ci`` (default) and ``long``; pick one with
-``HYPOTHESIS_PROFILE=long``.
+``HYPOTHESIS_PROFILE=long``.  The cost properties (tests/test_cost.py) run
+three measuring children per example, so they take their own example count
+and scale from the profile's name: ``ci`` runs each property's explicit
+examples and one drawn shape without shrinking, ``long`` twelve drawn shapes
+at twice the scale, shrunk.
 
 Leak check (autouse, every test): a test that leaves a new erofs, overlay or
 composefs mount (``/proc/self/mountinfo``) or a new file-backed loop device

@@ -1,0 +1,151 @@
+"""Cost properties: doubling a hostile input must not much more than double its cost.
+
+Each property draws a family's shape (:mod:`fuzz.cost.families`), makes the
+input at scale ``n``, ``2n`` and ``4n``, runs it through a public entry point
+in a fresh child with ``RLIMIT_AS`` and a timeout (:func:`fuzz.cost.measure`)
+and asserts, for CPU time, peak memory and bytes written, that the cost grows
+no faster than the input (:func:`fuzz.cost.judge`: ratios of increments and
+totals, never absolute times, nothing judged below a noise floor), and that
+no run crashed, hung, ran out of memory or raised anything but
+``ValidationError``.
+
+The ``@example`` of each property is the shape that attacks its defect
+class; Hypothesis then draws other shapes.  The ``ci`` profile runs those
+examples and one drawn shape per family at the families' base scale, without
+shrinking (a shrink step costs three children); ``HYPOTHESIS_PROFILE=long``
+draws more shapes at twice the scale and shrinks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import Phase, example, given, settings
+from hypothesis import strategies as st
+
+from fuzz.cost import Judgement, root_available
+from fuzz.cost.families import FAMILIES, Family, check
+
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+_LONG = _PROFILE == "long"
+#: Drawn shapes per family (besides the explicit examples).
+EXAMPLES = 12 if _LONG else 1
+#: Multiplier of each family's base scale.
+SCALE = 2 if _LONG else 1
+_PHASES = (
+    (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)
+    if _LONG
+    else (Phase.explicit, Phase.reuse, Phase.generate)
+)
+
+cost_settings = settings(max_examples=EXAMPLES, phases=_PHASES)
+
+
+def _strategy(value: Any) -> st.SearchStrategy[Any]:
+    return value if isinstance(value, st.SearchStrategy) else st.just(value)
+
+
+def shapes(name: str, **fixed: Any) -> st.SearchStrategy[dict[str, Any]]:
+    """The shape parameters of family ``name`` (some fixed)."""
+    family = FAMILIES[name]
+    return st.fixed_dictionaries(
+        {
+            key: _strategy(fixed[key]) if key in fixed else st.sampled_from(values)
+            for key, values in family.choices.items()
+        }
+    )
+
+
+def assert_linear(name: str, params: dict[str, Any]) -> Judgement:
+    family: Family = FAMILIES[name]
+    result = check(family, params, family.scale * SCALE)
+    if isinstance(result, str):
+        pytest.skip(result)
+    assert result.ok, f"{name} {params}:\n{result.report()}"
+    return result
+
+
+@cost_settings
+@given(shapes("hardlink-chains"))
+@example({"shape": "forward", "via": "parse_toc"})
+@example({"shape": "reverse", "via": "parse_dumpfile"})
+@example({"shape": "fan-in", "via": "layer.tree"})
+def test_hardlink_chains_resolve_in_linear_time(params: dict[str, Any]) -> None:
+    assert_linear("hardlink-chains", params)
+
+
+@cost_settings
+@given(shapes("shared-dirents"))
+@example({"via": "read_image", "version": 1})
+@example({"via": "read_image+dump", "version": 0})
+def test_shared_dirent_blocks_cost_what_the_image_holds(params: dict[str, Any]) -> None:
+    assert_linear("shared-dirents", params)
+
+
+@cost_settings
+@given(shapes("long-names"))
+@example({"kind": "gnu-longname", "compression": "zst", "via": "layer.import_objects"})
+@example({"kind": "pax-linkpath", "compression": "gz", "via": "layer.tree"})
+def test_long_names_in_a_compressed_tar_cost_what_the_tar_holds(params: dict[str, Any]) -> None:
+    assert_linear("long-names", params)
+
+
+@cost_settings
+@given(shapes("zstd-chunked-no-endoffset"))
+@example({"shape": "one-frame", "unit": 32 << 10})
+def test_zstd_chunked_without_end_offset_reads_each_file_once(params: dict[str, Any]) -> None:
+    assert_linear("zstd-chunked-no-endoffset", params)
+
+
+@cost_settings
+@given(shapes("sparse-members"))
+@example({"format": "gnu", "compression": "none", "via": "layer.import_objects"})
+@example({"format": "pax-1.0", "compression": "zst", "via": "layer.tree"})
+def test_sparse_members_cost_what_the_tar_holds(params: dict[str, Any]) -> None:
+    assert_linear("sparse-members", params)
+
+
+@cost_settings
+@given(shapes("estargz-inner-offset"))
+@example({"order": "forward"})
+def test_estargz_members_are_inflated_once(params: dict[str, Any]) -> None:
+    assert_linear("estargz-inner-offset", params)
+
+
+@cost_settings
+@given(shapes("nesting", via=st.sampled_from(("read_image", "parse_toc", "parse_dumpfile"))))
+@example({"via": "read_image", "depth": "beyond", "version": 1})
+@example({"via": "parse_toc", "depth": "within", "version": 1})
+def test_deep_trees_are_read_or_refused_without_a_crash(params: dict[str, Any]) -> None:
+    assert_linear("nesting", params)
+
+
+@pytest.mark.skipif(root_available() is not None, reason=str(root_available()))
+def test_mount_with_try_verity_survives_deep_images() -> None:
+    assert_linear("nesting", {"via": "mount(try_verity=True)", "depth": "within", "version": 1})
+    assert_linear("nesting", {"via": "mount(try_verity=True)", "depth": "beyond", "version": 1})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "many-xattrs",
+        "duplicates",
+        "deep-json",
+        "dumpfile-escapes",
+        "max-length-names",
+        "chunk-rows",
+        "pax-headers",
+        "compressed-frames",
+    ],
+)
+def test_other_hostile_families_cost_linear(name: str) -> None:
+    @cost_settings
+    @given(shapes(name))
+    @example(FAMILIES[name].defaults())
+    def prop(params: dict[str, Any]) -> None:
+        assert_linear(name, params)
+
+    prop()
