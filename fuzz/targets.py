@@ -143,11 +143,14 @@ def fuzz_writer(data: bytes) -> None:
         tree = parse_dumpfile(data, limits=FUZZ_LIMITS)
     except ValidationError:
         return
-    from composefs_py import _native
+    # The public reader: the structural check, then the loader on a thread
+    # with a large stack (a dumpfile of 1 MiB reaches ~2,000 directories,
+    # deeper than the loader's recursion fits in a default thread stack).
+    from composefs_py.writer import read_image
 
     version = len(data) % 2
     image = _write_native(tree, version)
-    back = _native.read_image(image)
+    back = read_image(image, limits=FUZZ_LIMITS)
     # What an image cannot keep is lost in the first round trip (see
     # EROFS_CANNOT_KEEP in tests/test_upstream_assets.py); from then on a
     # read Tree writes the same image again and reads back unchanged.
@@ -160,7 +163,9 @@ def fuzz_writer(data: bytes) -> None:
             got = back.inode(path).payload
             assert got == inode.payload, f"payload {inode.payload!r} read back as {got!r}"
     rewritten = _write_native(back, version)
-    assert _native.read_image(rewritten) == back, "read(write(read(image))) != read(image)"
+    assert read_image(rewritten, limits=FUZZ_LIMITS) == back, (
+        "read(write(read(image))) != read(image)"
+    )
     assert _write_native(back, version) == rewritten, "the native writer is not deterministic"
 
 
