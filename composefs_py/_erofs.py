@@ -104,7 +104,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from operator import lt, sub
 
 from .errors import ValidationError
@@ -298,8 +298,8 @@ class _NidTable:
         size = _bucket_size(candidate)
         if size != self.buckets:
             counts = [0] * size
-            for bucket in map(size.__rmod__, nids):
-                counts[bucket] += 1
+            for nid in nids:
+                counts[nid % size] += 1
             self.buckets, self.counts = size, counts
             self.used = size - counts.count(0)
             self.limit = int(_f32(_GROWTH_THRESHOLD * size))
@@ -524,7 +524,26 @@ class _Checker:
                 "nid",
             )
         used[first:last] = b"\1" * (last - first)
-        held = self.xattrs(body, tail_start, ftype, nid) if icount else 0
+        held = 0
+        if icount:
+            # An xattr area like one already checked (see xattrs()).
+            pos = body + _XATTR_HEADER_SIZE + 4 * data[body + 4]
+            value_start = pos + 4 + data[pos] if pos + 4 <= tail_start else pos
+            area = (self.regular_areas if ftype == _S_IFREG else self.other_areas).get(
+                data[body:value_start]
+            )
+            if area is not None and (value_start + area[0] + 3) & ~3 == tail_start:
+                _value_size, held, redirect_start, redirect_size = area
+                if redirect_size:
+                    # Its size was checked; what follows it, if not a NUL,
+                    # makes the loader misread the payload.
+                    redirect_start = redirect_start or value_start
+                    redirect_end = redirect_start + redirect_size
+                    if redirect_end < image_size and data[redirect_end]:
+                        self.redirect(redirect_start, redirect_size, nid)
+                    held += redirect_size
+            else:
+                held = self.xattrs(body, tail_start, ftype, nid)
         if ftype == _S_IFREG:
             if layout == _CHUNK_BASED:
                 if i_u & _CHUNK_FORMAT_UNKNOWN:
@@ -541,10 +560,12 @@ class _Checker:
                 self._blocks(i_u, size - tail)
                 held += size
         elif ftype == _S_IFDIR:
-            _layout(layout, _FLAT)
+            if layout not in _FLAT:
+                _layout(layout, _FLAT)
             self._blocks(i_u, size - tail)
         elif ftype == _S_IFLNK:
-            _layout(layout, _FLAT)
+            if layout not in _FLAT:
+                _layout(layout, _FLAT)
             if not 0 < size < _PATH_MAX:
                 raise _Bad(f": symlink target of {size} bytes", "i_size")
             start = tail_start if tail else self._blocks(i_u, size)
@@ -611,8 +632,9 @@ class _Checker:
         as libcomposefs accounts it, and the payload of a redirect.  An area
         of shared indexes and at most one inline entry is remembered by its
         bytes up to that entry's value (the header, the indexes, the
-        entry's header and name): the next such area, on an inode of the
-        same kind, has its size compared and its redirect checked only.
+        entry's header and name): :meth:`_inode` only compares the size of
+        the next such area, on an inode of the same kind, and checks its
+        redirect.
         """
         data = self.data
         regular = ftype == _S_IFREG
@@ -625,19 +647,6 @@ class _Checker:
             return self._xattrs(start, end, regular, nid)
         key = data[start:value_start]
         areas = self.regular_areas if regular else self.other_areas
-        area = areas.get(key)
-        if area is not None:
-            value_size, held, redirect_start, redirect_size = area
-            if (value_start + value_size + 3) & ~3 == end:
-                if redirect_size:
-                    # Its size was checked; what follows it, if not a NUL,
-                    # makes the loader misread the payload.
-                    redirect_start = redirect_start or value_start
-                    redirect_end = redirect_start + redirect_size
-                    if redirect_end < self.size and data[redirect_end]:
-                        self.redirect(redirect_start, redirect_size, nid)
-                    held += redirect_size
-                return held
         held = self._xattrs(start, end, regular, nid)
         if nid in self.dropped:
             return held
@@ -824,6 +833,7 @@ class _Checker:
         lookup = self.order.append
         misread, dropped = self.misread, self.dropped
         max_depth = self.max_depth
+        want_types = _DIRENT_TYPES
         nid, depth, path = root_nid, 0, b"/"
         entries = self.directory(nid, root_nid, path, root)
         stack: list[tuple[Iterator[tuple[int, bytes, int]], int, int, bytes]] = []
@@ -860,9 +870,9 @@ class _Checker:
                         "dirent.nid",
                         _join(path, name),
                     )
-                if ftype != _DIRENT_TYPES[kind]:
+                if ftype != want_types[kind]:
                     raise _fail(
-                        f"file type {ftype} in the entry, {_DIRENT_TYPES[kind]} in inode {child}",
+                        f"file type {ftype} in the entry, {want_types[kind]} in inode {child}",
                         "dirent.file_type",
                         _join(path, name),
                     )
@@ -914,21 +924,25 @@ class _Checker:
         # '.' and '..' (not always neighbours: '.!' sorts between them).
         dot = bisect_left(names, b".")
         dotdot = bisect_left(names, b"..", dot)
-        if names[dot : dot + 1] != [b"."] or names[dotdot : dotdot + 1] != [b".."]:
+        if dotdot >= len(names) or names[dot] != b"." or names[dotdot] != b"..":
             raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
-        for name, at, want in ((b".", dot, nid), (b"..", dotdot, parent)):
-            if nids[at] != want:
-                raise _fail(
-                    f"directory inode {nid}: {name!r} names inode {nids[at]}, not {want}",
-                    "dirent.nid",
-                    path,
-                )
-        for column in (nids, names, types):
-            del column[dotdot], column[dot]
+        if nids[dot] != nid or nids[dotdot] != parent:
+            name, at, want = (b".", dot, nid) if nids[dot] != nid else (b"..", dotdot, parent)
+            raise _fail(
+                f"directory inode {nid}: {name!r} names inode {nids[at]}, not {want}",
+                "dirent.nid",
+                path,
+            )
+        if dotdot == 1:  # names before '.' are rare
+            del nids[:2], names[:2], types[:2]
+        else:
+            for column in (nids, names, types):
+                del column[dotdot], column[dot]
         # Each entry's path is this directory's, a slash and its name.
         base = (len(path) if path != b"/" else 0) + 1
         longest = self.limits.max_path_bytes - base
-        if names and max(map(len, names)) > longest:
+        # (block() kept every name within _NAME_MAX bytes.)
+        if longest < _NAME_MAX and names and max(map(len, names)) > longest:
             name = next(name for name in names if len(name) > longest)
             raise _fail(
                 f"a path of {base + len(name)} bytes, longer than {self.limits.max_path_bytes}",
@@ -981,9 +995,7 @@ class _Checker:
         if data.find(b"\0", first, stop) >= 0 or data.find(b"/", first, stop) >= 0:
             return False
         nids.extend(fields[0::4])
-        names.extend(
-            map(data.__getitem__, map(slice, map(start.__add__, offsets), map(start.__add__, ends)))
-        )
+        names += [data[start + name : start + end] for name, end in zip(offsets, ends, strict=True)]
         types.extend(fields[2::4])
         return True
 
@@ -1088,7 +1100,7 @@ def _replay_inserts(root_nid: int, met: array[int], budget: int) -> int:
         if used > limit:
             if 2 * walked > budget:
                 break
-            table.grow(chain((root_nid,), met[:i]))
+            table.grow(array("Q", (root_nid,)) + met[:i])
             counts, buckets, used, limit = table.counts, table.buckets, table.used, table.limit
             bucket = nid % buckets
             chain_length = counts[bucket]
