@@ -756,3 +756,158 @@ def test_a_shared_xattr_counts_for_every_inode_that_holds_it() -> None:
     with pytest.raises(ValidationError, match="holds more than 960000 bytes") as err:
         check_image(image, limits=limits)
     assert err.value.field == "tree_bytes"
+
+
+# ---------------------------------------------------------------------------
+# the check's shortcuts decide as the plain walk would
+# ---------------------------------------------------------------------------
+
+
+def _loader_order(img: Image) -> list[int]:
+    """Every lookup lcfs_load_node_from_image makes, in its order (depth first)."""
+    out: list[int] = []
+    met = {int(img.root)}
+
+    def visit(nid: int) -> None:
+        for name, (_entry, child) in sorted(img.dirents(nid).items()):
+            if name in (b".", b".."):
+                continue
+            out.append(child)
+            if child not in met:
+                met.add(child)
+                (mode,) = struct.unpack_from("<H", img.data, img.inode(child)[0] + 4)
+                if stat.S_ISDIR(mode):
+                    visit(child)
+
+    visit(int(img.root))
+    return out
+
+
+def _chain_steps(root: int, lookups: list[int]) -> int:
+    """Chain entries gnulib's hash table walks for ``lookups``: one step at a time."""
+    from composefs_py._erofs import _GROWTH_FACTOR, _GROWTH_THRESHOLD, _bucket_size, _f32
+
+    size = _bucket_size(0)
+    inserted = [root]
+    steps = 0
+    for nid in lookups:
+        chain = sum(1 for known in inserted if known % size == nid % size)
+        if nid in inserted:
+            steps += chain
+            continue
+        steps += 2 * chain
+        used = len({known % size for known in inserted})
+        if used > _f32(_GROWTH_THRESHOLD * size):
+            size = _bucket_size(int(_f32(_f32(size * _GROWTH_FACTOR) * _GROWTH_THRESHOLD)))
+        inserted.append(nid)
+    return steps
+
+
+def _scattered_nids_image(files: int, spread: int, seed: int) -> bytes:
+    """An image of ``files`` fifos copied to random slots among ``spread * files``."""
+    import random
+
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    for i in range(files):
+        builder.add(b"/%06d" % i, Inode(mode=stat.S_IFIFO | 0o644))
+    img = Image(_write(builder.build(), 0))
+    base = -(-len(img.data) // 4096) * 128
+    moved = sorted(
+        (entry, nid) for name, (entry, nid) in img.dirents(img.root).items() if name.strip(b".")
+    )
+    slots = random.Random(seed).sample(range(spread * len(moved)), len(moved))
+    img.data.extend(bytes(32 * (base + spread * len(moved)) - len(img.data)))
+    for (entry, nid), slot in zip(moved, slots, strict=True):
+        old = img.meta + 32 * nid
+        img.data[32 * (base + slot) : 32 * (base + slot) + 32] = img.data[old : old + 32]
+        img.put("<Q", entry, base + slot)
+    return bytes(img.data)
+
+
+def _hardlinks_image() -> bytes:
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    for i in range(40):
+        builder.add(b"/d%02d" % i, Inode(mode=stat.S_IFDIR | 0o755))
+        builder.add(b"/d%02d/f" % i, Inode(mode=stat.S_IFREG | 0o644))
+        for j in range(8):
+            builder.add(b"/d%02d/l%d" % (i, j), Hardlink(b"/d%02d/f" % ((i * 7 + j) % (i + 1))))
+    return _write(builder.build(), 1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _base_image,
+        _hardlinks_image,
+        lambda: _clustered_nids_image(300),
+        lambda: _clustered_nids_image(300, buckets=11),
+        lambda: _scattered_nids_image(600, 1, 1),
+        lambda: _scattered_nids_image(600, 5, 2),
+        lambda: _deep_image(30),
+    ],
+    ids=["base", "hardlinks", "clustered", "spread", "scattered", "sparse", "deep"],
+)
+def test_the_inode_table_replay_counts_what_the_loader_walks(make: Callable[[], bytes]) -> None:
+    # The walk goes in the loader's order, and the replay (bulk where no
+    # inode is met twice) counts exactly the chain entries of a plain
+    # one-lookup-at-a-time table.
+    from array import array
+
+    from composefs_py import _erofs
+
+    image = make()
+    img = Image(image)
+    order = _loader_order(img)
+    limits = Limits().for_images()
+    checker = _erofs._Checker(image, limits, limits.max_depth)
+    _version, root = checker.superblock()
+    checker.walk(root)
+    assert list(checker.order) == order
+    unbounded = 1 << 62
+    replay = _erofs._replay_inserts if len(set(order)) == len(order) else _erofs._replay_links
+    assert replay(root, array("Q", order), unbounded) == _chain_steps(root, order)
+
+
+def _xattr_image(files: dict[str, str]) -> Image:
+    lines = ["/ 4096 40755 2 0 0 0 0.0 - - -"]
+    lines += [f"/{name} 0 100644 1 0 0 0 0.0 - - - {xattrs}" for name, xattrs in files.items()]
+    return Image(_write(parse_dumpfile("\n".join(lines) + "\n"), 1))
+
+
+def test_an_xattr_area_shaped_like_a_checked_one_is_still_checked() -> None:
+    # /a's area (one inline entry, user.a of 1 byte) is remembered by its
+    # bytes up to the value; /b starts the same but holds a second entry,
+    # patched to repeat the first name: the shortcut must not take it.
+    img = _xattr_image({"a": "user.a=1", "b": "user.a=2 user.b=3", "c": "user.a=4"})
+    # /b's header as /a's: the name filter (which the loader ignores) too.
+    headers = [img.inode(img.nid(path))[0] + 32 for path in (b"/a", b"/b")]
+    img.data[headers[1] : headers[1] + 12] = img.data[headers[0] : headers[0] + 12]
+    check_image(bytes(img.data))
+    second = _first_inline_xattr_at(img, b"/b") + 8  # 4-byte header, "a", 1-byte value
+    assert img.data[second + 4 : second + 5] == b"b"
+    img.data[second + 4] = ord("a")
+    with pytest.raises(ValidationError, match="appears twice") as err:
+        check_image(bytes(img.data))
+    assert (err.value.field, err.value.path) == ("xattr", "/b")
+
+
+def test_a_redirect_shaped_like_a_checked_one_still_notes_the_misread_payload() -> None:
+    # Three files whose redirects (their payloads, all of one length) have
+    # the same header and name: the loader over-reads /b's value (a byte
+    # after it that is not a NUL) but /a's area was checked first.
+    payloads = {name: f"{i:02x}/{DIGEST[2:]}" for i, name in enumerate("abc")}
+    text = "/ 4096 40755 2 0 0 0 0.0 - - -\n" + "".join(
+        f"/{name} 10 100644 1 0 0 0 0.0 {payload} - -\n" for name, payload in payloads.items()
+    )
+    img = Image(_write(parse_dumpfile(text), 1))
+    assert check_image(bytes(img.data)).payloads == {}
+    entry = _first_inline_xattr_at(img, b"/b")
+    name_len, _index, value_size = struct.unpack_from("<BBH", img.data, entry)
+    value = entry + 4 + name_len
+    assert bytes(img.data[value : value + value_size]) == b"/" + payloads["b"].encode()
+    assert img.data[value + value_size] == 0
+    img.data[value + value_size] = ord("x")
+    summary = check_image(bytes(img.data))
+    assert summary.payloads == {b"/b": payloads["b"].encode()}  # the image's payload
