@@ -15,23 +15,58 @@
     environment variable ``COMPOSEFS_PY_BACKEND`` overrides the choice.
 
 Every backend writes the same bytes for the same Tree and format versions.
-A path destination is written to a temporary file in the same directory,
-fsynced and renamed over the destination (then the directory is fsynced): a
-failed or interrupted write leaves nothing behind.  An open file descriptor
-is written from its current position and left open.
+
+Publishing a path destination (DESIGN rule 5): the backend writes the whole
+image to an unnamed scratch file (``tempfile.TemporaryFile``) first, so that
+nothing reaches the destination, or its folder, before the image is whole
+(a rejected or failed build writes no byte to a FIFO or a device).  Then the
+destination is classified with ``lstat`` (never followed):
+
+* a regular file or a new name: the image is copied to a temporary sibling
+  (``.NAME.<random>.tmp``, ``O_CREAT|O_EXCL|O_NOFOLLOW``), fsynced, renamed
+  over it, and the folder fsynced: atomic, and nothing left on failure;
+* a symbolic link: followed one link at a time (at most 40), and the same
+  rules apply to what it leads to.  A link to a regular file keeps the link
+  and replaces its target atomically in the target's folder; a dangling
+  link gets its target created the same way (as mkcomposefs and a shell's
+  ``>`` create it through the link);
+* a character or block device, a FIFO or a socket: opened ``O_WRONLY``
+  (no ``O_TRUNC``) and written through, never replaced (a FIFO blocks until
+  it has a reader, as it does for mkcomposefs);
+* a /proc "magic" link (``/dev/stdout`` leads to ``/proc/self/fd/1``):
+  written through; this process's own descriptor open for writing is
+  written at its offset, like ``-`` in mkcomposefs;
+* a directory: an error.
+
+Every OSError of the publishing step is a :class:`LibraryError` (that is
+also the builtin subclass of its errno: FileNotFoundError,
+PermissionError, ...) whose ``filename`` is the destination as the caller
+gave it, never the temporary file (``x.cfs: Read-only file system``,
+``x.cfs: No space left on device``).  An open file descriptor is written
+from its current position and left open.
+
+Cost of publishing: linear in the image's size.  The scratch file holds one
+image (in ``$TMPDIR``, unnamed); it is copied once, in 1 MiB chunks, to the
+temporary sibling or through the destination; resolving a destination reads
+at most 40 links.  The image's own size is bounded by the Tree it is built
+from (see :class:`~composefs_py.limits.Limits`), which was checked before.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import importlib
 import os
 import secrets
 import shutil
+import stat
 import struct
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -242,20 +277,148 @@ def _tool_env() -> dict[str, str]:
 # publishing
 # ---------------------------------------------------------------------------
 
+#: Links followed from a destination before giving up (the kernel's own limit).
+_MAX_LINKS = 40
+#: Bytes of the destination's name kept in its temporary sibling's name
+#: (``.NAME.<16 hex>.tmp`` stays within a 255-byte file name).
+_TEMP_STEM = 200
 
-def _temp_path(dest: Path) -> tuple[Path, int]:
+
+class _OutputPermissionError(LibraryError, PermissionError):
+    """The destination may not be written (EACCES, EPERM)."""
+
+
+class _OutputFileNotFoundError(LibraryError, FileNotFoundError):
+    """The destination's folder does not exist (ENOENT)."""
+
+
+class _OutputFileExistsError(LibraryError, FileExistsError):
+    """No free temporary name next to the destination (EEXIST)."""
+
+
+class _OutputIsADirectoryError(LibraryError, IsADirectoryError):
+    """The destination is a directory (EISDIR)."""
+
+
+class _OutputNotADirectoryError(LibraryError, NotADirectoryError):
+    """A folder on the destination's path is not a directory (ENOTDIR)."""
+
+
+class _OutputBrokenPipeError(LibraryError, BrokenPipeError):
+    """The reader of the FIFO or pipe written through went away (EPIPE)."""
+
+
+_OUTPUT_ERRORS: dict[type[OSError], type[LibraryError]] = {
+    PermissionError: _OutputPermissionError,
+    FileNotFoundError: _OutputFileNotFoundError,
+    FileExistsError: _OutputFileExistsError,
+    IsADirectoryError: _OutputIsADirectoryError,
+    NotADirectoryError: _OutputNotADirectoryError,
+    BrokenPipeError: _OutputBrokenPipeError,
+}
+
+
+def _output_error(exc: OSError, dest: str, target: str) -> LibraryError:
+    """``exc`` raised while writing the destination, as the caller named it.
+
+    A LibraryError that is also the builtin OSError subclass its errno maps
+    to (``except PermissionError`` keeps working).  ``filename`` is
+    ``dest``; ``filename2`` the file a link led to, when that is another
+    path.  The temporary file's name never shows.
+    """
+    code = exc.errno if exc.errno is not None else errno.EIO
+    kind = _OUTPUT_ERRORS.get(type(OSError(code, "")), LibraryError)
+    if target == dest:
+        return kind(code, os.strerror(code), dest)
+    return kind(code, os.strerror(code), dest, None, target)
+
+
+@dataclass(frozen=True, slots=True)
+class _Destination:
+    """What writing a destination path means.
+
+    ``replace``: ``path`` is a regular file or a new name, replaced by
+    rename; ``through``: ``path`` (a device, FIFO or socket, or a /proc link
+    to one) is opened and written; ``fd``: ``path`` is a /proc link to this
+    process's own descriptor ``fd`` (``/dev/stdout``), written at its offset.
+    """
+
+    kind: str
+    path: str
+    fd: int = -1
+
+
+def _resolve(dest: str) -> _Destination:
+    """Classify ``dest`` without following it, then each link it leads to."""
+    path = dest
+    proc = _proc_device()
+    for _ in range(_MAX_LINKS + 1):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            # A new name; at the end of a dangling link, the link's target
+            # (created as mkcomposefs and a shell's ``>`` create it).
+            return _Destination("replace", path)
+        if stat.S_ISREG(st.st_mode):
+            return _Destination("replace", path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISLNK(st.st_mode):
+            return _Destination("through", path)
+        if st.st_dev == proc:
+            return _proc_link(path)
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), dest)
+
+
+def _proc_device() -> int | None:
+    try:
+        return os.stat("/proc/self").st_dev
+    except OSError:
+        return None
+
+
+def _proc_link(path: str) -> _Destination:
+    """A /proc "magic" link (``/dev/stdout`` leads to ``/proc/self/fd/1``).
+
+    What it names has no path of its own to rename over (a pipe, a socket,
+    another process's open file): it is written through.  When it is one of
+    this process's descriptors open for writing, that descriptor is written,
+    from its offset, as ``-`` would be.
+    """
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    folder, name = os.path.split(path)
+    own = os.path.realpath(folder)
+    pid = os.getpid()
+    if name.isdigit() and (own == f"/proc/{pid}/fd" or own.startswith(f"/proc/{pid}/task/")):
+        fd = int(name)
+        try:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+            same = os.fstat(fd)
+        except OSError:
+            return _Destination("through", path)
+        if writable and (same.st_dev, same.st_ino) == (st.st_dev, st.st_ino):
+            return _Destination("fd", path, fd)
+    return _Destination("through", path)
+
+
+def _temp_path(dest: str) -> tuple[str, int]:
     """Create and open ``dest``'s temporary sibling (O_EXCL, 0644 less umask)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    folder, name = os.path.split(dest)
+    stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM])
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
-        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
+        temp = os.path.join(folder, f".{stem}.{secrets.token_hex(8)}.tmp")
         try:
             return temp, os.open(temp, flags, 0o644)
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "cannot create a unique temporary file", str(dest))
+    raise FileExistsError(errno.EEXIST, "cannot create a unique temporary file", dest)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -263,20 +426,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _publish(dest: Path, write: Callable[[int], bytes]) -> bytes:
-    """Write through ``write(fd)`` to a temporary file, then rename it to ``dest``."""
-    dest = Path(os.path.abspath(dest))
-    if dest.name in ("", ".", ".."):
-        raise IsADirectoryError(errno.EISDIR, "not a file name", str(dest))
-    temp, fd = _temp_path(dest)
+def _copy(src: int, size: int, dst: int) -> None:
+    """Write the first ``size`` bytes of the file ``src`` to ``dst``."""
+    offset = 0
+    while offset < size:
+        chunk = os.pread(src, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            raise OSError(errno.EIO, "the image's scratch file was cut short")
+        _write_all(dst, chunk)
+        offset += len(chunk)
+
+
+def _replace(path: str, src: int, size: int) -> None:
+    """Copy the image to a temporary sibling of ``path``, fsync, rename it over ``path``."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    temp, fd = _temp_path(path)
     published = False
     try:
         try:
-            digest = write(fd)
+            _copy(src, size, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, dest)
+        os.replace(temp, path)
         published = True
     finally:
         if not published:
@@ -284,7 +458,47 @@ def _publish(dest: Path, write: Callable[[int], bytes]) -> bytes:
                 os.unlink(temp)
             except FileNotFoundError:
                 pass
-    _fsync_dir(dest.parent)
+    _fsync_dir(folder or ".")
+
+
+def _write_through(path: str, src: int, size: int) -> None:
+    """Open ``path`` (a device, FIFO, or a /proc link) and write the image to it.
+
+    No O_TRUNC (a device has no length); what opens as a regular file (a
+    /proc link to another process's file) is cut first, as mkcomposefs's
+    ``fopen(path, "w")`` cuts it.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+        _copy(src, size, fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(dest: str, write: Callable[[int], bytes]) -> bytes:
+    """Build the image with ``write(fd)`` into a scratch file, then put it at ``dest``.
+
+    Nothing reaches ``dest`` (or its folder) before the image is whole; every
+    OSError from there on names ``dest``.
+    """
+    try:
+        where = _resolve(dest)
+    except OSError as exc:
+        raise _output_error(exc, dest, exc.filename or dest) from None
+    with tempfile.TemporaryFile(prefix="composefs-py-image-") as scratch:
+        digest = write(scratch.fileno())
+        size = os.fstat(scratch.fileno()).st_size
+        try:
+            if where.kind == "replace":
+                _replace(where.path, scratch.fileno(), size)
+            elif where.kind == "fd":
+                _copy(scratch.fileno(), size, where.fd)
+            else:
+                _write_through(where.path, scratch.fileno(), size)
+        except OSError as exc:
+            raise _output_error(exc, dest, where.path) from None
     return digest
 
 
@@ -303,9 +517,14 @@ def write_image(
 ) -> bytes:
     """Write ``tree`` as a composefs image to ``dest``; return its fs-verity digest.
 
-    ``dest`` is a path (published atomically: nothing is left there, nor any
-    temporary file, if writing fails) or an open file descriptor (written from
-    its current position, not closed).  ``min_version``/``max_version`` are
+    ``dest`` is a path or an open file descriptor (written from its current
+    position, not closed).  A path that is a regular file or a new name is
+    replaced atomically (nothing is left there, nor any temporary file, if
+    writing fails); a symlink is followed and the same rule applies to its
+    target; a device, FIFO or socket is written through, never replaced; a
+    directory is an error.  The image is whole before the destination is
+    touched.  A failure to write the destination raises
+    :class:`~composefs_py.errors.LibraryError` naming ``dest``.  ``min_version``/``max_version`` are
     mkcomposefs's ``--min-version``/``--max-version`` with the same defaults, so
     the same Tree gives the same bytes.  ``backend`` is ``"auto"``,
     ``"native"``, ``"sandbox"`` or ``"mkcomposefs"``: an unknown name raises
@@ -326,7 +545,7 @@ def write_image(
     if isinstance(dest, str | os.PathLike):
         if not os.fspath(dest):
             raise ValueError("dest is an empty path")
-        return _publish(Path(dest), write)
+        return _publish(os.fsdecode(dest), write)
     raise TypeError(f"dest must be a path or a file descriptor, got {type(dest).__name__}")
 
 

@@ -8,6 +8,8 @@ failing tool, a missing directory), and every image written passes
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 import subprocess
@@ -340,8 +342,9 @@ def test_empty_path_is_a_value_error(tree: Tree) -> None:
 
 
 def test_missing_directory_fails_and_creates_nothing(tree: Tree, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as info:
         write_image(tree, tmp_path / "no" / "x.cfs", backend="native")
+    assert info.value.filename == str(tmp_path / "no" / "x.cfs")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -349,8 +352,9 @@ def test_directory_as_destination_fails_and_leaves_it_alone(tree: Tree, tmp_path
     target = tmp_path / "dir"
     target.mkdir()
     (target / "keep").write_bytes(b"k")
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(IsADirectoryError) as info:
         write_image(tree, target, backend="native")
+    assert info.value.filename == str(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
     assert [p.name for p in target.iterdir()] == ["keep"]
 
@@ -452,6 +456,278 @@ def test_fd_open_read_only_is_an_error(tree: Tree, tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b""
+
+
+# ---------------------------------------------------------------------------
+# destinations other than a regular file: written through, never replaced
+# ---------------------------------------------------------------------------
+
+
+def listing(*folders: Path) -> dict[str, list[str]]:
+    return {f.name: sorted(os.listdir(f)) for f in folders}
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``where`` for the block (root only, else the test is skipped).
+
+    The session runs in a mount namespace of its own (conftest.py), so
+    nothing outside the test run sees it.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_symlink_to_a_file_is_kept_and_its_target_replaced_atomically(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    target = there / "real.cfs"
+    target.write_bytes(b"old image")
+    link = here / "image.cfs"
+    link.symlink_to("../there/real.cfs")
+    old_inode = target.stat().st_ino
+    with open(target, "rb") as reader:  # a reader of the old target keeps it whole
+        digest = write_image(tree, link, backend=backend)
+        assert reader.read() == b"old image"
+    assert link.is_symlink() and os.readlink(link) == "../there/real.cfs"
+    assert target.read_bytes() == reference
+    assert target.stat().st_ino != old_inode, "the target is replaced by rename, not rewritten"
+    assert digest == fsverity_digest(reference)
+    assert listing(here, there) == {"here": ["image.cfs"], "there": ["real.cfs"]}
+
+
+def test_chain_of_links_through_a_linked_folder_replaces_the_last_target(
+    tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "image.cfs").write_bytes(b"old")
+    (tmp_path / "folder-link").symlink_to("real")
+    (tmp_path / "second").symlink_to("folder-link/image.cfs")
+    first = tmp_path / "first"
+    first.symlink_to(tmp_path / "second")
+    write_image(tree, first, backend="native")
+    assert os.readlink(first) == str(tmp_path / "second")
+    assert os.readlink(tmp_path / "second") == "folder-link/image.cfs"
+    assert (real / "image.cfs").read_bytes() == reference
+    assert listing(tmp_path, real) == {
+        tmp_path.name: ["first", "folder-link", "real", "second"],
+        "real": ["image.cfs"],
+    }
+
+
+def test_dangling_symlink_creates_its_target_and_keeps_the_link(
+    tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    """Like mkcomposefs (and a shell's ``>``), which open through the link."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    link = here / "image.cfs"
+    link.symlink_to(there / "new.cfs")
+    write_image(tree, link, backend="native")
+    assert os.readlink(link) == str(there / "new.cfs")
+    assert (there / "new.cfs").read_bytes() == reference
+    assert listing(here, there) == {"here": ["image.cfs"], "there": ["new.cfs"]}
+
+
+def test_dangling_symlink_into_a_missing_folder_names_the_link(tree: Tree, tmp_path: Path) -> None:
+    link = tmp_path / "image.cfs"
+    link.symlink_to(tmp_path / "absent" / "new.cfs")
+    with pytest.raises(FileNotFoundError) as info:
+        write_image(tree, link, backend="native")
+    assert isinstance(info.value, LibraryError)
+    assert info.value.filename == str(link)
+    assert sorted(os.listdir(tmp_path)) == ["image.cfs"]
+
+
+def test_symlink_to_a_directory_is_an_error_naming_the_link(tree: Tree, tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    link = tmp_path / "image.cfs"
+    link.symlink_to("dir")
+    with pytest.raises(IsADirectoryError) as info:
+        write_image(tree, link, backend="native")
+    assert isinstance(info.value, LibraryError)
+    assert info.value.filename == str(link)
+    assert link.is_symlink()
+    assert listing(tmp_path, tmp_path / "dir") == {tmp_path.name: ["dir", "image.cfs"], "dir": []}
+
+
+def test_symlink_loop_is_an_error_naming_the_link(tree: Tree, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(LibraryError) as info:
+        write_image(tree, tmp_path / "a", backend="native")
+    assert info.value.errno == errno.ELOOP
+    assert info.value.filename == str(tmp_path / "a")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.fixture
+def null_device(tmp_path: Path) -> Path:
+    """A node of the null device (1, 3) of the test's own: a writer that
+    replaced what it was given would put the system's /dev/null at risk."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+    return node
+
+
+@pytest.mark.parametrize("via", ["node", "link"])
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_character_device_is_written_through(
+    backend: str, via: str, null_device: Path, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    dest = null_device
+    if via == "link":
+        dest = tmp_path / "image.cfs"
+        dest.symlink_to(null_device)
+    before = os.lstat(null_device)
+    digest = write_image(tree, dest, backend=backend)
+    after = os.lstat(null_device)
+    assert stat.S_ISCHR(after.st_mode), f"the device was replaced by {stat.filemode(after.st_mode)}"
+    assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert dest.is_symlink() == (via == "link")
+    assert digest == fsverity_digest(reference)
+    assert sorted(os.listdir(tmp_path)) == sorted({"null", dest.name})
+
+
+class FifoReader:
+    """Reads a FIFO to its end on a thread.  If the writer never opens the
+    FIFO (it replaced it instead), :meth:`close` releases the blocked reader
+    through a second name of the same FIFO."""
+
+    def __init__(self, fifo: Path) -> None:
+        self.alias = fifo.with_name(fifo.name + ".alias")
+        os.link(fifo, self.alias)
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._drain, args=(fifo,), daemon=True)
+        self.thread.start()
+
+    def _drain(self, fifo: Path) -> None:
+        fd = os.open(fifo, os.O_RDONLY)
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self.chunks.append(chunk)
+        finally:
+            os.close(fd)
+
+    def close(self) -> bytes:
+        self.thread.join(10)
+        if self.thread.is_alive():
+            os.close(os.open(self.alias, os.O_WRONLY | os.O_NONBLOCK))
+            self.thread.join(10)
+        self.alias.unlink()
+        return b"".join(self.chunks)
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_fifo_is_written_through_to_its_reader(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    try:
+        digest = write_image(tree, fifo, backend=backend)
+    finally:
+        received = reader.close()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
+    assert received == reference
+    assert digest == fsverity_digest(reference)
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]
+
+
+@pytest.mark.parametrize("dest_kind", ["fifo", "fd-link"])
+def test_a_failed_build_writes_nothing_through(
+    dest_kind: str, tree: Tree, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The image is whole before the destination is opened: a build that
+    fails neither blocks on a FIFO nobody reads nor writes a byte."""
+    clean_env.setenv(writer.MKCOMPOSEFS_ENV, "/bin/false")
+    dest = tmp_path / "dest"
+    if dest_kind == "fifo":
+        os.mkfifo(dest)
+    else:
+        dest.write_bytes(b"")  # written through: a /proc link to an open file
+        dest = Path(f"/proc/self/fd/{os.open(dest, os.O_WRONLY | os.O_APPEND)}")
+    failure: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            write_image(tree, dest, backend="mkcomposefs")
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # blocked opening the FIFO: release it, then fail
+        os.close(os.open(dest, os.O_RDONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("the writer opened the FIFO before the image was built")
+    assert len(failure) == 1 and isinstance(failure[0], LibraryError), failure
+    assert "mkcomposefs failed" in str(failure[0])
+    if dest_kind == "fd-link":
+        fd = int(dest.name)
+        assert os.fstat(fd).st_size == 0
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
+
+
+def assert_names(error: LibraryError, dest: Path, code: int) -> None:
+    """``error`` is ``code`` and names ``dest``, not a temporary file."""
+    assert error.errno == code, error
+    assert error.filename == str(dest)
+    assert ".tmp" not in str(error)
+
+
+@pytest.mark.parametrize("via", ["path", "link"])
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_read_only_folder_is_an_error_naming_the_users_path(
+    backend: str, via: str, tree: Tree, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as folder:
+        dest = folder / "image.cfs"
+        if via == "link":
+            dest = tmp_path / "image.cfs"
+            dest.symlink_to(folder / "image.cfs")
+        with pytest.raises(LibraryError) as info:
+            write_image(tree, dest, backend=backend)
+        assert_names(info.value, dest, errno.EROFS)
+        assert os.listdir(folder) == []
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_full_disk_is_an_error_naming_the_path_and_leaves_the_old_image(
+    backend: str, tree: Tree, reference: bytes, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "small", "size=64k") as folder:
+        dest = folder / "image.cfs"
+        # the new image would fit beside the old one but for a page
+        previous = b"p" * (64 * 1024 - len(reference) + 4096)
+        dest.write_bytes(previous)
+        with pytest.raises(LibraryError) as info:
+            write_image(tree, dest, backend=backend)
+        assert_names(info.value, dest, errno.ENOSPC)
+        assert dest.read_bytes() == previous
+        assert os.listdir(folder) == ["image.cfs"]
 
 
 # ---------------------------------------------------------------------------
