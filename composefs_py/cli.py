@@ -235,7 +235,15 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "that its image can be mounted stacked.",
     )
     parser.add_argument("sources", metavar="SOURCE", nargs="+")
-    parser.add_argument("-o", "--output", metavar="IMAGE", required=True)
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="IMAGE",
+        required=True,
+        help="where to write the image: a regular file or a new name is replaced "
+        "atomically; a symlink, device or FIFO is written through; '-' is "
+        "standard output (the digest then goes to stderr)",
+    )
     parser.add_argument(
         "--objects",
         metavar="DIR",
@@ -288,6 +296,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise UsageError(f"{flag} needs --objects (the digests come from the imported contents)")
     if args.sources.count("-") > 1:
         raise UsageError("standard input ('-') can be only one SOURCE")
+    stdout = _image_stdout() if args.output == "-" else None
     store = None
     if args.objects is not None:
         store = _module("objects", "an object store").ObjectStore(
@@ -306,15 +315,29 @@ def _cmd_build(args: argparse.Namespace) -> int:
         for path in args.sources
     ]
     tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
+    if stdout is not None:
+        sys.stdout.flush()
     digest = write_image(
         tree,
-        args.output,
+        args.output if stdout is None else stdout,
         backend=args.backend,
         min_version=args.min_version,
         max_version=args.max_version,
     )
-    print(digest.hex())
+    print(digest.hex(), file=sys.stdout if stdout is None else sys.stderr)
     return 0
+
+
+def _image_stdout() -> int:
+    """Standard output's descriptor for ``-o -``; refused on a terminal, as
+    mkcomposefs refuses it."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation
+        raise UsageError("-o -: standard output has no file descriptor") from None
+    if os.isatty(fd):
+        raise UsageError("-o -: standard output is a terminal; refusing to write an image to it")
+    return fd
 
 
 def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from test_upstream_assets import fsck
+from test_writer import tmpfs
 
 from composefs_py.cli import main
 from composefs_py.dumpfile import dump, parse_dumpfile
@@ -151,6 +152,84 @@ def test_build_from_stdin(tmp_path: Path, fsck_erofs: Path) -> None:
     )
     assert proc.stdout.decode().strip() == fsverity_digest(out.read_bytes()).hex()
     fsck(fsck_erofs, out)
+
+
+def test_build_to_stdout_with_a_dash(tmp_path: Path, mkcomposefs: Path) -> None:
+    """``-o -`` is standard output, as in mkcomposefs; the digest goes to stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "composefs_py", "build", str(SAMPLE), "-o", "-"],
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    image = mkcomposefs_image(mkcomposefs, SAMPLE.read_bytes(), tmp_path)
+    assert proc.stdout == image
+    assert proc.stderr.decode() == fsverity_digest(image).hex() + "\n"
+    assert sorted(os.listdir(tmp_path)) == ["oracle.cfs"], "a file named '-' was made"
+
+
+def test_build_to_stdout_refuses_a_terminal(tmp_path: Path) -> None:
+    main_end, terminal = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "composefs_py", "build", str(SAMPLE), "-o", "-"],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(terminal)
+        os.close(main_end)
+    assert proc.returncode == 2
+    assert b"terminal" in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+#: Runs its arguments with /dev a tmpfs of its own holding only
+#: ``stdout -> /proc/self/fd/1`` (so that a writer that replaced
+#: /dev/stdout replaces nothing of the machine's), then says whether
+#: /dev/stdout is still that link.
+_PRIVATE_DEV = """
+mount -t tmpfs -o size=1m tmpfs /dev || exit 97
+ln -s /proc/self/fd/1 /dev/stdout
+"$@"
+status=$?
+[ -L /dev/stdout ] || { echo "/dev/stdout was replaced" >&2; exit 98; }
+exit $status
+"""
+
+
+@pytest.mark.parametrize("stdout_kind", ["pipe", "file"])
+def test_build_to_dev_stdout_writes_through_it(
+    stdout_kind: str, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /dev")
+    argv = ["unshare", "--mount", "sh", "-c", _PRIVATE_DEV, "sh"]
+    argv += [sys.executable, "-m", "composefs_py", "build", str(SAMPLE), "-o", "/dev/stdout"]
+    captured = tmp_path / "captured"
+    with open(captured, "wb") as file:
+        proc = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE if stdout_kind == "pipe" else file,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+    if proc.returncode == 97:
+        pytest.skip(f"cannot mount a private /dev: {proc.stderr.decode(errors='replace')}")
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout if stdout_kind == "pipe" else captured.read_bytes()
+    image = mkcomposefs_image(mkcomposefs, SAMPLE.read_bytes(), tmp_path)
+    # the image, then the digest line: both written through the same stdout
+    assert output == image + fsverity_digest(image).hex().encode() + b"\n"
+
+
+def test_build_into_a_read_only_folder_names_the_output(run: Run, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as folder:
+        out = folder / "x.cfs"
+        status, _, stderr = run("build", SAMPLE, "-o", out)
+        assert status == 1
+        assert one_error_line(stderr) == f"composefs-py: error: {out}: Read-only file system"
 
 
 def test_build_toc_in_containers_storage_mode_gives_podmans_image(
