@@ -83,7 +83,13 @@ class LibraryError(ComposefsError, OSError):
 
 
 class SandboxError(ComposefsError):
-    """The sandboxed writer child died, hit a limit, timed out or failed."""
+    """The sandboxed writer child died, hit a limit, timed out or failed.
+
+    ``errno`` is the child's own OSError number when that is what made it
+    fail (ENOSPC writing the output, say), else None.
+    """
+
+    errno: int | None = None
 
 
 class BackendUnavailableError(ComposefsError):

@@ -54,6 +54,7 @@ import fcntl
 import json
 import marshal
 import os
+import re
 import selectors
 import signal
 import stat
@@ -296,10 +297,18 @@ def _run_child(
             )
             size = f" {limit} bytes" if limit.isdigit() else ""
             hint = f" [address-space limit{size}: see SandboxLimits.address_space]"
-        raise SandboxError(
+        failure = SandboxError(
             f"sandboxed child failed with exit status {code}" + (f": {tail}" if tail else "") + hint
         )
+        # The child's own OSError, when that is what ended it (a full disk
+        # under the output, say): its errno, for the caller to act on.
+        found = _CHILD_ERRNO.search(tail.splitlines()[-1]) if tail else None
+        failure.errno = int(found.group(1)) if found else None
+        raise failure
     return _Outcome(stdout, bytes(stderr), proc.pid)
+
+
+_CHILD_ERRNO = re.compile(r"\[Errno (\d+)\]")
 
 
 def _exchange(

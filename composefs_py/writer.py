@@ -16,23 +16,23 @@
 
 Every backend writes the same bytes for the same Tree and format versions.
 
-Publishing a path destination (DESIGN rule 5): the backend writes the whole
-image to an unnamed scratch file (``tempfile.TemporaryFile``) first, so that
-nothing reaches the destination, or its folder, before the image is whole
-(a rejected or failed build writes no byte to a FIFO or a device).  Then the
-destination is classified with ``lstat`` (never followed):
+Publishing a path destination (DESIGN rule 5): the destination is
+classified with ``lstat`` (never followed):
 
-* a regular file or a new name: the image is copied to a temporary sibling
-  (``.NAME.<random>.tmp``, ``O_CREAT|O_EXCL|O_NOFOLLOW``), fsynced, renamed
-  over it, and the folder fsynced: atomic, and nothing left on failure;
+* a regular file or a new name: the backend writes the image into a
+  temporary sibling (``.NAME.<random>.tmp``, ``O_CREAT|O_EXCL|O_NOFOLLOW``),
+  which is fsynced and renamed over it, and the folder fsynced: atomic, and
+  nothing left on failure;
 * a symbolic link: followed one link at a time (at most 40), and the same
   rules apply to what it leads to.  A link to a regular file keeps the link
   and replaces its target atomically in the target's folder; a dangling
   link gets its target created the same way (as mkcomposefs and a shell's
   ``>`` create it through the link);
-* a character or block device, a FIFO or a socket: opened ``O_WRONLY``
-  (no ``O_TRUNC``) and written through, never replaced (a FIFO blocks until
-  it has a reader, as it does for mkcomposefs);
+* a character or block device, a FIFO or a socket: the backend writes the
+  whole image to an unnamed scratch file (``tempfile.TemporaryFile``) first,
+  so that a rejected or failed build writes no byte there; then it is opened
+  ``O_WRONLY`` (no ``O_TRUNC``) and written through, never replaced (a FIFO
+  blocks until it has a reader, as it does for mkcomposefs);
 * a /proc "magic" link (``/dev/stdout`` leads to ``/proc/self/fd/1``):
   written through; this process's own descriptor open for writing is
   written at its offset, like ``-`` in mkcomposefs;
@@ -45,11 +45,13 @@ gave it, never the temporary file (``x.cfs: Read-only file system``,
 ``x.cfs: No space left on device``).  An open file descriptor is written
 from its current position and left open.
 
-Cost of publishing: linear in the image's size.  The scratch file holds one
-image (in ``$TMPDIR``, unnamed); it is copied once, in 1 MiB chunks, to the
-temporary sibling or through the destination; resolving a destination reads
-at most 40 links.  The image's own size is bounded by the Tree it is built
-from (see :class:`~composefs_py.limits.Limits`), which was checked before.
+Cost of publishing: linear in the image's size.  A replaced file is written
+once; for what is written through, the scratch file holds one image (in
+``$TMPDIR``, unnamed) and is copied once, in 1 MiB chunks; resolving a
+destination reads at most 40 links.  A full file system under a replaced
+file is reported as ENOSPC naming it, whichever backend noticed first.
+The image's own size is bounded by the Tree it is built from (see
+:class:`~composefs_py.limits.Limits`), which was checked before.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
-from .errors import BackendUnavailableError, LibraryError, ValidationError
+from .errors import BackendUnavailableError, LibraryError, SandboxError, ValidationError
 from .limits import Limits
 from .model import Tree
 
@@ -437,8 +439,14 @@ def _copy(src: int, size: int, dst: int) -> None:
         offset += len(chunk)
 
 
-def _replace(path: str, src: int, size: int) -> None:
-    """Copy the image to a temporary sibling of ``path``, fsync, rename it over ``path``."""
+def _replace(path: str, write: Callable[[int], bytes]) -> bytes:
+    """Build the image with ``write(fd)`` into a temporary sibling of
+    ``path``, fsync it and rename it over ``path``; return the digest.
+
+    On any failure the sibling is removed; a failure of the build itself
+    that the full or read-only file system under ``path`` caused is an
+    OSError naming that (the caller names ``path``).
+    """
     folder, name = os.path.split(path)
     if name in ("", ".", ".."):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
@@ -446,7 +454,15 @@ def _replace(path: str, src: int, size: int) -> None:
     published = False
     try:
         try:
-            _copy(src, size, fd)
+            try:
+                digest = write(fd)
+            except (OSError, SandboxError) as exc:
+                storage = _storage_error(fd, exc)
+                if storage is not None:
+                    raise storage from exc
+                if isinstance(exc, OSError) and not isinstance(exc, LibraryError):
+                    raise  # an I/O error of the output: the caller names path
+                raise _BuildFailed(exc) from None
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -459,6 +475,37 @@ def _replace(path: str, src: int, size: int) -> None:
             except FileNotFoundError:
                 pass
     _fsync_dir(folder or ".")
+    return digest
+
+
+class _BuildFailed(Exception):
+    """A backend's own failure while writing a temporary sibling, carried
+    past the handler that names the destination in publishing errors."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+#: What the file system under a replaced file says when it cannot hold it.
+_STORAGE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
+
+
+def _storage_error(fd: int, exc: BaseException) -> OSError | None:
+    """The file system's own reason why the backend failed to write the
+    file ``fd``, if it is one: no space or quota left (a backend reports it
+    as its own failure, the sandbox's child as a SandboxError with the
+    child's errno)."""
+    code = getattr(exc, "errno", None)
+    if code not in _STORAGE_ERRNOS:
+        try:
+            fs = os.fstatvfs(fd)
+        except OSError:
+            return None
+        if fs.f_bavail != 0 and fs.f_favail != 0:
+            return None
+        code = errno.ENOSPC
+    return OSError(code, os.strerror(code))
 
 
 def _write_through(path: str, src: int, size: int) -> None:
@@ -478,22 +525,29 @@ def _write_through(path: str, src: int, size: int) -> None:
 
 
 def _publish(dest: str, write: Callable[[int], bytes]) -> bytes:
-    """Build the image with ``write(fd)`` into a scratch file, then put it at ``dest``.
+    """Build the image with ``write(fd)`` and put it at ``dest``.
 
-    Nothing reaches ``dest`` (or its folder) before the image is whole; every
-    OSError from there on names ``dest``.
+    A regular file or a new name: built into a temporary sibling, renamed
+    over it.  Anything written through: built into a scratch file first, so
+    nothing reaches it before the image is whole.  Every OSError of the
+    publishing names ``dest``.
     """
     try:
         where = _resolve(dest)
     except OSError as exc:
         raise _output_error(exc, dest, exc.filename or dest) from None
+    if where.kind == "replace":
+        try:
+            return _replace(where.path, write)
+        except _BuildFailed as failed:
+            raise failed.error from None
+        except OSError as exc:
+            raise _output_error(exc, dest, where.path) from None
     with tempfile.TemporaryFile(prefix="composefs-py-image-") as scratch:
         digest = write(scratch.fileno())
         size = os.fstat(scratch.fileno()).st_size
         try:
-            if where.kind == "replace":
-                _replace(where.path, scratch.fileno(), size)
-            elif where.kind == "fd":
+            if where.kind == "fd":
                 _copy(scratch.fileno(), size, where.fd)
             else:
                 _write_through(where.path, scratch.fileno(), size)
