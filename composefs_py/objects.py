@@ -44,7 +44,9 @@ step below it goes through that fd (:class:`ObjectDir`): a fan-out folder
 ``ab`` is opened with ``openat(O_DIRECTORY | O_NOFOLLOW)`` (or made with
 ``mkdirat``) and its fd kept, temporary files are made with
 ``openat(O_CREAT | O_EXCL | O_NOFOLLOW)`` in the root, objects are published
-with ``renameat`` between those fds, looked up with ``fstatat(...,
+with ``renameat2(RENAME_NOREPLACE)`` between those fds (the kernel refuses
+to replace any name there, a link included; where it has no such rename, a
+lookup then ``renameat``), looked up with ``fstatat(...,
 AT_SYMLINK_NOFOLLOW)`` and read with ``openat(O_NOFOLLOW | O_NONBLOCK)``.
 Only digest-shaped names (``ab/`` + 62 lowercase hex) are ever looked up.
 A fan-out folder or an object name that is a symbolic link, or anything but
@@ -53,11 +55,19 @@ naming it: nothing planted in the store can make it open, write or create a
 file outside.
 
 Cost: the store reads no untrusted structure (its inputs are contents and
-digests), so no ``Limits`` field applies here; an object costs one pass of
-hashing over its bytes (what the caller streams in), a temporary file, and
-a constant number of system calls to publish it.  Fan-out folder fds are
-opened once per store (at most 256) and kept until :meth:`ObjectStore.close`.
-A batch's bookkeeping is one entry per staged object.
+digests), so no ``Limits`` field applies here: the caller checks sizes
+against its limits before it writes (a layer's ``Limits.max_file_size``).
+An object costs one pass of hashing over its bytes (what the caller streams
+in), a temporary file, and a constant number of system calls.  In a batch,
+a new object costs five: ``openat`` (create), ``write`` (one per MiB),
+``fchmod``, ``close``, ``renameat2``; plus one ``fstatat`` where its fan-out
+folder exists (is it there already?); an object the store holds, given
+with its digest, costs one ``fstatat`` and is only hashed.  No call is made
+to name a temporary file (pid and random bits are drawn once per store).
+Fan-out folder fds are opened once per store (at most 256) and kept until
+:meth:`ObjectStore.close`;
+a fan-out folder found missing is not looked for again before the batch
+publishes.  A batch's bookkeeping is one entry per staged object.
 """
 
 from __future__ import annotations
@@ -80,7 +90,13 @@ from typing import BinaryIO, Literal, cast
 from .errors import LibraryError, ValidationError
 from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
 
-__all__ = ["Naming", "ObjectDir", "ObjectStore", "ObjectWriter", "payload_for_hex"]
+__all__ = [
+    "Naming",
+    "ObjectDir",
+    "ObjectStore",
+    "ObjectWriter",
+    "payload_for_hex",
+]
 
 Naming = Literal["sha256", "fsverity"]
 
@@ -93,15 +109,17 @@ _OBJECT_MODE = 0o644
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # An object read: never through a link, never blocking on a FIFO or device.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A temporary file: a new name of ours (O_EXCL), never through a link.
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+# renameat2(2): fail with EEXIST instead of replacing the destination.
+_RENAME_NOREPLACE = 1
 
 
 def payload_for_hex(hexdigest: str | bytes) -> bytes:
     """Return the payload path ``b"ab/cdef..."`` for a 64-digit lowercase hex digest."""
     raw = hexdigest.encode("ascii") if isinstance(hexdigest, str) else hexdigest
     if not _HEX64.fullmatch(raw):
-        raise ValidationError(
-            f"must be 64 lowercase hex digits, got {raw[:80]!r}", field="digest"
-        )
+        raise ValidationError(f"must be 64 lowercase hex digits, got {raw[:80]!r}", field="digest")
     return raw[:2] + b"/" + raw[2:]
 
 
@@ -145,11 +163,14 @@ class ObjectDir:
     object that is not a regular file raises LibraryError naming it.
     """
 
-    __slots__ = ("_fan_out", "_lock", "_retired", "fd", "path")
+    __slots__ = ("_absent", "_fan_out", "_lock", "_retired", "fd", "path")
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._fan_out: dict[str, int] = {}
+        # Fan-out folders found missing since :meth:`forget_absent` (see
+        # :meth:`has`, ``trust_absent``).
+        self._absent: set[str] = set()
         self._retired: list[int] = []
         self._lock = threading.Lock()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -212,6 +233,10 @@ class ObjectDir:
         assert made is not None  # create=True: made or raised
         return made, created
 
+    def forget_absent(self) -> None:
+        """Look again for every fan-out folder found missing so far."""
+        self._absent.clear()
+
     def forget_fan_out(self, prefix: str, fd: int) -> None:
         """Drop a fan-out folder fd (its folder was removed behind the store's back).
 
@@ -232,6 +257,7 @@ class ObjectDir:
                     fd = os.open(prefix, _DIR_FLAGS, dir_fd=self.fd)
                 except FileNotFoundError:
                     if not create:
+                        self._absent.add(prefix)
                         return None, False
                     try:
                         os.mkdir(prefix, 0o755, dir_fd=self.fd)
@@ -244,6 +270,7 @@ class ObjectDir:
                     raise self.refusal(prefix, self._lstat_mode(prefix), exc.errno) from None
                 raise
             self._fan_out[prefix] = fd
+            self._absent.discard(prefix)
             return fd, created
 
     def _lstat_mode(self, name: str, dir_fd: int | None = None) -> int | None:
@@ -254,11 +281,22 @@ class ObjectDir:
         except OSError:
             return None
 
-    def has(self, hexdigest: str) -> bool:
-        """Whether object ``hexdigest`` (checked hex) exists: a regular file, else an error."""
-        fan = self.fan_out(hexdigest[:2])
+    def has(self, hexdigest: str, *, trust_absent: bool = False) -> bool:
+        """Whether object ``hexdigest`` (checked hex) exists: a regular file, else an error.
+
+        ``trust_absent``: a fan-out folder found missing before (since
+        :meth:`forget_absent`) is taken as still missing, without a system
+        call.  Only for a guess that may be wrong towards "absent": a batch's
+        staging, whose publication looks again (the rename refuses to replace).
+        """
+        prefix = hexdigest[:2]
+        fan = self._fan_out.get(prefix)
         if fan is None:
-            return False
+            if trust_absent and prefix in self._absent:
+                return False
+            fan, _created = self._open_fan_out(prefix, create=False)
+            if fan is None:
+                return False
         try:
             mode = os.stat(hexdigest[2:], dir_fd=fan, follow_symlinks=False).st_mode
         except FileNotFoundError:
@@ -319,9 +357,11 @@ class ObjectStore:
         "_fsverity",
         "_lock",
         "_naming",
+        "_noreplace",
         "_root",
         "_staged",
         "_tmp_count",
+        "_tmp_prefix",
         "_verity_digests",
         "_verity_pending",
         "durable",
@@ -352,6 +392,9 @@ class ObjectStore:
         self._staged: dict[bytes, str] | None = None
         self._lock = threading.Lock()
         self._tmp_count = 0
+        self._tmp_prefix = _temporary_prefix()
+        # Whether renameat2(RENAME_NOREPLACE) works here (until it says not).
+        self._noreplace = True
         self.durable = durable
         if enable_verity:
             self._probe_verity()
@@ -512,6 +555,7 @@ class ObjectStore:
             return
         staged: dict[bytes, str] = {}
         self._staged = staged
+        self._dir.forget_absent()
         try:
             yield
             self._staged = None
@@ -568,19 +612,19 @@ class ObjectStore:
         """Create a new, empty temporary file in the store; return its fd and name.
 
         The name is relative to the store's root fd.  ``O_EXCL`` makes the
-        name ours (and refuses a link planted there); the pid, a counter and
-        random bits keep names of concurrent writers (threads, processes) apart.
+        name ours (and refuses a link planted there); the pid and random bits
+        (drawn once per store, again after a name was taken) and a counter
+        keep names of concurrent writers (threads, processes) apart, with no
+        system call of their own.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         for _ in range(100):
             with self._lock:
                 self._tmp_count += 1
-                count = self._tmp_count
-            name = f"{_TMP_PREFIX}{os.getpid()}-{count}-{os.urandom(4).hex()}"
+                name = f"{self._tmp_prefix}{self._tmp_count}"
             try:
-                return os.open(name, flags, 0o600, dir_fd=self._dir.fd), name
-            except FileExistsError:
-                continue
+                return os.open(name, _CREATE_FLAGS, 0o600, dir_fd=self._dir.fd), name
+            except FileExistsError:  # another writer's (a forked copy of this store?)
+                self._tmp_prefix = _temporary_prefix()
         raise FileExistsError(errno.EEXIST, "no free temporary file name", str(self._root))
 
     def _unlink_temporary(self, tmp: str) -> None:
@@ -596,7 +640,9 @@ class ObjectStore:
         staged = self._staged
         if staged is not None:
             with self._lock:
-                if payload in staged or (not checked and self._dir.has(hexdigest)):
+                if payload in staged or (
+                    not checked and self._dir.has(hexdigest, trust_absent=True)
+                ):
                     duplicate = True
                 else:
                     staged[payload] = tmp
@@ -610,14 +656,11 @@ class ObjectStore:
     def _rename(self, tmp: str, hexdigest: str, *, sync_dirs: bool = False) -> bool:
         """Rename temporary file ``tmp`` to object ``hexdigest`` unless it exists
         (then remove ``tmp``); return whether it was renamed."""
-        if self._dir.has(hexdigest):
-            self._unlink_temporary(tmp)
-            return False
-        prefix, name = hexdigest[:2], hexdigest[2:]
+        prefix = hexdigest[:2]
         root = self._dir.fd
         fan, created_dir = self._dir.make_fan_out(prefix)
         try:
-            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=fan)
+            renamed = self._rename_new(tmp, fan, hexdigest)
         except FileNotFoundError:  # the directory was removed behind our back
             try:
                 os.stat(tmp, dir_fd=root, follow_symlinks=False)
@@ -627,19 +670,48 @@ class ObjectStore:
                 ) from None
             self._dir.forget_fan_out(prefix, fan)
             fan, created_dir = self._dir.make_fan_out(prefix)
-            os.rename(tmp, name, src_dir_fd=root, dst_dir_fd=fan)
+            renamed = self._rename_new(tmp, fan, hexdigest)
+        if not renamed:
+            self._unlink_temporary(tmp)
+            return False
         if sync_dirs:
             os.fsync(fan)
             if created_dir:
                 os.fsync(root)
         return True
 
+    def _rename_new(self, tmp: str, fan: int, hexdigest: str) -> bool:
+        """Rename ``tmp`` (in the root) to object ``hexdigest`` (in fan-out folder
+        ``fan``) if no such name exists; return whether it was renamed.
+
+        One ``renameat2(RENAME_NOREPLACE)``: the kernel checks and renames at
+        once (a name there, even a link, is never replaced).  Where the kernel,
+        libc or file system has no such rename, a lookup then ``renameat``.
+        A name there that is a link or not a regular file raises LibraryError.
+        """
+        name = hexdigest[2:]
+        for _ in range(3):
+            renamed = _rename_noreplace(self._dir.fd, tmp, fan, name) if self._noreplace else None
+            if renamed is None:
+                self._noreplace = False
+                break
+            if renamed or self._dir.has(hexdigest):
+                return renamed
+            # The name was there and is gone again: try again.
+        if self._dir.has(hexdigest):
+            return False
+        os.rename(tmp, name, src_dir_fd=self._dir.fd, dst_dir_fd=fan)
+        return True
+
     def _staged_or_present(self, hexdigest: str) -> bool:
-        """Whether an object with this sha256 is in the store or staged in the batch."""
+        """Whether an object with this sha256 is in the store or staged in the batch.
+
+        In a batch a fan-out folder found missing is not looked for again
+        (the publication looks): a wrong "absent" only writes a duplicate."""
         staged = self._staged
         if staged is not None and (hexdigest[:2] + "/" + hexdigest[2:]).encode() in staged:
             return True
-        return self._dir.has(hexdigest)
+        return self._dir.has(hexdigest, trust_absent=staged is not None)
 
     # -- checking ------------------------------------------------------
 
@@ -899,3 +971,43 @@ def _syncfs_function() -> Callable[[int], None] | None:
             raise OSError(code, f"syncfs: {os.strerror(code)}")
 
     return syncfs
+
+
+def _temporary_prefix() -> str:
+    """``.tmp-PID-RANDOM-``: the start of a store's temporary names (a counter follows)."""
+    return f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-"
+
+
+@functools.cache
+def _renameat2_function() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """libc's ``renameat2`` through ctypes; ``None`` where libc has none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, bytes, int, bytes, int], int]", function)
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> bool | None:
+    """``renameat2(src_dir, src, dst_dir, dst, RENAME_NOREPLACE)``: True if
+    renamed, False if ``dst`` exists, None where this rename is not to be had
+    (no such call in libc or the kernel, a file system without the flag)."""
+    function = _renameat2_function()
+    if function is None:
+        return None
+    if function(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        return False
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return None
+    raise OSError(code, os.strerror(code), src)

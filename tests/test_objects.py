@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_fsverity import findmnt_type
 
+from composefs_py import objects
 from composefs_py.errors import LibraryError, ValidationError
 from composefs_py.fsverity import fsverity_digest, measure_fsverity
 from composefs_py.objects import ObjectStore, payload_for_hex
@@ -535,10 +536,10 @@ def test_planted_temporary_names_are_never_followed(
     tmp_path: Path, canary: Canary, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "objects"
-    store = ObjectStore(root)
     monkeypatch.setattr(os, "urandom", lambda n: b"\0" * n)
+    store = ObjectStore(root)  # its temporary names: .tmp-PID-00000000-COUNT
     for count in range(1, 6):
-        link = root / f".tmp-{os.getpid()}-{count}-00000000"
+        link = root / f".tmp-{os.getpid()}-00000000-{count}"
         link.symlink_to(canary.path / ("victim" if count % 2 else "made-by-the-store"))
     canary.events()
     assert store.add(CONFINED) == CONFINED_PAYLOAD
@@ -580,22 +581,29 @@ def test_payloads_lists_no_link_and_no_odd_file(tmp_path: Path, canary: Canary) 
 
 
 @pytest.mark.parametrize("failing", [1, 3, 5])
+@pytest.mark.parametrize("how", ["renameat2", "renameat"])
 def test_a_rename_failing_mid_batch_publishes_nothing_and_leaves_no_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int, how: str
 ) -> None:
     store = ObjectStore(tmp_path)
     before = store.add(b"there before")
-    real_rename = os.rename
     calls = 0
 
-    def rename(*args: object, **kwargs: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == failing:
-            raise OSError(errno.EIO, "the disk said no")
-        real_rename(*args, **kwargs)  # type: ignore[arg-type]
+    def counted(real: Callable[..., object]) -> Callable[..., object]:
+        def rename(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            if calls == failing:
+                raise OSError(errno.EIO, "the disk said no")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(os, "rename", rename)
+        return rename
+
+    if how == "renameat2":
+        monkeypatch.setattr(objects, "_rename_noreplace", counted(objects._rename_noreplace))
+    else:  # no renameat2 here (libc, kernel or file system): a lookup, then renameat
+        monkeypatch.setattr(objects, "_renameat2_function", lambda: None)
+        monkeypatch.setattr(os, "rename", counted(os.rename))
     with pytest.raises(OSError, match="the disk said no"), store.batch():
         for index in range(5):
             store.add(b"new object %d" % index)
@@ -623,3 +631,84 @@ def test_a_read_only_fan_out_folder_mid_batch_publishes_nothing(tmp_path: Path) 
         (tmp_path / blocked).chmod(0o755)
     assert all_files(tmp_path) == []
     assert store.temporary_files() == []
+
+
+# ---------------------------------------------------------------------------
+# cost: system calls per object of a batch (what a layer import pays)
+# ---------------------------------------------------------------------------
+
+# The objects all have names in fan-out folder 00: the folder's own cost
+# (made once) does not blur the count, whatever the number of objects.
+_SYSCALL_CHILD = r"""
+import hashlib, itertools, sys
+from composefs_py.objects import ObjectStore
+root, count, expected, again = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
+contents, digests = [], []
+for index in itertools.count():
+    content = b"object %d\n" % index * 50
+    digest = hashlib.sha256(content)
+    if digest.digest()[0] == 0:
+        contents.append(content)
+        digests.append("sha256:" + digest.hexdigest() if expected else None)
+        if len(contents) == count:
+            break
+store = ObjectStore(root)
+for round in range(2 if again else 1):
+    with store.batch():
+        for content, digest in zip(contents, digests):
+            with store.writer(digest) as out:
+                out.write(content)
+                out.commit()
+"""
+
+
+def _syscalls(tmp_path: Path, count: int, *, expected: bool, again: bool) -> int:
+    """System calls made by a child that stores ``count`` objects in a batch
+    (``again``: then the same ones once more, all already there)."""
+    import shutil
+    import subprocess
+    import sys
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is needed to count system calls")
+    root = tmp_path / f"store-{count}-{expected}-{again}"
+    out = tmp_path / f"strace-{count}-{expected}-{again}"
+    subprocess.run(
+        [strace, "-f", "-c", "-o", str(out), sys.executable, "-c", _SYSCALL_CHILD,
+         str(root), str(count), "1" if expected else "0", "1" if again else "0"],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "total":
+            return int(fields[3])
+    raise AssertionError(out.read_text())
+
+
+@pytest.mark.parametrize(
+    ("expected", "again", "most"),
+    [
+        (False, False, 5),  # a tar: openat(O_CREAT), write, fchmod, close, renameat2
+        (True, False, 5),  # zstd:chunked: the same (the digest is known, the object is not there)
+        (False, True, 6),  # a tar again: written and hashed, found there (fstatat), unlinked
+        (True, True, 1),  # zstd:chunked again: found there (fstatat), only hashed
+    ],
+    ids=["tar", "digest", "tar-again", "digest-again"],
+)
+def test_a_batch_costs_a_few_system_calls_per_object(
+    tmp_path: Path, expected: bool, again: bool, most: int
+) -> None:
+    # Twice as many objects: the difference is what 400 objects cost, whatever
+    # the interpreter's start costs.  "again": only the second round counts.
+    per_object = (
+        _syscalls(tmp_path, 600, expected=expected, again=again)
+        - _syscalls(tmp_path, 200, expected=expected, again=again)
+    ) / 400
+    if again:
+        per_object -= (
+            _syscalls(tmp_path, 600, expected=expected, again=False)
+            - _syscalls(tmp_path, 200, expected=expected, again=False)
+        ) / 400
+    assert per_object <= most + 0.1, f"{per_object:.2f} system calls per object"
