@@ -58,14 +58,16 @@ Cost: the store reads no untrusted structure (its inputs are contents and
 digests), so no ``Limits`` field applies here: the caller checks sizes
 against its limits before it writes (a layer's ``Limits.max_file_size``).
 An object costs one pass of hashing over its bytes (what the caller streams
-in), a temporary file, and a constant number of system calls.  In a batch,
-a new object costs five: ``openat`` (create), ``write`` (one per MiB),
-``fchmod``, ``close``, ``renameat2``; plus one ``fstatat`` where its fan-out
-folder exists (is it there already?); an object the store holds, given
-with its digest, costs one ``fstatat`` and is only hashed.  No call is made
-to name a temporary file (pid and random bits are drawn once per store).
-Fan-out folder fds are opened once per store (at most 256) and kept until
-:meth:`ObjectStore.close`;
+in; a hole, :meth:`ObjectWriter.hole`, is hashed as zeros from one shared
+buffer and takes no disk block), a temporary file, and a constant number of
+system calls.  In a batch, a new object costs five: ``openat`` (create),
+``write`` (one per MiB), ``fchmod``, ``close``, ``renameat2``; plus one
+``fstatat`` where its fan-out folder exists (is it there already?), and one
+``lseek`` per hole (and an ``ftruncate`` for a hole at the end); an object
+the store holds, given with its digest, costs one ``fstatat`` and is only
+hashed.  No call is made to name a temporary file (pid and random bits are
+drawn once per store).  Fan-out folder fds are opened once per store (at
+most 256) and kept until :meth:`ObjectStore.close`;
 a fan-out folder found missing is not looked for again before the batch
 publishes.  A batch's bookkeeping is one entry per staged object.
 """
@@ -96,6 +98,7 @@ __all__ = [
     "ObjectStore",
     "ObjectWriter",
     "payload_for_hex",
+    "update_with_zeros",
 ]
 
 Naming = Literal["sha256", "fsverity"]
@@ -113,6 +116,19 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 # renameat2(2): fail with EEXIST instead of replacing the destination.
 _RENAME_NOREPLACE = 1
+# Zeros fed to the hashers for a hole, a slice at a time (never copied).
+_ZEROS = memoryview(bytes(_COPY_SIZE))
+
+
+def update_with_zeros(update: Callable[[memoryview], object], size: int) -> None:
+    """Call ``update`` with ``size`` zero bytes, from one shared zero buffer
+    (``_COPY_SIZE`` at a time; nothing is allocated but the views)."""
+    step = len(_ZEROS)
+    while size >= step:
+        update(_ZEROS)
+        size -= step
+    if size:
+        update(_ZEROS[:size])
 
 
 def payload_for_hex(hexdigest: str | bytes) -> bytes:
@@ -815,6 +831,8 @@ class ObjectWriter:
 
     With an expected digest for an object the store already holds, the
     content is only hashed (nothing is written) and still checked.
+    :meth:`hole` appends zeros that take no disk blocks (a sparse file's
+    holes, zstd:chunked ``zeros`` chunks).
     """
 
     __slots__ = (
@@ -824,6 +842,7 @@ class ObjectWriter:
         "_sha256",
         "_size",
         "_store",
+        "_tail_hole",
         "_tmp",
         "_verity",
         "created",
@@ -836,6 +855,8 @@ class ObjectWriter:
         self._verity = FsverityHasher() if store.computes_fsverity else None
         self._size = 0
         self._done = False
+        # Whether the file ends in a hole not yet given its size (ftruncate).
+        self._tail_hole = False
         #: After :meth:`commit`: whether this call added a new object (in a
         #: batch: staged it).
         self.created = False
@@ -879,11 +900,33 @@ class ObjectWriter:
         self._size += len(data)
         fd = self._fd
         if fd is not None:
+            self._tail_hole = False
             written = os.write(fd, data)
             if written < len(data):
                 view = memoryview(data)[written:]
                 while view:
                     view = view[os.write(fd, view) :]
+
+    def hole(self, size: int) -> None:
+        """Append ``size`` zero bytes without writing them.
+
+        The file's offset moves past them (a hole: no disk block, the file
+        system reads zeros there); the hashers are fed zeros from one shared
+        buffer.  Costs what hashing ``size`` bytes costs, and one ``lseek``.
+        """
+        if self._done:
+            raise ValueError("object already committed or aborted")
+        if size < 0:
+            raise ValueError(f"a hole of {size} bytes")
+        if not size:
+            return
+        update_with_zeros(self._sha256.update, size)
+        if self._verity is not None:
+            update_with_zeros(self._verity.update, size)
+        self._size += size
+        if self._fd is not None:
+            os.lseek(self._fd, size, os.SEEK_CUR)
+            self._tail_hole = True
 
     def commit(self) -> bytes:
         """Check the digest, publish the object; return its payload name."""
@@ -914,6 +957,8 @@ class ObjectWriter:
         fd, tmp = self._fd, self._tmp
         assert tmp is not None
         try:
+            if self._tail_hole:  # the hole at the end: the file's size
+                os.ftruncate(fd, self._size)
             os.fchmod(fd, _OBJECT_MODE)
             if store.durable and not store.batching:
                 os.fsync(fd)

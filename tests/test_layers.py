@@ -975,12 +975,12 @@ def test_many_files_import_into_a_store_holding_some(tmp_path: Path) -> None:
 # -- chunkType "zeros": holes, read from nowhere ------------------------------------
 
 
-def zero_chunk_blob(*, end_offset: bool) -> tuple[bytes, bytes]:
+def zero_chunk_blob(*, end_offset: bool, hole_size: int = 4096) -> tuple[bytes, bytes]:
     """A zstd:chunked file of three chunks, data / zeros / data, whose zeros
     chunk has no data in the blob (its offset is the next chunk's), as a
     writer that leaves holes to containers/storage may make it."""
     compressor = zstandard.ZstdCompressor()
-    head, hole, tail = b"a" * 1000, bytes(4096), b"b" * 1000
+    head, hole, tail = b"a" * 1000, bytes(hole_size), b"b" * 1000
     data = bytearray(compressor.compress(bytes(512)))
     first = len(data)
     data += compressor.compress(head)

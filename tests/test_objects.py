@@ -712,3 +712,101 @@ def test_a_batch_costs_a_few_system_calls_per_object(
             - _syscalls(tmp_path, 200, expected=expected, again=False)
         ) / 400
     assert per_object <= most + 0.1, f"{per_object:.2f} system calls per object"
+
+
+# ---------------------------------------------------------------------------
+# holes: zeros that take no disk blocks
+# ---------------------------------------------------------------------------
+
+_MIB = 1 << 20
+
+
+def _disk_bytes(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("naming", ["sha256", "fsverity"])
+@pytest.mark.parametrize("batch", [False, True], ids=["alone", "batch"])
+def test_a_hole_is_hashed_as_zeros_and_takes_no_disk_blocks(
+    tmp_path: Path, naming: str, batch: bool
+) -> None:
+    store = ObjectStore(tmp_path / "objects", naming=naming, fsverity=True)  # type: ignore[arg-type]
+    content = bytes(3 * _MIB) + b"x" + bytes(5 * _MIB + 17) + b"y" * 5000 + bytes(2 * _MIB)
+    with contextlib.ExitStack() as stack:
+        if batch:
+            stack.enter_context(store.batch())
+        with store.writer() as out:
+            out.hole(3 * _MIB)
+            out.write(b"x")
+            out.hole(0)
+            out.hole(5 * _MIB + 17)
+            out.write(b"y" * 5000)
+            out.hole(2 * _MIB)  # a hole at the end: the file still has its size
+            assert out.size == len(content)
+            payload = out.commit()
+    verity = fsverity_digest(content)
+    assert payload == (
+        sha256_payload(content) if naming == "sha256" else payload_for_hex(verity.hex())
+    )
+    assert store.fsverity_digest(payload) == verity
+    path = store.path_for(payload)
+    assert path.read_bytes() == content
+    assert store.verify(payload)
+    assert _disk_bytes(path) <= 64 << 10, f"{_disk_bytes(path)} bytes on disk"
+    assert os.stat(path).st_mode & 0o7777 == 0o644
+
+
+def test_a_hole_in_content_the_store_holds_is_hashed_only(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    content = b"head" + bytes(_MIB) + b"tail"
+    payload = store.add(content)
+    with store.writer(hashlib.sha256(content).digest()) as out:
+        out.write(b"head")
+        out.hole(_MIB)
+        out.write(b"tail")
+        assert out.commit() == payload and not out.created
+    with pytest.raises(ValidationError), store.writer(hashlib.sha256(content).digest()) as out:
+        out.write(b"head")
+        out.hole(_MIB - 1)  # one zero short
+        out.write(b"tail")
+        out.commit()
+    assert all_files(tmp_path) == [store.path_for(payload)]
+    with pytest.raises(ValueError), store.writer() as out:
+        out.hole(-1)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax-0.0", "pax-0.1", "pax-1.0"])
+def test_an_imported_sparse_tar_member_keeps_its_holes(tmp_path: Path, fmt: str) -> None:
+    from test_layers import sparse_content, sparse_tar
+
+    from composefs_py.layers import open_layer
+
+    real_size = 24 * _MIB
+    pieces = [(_MIB, b"one"), (10 * _MIB, b"two" * 2000), (20 * _MIB, b"three")]
+    blob = tmp_path / "sparse.tar"
+    blob.write_bytes(sparse_tar(fmt, real_size, pieces))
+    store = ObjectStore(tmp_path / "objects")
+    tree = open_layer(blob).import_objects(store, progress=False)
+    content = sparse_content(real_size, pieces)
+    payload = tree.inode(b"/s").payload
+    assert payload == sha256_payload(content)
+    assert store.path_for(payload).read_bytes() == content
+    assert _disk_bytes(store.path_for(payload)) <= 64 << 10
+    # Hashed alone (no store): the same digest.
+    assert open_layer(blob).tree().inode(b"/s").payload == payload
+
+
+def test_an_imported_zstd_chunked_zeros_chunk_is_a_hole(tmp_path: Path) -> None:
+    from test_layers import zero_chunk_blob
+
+    from composefs_py.layers import open_layer
+
+    data, content = zero_chunk_blob(end_offset=True, hole_size=16 * _MIB)
+    blob = tmp_path / "layer.zstd"
+    blob.write_bytes(data)
+    store = ObjectStore(tmp_path / "objects")
+    tree = open_layer(blob).import_objects(store, progress=False)
+    payload = tree.inode(b"/sparse").payload
+    assert payload == sha256_payload(content)
+    assert store.path_for(payload).read_bytes() == content
+    assert _disk_bytes(store.path_for(payload)) <= 64 << 10

@@ -38,7 +38,8 @@ has its own, in :mod:`.tar`):
   up to 4 threads, each with one decoder.
 * Writes: each distinct content once, its declared ``size`` (a file's size
   is bounded by ``Limits.max_file_size`` in ``parse_toc``, before anything
-  is read); ``chunkType: "zeros"`` chunks write zeros without reading.
+  is read); ``chunkType: "zeros"`` chunks are holes in the object
+  (``ObjectWriter.hole``: hashed as zeros, nothing read or written).
 """
 
 from __future__ import annotations
@@ -780,9 +781,6 @@ def _import_job(
             progress.advance(files=1)
 
 
-_ZEROS = bytes(_READ_SIZE)
-
-
 def _copy_segment(
     fd: int,
     segment: Segment,
@@ -794,10 +792,7 @@ def _copy_segment(
     """Write ``segment``'s bytes to ``out``, at most ``_READ_SIZE`` at a time."""
     left = segment.length
     if segment.zeros:
-        while left:
-            piece = min(left, _READ_SIZE)
-            out.write(memoryview(_ZEROS)[:piece])
-            left -= piece
+        out.hole(left)
         if progress is not None:
             progress.advance(nbytes=segment.length)
         return

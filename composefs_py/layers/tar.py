@@ -54,9 +54,10 @@ Cost model (every bound checked *before* the memory or the write it bounds):
   written.  A sparse map must be ordered, without overlap, inside the real
   size, and its data sizes must add up to what the archive stores: it is
   checked entry by entry as it is read (linear in the map), before any
-  content is written.  A sparse file's holes are written as zeros (the
-  object store keeps whole files), so a sparse member costs its real size,
-  at most ``Limits.max_file_size``.
+  content is written.  A sparse file's holes stay holes in its object
+  (``ObjectWriter.hole``: no disk block written) but are hashed as zeros, so
+  a sparse member costs hashing its real size, at most
+  ``Limits.max_file_size``, and writing the data the archive holds.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO, Any, BinaryIO, cast
 
 import zstandard
@@ -78,7 +80,7 @@ from .._progress import Progress, ProgressArg, resolve_progress
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import Tree
-from ..objects import ObjectStore
+from ..objects import ObjectStore, update_with_zeros
 from . import GZIP_MAGIC, ZSTD_MAGIC, GzipMembers, Layer, with_store_names
 
 __all__ = ["MAX_EXTENDED_HEADER_BYTES", "TarLayer", "extended_header_cap"]
@@ -105,7 +107,7 @@ _PAX_TIME = re.compile(r"(-?)([0-9]{1,20})(?:\.([0-9]*))?")
 _DECIMAL = re.compile(rb"[0-9]{1,20}")
 _EPOCH = datetime.datetime(1970, 1, 1)
 _READ_SIZE = 1 << 20
-_ZEROS = bytes(_READ_SIZE)
+_ZERO_BLOCK = bytes(_BLOCK)
 #: Largest pax or GNU long-name header ever read into memory.
 MAX_EXTENDED_HEADER_BYTES = 16 << 20
 #: Extended headers (pax, long name, long link) allowed before one member.
@@ -333,7 +335,7 @@ class _MemberReader:
                 self._left = 0
             self.stream.skip(-stream.offset % _BLOCK, "padding")
             block = stream.read(_BLOCK)
-            if len(block) < _BLOCK or block == _ZEROS[:_BLOCK]:
+            if len(block) < _BLOCK or block == _ZERO_BLOCK:
                 if block and len(block) < _BLOCK:
                     raise self.fail("the tar ends inside a header block", "type")
                 if not block and stream.offset == 0:
@@ -723,10 +725,10 @@ def _content(
     """Hash (and store) the member's content; return its sha256 hex and store name."""
     if store is None:
         hasher = hashlib.sha256()
-        _copy(reader, member, hasher.update, None)
+        _copy(reader, member, hasher.update, partial(update_with_zeros, hasher.update), None)
         return hasher.hexdigest(), None
     with store.writer() as out:
-        _copy(reader, member, out.write, progress)
+        _copy(reader, member, out.write, out.hole, progress)
         payload = out.commit()
     if progress is not None:
         progress.advance(files=1)
@@ -737,17 +739,15 @@ def _copy(
     reader: _MemberReader,
     member: _Member,
     write: Callable[[bytes | memoryview], object],
+    hole: Callable[[int], object],
     progress: Progress | None,
 ) -> None:
-    """Write the member's content: its data, with a sparse file's holes as zeros."""
+    """Write the member's content: its data, and a sparse file's holes as holes."""
     pieces = member.sparse if member.sparse is not None else [(0, member.size)]
     position = 0
     for offset, length in [*pieces, (member.real_size, 0)]:
-        hole = offset - position
-        while hole:
-            step = min(hole, _READ_SIZE)
-            write(memoryview(_ZEROS)[:step])
-            hole -= step
+        if offset > position:
+            hole(offset - position)
         left = length
         while left:
             data = reader.data(min(left, _READ_SIZE))
