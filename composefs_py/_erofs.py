@@ -77,13 +77,17 @@ through it the loader, does work linear in the image's size:
   walk's: depth first, a directory's entries in order, a new directory
   entered where it is met): nids that crowd a few buckets would make every
   lookup walk all of them (quadratic); more than 16 chain entries per lookup
-  is refused (``nid``).
+  is refused (``nid``).  A small image is spared the replay when a bound
+  proves it within that budget (no chain holds more than the inodes, nor
+  more nids of one residue than their span allows at the first table
+  size); the replay is exact otherwise.
 * What stays in the loader is then linear: children arrive sorted (checked
   here), so lcfs_node_add_child appends after a binary search; the xattrs
   of one inode are matched by name against those before them (quadratic in
   their number, which ``max_xattr_space`` bounds: at most about 2,500,
   since each takes at least 13 bytes).
-* The check itself: each inode, dirent, xattr entry and block once; a
+* The check itself: each inode, dirent, xattr entry and block once (an
+  inode of one 32-byte slot marked as one word of the bitmap); a
   directory block's dirent table in one unpack, its names' bounds, bytes
   and order compared in bulk (C loops over the block, not a Python step
   per check); an inode's xattr area of shared indexes and at most one
@@ -104,6 +108,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import islice
 from operator import lt, sub
 
@@ -142,6 +147,8 @@ _CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 _CHUNK_FORMAT_UNKNOWN = 0xFFFF & ~_CHUNK_FORMAT_BLKBITS_MASK
 _I_ALL = 0xF
 _I_UNKNOWN = 0xFFFF & ~_I_ALL
+#: A 32-byte slot's 8 marks (one per 4 bytes) as one native word.
+_SLOT_MARKS = int.from_bytes(b"\1" * 8, "little")
 
 _HEADER = struct.Struct("<IIII")
 # magic checksum feature_compat blkszbits sb_extslots root_nid inos build_time
@@ -270,6 +277,17 @@ def _bucket_size(candidate: int) -> int:
     return _next_prime(int(_f32(_f32(candidate) / _GROWTH_THRESHOLD)))
 
 
+@cache
+def _table_size(buckets: int) -> tuple[int, int]:
+    """The table hash_insert grows one of ``buckets`` buckets into, and its limit.
+
+    (The sizes are the same for every image: each is computed once.)  The
+    limit is the most buckets in use before the next growth.
+    """
+    size = _bucket_size(int(_f32(_f32(buckets * _GROWTH_FACTOR) * _GROWTH_THRESHOLD)))
+    return size, int(_f32(_GROWTH_THRESHOLD * size))
+
+
 class _NidTable:
     """The loader's table of the inodes it met, and what looking them up costs.
 
@@ -285,24 +303,22 @@ class _NidTable:
     __slots__ = ("buckets", "counts", "used", "limit")
 
     def __init__(self, root_nid: int) -> None:
-        self.buckets = _bucket_size(0)
+        # hash_initialize's table (its size as a growth from 0 buckets),
+        # and the most buckets in use before hash_insert grows it.
+        self.buckets, self.limit = _table_size(0)
         # Entries in each bucket's chain, and the buckets in use.
         self.counts = [0] * self.buckets
         self.counts[root_nid % self.buckets] = self.used = 1
-        # hash_insert grows the table when more buckets than this are in use.
-        self.limit = int(_f32(_GROWTH_THRESHOLD * self.buckets))
 
     def grow(self, nids: Iterable[int]) -> None:
         """hash_insert's rehash of ``nids``, once more than 80% of the buckets are in use."""
-        candidate = int(_f32(_f32(self.buckets * _GROWTH_FACTOR) * _GROWTH_THRESHOLD))
-        size = _bucket_size(candidate)
+        size, limit = _table_size(self.buckets)
         if size != self.buckets:
             counts = [0] * size
             for nid in nids:
                 counts[nid % size] += 1
-            self.buckets, self.counts = size, counts
+            self.buckets, self.counts, self.limit = size, counts, limit
             self.used = size - counts.count(0)
-            self.limit = int(_f32(_GROWTH_THRESHOLD * size))
 
 
 class _Bad(Exception):
@@ -338,6 +354,7 @@ class _Checker:
         "xattr_space",
         "max_depth",
         "used",
+        "slots",
         "path_bytes",
         "tree_bytes",
         "inodes",
@@ -370,8 +387,11 @@ class _Checker:
         # tail, a data block range, a shared xattr entry).  Nothing is read
         # twice, so the walk and what the loader builds from it stay
         # linear in the image's size.
-        self.used = bytearray((self.size + 3) >> 2)
-        self.used[: (SUPER_OFFSET + _SUPER.size) >> 2] = b"\1" * ((SUPER_OFFSET + _SUPER.size) >> 2)
+        header = (SUPER_OFFSET + _SUPER.size) >> 2
+        self.used = bytearray(max(-(-self.size // 32) * 8, header))
+        self.used[:header] = b"\1" * header
+        # The same marks 8 at a time: one word per 32-byte inode slot.
+        self.slots = memoryview(self.used).cast("Q")
         # Sum of the lengths of every path (Limits.max_total_path_bytes) and
         # of every byte the tree holds: paths, and per inode its stored
         # xattrs, payload, symlink target and content (Limits.max_input_bytes).
@@ -501,9 +521,12 @@ class _Checker:
         ftype = mode & _S_IFMT
         if ftype not in _FILE_TYPES:
             raise _Bad(f": unknown file type in mode 0o{mode:o}", "i_mode")
-        tail_start = body + _XATTR_HEADER_SIZE + (icount - 1) * 4 if icount else body
-        if tail_start > image_size:
-            raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
+        if icount:
+            tail_start = body + _XATTR_HEADER_SIZE + (icount - 1) * 4
+            if tail_start > image_size:
+                raise _Bad(": xattr area runs past the image end", "i_xattr_icount")
+        else:
+            tail_start = body
         layout = i_format >> 1
         tail = 0
         if layout == _FLAT_INLINE:
@@ -516,14 +539,20 @@ class _Checker:
                 raise _Bad(": inline data crosses a block boundary", "i_size")
         # The inode, its xattr area and its inline tail, claimed before a
         # byte of them is parsed: no other inode may read them again.
-        used = self.used
-        first, last = off >> 2, (tail_start + tail + 3) >> 2
-        if used.find(1, first, last) >= 0:
-            raise _Bad(
-                f": its {tail_start + tail - off} bytes overlap another inode or data already read",
-                "nid",
-            )
-        used[first:last] = b"\1" * (last - first)
+        stop = tail_start + tail
+        if stop - off == _COMPACT_SIZE:  # one slot: its word of marks
+            slot = off >> _SLOT_BITS
+            if self.slots[slot]:
+                raise _Bad(": its 32 bytes overlap another inode or data already read", "nid")
+            self.slots[slot] = _SLOT_MARKS
+        else:
+            used = self.used
+            first, last = off >> 2, (stop + 3) >> 2
+            if used.find(1, first, last) >= 0:
+                raise _Bad(
+                    f": its {stop - off} bytes overlap another inode or data already read", "nid"
+                )
+            used[first:last] = b"\1" * (last - first)
         held = 0
         if icount:
             # An xattr area like one already checked (see xattrs()).
@@ -562,7 +591,8 @@ class _Checker:
         elif ftype == _S_IFDIR:
             if layout not in _FLAT:
                 _layout(layout, _FLAT)
-            self._blocks(i_u, size - tail)
+            if size - tail:
+                self._blocks(i_u, size - tail)
         elif ftype == _S_IFLNK:
             if layout not in _FLAT:
                 _layout(layout, _FLAT)
@@ -573,11 +603,13 @@ class _Checker:
                 raise _Bad(": symlink target holds a NUL byte", "symlink")
             held += size
         else:
-            _layout(layout, _PLAIN)
+            if layout:
+                _layout(layout, _PLAIN)
             if size:
                 raise _Bad(f": a device, fifo or socket of {size} bytes", "i_size")
             if ftype == _S_IFCHR and i_u == 0:
-                self.hold(held)
+                if held:
+                    self.hold(held)
                 return -1, 0, layout, 0, 0
         if held:
             self.tree_bytes += held
@@ -835,7 +867,8 @@ class _Checker:
         max_depth = self.max_depth
         want_types = _DIRENT_TYPES
         nid, depth, path = root_nid, 0, b"/"
-        entries = self.directory(nid, root_nid, path, root)
+        entries: Iterator[tuple[int, bytes, int]]
+        entries = zip(*self.directory(nid, root_nid, path, root), strict=True)
         stack: list[tuple[Iterator[tuple[int, bytes, int]], int, int, bytes]] = []
         while True:
             for child, name, ftype in entries:
@@ -854,13 +887,16 @@ class _Checker:
                                 "depth",
                                 _join(path, name),
                             )
-                        stack.append((entries, nid, depth, path))
-                        path = _join(path, name)
-                        entries = self.directory(child, nid, path, info)
-                        nid = child
-                        depth += 1
-                        self.depth = max(self.depth, depth)
-                        break
+                        child_path = _join(path, name)
+                        if child in dropped:
+                            self.note(child, child_path)
+                        columns = self.directory(child, nid, child_path, info)
+                        self.depth = max(self.depth, depth + 1)
+                        if columns[0]:  # not empty: entered now
+                            stack.append((entries, nid, depth, path))
+                            entries = zip(*columns, strict=True)
+                            nid, depth, path = child, depth + 1, child_path
+                            break
                 elif kind == _S_IFDIR or kind == -1:
                     raise _fail(
                         f"inode {child} is a directory entered a second time "
@@ -889,8 +925,8 @@ class _Checker:
         parent: int,
         path: bytes,
         info: tuple[int, int, int, int, int],
-    ) -> Iterator[tuple[int, bytes, int]]:
-        """Check directory ``nid``'s blocks; return its entries (nid, name, file type).
+    ) -> tuple[list[int], list[bytes], list[int]]:
+        """Check directory ``nid``'s blocks; return its entries' nids, names and file types.
 
         Its blocks are checked a block at a time (one unpack of the dirent
         table, the names' bounds, bytes and order compared in bulk), and its
@@ -902,28 +938,42 @@ class _Checker:
         tail = size % BLOCK_SIZE if layout == _FLAT_INLINE else 0
         oob = size - tail
         start = blkaddr * BLOCK_SIZE
-        blocks = [
-            (start + block, min(BLOCK_SIZE, oob - block)) for block in range(0, oob, BLOCK_SIZE)
-        ]
-        if tail:
-            blocks.append((tail_start, tail))
-        nids: list[int] = []
-        names: list[bytes] = []
-        types: list[int] = []
-        for block_start, block_size in blocks:
-            if not self.block(block_start, block_size, nids, names, types):
-                self.dirents(block_start, block_size, nid, path)  # names the fault
-                raise _fail(f"directory inode {nid}: block at byte {block_start}", "dirent", path)
-        if not all(map(lt, names, islice(names, 1, None))):
+        if tail and not oob:  # the inline tail alone
+            found = self.block(tail_start, tail)
+            if found is None:
+                self.dirents(tail_start, tail, nid, path)  # names the fault
+                raise _fail(f"directory inode {nid}: block at byte {tail_start}", "dirent", path)
+            nids, names, types = found
+        else:
+            nids, names, types = [], [], []
+            blocks = [
+                (start + block, min(BLOCK_SIZE, oob - block)) for block in range(0, oob, BLOCK_SIZE)
+            ]
+            if tail:
+                blocks.append((tail_start, tail))
+            for block_start, block_size in blocks:
+                found = self.block(block_start, block_size)
+                if found is None:
+                    self.dirents(block_start, block_size, nid, path)  # names the fault
+                    raise _fail(
+                        f"directory inode {nid}: block at byte {block_start}", "dirent", path
+                    )
+                nids += found[0]
+                names += found[1]
+                types += found[2]
+        # '.' and '..' (not always neighbours: '.!' sorts between them).
+        if len(names) > 1 and names[0] == b"." and names[1] == b"..":
+            dot, dotdot = 0, 1
+        else:
+            dot = bisect_left(names, b".")
+            dotdot = bisect_left(names, b"..", dot)
+        if len(names) > 2 and not all(map(lt, names, islice(names, 1, None))):
             i = next(i for i in range(1, len(names)) if names[i] <= names[i - 1])
             raise _fail(
                 f"directory inode {nid}: entry {names[i]!r} is not sorted after {names[i - 1]!r}",
                 "dirent.name",
                 path,
             )
-        # '.' and '..' (not always neighbours: '.!' sorts between them).
-        dot = bisect_left(names, b".")
-        dotdot = bisect_left(names, b"..", dot)
         if dotdot >= len(names) or names[dot] != b"." or names[dotdot] != b"..":
             raise _fail(f"directory inode {nid} lacks '.' or '..'", "dirent.name", path)
         if nids[dot] != nid or nids[dotdot] != parent:
@@ -933,6 +983,9 @@ class _Checker:
                 "dirent.nid",
                 path,
             )
+        entries = len(names) - 2
+        if not entries:
+            return [], [], []
         if dotdot == 1:  # names before '.' are rare
             del nids[:2], names[:2], types[:2]
         else:
@@ -940,18 +993,27 @@ class _Checker:
                 del column[dotdot], column[dot]
         # Each entry's path is this directory's, a slash and its name.
         base = (len(path) if path != b"/" else 0) + 1
-        longest = self.limits.max_path_bytes - base
+        limits = self.limits
+        longest = limits.max_path_bytes - base
         # (block() kept every name within _NAME_MAX bytes.)
-        if longest < _NAME_MAX and names and max(map(len, names)) > longest:
+        if longest < _NAME_MAX and max(map(len, names)) > longest:
             name = next(name for name in names if len(name) > longest)
             raise _fail(
-                f"a path of {base + len(name)} bytes, longer than {self.limits.max_path_bytes}",
+                f"a path of {base + len(name)} bytes, longer than {limits.max_path_bytes}",
                 "path",
                 _join(path, name),
             )
-        entries = len(names)
-        self.count(path, entries, entries * base + sum(map(len, names)))
-        return zip(nids, names, types, strict=True)
+        path_bytes = entries * base + sum(map(len, names))
+        self.entries += entries
+        self.path_bytes += path_bytes
+        self.tree_bytes += path_bytes
+        if (
+            self.entries >= limits.max_entries  # the root is one more
+            or self.path_bytes > limits.max_total_path_bytes
+            or self.tree_bytes > limits.max_input_bytes
+        ):
+            raise self.totals_error(path)
+        return nids, names, types
 
     def note(self, nid: int, path: bytes) -> None:
         """Note the payload or the dropped xattr of ``path``, a path of misread inode ``nid``."""
@@ -960,50 +1022,62 @@ class _Checker:
         if nid in self.dropped:
             self.dropped_xattrs[path] = self.dropped[nid]
 
-    def block(
-        self, start: int, size: int, nids: list[int], names: list[bytes], types: list[int]
-    ) -> bool:
-        """Append the entries of the directory block at ``start`` to the columns.
+    def block(self, start: int, size: int) -> tuple[list[int], list[bytes], list[int]] | None:
+        """The entries of the directory block at ``start``: their nids, names and file types.
 
-        False, and nothing appended, if its table or a name is not one
+        None if its table or a name is not one
         :meth:`dirents` takes (which then names the fault): the table inside
         the block, names one after the other from its end, each of 1..255
         bytes, the last ended by a NUL or the block's end, no NUL or ``/``.
         """
         data = self.data
         if size < _DIRENT.size:
-            return False
+            return None
         (table,) = _U16.unpack_from(data, start + 8)
         if table == 0 or table % _DIRENT.size or table >= size:
-            return False
+            return None
         count = table // _DIRENT.size
         layout = _DIRENT_TABLES.get(count)
         if layout is None:
             layout = _DIRENT_TABLES[count] = struct.Struct("<" + "QHBB" * count)
         fields = layout.unpack_from(data, start)
         offsets = fields[1::4]
-        nul = data.find(b"\0", start + offsets[-1], start + size)
-        ends = (*offsets[1:], size if nul < 0 else nul - start)
-        if (
-            offsets[0] < table
-            or not all(map(lt, offsets, ends))
-            or max(map(sub, ends, offsets)) > _NAME_MAX
-        ):
-            return False
-        # The names are back to back: no NUL or '/' in any is none in all.
-        first, stop = start + offsets[0], start + ends[-1]
-        if data.find(b"\0", first, stop) >= 0 or data.find(b"/", first, stop) >= 0:
-            return False
-        nids.extend(fields[0::4])
-        names += [data[start + name : start + end] for name, end in zip(offsets, ends, strict=True)]
-        types.extend(fields[2::4])
-        return True
+        first = offsets[0]
+        if first < table:
+            return None
+        # The names are back to back from the first: the first NUL ends the
+        # last name (or the block does); one before it is inside a name.
+        nul = data.find(b"\0", start + first, start + size)
+        end = size if nul < 0 else nul - start
+        if end <= offsets[-1]:
+            return None
+        ends = (*offsets[1:], end)
+        if not all(map(lt, offsets, ends)):
+            return None
+        if end - first > _NAME_MAX and max(map(sub, ends, offsets)) > _NAME_MAX:
+            return None
+        if data.find(b"/", start + first, start + end) >= 0:
+            return None
+        return (
+            list(fields[0::4]),
+            [data[start + name : start + end] for name, end in zip(offsets, ends, strict=True)],
+            list(fields[2::4]),
+        )
 
     def replay(self, root_nid: int) -> None:
         """Replay the loader's inode table over the walk's lookups; refuse a quadratic one."""
         met = self.order
         lookups = len(met) + 1
         budget = _CHAIN_STEPS_PER_LOOKUP * lookups + _CHAIN_STEPS_SLACK
+        # A cheaper proof first: the table never has fewer buckets than its
+        # first size, and distinct nids within a span of n hold at most
+        # n // buckets + 1 of one bucket; nor can a chain hold more inodes
+        # than there are.  Within the budget (small images), no replay.
+        if met:
+            span = max(root_nid, max(met)) - min(root_nid, min(met))
+            longest = min(len(self.inodes), span // _table_size(0)[0] + 1)
+            if 2 * len(met) * longest <= budget:
+                return
         if lookups == len(self.inodes):
             steps = _replay_inserts(root_nid, met, budget)
         else:
@@ -1015,32 +1089,28 @@ class _Checker:
                 "nid",
             )
 
-    def count(self, path: bytes, entries: int, path_bytes: int) -> None:
-        """Count directory ``path``'s ``entries`` and their ``path_bytes`` against the limits.
+    def totals_error(self, path: bytes) -> ValidationError:
+        """The error for directory ``path``, whose entries took the totals past a limit.
 
         Every entry becomes a node of the loaded tree (a hardlink too), and
         its path a key of the Tree; each path's length was checked as it was
-        met, the totals are checked here, once per directory.
+        met, the totals are added and checked once per directory.
         """
         limits = self.limits
-        self.entries += entries
-        self.path_bytes += path_bytes
-        self.tree_bytes += path_bytes
         if self.entries >= limits.max_entries:  # the root is one more
-            raise _fail(f"more than {limits.max_entries} entries", "entries", path)
+            return _fail(f"more than {limits.max_entries} entries", "entries", path)
         if self.path_bytes > limits.max_total_path_bytes:
-            raise _fail(
+            return _fail(
                 f"paths add up to more than {limits.max_total_path_bytes} bytes",
                 "path_bytes",
                 path,
             )
-        if self.tree_bytes > limits.max_input_bytes:
-            raise _fail(
-                f"the tree it stands for holds more than {limits.max_input_bytes} bytes "
-                "(paths, xattrs, payloads, targets, contents)",
-                "tree_bytes",
-                path,
-            )
+        return _fail(
+            f"the tree it stands for holds more than {limits.max_input_bytes} bytes "
+            "(paths, xattrs, payloads, targets, contents)",
+            "tree_bytes",
+            path,
+        )
 
     def dirents(self, start: int, size: int, nid: int, path: bytes) -> list[tuple[int, bytes, int]]:
         data = self.data

@@ -911,3 +911,19 @@ def test_a_redirect_shaped_like_a_checked_one_still_notes_the_misread_payload() 
     img.data[value + value_size] = ord("x")
     summary = check_image(bytes(img.data))
     assert summary.payloads == {b"/b": payloads["b"].encode()}  # the image's payload
+
+
+def test_a_dropped_xattr_is_noted_on_directories_too() -> None:
+    # A last inline xattr of 4 bytes (a prefix alone, an empty value) is
+    # dropped by the loader on any inode: the check notes it for the
+    # repair, on a directory it enters and on an empty one.
+    builder = TreeBuilder()
+    builder.add(ROOT, Inode(mode=stat.S_IFDIR | 0o755))
+    for path, name in ((b"/d", b"system.posix_acl_access"), (b"/e", b"system.posix_acl_default")):
+        builder.add(path, Inode(mode=stat.S_IFDIR | 0o755, xattrs=((b"a", b"1"), (name, b""))))
+    builder.add(b"/d/f", Inode(mode=stat.S_IFREG | 0o644))
+    summary = check_image(_write(builder.build(), 1))
+    assert summary.dropped_xattrs == {
+        b"/d": b"system.posix_acl_access",
+        b"/e": b"system.posix_acl_default",
+    }
