@@ -722,7 +722,9 @@ class _Checker:
             names.append(name)
             if regular and name == _REDIRECT:
                 payload = self.redirect(value_start, value_size, nid)
-            elif value_end == value_start == end and cost_other:
+            elif value_end == pos + 4 == end and cost_other:
+                # the last entry taking exactly 4 bytes (empty name suffix
+                # and value) is what libcomposefs 1.0.8's loader drops
                 self.dropped[nid] = name
             space += cost_regular if regular else cost_other
             pos = (value_end + 3) & ~3
