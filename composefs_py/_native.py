@@ -31,6 +31,7 @@ from itertools import compress, count, repeat
 from operator import is_
 from typing import Any
 
+from ._backend import check_versions
 from ._columns import INT_FIELDS, Extra, Table
 from ._erofs import check_image
 from .errors import LibraryError, ValidationError
@@ -58,6 +59,7 @@ __all__ = [
     "measure_fsverity",
     "mount_image",
     "read_image",
+    "write_records",
     "write_tree",
 ]
 
@@ -114,14 +116,6 @@ def _check_ptr(ptr: Any, what: str) -> Any:
         err = ffi.errno or _errno.ENOMEM
         raise LibraryError(err, f"{what}: {os.strerror(err)}")
     return ptr
-
-
-def _check_versions(min_version: int, max_version: int) -> None:
-    if not (0 <= min_version <= max_version <= VERSION_MAX):
-        raise ValueError(
-            f"format versions must satisfy 0 <= min_version <= max_version <= "
-            f"{VERSION_MAX}, got {min_version}, {max_version}"
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -254,36 +248,130 @@ def _gathered(rows: Any, buf: bytes, lens: array[int]) -> tuple[bytearray, array
 def _build(tree: Tree) -> Any:
     """The C tree of ``tree`` (its root); the caller unrefs it."""
     columns = _Columns(tree)
+    return _build_columns(
+        len(tree),
+        len(columns.links) // 2,
+        len(columns.xattr_lens),
+        columns.ints,
+        columns.paths,
+        columns.path_lens,
+        columns.data,
+        columns.data_lens,
+        columns.links,
+        columns.extra,
+        columns.extra_lens,
+        columns.xattr_lens,
+        LibraryError,
+    )
+
+
+def _build_columns(
+    n: int,
+    n_links: int,
+    n_xattr_lens: int,
+    ints: Any,
+    paths: Any,
+    path_lens: Any,
+    data: Any,
+    data_lens: Any,
+    links: Any,
+    extra: Any,
+    extra_lens: Any,
+    xattr_lens: Any,
+    rejected: type[LibraryError] | type[ValidationError],
+) -> Any:
+    """The C tree of the buffers ``cfspy_build_tree`` reads (see shim.h;
+    ``n`` entries, ``n_links`` link pairs, ``n_xattr_lens`` xattr lengths):
+    its root, which the caller unrefs.  A failure other than ENOMEM raises
+    ``rejected`` (LibraryError for a Tree, ValidationError for records)."""
     failed_index = ffi.new("int64_t *")
     failed_call = ffi.new("const char **")
-    extra_lens = columns.extra_lens
     root = lib.cfspy_build_tree(
-        len(tree),
-        ffi.from_buffer("int64_t[]", columns.ints),
-        ffi.from_buffer("uint8_t[]", columns.paths),
-        len(columns.paths),
-        ffi.from_buffer("int64_t[]", columns.path_lens),
-        ffi.from_buffer("uint8_t[]", columns.data),
-        len(columns.data),
-        ffi.from_buffer("int64_t[]", columns.data_lens),
-        ffi.from_buffer("int64_t[]", columns.links),
-        len(columns.links) // 2,
-        ffi.from_buffer("uint8_t[]", columns.extra),
-        len(columns.extra),
+        n,
+        ffi.from_buffer("int64_t[]", ints),
+        ffi.from_buffer("uint8_t[]", paths),
+        len(paths),
+        ffi.from_buffer("int64_t[]", path_lens),
+        ffi.from_buffer("uint8_t[]", data),
+        len(data),
+        ffi.from_buffer("int64_t[]", data_lens),
+        ffi.from_buffer("int64_t[]", links),
+        n_links,
+        ffi.from_buffer("uint8_t[]", extra),
+        len(extra),
         ffi.NULL if extra_lens is None else ffi.from_buffer("int64_t[]", extra_lens),
-        ffi.from_buffer("int64_t[]", columns.xattr_lens),
-        len(columns.xattr_lens),
+        ffi.from_buffer("int64_t[]", xattr_lens),
+        n_xattr_lens,
         failed_index,
         failed_call,
     )
-    if root == ffi.NULL:
-        err = ffi.errno or _errno.EIO
-        what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"
-        if failed_index[0] >= 0:
-            path = tree.paths[failed_index[0]].decode("utf-8", "backslashreplace")
-            what = f"{what}({path})"
+    if root != ffi.NULL:
+        return root
+    err = ffi.errno or _errno.EIO
+    what = ffi.string(failed_call[0]).decode() if failed_call[0] != ffi.NULL else "?"
+    index = int(failed_index[0])
+    path = None
+    if index >= 0:
+        lens = memoryview(path_lens).cast("B").cast("q")
+        start = sum(lens[:index])
+        path = bytes(paths[start : start + lens[index]])
+        what = f"{what}({path.decode('utf-8', 'backslashreplace')})"
+    if rejected is LibraryError or err == _errno.ENOMEM:
         raise LibraryError(err, f"{what}: {os.strerror(err)}")
-    return root
+    raise ValidationError(
+        f"libcomposefs refuses the records: {what}: {os.strerror(err)}",
+        entry=None if index < 0 else index,
+    )
+
+
+def write_records(
+    records: Sequence[bytes | bytearray],
+    fd: int,
+    *,
+    min_version: int = 0,
+    max_version: int = 1,
+) -> bytes:
+    """Write the image of untrusted records to ``fd``; return its fs-verity digest.
+
+    ``records`` are the buffers ``cfspy_build_tree`` reads, in its order:
+    ``(paths, path_lens, ints, data, data_lens, links, extra, extra_lens,
+    xattr_lens)``, the int buffers int64 in this machine's byte order.  Only
+    their sizes are checked here (C reads ``n`` entries of each per-entry
+    buffer, and ``cfspy_build_tree`` takes every piece of a byte buffer
+    within its bounds); what libcomposefs refuses in them raises
+    ValidationError.  The sandboxed child writes with this: the parent
+    proved the Tree they come from.
+    """
+    check_versions(min_version, max_version)
+    if len(records) != 9:
+        raise ValueError("records must be 9 buffers")
+    paths, path_lens, ints, data, data_lens, links, extra, extra_lens, xattr_lens = records
+    n = len(path_lens) // 8
+    if not (
+        n > 0
+        and len(path_lens) == len(data_lens) == 8 * n
+        and len(ints) == 8 * len(INT_FIELDS) * n
+        and len(extra_lens) == 24 * n
+        and len(links) % 16 == 0
+        and len(xattr_lens) % 16 == 0
+    ):
+        raise ValueError("the records' buffers do not hold the same number of entries")
+    root = _build_columns(
+        n, len(links) // 16, len(xattr_lens) // 8,
+        ints, paths, path_lens, data, data_lens, links, extra, extra_lens, xattr_lens,
+        ValidationError,
+    )  # fmt: skip
+    return _write_root(root, fd, min_version, max_version)
+
+
+def _write_root(root: Any, fd: int, min_version: int, max_version: int) -> bytes:
+    """Write the C tree ``root`` to ``fd`` and unref it; its fs-verity digest."""
+    try:
+        digest = ffi.new("uint8_t[]", DIGEST_SIZE)
+        _check(lib.cfspy_write_to_fd(root, fd, min_version, max_version, digest), "lcfs_write_to")
+    finally:
+        lib.lcfs_node_unref(root)
+    return bytes(ffi.buffer(digest))
 
 
 def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
@@ -296,14 +384,8 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     freed; the Python buffers it was built from go before the writing, so
     they and the image writer's memory never add up.
     """
-    _check_versions(min_version, max_version)
-    root = _build(tree)
-    try:
-        digest = ffi.new("uint8_t[]", DIGEST_SIZE)
-        _check(lib.cfspy_write_to_fd(root, fd, min_version, max_version, digest), "lcfs_write_to")
-    finally:
-        lib.lcfs_node_unref(root)
-    return bytes(ffi.buffer(digest))
+    check_versions(min_version, max_version)
+    return _write_root(_build(tree), fd, min_version, max_version)
 
 
 # ---------------------------------------------------------------------------

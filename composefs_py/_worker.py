@@ -23,29 +23,38 @@ of input, it locks itself down in this order:
 6. seccomp: an allowlist of what the write and read paths need; anything
    else kills the process (SIGSYS).
 
-Then it rebuilds the Tree from the parent's frames of records (each
-:data:`FRAME_HEADER`, the frame's length, then ``marshal`` data of
-``(paths, path_lens, ints, data, data_lens, links, extras)``: the frame's
-entries as buffers and lengths, see :class:`_Rows`; a zero length ends
-them), decoding each frame as it arrives, checks every invariant again
-(defence in depth) with the bulk TreeBuilder
-(:func:`~composefs_py._columns.tree_from_columns`), or with a TreeBuilder
-entry by entry where that cannot vouch for them, and writes the image with
-the native backend.  When the compiled module is unavailable (``--engine
-mkcomposefs``) steps 5 and 6 also allow what exec'ing mkcomposefs needs:
-Landlock grants read on the library directories and read+execute on the
-mkcomposefs binary and its ELF interpreter only, seccomp allows execve and
-the dynamic loader's syscalls.  The child validates and re-dumps the input
-into a memfd and *replaces itself* with ``mkcomposefs --from-file - -``
-(stdin the memfd, stdout the output fd), so mkcomposefs runs under every
-restriction above, inherited across exec, without a fork.
+Then (write mode, native engine) it reads the parent's records: the
+buffers libcomposefs's tree builder reads (``cfspy_build_tree``, see
+csrc/shim.h), after :data:`RECORDS_HEADER` (the entry count and each
+buffer's size).  It checks the framing only, and before allocating:
+every size agrees with the count, their sum is within the address-space
+limit (:func:`check_sizes`); then the lengths inside add up to the byte
+buffers, and the links' indices are in bounds (:func:`check_records`), so
+C never reads past a buffer.  It does not check the Tree's rules again:
+the parent proved them, the same code run twice adds no defence, and the
+lockdown is the defence.  The checked buffers go straight to the native
+writer (:func:`~composefs_py._native.write_records`: no Tree is rebuilt);
+what libcomposefs refuses in them (an entry before its parent, a name
+twice) is a rejection too.  When the compiled module is unavailable
+(``--engine mkcomposefs``) steps 5 and 6 also allow what exec'ing
+mkcomposefs needs: Landlock grants read on the library directories and
+read+execute on the mkcomposefs binary and its ELF interpreter only,
+seccomp allows execve and the dynamic loader's syscalls; the child then
+*replaces itself* with ``mkcomposefs --from-file - -`` (stdin the rest of
+the parent's pipe: the Tree's dumpfile; stdout the output fd), so
+mkcomposefs runs under every restriction above, inherited across exec,
+without a fork.
+
+Cost: linear in the records' bytes: one read of each buffer, a few passes
+of C-speed ``min``/``sum``/``count`` over the length buffers, one Python
+step per hardlink; the address-space limit bounds what is allocated, and
+is checked against the announced sizes before the first buffer is.
 
 Protocol: stdout carries one JSON line (``{"digest": ..., "lockdown":
-..., "rebuild": "columns"|"builder", "times": ...}``: how the Tree was
-rebuilt, and the CLOCK_MONOTONIC time at which each step ended); in read
-mode it carries the image's dump after that line.  Exit 0 on success, 65
-when the input is rejected (the last stderr line says why), 70 when a step
-failed; a signal when something crashed or hit a limit.
+..., "times": ...}``: the CLOCK_MONOTONIC time at which each step ended);
+in read mode it carries the image's dump after that line.  Exit 0 on
+success, 65 when the input is rejected (the last stderr line says why),
+70 when a step failed; a signal when something crashed or hit a limit.
 
 ``--fault NAME`` exists for the tests only (sandbox.py passes it when its
 private ``_fault`` argument is set; the input can never reach it): it makes
@@ -54,11 +63,8 @@ the child misbehave after lockdown.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import gc
 import json
-import marshal
 import os
 import resource
 import signal
@@ -66,36 +72,44 @@ import stat
 import struct
 import sys
 import time
-import traceback
-from collections.abc import Iterable, Iterator
-from itertools import accumulate, pairwise, repeat
-from typing import Any, NoReturn, cast
+from array import array
+from typing import Any, NoReturn
 
 from . import _lockdown
-from ._columns import INT_FIELDS, Extra, NodeColumns, tree_from_columns
 from .errors import ValidationError
-from .limits import Limits
-from .model import S_IFREG, Tree, TreeBuilder
-
-#: The parent proved the Tree with the caller's Limits: what those let in by
-#: an opt-in (an input's overlay xattrs, foreign payloads) the child takes too.
-_PROVEN = Limits(allow_overlay_xattrs=True, allow_foreign_payloads=True)
 
 try:
     from . import _native
 except ImportError:  # pragma: no cover - depends on the build
     _native = None  # type: ignore[assignment]
 
-#: Each frame of records: its length in bytes (0 ends the records).
+#: The address-space limit, when the parent sends it first on stdin.
 FRAME_HEADER = struct.Struct("<Q")
 #: ``--address-space`` value: the limit is the first FRAME_HEADER on stdin
 #: (the parent's number, read before the lockdown; the input follows it).
 ADDRESS_SPACE_ON_STDIN = "stdin"
-#: A frame longer than this is refused (the parent's are far smaller).
-MAX_FRAME_BYTES = 1 << 30
-#: Bytes of int columns a frame holds per entry (see :class:`_Rows`).
-_INT_FRAME_BYTES = 8 * len(INT_FIELDS)
-_NOT_A_FRAME = "a frame of records must be (paths, path_lens, ints, data, data_lens, links, extras)"
+#: The buffers of the records, in the order they follow RECORDS_HEADER.
+RECORD_PARTS = (
+    "paths",
+    "path_lens",
+    "ints",
+    "data",
+    "data_lens",
+    "links",
+    "extra",
+    "extra_lens",
+    "xattr_lens",
+)
+#: The records' header: the entry count, then each buffer's size in bytes.
+RECORDS_HEADER = struct.Struct(f"<{1 + len(RECORD_PARTS)}Q")
+#: Which buffers hold int64 values (the others bytes; ``ints`` is not
+#: looked at: libcomposefs takes any value of those fields).
+_IS_INTS = (False, True, False, False, True, True, False, True, True)
+#: The int fields of an entry, in the order of ``ints`` (shim.h's CFSPY_*).
+_INT_FIELDS = ("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
+_INT_BYTES = 8 * len(_INT_FIELDS)
+#: An fs-verity digest's size in the extra bytes.
+DIGEST_BYTES = 32
 
 EXIT_OK = 0
 EXIT_REJECTED = 65
@@ -127,26 +141,51 @@ _SYSTEM_LIB_DIRS = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="composefs_py._worker")
-    p.add_argument("--mode", choices=("write", "read", "info"), required=True)
-    p.add_argument("--parent-pid", type=int, required=True)
-    p.add_argument("--fd", type=int, default=-1)
-    p.add_argument("--min-version", type=int, default=0)
-    p.add_argument("--max-version", type=int, default=1)
-    p.add_argument("--engine", choices=("native", "mkcomposefs"), default="native")
-    p.add_argument("--mkcomposefs", default="")
-    p.add_argument("--address-space", type=_address_space, required=True)
-    p.add_argument("--cpu-seconds", type=int, required=True)
-    p.add_argument("--file-size", type=int, required=True)
-    p.add_argument("--open-files", type=int, required=True)
-    p.add_argument("--fault", choices=FAULTS, default=None)
-    return p
+class Args:
+    """The child's command line: ``--name=value`` options (argparse costs
+    every child 12 ms of imports)."""
 
+    __slots__ = ("mode", "parent_pid", "fd", "min_version", "max_version", "engine",
+                 "mkcomposefs", "address_space", "cpu_seconds", "file_size", "open_files",
+                 "fault")  # fmt: skip
+    _CHOICES: dict[str, tuple[str, ...]] = {
+        "mode": ("write", "read", "info"),
+        "engine": ("native", "mkcomposefs"),
+        "fault": FAULTS,
+    }
+    _REQUIRED = ("mode", "parent_pid", "address_space", "cpu_seconds", "file_size", "open_files")
+    mode: str
+    parent_pid: int
+    address_space: int
+    cpu_seconds: int
+    file_size: int
+    open_files: int
 
-def _address_space(text: str) -> int:
-    """``--address-space``: bytes, or ADDRESS_SPACE_ON_STDIN (-1: read it first)."""
-    return -1 if text == ADDRESS_SPACE_ON_STDIN else int(text)
+    def __init__(self, argv: list[str]) -> None:
+        self.fd = -1
+        self.min_version = 0
+        self.max_version = 1
+        self.engine = "native"
+        self.mkcomposefs = ""
+        self.fault: str | None = None
+        for arg in argv:
+            key, sep, value = arg.removeprefix("--").partition("=")
+            name = key.replace("-", "_")
+            if not (arg.startswith("--") and sep and name in self.__slots__):
+                raise SystemExit(f"composefs_py._worker: unknown argument {arg!r}")
+            if name in self._CHOICES:
+                if value not in self._CHOICES[name]:
+                    raise SystemExit(f"composefs_py._worker: {arg!r}: not a choice")
+                setattr(self, name, value)
+            elif name == "mkcomposefs":
+                self.mkcomposefs = value
+            elif name == "address_space":
+                self.address_space = -1 if value == ADDRESS_SPACE_ON_STDIN else int(value)
+            else:
+                setattr(self, name, int(value))
+        for name in self._REQUIRED:
+            if not hasattr(self, name):
+                raise SystemExit(f"composefs_py._worker: --{name.replace('_', '-')} is required")
 
 
 def _elf_interpreter(path: str) -> str | None:
@@ -186,7 +225,7 @@ def _fallback_paths(binary: str) -> tuple[list[str], list[str]]:
     return read, execute
 
 
-def lockdown(args: argparse.Namespace, *, probe: dict[str, Any] | None = None) -> dict[str, Any]:
+def lockdown(args: Args, *, probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply every step, in order; return what is active.
 
     With ``probe`` (sandbox-info mode) each step is checked from inside right
@@ -300,232 +339,109 @@ def _read_stdin() -> bytes:
     return b"".join(chunks)
 
 
-def _read_exact(size: int) -> bytearray:
+def _read_exact(size: int, what: str) -> bytearray:
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
     while got < size:
         count = os.readv(0, [view[got:]])
         if not count:
-            raise ValidationError(f"the records end early ({got} of {size} bytes of a frame)")
+            raise ValidationError(f"the records end early ({got} of {size} bytes of {what})")
         got += count
     return buffer
 
 
-def _read_frames() -> Iterator[object]:
-    """The parent's frames, :mod:`marshal` loaded, as they arrive on stdin."""
-    while size := FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]:
-        if size > MAX_FRAME_BYTES:
-            raise ValidationError(f"a frame of records is longer than {MAX_FRAME_BYTES} bytes")
-        try:
-            yield marshal.loads(_read_exact(size))
-        except (EOFError, ValueError, TypeError) as exc:
-            raise ValidationError(f"a frame of records is not marshal data: {exc}") from None
+def read_records(limit: int) -> list[bytearray]:
+    """The parent's records from stdin, their framing checked (see :data:`RECORDS_HEADER`).
 
-
-def tree_from_frames(frames: Iterable[object]) -> Tree:
-    """Rebuild the Tree from the parent's frames: in bulk, else through a TreeBuilder.
-
-    The frames' rows are collected into one :class:`NodeColumns` and handed
-    to :func:`~composefs_py._columns.tree_from_columns` (parents first, no
-    parent made, as a TreeBuilder() takes a dumpfile), which checks every
-    invariant column-wise.  Where it cannot vouch for the rows (None),
-    they go through :meth:`TreeBuilder.add` one by one, which says what is
-    wrong: the records are untrusted input like any other, and anything
-    malformed raises :class:`ValidationError`, the message a TreeBuilder
-    (or, for the frames' shape, :class:`_Rows`) gives.  A frame that is
-    not well formed is reported after any error in the entries before it,
-    as when every entry went through the builder as it arrived.
+    Every size is checked against the entry count and against ``limit``
+    (bytes) before a buffer is allocated, the buffers are read whole, and
+    :func:`check_records` checks what they say of each other.  Anything
+    malformed raises :class:`ValidationError`.
     """
-    return _rebuild(_collect(frames))
+    header = _read_exact(RECORDS_HEADER.size, "the records' header")
+    count, *sizes = RECORDS_HEADER.unpack(header)
+    check_sizes(count, sizes, limit)
+    records = [
+        _read_exact(size, f"the records' {name}")
+        for name, size in zip(RECORD_PARTS, sizes, strict=True)
+    ]
+    if os.read(0, 1):
+        raise ValidationError("bytes follow the records")
+    check_records(records)
+    return records
 
 
-def _collect(frames: Iterable[object]) -> NodeColumns:
-    """The rows of every frame as one NodeColumns (a malformed frame raises,
-    after the error of any entry before it)."""
-    rows = _Rows()
-    try:
-        for frame in frames:
-            rows.add_frame(frame)
-    except ValidationError:
-        _add_rows(TreeBuilder(_PROVEN), rows.columns())  # an earlier entry's own error comes first
-        raise
-    return rows.columns()
+def check_sizes(count: int, sizes: list[int], limit: int) -> None:
+    """Each buffer's size agrees with ``count`` entries; together at most ``limit`` bytes."""
+    if count < 1:
+        raise ValidationError("the records hold no root")
+    _, path_lens, ints, _, data_lens, links, _, extra_lens, xattr_lens = sizes
+    if not (
+        path_lens == data_lens == 8 * count
+        and ints == _INT_BYTES * count
+        and extra_lens == 24 * count
+        and links % 16 == 0
+        and xattr_lens % 16 == 0
+    ):
+        raise ValidationError(
+            f"the records must hold {len(_INT_FIELDS)} ints, 2 lengths and 3 extra lengths "
+            "per entry, and pairs of links and xattr lengths"
+        )
+    if sum(sizes) > limit:
+        raise ValidationError(f"the records announce {sum(sizes)} bytes, more than {limit}")
 
 
-def _rebuild(columns: NodeColumns) -> Tree:
-    """The Tree of ``columns``: in bulk, else through a TreeBuilder (its error raises)."""
-    tree = tree_from_columns(columns, _PROVEN)
-    if tree is None:
-        builder = TreeBuilder(_PROVEN)
-        _add_rows(builder, columns)
-        tree = builder.build()
-    return tree
+def check_records(records: list[bytearray]) -> None:
+    """What the buffers say of each other: lengths add up, indices are in bounds.
 
-
-def _add_rows(builder: TreeBuilder, columns: NodeColumns) -> None:
-    """Add every row of ``columns`` to ``builder``, in order (its first error raises)."""
-    add = builder.add
-    for entry, (path, node) in enumerate(columns.nodes()):
-        add(path, node, entry=entry)
-
-
-class _Rows:
-    """The rows of the frames read so far, as columns (each frame checked whole first).
-
-    A frame is the :mod:`marshal` data of ``(paths, path_lens, ints, data,
-    data_lens, links, extras)`` for its ``count`` entries: ``paths`` the
-    paths joined, ``path_lens`` their ``count`` lengths; ``ints`` ``8 *
-    count`` values, entry by entry, in the order of
-    :data:`~composefs_py._columns.INT_FIELDS` (``mode, nlink, uid, gid,
-    mtime, mtime_nsec, size, rdev``); ``data`` the payloads (regular files)
-    and targets (symlinks) joined, ``data_lens`` their ``count`` lengths, -1
-    for an entry without; these lengths and ints int64 in this machine's
-    byte order (``array("q")`` bytes); ``links`` ``(position, target)`` for
-    each hardlink, ``extras`` ``(position, content, fsverity_digest,
-    xattrs)`` for each entry that has any of those, both by increasing
-    position in the frame.  A hardlink's row reads as an empty regular file
-    (mode ``S_IFREG``, every other int 0, no data, no extras):
-    :class:`NodeColumns`' rule.
+    The path, data and extra lengths add up to their byte buffers (none
+    negative but -1, "none", where it may be); each entry's digest flag is 0
+    or 1; the links are (entry, target) pairs by increasing entry, whose
+    target is another entry that is not itself a link (no chain, no cycle).
+    Not the Tree's rules: the parent proved those, and libcomposefs refuses
+    what its own tree cannot hold (an entry before its parent, a name twice).
     """
-
-    __slots__ = ("paths", "ints", "data", "links", "extras")
-
-    def __init__(self) -> None:
-        # Each frame is decoded as it arrives (while the parent makes the next).
-        self.paths: list[bytes] = []
-        self.ints: list[list[int]] = [[] for _ in INT_FIELDS]
-        self.data: list[bytes | None] = []
-        self.links: dict[int, bytes] = {}
-        self.extras: dict[int, Extra] = {}
-
-    def add_frame(self, frame: object) -> None:
-        first = len(self.paths)
-        if not (frame.__class__ is tuple and len(frame) == 7):
-            raise ValidationError(_NOT_A_FRAME, entry=first)
-        paths, path_lens, ints, data, data_lens, links, extras = cast("tuple[object, ...]", frame)
-        if not (
-            paths.__class__ is bytes
-            and path_lens.__class__ is bytes
-            and ints.__class__ is bytes
-            and data.__class__ is bytes
-            and data_lens.__class__ is bytes
-            and links.__class__ is tuple
-            and extras.__class__ is tuple
-        ):
-            raise ValidationError(_NOT_A_FRAME, entry=first)
-        count = len(path_lens) // 8
-        if not (
-            len(path_lens) == len(data_lens) == 8 * count and len(ints) == _INT_FRAME_BYTES * count
-        ):
+    paths, path_lens, _, data, data_lens, links, extra, extra_lens, xattr_lens = map(
+        _ints_or_bytes, records, _IS_INTS
+    )
+    count = len(path_lens)
+    if min(path_lens) < 0 or sum(path_lens) != len(paths):
+        raise ValidationError("the path lengths must add up to the paths' bytes")
+    if min(data_lens) < -1 or sum(data_lens) + data_lens.count(-1) != len(data):
+        raise ValidationError("the data lengths must add up to the data's bytes")
+    content, digest, xattr_count = extra_lens[0::3], extra_lens[1::3], extra_lens[2::3]
+    if not (
+        min(content) >= -1
+        and min(digest) >= 0
+        and max(digest) <= 1
+        and min(xattr_count) >= 0
+        and (not xattr_lens or min(xattr_lens) >= 0)
+        and 2 * sum(xattr_count) == len(xattr_lens)
+        and sum(content) + content.count(-1) + DIGEST_BYTES * sum(digest) + sum(xattr_lens)
+        == len(extra)
+    ):
+        raise ValidationError("the extra lengths must add up to the extra bytes")
+    sources, targets = links[0::2], links[1::2]
+    previous = -1
+    for source in sources:
+        if not previous < source < count:
+            raise ValidationError("a hardlink's entry is outside the records or out of order")
+        previous = source
+    linked = set(sources)
+    for source, target in zip(sources, targets, strict=True):
+        if not 0 <= target < count or target == source or target in linked:
             raise ValidationError(
-                f"a frame of records must hold {len(INT_FIELDS)} ints and 2 lengths per entry",
-                entry=first,
+                "a hardlink's target must be another entry that is not a hardlink", entry=source
             )
-        path_sizes = memoryview(path_lens).cast("q")
-        data_sizes = memoryview(data_lens).cast("q")
-        if count and (
-            min(path_sizes) < 0
-            or sum(path_sizes) != len(paths)
-            or min(data_sizes) < -1
-            or sum(map(max, data_sizes, repeat(0))) != len(data)
-        ):
-            raise ValidationError(
-                "a frame's lengths must add up to its paths' and its data's bytes", entry=first
-            )
-        values = memoryview(ints).cast("q")
-        found_links = self._links(
-            cast("tuple[object, ...]", links), count, values, data_sizes, first
-        )
-        found_extras = self._extras(cast("tuple[object, ...]", extras), count, found_links, first)
-        self.paths += [
-            paths[start:end] for start, end in pairwise(accumulate(path_sizes, initial=0))
-        ]
-        fields = len(INT_FIELDS)
-        for k, column in enumerate(self.ints):
-            column += values[k::fields].tolist()
-        data_at = accumulate(map(max, data_sizes, repeat(0)), initial=0)
-        self.data += [
-            None if length < 0 else data[start : start + length]
-            for start, length in zip(data_at, data_sizes, strict=False)
-        ]
-        for position, target in found_links.items():
-            self.links[first + position] = target
-        for position, extra in found_extras:
-            self.extras[first + position] = extra
 
-    @staticmethod
-    def _links(
-        links: tuple[object, ...],
-        count: int,
-        values: memoryview,
-        data_sizes: memoryview,
-        first: int,
-    ) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
-        previous = -1
-        fields = len(INT_FIELDS)
-        for link in links:
-            if not (link.__class__ is tuple and len(link) == 2 and link[1].__class__ is bytes):
-                raise ValidationError("a hardlink must be (position, target bytes)", entry=first)
-            position, target = cast("tuple[int, bytes]", link)
-            if not (position.__class__ is int and previous < position < count):
-                raise ValidationError(
-                    "a hardlink's position is outside its frame or out of order", entry=first
-                )
-            row = fields * position
-            if (
-                values[row] != S_IFREG
-                or any(values[row + 1 : row + fields].tolist())
-                or data_sizes[position] != -1
-            ):
-                raise ValidationError(
-                    "a hardlink's row must read as an empty regular file", entry=first + position
-                )
-            found[position] = target
-            previous = position
-        return found
 
-    @staticmethod
-    def _extras(
-        extras: tuple[object, ...], count: int, links: dict[int, bytes], first: int
-    ) -> list[tuple[int, Extra]]:
-        found: list[tuple[int, Extra]] = []
-        previous = -1
-        for extra in extras:
-            if not (extra.__class__ is tuple and len(extra) == 4):
-                raise ValidationError(
-                    "an entry's extras must be (position, content, digest, xattrs)", entry=first
-                )
-            position, content, digest, xattrs = cast("tuple[int, Any, Any, Any]", extra)
-            if not (position.__class__ is int and previous < position < count):
-                raise ValidationError(
-                    "an entry's extras' position is outside its frame or out of order", entry=first
-                )
-            if position in links:
-                raise ValidationError(
-                    "a hardlink's row must read as an empty regular file", entry=first + position
-                )
-            found.append((position, (content, digest, xattrs)))
-            previous = position
-        return found
-
-    def columns(self) -> NodeColumns:
-        mode, nlink, uid, gid, mtime, mtime_nsec, size, rdev = self.ints
-        return NodeColumns(
-            paths=self.paths,
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            mtime=mtime,
-            mtime_nsec=mtime_nsec,
-            size=size,
-            data=self.data,
-            nlink=nlink,
-            rdev=rdev,
-            links=self.links,
-            extras=self.extras,
-        )
+def _ints_or_bytes(buffer: bytearray, is_ints: bool) -> array[int] | bytearray:
+    if not is_ints:
+        return buffer
+    values = array("q")
+    values.frombytes(buffer)
+    return values
 
 
 def _fault(name: str, out_fd: int) -> None:
@@ -593,7 +509,7 @@ def _emit(record: dict[str, Any]) -> None:
     os.write(1, (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
 
 
-def _run(args: argparse.Namespace, times: dict[str, float]) -> int:
+def _run(args: Args, times: dict[str, float]) -> int:
     if args.mode == "info":
         probe: dict[str, Any] = {}
         report = lockdown(args, probe=probe)
@@ -601,7 +517,7 @@ def _run(args: argparse.Namespace, times: dict[str, float]) -> int:
         return EXIT_OK
 
     if args.address_space < 0:
-        args.address_space = FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size))[0]
+        args.address_space = FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size, "a limit"))[0]
     report = lockdown(args)
     if args.fault is not None:
         _fault(args.fault, args.fd)
@@ -619,49 +535,35 @@ def _run(args: argparse.Namespace, times: dict[str, float]) -> int:
             view = view[os.write(1, view) :]
         return EXIT_OK
 
-    # Hundreds of thousands of acyclic objects: no collection can free any.
-    gc.disable()
     times["lockdown"] = time.monotonic()
-    columns = _collect(_read_frames())
-    times["frames"] = time.monotonic()
-    tree = _rebuild(columns)
-    del columns
-    times["rebuild"] = time.monotonic()
-    if args.engine == "native":
-        if _native is None:
-            raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
-        digest = _native.write_tree(
-            tree, args.fd, min_version=args.min_version, max_version=args.max_version
-        )
-        times["write"] = time.monotonic()
-        _emit(
-            {
-                "lockdown": report,
-                "digest": digest.hex(),
-                "engine": "native",
-                # how the Tree was rebuilt: "columns" (in bulk) or "builder" (entry by entry)
-                "rebuild": "builder" if tree._table is None else "columns",
-                # CLOCK_MONOTONIC (shared with the parent) at each step's end
-                "times": times,
-            }
-        )
-        return EXIT_OK
-    _exec_mkcomposefs(args, tree, report)
+    if args.engine == "mkcomposefs":
+        _exec_mkcomposefs(args, report)
+    if _native is None:
+        raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
+    limit = report["address_space"]
+    records = read_records(limit if limit >= 0 else sys.maxsize)
+    times["records"] = time.monotonic()
+    digest = _native.write_records(
+        records, args.fd, min_version=args.min_version, max_version=args.max_version
+    )
+    times["write"] = time.monotonic()
+    _emit(
+        {
+            "lockdown": report,
+            "digest": digest.hex(),
+            "engine": "native",
+            # CLOCK_MONOTONIC (shared with the parent) at each step's end
+            "times": times,
+        }
+    )
+    return EXIT_OK
 
 
-def _exec_mkcomposefs(args: argparse.Namespace, tree: Tree, report: dict[str, Any]) -> NoReturn:
-    from .dumpfile import dump_bytes  # loaded before the lockdown (_import_for)
-
-    text = dump_bytes(tree)
-    memfd = os.memfd_create("composefs-py-dump", os.MFD_CLOEXEC)
-    view = memoryview(text)
-    while view:
-        view = view[os.write(memfd, view) :]
-    os.lseek(memfd, 0, os.SEEK_SET)
+def _exec_mkcomposefs(args: Args, report: dict[str, Any]) -> NoReturn:
+    """Become ``mkcomposefs --from-file - -``: the rest of stdin is the
+    parent's dumpfile of the Tree, the output fd its stdout."""
     _emit({"lockdown": report, "engine": "mkcomposefs"})
-    os.dup2(memfd, 0)
     os.dup2(args.fd, 1)  # the image goes to stdout: the output fd
-    os.close(memfd)
     if args.fd > 2:
         os.close(args.fd)
     # Python ignores these; an exec'd program must get the defaults.
@@ -692,13 +594,13 @@ def _current_rlimits() -> dict[str, list[int]]:
     }
 
 
-def _import_for(args: argparse.Namespace) -> None:
+def _import_for(args: Args) -> None:
     """Import what only some runs use, now: after the lockdown no file opens.
 
     Every child pays for each import it makes; most write natively and need
     neither the dumpfile module nor the faults' modules.
     """
-    if args.mode == "read" or (args.mode == "write" and args.engine == "mkcomposefs"):
+    if args.mode == "read":
         __import__(f"{__package__}.dumpfile")
     if args.fault in ("socket", "mmap"):
         __import__(args.fault)
@@ -706,7 +608,7 @@ def _import_for(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> NoReturn:
     times = {"main": time.monotonic()}
-    args = _parser().parse_args(argv)
+    args = Args(argv)
     _import_for(args)
     # Default action for a file-size limit hit: die by SIGXFSZ (Python
     # ignores it, which would turn the hit into a write error).
@@ -721,8 +623,11 @@ def main(argv: list[str]) -> NoReturn:
     except MemoryError:
         _die(EXIT_FAILED, "MemoryError: out of memory (address-space limit)")
     except BaseException as exc:  # the child reports every failure
-        lines = traceback.format_exception_only(type(exc), exc)
-        _die(EXIT_FAILED, "".join(lines).strip())
+        kind = type(exc)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = f"{kind.__module__}.{name}"
+        _die(EXIT_FAILED, f"{name}: {exc}" if str(exc) else name)
     os._exit(code)
 
 

@@ -2,14 +2,13 @@
 
 A crash, hang or memory bomb inside libcomposefs must not take the caller
 down.  :func:`write_image_sandboxed` starts a fresh ``python -I`` child
-(:mod:`composefs_py._worker`) and, while it starts, streams it the (already
-validated) Tree as frames of columns (:mod:`marshal`: tuples, lists, bytes,
-ints; the parent makes them, so the child can load them; see
-:class:`_Records`), made ahead of the pipe while the child starts: the
-child collects each frame's rows as it arrives, then checks them all at
-once with the bulk TreeBuilder (``_columns.tree_from_columns``; a
-TreeBuilder entry by entry says what is wrong where that cannot vouch for
-them) and writes the Tree it rebuilt.  Before reading any
+(:mod:`composefs_py._worker`) and, while it starts, makes the (already
+validated) Tree's records: the very buffers the native backend hands
+libcomposefs (``_native._Columns``), sent after a header of their sizes
+(:data:`~composefs_py._worker.RECORDS_HEADER`, see :func:`_records`).  The
+child checks their framing only (sizes, lengths, indices: C never reads
+past a buffer), not the Tree's rules again, and hands them to the same C
+builder and writer.  Before reading any
 input the child sets rlimits (its stack may grow to 64 MiB: libcomposefs
 recurses once per directory level, as deep as the model allows),
 no_new_privs, enters new user/net/IPC/mount namespaces, drops every
@@ -17,7 +16,8 @@ capability, applies Landlock (no filesystem access) and a seccomp allowlist
 (and, in its own mount namespace, swaps the root for an empty tmpfs).
 The child inherits nothing but stdin/stdout/stderr pipes and the output fd,
 runs with an empty environment in ``/`` and in its own session (process
-group).
+group).  Without the compiled module the child becomes ``mkcomposefs
+--from-file - -`` under the same lockdown, reading the Tree's dumpfile.
 
 The parent enforces a wall-clock timeout (then kills the whole process
 group), turns every death or limit hit into :class:`SandboxError` naming the
@@ -35,24 +35,25 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
 
-Cost (2-core machine, libcomposefs 1.0.8, python -m benchmarks --only
-sandbox, a TOC's Tree of 100,000 entries, built in bulk): native 0.51-0.58
-s, sandbox 1.08-1.14 s.  The child starts in 0.06-0.08 s (interpreter, its
-own imports, lockdown), while the parent sends the address-space bound
-(from the Tree's buffers: no time) and makes the native backend's buffers
-(0.08-0.1 s) and the frames (0.02 s of slicing and marshal), ahead of the
-pipe.  The child then receives and decodes the frames (0.15-0.17 s after
-its lockdown, 0.07 s of it its own decoding into lists), checks them with
-``tree_from_columns`` (0.26 s), writes as the native backend does (0.54 s,
-packing included) and exits (0.01 s); the parent's digest check of the
-image takes 0.02 s.
+Cost: linear in the Tree.  The parent makes the records once (what the
+native backend makes anyway) while the child starts; the address-space
+limit it sends first is 512 MiB plus 32 bytes per byte of records plus
+160 per entry (:class:`SandboxLimits`), the child's allocations are
+bounded by it and its announced sizes are checked against it before it
+allocates a buffer.  Measured (2 shared cores, libcomposefs 1.0.8,
+``python -m benchmarks --only sandbox``, generated TOCs): 100,000 entries
+native 0.43 s, sandbox 0.55-0.62 s; 400,000 entries native 2.1-2.4 s,
+sandbox 2.4-2.7 s.  Over native: the child's start (0.08 s: interpreter,
+imports, lockdown; hidden behind making the records from 100,000 entries
+up), the records through the pipe and their checks (0.03 s at 100,000
+entries, 0.13 s at 400,000), the parent's digest of the image (0.02 s /
+0.06 s).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import marshal
 import os
 import re
 import selectors
@@ -64,22 +65,24 @@ import sys
 import tempfile
 import time
 from array import array
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate, compress, count, repeat
-from operator import or_
 from pathlib import Path
 from typing import Any
 
-from ._columns import EMPTY_FILE, INT_FIELDS, Table, columns_of
-from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER
+from ._backend import check_versions, find_mkcomposefs
+from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER, RECORDS_HEADER
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
 from .limits import Limits
-from .model import DIGEST_SIZE, Hardlink, Inode, Tree
+from .model import Tree
+
+try:
+    from . import _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "SandboxLimits",
@@ -88,22 +91,11 @@ __all__ = [
     "write_image_sandboxed",
 ]
 
-#: The marshal format of the frames the parent hands the Tree to the child
-#: in (see _Records; the child rebuilds it from them).
-_MARSHAL_VERSION = 2  # no back-references: 3x faster to write than 4 here
-#: Entries in the first frame, so the child starts building early; each
-#: next frame doubles, up to _LAST_FRAME_ENTRIES.
-_FIRST_FRAME_ENTRIES = 256
-_LAST_FRAME_ENTRIES = 8192
-#: What a frame holds, before marshal: see _Records.
-_Extras = tuple[int, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
-_Frame = tuple[
-    bytes, bytes, bytes, bytes, bytes, tuple[tuple[int, bytes], ...], tuple[_Extras, ...]
-]
-#: A hardlink's row in a frame (NodeColumns' rule: an empty regular file).
-_EMPTY_FILE_INTS = array("q", map(EMPTY_FILE.__getattribute__, INT_FIELDS))
-#: Bytes an entry takes in a frame besides its byte strings (an upper bound).
+#: Bytes an entry may take in the child beyond its records (its C node):
+#: the address-space limit counts this much per entry.
 _RECORD_OVERHEAD = 160
+#: What the parent writes to a child's stdin.
+Piece = bytes | memoryview
 #: The child's stdin pipe: larger than the default 64 KiB, fewer wake-ups.
 _PIPE_SIZE = 1 << 20
 #: How far the parent makes the child's input ahead of the pipe (while the
@@ -234,7 +226,7 @@ def _stderr_tail(stderr: bytes | bytearray) -> str:
 
 def _run_child(
     argv: list[str],
-    data: bytes | Iterable[bytes],
+    data: bytes | Iterable[Piece],
     timeout: float,
     *,
     max_stdout: int,
@@ -313,7 +305,7 @@ _CHILD_ERRNO = re.compile(r"\[Errno (\d+)\]")
 
 def _exchange(
     proc: subprocess.Popen[bytes],
-    pieces: Iterator[bytes],
+    pieces: Iterator[Piece],
     timeout: float,
     max_stdout: int,
     stderr: bytearray,
@@ -389,9 +381,9 @@ class _Ahead:
 
     __slots__ = ("pieces", "queue", "queued", "done")
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Iterator[Piece]) -> None:
         self.pieces = pieces
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[Piece] = deque()
         self.queued = 0
         self.done = False
 
@@ -406,7 +398,7 @@ class _Ahead:
             self.queue.append(piece)
             self.queued += len(piece)
 
-    def take(self) -> bytes | None:
+    def take(self) -> Piece | None:
         """The next piece (made now if none is ready), or None after the last."""
         if not self.queue and not self.done:
             self.make()
@@ -505,18 +497,14 @@ def write_image_sandboxed(
     ``mkcomposefs --from-file`` (the path from ``find_mkcomposefs()``).
     ``_engine``, ``_mkcomposefs`` and ``_fault`` are for the tests only.
     """
-    if not (0 <= min_version <= max_version <= 1):
-        raise ValueError(
-            "format versions must satisfy 0 <= min_version <= max_version <= 1, "
-            f"got {min_version}, {max_version}"
-        )
+    check_versions(min_version, max_version)
     limits = limits or SandboxLimits()
     if timeout is not None:
         limits = replace(limits, timeout=timeout)
     engine = _choose_engine(_engine)
     extra = [f"--min-version={min_version}", f"--max-version={max_version}", f"--engine={engine}"]
     if engine == "mkcomposefs":
-        tool = _mkcomposefs or _find_mkcomposefs()
+        tool = _mkcomposefs or find_mkcomposefs()
         if tool is None:
             raise BackendUnavailableError(
                 "the sandbox needs the compiled module or mkcomposefs, and neither is available"
@@ -542,189 +530,55 @@ def write_image_sandboxed(
     return digest
 
 
-def _child_input(tree: Tree, limits: SandboxLimits) -> Iterator[bytes]:
+def _child_input(tree: Tree, limits: SandboxLimits, engine: str) -> Iterator[Piece]:
     """What the writing child reads, made as its stdin takes it: the
-    child's address-space limit unless its argv has one, then the frames of
-    records (see :class:`_Records`)."""
+    child's address-space limit unless its argv has one, then the records
+    (native engine, see :func:`_records`) or the Tree's dumpfile
+    (mkcomposefs engine: the rest of stdin is mkcomposefs's)."""
+    if engine == "mkcomposefs":
+        from .dumpfile import dump_bytes
+
+        text = dump_bytes(tree)
+        if limits.address_space is None:
+            yield FRAME_HEADER.pack(limits.address_space_for(len(text)))
+        yield text
+        return
+    records = _records(tree)
+    sizes = [len(buffer) for buffer in records]
     if limits.address_space is None:
-        # Sent before the frames are prepared: the child waits for it.
-        yield FRAME_HEADER.pack(limits.address_space_for(_size_bound(tree)))
-    yield from _Records(tree).frames()
+        # The child waits for this number before its lockdown.
+        bound = sum(sizes) + _RECORD_OVERHEAD * len(tree)
+        yield FRAME_HEADER.pack(limits.address_space_for(bound))
+    yield RECORDS_HEADER.pack(len(tree), *sizes)
+    yield from records
 
 
-def _size_bound(tree: Tree) -> int:
-    """An upper bound of the bytes the frames of ``tree`` take (for the rlimit).
+def _records(tree: Tree) -> list[memoryview]:
+    """The buffers the native backend hands libcomposefs for ``tree``, in
+    the order of :data:`~composefs_py._worker.RECORD_PARTS`, as bytes.
 
-    From the buffers of a Tree built in bulk, else over the Tree's mapping
-    in its own order (no lookup per path: the child waits for this number
-    before it reads anything).
+    Made once, by the native backend's own code (``_native._Columns``: a
+    Tree built in bulk is gathered in Tree order by C, with no Python object
+    per node); the child checks their framing and hands them to the same C
+    builder.  ``extra_lens`` is always there ((-1, 0, 0) per entry without
+    content, digest or xattrs).
     """
-    table = tree._table
-    if isinstance(table, Table):
-        link_targets = sum(map(table.path_lens.__getitem__, table.link_targets))
-        # the marshal'd extras hold every byte of them, and more
-        return (
-            len(table.path_buf)
-            + len(table.data_buf)
-            + link_targets
-            + len(table.extras_blob)
-            + _RECORD_OVERHEAD * len(table.order)
-        )
-    nodes = tree._nodes.values()
-    inodes = [node for node in nodes if node.__class__ is Inode]
-    total = sum(map(len, tree.paths)) + _RECORD_OVERHEAD * len(tree)
-    total += sum(len(node.target) for node in nodes if node.__class__ is Hardlink)
-    for column in (
-        [node.payload for node in inodes],
-        [node.symlink_target for node in inodes],
-        [node.content for node in inodes],
-    ):
-        total += sum(map(len, filter(None, column)))
-    for xattrs in filter(None, [node.xattrs for node in inodes]):
-        for name, value in xattrs:
-            total += len(name) + len(value) + _RECORD_OVERHEAD // 8
-    return total
-
-
-class _Records:
-    """``tree`` as frames of records for the child.
-
-    A frame is its length (:data:`~composefs_py._worker.FRAME_HEADER`), then
-    the :mod:`marshal` data of ``(paths, path_lens, ints, data, data_lens,
-    links, extras)`` for the next entries in Tree order, one row per entry
-    (the rows of :class:`~composefs_py._columns.NodeColumns`; the layout
-    :class:`~composefs_py._worker._Rows` reads): ``paths`` the paths joined,
-    ``path_lens`` their lengths; ``ints`` each entry's values of
-    :data:`~composefs_py._columns.INT_FIELDS` in turn; ``data`` the payloads
-    and symlink targets joined, ``data_lens`` their lengths (-1: none); all
-    these int64 in this machine's byte order (``array("q")`` bytes);
-    ``links`` ``(position, target)`` per hardlink (its row an empty regular
-    file), ``extras`` ``(position, content, fsverity_digest, xattrs)`` per
-    entry that has any.  A zero length ends the records.  Frames start small
-    and grow, so the child starts reading early.
-
-    These are the buffers the native backend hands libcomposefs: with the
-    compiled module the Tree's are made once (``_native._Columns``: a Tree
-    built in bulk is gathered in Tree order by C, with no Python object per
-    node), and each frame is a slice of them.  Without it, each frame is
-    made from the Tree's nodes as it is sent.
-    """
-
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
-
-    def frames(
-        self, first_entries: int = _FIRST_FRAME_ENTRIES, most_entries: int = _LAST_FRAME_ENTRIES
-    ) -> Iterator[bytes]:
-        frame_header = FRAME_HEADER.pack
-        make, entries = (_sliced_frames if _native_available() else _node_frames)(self.tree)
-        start = 0
-        step = first_entries
-        while start < entries:
-            end = min(start + step, entries)
-            data = marshal.dumps(make(start, end), _MARSHAL_VERSION)
-            yield frame_header(len(data)) + data
-            start = end
-            step = min(2 * step, most_entries)
-        yield frame_header(0)
-
-
-def _sliced_frames(tree: Tree) -> tuple[Callable[[int, int], _Frame], int]:
-    """The frame maker that slices the native backend's buffers of ``tree``,
-    and the number of entries."""
-    from . import _native
-
     columns = _native._Columns(tree)
-    path_at = array("q", accumulate(columns.path_lens, initial=0))
-    data_at = array("q", accumulate(map(max, columns.data_lens, repeat(0)), initial=0))
-    paths, data = columns.paths, columns.data
-    ints = columns.ints
-    pairs = columns.links
-    links = [
-        (pairs[k], bytes(paths[path_at[pairs[k + 1]] : path_at[pairs[k + 1] + 1]]))
-        for k in range(0, len(pairs), 2)
-    ]
-    link_at = [position for position, _ in links]
-    extras = _native_extras(columns.extra, columns.extra_lens, columns.xattr_lens)
-    extra_at = [extra[0] for extra in extras]
-    fields = len(INT_FIELDS)
-
-    def make(start: int, end: int) -> _Frame:
-        frame_links = links[bisect_left(link_at, start) : bisect_left(link_at, end)]
-        frame_extras = extras[bisect_left(extra_at, start) : bisect_left(extra_at, end)]
-        frame_ints = ints[fields * start : fields * end]
-        for position, _ in frame_links:
-            # its row reads as an empty regular file (the native row has the
-            # target's mode; its data is none already)
-            at = fields * (position - start)
-            frame_ints[at : at + fields] = _EMPTY_FILE_INTS
-        return (
-            bytes(paths[path_at[start] : path_at[end]]),
-            columns.path_lens[start:end].tobytes(),
-            frame_ints.tobytes(),
-            bytes(data[data_at[start] : data_at[end]]),
-            columns.data_lens[start:end].tobytes(),
-            tuple((position - start, target) for position, target in frame_links),
-            tuple(
-                (at - start, content, digest, xattrs)
-                for at, content, digest, xattrs in frame_extras
-            ),
-        )
-
-    return make, len(columns.path_lens)
-
-
-def _native_extras(extra: bytes, lens: array[int] | None, xattr_lens: array[int]) -> list[_Extras]:
-    """``(position, content, digest, xattrs)`` per entry of the native
-    backend's extra buffers (per entry: content length or -1, a digest or
-    not, its xattr count; the pieces in that order)."""
-    if lens is None:
-        return []
-    has = map(or_, map(or_, map((-1).__ne__, lens[0::3]), lens[1::3]), lens[2::3])
-    found: list[_Extras] = []
-    at = pair = 0
-    for position in compress(count(), has):
-        content_len, has_digest, xattr_count = lens[3 * position : 3 * position + 3]
-        content = digest = None
-        if content_len >= 0:
-            content = extra[at : at + content_len]
-            at += content_len
-        if has_digest:
-            digest = extra[at : at + DIGEST_SIZE]
-            at += DIGEST_SIZE
-        xattrs = []
-        for _ in range(xattr_count):
-            name_len, value_len = xattr_lens[pair], xattr_lens[pair + 1]
-            pair += 2
-            value_at = at + name_len
-            xattrs.append((extra[at:value_at], extra[value_at : value_at + value_len]))
-            at = value_at + value_len
-        found.append((position, content, digest, tuple(xattrs)))
-    return found
-
-
-def _node_frames(tree: Tree) -> tuple[Callable[[int, int], _Frame], int]:
-    """The frame maker that reads ``tree``'s nodes (without the compiled
-    module), and the number of entries."""
-    paths = tree.paths
-
-    def make(start: int, end: int) -> _Frame:
-        frame = columns_of(tree, paths[start:end])
-        ints = array("q")
-        columns = map(frame.__getattribute__, INT_FIELDS)
-        ints.fromlist([value for row in zip(*columns, strict=True) for value in row])
-        data = frame.data
-        return (
-            b"".join(frame.paths),
-            array("q", map(len, frame.paths)).tobytes(),
-            ints.tobytes(),
-            b"".join(filter(None, data)),
-            array("q", [-1 if piece is None else len(piece) for piece in data]).tobytes(),
-            tuple(sorted(frame.links.items())),
-            tuple((position, *extra) for position, extra in sorted(frame.extras.items())),
-        )
-
-    return make, len(paths)
+    extra_lens = columns.extra_lens
+    if extra_lens is None:
+        extra_lens = array("q", (-1, 0, 0)) * len(tree)
+    buffers = (
+        columns.paths,
+        columns.path_lens,
+        columns.ints,
+        columns.data,
+        columns.data_lens,
+        columns.links,
+        columns.extra,
+        extra_lens,
+        columns.xattr_lens,
+    )
+    return [memoryview(buffer).cast("B") for buffer in buffers]
 
 
 def _write_to_file(
@@ -745,7 +599,7 @@ def _write_to_file(
         try:
             outcome = _run_child(
                 argv,
-                _child_input(tree, limits),
+                _child_input(tree, limits, engine),
                 limits.timeout,
                 max_stdout=1 << 16,
                 pass_fds=(child_fd,),
@@ -791,23 +645,9 @@ def _truncate(fd: int, start: int) -> None:
         pass
 
 
-def _native_available() -> bool:
-    try:
-        from . import _native  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _find_mkcomposefs() -> str | None:
-    from .writer import find_mkcomposefs
-
-    return find_mkcomposefs()
-
-
 def _choose_engine(engine: str) -> str:
     if engine == "auto":
-        return "native" if _native_available() else "mkcomposefs"
+        return "native" if _native is not None else "mkcomposefs"
     if engine not in ("native", "mkcomposefs"):
         raise ValueError(f"unknown sandbox engine {engine!r}")
     return engine
@@ -829,7 +669,7 @@ def read_image_sandboxed(
     validators reject raises :class:`ValidationError`; a crash, limit or
     timeout :class:`SandboxError`.
     """
-    if not _native_available():
+    if not _native is not None:
         raise BackendUnavailableError(
             "reading an image in the sandbox needs the compiled module composefs_py._lcfs"
         )
@@ -890,7 +730,7 @@ def sandbox_info(*, limits: SandboxLimits | None = None) -> dict[str, bool | str
     info["landlock_abi"] = str(report.get("landlock"))
     info["seccomp"] = report.get("seccomp") == "active" and status_final.get("Seccomp") == "2"
     info["native_engine"] = "yes" if details.get("native") else "no"
-    info["mkcomposefs"] = _find_mkcomposefs() or "not found"
+    info["mkcomposefs"] = find_mkcomposefs() or "not found"
     info["startup_seconds"] = f"{details['seconds']:.3f}"
     return info
 

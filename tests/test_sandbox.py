@@ -26,7 +26,7 @@ from test_upstream_assets import OPT_INS
 
 from composefs_py import _lockdown, read_image, sandbox, write_image
 from composefs_py._columns import INT_FIELDS, columns_of, tree_from_columns
-from composefs_py._worker import FRAME_HEADER
+from composefs_py._worker import FRAME_HEADER, RECORD_PARTS, RECORDS_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
 from composefs_py.fsverity import fsverity_digest
@@ -346,11 +346,11 @@ def table_tree(tree: Tree) -> Tree:
     return built
 
 
-def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) -> None:
-    import marshal
-
-    # 20,000 entries take several frames of growing size, and hardlinks
-    # land inside and at the edges of frames.
+def test_links_and_xattrs_anywhere_make_the_same_image(
+    tmp_path: Path, out: tuple[int, Path]
+) -> None:
+    # 20,000 entries, hardlinks and xattrs here and there: one set of
+    # records, the native backend's own buffers.
     builder = TreeBuilder()
     builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
     builder.add(b"/d", Inode(stat.S_IFDIR | 0o755))
@@ -362,11 +362,6 @@ def test_many_frames_make_the_same_image(tmp_path: Path, out: tuple[int, Path]) 
         )  # fmt: skip
         builder.add(b"/d/f%05d" % i, node)
     tree = builder.build()
-    frames = list(sandbox._Records(tree).frames())
-    assert len(frames) > 4 and frames[-1] == FRAME_HEADER.pack(0)
-    first, second = (marshal.loads(frame[FRAME_HEADER.size :]) for frame in frames[:2])
-    assert len(first[1]) == 8 * 256 and first[5][-1][0] == 255 and second[5][0][0] == 0
-    assert list(sandbox._Records(table_tree(tree)).frames()) == frames
     expected, expected_digest = native_image(tree, tmp_path)
     fd, path = out
     assert write_image_sandboxed(tree, fd) == expected_digest
@@ -387,117 +382,83 @@ def test_a_tree_built_in_bulk_makes_the_same_image(tmp_path: Path) -> None:
         assert path.read_bytes() == expected, which
 
 
-def run_writer(frames: list[bytes], out: tuple[int, Path]) -> dict[str, Any]:
-    """Run the writing child on ``frames`` (the size bound in its argv); its report."""
+def run_writer(pieces: list[bytes], out: tuple[int, Path]) -> dict[str, Any]:
+    """Run the writing child on ``pieces`` (the size bound in its argv); its report."""
     fd, _ = out
     child_fd = os.dup(fd)
     try:
         argv = sandbox._worker_argv(
             "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
         )
-        outcome = sandbox._run_child(argv, frames, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
+        outcome = sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
         os.close(child_fd)
     record, _ = sandbox._first_line(outcome.stdout)
     return record
 
 
+def parent_records(tree: Tree) -> list[bytes]:
+    """What the parent sends for ``tree`` (its limit in the argv): header, buffers."""
+    return [bytes(piece) for piece in sandbox._child_input(tree, SandboxLimits(1 << 30), "native")]
+
+
 @pytest.mark.parametrize("bulk", [False, True], ids=["nodes", "table"])
-def test_the_child_rebuilds_the_parents_frames_in_bulk(
+def test_the_child_writes_the_parents_records_as_the_native_backend(
     bulk: bool, tmp_path: Path, out: tuple[int, Path]
 ) -> None:
     tree = small_tree()
-    record = run_writer(list(sandbox._Records(table_tree(tree) if bulk else tree).frames()), out)
-    assert record["rebuild"] == "columns"  # not the TreeBuilder fallback
+    record = run_writer(parent_records(table_tree(tree) if bulk else tree), out)
+    assert set(record["times"]) == {"main", "lockdown", "records", "write"}
     expected, expected_digest = native_image(tree, tmp_path)
     assert record["digest"] == expected_digest.hex()
     assert out[1].read_bytes() == expected
 
 
-def test_frame_columns_follow_the_int_fields() -> None:
-    import marshal
+def test_the_records_are_the_native_backends_buffers() -> None:
     from array import array
 
     tree = small_tree()
-    frame = next(iter(sandbox._Records(tree).frames()))
-    paths, path_lens, ints, data, data_lens, links, extras = marshal.loads(
-        frame[FRAME_HEADER.size :]
-    )
-    assert paths == b"".join(tree.paths)
-    assert array("q", path_lens).tolist() == list(map(len, tree.paths))
+    header, *buffers = parent_records(tree)
+    count, *sizes = RECORDS_HEADER.unpack(header)
+    assert count == len(tree) and sizes == list(map(len, buffers))
+    parts = dict(zip(RECORD_PARTS, buffers, strict=True))
+    columns = _native._Columns(tree)
+    for name in ("paths", "data", "extra"):
+        assert parts[name] == bytes(getattr(columns, name)), name
+    for name in ("path_lens", "ints", "data_lens", "links", "xattr_lens"):
+        assert parts[name] == getattr(columns, name).tobytes(), name
+    assert parts["extra_lens"] == columns.extra_lens.tobytes()
+    assert parts["paths"] == b"".join(tree.paths)
+    assert array("q", parts["path_lens"]).tolist() == list(map(len, tree.paths))
     nodes = [tree[path] for path in tree.paths]
-    empty_file = Inode(stat.S_IFREG, nlink=0)
-    rows = [empty_file if isinstance(node, Hardlink) else node for node in nodes]
-    values = array("q", ints).tolist()
-    assert values == [getattr(row, name) for row in rows for name in INT_FIELDS]
-    pieces = [row.payload or row.symlink_target for row in rows]
-    assert data == b"".join(piece for piece in pieces if piece is not None)
-    assert array("q", data_lens).tolist() == [-1 if p is None else len(p) for p in pieces]
-    assert links == tuple(
-        (i, node.target) for i, node in enumerate(nodes) if isinstance(node, Hardlink)
-    )
-    assert extras == tuple(
-        (i, row.content, row.fsverity_digest, row.xattrs)
-        for i, row in enumerate(rows)
-        if row.content is not None or row.fsverity_digest is not None or row.xattrs
-    )
-    assert links and extras
+    rows = [tree[n.target] if isinstance(n, Hardlink) else n for n in nodes]
+    assert array("q", parts["ints"]).tolist()[:: len(INT_FIELDS)] == [r.mode for r in rows]
+    assert array("q", parts["links"]).tolist() == [
+        value
+        for i, node in enumerate(nodes)
+        if isinstance(node, Hardlink)
+        for value in (i, tree.paths.index(node.target))
+    ]
 
 
-def test_records_size_bound_covers_the_frames() -> None:
+def test_address_space_bound_covers_the_records() -> None:
     builder = TreeBuilder()
     builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
     target = b"/" + b"t" * 255
     builder.add(target, Inode(stat.S_IFREG | 0o644))
-    for i in range(200):  # hardlinks whose targets outweigh their paths
+    for i in range(200):
         builder.add(b"/%d" % i, Hardlink(target))
     for tree in (small_tree(), synthetic_tree(3000), builder.build()):
-        made = sum(map(len, sandbox._Records(tree).frames()))
-        assert made <= sandbox._size_bound(tree) < 4 * made
-        assert made <= sandbox._size_bound(table_tree(tree)) < 4 * made
+        limit_piece, header, *buffers = sandbox._child_input(tree, SandboxLimits(), "native")
+        made = len(header) + sum(map(len, buffers))
+        (limit,) = FRAME_HEADER.unpack(limit_piece)
+        assert SandboxLimits().address_space_for(made) <= limit
+        assert limit <= SandboxLimits().address_space_for(made + 160 * len(tree))
 
 
-def _frame(
-    paths: list[bytes],
-    rows: list[Any],
-    links: tuple[Any, ...] = (),
-    extras: tuple[Any, ...] = (),
-    /,
-    **replace: Any,
-) -> bytes:
-    """A frame of the given entries (``rows`` their 8 ints then their data),
-    with any of its seven parts replaced by ``replace``."""
-    import marshal
-    from array import array
-
-    data = [row[len(INT_FIELDS)] for row in rows]
-    parts: dict[str, Any] = {
-        "paths": b"".join(paths),
-        "path_lens": array("q", map(len, paths)).tobytes(),
-        "ints": array("q", [value for row in rows for value in row[: len(INT_FIELDS)]]).tobytes(),
-        "data": b"".join(piece for piece in data if piece is not None),
-        "data_lens": array("q", [-1 if piece is None else len(piece) for piece in data]).tobytes(),
-        "links": links,
-        "extras": extras,
-    }
-    parts.update(replace)
-    raw = marshal.dumps(tuple(parts.values()), 2)
-    return FRAME_HEADER.pack(len(raw)) + raw
-
-
-def _row(inode: Inode) -> tuple[Any, ...]:
-    """``inode``'s row in a frame: its INT_FIELDS values, then its data."""
-    ints = tuple(getattr(inode, name) for name in INT_FIELDS)
-    return (*ints, inode.payload or inode.symlink_target)
-
-
-ROOT_FIELDS = _row(Inode(stat.S_IFDIR | 0o755))
-FILE_FIELDS = _row(Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD))
-LINK_FIELDS = _row(Inode(stat.S_IFREG, nlink=0))
-END = FRAME_HEADER.pack(0)
-_ROOT_AND_FILE = ([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS])
-_UNSORTED_XATTRS = ((b"user.b", b""), (b"user.a", b""))
-_BAD_UID_FILE = (*FILE_FIELDS[:2], -1, *FILE_FIELDS[3:])
+_ROOT = Inode(stat.S_IFDIR | 0o755)
+_FILE = Inode(stat.S_IFREG | 0o644, size=3, payload=PAYLOAD)
+_LINK_ROW = Inode(stat.S_IFREG | 0o644)
 
 
 def _lens(values: list[int]) -> bytes:
@@ -506,83 +467,123 @@ def _lens(values: list[int]) -> bytes:
     return array("q", values).tobytes()
 
 
-# Input the parent never sends: the child must refuse each with the
-# TreeBuilder's (or the frame reader's) reason, and write nothing.
-HOSTILE_FRAMES: list[tuple[str, list[bytes], str]] = [
-    ("dotdot", [_frame([b"/", b"/.."], [ROOT_FIELDS, FILE_FIELDS]), END], "b'..'"),
-    ("no-parent", [_frame([b"/", b"/a/b"], [ROOT_FIELDS, FILE_FIELDS]), END], "parent"),
-    ("duplicate", [_frame(*_ROOT_AND_FILE), _frame([b"/a"], [FILE_FIELDS]), END],
-     'entry 2 ("/a"): name: duplicate path'),
-    ("bad-mode", [_frame([b"/", b"/a"], [ROOT_FIELDS, (0o170644, *FILE_FIELDS[1:])]), END],
-     "unknown file type"),
-    ("dir-size", [_frame([b"/", b"/a"], [ROOT_FIELDS, (*ROOT_FIELDS[:6], 7, *ROOT_FIELDS[7:])]),
-                  END], "only regular files have a size"),
-    ("dir-data", [_frame([b"/", b"/a"], [ROOT_FIELDS, (*ROOT_FIELDS[:8], PAYLOAD)]), END],
-     "only regular files have a payload"),
-    ("hardlink-missing", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/nowhere"),)),
-                          END], "does not exist"),
-    ("hardlink-to-dir", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/"),)), END],
-     "hardlink to a directory"),
-    ("hardlink-to-self", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/a"),)), END],
-     "hardlink to itself"),
-    ("root-not-dir", [_frame([b"/"], [FILE_FIELDS]), END], "the root must be a directory"),
-    ("bad-xattrs", [_frame(*_ROOT_AND_FILE, (), ((1, None, None, _UNSORTED_XATTRS),)), END],
-     "names must be unique and sorted"),
-    ("short-digest", [_frame(*_ROOT_AND_FILE, (), ((1, None, b"\1" * 31, ()),)), END],
-     "fs-verity digest must be 32 bytes"),
-    ("short-ints", [_frame([b"/"], [ROOT_FIELDS], ints=bytes(8 * 7)), END],
-     "8 ints and 2 lengths per entry"),
-    ("count-mismatch", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS], data_lens=bytes(8)),
-                        END], "8 ints and 2 lengths per entry"),
-    ("ints-not-bytes", [_frame([b"/"], [ROOT_FIELDS], ints=list(ROOT_FIELDS[:8])), END],
-     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
-    ("paths-not-bytes", [_frame([b"/"], [ROOT_FIELDS], paths=(b"/",)), END],
-     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
-    ("path-lens-short", [_frame(*_ROOT_AND_FILE, paths=b"/a"), END],
-     "lengths must add up to its paths' and its data's bytes"),
-    ("path-len-negative", [_frame([b"/", b"/a"], [ROOT_FIELDS, FILE_FIELDS],
-                                  path_lens=_lens([4, -1]), paths=b"/" * 3), END],
-     "lengths must add up"),
-    ("data-lens-long", [_frame(*_ROOT_AND_FILE, data=PAYLOAD + b"x"), END],
-     "lengths must add up"),
-    ("data-len-below-none", [_frame(*_ROOT_AND_FILE, data_lens=_lens([-2, 2 + len(PAYLOAD)])),
-                             END], "lengths must add up"),
-    ("empty-path", [_frame([b"/", b""], [ROOT_FIELDS, FILE_FIELDS]), END],
-     "must be a clean absolute path"),
-    ("bad-link", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((9, b"/"),)), END],
-     "outside its frame"),
-    ("links-out-of-order", [_frame([b"/", b"/a", b"/b"], [ROOT_FIELDS, LINK_FIELDS, LINK_FIELDS],
-                                   ((2, b"/x"), (1, b"/x"))), END], "out of order"),
-    ("link-not-pair", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, "/"),)), END],
-     "a hardlink must be (position, target bytes)"),
-    ("link-row-with-data", [_frame(*_ROOT_AND_FILE, ((1, b"/"),)), END],
-     'entry 1: a hardlink\'s row must read as an empty regular file'),
-    ("link-row-with-extras", [_frame([b"/", b"/a"], [ROOT_FIELDS, LINK_FIELDS], ((1, b"/"),),
-                                     ((1, b"x", None, ()),)), END],
-     "a hardlink's row must read as an empty regular file"),
-    ("extras-not-four", [_frame(*_ROOT_AND_FILE, (), ((1, None, None),)), END],
-     "an entry's extras must be (position, content, digest, xattrs)"),
-    ("extras-outside", [_frame(*_ROOT_AND_FILE, (), ((2, None, None, ()),)), END],
-     "outside its frame"),
-    ("not-marshal", [FRAME_HEADER.pack(4) + b"\xff\xff\xff\xff", END], "not marshal"),
-    ("not-a-frame", [FRAME_HEADER.pack(1) + b"N", END],
-     "must be (paths, path_lens, ints, data, data_lens, links, extras)"),
-    ("too-long", [FRAME_HEADER.pack((1 << 30) + 1), END], "longer than 1073741824 bytes"),
-    ("cut-short", [_frame([b"/"], [ROOT_FIELDS])[:-3]], "end early"),
-    ("no-root", [END], "no root"),
-    # an entry's own error comes before a malformed frame after it
-    ("entry-then-frame", [_frame([b"/", b"/a"], [ROOT_FIELDS, _BAD_UID_FILE]),
-                          FRAME_HEADER.pack(1) + b"N", END], 'entry 1 ("/a"): uid'),
+def _records(
+    paths: list[bytes],
+    rows: list[Inode],
+    links: list[int] = (),  # type: ignore[assignment]
+    /,
+    count: int | None = None,
+    extras: list[tuple[int, int, int]] | None = None,
+    **replace: bytes,
+) -> list[bytes]:
+    """A records header and buffers of these entries, any buffer replaced by
+    ``replace`` (the header announces what is sent unless ``count`` says)."""
+    data = [row.payload if row.payload is not None else row.symlink_target for row in rows]
+    parts: dict[str, bytes] = {
+        "paths": b"".join(paths),
+        "path_lens": _lens(list(map(len, paths))),
+        "ints": _lens([getattr(row, name) for row in rows for name in INT_FIELDS]),
+        "data": b"".join(piece for piece in data if piece is not None),
+        "data_lens": _lens([-1 if piece is None else len(piece) for piece in data]),
+        "links": _lens(list(links)),
+        "extra": b"",
+        "extra_lens": _lens([v for e in (extras or [(-1, 0, 0)] * len(rows)) for v in e]),
+        "xattr_lens": b"",
+    }
+    parts.update(replace)
+    buffers = [parts[name] for name in RECORD_PARTS]
+    header = RECORDS_HEADER.pack(len(rows) if count is None else count, *map(len, buffers))
+    return [header, *buffers]
+
+
+def _announcing(pieces: list[bytes], part: str, size: int) -> list[bytes]:
+    """``pieces`` whose header announces ``size`` bytes of ``part``."""
+    count, *sizes = RECORDS_HEADER.unpack(pieces[0])
+    sizes[RECORD_PARTS.index(part)] = size
+    return [RECORDS_HEADER.pack(count, *sizes), *pieces[1:]]
+
+
+_TWO = ([b"/", b"/a"], [_ROOT, _FILE])
+_WITH_LINK = ([b"/", b"/a", b"/b"], [_ROOT, _FILE, _LINK_ROW])
+_EXTRA_NONE = [(-1, 0, 0), (-1, 0, 0)]
+
+# Records the parent never sends.  The child checks their framing (sizes,
+# lengths, indices) and refuses what is malformed before C sees a byte;
+# what is well framed goes to libcomposefs, which refuses what its own tree
+# cannot hold.  Each is a clean refusal: a ValidationError, nothing written.
+HOSTILE_RECORDS: list[tuple[str, list[bytes], str]] = [
+    ("no-root", _records([], []), "the records hold no root"),
+    ("count-says-more", _records(*_TWO, count=3), "8 ints, 2 lengths and 3 extra lengths"),
+    ("short-ints", _records(*_TWO, ints=bytes(8 * 15)), "8 ints, 2 lengths and 3 extra lengths"),
+    ("data-lens-short", _records(*_TWO, data_lens=bytes(8)), "8 ints, 2 lengths"),
+    ("extra-lens-short", _records(*_TWO, extra_lens=bytes(8 * 5)), "3 extra lengths"),
+    ("links-not-pairs", _records(*_TWO, links=bytes(8)), "pairs of links"),
+    ("xattr-lens-not-pairs", _records(*_TWO, xattr_lens=bytes(8)), "pairs of links"),
+    ("announces-too-much", _announcing(_records(*_TWO), "paths", 1 << 40), "more than"),
+    ("header-cut", [_records(*_TWO)[0][:20]], "the records end early"),
+    ("buffer-cut", _records(*_TWO)[:4], "the records end early"),
+    ("trailing-bytes", [*_records(*_TWO), b"x"], "bytes follow the records"),
+    ("path-lens-short", _records(*_TWO, paths=b"/a"), "path lengths must add up"),
+    ("path-len-negative", _records(*_TWO, path_lens=_lens([4, -1]), paths=b"///"),
+     "path lengths must add up"),
+    ("data-lens-long", _records(*_TWO, data=PAYLOAD + b"x"), "data lengths must add up"),
+    ("data-len-below-none", _records(*_TWO, data_lens=_lens([-2, 2 + len(PAYLOAD)])),
+     "data lengths must add up"),
+    ("content-past-extra", _records(*_TWO, extras=[(-1, 0, 0), (5, 0, 0)], extra=b"abcd"),
+     "extra lengths must add up"),
+    ("content-below-none", _records(*_TWO, extras=[(-1, 0, 0), (-2, 0, 0)]),
+     "extra lengths must add up"),
+    ("digest-flag-two", _records(*_TWO, extras=[(-1, 0, 0), (-1, 2, 0)], extra=bytes(64)),
+     "extra lengths must add up"),
+    ("digest-cut", _records(*_TWO, extras=[(-1, 0, 0), (-1, 1, 0)], extra=bytes(31)),
+     "extra lengths must add up"),
+    ("xattrs-without-lengths", _records(*_TWO, extras=[(-1, 0, 0), (-1, 0, 1)], extra=b"ab"),
+     "extra lengths must add up"),
+    ("xattr-count-negative", _records(*_TWO, extras=[(-1, 0, 0), (-1, 0, -1)],
+                                      xattr_lens=_lens([1, 1]), extra=b"ab"),
+     "extra lengths must add up"),
+    ("xattr-len-negative", _records(*_TWO, extras=[(-1, 0, 0), (-1, 0, 1)],
+                                    xattr_lens=_lens([-1, 3]), extra=b"ab"),
+     "extra lengths must add up"),
+    ("link-outside", _records(*_WITH_LINK, [7, 1]), "outside the records or out of order"),
+    ("link-negative", _records(*_WITH_LINK, [-1, 1]), "outside the records or out of order"),
+    ("links-out-of-order", _records([b"/", b"/a", b"/b", b"/c"], [_ROOT, _FILE, _LINK_ROW,
+                                    _LINK_ROW], [3, 1, 2, 1]), "out of order"),
+    ("link-twice", _records(*_WITH_LINK, [2, 1, 2, 1]), "out of order"),
+    ("link-target-outside", _records(*_WITH_LINK, [2, 3]), "another entry that is not a hardlink"),
+    ("link-to-itself", _records(*_WITH_LINK, [2, 2]), "another entry that is not a hardlink"),
+    ("link-cycle", _records([b"/", b"/a", b"/b"], [_ROOT, _LINK_ROW, _LINK_ROW], [1, 2, 2, 1]),
+     "another entry that is not a hardlink"),
+    # well framed; libcomposefs's own tree refuses them
+    ("first-not-root", _records([b"/a"], [_ROOT]), "the first node is not the root"),
+    ("no-parent", _records([b"/", b"/a/b"], [_ROOT, _FILE]), "node before its parent"),
+    ("parent-a-file", _records([b"/", b"/a", b"/a/b"], [_ROOT, _FILE, _FILE]),
+     "node before its parent"),
+    ("duplicate", _records([b"/", b"/a", b"/a"], [_ROOT, _FILE, _FILE]), "File exists"),
+    ("empty-path", _records([b"/", b""], [_ROOT, _FILE]), "bad record"),
+    ("relative-path", _records([b"/", b"a"], [_ROOT, _FILE]), "bad record"),
+    ("empty-name", _records([b"/", b"/a/"], [_ROOT, Inode(stat.S_IFDIR | 0o755)]),
+     "Invalid argument"),
+    ("long-name", _records([b"/", b"/" + b"n" * 256], [_ROOT, _FILE]), "File name too long"),
+    ("bad-mode", _records([b"/", b"/a"], [_ROOT, _LINK_ROW],
+                          ints=_lens([*(getattr(_ROOT, n) for n in INT_FIELDS), 0o170644,
+                                      *[0] * 7])), "lcfs_node_try_set_mode"),
+    ("symlink-without-target", _records(
+        [b"/", b"/a"], [_ROOT, _LINK_ROW],
+        ints=_lens([*(getattr(_ROOT, n) for n in INT_FIELDS), stat.S_IFLNK | 0o777, *[0] * 7])),
+     "symlink without target"),
+    ("content-too-long", _records(*_TWO, extras=[(-1, 0, 0), (8000, 0, 0)], extra=bytes(8000)),
+     "lcfs_node_set_content"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("frames", "reason"),
-    [case[1:] for case in HOSTILE_FRAMES],
-    ids=[case[0] for case in HOSTILE_FRAMES],
+    ("pieces", "reason"),
+    [case[1:] for case in HOSTILE_RECORDS],
+    ids=[case[0] for case in HOSTILE_RECORDS],
 )
-def test_child_rebuilds_and_rejects_what_the_builder_rejects(
-    frames: list[bytes], reason: str, out: tuple[int, Path]
+def test_child_refuses_malformed_records_cleanly(
+    pieces: list[bytes], reason: str, out: tuple[int, Path]
 ) -> None:
     fd, path = out
     child_fd = os.dup(fd)
@@ -591,7 +592,7 @@ def test_child_rebuilds_and_rejects_what_the_builder_rejects(
             "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
         )
         with pytest.raises(ValidationError) as caught:
-            sandbox._run_child(argv, frames, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
+            sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
         os.close(child_fd)
     assert reason in str(caught.value)
@@ -599,22 +600,54 @@ def test_child_rebuilds_and_rejects_what_the_builder_rejects(
     assert_child_gone()
 
 
+# Well framed records against the Tree's rules, which libcomposefs takes:
+# the child does not check the Tree's rules again (the parent proved them,
+# the lockdown is the defence), and the parent's checks of the output
+# (header, digest of what was written) still hold.
+NOT_RECHECKED: list[tuple[str, list[bytes]]] = [
+    ("dotdot", _records([b"/", b"/.."], [_ROOT, _FILE])),
+    ("dir-size", _records([b"/", b"/a"], [_ROOT, Inode(stat.S_IFDIR | 0o755)],
+                          ints=_lens([*(getattr(_ROOT, n) for n in INT_FIELDS),
+                                      stat.S_IFDIR | 0o755, 1, 0, 0, 0, 0, 7, 0]))),
+    ("uid-negative", _records([b"/", b"/a"], [_ROOT, _FILE],
+                              ints=_lens([*(getattr(_ROOT, n) for n in INT_FIELDS),
+                                          stat.S_IFREG | 0o644, 1, -1, 0, 0, 0, 3, 0]))),
+    ("hardlink-to-dir", _records([b"/", b"/a", b"/b"],
+                                 [_ROOT, Inode(stat.S_IFDIR | 0o755), _LINK_ROW], [2, 1])),
+    ("hardlink-to-later", _records([b"/", b"/a", b"/b"], [_ROOT, _LINK_ROW, _FILE], [1, 2])),
+    ("unsorted-xattrs", _records(*_TWO, extras=[(-1, 0, 0), (-1, 0, 2)],
+                                 xattr_lens=_lens([6, 0, 6, 0]), extra=b"user.buser.a")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "pieces", [case[1] for case in NOT_RECHECKED], ids=[case[0] for case in NOT_RECHECKED]
+)
+def test_child_does_not_check_the_trees_rules_again(
+    pieces: list[bytes], out: tuple[int, Path]
+) -> None:
+    record = run_writer(pieces, out)
+    written = out[1].read_bytes()
+    assert record["digest"] == fsverity_digest(written).hex()
+    assert_child_gone()
+
+
 def test_a_child_that_stops_reading_ends_the_exchange(out: tuple[int, Path]) -> None:
-    # The parent makes frames ahead while the pipe is full; a child that
-    # rejects the first frame and exits must not leave it writing or waiting.
+    # The parent makes the records ahead while the pipe is full; a child
+    # that refuses the header and exits must not leave it writing or waiting.
     fd, path = out
     tree = synthetic_tree(20_000)
 
     def pieces() -> Iterator[bytes]:
-        yield FRAME_HEADER.pack(1) + b"N"
-        yield from sandbox._Records(tree).frames()
+        yield RECORDS_HEADER.pack(0, *[0] * len(RECORD_PARTS))
+        yield from sandbox._child_input(tree, SandboxLimits(1 << 30), "native")
 
     child_fd = os.dup(fd)
     try:
         argv = sandbox._worker_argv(
             "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
         )
-        with pytest.raises(ValidationError, match="must be \\(paths, path_lens, ints"):
+        with pytest.raises(ValidationError, match="the records hold no root"):
             sandbox._run_child(argv, pieces(), 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
         os.close(child_fd)
@@ -726,15 +759,15 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
     try:
         argv = sandbox._worker_argv("write", SandboxLimits(), None, [f"--fd={child_fd}"])
         assert "--address-space=stdin" in argv
-        pieces = sandbox._child_input(tree, SandboxLimits())
+        pieces = list(sandbox._child_input(tree, SandboxLimits(), "native"))
         outcome = sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
         os.close(child_fd)
     record, _ = sandbox._first_line(outcome.stdout)
-    made = sum(map(len, sandbox._Records(tree).frames()))
+    made = sum(map(len, pieces[1:]))
     limit = record["lockdown"]["address_space"]
     assert (512 << 20) + 32 * made <= limit < (512 << 20) + 32 * 4 * made
-    assert limit == SandboxLimits().address_space_for(sandbox._size_bound(tree))
+    assert pieces[0] == FRAME_HEADER.pack(limit)
     assert path.read_bytes() == native_image(tree, path.parent)[0]
 
 
