@@ -15,6 +15,11 @@
     environment variable ``COMPOSEFS_PY_BACKEND`` overrides the choice.
 
 Every backend writes the same bytes for the same Tree and format versions.
+Each is a function of one protocol (:class:`composefs_py._backend.Backend`:
+``(tree, fd, *, min_version, max_version) -> digest``), picked here and
+only here (:func:`resolve_backend`, then ``_backend``): the compiled module
+and the sandbox are imported once, on first use; the format versions are
+checked once, before any backend loads.  No backend imports this module.
 
 Publishing a path destination (DESIGN rule 5): the destination is
 classified with ``lstat`` (never followed):
@@ -58,20 +63,25 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import importlib
+import functools
 import os
 import secrets
-import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, cast
 
+from ._backend import (
+    MKCOMPOSEFS_ENV,
+    VERSION_MAX,
+    Backend,
+    check_versions,
+    find_mkcomposefs,
+    write_all,
+    write_with_mkcomposefs,
+)
 from .errors import BackendUnavailableError, LibraryError, SandboxError, ValidationError
 from .limits import Limits
 from .model import Tree
@@ -93,13 +103,6 @@ __all__ = [
 BACKENDS = ("auto", "native", "sandbox", "mkcomposefs")
 #: Environment variable that overrides ``backend="auto"``.
 BACKEND_ENV = "COMPOSEFS_PY_BACKEND"
-#: Environment variable naming the ``mkcomposefs`` executable.
-MKCOMPOSEFS_ENV = "COMPOSEFS_PY_MKCOMPOSEFS"
-#: Highest composefs format version (``LCFS_VERSION_MAX`` in libcomposefs 1.0.8).
-VERSION_MAX = 1
-
-_REPO = Path(__file__).resolve().parent.parent
-_BUNDLED_MKCOMPOSEFS = _REPO / ".deps" / "prefix" / "bin" / "mkcomposefs"
 
 # The composefs header at offset 0 and the EROFS superblock at offset 1024,
 # both little-endian (lcfs-erofs.h, erofs_fs.h).
@@ -107,7 +110,6 @@ LCFS_EROFS_MAGIC = 0xD078629A
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024
 _U32 = struct.Struct("<I")
-_STDERR_TAIL = 2000
 _CHUNK = 1 << 20
 #: libcomposefs 1.0.8 reads an image recursively, about 8.5 KiB of C stack per
 #: directory level: a thread's usual 8 MiB overflows (SIGSEGV) near 950
@@ -118,30 +120,65 @@ _READER_STACK = 64 << 20
 _STACK_LOCK = threading.Lock()
 
 
-class _FdWriter(Protocol):
-    def __call__(self, tree: Tree, fd: int, *, min_version: int, max_version: int) -> bytes: ...
-
-
 # ---------------------------------------------------------------------------
-# backend choice
+# backend choice: the one place a backend is picked and loaded
 # ---------------------------------------------------------------------------
 
 
-def _native_module() -> object | None:
-    """Return composefs_py._native, or None when the compiled module cannot load."""
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A backend module that loaded: how it writes an image and reads one."""
+
+    write: Backend
+    read: Callable[[bytes, Limits], Tree]
+
+
+def _load_native() -> _Loaded | None:
     try:
-        return importlib.import_module("composefs_py._native")
+        from . import _native
     except ImportError:
         return None
+    return _Loaded(_native.write_tree, _native.read_image)
 
 
-def _sandbox_module() -> object | None:
+def _load_sandbox() -> _Loaded | None:
     try:
-        return importlib.import_module("composefs_py.sandbox")
+        from . import sandbox
     except ModuleNotFoundError as exc:
-        if exc.name == "composefs_py.sandbox":
+        if exc.name == f"{__package__}.sandbox":
             return None
         raise
+
+    def read(data: bytes, limits: Limits) -> Tree:
+        return sandbox.read_image_sandboxed(data, tree_limits=limits)
+
+    return _Loaded(sandbox.write_image_sandboxed, read)
+
+
+_UNAVAILABLE = {
+    "native": "the native backend needs the compiled module composefs_py._lcfs, "
+    "which is not built or cannot load (run `make deps` or `pip install .`)",
+    "sandbox": "the sandbox backend is not available in this build",
+    "mkcomposefs": f"mkcomposefs not found (set ${MKCOMPOSEFS_ENV}, run `make deps`, "
+    "or install composefs)",
+}
+
+
+@functools.cache
+def _loaded(name: str) -> _Loaded | None:
+    """The backend module ``name`` ("native" or "sandbox"), imported once
+    (None: it cannot load here)."""
+    return _load_native() if name == "native" else _load_sandbox()
+
+
+def _backend(name: str) -> Backend | None:
+    """The concrete backend ``name``, or None when it cannot run here (the
+    compiled module and the sandbox are loaded once; mkcomposefs is looked
+    up each time, as ``$COMPOSEFS_PY_MKCOMPOSEFS`` may change)."""
+    if name == "mkcomposefs":
+        return write_with_mkcomposefs if find_mkcomposefs() is not None else None
+    loaded = _loaded(name)
+    return None if loaded is None else loaded.write
 
 
 def resolve_backend(backend: str = "auto") -> str:
@@ -163,116 +200,19 @@ def resolve_backend(backend: str = "auto") -> str:
             )
         if override != "auto":
             return override
-    return "native" if _native_module() is not None else "sandbox"
-
-
-def find_mkcomposefs() -> str | None:
-    """Locate ``mkcomposefs``: ``$COMPOSEFS_PY_MKCOMPOSEFS``, .deps, then PATH."""
-    configured = os.environ.get(MKCOMPOSEFS_ENV)
-    if configured:
-        return configured
-    if os.access(_BUNDLED_MKCOMPOSEFS, os.X_OK):
-        return str(_BUNDLED_MKCOMPOSEFS)
-    return shutil.which("mkcomposefs")
+    return "native" if _backend("native") is not None else "sandbox"
 
 
 def available_backends() -> tuple[str, ...]:
     """The concrete backends that can run here (checked without writing)."""
-    found = []
-    if _native_module() is not None:
-        found.append("native")
-    if _sandbox_module() is not None:
-        found.append("sandbox")
-    if find_mkcomposefs() is not None:
-        found.append("mkcomposefs")
-    return tuple(found)
+    return tuple(name for name in BACKENDS[1:] if _backend(name) is not None)
 
 
-def _writer_for(backend: str) -> _FdWriter:
-    if backend == "native":
-        native = _native_module()
-        if native is None:
-            raise BackendUnavailableError(
-                "the native backend needs the compiled module composefs_py._lcfs, "
-                "which is not built or cannot load (run `make deps` or `pip install .`)"
-            )
-        return cast(_FdWriter, native.write_tree)  # type: ignore[attr-defined]
-    if backend == "sandbox":
-        sandbox = _sandbox_module()
-        if sandbox is None:
-            raise BackendUnavailableError("the sandbox backend is not available in this build")
-        return cast(_FdWriter, sandbox.write_image_sandboxed)  # type: ignore[attr-defined]
-    if backend == "mkcomposefs":
-        return _write_with_mkcomposefs
-    raise AssertionError(backend)  # resolve_backend() admits nothing else
-
-
-def _check_versions(min_version: int, max_version: int) -> None:
-    for name, value in (("min_version", min_version), ("max_version", max_version)):
-        if value.__class__ is not int:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not 0 <= min_version <= max_version <= VERSION_MAX:
-        raise ValueError(
-            "format versions must satisfy 0 <= min_version <= max_version <= "
-            f"{VERSION_MAX}, got min_version={min_version}, max_version={max_version}"
-        )
-
-
-# ---------------------------------------------------------------------------
-# the mkcomposefs backend
-# ---------------------------------------------------------------------------
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view[:_CHUNK])
-        view = view[written:]
-
-
-def _write_with_mkcomposefs(tree: Tree, fd: int, *, min_version: int, max_version: int) -> bytes:
-    """Run ``mkcomposefs --from-file -`` on ``dump(tree)``; copy the image to ``fd``."""
-    from .dumpfile import dump
-    from .fsverity import fsverity_digest
-
-    tool = find_mkcomposefs()
-    if tool is None:
-        raise BackendUnavailableError(
-            f"mkcomposefs not found (set ${MKCOMPOSEFS_ENV}, run `make deps`, or install composefs)"
-        )
-    text = dump(tree).encode("utf-8", "surrogateescape")
-    argv = [
-        tool,
-        f"--min-version={min_version}",
-        f"--max-version={max_version}",
-        "--from-file",
-        "-",
-        "-",
-    ]
-    try:
-        proc = subprocess.run(argv, input=text, capture_output=True, check=False, env=_tool_env())
-    except OSError as exc:
-        raise BackendUnavailableError(f"cannot run {tool}: {exc.strerror or exc}") from None
-    if proc.returncode != 0:
-        tail = proc.stderr[-_STDERR_TAIL:].decode("utf-8", "backslashreplace").strip()
-        how = (
-            f"killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exit status {proc.returncode}"
-        )
-        raise LibraryError(errno.EIO, f"mkcomposefs failed ({how}): {tail or 'no message'}")
-    image = proc.stdout
-    _write_all(fd, image)
-    return fsverity_digest(image)
-
-
-def _tool_env() -> dict[str, str]:
-    # The Tree is already valid; mkcomposefs's optional strict parsing
-    # (CFS_PARSE_STRICT) would only add checks of its own dialect, so the
-    # tool runs the same way whatever the caller's environment says.
-    env = dict(os.environ)
-    env.pop("CFS_PARSE_STRICT", None)
-    return env
+def _writer_for(name: str) -> Backend:
+    backend = _backend(name)
+    if backend is None:
+        raise BackendUnavailableError(_UNAVAILABLE[name])
+    return backend
 
 
 # ---------------------------------------------------------------------------
@@ -435,7 +375,7 @@ def _copy(src: int, size: int, dst: int) -> None:
         chunk = os.pread(src, min(_CHUNK, size - offset), offset)
         if not chunk:
             raise OSError(errno.EIO, "the image's scratch file was cut short")
-        _write_all(dst, chunk)
+        write_all(dst, chunk)
         offset += len(chunk)
 
 
@@ -586,7 +526,7 @@ def write_image(
     """
     if not isinstance(tree, Tree):
         raise TypeError(f"tree must be a composefs_py.Tree, got {type(tree).__name__}")
-    _check_versions(min_version, max_version)
+    check_versions(min_version, max_version)
     writer = _writer_for(resolve_backend(backend))
 
     def write(fd: int) -> bytes:
@@ -659,22 +599,19 @@ def read_image(
         )
     if not is_image(data):
         raise ValidationError(f"{where}: not a composefs image (no composefs/EROFS magic number)")
-    if sandbox:
-        module = _sandbox_module()
-        if module is None:
-            raise BackendUnavailableError("the sandbox backend is not available in this build")
-        tree = module.read_image_sandboxed(data, tree_limits=limits)  # type: ignore[attr-defined]
-        return cast(Tree, tree)
-    native = _native_module()
-    if native is None:
+    loaded = _loaded("sandbox" if sandbox else "native")
+    if loaded is None:
         raise BackendUnavailableError(
-            "reading an image needs the compiled module composefs_py._lcfs; "
+            "the sandbox backend is not available in this build"
+            if sandbox
+            else "reading an image needs the compiled module composefs_py._lcfs; "
             "build it (`make deps`) or pass sandbox=True"
         )
-    native_reader = cast(Callable[[bytes, Limits], Tree], native.read_image)  # type: ignore[attr-defined]
+    if sandbox:
+        return loaded.read(data, limits)
 
     def reader(image: bytes) -> Tree:
-        return native_reader(image, limits)
+        return loaded.read(image, limits)
 
     return _with_reader_stack(reader, data)
 

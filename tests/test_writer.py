@@ -8,6 +8,7 @@ failing tool, a missing directory), and every image written passes
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import os
@@ -190,6 +191,55 @@ def test_environment_backend_is_used_by_write_image(
         write_image(tree, tmp_path / "x.cfs")
     assert write_image(tree, tmp_path / "y.cfs", backend="native")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.cfs"]
+
+
+def _package_imports(module: str) -> set[str]:
+    """The composefs_py modules ``module`` imports, at its top or in a function."""
+    source = (REPO / "composefs_py" / f"{module}.py").read_text()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("composefs_py"):
+            found.add((node.module or "").removeprefix("composefs_py").lstrip(".") or "")
+    return found
+
+
+def test_backends_import_neither_the_writer_nor_each_other() -> None:
+    # One protocol (composefs_py._backend), one place that picks (writer).
+    for module in ("sandbox", "_worker", "_native", "_backend"):
+        assert "writer" not in _package_imports(module), module
+    assert not {"sandbox", "_native", "_worker"} & _package_imports("_backend")
+    assert "importlib" not in (REPO / "composefs_py" / "writer.py").read_text()
+
+
+def test_each_backend_module_is_loaded_once(tree: Tree, tmp_path: Path) -> None:
+    writer._loaded.cache_clear()
+    for i in range(3):
+        for backend in ("native", "sandbox"):
+            write_image(tree, tmp_path / f"{backend}{i}.cfs", backend=backend)
+    assert writer._loaded.cache_info().misses == 2
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_every_backend_takes_the_same_call(backend: str) -> None:
+    import inspect
+
+    function = writer._writer_for(backend)
+    parameters = inspect.signature(function).parameters
+    assert list(parameters)[:2] == ["tree", "fd"]
+    for name in ("min_version", "max_version"):
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_format_versions_are_checked_before_a_backend_loads(tree: Tree, tmp_path: Path) -> None:
+    writer._loaded.cache_clear()
+    with pytest.raises(ValueError, match="format versions"):
+        write_image(tree, tmp_path / "x.cfs", backend="sandbox", min_version=2, max_version=2)
+    with pytest.raises(TypeError, match="min_version must be an int"):
+        write_image(tree, tmp_path / "x.cfs", backend="native", min_version=True)
+    assert writer._loaded.cache_info().currsize == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mkcomposefs_location_order(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
