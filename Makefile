@@ -26,8 +26,10 @@ test: deps
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint
 
-# composefs-py against mkcomposefs (TOC -> image, sandbox, layer import);
-# the table goes to stdout and build/bench.json.  BENCH_ARGS="--only toc".
+# composefs-py against its peers: TOC -> image against podman's path (built on
+# demand into .deps/cstorage by ../shared/peers/containers-storage/setup.sh),
+# sandbox against native, layer import against tar + mkcomposefs; the table
+# goes to stdout and build/bench.json.  BENCH_ARGS="--only toc --repeat 3".
 bench: deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

@@ -1,14 +1,23 @@
-"""``python -m benchmarks``: composefs-py against mkcomposefs, same run, alternating.
+"""``python -m benchmarks``: composefs-py against its peers, same run, alternating.
 
 Every timing is the median of ``--repeat`` runs (default 5), and the runs of
-the two sides alternate, so load on the machine hits both alike.  Peak RSS is
-measured in a child process per run (``ru_maxrss`` from ``wait4``).
+the sides alternate, so load on the machine hits them alike.  Peak RSS is
+measured per run (GNU time's ``%M``: the largest process of the run).
 
 Measured:
 
-* ``toc``: TOC JSON bytes -> ``parse_toc`` -> ``write_image(native)`` against
-  ``mkcomposefs --from-file`` on the equivalent dumpfile (``dump`` of the
-  same Tree); both images must be byte-identical.
+* ``toc``: TOC JSON -> image, on the shared small zstd:chunked TOC (a real
+  layer's, 44% chunk rows) replicated to ``--replicated`` entries and on
+  generated TOCs of ``--sizes`` entries.  Three sides: ``composefs-py build
+  --compat containers-storage TOC -o IMG`` as a fresh process; warm
+  in-process ``parse_toc`` + ``write_image`` (after one call that pays the
+  process's warm-up); podman's path, ``cstorage-toc2dump -exec mkcomposefs
+  TOC IMG`` (containers/storage's ``unmarshalToc`` + ``GenerateDump`` piped
+  into mkcomposefs; built on demand into ``.deps/cstorage`` by
+  ``../shared/peers/containers-storage/setup.sh``, the column skipped with
+  the reason when it cannot be built).  "same" says the images are
+  byte-identical.  Also the cumulative time of ``python -X importtime -c
+  "import composefs_py.cli"``.
 * ``sandbox``: ``write_image(backend="sandbox")`` against ``backend="native"``
   on the same Tree.
 * ``layer``: importing a real zstd:chunked layer (decompress, verify sha256,
@@ -16,12 +25,13 @@ Measured:
   ``zstd -dc layer | tar -x`` then ``mkcomposefs --digest-store``.
 
 The table goes to stdout and, as JSON, to ``--json`` (default
-``build/bench.json``) so commits can be compared.
+``build/bench.json``) so commits can be compared.  ``--only`` picks sections.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -32,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import generate
 
@@ -108,43 +119,146 @@ def _alternate(
     }
 
 
-def bench_toc(n: int, work: Path, repeat: int) -> dict[str, object]:
-    from composefs_py import dump, parse_toc
+#: The shared small zstd:chunked TOC (a real layer's, with chunk rows).
+_SHARED_TOC = _REPO.parent / "shared" / "testdata" / "small.zstd-chunked.toc.json"
+#: Builds the peer (podman's containers/storage TOC -> dump code) into a folder.
+_PEER_SETUP = _REPO.parent / "shared" / "peers" / "containers-storage" / "setup.sh"
+_PEER_DEST = _REPO / ".deps" / "cstorage"
+_PEER_BIN = _PEER_DEST / "bin" / "cstorage-toc2dump"
+#: The installed console script, as a user runs it.
+_SCRIPT = Path(sys.executable).parent / "composefs-py"
+_CLI = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "import sys; from composefs_py.cli import main; sys.exit(main())"]
+)
+_COMPAT = "containers-storage"  # podman's reading of .wh.* entries: the same image bytes
 
-    toc_path = work / f"toc-{n}.json"
-    dump_path = work / f"toc-{n}.dump"
-    if not toc_path.exists():
-        toc_path.write_bytes(generate.toc_json(n))
-    # Always from the code under test: a dumpfile kept from an older version
-    # may spell the same tree differently (e.g. which path leads a hardlink).
-    dump_path.write_text(dump(parse_toc(toc_path.read_bytes())))
-    ours_img = work / f"ours-{n}.cfs"
-    theirs_img = work / f"theirs-{n}.cfs"
+
+@functools.cache
+def peer_tool() -> tuple[str | None, str]:
+    """The peer's binary, built into .deps/cstorage when missing; (None, why) if it cannot be."""
+    if os.access(_PEER_BIN, os.X_OK):
+        return str(_PEER_BIN), "built"
+    if not _PEER_SETUP.exists():
+        return None, f"no peer: {_PEER_SETUP} not found"
+    print(f"building the peer with {_PEER_SETUP} (once, about a minute)", file=sys.stderr)
+    proc = subprocess.run(
+        ["bash", str(_PEER_SETUP), str(_PEER_DEST)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or not os.access(_PEER_BIN, os.X_OK):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no message"]
+        return None, f"no peer: {_PEER_SETUP.name} failed ({tail[0]})"
+    return str(_PEER_BIN), "built"
+
+
+def replicated_toc(entries: int) -> bytes:
+    """The shared small zstd:chunked TOC, copied under ``rNNN/`` folders up to
+    about ``entries`` entries (its chunk rows, hardlinks and devices included)."""
+    document = json.loads(_SHARED_TOC.read_bytes())
+    rows = document["entries"]
+    copies = max(1, round(entries / (len(rows) + 1)))
+    out = []
+    for k in range(copies):
+        prefix = f"r{k:04d}/"
+        out.append({"type": "dir", "name": prefix, "mode": 0o755})
+        for row in rows:
+            row = dict(row, name=prefix + row["name"].lstrip("./"))
+            if row["type"] == "hardlink":
+                row["linkName"] = prefix + row["linkName"].lstrip("./")
+            out.append(row)
+    document["entries"] = out
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _cumulative_import_ms(repeat: int = 5) -> float:
+    """Median of ``python -X importtime -c "import composefs_py.cli"``'s cumulative ms."""
+    found = []
+    for _ in range(repeat):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import composefs_py.cli"],
+            capture_output=True, text=True, check=True, cwd=_REPO,
+        )  # fmt: skip
+        for line in proc.stderr.splitlines():
+            fields = [field.strip() for field in line.split("|")]
+            if len(fields) == 3 and fields[2] == "composefs_py.cli":
+                found.append(int(fields[1]) / 1000)
+    return _median(found)
+
+
+def bench_toc(name: str, toc_path: Path, work: Path, repeat: int) -> dict[str, object]:
+    """One TOC: ``composefs-py build`` (fresh process), warm in-process
+    ``parse_toc`` + ``write_image``, and the peer, alternating; medians."""
+    from composefs_py import parse_toc, write_image
+
+    peer, why = peer_tool()
     mk = _mkcomposefs()
-
+    slug = name.replace(" ", "-")
+    ours_img = work / f"ours-{slug}.cfs"
+    warm_img = work / f"warm-{slug}.cfs"
+    peer_img = work / f"peer-{slug}.cfs"
     stages: dict[str, list[float]] = {"parse_s": [], "write_s": []}
 
     def ours() -> tuple[float, int]:
-        _, kib, out = _timed([*_CHILD, "toc", str(toc_path), str(ours_img)])
-        record = json.loads(out)
-        for stage, values in stages.items():
-            values.append(record[stage])
-        return record["seconds"], kib
-
-    def theirs() -> tuple[float, int]:
-        wall, kib, _ = _timed([mk, "--from-file", str(dump_path), str(theirs_img)])
+        argv = [*_CLI, "build", "--compat", _COMPAT, str(toc_path), "-o", str(ours_img)]
+        wall, kib, _ = _timed(argv)
         return wall, kib
 
-    result = _alternate(repeat, {"composefs-py": ours, "mkcomposefs": theirs})
-    same = ours_img.read_bytes() == theirs_img.read_bytes()
-    return {
-        "entries": n,
+    def warm() -> tuple[float, int]:
+        start = time.perf_counter()
+        tree = parse_toc(toc_path.read_bytes(), compat=_COMPAT)
+        parsed = time.perf_counter()
+        write_image(tree, warm_img, backend="native")
+        done = time.perf_counter()
+        stages["parse_s"].append(parsed - start)
+        stages["write_s"].append(done - parsed)
+        return done - start, 0
+
+    def theirs() -> tuple[float, int]:
+        assert peer is not None
+        peer_img.unlink(missing_ok=True)  # it creates its output (O_EXCL)
+        wall, kib, _ = _timed([peer, "-exec", mk, str(toc_path), str(peer_img)])
+        return wall, kib
+
+    warm()  # the first call of a process pays its warm-up; "warm" is what follows
+    for values in stages.values():
+        values.clear()
+    sides = {"cli": ours, "warm": warm}
+    if peer is not None:
+        sides["peer"] = theirs
+    result = _alternate(repeat, sides)
+    row: dict[str, object] = {
+        "toc": name,
+        "entries": len(json.loads(toc_path.read_bytes())["entries"]),
         **result,
-        "same_bytes": same,
-        "time_ratio": result["composefs-py"]["seconds"] / result["mkcomposefs"]["seconds"],
-        "rss_ratio": result["composefs-py"]["rss_mib"] / result["mkcomposefs"]["rss_mib"],
         **{stage: _median(values) for stage, values in stages.items()},
+        "same_bytes_warm": ours_img.read_bytes() == warm_img.read_bytes(),
     }
+    if peer is None:
+        row["peer_skipped"] = why
+        return row
+    cli_s, warm_s, peer_s = (result[side]["seconds"] for side in ("cli", "warm", "peer"))
+    row["cli_ratio"] = cli_s / peer_s
+    row["warm_ratio"] = warm_s / peer_s
+    row["rss_ratio"] = result["cli"]["rss_mib"] / result["peer"]["rss_mib"]
+    row["same_bytes"] = ours_img.read_bytes() == peer_img.read_bytes()
+    return row
+
+
+def toc_inputs(sizes: list[int], replicated: int, work: Path) -> list[tuple[str, Path]]:
+    """The TOCs measured: the shared one replicated, then the generated ones."""
+    inputs = []
+    if replicated:
+        path = work / f"toc-real-{replicated}.json"
+        if not path.exists():
+            path.write_bytes(replicated_toc(replicated))
+        inputs.append((f"real x{replicated // 1000}k", path))
+    for n in sizes:
+        path = work / f"toc-{n}.json"
+        if not path.exists():
+            path.write_bytes(generate.toc_json(n))
+        inputs.append((f"generated {n // 1000}k", path))
+    return inputs
 
 
 def bench_sandbox(n: int, work: Path, repeat: int) -> dict[str, object]:
@@ -220,21 +334,38 @@ def bench_layer(n_files: int, work: Path, repeat: int) -> dict[str, object]:
     }
 
 
-def _table(results: dict[str, list[dict[str, object]]]) -> str:
+def _table(results: dict[str, Any]) -> str:
     lines = []
-    lines.append("TOC JSON -> image (composefs-py native) vs mkcomposefs --from-file (dumpfile)")
-    lines.append(
-        f"{'entries':>9} {'ours s':>8} {'mkcfs s':>8} {'ratio':>6} "
-        f"{'ours MiB':>9} {'mkcfs MiB':>9} {'rss x':>6} same {'parse s':>8} {'write s':>8}"
-    )
-    for r in results.get("toc", []):
-        o, t = r["composefs-py"], r["mkcomposefs"]
-        assert isinstance(o, dict) and isinstance(t, dict)
+    if results.get("toc"):
         lines.append(
-            f"{r['entries']:>9} {o['seconds']:>8.3f} {t['seconds']:>8.3f} "
-            f"{r['time_ratio']:>6.2f} {o['rss_mib']:>9.1f} {t['rss_mib']:>9.1f} "
-            f"{r['rss_ratio']:>6.2f} {r['same_bytes']!s:>4} {r['parse_s']:>8.3f} "
-            f"{r['write_s']:>8.3f}"
+            "TOC JSON -> image: composefs-py build (fresh process), warm in-process "
+            "parse_toc + write_image, and podman's path (cstorage-toc2dump -exec mkcomposefs)"
+        )
+        lines.append(
+            f"{'TOC':<15} {'entries':>8} {'cli s':>7} {'warm s':>7} {'peer s':>7} {'cli x':>6} "
+            f"{'warm x':>6} {'cli MiB':>8} {'peer MiB':>8} {'rss x':>6} same {'parse s':>8} "
+            f"{'write s':>8}"
+        )
+    for r in results.get("toc", []):
+        cli, warm = r["cli"], r["warm"]
+        assert isinstance(cli, dict) and isinstance(warm, dict)
+        peer = r.get("peer")
+        if not isinstance(peer, dict):
+            lines.append(
+                f"{r['toc']!s:<15} {r['entries']:>8} {cli['seconds']:>7.3f} "
+                f"{warm['seconds']:>7.3f}  ({r['peer_skipped']})"
+            )
+            continue
+        lines.append(
+            f"{r['toc']!s:<15} {r['entries']:>8} {cli['seconds']:>7.3f} {warm['seconds']:>7.3f} "
+            f"{peer['seconds']:>7.3f} {r['cli_ratio']:>6.2f} {r['warm_ratio']:>6.2f} "
+            f"{cli['rss_mib']:>8.1f} {peer['rss_mib']:>8.1f} {r['rss_ratio']:>6.2f} "
+            f"{r['same_bytes']!s:>4} {r['parse_s']:>8.3f} {r['write_s']:>8.3f}"
+        )
+    if "import_ms" in results:
+        lines.append(
+            f"python -X importtime -c 'import composefs_py.cli': "
+            f"{results['import_ms']:.1f} ms cumulative (median)"
         )
     if results.get("sandbox"):
         lines.append("")
@@ -274,9 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--sizes", default="10000,100000,400000", help="TOC sizes in entries (comma separated)"
+        "--sizes", default="10000,100000,400000", help="generated TOC sizes in entries"
     )
-    parser.add_argument("--sandbox-sizes", default="1000,100000")
+    parser.add_argument(
+        "--replicated",
+        type=int,
+        default=20000,
+        help="entries of the shared zstd:chunked TOC replicated (0: none)",
+    )
+    parser.add_argument("--sandbox-sizes", default="1000,100000,400000")
     parser.add_argument("--layer-files", default="20000")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=("toc", "sandbox", "layer"), action="append")
@@ -289,9 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     only = set(args.only or ("toc", "sandbox", "layer"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    results: dict[str, list[dict[str, object]]] = {}
+    results: dict[str, Any] = {}
     if "toc" in only:
-        results["toc"] = [bench_toc(n, work, args.repeat) for n in sizes]
+        results["toc"] = [
+            bench_toc(name, path, work, args.repeat)
+            for name, path in toc_inputs(sizes, args.replicated, work)
+        ]
+        results["import_ms"] = _cumulative_import_ms()
     if "sandbox" in only:
         results["sandbox"] = [
             bench_sandbox(int(n), work, args.repeat) for n in args.sandbox_sizes.split(",") if n
