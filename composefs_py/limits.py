@@ -70,6 +70,14 @@ class Limits:
     #: overlay's own metadata: a top layer could make it show a lower layer's
     #: hidden file anywhere.  Turn on only for input trusted that far.
     allow_overlay_xattrs: bool = False
+    #: Bytes of holes a layer may declare per byte of its blob: the sparse
+    #: regions of tar members and zstd:chunked ``chunkType: "zeros"``
+    #: chunks, which cost no input but are hashed as zeros.  The default is
+    #: what a zstd stream can expand zeros to at most (a 128 KiB block in 4
+    #: bytes), so holes cost no more than the same zeros compressed would: a
+    #: 1.5 KB tar may declare 48 MiB of holes, not 2**53 bytes.  Checked from
+    #: the sparse map or the TOC, before a byte is hashed or written.
+    max_hole_ratio: int = 1 << 15
     #: Take any payload of 1..``max_path_bytes`` bytes without NUL, such as
     #: ostree's ``ab/<62 hex>.file`` object names.  Off, a payload must be an
     #: object name of this package's store, ``ab/`` + 62 lowercase hex digits

@@ -32,6 +32,7 @@ from test_layers import (
     sparse_tar,
     tar_end,
     tar_member,
+    zero_chunk_blob,
     zstd_chunked_blob,
 )
 
@@ -344,6 +345,52 @@ def test_tar_sparse_bomb_refused_before_writing(tmp_path: Path, fmt: str) -> Non
     small, big = costs
     assert "max_file_size" in small.outcome and "max_file_size" in big.outcome, costs
     assert small.written < MiB and big.written < MiB, costs
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+def test_tar_sparse_holes_are_bounded_by_the_blob(tmp_path: Path, fmt: str) -> None:
+    # A few KB declaring 2 or 4 GiB of holes: under the default limits the
+    # holes may add up to max_hole_ratio times the blob, so both are refused
+    # from the sparse map, and nothing is hashed or written.
+    costs = []
+    for real_size in (2 << 30, 4 << 30):
+        path = tmp_path / f"holes-{real_size}.tar"
+        path.write_bytes(sparse_tar(fmt, real_size, [(real_size - 512, b"z" * 512)]))
+        costs.append(measure(importer(path, tmp_path / f"objects-{real_size}"), timeout=30))
+    small, big = costs
+    assert "max_hole_ratio" in small.outcome and "max_hole_ratio" in big.outcome, costs
+    assert_flat(small, big, what="sparse holes")
+    assert small.cpu < 5 and big.cpu < 5, costs  # refused before hashing, not after
+
+
+def test_tar_sparse_holes_within_the_ratio_are_taken(tmp_path: Path) -> None:
+    real_size = 4 * MiB
+    data = sparse_tar("pax-1.0", real_size, [(real_size - 512, b"z" * 512)])
+    path = tmp_path / "holes.tar"
+    path.write_bytes(data)
+    assert real_size < Limits().max_hole_ratio * len(data)
+    tree = open_layer(path).import_objects(ObjectStore(tmp_path / "objects"), progress=False)
+    assert tree.inode(b"/s").size == real_size
+    tight = Limits(max_hole_ratio=real_size // len(data) - 1)
+    with pytest.raises(ValidationError, match="max_hole_ratio") as info:
+        open_layer(path, limits=tight).import_objects(
+            ObjectStore(tmp_path / "objects2"), progress=False, limits=tight
+        )
+    assert (info.value.path, info.value.field) == ("s", "sparse")
+
+
+def test_zstd_chunked_zeros_are_bounded_by_the_blob(tmp_path: Path) -> None:
+    costs = []
+    for hole in (16 << 30, 32 << 30):
+        blob, _ = zero_chunk_blob(end_offset=False, hole_size=hole, lazy_hole=True)
+        path = tmp_path / f"zeros-{hole}.blob"
+        path.write_bytes(blob)
+        costs.append(measure(importer(path, tmp_path / f"objects-{hole}"), timeout=30))
+    small, big = costs
+    assert "max_hole_ratio" in small.outcome and "max_hole_ratio" in big.outcome, costs
+    assert "chunkType" in small.outcome, costs
+    assert_flat(small, big, what="zeros chunks")
+    assert small.cpu < 5 and big.cpu < 5, costs
 
 
 @pytest.mark.parametrize("fmt", ["gnu", "pax-0.0", "pax-1.0"])

@@ -975,23 +975,28 @@ def test_many_files_import_into_a_store_holding_some(tmp_path: Path) -> None:
 # -- chunkType "zeros": holes, read from nowhere ------------------------------------
 
 
-def zero_chunk_blob(*, end_offset: bool, hole_size: int = 4096) -> tuple[bytes, bytes]:
+def zero_chunk_blob(
+    *, end_offset: bool, hole_size: int = 4096, lazy_hole: bool = False
+) -> tuple[bytes, bytes]:
     """A zstd:chunked file of three chunks, data / zeros / data, whose zeros
     chunk has no data in the blob (its offset is the next chunk's), as a
-    writer that leaves holes to containers/storage may make it."""
+    writer that leaves holes to containers/storage may make it.  With
+    ``lazy_hole`` the hole is never made (the digests are placeholders, the
+    content returned empty): for holes too big to hash in a test."""
     compressor = zstandard.ZstdCompressor()
-    head, hole, tail = b"a" * 1000, bytes(hole_size), b"b" * 1000
+    head, tail = b"a" * 1000, b"b" * 1000
+    hole = b"" if lazy_hole else bytes(hole_size)
     data = bytearray(compressor.compress(bytes(512)))
     first = len(data)
     data += compressor.compress(head)
     third = len(data)
     data += compressor.compress(tail)
-    content = head + hole + tail
+    content = b"" if lazy_hole else head + hole + tail
     entry: dict[str, object] = {
         "type": "reg",
         "name": "sparse",
         "mode": 0o644,
-        "size": len(content),
+        "size": len(head) + hole_size + len(tail),
         "digest": "sha256:" + hashlib.sha256(content).hexdigest(),
         "offset": first,
         "chunkSize": len(head),
@@ -1005,7 +1010,7 @@ def zero_chunk_blob(*, end_offset: bool, hole_size: int = 4096) -> tuple[bytes, 
             "name": "sparse",
             "offset": third,
             "chunkOffset": len(head),
-            "chunkSize": len(hole),
+            "chunkSize": hole_size,
             "chunkDigest": "sha256:" + hashlib.sha256(hole).hexdigest(),
             "chunkType": "zeros",
         },
@@ -1013,7 +1018,7 @@ def zero_chunk_blob(*, end_offset: bool, hole_size: int = 4096) -> tuple[bytes, 
             "type": "chunk",
             "name": "sparse",
             "offset": third,
-            "chunkOffset": len(head) + len(hole),
+            "chunkOffset": len(head) + hole_size,
             "chunkSize": len(tail),
             "chunkDigest": "sha256:" + hashlib.sha256(tail).hexdigest(),
         },

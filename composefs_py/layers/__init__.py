@@ -223,6 +223,7 @@ class TocLayer(Layer):
             use_end_offset=self.use_end_offset,
             inner_offsets=self.inner_offsets,
             zero_chunks=self.zero_chunks,
+            hole_budget=limits.max_hole_ratio * self.blob_size,
         )
         label = f"importing {self.path.name}"
         with open(self.path, "rb") as blob:
@@ -431,6 +432,7 @@ def plan_sources(
     use_end_offset: bool,
     inner_offsets: bool = False,
     zero_chunks: bool = False,
+    hole_budget: int | None = None,
 ) -> dict[str, FileSource]:
     """Map each content digest (hex) to where the first file with it is stored.
 
@@ -442,9 +444,11 @@ def plan_sources(
     in the data and bounds its last chunk too.  ``inner_offsets`` (eStargz):
     a chunk starts ``innerOffset`` bytes into what its member decompresses
     to.  ``zero_chunks`` (zstd:chunked): a chunk with ``chunkType: "zeros"``
-    is a hole, read from nowhere (containers/storage writes holes for it).
-    The TOC has been validated by ``parse_toc`` already; offsets are checked
-    here against the blob.
+    is a hole, read from nowhere (containers/storage writes holes for it);
+    the holes of the files planned may add up to ``hole_budget`` bytes
+    (``Limits.max_hole_ratio`` times the blob's size), checked here, before
+    anything is read or hashed.  The TOC has been validated by ``parse_toc``
+    already; offsets are checked here against the blob.
     """
     offsets = sorted(
         {
@@ -461,6 +465,7 @@ def plan_sources(
         return offsets[after] if after < len(offsets) else data_end
 
     sources: dict[str, FileSource] = {}
+    holes = 0
     index = 0
     count = len(entries)
     while index < count:
@@ -491,6 +496,16 @@ def plan_sources(
             inner_offsets=inner_offsets,
             zero_chunks=zero_chunks,
         )
+        if hole_budget is not None:
+            holes += sum(segment.length for segment in segments if segment.zeros)
+            if holes > hole_budget:
+                raise ValidationError(
+                    f"the layer's holes (chunkType zeros) add up to more than {hole_budget} "
+                    "bytes, limits.max_hole_ratio times the blob's size",
+                    entry=first,
+                    path=name,
+                    field="chunkType",
+                )
         end_offset = _int_field(entry, "endOffset", first, name) if use_end_offset else None
         if end_offset is not None:
             offset = _int_field(entry, "offset", first, name) or 0

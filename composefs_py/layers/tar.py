@@ -57,7 +57,10 @@ Cost model (every bound checked *before* the memory or the write it bounds):
   content is written.  A sparse file's holes stay holes in its object
   (``ObjectWriter.hole``: no disk block written) but are hashed as zeros, so
   a sparse member costs hashing its real size, at most
-  ``Limits.max_file_size``, and writing the data the archive holds.
+  ``Limits.max_file_size``, and writing the data the archive holds.  The
+  holes of all members add up to at most ``Limits.max_hole_ratio`` times
+  the blob's size, checked from each sparse map before its member's
+  content is read: the hashing stays linear in the input.
 """
 
 from __future__ import annotations
@@ -207,7 +210,8 @@ class TarLayer(Layer):
         reader: _MemberReader | None = None
         try:
             with open(self.path, "rb") as raw:
-                reader = _MemberReader(_Stream(self._open(raw)), limits)
+                blob_size = os.fstat(raw.fileno()).st_size
+                reader = _MemberReader(_Stream(self._open(raw)), limits, blob_size)
                 for member in reader:
                     entry = _entry(member)
                     if entry["type"] == "reg" and member.real_size:
@@ -309,9 +313,12 @@ class _MemberReader:
     """Yields the members of a tar stream; the caller reads each member's data
     (``member.size`` bytes) with :meth:`data` before asking for the next."""
 
-    def __init__(self, stream: _Stream, limits: Limits) -> None:
+    def __init__(self, stream: _Stream, limits: Limits, blob_size: int) -> None:
         self.stream = stream
         self.limits = limits
+        #: What the members' holes may add up to (Limits.max_hole_ratio).
+        self._hole_budget = limits.max_hole_ratio * blob_size
+        self._holes = 0
         self.index = 0
         self._cap = extended_header_cap(limits)
         self._extended_bytes = 0
@@ -553,6 +560,14 @@ class _MemberReader:
             raise self.fail("the sparse map has an offset without a size", "sparse")
         member.sparse = _checked_map(pairs, real_size, member.size, self)
         member.real_size = real_size
+        self._holes += real_size - member.size
+        if self._holes > self._hole_budget:
+            raise self.fail(
+                f"the archive's sparse holes add up to more than {self._hole_budget} bytes, "
+                "limits.max_hole_ratio times the blob's size",
+                "sparse",
+                _short(member.name),
+            )
 
     def _gnu_sparse_map(self, header: _Header) -> list[int]:
         """The old GNU map: 4 entries in the header, 21 in each extension block."""

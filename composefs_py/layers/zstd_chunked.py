@@ -21,7 +21,8 @@ is read once (its length is checked against the blob first), and inflated
 ``Limits.max_input_bytes`` (checked before inflating; a frame that gives
 more or less is refused).  The tar-split is not read.  File data: see
 :mod:`composefs_py.layers` (ranges bounded by the next entry's offset,
-``chunkType: "zeros"`` chunks read as holes).
+``chunkType: "zeros"`` chunks read as holes, which add up to at most
+``Limits.max_hole_ratio`` times the blob's size).
 """
 
 from __future__ import annotations
