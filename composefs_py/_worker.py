@@ -83,9 +83,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     _native = None  # type: ignore[assignment]
 
-#: The address-space limit, when the parent sends it first on stdin.
-FRAME_HEADER = struct.Struct("<Q")
-#: ``--address-space`` value: the limit is the first FRAME_HEADER on stdin
+#: The address-space limit in bytes, when the parent sends it first on stdin.
+LIMIT_HEADER = struct.Struct("<Q")
+#: ``--address-space`` value: the limit comes first on stdin (LIMIT_HEADER)
 #: (the parent's number, read before the lockdown; the input follows it).
 ADDRESS_SPACE_ON_STDIN = "stdin"
 #: The buffers of the records, in the order they follow RECORDS_HEADER.
@@ -102,14 +102,13 @@ RECORD_PARTS = (
 )
 #: The records' header: the entry count, then each buffer's size in bytes.
 RECORDS_HEADER = struct.Struct(f"<{1 + len(RECORD_PARTS)}Q")
-#: Which buffers hold int64 values (the others bytes; ``ints`` is not
-#: looked at: libcomposefs takes any value of those fields).
-_IS_INTS = (False, True, False, False, True, True, False, True, True)
 #: The int fields of an entry, in the order of ``ints`` (shim.h's CFSPY_*).
 _INT_FIELDS = ("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
 _INT_BYTES = 8 * len(_INT_FIELDS)
 #: An fs-verity digest's size in the extra bytes.
 DIGEST_BYTES = 32
+#: ``extra_lens`` of an entry without content, digest or xattrs.
+_NO_EXTRAS = array("q", (-1, 0, 0)).tobytes()
 
 EXIT_OK = 0
 EXIT_REJECTED = 65
@@ -402,25 +401,28 @@ def check_records(records: list[bytearray]) -> None:
     Not the Tree's rules: the parent proved those, and libcomposefs refuses
     what its own tree cannot hold (an entry before its parent, a name twice).
     """
-    paths, path_lens, _, data, data_lens, links, extra, extra_lens, xattr_lens = map(
-        _ints_or_bytes, records, _IS_INTS
+    (
+        paths,
+        raw_path_lens,
+        _,
+        data,
+        raw_data_lens,
+        raw_links,
+        extra,
+        raw_extra_lens,
+        raw_xattr_lens,
+    ) = records
+    path_lens, data_lens, links, extra_lens, xattr_lens = map(
+        _int64, (raw_path_lens, raw_data_lens, raw_links, raw_extra_lens, raw_xattr_lens)
     )
     count = len(path_lens)
     if min(path_lens) < 0 or sum(path_lens) != len(paths):
         raise ValidationError("the path lengths must add up to the paths' bytes")
     if min(data_lens) < -1 or sum(data_lens) + data_lens.count(-1) != len(data):
         raise ValidationError("the data lengths must add up to the data's bytes")
-    content, digest, xattr_count = extra_lens[0::3], extra_lens[1::3], extra_lens[2::3]
-    if not (
-        min(content) >= -1
-        and min(digest) >= 0
-        and max(digest) <= 1
-        and min(xattr_count) >= 0
-        and (not xattr_lens or min(xattr_lens) >= 0)
-        and 2 * sum(xattr_count) == len(xattr_lens)
-        and sum(content) + content.count(-1) + DIGEST_BYTES * sum(digest) + sum(xattr_lens)
-        == len(extra)
-    ):
+    # No entry with content, a digest or xattrs (the common case): one compare.
+    no_extras = not extra and not xattr_lens and raw_extra_lens == _NO_EXTRAS * count
+    if not (no_extras or _extras_add_up(extra, extra_lens, xattr_lens)):
         raise ValidationError("the extra lengths must add up to the extra bytes")
     sources, targets = links[0::2], links[1::2]
     previous = -1
@@ -436,9 +438,24 @@ def check_records(records: list[bytearray]) -> None:
             )
 
 
-def _ints_or_bytes(buffer: bytearray, is_ints: bool) -> array[int] | bytearray:
-    if not is_ints:
-        return buffer
+def _extras_add_up(extra: bytearray, extra_lens: array[int], xattr_lens: array[int]) -> bool:
+    """Each entry's (content length or -1, digest 0 or 1, xattr count) and the
+    xattr name and value lengths add up to the extra bytes."""
+    content, digest, xattr_count = extra_lens[0::3], extra_lens[1::3], extra_lens[2::3]
+    return (
+        min(content) >= -1
+        and min(digest) >= 0
+        and max(digest) <= 1
+        and min(xattr_count) >= 0
+        and (not xattr_lens or min(xattr_lens) >= 0)
+        and 2 * sum(xattr_count) == len(xattr_lens)
+        and sum(content) + content.count(-1) + DIGEST_BYTES * sum(digest) + sum(xattr_lens)
+        == len(extra)
+    )
+
+
+def _int64(buffer: bytearray) -> array[int]:
+    """The int64 values of ``buffer`` (this machine's byte order)."""
     values = array("q")
     values.frombytes(buffer)
     return values
@@ -517,7 +534,7 @@ def _run(args: Args, times: dict[str, float]) -> int:
         return EXIT_OK
 
     if args.address_space < 0:
-        args.address_space = FRAME_HEADER.unpack(_read_exact(FRAME_HEADER.size, "a limit"))[0]
+        args.address_space = LIMIT_HEADER.unpack(_read_exact(LIMIT_HEADER.size, "a limit"))[0]
     report = lockdown(args)
     if args.fault is not None:
         _fault(args.fault, args.fd)

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from ._backend import check_versions, find_mkcomposefs
-from ._worker import ADDRESS_SPACE_ON_STDIN, FRAME_HEADER, RECORDS_HEADER
+from ._worker import ADDRESS_SPACE_ON_STDIN, LIMIT_HEADER, RECORDS_HEADER
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
@@ -181,7 +181,7 @@ def _worker_argv(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The child's command line; ``input_bytes=None``: the address-space
-    limit comes first on its stdin (:data:`~composefs_py._worker.FRAME_HEADER`),
+    limit comes first on its stdin (:data:`~composefs_py._worker.LIMIT_HEADER`),
     so the child starts before the parent has measured the input."""
     if limits.address_space is not None:
         address_space = str(limits.address_space)
@@ -502,6 +502,10 @@ def write_image_sandboxed(
     if timeout is not None:
         limits = replace(limits, timeout=timeout)
     engine = _choose_engine(_engine)
+    if engine == "native" and _native is None:
+        raise BackendUnavailableError(
+            "the sandbox's native engine needs the compiled module composefs_py._lcfs"
+        )
     extra = [f"--min-version={min_version}", f"--max-version={max_version}", f"--engine={engine}"]
     if engine == "mkcomposefs":
         tool = _mkcomposefs or find_mkcomposefs()
@@ -540,7 +544,7 @@ def _child_input(tree: Tree, limits: SandboxLimits, engine: str) -> Iterator[Pie
 
         text = dump_bytes(tree)
         if limits.address_space is None:
-            yield FRAME_HEADER.pack(limits.address_space_for(len(text)))
+            yield LIMIT_HEADER.pack(limits.address_space_for(len(text)))
         yield text
         return
     records = _records(tree)
@@ -548,7 +552,7 @@ def _child_input(tree: Tree, limits: SandboxLimits, engine: str) -> Iterator[Pie
     if limits.address_space is None:
         # The child waits for this number before its lockdown.
         bound = sum(sizes) + _RECORD_OVERHEAD * len(tree)
-        yield FRAME_HEADER.pack(limits.address_space_for(bound))
+        yield LIMIT_HEADER.pack(limits.address_space_for(bound))
     yield RECORDS_HEADER.pack(len(tree), *sizes)
     yield from records
 

@@ -26,7 +26,7 @@ from test_upstream_assets import OPT_INS
 
 from composefs_py import _lockdown, read_image, sandbox, write_image
 from composefs_py._columns import INT_FIELDS, columns_of, tree_from_columns
-from composefs_py._worker import FRAME_HEADER, RECORD_PARTS, RECORDS_HEADER
+from composefs_py._worker import LIMIT_HEADER, RECORD_PARTS, RECORDS_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
 from composefs_py.fsverity import fsverity_digest
@@ -451,7 +451,7 @@ def test_address_space_bound_covers_the_records() -> None:
     for tree in (small_tree(), synthetic_tree(3000), builder.build()):
         limit_piece, header, *buffers = sandbox._child_input(tree, SandboxLimits(), "native")
         made = len(header) + sum(map(len, buffers))
-        (limit,) = FRAME_HEADER.unpack(limit_piece)
+        (limit,) = LIMIT_HEADER.unpack(limit_piece)
         assert SandboxLimits().address_space_for(made) <= limit
         assert limit <= SandboxLimits().address_space_for(made + 160 * len(tree))
 
@@ -767,7 +767,7 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
     made = sum(map(len, pieces[1:]))
     limit = record["lockdown"]["address_space"]
     assert (512 << 20) + 32 * made <= limit < (512 << 20) + 32 * 4 * made
-    assert pieces[0] == FRAME_HEADER.pack(limit)
+    assert pieces[0] == LIMIT_HEADER.pack(limit)
     assert path.read_bytes() == native_image(tree, path.parent)[0]
 
 
