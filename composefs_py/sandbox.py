@@ -40,14 +40,16 @@ native backend makes anyway) while the child starts; the address-space
 limit it sends first is 512 MiB plus 32 bytes per byte of records plus
 160 per entry (:class:`SandboxLimits`), the child's allocations are
 bounded by it and its announced sizes are checked against it before it
-allocates a buffer.  Measured (2 shared cores, libcomposefs 1.0.8,
-``python -m benchmarks --only sandbox``, generated TOCs): 100,000 entries
-native 0.43 s, sandbox 0.55-0.62 s; 400,000 entries native 2.1-2.4 s,
-sandbox 2.4-2.7 s.  Over native: the child's start (0.08 s: interpreter,
-imports, lockdown; hidden behind making the records from 100,000 entries
-up), the records through the pipe and their checks (0.03 s at 100,000
-entries, 0.13 s at 400,000), the parent's digest of the image (0.02 s /
-0.06 s).
+allocates a buffer.  Measured (2 shared, busy cores, libcomposefs 1.0.8,
+generated TOCs, medians of alternating runs): 100,000 entries native 0.41
+s, sandbox 0.57 s; 400,000 entries native 3.2-3.5 s, sandbox 3.4-3.5 s
+(4.4 s while the child did not touch its heap ahead).  Over native: the
+child's start (0.08 s: interpreter, imports, lockdown; hidden behind
+making the records from 100,000 entries up), the records through the pipe
+and their checks (0.03 s at 100,000 entries, 0.13 s at 400,000), a fresh
+process's page faults (touched ahead while the child waits for the
+parent, see :mod:`composefs_py._worker`), the parent's digest of the
+image (0.02 s / 0.06 s).
 """
 
 from __future__ import annotations

@@ -771,6 +771,38 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
     assert path.read_bytes() == native_image(tree, path.parent)[0]
 
 
+def test_the_child_touches_its_heap_only_while_it_waits(
+    tmp_path: Path, out: tuple[int, Path]
+) -> None:
+    # While the parent makes the records (here: a slow parent), the child
+    # grows and touches its C heap, up to 256 MiB (below the least limit the
+    # parent sends), and stops at the first byte of its input.
+    tree = small_tree()
+    fd, path = out
+    limits = SandboxLimits()
+
+    def slow_parent() -> Iterator[bytes]:
+        import time
+
+        time.sleep(1.0)
+        yield from sandbox._child_input(tree, limits, "native")
+
+    child_fd = os.dup(fd)
+    try:
+        argv = sandbox._worker_argv("write", limits, None, [f"--fd={child_fd}"])
+        outcome = sandbox._run_child(
+            argv, slow_parent(), 60, max_stdout=1 << 16, pass_fds=(child_fd,)
+        )
+    finally:
+        os.close(child_fd)
+    record, _ = sandbox._first_line(outcome.stdout)
+    assert 0 < record["times"]["prefaulted"] <= 256
+    assert path.read_bytes() == native_image(tree, tmp_path)[0]
+    # A limit in the argv: nothing to wait for, nothing touched ahead.
+    quick = run_writer(parent_records(tree), (fd, path))
+    assert "prefaulted" not in quick["times"]
+
+
 def test_memory_limit_hit_inside_libcomposefs_is_reported(out: tuple[int, Path]) -> None:
     fd, path = out
     tree = synthetic_tree(50_000)
