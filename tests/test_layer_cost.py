@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -95,8 +96,24 @@ def _child(work: Callable[[], str], send: object, memory: int) -> None:
     send.send(dataclasses.astuple(cost))  # type: ignore[attr-defined]
 
 
-def measure(work: Callable[[], str], *, memory: int = 1 << 30, timeout: float = 60) -> Cost:
-    """Run ``work`` in a forked child with ``memory`` bytes of address space to spare."""
+def measure(
+    work: Callable[[], str], *, memory: int = 1 << 30, timeout: float = 60, repeat: int = 3
+) -> Cost:
+    """Run ``work`` in a forked child with ``memory`` bytes of address space to
+    spare, up to ``repeat`` times while it succeeds; the run of least CPU time
+    (on a shared machine the others carry other processes' load, and file
+    creation's system time varies with the file system's recent history)."""
+    best = _measure_once(work, memory, timeout)
+    for _ in range(repeat - 1):
+        if not best.outcome.startswith(("ok", "refused")):
+            break
+        again = _measure_once(work, memory, timeout)
+        if again.outcome == best.outcome and again.cpu < best.cpu:
+            best = again
+    return best
+
+
+def _measure_once(work: Callable[[], str], memory: int, timeout: float) -> Cost:
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(work, send, memory))
@@ -120,8 +137,9 @@ def measure(work: Callable[[], str], *, memory: int = 1 << 30, timeout: float = 
 
 def importer(path: Path, store: Path, limits: Limits | None = None) -> Callable[[], str]:
     def work() -> str:
+        # a store of its own for each run (each is a child with its own pid)
         tree = open_layer(path, limits=limits).import_objects(
-            ObjectStore(store), progress=False, limits=limits
+            ObjectStore(store / str(os.getpid())), progress=False, limits=limits
         )
         return f"{sum(1 for _ in tree)} nodes"
 
