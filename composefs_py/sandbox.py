@@ -42,8 +42,9 @@ limit it sends first is 512 MiB plus 32 bytes per byte of records plus
 bounded by it and its announced sizes are checked against it before it
 allocates a buffer.  Measured (2 shared, busy cores, libcomposefs 1.0.8,
 generated TOCs, medians of alternating runs): 100,000 entries native 0.41
-s, sandbox 0.57 s; 400,000 entries native 3.2-3.5 s, sandbox 3.4-3.5 s
-(4.4 s while the child did not touch its heap ahead).  Over native: the
+s, sandbox 0.57 s; 400,000 entries sandbox 0.35-0.50 s over native's
+3.1-3.2 s (0.45-0.92 s over while the child did not touch its heap
+ahead).  Over native: the
 child's start (0.08 s: interpreter, imports, lockdown; hidden behind
 making the records from 100,000 entries up), the records through the pipe
 and their checks (0.03 s at 100,000 entries, 0.13 s at 400,000), a fresh
