@@ -5,13 +5,16 @@ Untrusted input (a layer's TOC, a dumpfile, a tar, an image) becomes a
 libcomposefs, linked in-process through CFFI, or by a sandboxed child.
 
 The public names are imported on first use, so ``import composefs_py`` stays
-cheap and does not load the compiled module until a writer needs it.
+cheap and does not load the compiled module until a writer needs it.  Type
+checkers see every public name imported under ``TYPE_CHECKING`` with its real
+type, and no module ``__getattr__``, so a misspelt name is an error there as
+it is at run time (``AttributeError``).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     BackendUnavailableError,
@@ -75,13 +78,18 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:
+    # Hidden from type checkers: a module ``__getattr__`` would make every
+    # name, misspelt ones included, an ``Any`` attribute of the package.
+    # They see the imports above instead, each with its real type.
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
