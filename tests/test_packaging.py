@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -111,3 +113,130 @@ def test_wheel_builds_with_the_extension(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("composefs_py/_lcfs") and n.endswith(".so") for n in names)
     assert "composefs_py/_native.py" in names
+
+
+# What the sdist must carry for ``pip install composefs_py-*.tar.gz`` to build.
+SDIST_NEEDS = {
+    "PKG-INFO",
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "csrc/build_ffi.py",
+    "csrc/lcfs.cdef.h",
+    "csrc/shim.c",
+    "csrc/shim.h",
+    "scripts/bootstrap.sh",
+    "composefs_py/__init__.py",
+    "composefs_py/py.typed",
+}
+# Local state an sdist must never carry (planted in the copy it is built from).
+SDIST_DECOYS = [
+    ".deps/prefix/lib/libcomposefs.so.1",
+    ".venv/bin/python",
+    "build/lib/composefs_py/_lcfs.abi3.so",
+    "dist/old.tar.gz",
+    "composefs_py/_lcfs.c",
+    "composefs_py/_lcfs.abi3.so",
+    "composefs_py/__pycache__/model.cpython-311.pyc",
+    ".hypothesis/examples/x",
+]
+SMOKE_DUMPFILE = (
+    "/ 0 40755 2 0 0 0 0.0 - - -\n"
+    "/hello 5 100644 1 0 0 0 0.0 - hello -\n"
+    "/link 5 120777 1 0 0 0 0.0 hello - -\n"
+)
+SMOKE_SCRIPT = """
+import sys
+from pathlib import Path
+import composefs_py
+assert Path(composefs_py.__file__).resolve().is_relative_to(Path(sys.prefix).resolve())
+tree = composefs_py.parse_dumpfile(sys.argv[1].encode())
+print(composefs_py.write_image(tree, Path(sys.argv[2]), backend="native").hex())
+"""
+
+
+def _libcomposefs_env() -> dict[str, str]:
+    """The environment a build of the extension needs: where the bootstrap put libcomposefs."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    deps_prefix = REPO / ".deps" / "prefix"
+    if "COMPOSEFS_PREFIX" not in env and (deps_prefix / "lib" / "pkgconfig").is_dir():
+        env["COMPOSEFS_PREFIX"] = str(deps_prefix)
+    if "COMPOSEFS_PREFIX" not in env:
+        found = subprocess.run(
+            ["pkg-config", "--exists", "composefs"], env=env, capture_output=True, check=False
+        )
+        if found.returncode != 0:
+            pytest.skip("no libcomposefs to build against (run scripts/bootstrap.sh)")
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def _build_sdist(tmp_path: Path, env: dict[str, str]) -> Path:
+    """Build the sdist through the PEP 517 backend from a copy with local state planted."""
+    src = tmp_path / "src"
+    # The checkout's files as git sees them (tracked or new, not ignored).
+    listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    tracked = subprocess.run(listing, cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    for decoy in SDIST_DECOYS:
+        (src / decoy).parent.mkdir(parents=True, exist_ok=True)
+        (src / decoy).write_bytes(b"local state")
+    hook = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    proc = _run([sys.executable, "-c", hook, str(tmp_path / "dist")], src, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / "dist" / proc.stdout.strip().splitlines()[-1]
+
+
+def test_sdist_carries_what_the_build_needs_and_no_local_state(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    sdist = _build_sdist(tmp_path, _libcomposefs_env())
+    with tarfile.open(sdist) as tar:
+        top = sdist.name.removesuffix(".tar.gz")
+        names = {m.name.removeprefix(f"{top}/") for m in tar.getmembers() if m.isfile()}
+    missing = SDIST_NEEDS - names
+    assert not missing, f"the sdist lacks {sorted(missing)}"
+    leaked = sorted(
+        n
+        for n in names
+        if n.split("/")[0] in {".deps", ".venv", "build", "dist", ".hypothesis"}
+        or n.endswith((".so", ".pyc", ".o"))
+        or n == "composefs_py/_lcfs.c"
+    )
+    assert leaked == [], f"the sdist carries local state: {leaked}"
+
+
+@pytest.mark.slow
+def test_sdist_installs_into_a_fresh_venv_and_writes_an_image(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    env = _libcomposefs_env()
+    sdist = _build_sdist(tmp_path, env)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    # Build isolation as a user gets it: setuptools, wheel and cffi come from
+    # pip's cache or PIP_FIND_LINKS, else from PyPI.
+    proc = _run([str(python), "-m", "pip", "install", "-q", str(sdist)], tmp_path, env)
+    offline = ("No matching distribution", "Could not find a version", "NewConnectionError")
+    if proc.returncode != 0 and any(s in proc.stderr for s in offline):
+        pytest.skip(
+            f"the build requirements cannot be fetched (no network or wheels): "
+            f"{proc.stderr.strip().splitlines()[-1]}"
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    image = tmp_path / "smoke.cfs"
+    ran = _run([str(python), "-c", SMOKE_SCRIPT, SMOKE_DUMPFILE, str(image)], tmp_path, env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    from composefs_py import parse_dumpfile, write_image
+
+    expected = write_image(parse_dumpfile(SMOKE_DUMPFILE.encode()), tmp_path / "here.cfs")
+    assert ran.stdout.strip() == expected.hex()
+    assert image.read_bytes() == (tmp_path / "here.cfs").read_bytes()
