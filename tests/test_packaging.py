@@ -214,6 +214,16 @@ def test_sdist_carries_what_the_build_needs_and_no_local_state(tmp_path: Path) -
     assert leaked == [], f"the sdist carries local state: {leaked}"
 
 
+def test_sdist_builds_without_libcomposefs(tmp_path: Path) -> None:
+    # Only building the extension needs the library; an sdist is source.
+    pytest.importorskip("setuptools")
+    env = {k: v for k, v in os.environ.items() if k not in {"COMPOSEFS_PREFIX", "PYTHONPATH"}}
+    env["PKG_CONFIG_PATH"] = env["PKG_CONFIG_LIBDIR"] = str(tmp_path / "no-pkgconfig")
+    sdist = _build_sdist(tmp_path, env)
+    with tarfile.open(sdist) as tar:
+        assert f"{sdist.name.removesuffix('.tar.gz')}/csrc/build_ffi.py" in tar.getnames()
+
+
 @pytest.mark.slow
 def test_sdist_installs_into_a_fresh_venv_and_writes_an_image(tmp_path: Path) -> None:
     pytest.importorskip("setuptools")
