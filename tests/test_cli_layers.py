@@ -673,3 +673,51 @@ def test_new_options_fail_in_one_line_from_the_real_command(tmp_path: Path) -> N
     usage = subprocess.run([*command, "mount", "--uidmap", "zero"], capture_output=True)
     assert usage.returncode == 2
     assert b"Traceback" not in usage.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "cut"),
+    [
+        ("small.zstd-chunked.blob", 1),
+        ("small.zstd-chunked.blob", 72),
+        ("small.zstd-chunked.blob", 4000),
+        ("small.estargz.blob", 51),
+        ("small.estargz.blob", 3000),
+        ("small.tar", 100),
+    ],
+)
+def test_validate_refuses_a_truncated_layer(run: Run, tmp_path: Path, name: str, cut: int) -> None:
+    data = (LAYERS / name).read_bytes()
+    status, stdout, _ = run("validate", LAYERS / name)
+    assert status == 0, stdout
+    path = tmp_path / name
+    path.write_bytes(data[:-cut])
+    status, stdout, err = run("validate", path)
+    assert status == 1, (stdout, err)
+    assert str(path) in stdout + err
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+def test_validate_refuses_a_compressed_tar_cut_in_its_trailer(
+    run: Run, tmp_path: Path, kind: str
+) -> None:
+    import gzip
+
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("file")
+        info.size = 3000
+        tar.addfile(info, io.BytesIO(os.urandom(3000)))
+    raw = buf.getvalue()
+    whole = (
+        gzip.compress(raw)
+        if kind == "gz"
+        else zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    )
+    path = tmp_path / f"layer.tar.{kind}"
+    for cut in (1, 3, 4):
+        path.write_bytes(whole[:-cut])
+        status, stdout, err = run("validate", path)
+        assert status == 1, (cut, stdout, err)

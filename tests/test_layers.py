@@ -1342,3 +1342,166 @@ def test_tar_sparse_files_and_long_names_from_gnu_tar(tmp_path: Path, options: l
     assert ObjectStore(store).path_for(node.payload).stat().st_size == 10 << 20
     assert tree.inode(b"/" + b"d" * 150 + b"/" + b"f" * 200).payload == sha256_payload(b"long")
     assert tree.inode(b"/link").symlink_target == b"t" * 300
+
+
+# -- truncated blobs -------------------------------------------------------------
+
+#: Cut lengths: every one of the last 128 bytes, then a dense sample up to 5000.
+CUTS = [*range(1, 129), *range(131, 5001, 97), 4999, 5000]
+
+
+def _small_tar_bytes() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(3):
+            data = os.urandom(700 + 900 * i)
+            info = tarfile.TarInfo(f"dir/file{i}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _generated(kind: str) -> bytes:
+    raw = _small_tar_bytes()
+    if kind == "tar.gz":
+        return gzip.compress(raw)
+    if kind == "tar.zst":
+        return zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    return raw
+
+
+def _refused(path: Path) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        layer = open_layer(path)
+        layer.tree()
+    return info.value
+
+
+@pytest.mark.parametrize("name", [ZSTD_CHUNKED, ESTARGZ, ESTARGZ_CHUNKED, TAR])
+def test_truncated_real_blob_is_refused(name: str, tmp_path: Path) -> None:
+    data = shared(name).read_bytes()
+    cut = tmp_path / "cut.blob"
+    cut.write_bytes(data)
+    accepted = []
+    for length in CUTS:
+        os.truncate(cut, len(data) - length)
+        try:
+            _refused(cut)
+        except pytest.fail.Exception:
+            accepted.append(length)
+    assert not accepted, f"{name} cut by these byte counts was accepted: {accepted[:20]}"
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.zst", "tar"])
+def test_truncated_generated_blob_is_refused(kind: str, tmp_path: Path) -> None:
+    data = _generated(kind)
+    path = tmp_path / f"layer.{kind}"
+    path.write_bytes(data)
+    assert open_layer(path).tree()  # intact: accepted
+    # A plain tar may lose whole zero blocks after its last member (see test_tar_end_rule).
+    members_end = -(-len(data.rstrip(b"\0")) // 512) * 512
+    accepted = []
+    for length in range(1, min(5000, len(data) - 1)):
+        if kind == "tar" and length % 512 == 0 and len(data) - length >= members_end:
+            continue
+        path.write_bytes(data[:-length])
+        try:
+            error = _refused(path)
+        except pytest.fail.Exception:
+            accepted.append(length)
+            continue
+        assert str(error)
+    assert not accepted, f"{kind} cut by these byte counts was accepted: {accepted[:20]}"
+
+
+def test_corrupt_gzip_and_zstd_checksums_are_refused(tmp_path: Path) -> None:
+    gz = bytearray(_generated("tar.gz"))
+    gz[-8] ^= 1  # CRC32 of the member
+    path = tmp_path / "bad.tar.gz"
+    path.write_bytes(gz)
+    assert "data check" in str(_refused(path))  # zlib: the CRC-32 does not match
+    zst = bytearray(_generated("tar.zst"))
+    zst[-1] ^= 1  # the frame's content checksum
+    path = tmp_path / "bad.tar.zst"
+    path.write_bytes(zst)
+    _refused(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "footer", "marker"), [(ZSTD_CHUNKED, 72, "zstd:chunked"), (ESTARGZ, 51, "eStargz")]
+)
+def test_blob_without_its_footer_is_not_downgraded(
+    name: str, footer: int, marker: str, tmp_path: Path
+) -> None:
+    data = shared(name).read_bytes()
+    path = tmp_path / "nofooter.blob"
+    path.write_bytes(data[:-footer])  # exactly the footer removed: a valid tar.zst / tar.gz
+    assert marker in str(_refused(path))
+
+
+def test_tar_end_rule(tmp_path: Path) -> None:
+    """Two zero blocks, or EOF right after a complete member (as GNU tar and Go accept)."""
+    raw = _small_tar_bytes()
+    body = raw.rstrip(b"\0")
+    body += bytes(-len(body) % 512)
+    path = tmp_path / "t.tar"
+    path.write_bytes(body)  # complete last member, no end blocks
+    assert open_layer(path).tree()
+    path.write_bytes(body + bytes(512))
+    assert open_layer(path).tree()
+    path.write_bytes(body + bytes(1024))
+    assert open_layer(path).tree()
+    path.write_bytes(body + bytes(1024) + b"junk" + bytes(508))
+    _refused(path)
+
+
+def test_truncated_zstd_chunked_with_annotation_is_refused(tmp_path: Path) -> None:
+    data = shared(ZSTD_CHUNKED).read_bytes()
+    manifest = json.loads(shared("small.zstd-chunked.oci-manifest.json").read_text())
+    position = manifest["layers"][0]["annotations"][
+        "io.github.containers.zstd-chunked.manifest-position"
+    ]
+    path = tmp_path / "cut.blob"
+    for length in (1, 8, 72, 500):
+        path.write_bytes(data[:-length])
+        with pytest.raises(ValidationError):
+            open_layer(path, manifest_position=position).tree()
+
+
+@pytest.mark.parametrize("name", [ESTARGZ, ESTARGZ_CHUNKED])
+def test_estargz_toc_member_crc_is_checked(name: str, tmp_path: Path) -> None:
+    data = bytearray(shared(name).read_bytes())
+    data[-51 - 8] ^= 1  # the CRC-32 of the TOC's gzip member, just before the footer
+    path = tmp_path / "bad.blob"
+    path.write_bytes(data)
+    error = _refused(path)
+    assert error.field == "toc"
+
+
+def test_tar_zst_frames_of_every_shape_are_followed(tmp_path: Path) -> None:
+    """Frames with and without checksums or content sizes, pzstd's skippable
+    frames between them: accepted whole, refused cut anywhere."""
+    raw = _small_tar_bytes()
+    pieces = [raw[i : i + 1500] for i in range(0, len(raw), 1500)]
+    out = b""
+    for i, piece in enumerate(pieces):
+        compressor = zstandard.ZstdCompressor(
+            level=1 + i % 5, write_checksum=bool(i % 2), write_content_size=bool(i % 3)
+        )
+        out += struct.pack("<II", 0x184D2A50, 4) + struct.pack("<I", i)  # as pzstd writes
+        out += compressor.compress(piece)
+    path = tmp_path / "frames.tar.zst"
+    path.write_bytes(out)
+    assert len(open_layer(path).tree()) > 1
+    for length in range(1, 600):
+        path.write_bytes(out[:-length])
+        _refused(path)
+
+
+def test_zeros_after_the_tar_end_are_bounded(tmp_path: Path) -> None:
+    raw = _small_tar_bytes() + bytes(64 << 20)
+    path = tmp_path / "zeros.tar.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=19).compress(raw))
+    assert open_layer(path).tree()
+    with pytest.raises(ValidationError, match="max_hole_ratio"):
+        open_layer(path, limits=Limits(max_hole_ratio=100)).tree()

@@ -8,8 +8,19 @@
 * ``"estargz"``: gzip members ending in the 51-byte ``STARGZ`` footer; the
   TOC is ``stargz.index.json``.
 * ``"tar"``: anything else that is a tar, a gzip-compressed tar or a
-  zstd-compressed tar (a zstd:chunked blob whose footer is gone *is* a valid
-  ``tar.zst``, and is read as one).
+  zstd-compressed tar.  A damaged zstd:chunked or eStargz blob is never
+  downgraded to one: a blob whose footer is gone or damaged but that still
+  holds zstd:chunked skippable frames (TOC, tar-split, footer) or an eStargz
+  ``stargz.index.json`` is refused as it is read (:class:`ZstdFrameCheck`,
+  :mod:`.tar`), and a zstd:chunked blob, even one located through the
+  ``manifest-position`` annotation, must end in its footer, after its TOC
+  and tar-split frames (:mod:`.zstd_chunked`).
+
+Integrity of the whole blob: every gzip member and zstd frame read must be
+complete, with its checksum verified (CRC-32 and size for gzip, the content
+checksum of a zstd frame that has one); a stream that ends inside a member
+or frame is refused (:class:`GzipMembers`, :class:`ZstdFrameCheck`).  How a
+tar must end is in :mod:`.tar`.
 
 Every layer gives its :class:`~composefs_py.model.Tree` (:meth:`Layer.tree`)
 and imports its regular files' contents into an
@@ -298,7 +309,7 @@ def sniff_format(path: str | os.PathLike[str], *, manifest_position: str | None 
         head = blob.read(512)
         tail_size = min(size, ZSTD_CHUNKED_FOOTER_SIZE)
         tail = os.pread(blob.fileno(), tail_size, size - tail_size)
-    if head.startswith(ZSTD_MAGIC):
+    if is_zstd_start(head):
         if manifest_position is not None or has_zstd_chunked_footer(tail):
             return "zstd:chunked"
         return "tar"
@@ -324,6 +335,13 @@ def has_zstd_chunked_footer(tail: bytes) -> bool:
 
 def is_skippable_frame_magic(value: int) -> bool:
     return _SKIPPABLE_MIN <= value <= _SKIPPABLE_MAX
+
+
+def is_zstd_start(head: bytes) -> bool:
+    """Whether a blob starting with ``head`` is zstd: a frame or a skippable frame (pzstd)."""
+    return head.startswith(ZSTD_MAGIC) or (
+        len(head) >= 4 and is_skippable_frame_magic(int.from_bytes(head[:4], "little"))
+    )
 
 
 def is_estargz_footer(tail: bytes) -> bool:
@@ -880,15 +898,18 @@ class GzipMembers:
 
     Each ``read(n)`` returns at most ``n`` bytes (zlib's ``max_length``), so a
     decompression bomb never holds more than ``n`` bytes in memory.  Damaged
-    data raises ``zlib.error``; data that ends inside a member just ends.
+    data raises ``zlib.error``, and so does data that ends inside a member
+    (its trailer, CRC-32 and size, is then missing): every member that is
+    read to its end has its CRC-32 and size checked by zlib.
     """
 
-    __slots__ = ("_inflate", "_pending", "_raw")
+    __slots__ = ("_inflate", "_pending", "_raw", "_started")
 
     def __init__(self, raw: Decoder) -> None:
         self._raw = raw
         self._inflate = zlib.decompressobj(31)
         self._pending = b""
+        self._started = False
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
@@ -899,7 +920,10 @@ class GzipMembers:
             feed = self._pending or self._raw.read(_FEED_SIZE)
             self._pending = b""
             if not feed:
+                if self._started:
+                    raise zlib.error("the data ends inside a gzip member (its trailer is missing)")
                 break
+            self._started = True
             inflate = self._inflate
             data = inflate.decompress(feed, n - got)
             if data:
@@ -908,9 +932,124 @@ class GzipMembers:
             if inflate.eof:
                 self._pending = inflate.unused_data
                 self._inflate = zlib.decompressobj(31)
+                self._started = False
             else:
                 self._pending = inflate.unconsumed_tail
         return b"".join(parts)
 
     def readable(self) -> bool:
         return True
+
+
+class ZstdFrameCheck:
+    """Passes ``raw``'s bytes through, following their zstd frame structure.
+
+    libzstd checks what it decodes (block contents, a frame's content
+    checksum), but a stream that simply stops inside a frame decodes to a
+    shorter output without an error.  This reader walks the frames' headers
+    and block headers (RFC 8878 section 3.1) as the bytes go by, at no extra
+    read, and raises ``zstandard.ZstdError`` when the input ends anywhere but
+    between two frames.  A skippable frame that holds a zstd frame or the
+    zstd:chunked footer (a TOC, a tar-split, the footer: what only a
+    zstd:chunked blob stores) raises ValidationError: such a blob is never
+    read as a plain ``tar.zst``.  Other skippable frames (pzstd's) are fine.
+    """
+
+    __slots__ = ("_after", "_checksum", "_head", "_need", "_raw", "_skip", "_skippable", "_state")
+
+    def __init__(self, raw: Decoder) -> None:
+        self._raw = raw
+        self._state = "magic"
+        self._need = 4
+        self._head = b""
+        self._skip = 0
+        self._after = "magic"
+        self._checksum = False
+        self._skippable = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n if n >= 0 else _FEED_SIZE)
+        if data:
+            self._scan(data)
+        elif self._state != "magic" or self._head or self._skip:
+            raise zstandard_error("the data ends inside a zstd frame (the blob is cut short)")
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def _scan(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                pos += step
+                self._skip -= step
+                if not self._skip:
+                    self._enter(self._after)
+                continue
+            take = min(self._need - len(self._head), end - pos)
+            self._head += data[pos : pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                head, self._head = self._head, b""
+                self._header(head)
+
+    def _enter(self, state: str) -> None:
+        if state == "checksum":  # a frame's last 4 bytes: its content checksum
+            self._state, self._skip, self._after = state, 4, "magic"
+            return
+        self._state = state
+        self._need = {"magic": 4, "fhd": 1, "block": 3, "skipsize": 4}.get(state, self._need)
+
+    def _skip_then(self, count: int, state: str) -> None:
+        if count:
+            self._skip, self._after = count, state
+        else:
+            self._enter(state)
+
+    def _header(self, head: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(head, "little")
+            if head == ZSTD_MAGIC:
+                self._enter("fhd")
+            elif is_skippable_frame_magic(magic):
+                self._enter("skipsize")
+            else:
+                raise zstandard_error(f"not a zstd frame (magic 0x{magic:08x})")
+        elif state == "fhd":
+            fhd = head[0]
+            single = (fhd >> 5) & 1
+            self._checksum = bool(fhd & 4)
+            size = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+            self._skip_then(size, "block")
+        elif state == "block":
+            value = int.from_bytes(head, "little")
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise zstandard_error("reserved zstd block type")
+            nxt = "block" if not value & 1 else ("checksum" if self._checksum else "magic")
+            self._skip_then(1 if kind == 1 else size, nxt)
+        elif state == "skipsize":
+            size = int.from_bytes(head, "little")
+            self._skippable = size
+            look = size if size == ZSTD_CHUNKED_FOOTER_SIZE - 8 else min(size, 4)
+            self._state, self._need = "skippayload", look
+            if not look:
+                self._enter("magic")
+        elif state == "skippayload":
+            if head.startswith(ZSTD_MAGIC) or head.endswith(ZSTD_CHUNKED_FOOTER_MAGIC):
+                raise ValidationError(
+                    "a zstd blob holding zstd:chunked skippable frames (TOC, tar-split "
+                    "or footer) but no valid zstd:chunked footer at its end: a damaged "
+                    "zstd:chunked blob, refused rather than read as a plain tar.zst",
+                    field="footer",
+                )
+            self._skip_then(self._skippable - len(head), "magic")
+
+
+def zstandard_error(message: str) -> Exception:
+    import zstandard
+
+    return zstandard.ZstdError(message)

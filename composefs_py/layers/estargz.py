@@ -10,7 +10,11 @@ its own in a gzip member whose offset the 51-byte footer gives::
 
 The footer's structure is checked byte by byte and it must decompress to
 nothing; the TOC's tar header and size are checked, and its decompression
-stops at ``limits.max_input_bytes``.
+stops at ``limits.max_input_bytes``.  The TOC's gzip member is read to its
+end (only zero blocks, at most 1 MiB, may follow the JSON), so its CRC-32
+and size are checked and a blob cut inside it is refused.  A blob whose
+footer is gone is sniffed as a ``tar.gz``; the tar reader refuses it when
+it meets ``stargz.index.json`` (a damaged eStargz blob is never downgraded).
 
 Cost: the footer is a fixed 51-byte read; the TOC's tar header is one block
 and its declared size is checked against ``Limits.max_input_bytes`` before
@@ -46,6 +50,8 @@ TOC_NAME = "stargz.index.json"
 _FOOTER_HEAD = struct.Struct("<4s4sBBH2sH16s6s")
 _OFFSET = re.compile(rb"[0-9a-f]{16}")
 _TAR_BLOCK = 512
+#: Bytes allowed between the TOC and the footer (tar padding, end-of-archive blocks).
+_TAIL_MAX = 1 << 20
 
 
 class EstargzLayer(TocLayer):
@@ -140,11 +146,28 @@ def _read_toc(fd: int, start: int, end: int, limits: Limits) -> bytes:
                 field="toc",
             )
         toc = _read_full(reader, info.size)
+        if len(toc) == info.size:
+            _check_tail(reader)
     except zlib.error as exc:
         raise ValidationError(f"the TOC cannot be decompressed: {exc}", field="toc") from None
     if len(toc) != info.size:
         raise ValidationError(f"the TOC is cut short: {len(toc)} of {info.size} bytes", field="toc")
     return toc
+
+
+def _check_tail(reader: GzipMembers) -> None:
+    """What follows the TOC up to the footer: the tar's padding and zero
+    blocks, at most ``_TAIL_MAX`` bytes, read to the end so that zlib checks
+    the TOC member's CRC-32 and size (and that it is not cut short)."""
+    tail = 0
+    while data := reader.read(_TAR_BLOCK * 16):
+        tail += len(data)
+        if tail > _TAIL_MAX or data.count(0) != len(data):
+            raise ValidationError(
+                f"after the TOC only zero blocks (at most {_TAIL_MAX} bytes) may come "
+                "before the footer",
+                field="toc",
+            )
 
 
 def _read_full(reader: GzipMembers, size: int) -> bytes:

@@ -27,10 +27,28 @@ do not parse, an extended header with no member after it, and members
 whose data the archive does not hold.  Hardlink members never carry data
 (their size is ignored, as GNU tar and Go write them).
 
+How a tar must end: every member complete (header, data, padding to a
+512-byte block), then either the end of the stream right there or a zero
+block followed by nothing but zero blocks to the end of the stream (the
+usual two, and any record padding).  A stream that ends inside a block, or
+has anything but zeros after the first zero block, is refused.  That is
+what GNU tar and Go's ``archive/tar`` both accept (each takes a stream that
+ends after a complete member; Go refuses a zero block followed by a
+non-zero one), made strict where they differ: GNU tar only warns of a lone
+zero block and stops reading there, Go stops after two; this reader reads
+to the end, so that a compressed tar's last gzip member or zstd frame is
+checked whole.  A gzip tar holding ``stargz.index.json`` is a damaged
+eStargz blob (its footer is gone), and is refused.
+
 Cost model (every bound checked *before* the memory or the write it bounds):
 
 * Input: one pass over the decompressed stream, ``_READ_SIZE`` (1 MiB) at a
-  time; nothing is read twice and nothing after the end-of-archive block.
+  time; nothing is read twice.  After the end-of-archive block the rest of
+  the stream is read (to check it is zeros and the compression is whole),
+  at most ``Limits.max_hole_ratio`` times the blob's size, counted as it is
+  read.  A ``tar.zst``'s frame structure is followed by
+  :class:`~composefs_py.layers.ZstdFrameCheck` as the bytes go by (a few
+  header bytes per block, no second read).
 * Members: ``Limits.max_entries`` members, counted as each header is read.
 * Names: a GNU long name or long link name longer than
   ``Limits.max_path_bytes`` (``max_symlink_bytes`` for a link) is refused
@@ -84,7 +102,14 @@ from ..errors import ValidationError
 from ..limits import Limits
 from ..model import Tree
 from ..objects import ObjectStore, update_with_zeros
-from . import GZIP_MAGIC, ZSTD_MAGIC, GzipMembers, Layer, with_store_names
+from . import (
+    GZIP_MAGIC,
+    GzipMembers,
+    Layer,
+    ZstdFrameCheck,
+    is_zstd_start,
+    with_store_names,
+)
 
 __all__ = ["MAX_EXTENDED_HEADER_BYTES", "TarLayer", "extended_header_cap"]
 
@@ -111,6 +136,7 @@ _DECIMAL = re.compile(rb"[0-9]{1,20}")
 _EPOCH = datetime.datetime(1970, 1, 1)
 _READ_SIZE = 1 << 20
 _ZERO_BLOCK = bytes(_BLOCK)
+_ESTARGZ_TOC = re.compile(r"(\./)?/*stargz\.index\.json")
 #: Largest pax or GNU long-name header ever read into memory.
 MAX_EXTENDED_HEADER_BYTES = 16 << 20
 #: Extended headers (pax, long name, long link) allowed before one member.
@@ -146,7 +172,7 @@ class TarLayer(Layer):
             head = blob.read(4)
         if head.startswith(GZIP_MAGIC):
             self.compression = "gzip"
-        elif head.startswith(ZSTD_MAGIC):
+        elif is_zstd_start(head):
             self.compression = "zstd"
         else:
             self.compression = "none"
@@ -188,7 +214,7 @@ class TarLayer(Layer):
             return cast(
                 IO[bytes],
                 zstandard.ZstdDecompressor().stream_reader(
-                    raw, read_across_frames=True, closefd=False
+                    cast(BinaryIO, ZstdFrameCheck(raw)), read_across_frames=True, closefd=False
                 ),
             )
         return raw
@@ -214,6 +240,15 @@ class TarLayer(Layer):
                 reader = _MemberReader(_Stream(self._open(raw)), limits, blob_size)
                 for member in reader:
                     entry = _entry(member)
+                    if self.compression == "gzip" and _ESTARGZ_TOC.fullmatch(member.name):
+                        raise ValidationError(
+                            "a gzip tar holding stargz.index.json but no valid eStargz "
+                            "footer at its end: a damaged eStargz blob, refused rather "
+                            "than read as a plain tar.gz",
+                            entry=member.index,
+                            path=member.name,
+                            field="footer",
+                        )
                     if entry["type"] == "reg" and member.real_size:
                         digest, payload = _content(reader, member, store, progress)
                         entry["digest"] = "sha256:" + digest
@@ -349,6 +384,8 @@ class _MemberReader:
                     raise self.fail("empty: not a tar", "type")
                 if pending.count:
                     raise self.fail("an extended header with no member after it", "type")
+                if block:
+                    self._trailer()
                 return
             header = _Header.parse(block, self)
             kind = header.kind
@@ -362,6 +399,39 @@ class _MemberReader:
             self._left = member.size
             yield member
             self.index += 1
+
+    def _trailer(self) -> None:
+        """After the first zero block: only zero blocks, to the end of the stream.
+
+        Reading to the end makes the decompressor check that the last gzip
+        member or zstd frame is whole (trailer, checksum).  The zeros are at
+        most ``Limits.max_hole_ratio`` times the blob's size (what zstd can
+        expand zeros to), counted as they are read.
+        """
+        stream = self.stream
+        budget = self._hole_budget
+        start = stream.offset
+        while True:
+            data = stream.read(_READ_SIZE)
+            if not data:
+                break
+            if data.count(0) != len(data):
+                raise self.fail(
+                    "data after the end-of-archive zero block (a tar ends in zero blocks only)",
+                    "type",
+                )
+            if stream.offset - start > budget:
+                raise self.fail(
+                    f"more than {budget} zero bytes after the end of the archive "
+                    "(limits.max_hole_ratio times the blob's size)",
+                    "type",
+                )
+        if stream.offset % _BLOCK:
+            raise self.fail(
+                f"the tar ends {stream.offset % _BLOCK} bytes into a block after its end "
+                "(cut short, or not a tar)",
+                "type",
+            )
 
     def fail(self, reason: str, field: str, path: str | None = None) -> ValidationError:
         return ValidationError(reason, entry=self.index, path=path, field=field)

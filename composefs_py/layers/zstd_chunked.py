@@ -14,8 +14,13 @@ The footer is eight little-endian u64: TOC offset (of the payload, after the
 fields as ``"offset:compressedLen:uncompressedLen:type"``; containers/storage
 locates the TOC only through it.  Every field is checked against the blob
 before it is used, and the TOC's decompression stops at its declared size.
+The footer is read and checked even when the annotation is given (every
+writer ends the blob with it; the annotation must agree with it): the TOC's
+frame, the tar-split's frame and the footer must end the blob in that order,
+so a blob cut short, even by one byte, is refused and never read as a
+plain ``tar.zst``.
 
-Cost: the footer and frame header are fixed-size reads; the compressed TOC
+Cost: the footer and the two frame headers are fixed-size reads; the compressed TOC
 is read once (its length is checked against the blob first), and inflated
 1 MiB at a time up to its declared uncompressed length, itself at most
 ``Limits.max_input_bytes`` (checked before inflating; a frame that gives
@@ -107,13 +112,20 @@ class ZstdChunkedLayer(TocLayer):
         super().__init__(path, toc_digest=toc_digest, limits=limits)
 
     def _locate_toc(self, fd: int) -> None:
+        footer, footer_kind, split = _read_footer(fd, self.blob_size)
         if self._manifest_position is not None:
             position, kind = parse_manifest_position(self._manifest_position)
             field = "manifest_position"
         else:
-            position, kind = _read_footer(fd, self.blob_size)
+            position, kind = footer, footer_kind
             field = "footer"
         self.position = _check_position(fd, self.blob_size, position, kind, field, self.limits)
+        if (footer, footer_kind) != (position, kind):
+            raise ValidationError(
+                f"the annotation gives the TOC at {position}, the blob's footer at {footer}",
+                field=field,
+            )
+        _check_layout(fd, self.blob_size, position, split)
 
     @property
     def data_end(self) -> int:
@@ -174,7 +186,12 @@ class ZstdChunkedLayer(TocLayer):
         return _decompress_toc(compressed, self.position.uncompressed_length)
 
 
-def _read_footer(fd: int, size: int) -> tuple[TocPosition, int]:
+def _read_footer(fd: int, size: int) -> tuple[TocPosition, int, TocPosition]:
+    """The footer's TOC position, manifest type and tar-split position.
+
+    Read even when the annotation locates the TOC: every zstd:chunked writer
+    ends the blob with it, and a blob without it is damaged (cut short).
+    """
     if size < ZSTD_CHUNKED_FOOTER_SIZE + len(ZSTD_MAGIC):
         raise ValidationError(
             f"a zstd:chunked blob is more than {ZSTD_CHUNKED_FOOTER_SIZE} bytes, this one {size}",
@@ -192,7 +209,42 @@ def _read_footer(fd: int, size: int) -> tuple[TocPosition, int]:
     if tail[-8:] != ZSTD_CHUNKED_FOOTER_MAGIC:
         raise ValidationError("footer magic is not GNUlInUx", field="footer")
     offset, compressed, uncompressed, kind = fields[:4]
-    return TocPosition(offset, compressed, uncompressed), kind
+    return TocPosition(offset, compressed, uncompressed), kind, TocPosition(*fields[4:7])
+
+
+def _check_layout(fd: int, size: int, toc: TocPosition, split: TocPosition) -> None:
+    """The TOC's frame, the tar-split's frame (if any) and the footer end the blob, in order.
+
+    One fixed-size read (the tar-split's frame header): a blob cut short or
+    with bytes between or after these frames is refused.
+    """
+    header = _SKIPPABLE_HEADER.size
+    footer_start = size - ZSTD_CHUNKED_FOOTER_SIZE
+    toc_end = toc.offset + toc.compressed_length
+    if split.offset == 0 and split.compressed_length == 0:
+        if toc_end != footer_start:
+            raise ValidationError(
+                f"the TOC ends at {toc_end}, not where the footer starts ({footer_start})",
+                field="footer",
+            )
+        return
+    if split.offset != toc_end + header or split.offset + split.compressed_length != footer_start:
+        raise ValidationError(
+            f"the tar-split at offset {split.offset}, {split.compressed_length} bytes, must "
+            f"follow the TOC (ending at {toc_end}) and end where the footer starts "
+            f"({footer_start})",
+            field="footer",
+        )
+    magic, frame_size = _SKIPPABLE_HEADER.unpack(
+        read_exact(fd, split.offset - header, header, "tar-split frame header")
+    )
+    if not is_skippable_frame_magic(magic) or frame_size != split.compressed_length:
+        raise ValidationError(
+            f"the tar-split at offset {split.offset} is not the payload of a "
+            f"{split.compressed_length}-byte skippable frame (header magic 0x{magic:08x}, "
+            f"size {frame_size})",
+            field="footer",
+        )
 
 
 def _check_position(
