@@ -1505,3 +1505,17 @@ def test_zeros_after_the_tar_end_are_bounded(tmp_path: Path) -> None:
     assert open_layer(path).tree()
     with pytest.raises(ValidationError, match="max_hole_ratio"):
         open_layer(path, limits=Limits(max_hole_ratio=100)).tree()
+
+
+def test_manifest_position_must_agree_with_the_footer() -> None:
+    with pytest.raises(ValidationError, match="footer") as info:
+        open_layer(shared(ZSTD_CHUNKED), manifest_position="1605729:9126:42438:1")
+    assert info.value.field == "manifest_position"
+
+
+def test_zstd_chunked_with_bytes_after_the_tar_split_is_refused(tmp_path: Path) -> None:
+    data = shared(ZSTD_CHUNKED).read_bytes()
+    path = tmp_path / "padded.blob"
+    path.write_bytes(data[:-72] + bytes(16) + data[-72:])
+    with pytest.raises(ValidationError, match="tar-split"):
+        open_layer(path)
