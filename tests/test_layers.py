@@ -19,6 +19,7 @@ import stat
 import struct
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1519,3 +1520,20 @@ def test_zstd_chunked_with_bytes_after_the_tar_split_is_refused(tmp_path: Path) 
     path.write_bytes(data[:-72] + bytes(16) + data[-72:])
     with pytest.raises(ValidationError, match="tar-split"):
         open_layer(path)
+
+
+@pytest.mark.parametrize("name", [ESTARGZ, ESTARGZ_CHUNKED])
+def test_estargz_file_member_crc_is_checked_on_import(name: str, tmp_path: Path) -> None:
+    data = bytearray(shared(name).read_bytes())
+    toc = json.loads(open_layer(shared(name)).toc_bytes())
+    entry = next(e for e in toc["entries"] if e["type"] == "reg" and e.get("size", 0) > 100)
+    inflate = zlib.decompressobj(31)
+    inflate.decompress(bytes(data[entry["offset"] :]))
+    member_end = len(data) - len(inflate.unused_data)
+    data[member_end - 8] ^= 1  # the CRC-32 of the member holding the file's first data
+    path = tmp_path / "bad.blob"
+    path.write_bytes(data)
+    with pytest.raises(ValidationError, match="data check") as info:
+        open_layer(path).import_objects(ObjectStore(tmp_path / "objects"), progress=False)
+    assert info.value.path is not None
+    assert not store_files(tmp_path / "objects")

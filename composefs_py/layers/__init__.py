@@ -38,8 +38,10 @@ has its own, in :mod:`.tar`):
   pass over the entries plus a sort of their offsets.
 * File data: each chunk is read from its ``offset`` up to the next larger
   offset of any TOC entry, or the TOC's start; never to the end of the
-  blob.  :func:`schedule` orders the files by where their data is and
-  refuses files whose data overlap or interleave, so each compressed byte
+  blob.  eStargz reads each range to its end (the rest of its last gzip
+  member and the tar headers up to the next offset), so that every
+  member's CRC-32 and size are checked.  :func:`schedule` orders the
+  files by where their data is and refuses files whose data overlap or interleave, so each compressed byte
   of the data region is decoded at most once (files that share a gzip
   member through ``innerOffset`` are served from one pass), and the bytes
   read are at most the data region.  A whole-file read
@@ -159,6 +161,8 @@ class TocLayer(Layer):
     inner_offsets: ClassVar[bool] = False
     #: zstd:chunked: ``chunkType: "zeros"`` chunks are holes, not read from the blob.
     zero_chunks: ClassVar[bool] = False
+    #: eStargz: each range read is read to its end, so every gzip member's CRC-32 is checked.
+    check_whole_units: ClassVar[bool] = False
     #: Exceptions the decompressor raises on damaged data.
     decode_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
@@ -801,6 +805,8 @@ def _import_job(
                     for segment in source.segments:
                         _copy_segment(fd, segment, reading, out, layer, progress)
                 stored[source.sha256] = out.commit()
+            if source is job[-1]:
+                _finish_range(reading, layer)
         except layer.decode_errors as exc:
             raise ValidationError(
                 f"file data cannot be decompressed: {exc}",
@@ -830,6 +836,7 @@ def _copy_segment(
             progress.advance(nbytes=segment.length)
         return
     if reading.decoder is None or reading.start != segment.start:
+        _finish_range(reading, layer)
         reading.decoder = layer.open_decoder(RangeReader(fd, segment.start, segment.end))
         reading.start, reading.position = segment.start, 0
     decoder = reading.decoder
@@ -855,6 +862,23 @@ def _copy_segment(
         if progress is not None:
             progress.advance(nbytes=len(data))
     reading.position = segment.skip + segment.length
+
+
+def _finish_range(reading: _Reading, layer: TocLayer) -> None:
+    """Read the rest of the range being decoded, if the format checks its units whole.
+
+    eStargz: a range is whole gzip members (its files' data, then the tar
+    headers of the entries up to the next offset); reading it to its end has
+    zlib check each member's CRC-32 and size, and refuses one cut short.
+    Each byte is still decoded once (the decoder goes on from where the
+    files' data ended).
+    """
+    decoder = reading.decoder
+    if decoder is None or not layer.check_whole_units:
+        return
+    reading.decoder = None
+    while decoder.read(_READ_SIZE):
+        pass
 
 
 def with_store_names(

@@ -60,6 +60,7 @@ class EstargzLayer(TocLayer):
     format = "estargz"
     decode_errors = (zlib.error,)
     inner_offsets = True
+    check_whole_units = True
 
     def _locate_toc(self, fd: int) -> None:
         self.toc_offset = _read_footer(fd, self.blob_size)
