@@ -37,15 +37,15 @@ has its own, in :mod:`.tar`):
   then ``parse_toc`` applies every other limit.  :func:`plan_sources` is one
   pass over the entries plus a sort of their offsets.
 * File data: each chunk is read from its ``offset`` up to the next larger
-  offset of any TOC entry, or the TOC's start; never to the end of the
-  blob.  eStargz reads each range to its end (the rest of its last gzip
-  member and the tar headers up to the next offset), so that every
-  member's CRC-32 and size are checked.  :func:`schedule` orders the
-  files by where their data is and refuses files whose data overlap or interleave, so each compressed byte
-  of the data region is decoded at most once (files that share a gzip
+  offset of any TOC entry, or the TOC's start; never to the end of the blob.
+  eStargz reads each range to its end (the rest of its last gzip member and
+  the tar headers up to the next offset), so that every member's CRC-32 and
+  size are checked. :func:`schedule` orders the files by where their data is
+  and refuses files whose data overlap or interleave, so each compressed
+  byte of the data region is decoded at most once (files that share a gzip
   member through ``innerOffset`` are served from one pass), and the bytes
-  read are at most the data region.  A whole-file read
-  (``whole_content``) reads at most ``ZSTD_compressBound(size)`` bytes.
+  read are at most the data region. A whole-file read (``whole_content``)
+  reads at most ``ZSTD_compressBound(size)`` bytes.
 * Memory: decompression and copies go ``_READ_SIZE`` (1 MiB) at a time
   (a zstd frame's window is bounded by libzstd's default limit, 128 MiB);
   up to 4 threads, each with one decoder.
