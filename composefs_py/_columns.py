@@ -27,7 +27,7 @@ from __future__ import annotations
 import marshal
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, pairwise, repeat
 from operator import is_not, not_
@@ -57,7 +57,7 @@ from .model import (
     payloads_are_names,
 )
 
-__all__ = ["EMPTY_FILE", "NodeColumns", "Table", "columns_of", "moved", "tree_from_columns"]
+__all__ = ["EMPTY_FILE", "NodeColumns", "Table", "moved", "tree_from_columns"]
 
 _T = TypeVar("_T")
 Extra = tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
@@ -655,37 +655,6 @@ def _resolve_links(
         for link in walked:
             found[link] = at
     return found
-
-
-def columns_of(tree: Tree, paths: Sequence[bytes] | None = None) -> NodeColumns:
-    """``tree``'s nodes at ``paths`` (default: all, in Tree order) as columns."""
-    order = tree.paths if paths is None else paths
-    nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
-    links = {row: node.target for row, node in enumerate(nodes) if node.__class__ is Hardlink}
-    if links:
-        for row in links:
-            nodes[row] = EMPTY_FILE
-    extras = {
-        row: (node.content, node.fsverity_digest, node.xattrs)
-        for row, node in enumerate(nodes)
-        if node.content is not None or node.fsverity_digest is not None or node.xattrs
-    }
-    return NodeColumns(
-        paths=list(order),
-        mode=[node.mode for node in nodes],
-        uid=[node.uid for node in nodes],
-        gid=[node.gid for node in nodes],
-        mtime=[node.mtime for node in nodes],
-        mtime_nsec=[node.mtime_nsec for node in nodes],
-        size=[node.size for node in nodes],
-        data=[
-            node.payload if node.symlink_target is None else node.symlink_target for node in nodes
-        ],
-        nlink=[node.nlink for node in nodes],
-        rdev=[node.rdev for node in nodes],
-        links=links,
-        extras=extras,
-    )
 
 
 #: What a hardlink's row reads as (NodeColumns' rule).

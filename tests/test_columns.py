@@ -20,10 +20,40 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from composefs_py import Tree, ValidationError, dump, write_image
-from composefs_py._columns import NodeColumns, Table, columns_of, moved, tree_from_columns
+from composefs_py._columns import EMPTY_FILE, NodeColumns, Table, moved, tree_from_columns
 from composefs_py.limits import Limits
-from composefs_py.model import ROOT, TreeBuilder
+from composefs_py.model import ROOT, Hardlink, TreeBuilder
 from composefs_py.strategies import trees
+
+
+def columns_of(tree: Tree) -> NodeColumns:
+    """``tree``'s nodes, in Tree order, as the columns ``tree_from_columns`` takes."""
+    nodes: list[Any] = [tree[path] for path in tree.paths]
+    links = {row: node.target for row, node in enumerate(nodes) if node.__class__ is Hardlink}
+    for row in links:
+        nodes[row] = EMPTY_FILE
+    extras = {
+        row: (node.content, node.fsverity_digest, node.xattrs)
+        for row, node in enumerate(nodes)
+        if node.content is not None or node.fsverity_digest is not None or node.xattrs
+    }
+    return NodeColumns(
+        paths=list(tree.paths),
+        mode=[node.mode for node in nodes],
+        uid=[node.uid for node in nodes],
+        gid=[node.gid for node in nodes],
+        mtime=[node.mtime for node in nodes],
+        mtime_nsec=[node.mtime_nsec for node in nodes],
+        size=[node.size for node in nodes],
+        data=[
+            node.payload if node.symlink_target is None else node.symlink_target for node in nodes
+        ],
+        nlink=[node.nlink for node in nodes],
+        rdev=[node.rdev for node in nodes],
+        links=links,
+        extras=extras,
+    )
+
 
 _SMALL = Limits(
     max_entries=60,

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_columns import columns_of
 from test_upstream_assets import OPT_INS
 
 from composefs_py import _lockdown, read_image, sandbox, write_image
-from composefs_py._columns import INT_FIELDS, columns_of, tree_from_columns
+from composefs_py._columns import INT_FIELDS, tree_from_columns
 from composefs_py._worker import LIMIT_HEADER, RECORD_PARTS, RECORDS_HEADER
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
