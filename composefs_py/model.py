@@ -103,9 +103,16 @@ _OWN_OVERLAY_XATTRS = frozenset(
 )
 
 
+def is_object_name(payload: bytes) -> bool:
+    """Whether ``payload`` is an object name of the store, ``ab/`` + 62
+    lowercase hex digits: the one definition (the store checks it again
+    where it opens a file)."""
+    return _PAYLOAD_NAME(payload) is not None
+
+
 def payload_problem(payload: bytes) -> str | None:
     """Why ``payload`` is no object name of the store, or None."""
-    if _PAYLOAD_NAME(payload) is not None:
+    if is_object_name(payload):
         return None
     return (
         "must name an object of the store: 2 lowercase hex digits, '/', 62 lowercase "

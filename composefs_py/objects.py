@@ -91,6 +91,7 @@ from typing import BinaryIO, Literal, cast
 
 from .errors import LibraryError, ValidationError
 from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
+from .model import is_object_name
 
 __all__ = [
     "Naming",
@@ -104,7 +105,6 @@ __all__ = [
 Naming = Literal["sha256", "fsverity"]
 
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
-_PAYLOAD = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}")
 _TMP_PREFIX = ".tmp-"
 _COPY_SIZE = 1 << 20
 _OBJECT_MODE = 0o644
@@ -141,7 +141,7 @@ def payload_for_hex(hexdigest: str | bytes) -> bytes:
 
 def _hex_of(payload: bytes | str) -> str:
     raw = payload.encode("ascii", "replace") if isinstance(payload, str) else payload
-    if not _PAYLOAD.fullmatch(raw):
+    if not is_object_name(raw):
         raise ValidationError(
             f"an object name is 2 hex digits, '/', 62 hex digits; got {raw[:80]!r}",
             field="payload",
@@ -474,7 +474,7 @@ class ObjectStore:
                 continue
             for obj in self._list(fan):
                 payload = f"{top.name}/{obj.name}".encode()
-                if _PAYLOAD.fullmatch(payload) and obj.is_file(follow_symlinks=False):
+                if is_object_name(payload) and obj.is_file(follow_symlinks=False):
                     yield payload
 
     def _list(self, fd: int | None) -> list[os.DirEntry[str]]:

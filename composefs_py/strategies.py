@@ -46,7 +46,6 @@ import itertools
 import json
 import os
 import random
-import re
 import stat
 import struct
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from typing import Any, TypeAlias
 from hypothesis import strategies as st
 
 from .limits import LCFS_INLINE_CONTENT_MAX, Limits
-from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, name_of
+from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, is_object_name, name_of
 
 __all__ = [
     "HOSTILE_DUMPFILE_MUTATIONS",
@@ -1789,18 +1788,12 @@ def corrupted_blobs(draw: Draw, blob: bytes) -> bytes:
 # that each validator refuses it and that nothing outside the store is
 # reached through it.
 
-_OBJECT_NAME = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}")
 _HEX_DIGITS = b"0123456789abcdef"
 #: Bytes that are not lowercase hex digits: look-alikes, separators,
 #: controls, what dumpfile syntax escapes, and non-ASCII.
 _NOT_HEX = b"ABCDEFgGxXzZ./\\-_+:% \0\n\r\t\x0b\x0c\x7f\x80\xc3\xef\xff"
 #: Multi-byte look-alikes of hex digits (fullwidth, Arabic-Indic, Cyrillic).
 _LOOKALIKES = tuple(c.encode("utf-8") for c in ("\uff10", "\uff41", "\u0663", "\u0430", "\u0435"))
-
-
-def is_object_name(payload: bytes) -> bool:
-    """Whether ``payload`` is a digest-shaped object name, ``ab/`` + 62 lowercase hex."""
-    return _OBJECT_NAME.fullmatch(payload) is not None
 
 
 @st.composite
