@@ -26,11 +26,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from benchmarks.generate import toc_json
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
-from composefs_py import toc as toc_module
-from composefs_py.strategies import hostile_toc_cases, real_toc_paths, toc_cases
+from composefs_py.strategies import hostile_toc_cases, toc_cases
 from composefs_py.toc import parse_toc
+from composefs_py.toc._schema import key_count
 from composefs_py.writer import available_backends, write_image
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -1433,63 +1432,12 @@ def test_streamed_parse_accepts_what_the_whole_document_accepts() -> None:
     assert parse_toc('{"version":1,"entries":[]}') == parse_toc('{"entries":[ ],"version":1}')
 
 
-# -- the typed (msgspec) fast path gives what the json-module paths give ------------
-
-
-def _reference(raw: bytes, compat: str | None = None) -> Tree | None:
-    """The whole-document walk (``collect=True`` never takes a fast path)."""
-    try:
-        return parse_toc(raw, compat=compat, collect=True)
-    except ValidationError:
-        return None
-
-
-def _fast(raw: bytes, compat: str | None = None) -> Tree | None:
-    return toc_module._typed(raw, Limits(), compat)
-
-
-def test_typed_path_takes_a_realistic_toc_and_gives_the_reference_tree() -> None:
-    raw = toc_json(3000)
-    fast = _fast(raw)
-    assert fast is not None
-    assert fast == _reference(raw)
-    assert fast == parse_toc(raw)
-
-
-@pytest.mark.parametrize("compat", [None, "containers-storage"])
-def test_typed_path_takes_the_real_tocs_opaque_markers_and_all(compat: str | None) -> None:
-    paths = real_toc_paths()
-    if not paths:
-        pytest.skip("no real TOCs (shared testdata) here")
-    for path in paths:
-        raw = path.read_bytes()
-        assert b".wh..wh..opq" in raw
-        fast = _fast(raw, compat)
-        assert fast is not None, path.name
-        assert fast == _reference(raw, compat), path.name
-
-
-@given(case=toc_cases(max_entries=24), compat=st.sampled_from([None, "containers-storage"]))
-def test_typed_path_gives_the_reference_tree_or_steps_aside(
-    case: tuple[bytes, Tree], compat: str | None
-) -> None:
-    raw, _tree = case
-    fast = _fast(raw, compat)
-    assert fast is None or fast == _reference(raw, compat)
-
-
-@given(case=hostile_toc_cases())
-def test_typed_path_never_takes_what_the_reference_rejects(case: tuple[str, bytes]) -> None:
-    _mutation, raw = case
-    fast = _fast(raw)
-    if fast is not None:
-        assert fast == _reference(raw)
+# -- keys: every one counts (duplicates refused, unknown ones ignored) -----------------
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        # duplicate keys (msgspec itself keeps the last one)
         '{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":2}]}',
         '{"version":1,"entries":[{"type":"dir","name":"a","name":"a"}]}',
         '{"version":1,"version":1,"entries":[]}',
@@ -1499,21 +1447,32 @@ def test_typed_path_never_takes_what_the_reference_rejects(case: tuple[str, byte
         # escapes that look like key ends
         '{"version":1,"entries":[{"type":"dir","name":"a\\\\","name":"b"}]}',
         '{"version":1,"entries":[{"type":"dir","name":"a\\":","name":"b"}]}',
-        # unknown keys are ignored, but only the reference path ignores them
-        '{"version":1,"entries":[{"type":"dir","name":"a","x":[[[[[[1]]]]]]}]}',
-        '{"version":1,"entries":[],"x":{}}',
+        # a duplicate next to an unknown key
+        '{"version":1,"entries":[{"type":"dir","name":"a","x":1,"mode":1,"mode":1}]}',
     ],
 )
-def test_typed_path_steps_aside_for_duplicate_or_unknown_keys(text: str) -> None:
-    assert _fast(text.encode()) is None
+def test_duplicate_keys_are_refused_however_they_hide(text: str) -> None:
+    assert "duplicate key" in str(rejected(text.encode()))
 
 
-def test_typed_path_key_count_sees_through_escapes() -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version":1,"entries":[{"type":"dir","name":"a","x":[[[[[[1]]]]]]}]}',
+        '{"version":1,"entries":[{"type":"dir","name":"a"}],"x":{}}',
+        '{"version":1,"entries":[{"type":"dir","name":"a","userName":null,"groupName":{"a":1}}]}',
+    ],
+)
+def test_unknown_keys_are_ignored_wherever_they_are(text: str) -> None:
+    assert parse_toc(text.encode()) == parse_toc(toc({"type": "dir", "name": "a"}))
+
+
+def test_key_count_sees_through_escapes() -> None:
     text = r'{"version":1,"entries":[{"type":"dir","name":"a\\\"b\\"},{"type":"dir","name":"c"}]}'
     raw = text.encode()
     assert json.loads(raw)["entries"][0]["name"] == 'a\\"b\\'
-    assert toc_module._key_count(raw) == 6
-    assert _fast(raw) == _reference(raw)
+    assert key_count(raw) == 6
+    assert parse_toc(raw) == parse_toc(raw, collect=True)
 
 
 # ---------------------------------------------------------------------------
@@ -1571,32 +1530,9 @@ HEX64 = "0123456789abcdef" * 4
 
 
 def _every_path(raw: bytes) -> dict[str, str]:
-    """What each path of parse_toc makes of ``raw``: ``taken`` or its message.
-
-    bulk: ``_bulk`` (None is "left to the others"); typed: the typed
-    entries' own checks (``_Walker.typed_entries``); streamed: ``_streamed``
-    (which leaves every error to the whole-document path); walker: the
-    whole-document walk (``collect=True``); default: parse_toc itself.
-    """
-    limits = Limits()
+    """What parse_toc makes of ``raw``, collecting or not: ``taken`` or its (first) message."""
     out: dict[str, str] = {}
-    out["bulk"] = "left" if toc_module._bulk(raw, limits, None) is None else "taken"
-    head = toc_module._typed_document(raw, limits)
-    assert head is not None
-    walker = toc_module._Walker(limits, None, False, nulls=False, has_opaque=False)
-    try:
-        walker.typed_entries(head[0].entries)
-        walker.close_chain()
-        walker.builder.build()
-        out["typed"] = "taken"
-    except ValidationError as error:
-        out["typed"] = str(error)
-    try:
-        toc_module._streamed(raw.decode(), toc_module._Walker(limits, None, False))
-        out["streamed"] = "taken"
-    except toc_module._SlowPath:
-        out["streamed"] = "left"
-    for name, collect in (("walker", True), ("default", False)):
+    for name, collect in (("collect", True), ("default", False)):
         try:
             parse_toc(raw, collect=collect)
             out[name] = "taken"
@@ -1607,9 +1543,8 @@ def _every_path(raw: bytes) -> dict[str, str]:
 
 def _refused_alike(raw: bytes, field: str) -> str:
     paths = _every_path(raw)
-    assert paths["bulk"] == "left" and paths["streamed"] == "left", paths
-    message = paths["walker"]
-    assert paths["typed"] == paths["default"] == message, paths
+    message = paths["default"]
+    assert paths["collect"] == message, paths
     assert f": {field}: " in message, message
     return message
 

@@ -1,0 +1,353 @@
+"""The containers/storage TOC (zstd:chunked and eStargz) -> :class:`Tree`, one path.
+
+:func:`parse_toc` is the only way a TOC becomes a Tree.  The input is
+untrusted: every rejection is a :class:`ValidationError` naming the entry
+index, the entry's ``name`` as given and the JSON field, e.g.
+``entry 17 ("usr/bin/x"): uid: must be an integer in 0..4294967294, got -1``.
+
+Where each rule of DESIGN section 4 lives (each in one place):
+
+* JSON level (UTF-8, nesting depth, duplicate keys, NaN/Infinity, trailing
+  data, input size): ``_schema.read_input``, msgspec's decoder, and
+  ``_schema.strict_json`` where the key count says a key was not taken.
+* version, tarSplitDigest, entries: ``_schema.document_problems``.
+* type, and every field's JSON type and range (mode, uid/gid, size, devMajor/
+  devMinor, offsets, chunk fields, a bool is no integer, null is no value):
+  ``_schema.FIELDS``, run by msgspec, worded by ``_schema.field_problem``.
+* name cleaning: ``_rules.Batches.paths`` (``clean_name`` for odd names).
+* mode's type bits, size only on reg, times, digest, linkName, offsets, chunk
+  fields and chunk chains: the column rules of ``_rules.Batches``.
+* device numbers, xattrs (prefixes, base64, ACLs, space), whiteouts and
+  opaque markers, eStargz landmarks and index: ``_rules.Batches.rare_row``
+  and the helpers it calls, in document order.
+* parents, duplicates, hardlinks, counts, tree limits, overlay xattrs,
+  payload names: model.py (``TreeBuilder``; ``tree_from_columns`` proves the
+  same for a big tree at C speed).
+
+Decisions worth knowing: ``data`` is the JSON text (bytes-like or ``str``)
+or a path of a file holding it, UTF-8 without BOM.  Unknown keys are ignored,
+whatever they hold; eStargz's ``userName``/``groupName`` are declared.
+Whiteouts (default): ``.wh.NAME`` becomes a character device 0/0 named NAME
+(permission bits 0, the entry's owner and mtime); ``.wh..wh..opq`` sets
+``trusted.overlay.opaque=y`` on its directory; other ``.wh..wh.*`` (aufs) are
+skipped; a whiteout inside an opaque directory is dropped.
+``compat="containers-storage"`` keeps ``.wh.*`` entries as plain files, as
+containers/storage does.  ``chunk`` entries are checked, then dropped.
+
+Cost: linear in the document.  ``max_input_bytes`` is checked before a file
+is read whole, ``max_json_depth`` by a C-speed pre-scan before any decoder
+runs, ``max_entries`` on the entry count before any entry is decoded;
+entries are decoded 8192 at a time (the decoded ones never pile up), and
+every tree limit is model.py's, checked before the nodes it bounds are made.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from .._columns import NodeColumns, tree_from_columns
+from ..errors import ValidationError
+from ..limits import Limits
+from ..model import ROOT, Tree, TreeBuilder
+from ._rules import OPAQUE_XATTR, S_IFDIR, WH_OPAQUE, Batches, clean_name, field_rank, xattr_problem
+from ._schema import (
+    FIELDS,
+    NULLABLE,
+    TYPES,
+    TocSource,
+    document_decoder,
+    document_problems,
+    entry_decoder,
+    field_problem,
+    key_count,
+    read_input,
+    show,
+    strict_json,
+)
+
+__all__ = ["COMPAT_MODES", "TocSource", "parse_toc"]
+
+#: Values accepted for ``compat``.
+COMPAT_MODES = (None, "containers-storage")
+_BATCH = 8192
+_MAX_LISTED_PROBLEMS = 100
+_AT_ENTRY = re.compile(r"`\$\[(\d+)\]")
+
+
+def parse_toc(
+    data: TocSource,
+    *,
+    limits: Limits | None = None,
+    compat: str | None = None,
+    collect: bool = False,
+) -> Tree:
+    """Validate a containers/storage TOC (zstd:chunked or eStargz) and return its Tree.
+
+    ``compat="containers-storage"`` keeps ``.wh.*`` entries as plain files, so
+    the image matches podman's byte for byte.  ``collect=True`` reports every
+    problem: one :class:`ValidationError` whose ``problems`` holds them all.
+    """
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat mode {compat!r}; choose containers-storage or None")
+    limits = limits or Limits()
+    raw = read_input(data, limits)
+    return _Parse(raw, limits, compat, collect).run()
+
+
+class _Parse:
+    def __init__(self, raw: bytes, limits: Limits, compat: str | None, collect: bool) -> None:
+        self.raw, self.limits, self.collect = raw, limits, collect
+        self.whiteouts = compat is None
+        self.decoder, self.entry_type = entry_decoder(limits.max_file_size)
+        self.checked = False  # strict_json has passed on the document
+        self.pieces: list[Any] = []  # raw entries (msgspec.Raw), or decoded ones
+
+    def run(self) -> Tree:
+        raw = self.raw
+        if self.collect:
+            strict_json(raw)
+            self.checked = True
+        try:
+            document = document_decoder().decode(raw)
+            version, split, pieces = document.version, document.tarSplitDigest, document.entries
+            del document
+            raw_pieces = True
+        except msgspec.DecodeError:
+            value = strict_json(raw)  # says what is wrong with the JSON, if anything
+            self.checked = True
+            if value.__class__ is not dict:
+                raise ValidationError(f"the TOC must be a JSON object, got {show(value)}") from None
+            version, split = value.get("version", UNSET), value.get("tarSplitDigest", UNSET)
+            pieces = value.get("entries", UNSET)
+            raw_pieces = False  # JSON the typed decoder refuses (a lone surrogate escape)
+        top = document_problems(version, split, pieces)
+        if top and (not self.collect or pieces.__class__ is not list):
+            self.strict()
+            raise _combined(top)
+        assert isinstance(pieces, list)
+        if len(pieces) > self.limits.max_entries:
+            raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
+        self.pieces = pieces
+        opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
+        batches = Batches(self.limits, self.whiteouts, opaque, self.collect)
+        taken = 3 - (version is UNSET) - (split is UNSET)
+        for first in range(0, len(pieces), _BATCH):
+            taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
+            if batches.problems and not self.collect:
+                break
+        else:
+            batches.close_chain(len(pieces))
+        if not self.checked and ((raw_pieces and key_count(raw) != taken) or batches.problems):
+            self.strict()
+        problems = top + [error for _, (_, error) in sorted(batches.problems.items())]
+        if problems:
+            raise _combined(problems if self.collect else problems[:1])
+        return self.tree(batches, opaque)
+
+    def strict(self) -> None:
+        if not self.checked:
+            strict_json(self.raw)
+            self.checked = True
+
+    def batch(self, batches: Batches, pieces: list[Any], first: int, raw_pieces: bool) -> int:
+        """Decode ``pieces`` by the schema and check them; return the keys they held."""
+        keys = 0
+        while pieces:
+            try:
+                if raw_pieces:
+                    entries = self.decoder.decode(b"[" + b",".join(pieces) + b"]")
+                else:
+                    entries = msgspec.convert(pieces, list[self.entry_type])  # type: ignore[name-defined]
+            except msgspec.ValidationError as err:
+                found = _AT_ENTRY.search(str(err))
+                if found is None:  # pragma: no cover - msgspec always names the entry
+                    raise ValidationError(f"not valid JSON: {err}") from None
+                bad = int(found.group(1))
+                if bad:
+                    keys += self.batch(batches, pieces[:bad], first, raw_pieces)
+                piece = pieces[bad]
+                self.refused_entry(
+                    batches, first + bad, strict_json(bytes(piece)) if raw_pieces else piece
+                )
+                if not self.collect:
+                    return keys
+                pieces, first = pieces[bad + 1 :], first + bad + 1
+                continue
+            except msgspec.DecodeError as err:  # pragma: no cover - the document decoded
+                raise ValidationError(f"not valid JSON: {err}") from None
+            return keys + batches.batch(entries, first)
+        return keys
+
+    def refused_entry(self, batches: Batches, index: int, entry: object) -> None:
+        """Record the problems of an entry the schema refused, as a walk would find them.
+
+        Each field the schema refuses is worded by its rule and dropped; the
+        rest of the entry then goes through the other rules, and the first
+        problem in their order is the entry's.
+        """
+        if entry.__class__ is not dict:
+            batches.fail(index, -1, None, None, f"must be a JSON object, got {show(entry)}")  # type: ignore[arg-type]
+            return
+        assert isinstance(entry, dict)
+        name = entry.get("name")
+        if name.__class__ is not str:
+            batches.fail(index, -1, None, "name", f"must be a string, got {show(name)}")  # type: ignore[arg-type]
+            return
+        typ = entry.get("type")
+        if typ.__class__ is not str or typ not in TYPES:
+            batches.fail(
+                index, -1, name, "type", f"must be one of {', '.join(TYPES)}, got {show(typ)}"
+            )
+            return
+        for field in FIELDS:
+            if field in entry and entry[field] is None and field not in NULLABLE:
+                batches.fail(index, -1, name, field, "must not be null")
+                return
+        kept = {field: value for field, value in entry.items() if field in FIELDS}
+        for field in FIELDS:
+            if field not in kept:
+                continue
+            problem = field_problem(field, kept[field], self.limits)
+            if problem is None and field == "xattrs":
+                problem = next(
+                    (
+                        p
+                        for k, v in kept[field].items()
+                        if (p := xattr_problem(k, v, self.limits)).__class__ is str
+                    ),
+                    None,
+                )
+            if problem is not None:
+                rank = field_rank(field, typ)
+                batches.fail(index, rank, name, field, problem)
+                del kept[field]
+        try:
+            entries = msgspec.convert([kept], list[self.entry_type])  # type: ignore[name-defined]
+        except msgspec.ValidationError:  # pragma: no cover - every refused field is gone
+            return
+        batches.batch(entries, index)
+
+    def opaque_dirs(self, raw_pieces: bool) -> set[bytes]:
+        """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait)."""
+        found: set[bytes] = set()
+        if self.raw.find(WH_OPAQUE) < 0:
+            return found
+        for piece in self.pieces:
+            if raw_pieces:
+                if bytes(piece).find(WH_OPAQUE) < 0:
+                    continue
+                try:
+                    piece = msgspec.json.decode(piece)
+                except msgspec.DecodeError:
+                    continue
+            name = piece.get("name") if piece.__class__ is dict else None
+            if name.__class__ is not str or ".wh..wh..opq" not in name:
+                continue
+            try:
+                path = clean_name(name, self.limits)
+            except ValueError:
+                continue
+            if path.endswith(b"/" + WH_OPAQUE):
+                found.add(path[: path.rfind(b"/")] or ROOT)
+        return found
+
+    def name_of(self, index: int | None) -> object:
+        if index is None or not 0 <= index < len(self.pieces):
+            return None
+        piece = self.pieces[index]
+        if piece.__class__ is not dict:
+            piece = msgspec.json.decode(piece)
+        return piece.get("name") if piece.__class__ is dict else None
+
+    def tree(self, batches: Batches, opaque: set[bytes]) -> Tree:
+        paths, mode, uid, gid, mtime, nsec, size, data = batches.rows
+        entries = batches.entry
+        for directory in sorted(opaque - batches.opaque_done):
+            # no directory entry of its own: the marker makes (or marks) it
+            batches.extras[len(entries)] = (None, None, (OPAQUE_XATTR,))
+            entries.append(None)
+            for column, value in zip(
+                batches.rows, (directory, S_IFDIR | 0o755, 0, 0, 0, 0, 0, None), strict=True
+            ):
+                column.append(value)
+        rdev = None
+        if batches.rdev:
+            rdev = [0] * len(paths)
+            for row, value in batches.rdev.items():
+                rdev[row] = value
+        columns = NodeColumns(
+            paths,
+            mode,
+            uid,
+            gid,
+            mtime,
+            nsec,
+            size,
+            data,
+            None,
+            rdev,
+            batches.links,
+            batches.extras,
+        )
+        del batches
+        self.pieces_for_names = self.pieces
+        tree = tree_from_columns(
+            columns, self.limits, synthesize_parents=True, count_hardlinks=True
+        )
+        if tree is not None:
+            return tree
+        return self.build(columns, entries)
+
+    def build(self, columns: NodeColumns, entries: list[int | None]) -> Tree:
+        """The rows through a TreeBuilder, which says what is wrong with them."""
+        builder = TreeBuilder(
+            self.limits, synthesize_parents=True, duplicates="identical", count_hardlinks=True
+        )
+        problems: list[ValidationError] = []
+        for (path, node), index in zip(columns.nodes(), entries, strict=True):
+            try:
+                builder.add(path, node, entry=index)
+            except ValidationError as error:
+                if index is None:
+                    error = ValidationError(
+                        "holds a .wh..wh..opq marker but cannot be made opaque: " + error.reason,
+                        path=path,
+                        field="name",
+                    )
+                else:
+                    error = self.located(error, index)
+                if not self.collect:
+                    raise error from None
+                problems.append(error)
+        if problems:
+            raise _combined(problems)
+        try:
+            return builder.build()
+        except ValidationError as error:
+            raise self.located(error, None) from None
+
+    def located(self, error: ValidationError, index: int | None) -> ValidationError:
+        """A TreeBuilder's ``error`` located by the entry's name as given."""
+        where = error.entry if error.entry is not None else index
+        name = self.name_of(where)
+        return ValidationError(
+            error.reason,
+            entry=where,
+            path=name if isinstance(name, str) else error.path,
+            field="name" if error.field == "path" else error.field,
+        )
+
+
+def _combined(found: list[ValidationError]) -> ValidationError:
+    if len(found) == 1:
+        return found[0]
+    lines = [str(problem) for problem in found[:_MAX_LISTED_PROBLEMS]]
+    if len(found) > _MAX_LISTED_PROBLEMS:
+        lines.append(f"... and {len(found) - _MAX_LISTED_PROBLEMS} more")
+    return ValidationError(
+        f"{len(found)} problems:\n  " + "\n  ".join(lines), problems=tuple(found)
+    )

@@ -1,0 +1,948 @@
+"""The rules that tie fields of one entry, and entries of one chunk chain, as columns.
+
+A batch of entries the typed schema took (:mod:`._schema`) becomes columns,
+and each rule below runs over a column with C-level operations (``map``
+with operator functions, ``compress``, joins and counts); only a column
+that holds something wrong, or a row of a truly rare kind (device numbers,
+xattrs, whiteouts and opaque markers, eStargz's landmarks and index), is
+looked at row by row.  A problem is kept as (entry, rank, error): the first
+entry's first problem in the order below is the one reported, as a walk over
+the entries would find it.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from bisect import bisect_right
+from itertools import accumulate, compress, repeat
+from operator import add, and_, attrgetter, eq, is_not, le, lt, mul, ne, not_, or_, sub
+from typing import Any
+
+from msgspec import UNSET
+
+from .._acl import ACL_XATTR_NAMES, posix_acl_problem
+from ..errors import ValidationError
+from ..limits import Limits
+from ..model import ROOT
+from ._schema import FIELDS, NO_INT, digest_problem, show, time_problem
+
+S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
+S_IFCHR, S_IFBLK, S_IFIFO = 0o020000, 0o060000, 0o010000
+TYPE_BITS = {
+    "reg": S_IFREG, "dir": S_IFDIR, "symlink": S_IFLNK, "hardlink": S_IFREG,
+    "char": S_IFCHR, "block": S_IFBLK, "fifo": S_IFIFO, "chunk": 0,
+}  # fmt: skip
+EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
+WH, WH_META, WH_OPAQUE = b".wh.", b".wh..wh.", b".wh..wh..opq"
+LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
+STARGZ_INDEX = b"/stargz.index.json"
+_XATTR_PREFIXES = ("user.", "trusted.", "security.")
+_XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
+
+# ranks: the order in which one entry's problems are told (a chain's end is
+# found once the next entry's name is checked, before its other fields)
+R_CLOSE = 0.5
+(
+    R_NAME,
+    R_FOLLOW,
+    R_MODE,
+    R_SIZE,
+    R_TIME,
+    R_DEVICE,
+    R_XATTRS,
+    R_DIGEST,
+    R_OFFSETS,
+    R_CHUNK_FIELDS,
+    R_LINK,
+    R_CHUNK_SIZE,
+    R_CHAIN,
+    R_WHITEOUT,
+) = range(14)
+
+#: Where the schema's refusal of a field stands among the rules above.
+_FIELD_RANKS = {
+    "name": R_NAME, "mode": R_MODE - 0.2, "uid": R_MODE + 0.1, "gid": R_MODE + 0.2,
+    "size": R_MODE + 0.3, "modtime": R_TIME - 0.3, "accesstime": R_TIME - 0.2,
+    "changetime": R_TIME - 0.1, "devMajor": R_DEVICE - 0.2, "devMinor": R_DEVICE - 0.1,
+    "xattrs": R_XATTRS - 0.1, "digest": R_DIGEST - 0.1, "offset": R_OFFSETS - 0.3,
+    "endOffset": R_OFFSETS - 0.2, "innerOffset": R_OFFSETS - 0.1, "chunkSize": R_CHUNK_FIELDS + 0.1,
+    "chunkOffset": R_CHUNK_FIELDS + 0.2, "chunkDigest": R_CHUNK_FIELDS + 0.3,
+    "chunkType": R_CHUNK_FIELDS + 0.4, "linkName": R_LINK - 0.1,
+}  # fmt: skip
+
+
+def field_rank(field: str, typ: str) -> float:
+    """The rank of the schema's refusal of ``field`` (a chunk checks its chunk fields early)."""
+    rank = _FIELD_RANKS.get(field, -1)
+    if typ == "chunk" and field.startswith("chunk"):
+        rank = R_FOLLOW + 0.1
+    return rank
+
+
+_HEX_AS_0 = bytes.maketrans(b"123456789abcdef", b"0" * 15)
+_DIGITS_AS_0 = bytes.maketrans(b"123456789", b"0" * 9)
+_DIGEST_SHAPE = EMPTY_SHA256.encode().translate(_HEX_AS_0)
+_TIME_SHAPES = frozenset(
+    b"0000-00-00T00:00:00" + (b"." + b"0" * digits if digits else b"") + b"Z"
+    for digits in range(10)
+)
+_NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
+_FRACTION_SCALE = tuple(10 ** (9 - digits) for digits in range(10))
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_RFC3339: list[re.Pattern[str]] = []
+
+
+def is_digest(value: object) -> bool:
+    """``sha256:`` followed by 64 lowercase hex digits."""
+    return (
+        value.__class__ is str
+        and len(value) == 71
+        and value.startswith("sha256:")
+        and not value[7:].strip("0123456789abcdef")
+    )
+
+
+def all_digests(texts: list[Any]) -> bool:
+    """Each of ``texts`` but UNSET is a digest (each one's length too: two wrong
+    lengths could join into two right shapes)."""
+    given = list(compress(texts, map(is_not, texts, repeat(UNSET))))
+    if not given:
+        return True
+    joined = "".join(given)
+    return (
+        set(map(len, given)) == {71}
+        and joined.count("sha256:") == len(given)
+        and joined.isascii()
+        and joined.encode().translate(_HEX_AS_0) == _DIGEST_SHAPE * len(given)
+    )
+
+
+def parse_time(text: str) -> tuple[int, int] | None:
+    """An RFC 3339 date-time as (seconds since the epoch, nanoseconds); None: not one."""
+    if not _RFC3339:
+        _RFC3339.append(
+            re.compile(
+                r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
+                r"(?:[Zz]|([+-])(\d\d):(\d\d))",
+                re.ASCII,
+            )
+        )
+    match = _RFC3339[0].fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
+    frac, sign, off_h, off_m = match.groups()[6:]
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= (29 if month == 2 and leap else _DAYS_IN_MONTH[month]):
+        return None
+    # days from the civil date (proleptic Gregorian), H. Hinnant's algorithm
+    y = year - (month <= 2)
+    era, yoe = y // 400, y % 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    if sign is not None:
+        if int(off_h) > 23 or int(off_m) > 59:
+            return None
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds = seconds - offset if sign == "+" else seconds + offset
+    return seconds, int(frac.ljust(9, "0")) if frac else 0
+
+
+class _TimeParts(dict[str, int]):
+    """A date, ``HH:MM`` or ``SS`` -> its seconds, parsed on first sight."""
+
+    def __init__(self, template: str, at: int) -> None:
+        super().__init__()
+        self.template, self.at = template, at
+
+    def __missing__(self, part: str) -> int:
+        parsed = parse_time(self.template[: self.at] + part + self.template[self.at + len(part) :])
+        if parsed is None:
+            raise ValueError(part)
+        self[part] = parsed[0]
+        return parsed[0]
+
+
+def clean_name(name: str, limits: Limits) -> bytes:
+    """A tar-style relative name as a clean absolute path (raises ValueError: why not)."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogate escapes)") from None
+    if raw.find(b"\0") >= 0:
+        raise ValueError("must not contain NUL")
+    parts = [part for part in raw.split(b"/") if part and part != b"."]
+    if b".." in parts:
+        raise ValueError("must not contain a '..' component")
+    if not parts:
+        return ROOT
+    path = b"/" + b"/".join(parts)
+    if len(path) > limits.max_path_bytes:
+        raise ValueError(f"path longer than {limits.max_path_bytes} bytes")
+    if max(map(len, parts)) > limits.max_name_bytes:
+        raise ValueError(f"has a component longer than {limits.max_name_bytes} bytes")
+    return path
+
+
+_ODD_NAME = re.compile(r"\x00(?=[./\x00])|//|/\.")
+
+
+def _make_dev(major: int, minor: int) -> int:
+    """glibc's ``makedev`` (the encoding libcomposefs stores)."""
+    return ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
+
+
+def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[bytes, bytes]:
+    """What is wrong with one xattr, or its (name, value) as bytes."""
+    if not (key.startswith(_XATTR_PREFIXES) or key in _XATTR_EXACT):
+        return (
+            f"name {show(key)} has no known prefix (user., trusted., "
+            "security., system.posix_acl_access/default)"
+        )
+    try:
+        key_bytes = key.encode()
+    except UnicodeEncodeError:
+        return f"name {show(key)} is not valid Unicode"
+    top = limits.max_xattr_name_bytes
+    if len(key_bytes) > top or key_bytes.find(b"\0") >= 0 or key in _XATTR_PREFIXES:
+        return f"name {show(key)} must be 1..{top} bytes without NUL, with a name after the prefix"
+    if encoded.__class__ is not str:
+        return f"value of {show(key)} must be a base64 string, got {show(encoded)}"
+    try:
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
+    except ValueError:
+        return f"value of {show(key)} is not strict base64: {show(encoded)}"
+    if len(raw) > limits.max_xattr_value_bytes:
+        return f"value of {show(key)} is longer than {limits.max_xattr_value_bytes} bytes"
+    if key_bytes in ACL_XATTR_NAMES and (acl := posix_acl_problem(raw)) is not None:
+        return f"value of {show(key)}: {acl}"  # the kernel would refuse to show it
+    return key_bytes, raw
+
+
+_COLUMNS = tuple(FIELDS)
+_GET = {field: attrgetter(field) for field in _COLUMNS}
+
+
+class Batches:
+    """The entries of one TOC, batch by batch, checked and turned into node rows."""
+
+    def __init__(self, limits: Limits, whiteouts: bool, opaque: set[bytes], collect: bool) -> None:
+        self.limits = limits
+        self.whiteouts = whiteouts
+        self.collect = collect
+        self.opaque = opaque
+        self.opaque_done: set[bytes] = set()
+        self.problems: dict[int, tuple[float, ValidationError]] = {}
+        self.bookkeeping: dict[bytes, tuple[int, object]] = {}
+        self.days = _TimeParts("1970-01-01T00:00:00Z", 0)
+        self.minutes = _TimeParts("1970-01-01T00:00:00Z", 11)
+        self.seconds = _TimeParts("1970-01-01T00:00:00Z", 17)
+        self.chain: list[Any] | None = None  # [entry, name, path, size, covered]
+        # the node rows: (path, mode, uid, gid, mtime, nsec, size, data) columns ...
+        self.rows: tuple[list[Any], ...] = tuple([] for _ in range(8))
+        self.entry: list[int | None] = []
+        self.rdev: dict[int, int] = {}
+        self.links: dict[int, bytes] = {}
+        self.extras: dict[
+            int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
+        ] = {}
+
+    # -- problems ----------------------------------------------------------------
+
+    def fail(
+        self, index: int, rank: float, name: str, field: str, reason: str, at: int | None = None
+    ) -> None:
+        """Record a problem of entry ``index``, found at entry ``at`` (by default the same)."""
+        at = index if at is None else at
+        known = self.problems.get(at)
+        if known is None or rank < known[0]:
+            self.problems[at] = (rank, ValidationError(reason, entry=index, path=name, field=field))
+
+    # -- one batch ---------------------------------------------------------------
+
+    def batch(self, entries: list[Any], first: int) -> int:
+        """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
+        n = len(entries)
+        col = {field: list(map(get, entries)) for field, get in _GET.items()}
+        del entries
+        keys = 0
+        for field, values in col.items():
+            keys += n - values.count(NO_INT if FIELDS[field].kind == "int" else UNSET)
+        xattrs = col["xattrs"]
+        xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(UNSET))))
+        keys += sum(len(xattrs[row]) for row in xattr_rows)
+        types, names = col["type"], col["name"]
+        fail = self.fail
+
+        paths = self.paths(names, first)
+        is_chunk = list(map("chunk".__eq__, types))
+        not_reg = list(map("reg".__ne__, types))
+        modes = col["mode"]
+        for kind, mode in set(zip(types, modes, strict=True)):
+            if mode > 0o7777 and mode & S_IFMT != TYPE_BITS[kind]:
+                reason = f"file type bits 0o{mode & S_IFMT:o} do not match type {kind}"
+                for row in self.rows_of(types, kind, modes, mode):
+                    fail(first + row, R_MODE, names[row], "mode", reason)
+        sizes = col["size"]
+        sized = list(map(lt, repeat(0), sizes))
+        for row in compress(range(n), map(and_, sized, map(and_, not_reg, map(not_, is_chunk)))):
+            fail(
+                first + row,
+                R_SIZE,
+                names[row],
+                "size",
+                f"only regular files have a size, not a {types[row]}",
+            )
+        mtimes = self.times(col, names, first)
+        majors, minors = col["devMajor"], col["devMinor"]
+        rdevs = {
+            row: self.device(first + row, names[row], types[row], majors[row], minors[row])
+            for row in compress(
+                range(n), map(or_, map(NO_INT.__ne__, majors), map(NO_INT.__ne__, minors))
+            )
+        }
+        pairs = {row: self.xattr_pairs(first + row, names[row], xattrs[row]) for row in xattr_rows}
+        digests = col["digest"]
+        has_digest = list(map(is_not, digests, repeat(UNSET)))
+        if (
+            not all_digests(digests)
+            or any(compress(has_digest, map(and_, not_reg, map(not_, is_chunk))))
+            or (UNSET in compress(digests, sized))
+            or not {UNSET, EMPTY_SHA256}.issuperset(compress(digests, map(not_, sized)))
+        ):
+            for row in range(n):
+                self.digest(first + row, names[row], types[row], sizes[row], digests[row])
+        offsets, ends = col["offset"], col["endOffset"]
+        for row in compress(range(n), map(lt, ends, offsets)):
+            if ends[row] != NO_INT:
+                fail(
+                    first + row,
+                    R_OFFSETS,
+                    names[row],
+                    "endOffset",
+                    f"{ends[row]} is before offset {offsets[row]}",
+                )
+        self.chunk_fields(col, is_chunk, first)
+        links = self.link_names(col, paths, first)
+        csizes = col["chunkSize"]
+        for row in compress(range(n), map(lt, sizes, csizes)):
+            if types[row] == "reg":
+                fail(
+                    first + row,
+                    R_CHUNK_SIZE,
+                    names[row],
+                    "chunkSize",
+                    f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)",
+                )
+        dead = [False] * n
+        for index in self.problems:
+            if first <= index < first + n:
+                dead[index - first] = True
+        self.chains(types, names, paths, sizes, csizes, col["chunkOffset"], dead, first)
+        self.add_rows(col, paths, mtimes, links, pairs, rdevs, is_chunk, dead, first)
+        return keys
+
+    @staticmethod
+    def rows_of(types: list[str], kind: str, modes: list[int], mode: int) -> list[int]:
+        return [
+            row
+            for row, (t, m) in enumerate(zip(types, modes, strict=True))
+            if t == kind and m == mode
+        ]
+
+    def paths(self, names: list[str], first: int) -> list[bytes | None]:
+        """The clean paths of ``names`` (None where a name is refused).
+
+        A name is its path without the leading ``/`` but for a trailing
+        ``/``; the odd ones (``.`` parts, leading ``./`` or ``/``, empty parts,
+        NUL, long parts) go through :func:`clean_name`.
+        """
+        n = len(names)
+        limits = self.limits
+        framed = "\0" + "\0".join(names) + "\0"
+        odd: set[int] = set()
+        paths: list[Any] = [None] * n
+        try:
+            joined = framed.replace("/\0", "\0").encode()
+        except UnicodeEncodeError:
+            odd.update(range(n))
+        else:
+            if framed.count("\0") != n + 1:
+                odd.update(range(n))
+            else:
+                paths = joined.replace(b"\0", b"\0/")[1:-2].split(b"\0")
+                short = min(limits.max_name_bytes + 1, limits.max_path_bytes)
+                if max(map(len, paths)) > short:
+                    odd.update(row for row, path in enumerate(paths) if len(path) > short)
+                found = [match.start() for match in _ODD_NAME.finditer(framed)]
+                if found:
+                    starts = list(accumulate([len(name) + 1 for name in names], initial=0))
+                    odd.update(bisect_right(starts, at) - 1 for at in found)
+        odd.discard(n)
+        for row in sorted(odd):
+            try:
+                paths[row] = clean_name(names[row], limits)
+            except ValueError as err:
+                paths[row] = None
+                self.fail(first + row, R_NAME, names[row], "name", str(err))
+        return paths
+
+    def times(
+        self, col: dict[str, list[Any]], names: list[str], first: int
+    ) -> tuple[list[int], list[int]]:
+        """Seconds and nanoseconds of each modtime (absent: 0); every time given must be valid."""
+        modtimes = col["modtime"]
+        texts = [text if text is not UNSET else "1970-01-01T00:00:00Z" for text in modtimes]
+        parsed = self.go_times(texts)
+        if parsed is None:
+            parsed = ([], [])
+            for row, text in enumerate(texts):
+                one = parse_time(text)
+                if one is None:
+                    self.fail(first + row, R_TIME, names[row], "modtime", time_problem(text))
+                    one = (0, 0)
+                parsed[0].append(one[0])
+                parsed[1].append(one[1])
+        seen = set(modtimes)
+        for field in ("accesstime", "changetime"):
+            other = col[field]
+            if other != modtimes:
+                extra = list(set(other).difference(seen) - {UNSET})
+                if extra and self.go_times(extra) is None:
+                    for row, text in enumerate(other):
+                        if text is not UNSET and text not in seen and parse_time(text) is None:
+                            self.fail(first + row, R_TIME, names[row], field, time_problem(text))
+        return parsed
+
+    def go_times(self, texts: list[str]) -> tuple[list[int], list[int]] | None:
+        """Go's RFC 3339 times (``Z``, 0..9 fraction digits); None: another form, or invalid.
+
+        Each distinct date, ``HH:MM`` and ``SS`` is parsed once.
+        """
+        joined = "\n".join(texts) + "\n"
+        if not joined.isascii():
+            return None
+        shape = joined.encode().translate(_DIGITS_AS_0)
+        if shape != _NANO_SHAPE * len(texts) and (
+            shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
+        ):
+            return None
+        days, minutes, seconds = self.days, self.minutes, self.seconds
+        try:
+            whole = [
+                days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts
+            ]
+        except ValueError:
+            return None
+        scale = _FRACTION_SCALE
+        return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
+
+    def device(self, index: int, name: str, typ: str, major: int, minor: int) -> int:
+        major, minor = max(major, 0), max(minor, 0)
+        if (major or minor) and typ != "char" and typ != "block":
+            self.fail(
+                index,
+                R_DEVICE,
+                name,
+                "devMajor" if major else "devMinor",
+                f"only char and block devices have device numbers, not a {typ}",
+            )
+        return _make_dev(major, minor)
+
+    def xattr_pairs(
+        self, index: int, name: str, value: dict[str, Any]
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        """The xattrs of an entry, decoded and sorted (a problem is recorded, and none kept)."""
+        limits = self.limits
+        pairs: list[tuple[bytes, bytes]] = []
+        for key, encoded in value.items():
+            problem = xattr_problem(key, encoded, limits)
+            if isinstance(problem, str):
+                self.fail(index, R_XATTRS, name, "xattrs", problem)
+                return ()
+            pairs.append(problem)
+        result = tuple(sorted(pairs))
+        space = Limits.xattr_space(result)
+        if space > limits.max_xattr_space:
+            self.fail(
+                index,
+                R_XATTRS,
+                name,
+                "xattrs",
+                f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}",
+            )
+            return ()
+        return result
+
+    def digest(self, index: int, name: str, typ: str, size: int, digest: Any) -> None:
+        if digest is UNSET:
+            if size > 0 and typ != "chunk":
+                self.fail(index, R_DIGEST, name, "digest", "required for a regular file with data")
+        elif not is_digest(digest):
+            self.fail(index, R_DIGEST, name, "digest", digest_problem(digest))
+        elif typ == "chunk":
+            pass
+        elif typ != "reg":
+            self.fail(index, R_DIGEST, name, "digest", f"only regular files have one, not a {typ}")
+        elif size <= 0 and typ == "reg" and digest != EMPTY_SHA256:
+            self.fail(
+                index,
+                R_DIGEST,
+                name,
+                "digest",
+                "an empty file's digest must be the sha256 of nothing",
+            )
+
+    def chunk_fields(self, col: dict[str, list[Any]], is_chunk: list[bool], first: int) -> None:
+        types, names = col["type"], col["name"]
+        given = list(
+            map(or_, map(NO_INT.__ne__, col["chunkSize"]), map(NO_INT.__ne__, col["chunkOffset"]))
+        )
+        given = list(map(or_, given, map(is_not, col["chunkDigest"], repeat(UNSET))))
+        given = list(map(or_, given, map(is_not, col["chunkType"], repeat(UNSET))))
+        if not any(given):
+            return
+        for row in compress(range(len(types)), given):
+            typ, name = types[row], names[row]
+            if typ != "reg" and typ != "chunk":
+                self.fail(
+                    first + row,
+                    R_CHUNK_FIELDS,
+                    name,
+                    "chunkSize",
+                    f"only regular files and chunks have chunk fields, not a {typ}",
+                )
+            elif typ == "reg" and col["chunkOffset"][row] > 0:
+                self.fail(
+                    first + row,
+                    R_CHUNK_FIELDS,
+                    name,
+                    "chunkOffset",
+                    f"a regular file holds its first chunk, at 0, got {col['chunkOffset'][row]}",
+                )
+        digests = col["chunkDigest"]
+        if not all_digests(digests):
+            for row, digest in enumerate(digests):
+                if digest is not UNSET and not is_digest(digest):
+                    self.fail(
+                        first + row,
+                        R_CHUNK_FIELDS,
+                        names[row],
+                        "chunkDigest",
+                        digest_problem(digest),
+                    )
+
+    def link_names(
+        self, col: dict[str, list[Any]], paths: list[bytes | None], first: int
+    ) -> dict[int, bytes]:
+        """Symlink targets and hardlink targets (row -> clean path); theirs is the only linkName."""
+        types, names, link_names = col["type"], col["name"], col["linkName"]
+        limits = self.limits
+        linked = list(compress(range(len(types)), map(ne, link_names, repeat(UNSET))))
+        count = types.count("symlink") + types.count("hardlink")
+        links: dict[int, bytes] = {}
+        if not linked and not count:
+            return links
+        rows = set(linked) | {
+            row for row, kind in enumerate(types) if kind == "symlink" or kind == "hardlink"
+        }
+        for row in sorted(rows):
+            typ, name, link = types[row], names[row], link_names[row]
+            link = "" if link is UNSET else link
+            if typ == "symlink":
+                if not link:
+                    self.fail(first + row, R_LINK, name, "linkName", "a symlink needs a target")
+                    continue
+                try:
+                    target = link.encode()
+                except UnicodeEncodeError:
+                    self.fail(first + row, R_LINK, name, "linkName", "must be valid Unicode")
+                    continue
+                if len(target) > limits.max_symlink_bytes or target.find(b"\0") >= 0:
+                    self.fail(
+                        first + row,
+                        R_LINK,
+                        name,
+                        "linkName",
+                        f"must be 1..{limits.max_symlink_bytes} bytes without NUL",
+                    )
+                    continue
+                links[row] = target
+            elif typ == "hardlink":
+                if not link:
+                    self.fail(
+                        first + row,
+                        R_LINK,
+                        name,
+                        "linkName",
+                        "a hardlink needs the name of its target",
+                    )
+                    continue
+                try:
+                    links[row] = clean_name(link, limits)
+                except ValueError as err:
+                    self.fail(first + row, R_LINK, name, "linkName", str(err))
+                    continue
+                if links[row] == paths[row]:
+                    self.fail(
+                        first + row, R_LINK, name, "linkName", "a hardlink cannot link to itself"
+                    )
+            elif link and typ != "chunk":
+                self.fail(
+                    first + row,
+                    R_LINK,
+                    name,
+                    "linkName",
+                    f"only symlinks and hardlinks have one, not a {typ}",
+                )
+        return links
+
+    # -- chunk chains ---------------------------------------------------------------
+
+    def chains(
+        self,
+        types: list[str],
+        names: list[str],
+        paths: list[Any],
+        sizes: list[int],
+        csizes: list[int],
+        coffs: list[int],
+        dead: list[bool],
+        first: int,
+    ) -> None:
+        """Each chunk continues the regular file before it, and the chunks cover it.
+
+        Proven over columns, with the chain the last batch left open as a row
+        before the first; only a batch where that fails (or with other
+        problems) is walked row by row, to say which entry and why.
+        """
+        chain = self.chain
+        if chain is None:
+            t, p, s, cs = ["-"], [None], [0], [NO_INT]
+        else:
+            t, p, s = ["reg"], [chain[2]], [chain[3]]
+            cs = [NO_INT if chain[4] is None else chain[4]]
+        t, p, s, cs = t + types, p + paths, s + sizes, cs + csizes
+        co = [0, *map(max, coffs, repeat(0))]
+        m = len(t)
+        chunk = list(map("chunk".__eq__, t))
+        head_row = list(map(and_, map("reg".__eq__, t), map(NO_INT.__ne__, cs)))
+        ends = list(map(add, co, cs))
+        head = list(accumulate(map(mul, range(m), map(not_, chunk)), max))
+        chunks = list(compress(range(m), chunk))
+        prevs = list(map(sub, chunks, repeat(1)))
+        heads = list(map(head.__getitem__, chunks))
+        file_sizes = list(map(s.__getitem__, heads))
+        here = list(compress(range(m), map(not_, chunk)))
+        starts = list(compress(here[:-1], map(head_row.__getitem__, here[:-1])))
+        lasts = list(compress(map(sub, here[1:], repeat(1)), map(head_row.__getitem__, here[:-1])))
+        proven = (
+            not any(dead)
+            and all(map(head_row.__getitem__, heads))
+            and NO_INT not in map(cs.__getitem__, prevs)
+            and list(map(p.__getitem__, chunks)) == list(map(p.__getitem__, heads))
+            and list(map(ends.__getitem__, prevs)) == list(map(co.__getitem__, chunks))
+            and all(map(lt, map(co.__getitem__, chunks), file_sizes))
+            and all(
+                map(
+                    or_,
+                    map(eq, map(cs.__getitem__, chunks), repeat(NO_INT)),
+                    map(le, map(ends.__getitem__, chunks), file_sizes),
+                )
+            )
+            and all(
+                map(
+                    or_,
+                    map(eq, map(cs.__getitem__, lasts), repeat(NO_INT)),
+                    map(eq, map(ends.__getitem__, lasts), map(s.__getitem__, starts)),
+                )
+            )
+        )
+        if not proven:
+            self.walk_chains(types, names, paths, sizes, csizes, coffs, dead, first)
+            return
+        last = here[-1]
+        if not head_row[last]:
+            self.chain = None
+            return
+        covered = None if (cs[m - 1] == NO_INT and m - 1 != last) else ends[m - 1]
+        if last:
+            chain = [first + last - 1, names[last - 1], p[last], s[last], covered]
+        else:
+            assert chain is not None
+            chain[4] = covered
+        self.chain = chain
+
+    def walk_chains(
+        self,
+        types: list[str],
+        names: list[str],
+        paths: list[Any],
+        sizes: list[int],
+        csizes: list[int],
+        coffs: list[int],
+        dead: list[bool],
+        first: int,
+    ) -> None:
+        fail = self.fail
+        for row, typ in enumerate(types):
+            index, name = first + row, names[row]
+            if typ != "chunk":
+                ended = self.close_chain(index)  # a problem there ends this entry, as a walk would
+                if typ == "reg" and ended and not dead[row] and csizes[row] != NO_INT:
+                    self.chain = [index, name, paths[row], sizes[row], csizes[row]]
+                continue
+            chain = self.chain
+            if paths[row] is None:
+                continue
+            if chain is None or chain[2] != paths[row]:
+                fail(
+                    index,
+                    R_FOLLOW,
+                    name,
+                    "name",
+                    "a chunk must follow the regular file it belongs "
+                    "to, whose chunkSize says that more chunks come",
+                )
+                continue
+            if dead[row]:
+                continue
+            offset, size, covered = max(coffs[row], 0), chain[3], chain[4]
+            if covered is None:
+                fail(
+                    index,
+                    R_CHAIN,
+                    name,
+                    "chunkOffset",
+                    "the previous piece of this file already ran to its end",
+                )
+            elif offset != covered:
+                fail(
+                    index,
+                    R_CHAIN,
+                    name,
+                    "chunkOffset",
+                    f"must be {covered} (where the previous piece ends), got {offset}",
+                )
+            elif offset >= size:
+                fail(
+                    index,
+                    R_CHAIN,
+                    name,
+                    "chunkOffset",
+                    f"{offset} is not inside the file ({size} bytes)",
+                )
+            elif csizes[row] == NO_INT:
+                chain[4] = None
+            elif offset + csizes[row] > size:
+                fail(
+                    index,
+                    R_CHAIN,
+                    name,
+                    "chunkSize",
+                    f"chunk {offset}..{offset + csizes[row]} overruns the file ({size} bytes)",
+                )
+            else:
+                chain[4] = offset + csizes[row]
+
+    def close_chain(self, at: int) -> bool:
+        """The chunks of the last regular file ended at entry ``at``: they must cover it."""
+        chain, self.chain = self.chain, None
+        if chain is not None and chain[4] is not None and chain[4] != chain[3]:
+            self.fail(
+                chain[0],
+                R_CLOSE,
+                chain[1],
+                "chunkSize",
+                f"chunks cover {chain[4]} of the file's {chain[3]} bytes",
+                at,
+            )
+            return False
+        return True
+
+    # -- node rows ---------------------------------------------------------------------
+
+    def add_rows(
+        self,
+        col: dict[str, list[Any]],
+        paths: list[Any],
+        mtimes: tuple[list[int], list[int]],
+        links: dict[int, bytes],
+        pairs: dict[int, Any],
+        rdevs: dict[int, int],
+        is_chunk: list[bool],
+        dead: list[bool],
+        first: int,
+    ) -> None:
+        types, names, sizes = col["type"], col["name"], col["size"]
+        n = len(types)
+        keep = list(map(not_, map(or_, is_chunk, dead)))
+        modes = [
+            TYPE_BITS[kind] | (mode & 0o7777 if mode > 0 else 0)
+            for kind, mode in zip(types, col["mode"], strict=True)
+        ]
+        uids = list(map(max, col["uid"], repeat(0)))
+        gids = list(map(max, col["gid"], repeat(0)))
+        sizes = list(map(max, sizes, repeat(0)))
+        seconds, nsecs = mtimes
+        data: list[bytes | None] = [None] * n
+        for row in compress(range(n), sizes):
+            if types[row] == "reg" and keep[row]:
+                digest = col["digest"][row]
+                data[row] = f"{digest[7:9]}/{digest[9:]}".encode()
+        rare: dict[int, Any] = dict.fromkeys(pairs)
+        rare.update(dict.fromkeys(rdevs))
+        for row, target in links.items():
+            if types[row] == "symlink":
+                data[row] = target
+            else:
+                rare[row] = None
+        joined = b"\0".join(path or b"" for path in paths)
+        if joined.find(b"/.") >= 0 or joined.find(STARGZ_INDEX) >= 0 or self.opaque:
+            starts = list(accumulate([len(path or b"") + 1 for path in paths], initial=0))
+            for match in re.finditer(rb"/\.|" + re.escape(STARGZ_INDEX), joined):
+                rare[bisect_right(starts, match.start()) - 1] = None
+            if self.opaque:
+                rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))
+        out = self.rows
+        if not rare:
+            columns: tuple[list[Any], ...] = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
+            entries: list[int | None] = list(range(first, first + n))
+            if not all(keep):
+                columns = tuple(list(compress(column, keep)) for column in columns)
+                entries = list(compress(entries, keep))
+            for column, values in zip(out, columns, strict=True):
+                column += values
+            self.entry += entries
+            return
+        for row in range(n):
+            if not keep[row]:
+                continue
+            values = [
+                paths[row],
+                modes[row],
+                uids[row],
+                gids[row],
+                seconds[row],
+                nsecs[row],
+                sizes[row],
+                data[row],
+            ]
+            if row in rare:
+                extra = self.rare_row(
+                    first + row,
+                    names[row],
+                    types[row],
+                    values,
+                    col,
+                    row,
+                    links.get(row),
+                    pairs.get(row, ()),
+                    rdevs.get(row) or None,
+                )
+                if extra is None:
+                    continue
+            else:
+                extra = (None, ())
+            out_row = len(self.entry)
+            for column, value in zip(out, values, strict=True):
+                column.append(value)
+            self.entry.append(first + row)
+            kind, more = extra
+            if kind is not None:
+                self.rdev[out_row] = kind
+            if more.__class__ is bytes:
+                self.links[out_row] = more
+            elif more:
+                self.extras[out_row] = (None, None, more)
+
+    def rare_row(
+        self,
+        index: int,
+        name: str,
+        typ: str,
+        values: list[Any],
+        col: dict[str, list[Any]],
+        row: int,
+        link: bytes | None,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        rdev: int | None,
+    ) -> tuple[int | None, Any] | None:
+        """A rare row's node: (rdev or None, xattrs or a hardlink's target); None: no node."""
+        path = values[0]
+        uid, gid, mtime, nsec = values[2:6]
+        if typ == "reg" and ((values[6] == 1 and path in LANDMARKS) or path == STARGZ_INDEX):
+            self.same_as_before(index, name, path, (typ, *values[1:], xattrs))
+            return None
+        if typ == "dir" and path in self.opaque:
+            merged = dict(xattrs)
+            merged[OPAQUE_XATTR[0]] = OPAQUE_XATTR[1]
+            xattrs = tuple(sorted(merged.items()))
+            self.opaque_done.add(path)
+        more: Any = xattrs
+        if typ == "hardlink":
+            more = link
+            values[1:8] = [S_IFREG, 0, 0, 0, 0, 0, None]
+        if self.whiteouts and path.find(b"/.wh.") >= 0:
+            cut = path.rfind(b"/")
+            base, parent = path[cut + 1 :], path[:cut] or ROOT
+            if base.startswith(WH):
+                seen = (
+                    typ,
+                    col["mode"][row],
+                    uid,
+                    gid,
+                    mtime,
+                    nsec,
+                    values[6],
+                    values[7],
+                    more,
+                    rdev,
+                )
+                if not self.same_as_before(index, name, path, seen):
+                    return None
+            if base.startswith(WH_META) and base != WH_OPAQUE:
+                return None  # aufs metadata, which containers/storage skips too
+            for part in parent.split(b"/"):
+                if part.startswith(WH_META):
+                    return None  # inside aufs metadata
+                if part.startswith(WH):
+                    self.fail(index, R_WHITEOUT, name, "name", "a whiteout cannot hold entries")
+                    return None
+            if base.startswith(WH):
+                if typ == "dir":
+                    self.fail(index, R_WHITEOUT, name, "type", "a whiteout must not be a directory")
+                    return None
+                if base == WH_OPAQUE:
+                    return None  # applied to the directory itself
+                hidden = base[len(WH) :]
+                if hidden in (b"", b".", b".."):
+                    self.fail(
+                        index, R_WHITEOUT, name, "name", "a whiteout must name a file after .wh."
+                    )
+                    return None
+                if parent in self.opaque:
+                    return None  # the opaque directory already hides everything below it
+                target = (parent if parent != ROOT else b"") + b"/" + hidden
+                values[:8] = [target, S_IFCHR, uid, gid, mtime, nsec, 0, None]
+                return None, ()
+        return rdev, more
+
+    def same_as_before(self, index: int, name: str, path: bytes, seen: object) -> bool:
+        """An entry that makes no node at its own path: a repeat of it must agree."""
+        known = self.bookkeeping.setdefault(path, (index, seen))
+        if known[1] != seen:
+            self.fail(
+                index,
+                R_WHITEOUT,
+                name,
+                "name",
+                f"path repeats entry {known[0]} with different attributes",
+            )
+            return False
+        return True
