@@ -16,10 +16,11 @@ import binascii
 import re
 from bisect import bisect_right
 from itertools import accumulate, compress, repeat
-from operator import add, and_, attrgetter, eq, is_not, le, lt, mul, ne, not_, or_, sub
+from operator import add, and_, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
 from typing import Any
 
 from msgspec import UNSET
+from msgspec.structs import astuple
 
 from .._acl import ACL_XATTR_NAMES, posix_acl_problem
 from ..errors import ValidationError
@@ -89,6 +90,7 @@ _TIME_SHAPES = frozenset(
     for digits in range(10)
 )
 _NANO_SHAPE = b"0000-00-00T00:00:00.000000000Z\n"
+_NANOSECONDS = itemgetter(slice(20, 29))
 _FRACTION_SCALE = tuple(10 ** (9 - digits) for digits in range(10))
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _RFC3339: list[re.Pattern[str]] = []
@@ -160,12 +162,22 @@ class _TimeParts(dict[str, int]):
         super().__init__()
         self.template, self.at = template, at
 
-    def __missing__(self, part: str) -> int:
+    def parse(self, part: str) -> int:
         parsed = parse_time(self.template[: self.at] + part + self.template[self.at + len(part) :])
         if parsed is None:
             raise ValueError(part)
-        self[part] = parsed[0]
         return parsed[0]
+
+    def __missing__(self, part: str) -> int:
+        self[part] = seconds = self.parse(part)
+        return seconds
+
+
+# The parts of Go's RFC 3339 times, each parsed once per process (a clock has
+# at most 1440 minutes and 60 seconds; the dates are bounded in Batches).
+_DAYS = _TimeParts("1970-01-01T00:00:00Z", 0)
+_MINUTES = _TimeParts("1970-01-01T00:00:00Z", 11)
+_SECONDS = _TimeParts("1970-01-01T00:00:00Z", 17)
 
 
 def clean_name(name: str, limits: Limits) -> bytes:
@@ -224,8 +236,8 @@ def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[byte
     return key_bytes, raw
 
 
-_COLUMNS = tuple(FIELDS)
-_GET = {field: attrgetter(field) for field in _COLUMNS}
+#: The entry struct's fields, in its order (see _schema.entry_decoder).
+_COLUMNS = ("type", "name", *(field for field in FIELDS if field not in ("type", "name")))
 
 
 class Batches:
@@ -239,9 +251,8 @@ class Batches:
         self.opaque_done: set[bytes] = set()
         self.problems: dict[int, tuple[float, ValidationError]] = {}
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
-        self.days = _TimeParts("1970-01-01T00:00:00Z", 0)
-        self.minutes = _TimeParts("1970-01-01T00:00:00Z", 11)
-        self.seconds = _TimeParts("1970-01-01T00:00:00Z", 17)
+        if len(_DAYS) > 1 << 16:
+            _DAYS.clear()  # the process keeps the dates it saw, up to a bound
         self.chain: list[Any] | None = None  # [entry, name, path, size, covered]
         # the node rows: (path, mode, uid, gid, mtime, nsec, size, data) columns ...
         self.rows: tuple[list[Any], ...] = tuple([] for _ in range(8))
@@ -268,7 +279,7 @@ class Batches:
     def batch(self, entries: list[Any], first: int) -> int:
         """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
         n = len(entries)
-        col = {field: list(map(get, entries)) for field, get in _GET.items()}
+        col = dict(zip(_COLUMNS, map(list, zip(*map(astuple, entries), strict=True)), strict=True))
         del entries
         keys = 0
         for field, values in col.items():
@@ -432,13 +443,15 @@ class Batches:
             shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
         ):
             return None
-        days, minutes, seconds = self.days, self.minutes, self.seconds
         try:
+            days, minutes, seconds = _DAYS, _MINUTES, _SECONDS
             whole = [
                 days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts
             ]
         except ValueError:
             return None
+        if shape == _NANO_SHAPE * len(texts):
+            return whole, list(map(int, map(_NANOSECONDS, texts)))
         scale = _FRACTION_SCALE
         return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
 
@@ -809,57 +822,47 @@ class Batches:
                 rare[bisect_right(starts, match.start()) - 1] = None
             if self.opaque:
                 rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))
-        out = self.rows
-        if not rare:
-            columns: tuple[list[Any], ...] = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
-            entries: list[int | None] = list(range(first, first + n))
-            if not all(keep):
-                columns = tuple(list(compress(column, keep)) for column in columns)
-                entries = list(compress(entries, keep))
-            for column, values in zip(out, columns, strict=True):
-                column += values
-            self.entry += entries
-            return
-        for row in range(n):
+        columns = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
+        found: dict[int, tuple[int | None, Any]] = {}
+        for row in sorted(rare):
             if not keep[row]:
                 continue
-            values = [
-                paths[row],
-                modes[row],
-                uids[row],
-                gids[row],
-                seconds[row],
-                nsecs[row],
-                sizes[row],
-                data[row],
-            ]
-            if row in rare:
-                extra = self.rare_row(
-                    first + row,
-                    names[row],
-                    types[row],
-                    values,
-                    col,
-                    row,
-                    links.get(row),
-                    pairs.get(row, ()),
-                    rdevs.get(row) or None,
-                )
-                if extra is None:
-                    continue
-            else:
-                extra = (None, ())
-            out_row = len(self.entry)
-            for column, value in zip(out, values, strict=True):
-                column.append(value)
-            self.entry.append(first + row)
-            kind, more = extra
-            if kind is not None:
-                self.rdev[out_row] = kind
-            if more.__class__ is bytes:
-                self.links[out_row] = more
-            elif more:
-                self.extras[out_row] = (None, None, more)
+            values = [column[row] for column in columns]
+            extra = self.rare_row(
+                first + row,
+                names[row],
+                types[row],
+                values,
+                col,
+                row,
+                links.get(row),
+                pairs.get(row, ()),
+                rdevs.get(row) or None,
+            )
+            if extra is None:
+                keep[row] = False
+                continue
+            for column, value in zip(columns, values, strict=True):
+                column[row] = value
+            found[row] = extra
+        base = len(self.entry)
+        entries: list[int | None] = list(range(first, first + n))
+        if not all(keep):
+            columns = tuple(list(compress(column, keep)) for column in columns)
+            entries = list(compress(entries, keep))
+        for column, values in zip(self.rows, columns, strict=True):
+            column += values
+        self.entry += entries
+        if found:
+            at = list(accumulate(keep))  # a kept row's place among the kept rows, plus 1
+            for row, (rdev, more) in found.items():
+                out_row = base + at[row] - 1
+                if rdev is not None:
+                    self.rdev[out_row] = rdev
+                if more.__class__ is bytes:
+                    self.links[out_row] = more
+                elif more:
+                    self.extras[out_row] = (None, None, more)
 
     def rare_row(
         self,
