@@ -822,7 +822,7 @@ class Batches:
                 rare[bisect_right(starts, match.start()) - 1] = None
             if self.opaque:
                 rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))
-        columns = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
+        columns: tuple[list[Any], ...] = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
         found: dict[int, tuple[int | None, Any]] = {}
         for row in sorted(rare):
             if not keep[row]:
@@ -850,8 +850,8 @@ class Batches:
         if not all(keep):
             columns = tuple(list(compress(column, keep)) for column in columns)
             entries = list(compress(entries, keep))
-        for column, values in zip(self.rows, columns, strict=True):
-            column += values
+        for column, kept in zip(self.rows, columns, strict=True):
+            column += kept
         self.entry += entries
         if found:
             at = list(accumulate(keep))  # a kept row's place among the kept rows, plus 1
