@@ -16,11 +16,10 @@ import binascii
 import re
 from bisect import bisect_right
 from itertools import accumulate, compress, repeat
-from operator import add, and_, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
+from operator import add, and_, attrgetter, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
 from typing import Any
 
 from msgspec import UNSET
-from msgspec.structs import astuple
 
 from .._acl import ACL_XATTR_NAMES, posix_acl_problem
 from ..errors import ValidationError
@@ -237,7 +236,7 @@ def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[byte
 
 
 #: The entry struct's fields, in its order (see _schema.entry_decoder).
-_COLUMNS = ("type", "name", *(field for field in FIELDS if field not in ("type", "name")))
+_GET = {field: attrgetter(field) for field in FIELDS}
 
 
 class Batches:
@@ -279,7 +278,7 @@ class Batches:
     def batch(self, entries: list[Any], first: int) -> int:
         """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
         n = len(entries)
-        col = dict(zip(_COLUMNS, map(list, zip(*map(astuple, entries), strict=True)), strict=True))
+        col = {field: list(map(get, entries)) for field, get in _GET.items()}
         del entries
         keys = 0
         for field, values in col.items():
