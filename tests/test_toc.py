@@ -26,6 +26,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from benchmarks.generate import toc_json
 from composefs_py import Hardlink, Inode, Limits, Tree, ValidationError
 from composefs_py.strategies import hostile_toc_cases, toc_cases
 from composefs_py.toc import parse_toc
@@ -1671,3 +1672,44 @@ def test_parents_a_deep_path_stands_for_count_before_they_are_made(count: int) -
     # before checking, and each path that failed kept its builder (the
     # ValidationError's frames, in a cycle) while the next one built: 3 x
     assert peak < 2.5 * limits.max_total_path_bytes, peak >> 20
+
+
+# ---------------------------------------------------------------------------
+# one path: a refusal costs what an acceptance costs, and is told in entry order
+# ---------------------------------------------------------------------------
+
+
+def _cpu(data: bytes) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        try:
+            parse_toc(data)
+        except ValidationError:
+            pass
+        best = min(best, time.process_time() - start)
+    return best
+
+
+@pytest.mark.parametrize("field,value", [("uid", -1), ("modtime", "x"), ("userName", "root")])
+def test_one_odd_field_in_the_last_entry_costs_no_more_than_a_valid_toc(
+    field: str, value: object
+) -> None:
+    raw = toc_json(20_000)
+    document = json.loads(raw)
+    document["entries"][-1][field] = value
+    odd = json.dumps(document, separators=(",", ":")).encode()
+    valid, changed = _cpu(raw), _cpu(odd)
+    assert changed < 1.5 * valid + 0.02, f"{field}: valid {valid:.3f} s, changed {changed:.3f} s"
+
+
+def test_a_tree_problem_of_an_earlier_entry_is_told_first() -> None:
+    error = rejected(toc(reg("f"), reg("f/x"), reg("g", uid=-1)))
+    assert (error.entry, error.field) == (1, "name"), str(error)
+    collected = rejected(toc(reg("f"), reg("f/x"), reg("g", uid=-1)), collect=True).problems
+    assert [problem.entry for problem in collected] == [1, 2]
+
+
+def test_a_json_problem_is_told_before_the_entry_count() -> None:
+    text = '{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":1},{}]}'
+    assert "duplicate key" in str(rejected(text.encode(), limits=Limits(max_entries=1)))

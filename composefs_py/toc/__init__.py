@@ -44,6 +44,7 @@ every tree limit is model.py's, checked before the nodes it bounds are made.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from typing import Any
 
 import msgspec
@@ -53,7 +54,17 @@ from .._columns import NodeColumns, tree_from_columns
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT, Tree, TreeBuilder
-from ._rules import OPAQUE_XATTR, S_IFDIR, WH_OPAQUE, Batches, clean_name, field_rank, xattr_problem
+from ._rules import (
+    OPAQUE_XATTR,
+    S_IFDIR,
+    WH_OPAQUE,
+    Batches,
+    clean_name,
+    column_keys,
+    columns_of,
+    field_rank,
+    xattr_problem,
+)
 from ._schema import (
     FIELDS,
     NULLABLE,
@@ -130,6 +141,7 @@ class _Parse:
             raise _combined(top)
         assert isinstance(pieces, list)
         if len(pieces) > self.limits.max_entries:
+            self.strict()  # a JSON problem is told first
             raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
         self.pieces = pieces
         opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
@@ -138,15 +150,62 @@ class _Parse:
         for first in range(0, len(pieces), _BATCH):
             taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
             if batches.problems and not self.collect:
+                # the keys of the entries left unchecked, for the JSON level's verdict
+                taken += self.keys_of(pieces[first + _BATCH :], raw_pieces)
                 break
         else:
             batches.close_chain(len(pieces))
-        if not self.checked and ((raw_pieces and key_count(raw) != taken) or batches.problems):
-            self.strict()
-        problems = top + [error for _, (_, error) in sorted(batches.problems.items())]
+        if not self.checked and raw_pieces and key_count(raw) != taken:
+            self.strict()  # a duplicate key, or only unknown ones: the json module says which
+        found = sorted(batches.problems.items())
+        if found:
+            # a walk adds each entry as it goes: a tree rule an earlier entry breaks
+            # (a parent that is a file, a differing repeat, a limit) is found first
+            upto = len(pieces) if self.collect else found[0][0]
+            for error in self.tree_problems(batches, upto):
+                assert error.entry is not None
+                found.append((error.entry, (-1, error)))
+            found.sort(key=lambda item: item[0])
+        problems = top + [error for _, (_, error) in found]
         if problems:
             raise _combined(problems if self.collect else problems[:1])
         return self.tree(batches, opaque)
+
+    def keys_of(self, pieces: list[Any], raw_pieces: bool) -> int:
+        """The keys the schema takes from ``pieces`` (a huge negative number: it refuses one)."""
+        keys = 0
+        for first in range(0, len(pieces), _BATCH):
+            batch = pieces[first : first + _BATCH]
+            try:
+                if not raw_pieces:
+                    raise msgspec.DecodeError
+                keys += column_keys(columns_of(self.decoder.decode(b"[" + b",".join(batch) + b"]")))
+            except msgspec.DecodeError:
+                return -(1 << 62)
+        return keys
+
+    def tree_problems(self, batches: Batches, upto: int) -> list[ValidationError]:
+        """The tree's problems with the rows of the entries before ``upto`` (the first only,
+        unless collecting)."""
+        rows = bisect_left(batches.entry, upto)  # type: ignore[type-var]
+        paths, mode, uid, gid, mtime, nsec, size, data = (column[:rows] for column in batches.rows)
+        columns = NodeColumns(paths, mode, uid, gid, mtime, nsec, size, data)
+        columns.links = {row: link for row, link in batches.links.items() if row < rows}
+        columns.extras = {row: extra for row, extra in batches.extras.items() if row < rows}
+        if batches.rdev:
+            columns.rdev = [batches.rdev.get(row, 0) for row in range(rows)]
+        if not rows or tree_from_columns(columns, self.limits, synthesize_parents=True) is not None:
+            return []
+        builder = TreeBuilder(self.limits, synthesize_parents=True, duplicates="identical")
+        found = []
+        for (path, node), index in zip(columns.nodes(), batches.entry, strict=False):
+            try:
+                builder.add(path, node, entry=index)
+            except ValidationError as error:
+                found.append(self.located(error, index))
+                if not self.collect:
+                    break
+        return found
 
     def strict(self) -> None:
         if not self.checked:
@@ -174,7 +233,10 @@ class _Parse:
                     batches, first + bad, strict_json(bytes(piece)) if raw_pieces else piece
                 )
                 if not self.collect:
-                    return keys
+                    # its keys (the json module took it: no duplicate) and those after it
+                    counted = key_count(bytes(piece)) if raw_pieces else None
+                    rest = self.keys_of(pieces[bad + 1 :], raw_pieces)
+                    return keys + rest + (-(1 << 62) if counted is None else counted)
                 pieces, first = pieces[bad + 1 :], first + bad + 1
                 continue
             except msgspec.DecodeError as err:  # pragma: no cover - the document decoded

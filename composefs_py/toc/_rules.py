@@ -239,6 +239,20 @@ def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[byte
 _GET = {field: attrgetter(field) for field in FIELDS}
 
 
+def columns_of(entries: list[Any]) -> dict[str, list[Any]]:
+    """Decoded entries as columns, by field."""
+    return {field: list(map(get, entries)) for field, get in _GET.items()}
+
+
+def column_keys(col: dict[str, list[Any]]) -> int:
+    """The JSON keys the schema took from the entries of ``col`` (absent fields hold the mark)."""
+    n = len(col["type"])
+    keys = sum(len(value) for value in col["xattrs"] if value is not UNSET)
+    for field, values in col.items():
+        keys += n - values.count(NO_INT if FIELDS[field].kind == "int" else UNSET)
+    return keys
+
+
 class Batches:
     """The entries of one TOC, batch by batch, checked and turned into node rows."""
 
@@ -278,14 +292,11 @@ class Batches:
     def batch(self, entries: list[Any], first: int) -> int:
         """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
         n = len(entries)
-        col = {field: list(map(get, entries)) for field, get in _GET.items()}
+        col = columns_of(entries)
         del entries
-        keys = 0
-        for field, values in col.items():
-            keys += n - values.count(NO_INT if FIELDS[field].kind == "int" else UNSET)
+        keys = column_keys(col)
         xattrs = col["xattrs"]
         xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(UNSET))))
-        keys += sum(len(xattrs[row]) for row in xattr_rows)
         types, names = col["type"], col["name"]
         fail = self.fail
 
@@ -322,7 +333,7 @@ class Batches:
         if (
             not all_digests(digests)
             or any(compress(has_digest, map(and_, not_reg, map(not_, is_chunk))))
-            or (UNSET in compress(digests, sized))
+            or sum(compress(has_digest, sized)) != sum(sized)
             or not {UNSET, EMPTY_SHA256}.issuperset(compress(digests, map(not_, sized)))
         ):
             for row in range(n):
@@ -560,9 +571,8 @@ class Batches:
         links: dict[int, bytes] = {}
         if not linked and not count:
             return links
-        rows = set(linked) | {
-            row for row, kind in enumerate(types) if kind == "symlink" or kind == "hardlink"
-        }
+        kinds = map(or_, map("symlink".__eq__, types), map("hardlink".__eq__, types))
+        rows = set(linked).union(compress(range(len(types)), kinds))
         for row in sorted(rows):
             typ, name, link = types[row], names[row], link_names[row]
             link = "" if link is UNSET else link
