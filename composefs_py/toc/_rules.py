@@ -16,7 +16,7 @@ import binascii
 import re
 from bisect import bisect_right
 from itertools import accumulate, compress, repeat
-from operator import add, and_, attrgetter, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
+from operator import add, and_, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
 from typing import Any
 
 from msgspec import UNSET
@@ -38,6 +38,10 @@ OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
 WH, WH_META, WH_OPAQUE = b".wh.", b".wh..wh.", b".wh..wh..opq"
 LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
 STARGZ_INDEX = b"/stargz.index.json"
+# the paths rare_row looks at: whiteouts, landmarks, the eStargz index (in \0-joined paths)
+_RARE_NAME = re.compile(
+    rb"/\.wh\.|(?:(?<=\0)|\A)(?:/\.(?:no\.)?prefetch\.landmark|/stargz\.index\.json)(?=\0|\Z)"
+)
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
 
@@ -200,7 +204,10 @@ def clean_name(name: str, limits: Limits) -> bytes:
     return path
 
 
-_ODD_NAME = re.compile(r"\x00(?=[./\x00])|//|/\.")
+# in the \0-framed names: an empty part, a "." or ".." part, a leading "/" (and
+# the text any of them needs, searched first: the regex scans slowly)
+_ODD_NAME = re.compile(r"\x00(?=[/\x00]|\.\.?[/\x00])|//|/\.\.?(?=[/\x00])")
+_ODD_HINTS = ("//", "\0/", "\0\0", "\0.", "/./", "/.\0", "/../", "/..\0")
 
 
 def _make_dev(major: int, minor: int) -> int:
@@ -235,13 +242,17 @@ def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[byte
     return key_bytes, raw
 
 
-#: The entry struct's fields, in its order (see _schema.entry_decoder).
-_GET = {field: attrgetter(field) for field in FIELDS}
+def _columns_function() -> Any:
+    """:func:`columns_of`, one comprehension per field: attribute loads in a
+    comprehension take half the time of ``attrgetter`` maps on structs."""
+    body = ", ".join(f"{field!r}: [e.{field} for e in entries]" for field in FIELDS)
+    scope: dict[str, Any] = {}
+    exec(f"def columns_of(entries):\n    return {{{body}}}", scope)  # our own text
+    return scope["columns_of"]
 
 
-def columns_of(entries: list[Any]) -> dict[str, list[Any]]:
-    """Decoded entries as columns, by field."""
-    return {field: list(map(get, entries)) for field, get in _GET.items()}
+#: Decoded entries as columns, by field: ``columns_of(entries) -> {field: [value, ...]}``.
+columns_of = _columns_function()
 
 
 def column_keys(col: dict[str, list[Any]]) -> int:
@@ -304,7 +315,9 @@ class Batches:
         is_chunk = list(map("chunk".__eq__, types))
         not_reg = list(map("reg".__ne__, types))
         modes = col["mode"]
+        node_modes: dict[tuple[str, int], int] = {}  # (type, mode) -> the node's mode
         for kind, mode in set(zip(types, modes, strict=True)):
+            node_modes[kind, mode] = TYPE_BITS[kind] | (mode & 0o7777 if mode > 0 else 0)
             if mode > 0o7777 and mode & S_IFMT != TYPE_BITS[kind]:
                 reason = f"file type bits 0o{mode & S_IFMT:o} do not match type {kind}"
                 for row in self.rows_of(types, kind, modes, mode):
@@ -365,7 +378,8 @@ class Batches:
             if first <= index < first + n:
                 dead[index - first] = True
         self.chains(types, names, paths, sizes, csizes, col["chunkOffset"], dead, first)
-        self.add_rows(col, paths, mtimes, links, pairs, rdevs, is_chunk, dead, first)
+        modes = list(map(node_modes.__getitem__, zip(types, modes, strict=True)))
+        self.add_rows(col, paths, modes, mtimes, links, pairs, rdevs, is_chunk, dead, first)
         return keys
 
     @staticmethod
@@ -400,7 +414,9 @@ class Batches:
                 short = min(limits.max_name_bytes + 1, limits.max_path_bytes)
                 if max(map(len, paths)) > short:
                     odd.update(row for row, path in enumerate(paths) if len(path) > short)
-                found = [match.start() for match in _ODD_NAME.finditer(framed)]
+                found = []
+                if any(map(framed.__contains__, _ODD_HINTS)):
+                    found = [match.start() for match in _ODD_NAME.finditer(framed)]
                 if found:
                     starts = list(accumulate([len(name) + 1 for name in names], initial=0))
                     odd.update(bisect_right(starts, at) - 1 for at in found)
@@ -644,6 +660,8 @@ class Batches:
         problems) is walked row by row, to say which entry and why.
         """
         chain = self.chain
+        if chain is None and "chunk" not in types and csizes.count(NO_INT) == len(csizes):
+            return  # no chain here: nothing to prove
         if chain is None:
             t, p, s, cs = ["-"], [None], [0], [NO_INT]
         else:
@@ -793,6 +811,7 @@ class Batches:
         self,
         col: dict[str, list[Any]],
         paths: list[Any],
+        modes: list[int],
         mtimes: tuple[list[int], list[int]],
         links: dict[int, bytes],
         pairs: dict[int, Any],
@@ -804,19 +823,19 @@ class Batches:
         types, names, sizes = col["type"], col["name"], col["size"]
         n = len(types)
         keep = list(map(not_, map(or_, is_chunk, dead)))
-        modes = [
-            TYPE_BITS[kind] | (mode & 0o7777 if mode > 0 else 0)
-            for kind, mode in zip(types, col["mode"], strict=True)
-        ]
-        uids = list(map(max, col["uid"], repeat(0)))
-        gids = list(map(max, col["gid"], repeat(0)))
-        sizes = list(map(max, sizes, repeat(0)))
+        uids, gids, sizes = (
+            list(map(max, values, repeat(0))) if NO_INT in values else values
+            for values in (col["uid"], col["gid"], sizes)
+        )
         seconds, nsecs = mtimes
         data: list[bytes | None] = [None] * n
-        for row in compress(range(n), sizes):
-            if types[row] == "reg" and keep[row]:
-                digest = col["digest"][row]
-                data[row] = f"{digest[7:9]}/{digest[9:]}".encode()
+        # a regular file with data (kept) -> its payload name, "ab/cdef..."
+        with_data = list(map(and_, map(and_, map("reg".__eq__, types), map(bool, sizes)), keep))
+        if any(with_data):
+            digests = compress(col["digest"], with_data)
+            pieces = iter([f"{digest[7:9]}/{digest[9:]}".encode() for digest in digests])
+            for row in compress(range(n), with_data):
+                data[row] = next(pieces)
         rare: dict[int, Any] = dict.fromkeys(pairs)
         rare.update(dict.fromkeys(rdevs))
         for row, target in links.items():
@@ -824,10 +843,12 @@ class Batches:
                 data[row] = target
             else:
                 rare[row] = None
-        joined = b"\0".join(path or b"" for path in paths)
-        if joined.find(b"/.") >= 0 or joined.find(STARGZ_INDEX) >= 0 or self.opaque:
+        joined = b"\0".join([path or b"" for path in paths])
+        if joined.find(b"/.wh.") >= 0 or joined.find(b"landmark") >= 0 or (
+            joined.find(STARGZ_INDEX) >= 0 or self.opaque
+        ):
             starts = list(accumulate([len(path or b"") + 1 for path in paths], initial=0))
-            for match in re.finditer(rb"/\.|" + re.escape(STARGZ_INDEX), joined):
+            for match in _RARE_NAME.finditer(joined):
                 rare[bisect_right(starts, match.start()) - 1] = None
             if self.opaque:
                 rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))

@@ -281,7 +281,7 @@ def key_count(raw: bytes) -> int | None:
     if raw.find(b"\\") >= 0:
         raw = raw.replace(b"\\\\", b"")
         escaped = raw.count(b'\\":')
-    if any(raw.find(space) >= 0 for space in (b" :", b"\t", b"\n", b"\r")) and (
+    if any(raw.find(space) >= 0 for space in (b" ", b"\t", b"\n", b"\r")) and (
         _KEY_BEFORE_SPACE.search(raw) is not None
     ):
         return None
