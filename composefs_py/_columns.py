@@ -158,7 +158,7 @@ class Table:
     ) -> None:
         self.path_buf = b"".join(paths)
         self.path_lens = array("q", map(len, paths))
-        self.data_buf = b"".join([piece for piece in data if piece is not None])
+        self.data_buf = b"".join(filter(None, data))  # an empty piece adds nothing
         self.data_lens = array("q", [-1 if piece is None else len(piece) for piece in data])
         #: field name -> array("q") of every row
         self.ints = ints
@@ -214,7 +214,8 @@ class Table:
     @staticmethod
     def starts(lens: array[int]) -> array[int]:
         """Where each piece starts in its buffer (a piece of length -1 is none)."""
-        return array("q", accumulate(map(max, lens, repeat(0)), initial=0))
+        sizes = map(max, lens, repeat(0)) if -1 in lens else lens
+        return array("q", accumulate(sizes, initial=0))
 
     @property
     def paths(self) -> list[bytes]:
@@ -331,10 +332,10 @@ def _int_column(values: list[int], low: int, high: int) -> array[int] | None:
     if set(map(type, values)) != {int}:
         return None
     try:
-        column = array("q", values)
+        column = array("q", values)  # proves _I64_MIN..._I64_MAX
     except OverflowError:
         return None
-    if min(column) < low or max(column) > high:
+    if (low > _I64_MIN and min(values) < low) or (high < _I64_MAX and max(values) > high):
         return None
     return column
 
