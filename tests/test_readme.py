@@ -159,6 +159,15 @@ def _checkout_like(folder: Path) -> Path:
     return folder
 
 
+def _files(root: Path, under: str = "") -> dict[str, bytes]:
+    """Relative path -> content of every file below ``root`` (prefixed by ``under``)."""
+    return {
+        str(Path(under) / p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
 def _environment() -> dict[str, str]:
     scripts = sysconfig.get_path("scripts")
     env = dict(os.environ)
@@ -191,3 +200,6 @@ def test_example_runs_as_written(block: Block, tmp_path: Path) -> None:
         f"README.md line {block.line} ({block.kind}) exited {result.returncode}\n"
         f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
     )
+    # The README promises that the examples write under build/ only.
+    assert sorted(p.name for p in folder.iterdir()) == ["build", "tests"]
+    assert _files(folder / "tests") == _files(REPO / "tests" / "data", under="data")
