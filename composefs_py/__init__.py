@@ -13,7 +13,6 @@ it is at run time (``AttributeError``).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -23,18 +22,19 @@ from .errors import (
     SandboxError,
     ValidationError,
 )
-from .limits import Limits
-from .model import Hardlink, Inode, Tree, TreeBuilder
 
 # Imported eagerly: the submodule shares the function's name, and a lazy
 # attribute would be shadowed by the module once ``composefs_py.mount`` is
-# imported.  mount.py loads the compiled module only when called.
+# imported.  mount.py imports what a call needs (the compiled module, the
+# model, ctypes) only when called.
 from .mount import flatten, mount, mount_layers, unmount
 
 if TYPE_CHECKING:
     from .dumpfile import dump, parse_dumpfile
     from .fsverity import fsverity_digest
     from .layers import Layer, open_layer
+    from .limits import Limits
+    from .model import Hardlink, Inode, Tree, TreeBuilder
     from .objects import ObjectStore
     from .toc import parse_toc
     from .writer import read_image, write_image
@@ -66,6 +66,11 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Limits": "limits",
+    "Hardlink": "model",
+    "Inode": "model",
+    "Tree": "model",
+    "TreeBuilder": "model",
     "dump": "dumpfile",
     "parse_dumpfile": "dumpfile",
     "fsverity_digest": "fsverity",
@@ -87,7 +92,9 @@ if not TYPE_CHECKING:
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        from importlib import import_module
+
+        value = getattr(import_module(f".{module}", __name__), name)
         globals()[name] = value
         return value
 

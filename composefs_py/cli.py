@@ -11,23 +11,16 @@ build is simply not offered.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import errno
-import importlib
-import importlib.util
-import itertools
 import os
 import sys
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ComposefsError, ValidationError
-from .limits import Limits
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._userns import IdRange
     from .model import Tree
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +35,12 @@ class CommandError(Exception):
     """A failure to report as one line on stderr with exit status 1."""
 
 
+def _input_limit() -> int:
+    from .limits import Limits
+
+    return Limits().max_input_bytes
+
+
 # ---------------------------------------------------------------------------
 # reading sources
 # ---------------------------------------------------------------------------
@@ -49,7 +48,7 @@ class CommandError(Exception):
 
 def _read_limited(path: str) -> bytes:
     """Read ``path`` (``-`` is stdin), refusing more than the input limit."""
-    limit = Limits().max_input_bytes
+    limit = _input_limit()
     if path == "-":
         data = sys.stdin.buffer.read(limit + 1)
     else:
@@ -61,7 +60,9 @@ def _read_limited(path: str) -> bytes:
 
 
 def _gunzip_limited(data: bytes, path: str) -> bytes:
-    limit = Limits().max_input_bytes
+    import zlib
+
+    limit = _input_limit()
     out = bytearray()
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     chunk = data
@@ -88,6 +89,8 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _gzip_holds_dumpfile(data: bytes) -> bool:
     """Whether gzip ``data`` starts with a dumpfile line (else it is a layer)."""
+    import zlib
+
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         head = decompressor.decompress(data[: 1 << 16], _SNIFF_BYTES)
@@ -124,16 +127,21 @@ def sniff_source(path: str, data: bytes | None) -> str:
 
 
 def _module(name: str, what: str) -> Any:
+    from importlib import import_module
+
     try:
-        return importlib.import_module(f"composefs_py.{name}")
+        return import_module(f"composefs_py.{name}")
     except ModuleNotFoundError as exc:
         if exc.name == f"composefs_py.{name}":
             raise CommandError(f"{what} is not supported by this build") from None
         raise
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+# A NamedTuple, not a dataclass: importing dataclasses (and inspect with it)
+# costs more than the rest of this module, and ``--help`` needs neither.
+
+
+class Source(NamedTuple):
     """A validated input: its Tree, its kind, and the layer when it is one."""
 
     tree: Tree
@@ -499,9 +507,19 @@ def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     idmap.add_argument(
         "--idmap-pid", metavar="PID", type=int, help="use /proc/PID/ns/user's mapping"
     )
-    idmap.add_argument("--uidmap", metavar="C:H:N", type=IdRange.parse, action="append")
-    idmap.add_argument("--gidmap", metavar="C:H:N", type=IdRange.parse, action="append")
+    idmap.add_argument("--uidmap", metavar="C:H:N", type=_id_range, action="append")
+    idmap.add_argument("--gidmap", metavar="C:H:N", type=_id_range, action="append")
     parser.set_defaults(run=_cmd_mount, positional_list="paths")
+
+
+def _id_range(text: str) -> IdRange:
+    """``--uidmap``/``--gidmap``'s ``C:H:N``; argparse reports a malformed one (exit 2)."""
+    from ._userns import IdRange
+
+    try:
+        return IdRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
@@ -512,11 +530,15 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         raise UsageError("--upper and --work go together")
     if args.idmap_pid is not None and (args.uidmap or args.gidmap):
         raise UsageError("--idmap-pid excludes --uidmap and --gidmap")
+    import contextlib
+
+    from ._userns import process_userns, user_namespace
+
     mount = _module("mount", "mounting")
     with contextlib.ExitStack() as stack:
         userns_fd = None
         if args.idmap_pid is not None:
-            userns_fd = stack.enter_context(_process_userns(args.idmap_pid))
+            userns_fd = stack.enter_context(process_userns(args.idmap_pid))
         elif args.uidmap or args.gidmap:
             userns_fd = stack.enter_context(user_namespace(args.uidmap, args.gidmap))
         options: dict[str, Any] = {
@@ -532,146 +554,6 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         else:
             mount.mount_layers(images, mountpoint, **options)
     return 0
-
-
-# ---------------------------------------------------------------------------
-# user namespaces for ID-mapped mounts
-# ---------------------------------------------------------------------------
-
-_ID_LIMIT = 1 << 32  # ids are u32; the kernel keeps first + count below it
-_MAX_RANGES = 340  # what the kernel accepts per map
-_IDENTITY_MAP = "0 0 4294967295\n"  # the initial namespace's map
-_CLONE_NEWUSER = 0x10000000
-
-
-@dataclass(frozen=True, slots=True)
-class IdRange:
-    """One line of a uid or gid map: ``count`` ids from ``inside`` appear as
-    the ids from ``outside`` (``C:H:N`` on the command line)."""
-
-    inside: int
-    outside: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> IdRange:
-        """``"C:H:N"`` -> IdRange; argparse reports a malformed one (exit 2)."""
-        parts = text.split(":")
-        if len(parts) != 3 or not all(part.isdigit() and part.isascii() for part in parts):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected C:H:N (container id, host id, count; decimal)"
-            )
-        inside, outside, count = (int(part) for part in parts)
-        return cls(inside, outside, count)
-
-    def __str__(self) -> str:
-        return f"{self.inside}:{self.outside}:{self.count}"
-
-
-def _map_text(ranges: Sequence[IdRange], what: str) -> str:
-    """The ``/proc/PID/{what}`` text for ``ranges``; CommandError when invalid."""
-    if len(ranges) > _MAX_RANGES:
-        raise CommandError(f"--{what}: at most {_MAX_RANGES} ranges, got {len(ranges)}")
-    for id_range in ranges:
-        if id_range.count == 0:
-            raise CommandError(f"--{what} {id_range}: the count must be at least 1")
-        for side, first in (("container", id_range.inside), ("host", id_range.outside)):
-            if first + id_range.count >= _ID_LIMIT:
-                raise CommandError(
-                    f"--{what} {id_range}: {side} ids {first}..{first + id_range.count - 1} "
-                    f"go beyond {_ID_LIMIT - 2}"
-                )
-    for side in ("inside", "outside"):
-        spans = sorted(ranges, key=lambda id_range: int(getattr(id_range, side)))
-        for low, high in itertools.pairwise(spans):
-            if getattr(high, side) < getattr(low, side) + low.count:
-                where = "container" if side == "inside" else "host"
-                raise CommandError(f"--{what} {low} and {high}: their {where} ids overlap")
-    return "".join(f"{r.inside} {r.outside} {r.count}\n" for r in ranges)
-
-
-def _write_proc(pid: int, name: str, text: str, what: str) -> None:
-    try:
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode("ascii"))  # one write: the kernel takes a map once
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        reason = os.strerror(exc.errno or errno.EIO)
-        if exc.errno == errno.EPERM:
-            reason = "not permitted (mapping other ids needs CAP_SETUID/CAP_SETGID)"
-        raise CommandError(f"{what}: the kernel refuses it: {reason}") from None
-
-
-@contextlib.contextmanager
-def user_namespace(
-    uid_ranges: Sequence[IdRange] | None, gid_ranges: Sequence[IdRange] | None
-) -> Iterator[int]:
-    """A new user namespace with these maps; yields an fd of it (closed after).
-
-    A forked child unshares ``CLONE_NEWUSER`` and waits; this process writes
-    its ``uid_map`` and ``gid_map`` (a map not given is the identity), opens
-    ``/proc/CHILD/ns/user`` and lets the child exit, reaping it before the
-    namespace is used: the fd keeps the namespace alive, no process remains.
-    """
-    uid_text = _map_text(uid_ranges, "uidmap") if uid_ranges else _IDENTITY_MAP
-    gid_text = _map_text(gid_ranges, "gidmap") if gid_ranges else _IDENTITY_MAP
-    unshare = ctypes.CDLL(None, use_errno=True).unshare
-    ready_r, ready_w = os.pipe()
-    hold_r, hold_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: only async-signal-safe work, then _exit
-        status = 0
-        try:
-            os.close(ready_r)
-            os.close(hold_w)
-            if unshare(_CLONE_NEWUSER) != 0:
-                os.write(ready_w, ctypes.get_errno().to_bytes(4, "little"))
-                status = 1
-            else:
-                os.write(ready_w, b"\0\0\0\0")
-                os.read(hold_r, 1)  # until the parent closes its end
-        finally:
-            os._exit(status)
-    os.close(ready_w)
-    os.close(hold_r)
-    userns_fd = -1
-    try:
-        answer = os.read(ready_r, 4)
-        code = int.from_bytes(answer, "little") if len(answer) == 4 else errno.ECHILD
-        if code:
-            raise CommandError(f"cannot create a user namespace: {os.strerror(code)}")
-        _write_proc(pid, "uid_map", uid_text, f"uid map {uid_text.strip()!r}")
-        _write_proc(pid, "setgroups", "deny", "setgroups")
-        _write_proc(pid, "gid_map", gid_text, f"gid map {gid_text.strip()!r}")
-        userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(hold_w)  # the child's read returns: it exits
-        os.waitpid(pid, 0)
-    try:
-        yield userns_fd
-    finally:
-        os.close(userns_fd)
-
-
-@contextlib.contextmanager
-def _process_userns(pid: int) -> Iterator[int]:
-    """An fd of process ``pid``'s user namespace (closed after)."""
-    try:
-        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise CommandError(f"--idmap-pid {pid}: no such process") from None
-    except OSError as exc:
-        raise CommandError(
-            f"--idmap-pid {pid}: cannot open its user namespace: "
-            f"{os.strerror(exc.errno or errno.EIO)}"
-        ) from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _add_unmount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -722,7 +604,9 @@ _COMMANDS: tuple[
 
 
 def _have(module: str) -> bool:
-    return importlib.util.find_spec(f"composefs_py.{module}") is not None
+    from importlib.util import find_spec
+
+    return find_spec(f"composefs_py.{module}") is not None
 
 
 class UsageError(Exception):

@@ -82,22 +82,26 @@ folders this module makes with ``mkdtemp`` and removes folder by folder
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
 import stat
-import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LibraryError, ValidationError
-from .fsverity import measure_fsverity
-from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, parent_of
-from .objects import ObjectDir
+
+if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+    from .model import Inode, Tree
+    from .objects import ObjectDir
+
+# The package imports this module eagerly (``composefs_py.mount`` is the
+# function of that name), so ``import composefs_py`` pays for what is
+# imported here: the modules a call needs (ctypes, pathlib, tempfile, the
+# model, the object store) are imported by the functions that use them.
 
 __all__ = [
     "ENOSIGNATURE",
@@ -151,6 +155,8 @@ _REASONS = {
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
+    import ctypes.util
+
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -222,6 +228,8 @@ def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None
     """
     # The one safe reader: the structural check, then libcomposefs' loader on
     # a thread with a large stack (the loader recurses once per directory level).
+    from .model import Inode
+    from .objects import ObjectDir
     from .writer import read_image
 
     tree = read_image(image)
@@ -284,8 +292,10 @@ def _measure_object(payload: bytes, stores: Sequence[ObjectDir]) -> bytes | Libr
             break
     else:
         return LibraryError(errno.ENOENT, f"object {name} is in no object dir")
+    from . import fsverity
+
     try:
-        return measure_fsverity(fd)
+        return fsverity.measure_fsverity(fd)
     except OSError as exc:
         code = exc.errno or errno.EIO
         if code in (errno.ENOTTY, errno.ENODATA, errno.EOPNOTSUPP):
@@ -331,6 +341,9 @@ def mount(
     Raises ValueError for inconsistent arguments and LibraryError (an
     OSError, with errno) when the mount fails, saying why.
     """
+    import tempfile
+    from pathlib import Path
+
     from ._native import MountFlags, mount_image
 
     image_path = Path(image)
@@ -447,6 +460,8 @@ def unmount(mountpoint: StrPath, *, lazy: bool = False) -> None:
     once even while files are open (``MNT_DETACH``).  Raises LibraryError:
     EINVAL when nothing is mounted there, EBUSY when it is in use.
     """
+    import ctypes
+
     path = _fs(mountpoint)
     libc = _libc()
     if libc.umount2(path, _MNT_DETACH if lazy else 0) != 0:
@@ -505,6 +520,8 @@ def _mount_overlay(
     Uses fsopen/fsconfig (``lowerdir+`` needs Linux >= 6.7): no option
     escaping, no limit on the option string's length.
     """
+    import ctypes
+
     libc = _libc()
     syscall = libc.syscall
     syscall.restype = ctypes.c_long
@@ -634,6 +651,10 @@ def mount_layers(
         )
     # Everything that can be checked without mounting is checked before the
     # first mount, so a bad later layer does not cost mounting the earlier ones.
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
     target = Path(mountpoint)
     _check_dir(target, "mountpoint")
     for image in images:
@@ -704,6 +725,10 @@ def flatten_layers(trees: Sequence[Tree]) -> Tree:
     inode is replaced or removed, a remaining link takes it over; link
     counts are recounted.
     """
+    from dataclasses import replace
+
+    from .model import ROOT, Hardlink, TreeBuilder, parent_of
+
     if not trees:
         raise ValueError("trees: at least one layer Tree is needed")
     # path -> (inode key, node as last written); the key names one inode:

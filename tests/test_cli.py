@@ -379,6 +379,47 @@ def test_help_exits_0(run: Run) -> None:
         assert command in stdout
 
 
+#: What the ``composefs-py`` entry point may load beyond argparse and what a
+#: ``from __future__``/``typing`` module costs anyway: the command module, the
+#: exception tree, and ``mount`` (the package imports it eagerly, as its
+#: function shares the submodule's name; the module itself imports nothing
+#: heavy until called).
+_CLI_IMPORT_BASELINE = "argparse, typing, contextlib, errno, collections.abc, __future__"
+_CLI_IMPORT_ALLOWED = {
+    "composefs_py",
+    "composefs_py.cli",
+    "composefs_py.errors",
+    "composefs_py.mount",
+}
+
+
+def test_importing_the_cli_loads_only_what_help_needs() -> None:
+    # A fresh interpreter without site (no editable-install finder loading
+    # pathlib, fnmatch, urllib on its own), the package found where it is.
+    import composefs_py
+
+    code = (
+        "import sys\n"
+        f"import {_CLI_IMPORT_BASELINE}\n"
+        "before = set(sys.modules)\n"
+        "import composefs_py.cli\n"
+        "print('\\n'.join(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(composefs_py.__file__).parent.parent)}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    extra = set(out.stdout.split()) - _CLI_IMPORT_ALLOWED
+    assert not extra, f"{len(extra)} modules more than --help needs: {sorted(extra)}"
+    # and the help itself still works from there
+    help_code = "from composefs_py.cli import main; main(['build', '--help'])"
+    shown = subprocess.run(
+        [sys.executable, "-S", "-c", help_code], capture_output=True, text=True, env=env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "--min-version" in shown.stdout
+
+
 # ---------------------------------------------------------------------------
 # validate
 # ---------------------------------------------------------------------------

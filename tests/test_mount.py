@@ -1573,6 +1573,7 @@ def test_the_verity_check_itself_refuses_what_is_not_an_object(
 def test_verity_check_measures_each_object_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import composefs_py.fsverity
     import composefs_py.writer
 
     mount_module = sys.modules["composefs_py.mount"]
@@ -1592,6 +1593,6 @@ def test_verity_check_measures_each_object_once(
         measured.append(fd)
         return fsverity_digest(CONFINED)
 
-    monkeypatch.setattr(mount_module, "measure_fsverity", measure)
+    monkeypatch.setattr(composefs_py.fsverity, "measure_fsverity", measure)
     assert mount_module._verity_problem(tmp_path / "image", [objects]) is None
     assert len(measured) == 1
