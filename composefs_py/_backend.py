@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import BackendUnavailableError, LibraryError
@@ -34,8 +31,14 @@ VERSION_MAX = 1
 #: Environment variable naming the ``mkcomposefs`` executable.
 MKCOMPOSEFS_ENV = "COMPOSEFS_PY_MKCOMPOSEFS"
 
-_REPO = Path(__file__).resolve().parent.parent
-_BUNDLED_MKCOMPOSEFS = _REPO / ".deps" / "prefix" / "bin" / "mkcomposefs"
+#: The checkout's own build of the tool (``make deps``), beside the package.
+_BUNDLED_MKCOMPOSEFS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
+    ".deps",
+    "prefix",
+    "bin",
+    "mkcomposefs",
+)
 _STDERR_TAIL = 2000
 _CHUNK = 1 << 20
 
@@ -65,7 +68,9 @@ def find_mkcomposefs() -> str | None:
     if configured:
         return configured
     if os.access(_BUNDLED_MKCOMPOSEFS, os.X_OK):
-        return str(_BUNDLED_MKCOMPOSEFS)
+        return _BUNDLED_MKCOMPOSEFS
+    import shutil
+
     return shutil.which("mkcomposefs")
 
 
@@ -80,6 +85,8 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 def write_with_mkcomposefs(tree: Tree, fd: int, *, min_version: int, max_version: int) -> bytes:
     """The ``mkcomposefs`` backend: ``mkcomposefs --from-file -`` on ``dump(tree)``,
     the image copied to ``fd``."""
+    import subprocess
+
     from .dumpfile import dump_bytes
     from .fsverity import fsverity_digest
 

@@ -5,7 +5,9 @@ Exit status: 0 success, 1 rejected input or failed operation (one line
 
 Each subcommand is one ``_cmd_*`` function plus one entry in ``_COMMANDS``
 naming the module it needs; a command whose module is not part of this
-build is simply not offered.
+build is simply not offered.  A run builds the options of its own command
+only, and the modules a command needs are imported when it runs, so that
+``import composefs_py.cli`` and ``--help`` load nothing else.
 """
 
 from __future__ import annotations
@@ -230,17 +232,15 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "build",
-        help="build a composefs image from a dumpfile, TOC or layer(s)",
-        description="Build a composefs image from SOURCE (a composefs-dump(5) "
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Build a composefs image from SOURCE (a composefs-dump(5) "
         "file, a TOC JSON or a layer; '-' reads a dumpfile or TOC from stdin) and "
         "print its fs-verity digest.  Several SOURCEs are layers of one image, "
         "base first: they are flattened with OCI semantics (whiteouts delete, "
         "opaque directories hide what lies below, later layers replace earlier "
         "entries) into one image.  One layer alone keeps its whiteouts, so "
-        "that its image can be mounted stacked.",
+        "that its image can be mounted stacked."
     )
     parser.add_argument("sources", metavar="SOURCE", nargs="+")
     parser.add_argument(
@@ -348,12 +348,10 @@ def _image_stdout() -> int:
     return fd
 
 
-def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "validate",
-        help="check a dumpfile, TOC or layer; print every problem",
-        description="Check SOURCE and print every problem found, one per line "
-        "(exit 1), or a summary line (exit 0).",
+def _add_validate(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Check SOURCE and print every problem found, one per line "
+        "(exit 1), or a summary line (exit 0)."
     )
     parser.add_argument("source", metavar="SOURCE")
     _add_source_options(parser)
@@ -372,12 +370,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "dump",
-        help="print an image or source as composefs-dump(5)",
-        description="Print IMAGE (a composefs image) or SOURCE (dumpfile, TOC, "
-        "layer) in the composefs-dump(5) format.",
+def _add_dump(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print IMAGE (a composefs image) or SOURCE (dumpfile, TOC, "
+        "layer) in the composefs-dump(5) format."
     )
     parser.add_argument("source", metavar="IMAGE|SOURCE")
     _add_source_options(parser)
@@ -429,14 +425,12 @@ def _file_is_image(path: str) -> bool:
         return is_image(stream.read(EROFS_SUPER_OFFSET + 4))
 
 
-def _add_digest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "digest",
-        help="print the fs-verity digest of files",
-        description="Print the fs-verity digest (sha256, 4096-byte blocks, no "
+def _add_digest(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print the fs-verity digest (sha256, 4096-byte blocks, no "
         "salt) of each FILE in hex ('-' reads stdin).  For one FILE the line is "
         "the digest alone, as 'mkcomposefs --print-digest' prints an image's; "
-        "for several it is 'DIGEST FILE'.",
+        "for several it is 'DIGEST FILE'."
     )
     parser.add_argument("files", metavar="FILE", nargs="+")
     parser.add_argument(
@@ -458,15 +452,13 @@ def _cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_mount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "mount",
-        usage="%(prog)s [options] IMAGE [IMAGE ...] MNT",
-        help="mount a composefs image, or layer images stacked",
-        description="Mount IMAGE on MNT with DIR as its object store.  Several "
+def _add_mount(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s [options] IMAGE [IMAGE ...] MNT"
+    parser.description = (
+        "Mount IMAGE on MNT with DIR as its object store.  Several "
         "IMAGEs are layers, top first (IMG_TOP ... IMG_BASE): they are mounted "
         "stacked as one overlay, whiteouts and opaque directories of upper "
-        "layers hiding what they cover below (Linux >= 6.7).",
+        "layers hiding what they cover below (Linux >= 6.7)."
     )
     # One positional list, split in _cmd_mount into the images and MNT.
     parser.add_argument(
@@ -556,8 +548,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_unmount(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("unmount", help="unmount a composefs mount")
+def _add_unmount(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", metavar="MNT")
     parser.set_defaults(run=_cmd_unmount)
 
@@ -567,12 +558,10 @@ def _cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sandbox_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "sandbox-info",
-        help="show which protections the sandboxed writer gets here",
-        description="Start a sandboxed child, check each lockdown step from "
-        "inside it and print 'NAME: yes|no|VALUE' per protection.",
+def _add_sandbox_info(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start a sandboxed child, check each lockdown step from "
+        "inside it and print 'NAME: yes|no|VALUE' per protection."
     )
     parser.set_defaults(run=_cmd_sandbox_info)
 
@@ -585,21 +574,33 @@ def _cmd_sandbox_info(args: argparse.Namespace) -> int:
     return 0
 
 
-#: (adder, modules the command needs): a command is offered when they exist.
+#: (name, one-line help, adder, modules the command needs): a command is
+#: offered when its modules exist.  The adder fills the command's parser.
 _COMMANDS: tuple[
-    tuple[
-        Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None],
-        tuple[str, ...],
-    ],
-    ...,
+    tuple[str, str, Callable[[argparse.ArgumentParser], None], tuple[str, ...]], ...
 ] = (
-    (_add_build, ("writer", "dumpfile")),
-    (_add_validate, ("dumpfile",)),
-    (_add_dump, ("dumpfile", "writer")),
-    (_add_digest, ("fsverity",)),
-    (_add_mount, ("mount",)),
-    (_add_unmount, ("mount",)),
-    (_add_sandbox_info, ("sandbox",)),
+    (
+        "build",
+        "build a composefs image from a dumpfile, TOC or layer(s)",
+        _add_build,
+        ("writer", "dumpfile"),
+    ),
+    (
+        "validate",
+        "check a dumpfile, TOC or layer; print every problem",
+        _add_validate,
+        ("dumpfile",),
+    ),
+    ("dump", "print an image or source as composefs-dump(5)", _add_dump, ("dumpfile", "writer")),
+    ("digest", "print the fs-verity digest of files", _add_digest, ("fsverity",)),
+    ("mount", "mount a composefs image, or layer images stacked", _add_mount, ("mount",)),
+    ("unmount", "unmount a composefs mount", _add_unmount, ("mount",)),
+    (
+        "sandbox-info",
+        "show which protections the sandboxed writer gets here",
+        _add_sandbox_info,
+        ("sandbox",),
+    ),
 )
 
 
@@ -613,16 +614,36 @@ class UsageError(Exception):
     """A usage problem found after parsing (exit status 2)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, offering the commands this build supports."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, offering the commands this build supports.
+
+    A run parses one command, and each subparser costs argparse's set-up
+    (gettext lookups included): ``build_parser(command)`` makes only that
+    command's parser when this build offers it, and otherwise (an unknown
+    word, a ``--help`` of the command list) each command with its help line
+    but no options.  Without ``command`` every command is complete.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG, description="Build, check, dump and mount composefs images."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add, needs in _COMMANDS:
-        if all(_have(module) for module in needs):
-            add(sub)
+    offered = [
+        (name, help_line, add)
+        for name, help_line, add, needs in _COMMANDS
+        if all(_have(module) for module in needs)
+    ]
+    chosen = [entry for entry in offered if entry[0] == command]
+    for name, help_line, add in chosen or offered:
+        command_parser = sub.add_parser(name, help=help_line)
+        if command is None or chosen:
+            add(command_parser)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (the
+    top-level parser has no option taking a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -639,7 +660,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Usage errors exit through argparse with status 2.
     """
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command_word(argv))
     args, extra = parser.parse_known_args(argv)
     # argparse fills a list positional from one run of words only: words
     # after an option ("build A -o X B", "mount A --objects D MNT") come back

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import gzip
 import hashlib
 import os
 import struct
@@ -207,6 +206,8 @@ def _fs_phrase(fd: int) -> str:
 
 def _kernel_lacks_fsverity() -> bool:
     """True when the kernel's own config says it is built without fs-verity."""
+    import gzip
+
     try:
         with gzip.open("/proc/config.gz", "rb") as config:
             return b"# CONFIG_FS_VERITY is not set" in config.read()

@@ -80,7 +80,6 @@ import errno
 import functools
 import hashlib
 import os
-import re
 import stat
 import threading
 import time
@@ -104,7 +103,7 @@ __all__ = [
 
 Naming = Literal["sha256", "fsverity"]
 
-_HEX64 = re.compile(rb"[0-9a-f]{64}")
+_LOWER_HEX = b"0123456789abcdef"
 _TMP_PREFIX = ".tmp-"
 _COPY_SIZE = 1 << 20
 _OBJECT_MODE = 0o644
@@ -131,10 +130,15 @@ def update_with_zeros(update: Callable[[memoryview], object], size: int) -> None
         update(_ZEROS[:size])
 
 
+def _is_hex64(raw: bytes) -> bool:
+    """Whether ``raw`` is 64 lowercase hex digits (no regex to compile at import)."""
+    return len(raw) == 64 and not raw.translate(None, _LOWER_HEX)
+
+
 def payload_for_hex(hexdigest: str | bytes) -> bytes:
     """Return the payload path ``b"ab/cdef..."`` for a 64-digit lowercase hex digest."""
     raw = hexdigest.encode("ascii") if isinstance(hexdigest, str) else hexdigest
-    if not _HEX64.fullmatch(raw):
+    if not _is_hex64(raw):
         raise ValidationError(f"must be 64 lowercase hex digits, got {raw[:80]!r}", field="digest")
     return raw[:2] + b"/" + raw[2:]
 
@@ -158,7 +162,7 @@ def _expected_hex(expected: str | bytes | None) -> str | None:
             raise ValidationError("a raw digest is 32 bytes", field="digest")
         return expected.hex()
     text = expected.removeprefix("sha256:")
-    if not _HEX64.fullmatch(text.encode("ascii", "replace")):
+    if not _is_hex64(text.encode("ascii", "replace")):
         raise ValidationError(
             f"must be sha256: and 64 lowercase hex digits, got {expected[:80]!r}",
             field="digest",

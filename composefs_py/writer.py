@@ -65,10 +65,8 @@ import errno
 import fcntl
 import functools
 import os
-import secrets
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -350,6 +348,8 @@ def _temp_path(dest: str) -> tuple[str, int]:
     """Create and open ``dest``'s temporary sibling (O_EXCL, 0644 less umask)."""
     folder, name = os.path.split(dest)
     stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM])
+    import secrets  # here: its hmac/random imports cost more than a build's rest of set-up
+
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
         temp = os.path.join(folder, f".{stem}.{secrets.token_hex(8)}.tmp")
@@ -483,6 +483,8 @@ def _publish(dest: str, write: Callable[[int], bytes]) -> bytes:
             raise failed.error from None
         except OSError as exc:
             raise _output_error(exc, dest, where.path) from None
+    import tempfile
+
     with tempfile.TemporaryFile(prefix="composefs-py-image-") as scratch:
         digest = write(scratch.fileno())
         size = os.fstat(scratch.fileno()).st_size

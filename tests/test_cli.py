@@ -10,6 +10,7 @@ on stderr), 2 usage.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -24,7 +25,7 @@ import pytest
 from test_upstream_assets import fsck
 from test_writer import tmpfs
 
-from composefs_py.cli import main
+from composefs_py.cli import build_parser, main
 from composefs_py.dumpfile import dump, parse_dumpfile
 from composefs_py.fsverity import fsverity_digest
 from composefs_py.model import Inode
@@ -377,6 +378,22 @@ def test_help_exits_0(run: Run) -> None:
     assert status == 0
     for command in ("build", "validate", "dump", "digest", "mount", "unmount"):
         assert command in stdout
+
+
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_a_run_builds_only_its_own_command_parser() -> None:
+    assert list(_commands_of(build_parser("build"))) == ["build"]
+    # the command list (--help, an unknown word): every command, no options
+    listed = _commands_of(build_parser("--help"))
+    assert {"build", "validate", "dump", "digest", "mount", "unmount"} <= set(listed)
+    assert all(len(p._actions) == 1 for p in listed.values())  # -h only
+    complete = _commands_of(build_parser())
+    assert set(complete) == set(listed)
+    assert len(complete["build"]._actions) > 10
 
 
 #: What the ``composefs-py`` entry point may load beyond argparse and what a
