@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from .toc import parse_toc
     from .writer import read_image, write_image
 
+    #: The installed distribution's version (its metadata is the one source).
+    __version__: str
+
 __all__ = [
     "BackendUnavailableError",
     "ComposefsError",
@@ -90,13 +93,27 @@ if not TYPE_CHECKING:
 
     def __getattr__(name: str) -> object:
         module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
-        from importlib import import_module
+        if module is not None:
+            from importlib import import_module
 
-        value = getattr(import_module(f".{module}", __name__), name)
+            value = getattr(import_module(f".{module}", __name__), name)
+        elif name == "__version__":
+            value = _version()
+        else:
+            raise AttributeError(f"module 'composefs_py' has no attribute {name!r}")
         globals()[name] = value
         return value
+
+
+def _version() -> str:
+    """The version in the package's metadata: pyproject.toml's, once installed
+    (read on first use: importlib.metadata is not cheap to import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("composefs-py")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:

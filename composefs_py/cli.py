@@ -8,12 +8,30 @@ naming the module it needs; a command whose module is not part of this
 build is simply not offered.  A run builds the options of its own command
 only, and the modules a command needs are imported when it runs, so that
 ``import composefs_py.cli`` and ``--help`` load nothing else.
+
+``build`` speaks mkcomposefs 1.0.8's command line where the meaning is the
+same: ``SOURCE IMAGE`` (or ``-o IMAGE``; ``-`` is stdout), ``--digest-store``,
+``--print-digest[-only]``, ``--from-file``, ``--min-version``/``--max-version``
+(read as mkcomposefs reads them), and the build flags ``--use-epoch``,
+``--skip-xattrs``, ``--user-xattrs``, ``--skip-devices``, which apply to any
+source here (:mod:`composefs_py._buildflags`); ``--lenient`` reads a dumpfile
+as mkcomposefs does without ``CFS_PARSE_STRICT``.
+
+Cost of what the command itself reads (the validators bound the rest, see
+their modules): a text source is read once, at most ``max_input_bytes`` + 1
+bytes (checked before it is decoded), a gzip one decompressed in steps whose
+output is capped at the same limit before it is allocated; sniffing reads
+4 KiB (64 KiB of a gzip stream, decompressed to at most 4 KiB); the check of
+a positional IMAGE reads 1 KiB of a regular file and opens nothing else (a
+FIFO is never opened to be checked).  A build flag rebuilds the Tree once,
+linearly, after the sources' Trees are let go.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -177,20 +195,28 @@ def load_source(
     kind: str | None = None,
     *,
     compat: str | None = None,
+    lenient: bool = False,
     collect: bool = False,
-    objects: str | None = None,
     progress: bool | None = None,
-    store: Any = None,
+    store: Callable[[], Any] | None = None,
 ) -> Source:
     """Parse the source at ``path`` (``-``: stdin) into a validated Tree.
 
-    With ``objects`` (a folder) or ``store`` (an ObjectStore), for a layer
-    only, the layer's file contents are imported into that object store,
-    verified, and the Tree names them.
+    With ``store`` (which gives the ObjectStore, opened on first use), a
+    layer's file contents are imported into that object store, verified,
+    and the Tree names them; a dumpfile or TOC has none, and as mkcomposefs
+    ignores ``--digest-store`` with ``--from-file``, a warning says that
+    nothing is stored.  ``lenient``: a dumpfile is parsed with ``strict=False``.
     """
     kind, data = _text_of(path, kind)
-    if (objects is not None or store is not None) and kind != "layer":
-        raise CommandError(f"--objects needs a layer SOURCE (a {kind} carries no file contents)")
+    if store is not None and kind != "layer":
+        print(
+            f"{PROG}: warning: --digest-store: {path} is a {kind}, which carries no "
+            "file contents: nothing is stored",
+            file=sys.stderr,
+        )
+    if lenient and kind != "dumpfile":
+        raise CommandError(f"--lenient applies to dumpfile sources, not to a {kind}")
     if kind == "toc":
         assert data is not None
         toc = _module("toc", "reading a TOC")
@@ -204,17 +230,15 @@ def load_source(
         if compat is not None:
             raise CommandError("--compat applies to TOC and layer sources")
         dumpfile = _module("dumpfile", "reading a dumpfile")
-        return Source(dumpfile.parse_dumpfile(data), kind)
+        return Source(dumpfile.parse_dumpfile(data, strict=not lenient), kind)
     layer = _module("layers", "reading a layer").open_layer(path)
     if collect:
         toc_bytes = layer.toc_bytes()
         if toc_bytes is not None:  # report every problem of the TOC at once
             _module("toc", "reading a TOC").parse_toc(toc_bytes, compat=compat, collect=True)
-    if objects is None and store is None:
-        return Source(layer.tree(compat=compat), kind, layer)
     if store is None:
-        store = _module("objects", "an object store").ObjectStore(objects)
-    tree = layer.import_objects(store, compat=compat, progress=progress)
+        return Source(layer.tree(compat=compat), kind, layer)
+    tree = layer.import_objects(store(), compat=compat, progress=progress)
     return Source(tree, kind, layer)
 
 
@@ -224,44 +248,123 @@ def load_source(
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    group = parser.add_argument_group("reading SOURCE")
+    kind = group.add_mutually_exclusive_group()
+    kind.add_argument(
         "--from",
         dest="source_kind",
         choices=SOURCE_KINDS,
         help="what SOURCE is (default: sniffed from its content)",
     )
+    kind.add_argument(
+        "--from-file",
+        dest="source_kind",
+        action="store_const",
+        const="dumpfile",
+        help="SOURCE is a dumpfile (mkcomposefs's spelling of --from dumpfile)",
+    )
+    group.add_argument(
+        "--lenient",
+        action="store_true",
+        help="read a dumpfile as leniently as mkcomposefs does without "
+        "CFS_PARSE_STRICT (the sloppiness of upstream's three non-strict "
+        "test dumpfiles, nothing more); default: strict",
+    )
+    group.add_argument(
+        "--compat",
+        choices=("containers-storage",),
+        help="reproduce containers/storage's TOC conversion exactly",
+    )
 
 
 def _add_build(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s [options] SOURCE [SOURCE ...] {IMAGE | -o IMAGE | --print-digest-only}"
     parser.description = (
-        "Build a composefs image from SOURCE (a composefs-dump(5) "
-        "file, a TOC JSON or a layer; '-' reads a dumpfile or TOC from stdin) and "
-        "print its fs-verity digest.  Several SOURCEs are layers of one image, "
-        "base first: they are flattened with OCI semantics (whiteouts delete, "
-        "opaque directories hide what lies below, later layers replace earlier "
-        "entries) into one image.  One layer alone keeps its whiteouts, so "
-        "that its image can be mounted stacked."
+        "Build a composefs image from SOURCE (a composefs-dump(5) file, a TOC "
+        "JSON or a layer; '-' reads a dumpfile or TOC from stdin) and print its "
+        "fs-verity digest.  As with mkcomposefs, the last word is the IMAGE "
+        "unless -o names it or --print-digest-only writes none.  Several SOURCEs "
+        "are layers of one image, base first: they are flattened with OCI "
+        "semantics (whiteouts delete, opaque directories hide what lies below, "
+        "later layers replace earlier entries).  One layer alone keeps its "
+        "whiteouts, so that its image can be mounted stacked."
     )
-    parser.add_argument("sources", metavar="SOURCE", nargs="+")
     parser.add_argument(
+        "paths",
+        metavar="SOURCE ... [IMAGE]",
+        nargs="+",
+        help="the source(s), then the image (a new name or a composefs image: "
+        "any other existing file is replaced only when -o names it)",
+    )
+    _add_source_options(parser)
+    output = parser.add_argument_group("the image")
+    output.add_argument(
         "-o",
         "--output",
         metavar="IMAGE",
-        required=True,
         help="where to write the image: a regular file or a new name is replaced "
         "atomically; a symlink, device or FIFO is written through; '-' is "
         "standard output (the digest then goes to stderr)",
     )
-    parser.add_argument(
-        "--objects",
-        metavar="DIR",
-        help="import the layers' file contents into this store",
+    output.add_argument(
+        "--print-digest",
+        action="store_true",
+        help="print the image's fs-verity digest (the default; mkcomposefs's option)",
     )
-    verity = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--print-digest-only",
+        action="store_true",
+        help="print the image's fs-verity digest and write no image",
+    )
+    output.add_argument(
+        "--min-version",
+        type=int,
+        metavar="N",
+        help="the lowest composefs format version to write (default 0); "
+        "libcomposefs moves up to --max-version only where the tree needs it "
+        "(a whiteout needs 1)",
+    )
+    output.add_argument(
+        "--max-version",
+        type=int,
+        metavar="N",
+        help="the highest format version allowed (default 1).  As in "
+        "mkcomposefs, giving one of the two makes the other default to 0, and a "
+        "--max-version below --min-version is raised to it",
+    )
+    output.add_argument(
+        "--backend",
+        choices=("auto", "native", "sandbox", "mkcomposefs"),
+        default="auto",
+        help="writer backend (default: auto)",
+    )
+    content = parser.add_argument_group(
+        "what the image keeps",
+        "mkcomposefs's build flags, applied to any SOURCE (mkcomposefs applies "
+        "them to a directory only), after the layers are flattened",
+    )
+    content.add_argument("--use-epoch", action="store_true", help="make every mtime zero")
+    xattrs = content.add_mutually_exclusive_group()
+    xattrs.add_argument("--skip-xattrs", action="store_true", help="keep no xattrs")
+    xattrs.add_argument("--user-xattrs", action="store_true", help="keep only user.* xattrs")
+    content.add_argument(
+        "--skip-devices",
+        action="store_true",
+        help="keep no character or block devices (whiteouts are character devices)",
+    )
+    store = parser.add_argument_group("file contents (layer SOURCEs)")
+    store.add_argument(
+        "--digest-store",
+        "--objects",
+        dest="objects",
+        metavar="DIR",
+        help="import the layers' file contents into this object store",
+    )
+    verity = store.add_mutually_exclusive_group()
     verity.add_argument(
         "--verity-digests",
         action="store_true",
-        help="record each file's fs-verity digest in the image (with --objects)",
+        help="record each file's fs-verity digest in the image",
     )
     verity.add_argument(
         "--enable-verity",
@@ -269,69 +372,130 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
         help="also enable kernel fs-verity on every object (the store's file "
         "system and the kernel must support it)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "native", "sandbox", "mkcomposefs"),
-        default="auto",
-        help="writer backend (default: auto)",
-    )
-    _add_source_options(parser)
-    parser.add_argument(
-        "--compat",
-        choices=("containers-storage",),
-        help="reproduce containers/storage's TOC conversion exactly",
-    )
-    parser.add_argument(
+    store.add_argument(
         "--progress",
         action="store_true",
         help="show import progress on stderr (default: only on a terminal)",
     )
-    parser.add_argument("--min-version", type=int, default=0, metavar="N")
-    parser.add_argument("--max-version", type=int, default=1, metavar="N")
-    parser.set_defaults(run=_cmd_build, positional_list="sources")
+    parser.set_defaults(run=_cmd_build, positional_list="paths")
+
+
+def _versions(args: argparse.Namespace) -> tuple[int, int]:
+    """``--min-version``/``--max-version`` as mkcomposefs 1.0.8 reads them:
+    (0, 1) when neither is given, else the one not given is 0; libcomposefs
+    then raises a maximum below the minimum to it."""
+    from ._backend import VERSION_MAX
+
+    if args.min_version is None and args.max_version is None:
+        return 0, 1
+    low = args.min_version or 0
+    high = max(args.max_version or 0, low)
+    if not 0 <= low <= VERSION_MAX or not 0 <= high <= VERSION_MAX:
+        raise UsageError(
+            f"format versions go from 0 to {VERSION_MAX}, "
+            f"got --min-version {args.min_version} and --max-version {args.max_version}"
+        )
+    return low, high
+
+
+def _sources_and_image(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """Split the positional words into SOURCEs and the IMAGE (None: no image)."""
+    paths: list[str] = args.paths
+    if args.print_digest_only:
+        if args.output is not None:
+            raise UsageError("--print-digest-only writes no image: drop -o")
+        return paths, None
+    if args.output is not None:
+        return paths, args.output
+    if len(paths) < 2:
+        raise UsageError("no IMAGE: give SOURCE IMAGE, -o IMAGE or --print-digest-only")
+    image = paths[-1]
+    _check_positional_image(image)
+    return paths[:-1], image
+
+
+def _check_positional_image(path: str) -> None:
+    """Refuse to replace an existing file that is no composefs image when it is
+    named as the last word: with several SOURCEs, a forgotten ``-o`` would
+    otherwise replace the top layer with an image."""
+    from .writer import EROFS_SUPER_OFFSET, is_image
+
+    if path == "-":
+        return
+    try:  # never opened unless a regular file: a FIFO would block
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return
+        with open(path, "rb") as stream:
+            head = stream.read(EROFS_SUPER_OFFSET + 4)
+    except OSError:  # a new name, or one the writer will report on
+        return
+    if not is_image(head):
+        raise UsageError(
+            f"{path} exists and is not a composefs image; name it with -o to replace it"
+        )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .writer import VERSION_MAX, write_image
+    from ._buildflags import BuildFlags, apply_build_flags
+    from .writer import write_image
 
-    if not 0 <= args.min_version <= args.max_version <= VERSION_MAX:
-        raise UsageError(
-            f"need 0 <= --min-version <= --max-version <= {VERSION_MAX}, "
-            f"got {args.min_version} and {args.max_version}"
-        )
+    min_version, max_version = _versions(args)
     if (args.verity_digests or args.enable_verity) and args.objects is None:
         flag = "--enable-verity" if args.enable_verity else "--verity-digests"
-        raise UsageError(f"{flag} needs --objects (the digests come from the imported contents)")
-    if args.sources.count("-") > 1:
+        raise UsageError(
+            f"{flag} needs --digest-store (the digests come from the imported contents)"
+        )
+    sources, image = _sources_and_image(args)
+    if sources.count("-") > 1:
         raise UsageError("standard input ('-') can be only one SOURCE")
-    stdout = _image_stdout() if args.output == "-" else None
+    stdout = _image_stdout() if image == "-" else None
     store = None
-    if args.objects is not None:
-        store = _module("objects", "an object store").ObjectStore(
-            args.objects,
-            fsverity=args.verity_digests,
-            enable_verity=args.enable_verity,
+    if args.objects is not None:  # opened by the first layer: a dumpfile stores nothing
+        import functools
+
+        store = functools.cache(
+            lambda: _module("objects", "an object store").ObjectStore(
+                args.objects,
+                fsverity=args.verity_digests,
+                enable_verity=args.enable_verity,
+            )
         )
     trees = [
         load_source(
             path,
             args.source_kind,
             compat=args.compat,
+            lenient=args.lenient,
             store=store,
             progress=True if args.progress else None,
         ).tree
-        for path in args.sources
+        for path in sources
     ]
     tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
-    if stdout is not None:
-        sys.stdout.flush()
-    digest = write_image(
-        tree,
-        args.output if stdout is None else stdout,
-        backend=args.backend,
-        min_version=args.min_version,
-        max_version=args.max_version,
+    del trees  # a build flag makes a new Tree: the sources' go first
+    flags = BuildFlags(
+        use_epoch=args.use_epoch,
+        skip_xattrs=args.skip_xattrs,
+        user_xattrs=args.user_xattrs,
+        skip_devices=args.skip_devices,
     )
+    tree = apply_build_flags(tree, flags)
+    options: dict[str, Any] = {
+        "backend": args.backend,
+        "min_version": min_version,
+        "max_version": max_version,
+    }
+    if image is None:  # --print-digest-only: the bytes go nowhere
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            digest = write_image(tree, null, **options)
+        finally:
+            os.close(null)
+    else:
+        if stdout is not None:
+            sys.stdout.flush()
+        digest = write_image(tree, image if stdout is None else stdout, **options)
     print(digest.hex(), file=sys.stdout if stdout is None else sys.stderr)
     return 0
 
@@ -355,13 +519,14 @@ def _add_validate(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("source", metavar="SOURCE")
     _add_source_options(parser)
-    parser.add_argument("--compat", choices=("containers-storage",))
     parser.set_defaults(run=_cmd_validate)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        source = load_source(args.source, args.source_kind, compat=args.compat, collect=True)
+        source = load_source(
+            args.source, args.source_kind, compat=args.compat, lenient=args.lenient, collect=True
+        )
     except ValidationError as exc:
         for problem in exc.problems:
             print(f"{args.source}: {problem}")
@@ -398,23 +563,27 @@ def _cmd_dump(args: argparse.Namespace) -> int:
         if is_image(data):
             tree = read_image(data, sandbox=args.sandbox)
         else:
-            tree = _tree_from_stdin_text(data)
+            tree = _tree_from_stdin_text(data, compat=args.compat, lenient=args.lenient)
     else:
-        tree = load_source(path, args.source_kind).tree
+        tree = load_source(path, args.source_kind, compat=args.compat, lenient=args.lenient).tree
     sys.stdout.write(dump(tree))
     sys.stdout.flush()
     return 0
 
 
-def _tree_from_stdin_text(data: bytes) -> Tree:
+def _tree_from_stdin_text(data: bytes, *, compat: str | None, lenient: bool) -> Tree:
     if data.startswith(_GZIP_MAGIC):
         data = _gunzip_limited(data, "-")
     kind = sniff_source("-", data)
-    if kind == "toc":
-        return _module("toc", "reading a TOC").parse_toc(data)  # type: ignore[no-any-return]
-    if kind == "dumpfile":
+    if kind == "toc" and not lenient:
+        toc = _module("toc", "reading a TOC")
+        return toc.parse_toc(data, compat=compat)  # type: ignore[no-any-return]
+    if kind == "dumpfile" and compat is None:
         dumpfile = _module("dumpfile", "reading a dumpfile")
-        return dumpfile.parse_dumpfile(data)  # type: ignore[no-any-return]
+        return dumpfile.parse_dumpfile(data, strict=not lenient)  # type: ignore[no-any-return]
+    if kind in ("toc", "dumpfile"):
+        option = "--lenient" if lenient else "--compat"
+        raise CommandError(f"-: {option} does not apply to a {kind}")
     raise CommandError("-: standard input is neither an image, a dumpfile nor a TOC")
 
 
@@ -626,6 +795,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Build, check, dump and mount composefs images."
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     offered = [
         (name, help_line, add)
@@ -638,6 +808,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command is None or chosen:
             add(command_parser)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package's version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, nargs=0, help="print the version and exit"
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from . import __version__
+
+        print(f"{PROG} {__version__}")
+        parser.exit()
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

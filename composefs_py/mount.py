@@ -124,9 +124,9 @@ ENOSIGNATURE = errno.EBADMSG
 
 _MNT_DETACH = 2
 _OPAQUE_XATTR = b"trusted.overlay.opaque"
-# What libcomposefs adds to a directory holding whiteouts (read_image keeps
-# the opaque ones): bookkeeping that means nothing once whiteouts are gone.
-_WHITEOUT_MARKERS = frozenset(
+#: What libcomposefs adds to a directory holding whiteouts (read_image keeps
+#: the opaque ones): bookkeeping that means nothing once whiteouts are gone.
+WHITEOUT_MARKERS = frozenset(
     (
         (_OPAQUE_XATTR, b"x"),
         (b"user.overlay.opaque", b"x"),
@@ -766,7 +766,7 @@ def flatten_layers(trees: Sequence[Tree]) -> Tree:
                 kept = tuple(
                     x
                     for x in inode.xattrs
-                    if x != (_OPAQUE_XATTR, b"y") and x not in _WHITEOUT_MARKERS
+                    if x != (_OPAQUE_XATTR, b"y") and x not in WHITEOUT_MARKERS
                 )
                 if kept != inode.xattrs:
                     inode = replace(inode, xattrs=kept)

@@ -103,3 +103,12 @@ def test_the_readme_names_only_what_exists() -> None:
     assert missing == [], f"README names what composefs_py does not export: {missing}"
     for module, name in re.findall(r"`(composefs_py(?:\.\w+)*)\.(\w+)\(", readme):
         assert hasattr(importlib.import_module(module), name), f"README names {module}.{name}"
+
+
+def test_version_is_a_typed_public_name(tmp_path: Path) -> None:
+    result = _mypy(
+        tmp_path,
+        "import composefs_py\nfrom composefs_py import __version__\n\n"
+        "version: str = __version__\nsame: str = composefs_py.__version__\n",
+    )
+    assert result.returncode == 0, result.stdout

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -298,13 +299,6 @@ def test_build_layer_progress_goes_to_stderr(run: Run, tmp_path: Path) -> None:
     assert stderr.strip(), "--progress shows progress on stderr"
 
 
-def test_build_objects_needs_a_layer(run: Run, tmp_path: Path) -> None:
-    status, _, stderr = run("build", SAMPLE, "-o", tmp_path / "x", "--objects", tmp_path)
-    assert status == 1
-    assert "--objects needs a layer" in one_error_line(stderr)
-    assert not (tmp_path / "x").exists()
-
-
 def test_build_rejected_dumpfile_is_one_line_and_leaves_nothing(run: Run, tmp_path: Path) -> None:
     bad = tmp_path / "bad.dump"
     bad.write_bytes(SAMPLE.read_bytes() + b"/zz 0 100644 1 -1 0 0 0.0 - - -\n")
@@ -354,8 +348,12 @@ def test_build_random_bytes_are_rejected(run: Run, tmp_path: Path) -> None:
         ["build", "x"],
         ["build", "x", "-o", "y", "--backend", "fast"],
         ["build", "x", "-o", "y", "--from", "squashfs"],
-        ["build", "x", "-o", "y", "--min-version", "1", "--max-version", "0"],
+        ["build", "x", "-o", "y", "--min-version", "-1"],
+        ["build", "x", "-o", "y", "--min-version", "2"],
         ["build", "x", "-o", "y", "--max-version", "2"],
+        ["build", "x", "y", "--skip-xattrs", "--user-xattrs"],
+        ["build", "x", "-o", "y", "--print-digest-only"],
+        ["build", "x", "-o", "y", "--from", "toc", "--from-file"],
         ["build", "x", "-o", "y", "--min-version", "one"],
         ["build", "x", "-o", "y", "--compat", "podman"],
         [],
@@ -435,6 +433,305 @@ def test_importing_the_cli_loads_only_what_help_needs() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "--min-version" in shown.stdout
+
+
+# ---------------------------------------------------------------------------
+# mkcomposefs's command line: same option names, same image bytes
+# ---------------------------------------------------------------------------
+
+
+def mkcomposefs_run(
+    mkcomposefs: Path, *args: str | os.PathLike[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real mkcomposefs (lenient, as it is without CFS_PARSE_STRICT)."""
+    env = {k: v for k, v in os.environ.items() if k != "CFS_PARSE_STRICT"}
+    return subprocess.run(
+        [str(mkcomposefs), *map(os.fspath, args)], capture_output=True, env=env, cwd=cwd
+    )
+
+
+def test_version_is_the_package_metadata(run: Run) -> None:
+    import importlib.metadata
+
+    import composefs_py
+
+    expected = importlib.metadata.version("composefs-py")
+    assert composefs_py.__version__ == expected
+    assert run("--version") == (0, f"composefs-py {expected}\n", "")
+
+
+def test_build_source_image_positional_as_mkcomposefs(
+    run: Run, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    oracle = tmp_path / "oracle.cfs"
+    assert mkcomposefs_run(mkcomposefs, "--from-file", SAMPLE, oracle).returncode == 0
+    for args in ((SAMPLE,), ("--from-file", SAMPLE)):
+        out = tmp_path / "out.cfs"
+        status, stdout, stderr = run("build", *args, out)
+        assert (status, stderr) == (0, "")
+        assert out.read_bytes() == oracle.read_bytes()
+        assert stdout == fsverity_digest(oracle.read_bytes()).hex() + "\n"
+        out.unlink()
+
+
+def test_build_positional_dash_is_stdout(tmp_path: Path, mkcomposefs: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "composefs_py", "build", str(SAMPLE), "-"],
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    oracle = mkcomposefs_run(mkcomposefs, "--from-file", SAMPLE, "-").stdout
+    assert proc.stdout == oracle
+    assert proc.stderr.decode() == fsverity_digest(oracle).hex() + "\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_build_positional_image_replaces_no_other_file(run: Run, tmp_path: Path) -> None:
+    layer = tmp_path / "top.dump"
+    layer.write_bytes(SAMPLE.read_bytes())
+    # "build base top" with -o forgotten: top is not replaced by an image
+    status, _, stderr = run("build", SAMPLE, layer)
+    assert status == 2 and "is not a composefs image; name it with -o" in stderr
+    assert layer.read_bytes() == SAMPLE.read_bytes()
+    # an image (or a new name, or an empty file) is replaced, as mkcomposefs does
+    image = tmp_path / "x.cfs"
+    for before in (None, b"", "image"):
+        if before == "image":
+            assert run("build", SAMPLE, "-o", image)[0] == 0
+        elif before is not None:
+            image.write_bytes(before)
+        assert run("build", "--use-epoch", SAMPLE, image)[0] == 0
+        assert image.read_bytes()[:4] == b"\x9a\x62\x78\xd0"
+    # -o names the file to replace, whatever it holds
+    assert run("build", SAMPLE, "-o", layer)[0] == 0
+    assert layer.read_bytes()[:4] == b"\x9a\x62\x78\xd0"
+
+
+_BASE = (
+    b"/ 0 40755 3 0 0 0 0.0 - - -\n/a 0 40755 2 0 0 0 0.0 - - -\n/a/f 1 100644 1 0 0 0 0.0 - x -\n"
+)
+_TOP = (
+    b"/ 0 40755 3 0 0 0 0.0 - - -\n/a 0 40755 2 0 0 0 0.0 - - -\n/a/f 0 20000 1 0 0 0 0.0 - - -\n"
+)
+
+
+def test_build_several_sources_then_the_image(run: Run, tmp_path: Path) -> None:
+    base, top = tmp_path / "base.dump", tmp_path / "top.dump"
+    base.write_bytes(_BASE)
+    top.write_bytes(_TOP)
+    assert run("build", base, top, tmp_path / "positional.cfs")[0] == 0
+    assert run("build", base, top, "-o", tmp_path / "named.cfs")[0] == 0
+    positional = (tmp_path / "positional.cfs").read_bytes()
+    assert positional == (tmp_path / "named.cfs").read_bytes()
+    assert [p for p, _ in read_image(tmp_path / "named.cfs")] == [b"/", b"/a"]  # whited out
+
+
+def test_build_print_digest_and_print_digest_only_as_mkcomposefs(
+    run: Run, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    theirs = mkcomposefs_run(
+        mkcomposefs, "--from-file", "--print-digest", SAMPLE, "m.cfs", cwd=tmp_path
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    status, stdout, _ = run("build", "--print-digest", SAMPLE, tmp_path / "o.cfs")
+    assert (status, stdout) == (0, theirs.stdout.decode())
+    assert (tmp_path / "o.cfs").read_bytes() == (tmp_path / "m.cfs").read_bytes()
+
+    only = mkcomposefs_run(mkcomposefs, "--from-file", "--print-digest-only", SAMPLE, cwd=tmp_path)
+    assert only.stdout == theirs.stdout
+    before = sorted(os.listdir(tmp_path))
+    for backend in ("native", "sandbox", "mkcomposefs"):
+        status, stdout, _ = run("build", "--print-digest-only", SAMPLE, "--backend", backend)
+        assert (status, stdout) == (0, theirs.stdout.decode())
+    assert sorted(os.listdir(tmp_path)) == before, "--print-digest-only wrote a file"
+    status, _, stderr = run("build", "--print-digest-only", SAMPLE, "-o", tmp_path / "x")
+    assert status == 2 and "writes no image" in stderr
+
+
+_VERSIONS_DUMP = (
+    b"/ 0 40755 3 0 0 0 0.0 - - -\n"
+    b"/d 0 40755 2 0 0 0 5.0 - - - user.a=1\n"
+    b"/d/wh 0 20000 1 0 0 0 0.0 - - -\n"  # a whiteout: format 1 where allowed
+)
+
+
+@pytest.mark.parametrize(
+    "versions",
+    [
+        (),
+        ("--min-version=0",),  # mkcomposefs: the maximum then defaults to 0
+        ("--min-version=1",),
+        ("--max-version=0",),
+        ("--max-version=1",),
+        ("--min-version=1", "--max-version=0"),  # the maximum is raised to 1
+        ("--min-version=0", "--max-version=1"),
+    ],
+)
+def test_build_format_version_options_as_mkcomposefs(
+    versions: tuple[str, ...], run: Run, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    source = tmp_path / "wh.dump"
+    source.write_bytes(_VERSIONS_DUMP)
+    oracle = tmp_path / "oracle.cfs"
+    assert mkcomposefs_run(mkcomposefs, "--from-file", *versions, source, oracle).returncode == 0
+    out = tmp_path / "out.cfs"
+    assert run("build", *versions, source, out)[0] == 0
+    assert out.read_bytes() == oracle.read_bytes()
+
+
+def test_build_help_explains_every_mkcomposefs_option(run: Run) -> None:
+    status, stdout, _ = run("build", "--help")
+    assert status == 0
+    for option in (
+        "--digest-store",
+        "--use-epoch",
+        "--skip-devices",
+        "--skip-xattrs",
+        "--user-xattrs",
+        "--print-digest ",
+        "--print-digest-only",
+        "--from-file",
+        "--min-version N",
+        "--max-version N",
+    ):
+        assert option in stdout, option
+    assert "the lowest composefs format version" in stdout
+    assert "the highest format version allowed" in stdout
+
+
+def _mkcomposefs_source_dir(root: Path) -> Path:
+    """A directory holding what the build flags change: times, user and
+    trusted xattrs, devices, a whiteout, an opaque directory."""
+    root.mkdir()
+    (root / "sub").mkdir()
+    (root / "opaque").mkdir()
+    (root / "small").write_bytes(b"inline\n")
+    (root / "big").write_bytes(bytes(range(256)) * 40)
+    (root / "link").symlink_to("small")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(root / "loop0", 0o660 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mknod(root / "sub" / "gone", 0o600 | stat.S_IFCHR, 0)  # a whiteout
+    os.setxattr(root / "small", "user.mime", b"text/plain")
+    os.setxattr(root / "small", "trusted.note", b"t")
+    os.setxattr(root / "sub", "user.dir", b"d")
+    os.setxattr(root / "opaque", "trusted.overlay.opaque", b"y")
+    for number, path in enumerate(sorted(root.rglob("*"), reverse=True)):
+        os.utime(path, ns=(0, 1_600_000_000_123_456_789 + number), follow_symlinks=False)
+    os.utime(root, ns=(0, 1_700_000_000_000_000_001))
+    return root
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--use-epoch",),
+        ("--skip-xattrs",),
+        ("--user-xattrs",),
+        ("--skip-devices",),
+        ("--use-epoch", "--user-xattrs", "--skip-devices"),
+    ],
+)
+def test_build_flags_as_mkcomposefs_builds_a_directory(
+    flags: tuple[str, ...],
+    run: Run,
+    tmp_path: Path,
+    mkcomposefs: Path,
+    composefs_info: Path,
+    fsck_erofs: Path,
+) -> None:
+    """mkcomposefs applies its build flags to a directory (and ignores them
+    with --from-file); the dump of its flagless image, built here with the
+    flag, gives the bytes mkcomposefs makes of the directory with it."""
+    if os.geteuid() != 0:
+        pytest.skip("making devices and trusted.* xattrs needs root")
+    source = _mkcomposefs_source_dir(tmp_path / "dir")
+    plain, oracle = tmp_path / "plain.cfs", tmp_path / "oracle.cfs"
+    assert mkcomposefs_run(mkcomposefs, source, plain).returncode == 0
+    assert mkcomposefs_run(mkcomposefs, *flags, source, oracle).returncode == 0
+    dumped = subprocess.run(
+        [str(composefs_info), "dump", str(plain)], capture_output=True, check=True
+    ).stdout
+    assert b"trusted.overlay.opaque=y" in dumped and b" 20600 " in dumped
+    (tmp_path / "plain.dump").write_bytes(dumped)
+    out = tmp_path / "out.cfs"
+    status, _, stderr = run("build", *flags, tmp_path / "plain.dump", out)
+    assert (status, stderr) == (0, "")
+    assert out.read_bytes() == oracle.read_bytes()
+    assert out.read_bytes() != plain.read_bytes()
+    fsck(fsck_erofs, out)
+
+
+def test_build_flags_apply_to_a_toc(run: Run, tmp_path: Path) -> None:
+    toc = {
+        "version": 1,
+        "entries": [
+            {
+                "type": "dir",
+                "name": "d/",
+                "mode": 493,
+                "modtime": "2020-01-01T00:00:00Z",
+                "xattrs": {"user.a": "MQ==", "trusted.b": "Mg=="},
+            },
+            {"type": "char", "name": "d/null", "mode": 438, "devMajor": 1, "devMinor": 3},
+            {"type": "hardlink", "name": "d/null2", "linkName": "d/null"},
+            {"type": "reg", "name": "d/.wh.gone", "mode": 420},
+            {"type": "reg", "name": "d/f", "mode": 420, "modtime": "2021-01-01T00:00:00Z"},
+        ],
+    }
+    source = tmp_path / "toc.json"
+    source.write_text(json.dumps(toc))
+    out = tmp_path / "out.cfs"
+    status, _, stderr = run("build", "--skip-devices", "--use-epoch", "--user-xattrs", source, out)
+    assert (status, stderr) == (0, "")
+    tree = read_image(out)
+    assert [p for p, _ in tree] == [b"/", b"/d", b"/d/f"]
+    assert all(tree.inode(p).mtime == 0 for p in tree.paths)
+    assert tree.inode(b"/d").xattrs == ((b"user.a", b"1"),)
+    assert run("build", "--skip-xattrs", "--skip-devices", source, out)[0] == 0
+    assert all(not inode.xattrs for inode in map(read_image(out).inode, (b"/d", b"/d/f")))
+    # the whiteout kept, libcomposefs marks its directory again, as mkcomposefs's does
+    assert run("build", "--skip-xattrs", source, out)[0] == 0
+    assert (b"trusted.overlay.opaque", b"x") in read_image(out).inode(b"/d").xattrs
+
+
+def test_build_lenient_reads_upstream_non_strict_dumpfiles_as_mkcomposefs(
+    run: Run, tmp_path: Path, mkcomposefs: Path, composefs_src: Path
+) -> None:
+    assets = composefs_src / "tests" / "assets"
+    for name in ("no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"):
+        oracle = tmp_path / f"{name}.oracle"
+        assert mkcomposefs_run(mkcomposefs, "--from-file", assets / name, oracle).returncode == 0
+        out = tmp_path / f"{name}.cfs"
+        status, _, stderr = run("build", assets / name, out)
+        assert status == 1 and "Traceback" not in stderr, name  # strict by default
+        assert not out.exists()
+        status, _, stderr = run("build", "--lenient", assets / name, out)
+        assert (status, stderr) == (0, ""), name
+        assert out.read_bytes() == oracle.read_bytes(), name
+    status, _, stderr = run("build", "--lenient", TOC, tmp_path / "toc.cfs")
+    assert status == 1
+    assert "--lenient applies to dumpfile sources" in one_error_line(stderr)
+
+
+@pytest.mark.parametrize("option", ["--digest-store", "--objects"])
+def test_build_digest_store_with_a_dumpfile_stores_nothing_as_mkcomposefs(
+    option: str, run: Run, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    store = tmp_path / "store"
+    oracle = tmp_path / "oracle.cfs"
+    theirs = mkcomposefs_run(mkcomposefs, "--from-file", f"--digest-store={store}", SAMPLE, oracle)
+    assert theirs.returncode == 0 and not store.exists()
+    out = tmp_path / "out.cfs"
+    status, _, stderr = run("build", option, store, SAMPLE, out)
+    assert status == 0
+    assert stderr == (
+        f"composefs-py: warning: --digest-store: {SAMPLE} is a dumpfile, which carries "
+        "no file contents: nothing is stored\n"
+    )
+    assert out.read_bytes() == oracle.read_bytes()
+    assert not store.exists()
 
 
 # ---------------------------------------------------------------------------

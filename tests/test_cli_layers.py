@@ -414,7 +414,7 @@ def test_build_verity_digests_equal_mkcomposefs_digest_store(
 def test_build_verity_options_need_objects(run: Run, tmp_path: Path) -> None:
     for flag in ("--verity-digests", "--enable-verity"):
         status, _, stderr = run("build", BLOB, "-o", tmp_path / "x.cfs", flag)
-        assert status == 2 and f"{flag} needs --objects" in stderr
+        assert status == 2 and f"{flag} needs --digest-store" in stderr
 
 
 def test_build_enable_verity_enables_it_or_fails_before_importing(run: Run, tmp_path: Path) -> None:
