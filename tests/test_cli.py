@@ -715,6 +715,16 @@ def test_build_lenient_reads_upstream_non_strict_dumpfiles_as_mkcomposefs(
     assert "--lenient applies to dumpfile sources" in one_error_line(stderr)
 
 
+def test_validate_and_dump_take_lenient(run: Run, composefs_src: Path) -> None:
+    asset = composefs_src / "tests" / "assets" / "no-newline.dump"
+    assert run("validate", asset)[0] == 1
+    status, stdout, _ = run("validate", "--lenient", asset)
+    assert status == 0 and "ok" in stdout
+    status, dumped, _ = run("dump", "--lenient", asset)
+    assert status == 0
+    assert dump(parse_dumpfile(dumped.encode())) == dumped  # canonical, strict again
+
+
 @pytest.mark.parametrize("option", ["--digest-store", "--objects"])
 def test_build_digest_store_with_a_dumpfile_stores_nothing_as_mkcomposefs(
     option: str, run: Run, tmp_path: Path, mkcomposefs: Path
