@@ -437,7 +437,6 @@ def _check_positional_image(path: str) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from ._buildflags import BuildFlags, apply_build_flags
     from .writer import write_image
 
     min_version, max_version = _versions(args)
@@ -474,13 +473,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
     ]
     tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
     del trees  # a build flag makes a new Tree: the sources' go first
-    flags = BuildFlags(
-        use_epoch=args.use_epoch,
-        skip_xattrs=args.skip_xattrs,
-        user_xattrs=args.user_xattrs,
-        skip_devices=args.skip_devices,
-    )
-    tree = apply_build_flags(tree, flags)
+    if args.use_epoch or args.skip_xattrs or args.user_xattrs or args.skip_devices:
+        from ._buildflags import BuildFlags, apply_build_flags
+
+        flags = BuildFlags(
+            use_epoch=args.use_epoch,
+            skip_xattrs=args.skip_xattrs,
+            user_xattrs=args.user_xattrs,
+            skip_devices=args.skip_devices,
+        )
+        tree = apply_build_flags(tree, flags)
     options: dict[str, Any] = {
         "backend": args.backend,
         "min_version": min_version,
