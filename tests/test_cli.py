@@ -508,6 +508,23 @@ def test_build_positional_image_replaces_no_other_file(run: Run, tmp_path: Path)
     assert layer.read_bytes()[:4] == b"\x9a\x62\x78\xd0"
 
 
+def test_build_positional_fifo_is_written_through_unchecked(
+    run: Run, tmp_path: Path, mkcomposefs: Path
+) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()  # the check of IMAGE must not open the FIFO (it would block)
+    status, _, stderr = run("build", SAMPLE, fifo)
+    reader.join(timeout=30)
+    assert (status, stderr) == (0, "")
+    assert received == [mkcomposefs_image(mkcomposefs, SAMPLE.read_bytes(), tmp_path)]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 _BASE = (
     b"/ 0 40755 3 0 0 0 0.0 - - -\n/a 0 40755 2 0 0 0 0.0 - - -\n/a/f 1 100644 1 0 0 0 0.0 - x -\n"
 )
