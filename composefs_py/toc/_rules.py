@@ -22,6 +22,7 @@ from typing import Any
 from msgspec import UNSET
 
 from .._acl import ACL_XATTR_NAMES, posix_acl_problem
+from .._columns import Extra
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT
@@ -45,6 +46,9 @@ _RARE_NAME = re.compile(
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
 
+_NOT_FOLLOWING = (
+    "a chunk must follow the regular file it belongs to, whose chunkSize says that more chunks come"
+)
 # ranks: the order in which one entry's problems are told (a chain's end is
 # found once the next entry's name is checked, before its other fields)
 R_CLOSE = 0.5
@@ -183,6 +187,30 @@ _MINUTES = _TimeParts("1970-01-01T00:00:00Z", 11)
 _SECONDS = _TimeParts("1970-01-01T00:00:00Z", 17)
 
 
+def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
+    """Go's RFC 3339 times (``Z``, 0..9 fraction digits); None: another form, or invalid.
+
+    Each distinct date, ``HH:MM`` and ``SS`` is parsed once.
+    """
+    joined = "\n".join(texts) + "\n"
+    if not joined.isascii():
+        return None
+    shape = joined.encode().translate(_DIGITS_AS_0)
+    if shape != _NANO_SHAPE * len(texts) and (
+        shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
+    ):
+        return None
+    try:
+        days, minutes, seconds = _DAYS, _MINUTES, _SECONDS
+        whole = [days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts]
+    except ValueError:
+        return None
+    if shape == _NANO_SHAPE * len(texts):
+        return whole, list(map(int, map(_NANOSECONDS, texts)))
+    scale = _FRACTION_SCALE
+    return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
+
+
 def clean_name(name: str, limits: Limits) -> bytes:
     """A tar-style relative name as a clean absolute path (raises ValueError: why not)."""
     try:
@@ -265,13 +293,15 @@ def column_keys(col: dict[str, list[Any]]) -> int:
 
 
 class Batches:
-    """The entries of one TOC, batch by batch, checked and turned into node rows."""
+    """The entries of one TOC, batch by batch, checked and turned into node rows.
+
+    The batch being checked is kept on the instance (``first``, ``col``,
+    ``types``, ``names``, ``paths``): a rule records a problem of its row
+    with :meth:`bad`.
+    """
 
     def __init__(self, limits: Limits, whiteouts: bool, opaque: set[bytes], collect: bool) -> None:
-        self.limits = limits
-        self.whiteouts = whiteouts
-        self.collect = collect
-        self.opaque = opaque
+        self.limits, self.whiteouts, self.collect, self.opaque = limits, whiteouts, collect, opaque
         self.opaque_done: set[bytes] = set()
         self.problems: dict[int, tuple[float, ValidationError]] = {}
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
@@ -283,11 +313,12 @@ class Batches:
         self.entry: list[int | None] = []
         self.rdev: dict[int, int] = {}
         self.links: dict[int, bytes] = {}
-        self.extras: dict[
-            int, tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
-        ] = {}
-
-    # -- problems ----------------------------------------------------------------
+        self.extras: dict[int, Extra] = {}
+        self.first = 0
+        self.col: dict[str, list[Any]] = {}
+        self.types: list[str] = []
+        self.names: list[str] = []
+        self.paths: list[Any] = []
 
     def fail(
         self, index: int, rank: float, name: str, field: str, reason: str, at: int | None = None
@@ -298,107 +329,86 @@ class Batches:
         if known is None or rank < known[0]:
             self.problems[at] = (rank, ValidationError(reason, entry=index, path=name, field=field))
 
+    def bad(self, row: int, rank: float, field: str, reason: str) -> None:
+        """Record a problem of the batch's ``row``."""
+        self.fail(self.first + row, rank, self.names[row], field, reason)
+
     # -- one batch ---------------------------------------------------------------
 
     def batch(self, entries: list[Any], first: int) -> int:
         """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
         n = len(entries)
-        col = columns_of(entries)
+        self.col = col = columns_of(entries)
         del entries
+        self.first, self.types, self.names = first, col["type"], col["name"]
         keys = column_keys(col)
-        xattrs = col["xattrs"]
-        xattr_rows = list(compress(range(n), map(is_not, xattrs, repeat(UNSET))))
-        types, names = col["type"], col["name"]
-        fail = self.fail
-
-        paths = self.paths(names, first)
+        types, bad = self.types, self.bad
+        self.paths = self.clean_paths()
         is_chunk = list(map("chunk".__eq__, types))
-        not_reg = list(map("reg".__ne__, types))
+        other = list(map(and_, map("reg".__ne__, types), map(not_, is_chunk)))  # no data
         modes = col["mode"]
         node_modes: dict[tuple[str, int], int] = {}  # (type, mode) -> the node's mode
         for kind, mode in set(zip(types, modes, strict=True)):
             node_modes[kind, mode] = TYPE_BITS[kind] | (mode & 0o7777 if mode > 0 else 0)
             if mode > 0o7777 and mode & S_IFMT != TYPE_BITS[kind]:
                 reason = f"file type bits 0o{mode & S_IFMT:o} do not match type {kind}"
-                for row in self.rows_of(types, kind, modes, mode):
-                    fail(first + row, R_MODE, names[row], "mode", reason)
+                for row, pair in enumerate(zip(types, modes, strict=True)):
+                    if pair == (kind, mode):
+                        bad(row, R_MODE, "mode", reason)
         sizes = col["size"]
         sized = list(map(lt, repeat(0), sizes))
-        for row in compress(range(n), map(and_, sized, map(and_, not_reg, map(not_, is_chunk)))):
-            fail(
-                first + row,
-                R_SIZE,
-                names[row],
-                "size",
-                f"only regular files have a size, not a {types[row]}",
-            )
-        mtimes = self.times(col, names, first)
+        for row in compress(range(n), map(and_, sized, other)):
+            bad(row, R_SIZE, "size", f"only regular files have a size, not a {types[row]}")
+        mtimes = self.times()
         majors, minors = col["devMajor"], col["devMinor"]
+        devices = map(or_, map(NO_INT.__ne__, majors), map(NO_INT.__ne__, minors))
         rdevs = {
-            row: self.device(first + row, names[row], types[row], majors[row], minors[row])
-            for row in compress(
-                range(n), map(or_, map(NO_INT.__ne__, majors), map(NO_INT.__ne__, minors))
-            )
+            row: self.device(row, majors[row], minors[row]) for row in compress(range(n), devices)
         }
-        pairs = {row: self.xattr_pairs(first + row, names[row], xattrs[row]) for row in xattr_rows}
+        xattrs = col["xattrs"]
+        pairs = {
+            row: self.xattr_pairs(row, xattrs[row])
+            for row in compress(range(n), map(is_not, xattrs, repeat(UNSET)))
+        }
         digests = col["digest"]
         has_digest = list(map(is_not, digests, repeat(UNSET)))
         if (
             not all_digests(digests)
-            or any(compress(has_digest, map(and_, not_reg, map(not_, is_chunk))))
+            or any(compress(has_digest, other))
             or sum(compress(has_digest, sized)) != sum(sized)
             or not {UNSET, EMPTY_SHA256}.issuperset(compress(digests, map(not_, sized)))
         ):
             for row in range(n):
-                self.digest(first + row, names[row], types[row], sizes[row], digests[row])
+                self.digest(row, types[row], sizes[row], digests[row])
         offsets, ends = col["offset"], col["endOffset"]
         for row in compress(range(n), map(lt, ends, offsets)):
             if ends[row] != NO_INT:
-                fail(
-                    first + row,
-                    R_OFFSETS,
-                    names[row],
-                    "endOffset",
-                    f"{ends[row]} is before offset {offsets[row]}",
-                )
-        self.chunk_fields(col, is_chunk, first)
-        links = self.link_names(col, paths, first)
+                bad(row, R_OFFSETS, "endOffset", f"{ends[row]} is before offset {offsets[row]}")
+        self.chunk_fields()
+        links = self.link_names()
         csizes = col["chunkSize"]
         for row in compress(range(n), map(lt, sizes, csizes)):
             if types[row] == "reg":
-                fail(
-                    first + row,
-                    R_CHUNK_SIZE,
-                    names[row],
-                    "chunkSize",
-                    f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)",
-                )
+                reason = f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)"
+                bad(row, R_CHUNK_SIZE, "chunkSize", reason)
         dead = [False] * n
         for index in self.problems:
             if first <= index < first + n:
                 dead[index - first] = True
-        self.chains(types, names, paths, sizes, csizes, col["chunkOffset"], dead, first)
+        self.chains(dead)
         modes = list(map(node_modes.__getitem__, zip(types, modes, strict=True)))
-        self.add_rows(col, paths, modes, mtimes, links, pairs, rdevs, is_chunk, dead, first)
+        self.add_rows(modes, mtimes, links, pairs, rdevs, is_chunk, dead)
         return keys
 
-    @staticmethod
-    def rows_of(types: list[str], kind: str, modes: list[int], mode: int) -> list[int]:
-        return [
-            row
-            for row, (t, m) in enumerate(zip(types, modes, strict=True))
-            if t == kind and m == mode
-        ]
-
-    def paths(self, names: list[str], first: int) -> list[bytes | None]:
-        """The clean paths of ``names`` (None where a name is refused).
+    def clean_paths(self) -> list[bytes | None]:
+        """The clean paths of the names (None where a name is refused).
 
         A name is its path without the leading ``/`` but for a trailing
         ``/``; the odd ones (``.`` parts, leading ``./`` or ``/``, empty parts,
         NUL, long parts) go through :func:`clean_name`.
         """
+        names, limits = self.names, self.limits
         n = len(names)
-        limits = self.limits
         framed = "\0" + "\0".join(names) + "\0"
         odd: set[int] = set()
         paths: list[Any] = [None] * n
@@ -426,22 +436,21 @@ class Batches:
                 paths[row] = clean_name(names[row], limits)
             except ValueError as err:
                 paths[row] = None
-                self.fail(first + row, R_NAME, names[row], "name", str(err))
+                self.bad(row, R_NAME, "name", str(err))
         return paths
 
-    def times(
-        self, col: dict[str, list[Any]], names: list[str], first: int
-    ) -> tuple[list[int], list[int]]:
+    def times(self) -> tuple[list[int], list[int]]:
         """Seconds and nanoseconds of each modtime (absent: 0); every time given must be valid."""
+        col = self.col
         modtimes = col["modtime"]
         texts = [text if text is not UNSET else "1970-01-01T00:00:00Z" for text in modtimes]
-        parsed = self.go_times(texts)
+        parsed = go_times(texts)
         if parsed is None:
             parsed = ([], [])
             for row, text in enumerate(texts):
                 one = parse_time(text)
                 if one is None:
-                    self.fail(first + row, R_TIME, names[row], "modtime", time_problem(text))
+                    self.bad(row, R_TIME, "modtime", time_problem(text))
                     one = (0, 0)
                 parsed[0].append(one[0])
                 parsed[1].append(one[1])
@@ -450,216 +459,129 @@ class Batches:
             other = col[field]
             if other != modtimes:
                 extra = list(set(other).difference(seen) - {UNSET})
-                if extra and self.go_times(extra) is None:
+                if extra and go_times(extra) is None:
                     for row, text in enumerate(other):
                         if text is not UNSET and text not in seen and parse_time(text) is None:
-                            self.fail(first + row, R_TIME, names[row], field, time_problem(text))
+                            self.bad(row, R_TIME, field, time_problem(text))
         return parsed
 
-    def go_times(self, texts: list[str]) -> tuple[list[int], list[int]] | None:
-        """Go's RFC 3339 times (``Z``, 0..9 fraction digits); None: another form, or invalid.
-
-        Each distinct date, ``HH:MM`` and ``SS`` is parsed once.
-        """
-        joined = "\n".join(texts) + "\n"
-        if not joined.isascii():
-            return None
-        shape = joined.encode().translate(_DIGITS_AS_0)
-        if shape != _NANO_SHAPE * len(texts) and (
-            shape.count(b"\n") != len(texts) or not _TIME_SHAPES.issuperset(shape[:-1].split(b"\n"))
-        ):
-            return None
-        try:
-            days, minutes, seconds = _DAYS, _MINUTES, _SECONDS
-            whole = [
-                days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts
-            ]
-        except ValueError:
-            return None
-        if shape == _NANO_SHAPE * len(texts):
-            return whole, list(map(int, map(_NANOSECONDS, texts)))
-        scale = _FRACTION_SCALE
-        return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
-
-    def device(self, index: int, name: str, typ: str, major: int, minor: int) -> int:
-        major, minor = max(major, 0), max(minor, 0)
+    def device(self, row: int, major: int, minor: int) -> int:
+        major, minor, typ = max(major, 0), max(minor, 0), self.types[row]
         if (major or minor) and typ != "char" and typ != "block":
-            self.fail(
-                index,
-                R_DEVICE,
-                name,
-                "devMajor" if major else "devMinor",
-                f"only char and block devices have device numbers, not a {typ}",
-            )
+            reason = f"only char and block devices have device numbers, not a {typ}"
+            self.bad(row, R_DEVICE, "devMajor" if major else "devMinor", reason)
         return _make_dev(major, minor)
 
-    def xattr_pairs(
-        self, index: int, name: str, value: dict[str, Any]
-    ) -> tuple[tuple[bytes, bytes], ...]:
+    def xattr_pairs(self, row: int, value: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
         """The xattrs of an entry, decoded and sorted (a problem is recorded, and none kept)."""
         limits = self.limits
         pairs: list[tuple[bytes, bytes]] = []
         for key, encoded in value.items():
             problem = xattr_problem(key, encoded, limits)
             if isinstance(problem, str):
-                self.fail(index, R_XATTRS, name, "xattrs", problem)
+                self.bad(row, R_XATTRS, "xattrs", problem)
                 return ()
             pairs.append(problem)
         result = tuple(sorted(pairs))
         space = Limits.xattr_space(result)
         if space > limits.max_xattr_space:
-            self.fail(
-                index,
-                R_XATTRS,
-                name,
-                "xattrs",
-                f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}",
+            top = limits.max_xattr_space
+            self.bad(
+                row, R_XATTRS, "xattrs", f"take {space} bytes of inode xattr space, more than {top}"
             )
             return ()
         return result
 
-    def digest(self, index: int, name: str, typ: str, size: int, digest: Any) -> None:
+    def digest(self, row: int, typ: str, size: int, digest: Any) -> None:
+        reason = None
         if digest is UNSET:
             if size > 0 and typ != "chunk":
-                self.fail(index, R_DIGEST, name, "digest", "required for a regular file with data")
+                reason = "required for a regular file with data"
         elif not is_digest(digest):
-            self.fail(index, R_DIGEST, name, "digest", digest_problem(digest))
-        elif typ == "chunk":
-            pass
-        elif typ != "reg":
-            self.fail(index, R_DIGEST, name, "digest", f"only regular files have one, not a {typ}")
+            reason = digest_problem(digest)
+        elif typ != "reg" and typ != "chunk":
+            reason = f"only regular files have one, not a {typ}"
         elif size <= 0 and typ == "reg" and digest != EMPTY_SHA256:
-            self.fail(
-                index,
-                R_DIGEST,
-                name,
-                "digest",
-                "an empty file's digest must be the sha256 of nothing",
-            )
+            reason = "an empty file's digest must be the sha256 of nothing"
+        if reason is not None:
+            self.bad(row, R_DIGEST, "digest", reason)
 
-    def chunk_fields(self, col: dict[str, list[Any]], is_chunk: list[bool], first: int) -> None:
-        types, names = col["type"], col["name"]
-        given = list(
-            map(or_, map(NO_INT.__ne__, col["chunkSize"]), map(NO_INT.__ne__, col["chunkOffset"]))
+    def chunk_fields(self) -> None:
+        col, types = self.col, self.types
+        given = map(
+            or_, map(NO_INT.__ne__, col["chunkSize"]), map(NO_INT.__ne__, col["chunkOffset"])
         )
-        given = list(map(or_, given, map(is_not, col["chunkDigest"], repeat(UNSET))))
-        given = list(map(or_, given, map(is_not, col["chunkType"], repeat(UNSET))))
-        if not any(given):
-            return
-        for row in compress(range(len(types)), given):
-            typ, name = types[row], names[row]
+        given = map(or_, given, map(is_not, col["chunkDigest"], repeat(UNSET)))
+        rows = list(
+            compress(
+                range(len(types)), map(or_, given, map(is_not, col["chunkType"], repeat(UNSET)))
+            )
+        )
+        for row in rows:
+            typ, offset = types[row], col["chunkOffset"][row]
             if typ != "reg" and typ != "chunk":
-                self.fail(
-                    first + row,
-                    R_CHUNK_FIELDS,
-                    name,
-                    "chunkSize",
-                    f"only regular files and chunks have chunk fields, not a {typ}",
-                )
-            elif typ == "reg" and col["chunkOffset"][row] > 0:
-                self.fail(
-                    first + row,
-                    R_CHUNK_FIELDS,
-                    name,
-                    "chunkOffset",
-                    f"a regular file holds its first chunk, at 0, got {col['chunkOffset'][row]}",
-                )
+                reason = f"only regular files and chunks have chunk fields, not a {typ}"
+                self.bad(row, R_CHUNK_FIELDS, "chunkSize", reason)
+            elif typ == "reg" and offset > 0:
+                reason = f"a regular file holds its first chunk, at 0, got {offset}"
+                self.bad(row, R_CHUNK_FIELDS, "chunkOffset", reason)
         digests = col["chunkDigest"]
-        if not all_digests(digests):
+        if rows and not all_digests(digests):
             for row, digest in enumerate(digests):
                 if digest is not UNSET and not is_digest(digest):
-                    self.fail(
-                        first + row,
-                        R_CHUNK_FIELDS,
-                        names[row],
-                        "chunkDigest",
-                        digest_problem(digest),
-                    )
+                    self.bad(row, R_CHUNK_FIELDS, "chunkDigest", digest_problem(digest))
 
-    def link_names(
-        self, col: dict[str, list[Any]], paths: list[bytes | None], first: int
-    ) -> dict[int, bytes]:
+    def link_names(self) -> dict[int, bytes]:
         """Symlink targets and hardlink targets (row -> clean path); theirs is the only linkName."""
-        types, names, link_names = col["type"], col["name"], col["linkName"]
-        limits = self.limits
-        linked = list(compress(range(len(types)), map(ne, link_names, repeat(UNSET))))
-        count = types.count("symlink") + types.count("hardlink")
-        links: dict[int, bytes] = {}
-        if not linked and not count:
-            return links
+        types, link_names, limits = self.types, self.col["linkName"], self.limits
+        linked = compress(range(len(types)), map(ne, link_names, repeat(UNSET)))
         kinds = map(or_, map("symlink".__eq__, types), map("hardlink".__eq__, types))
-        rows = set(linked).union(compress(range(len(types)), kinds))
-        for row in sorted(rows):
-            typ, name, link = types[row], names[row], link_names[row]
+        links: dict[int, bytes] = {}
+        for row in sorted(set(linked).union(compress(range(len(types)), kinds))):
+            typ, link = types[row], link_names[row]
             link = "" if link is UNSET else link
+            reason = None
             if typ == "symlink":
-                if not link:
-                    self.fail(first + row, R_LINK, name, "linkName", "a symlink needs a target")
-                    continue
                 try:
                     target = link.encode()
                 except UnicodeEncodeError:
-                    self.fail(first + row, R_LINK, name, "linkName", "must be valid Unicode")
-                    continue
-                if len(target) > limits.max_symlink_bytes or target.find(b"\0") >= 0:
-                    self.fail(
-                        first + row,
-                        R_LINK,
-                        name,
-                        "linkName",
-                        f"must be 1..{limits.max_symlink_bytes} bytes without NUL",
-                    )
-                    continue
-                links[row] = target
+                    target = b""
+                if not link:
+                    reason = "a symlink needs a target"
+                elif not target:
+                    reason = "must be valid Unicode"
+                elif len(target) > limits.max_symlink_bytes or target.find(b"\0") >= 0:
+                    reason = f"must be 1..{limits.max_symlink_bytes} bytes without NUL"
+                else:
+                    links[row] = target
             elif typ == "hardlink":
                 if not link:
-                    self.fail(
-                        first + row,
-                        R_LINK,
-                        name,
-                        "linkName",
-                        "a hardlink needs the name of its target",
-                    )
-                    continue
-                try:
-                    links[row] = clean_name(link, limits)
-                except ValueError as err:
-                    self.fail(first + row, R_LINK, name, "linkName", str(err))
-                    continue
-                if links[row] == paths[row]:
-                    self.fail(
-                        first + row, R_LINK, name, "linkName", "a hardlink cannot link to itself"
-                    )
+                    reason = "a hardlink needs the name of its target"
+                else:
+                    try:
+                        links[row] = clean_name(link, limits)
+                    except ValueError as err:
+                        reason = str(err)
+                    else:
+                        if links[row] == self.paths[row]:
+                            reason = "a hardlink cannot link to itself"
             elif link and typ != "chunk":
-                self.fail(
-                    first + row,
-                    R_LINK,
-                    name,
-                    "linkName",
-                    f"only symlinks and hardlinks have one, not a {typ}",
-                )
+                reason = f"only symlinks and hardlinks have one, not a {typ}"
+            if reason is not None:
+                self.bad(row, R_LINK, "linkName", reason)
         return links
 
     # -- chunk chains ---------------------------------------------------------------
 
-    def chains(
-        self,
-        types: list[str],
-        names: list[str],
-        paths: list[Any],
-        sizes: list[int],
-        csizes: list[int],
-        coffs: list[int],
-        dead: list[bool],
-        first: int,
-    ) -> None:
+    def chains(self, dead: list[bool]) -> None:
         """Each chunk continues the regular file before it, and the chunks cover it.
 
         Proven over columns, with the chain the last batch left open as a row
         before the first; only a batch where that fails (or with other
         problems) is walked row by row, to say which entry and why.
         """
-        chain = self.chain
+        chain, types, col = self.chain, self.types, self.col
+        csizes = col["chunkSize"]
         if chain is None and "chunk" not in types and csizes.count(NO_INT) == len(csizes):
             return  # no chain here: nothing to prove
         if chain is None:
@@ -667,8 +589,8 @@ class Batches:
         else:
             t, p, s = ["reg"], [chain[2]], [chain[3]]
             cs = [NO_INT if chain[4] is None else chain[4]]
-        t, p, s, cs = t + types, p + paths, s + sizes, cs + csizes
-        co = [0, *map(max, coffs, repeat(0))]
+        t, p, s, cs = t + types, p + self.paths, s + col["size"], cs + csizes
+        co = [0, *map(max, col["chunkOffset"], repeat(0))]
         m = len(t)
         chunk = list(map("chunk".__eq__, t))
         head_row = list(map(and_, map("reg".__eq__, t), map(NO_INT.__ne__, cs)))
@@ -681,6 +603,8 @@ class Batches:
         here = list(compress(range(m), map(not_, chunk)))
         starts = list(compress(here[:-1], map(head_row.__getitem__, here[:-1])))
         lasts = list(compress(map(sub, here[1:], repeat(1)), map(head_row.__getitem__, here[:-1])))
+        chunk_ends = map(ends.__getitem__, chunks)
+        last_ends = map(ends.__getitem__, lasts)
         proven = (
             not any(dead)
             and all(map(head_row.__getitem__, heads))
@@ -688,23 +612,13 @@ class Batches:
             and list(map(p.__getitem__, chunks)) == list(map(p.__getitem__, heads))
             and list(map(ends.__getitem__, prevs)) == list(map(co.__getitem__, chunks))
             and all(map(lt, map(co.__getitem__, chunks), file_sizes))
-            and all(
-                map(
-                    or_,
-                    map(eq, map(cs.__getitem__, chunks), repeat(NO_INT)),
-                    map(le, map(ends.__getitem__, chunks), file_sizes),
-                )
-            )
-            and all(
-                map(
-                    or_,
-                    map(eq, map(cs.__getitem__, lasts), repeat(NO_INT)),
-                    map(eq, map(ends.__getitem__, lasts), map(s.__getitem__, starts)),
-                )
-            )
-        )
+            and all(map(or_, map(eq, map(cs.__getitem__, chunks), repeat(NO_INT)),
+                        map(le, chunk_ends, file_sizes)))
+            and all(map(or_, map(eq, map(cs.__getitem__, lasts), repeat(NO_INT)),
+                        map(eq, last_ends, map(s.__getitem__, starts))))
+        )  # fmt: skip
         if not proven:
-            self.walk_chains(types, names, paths, sizes, csizes, coffs, dead, first)
+            self.walk_chains(dead)
             return
         last = here[-1]
         if not head_row[last]:
@@ -712,96 +626,54 @@ class Batches:
             return
         covered = None if (cs[m - 1] == NO_INT and m - 1 != last) else ends[m - 1]
         if last:
-            chain = [first + last - 1, names[last - 1], p[last], s[last], covered]
+            chain = [self.first + last - 1, self.names[last - 1], p[last], s[last], covered]
         else:
             assert chain is not None
             chain[4] = covered
         self.chain = chain
 
-    def walk_chains(
-        self,
-        types: list[str],
-        names: list[str],
-        paths: list[Any],
-        sizes: list[int],
-        csizes: list[int],
-        coffs: list[int],
-        dead: list[bool],
-        first: int,
-    ) -> None:
-        fail = self.fail
-        for row, typ in enumerate(types):
-            index, name = first + row, names[row]
+    def walk_chains(self, dead: list[bool]) -> None:
+        col, paths = self.col, self.paths
+        sizes, csizes, coffs = col["size"], col["chunkSize"], col["chunkOffset"]
+        for row, typ in enumerate(self.types):
+            index = self.first + row
             if typ != "chunk":
                 ended = self.close_chain(index)  # a problem there ends this entry, as a walk would
                 if typ == "reg" and ended and not dead[row] and csizes[row] != NO_INT:
-                    self.chain = [index, name, paths[row], sizes[row], csizes[row]]
+                    self.chain = [index, self.names[row], paths[row], sizes[row], csizes[row]]
                 continue
             chain = self.chain
             if paths[row] is None:
                 continue
             if chain is None or chain[2] != paths[row]:
-                fail(
-                    index,
-                    R_FOLLOW,
-                    name,
-                    "name",
-                    "a chunk must follow the regular file it belongs "
-                    "to, whose chunkSize says that more chunks come",
-                )
+                self.bad(row, R_FOLLOW, "name", _NOT_FOLLOWING)
                 continue
             if dead[row]:
                 continue
-            offset, size, covered = max(coffs[row], 0), chain[3], chain[4]
+            offset, size, covered, length = max(coffs[row], 0), chain[3], chain[4], csizes[row]
+            field, reason = "chunkOffset", None
             if covered is None:
-                fail(
-                    index,
-                    R_CHAIN,
-                    name,
-                    "chunkOffset",
-                    "the previous piece of this file already ran to its end",
-                )
+                reason = "the previous piece of this file already ran to its end"
             elif offset != covered:
-                fail(
-                    index,
-                    R_CHAIN,
-                    name,
-                    "chunkOffset",
-                    f"must be {covered} (where the previous piece ends), got {offset}",
-                )
+                reason = f"must be {covered} (where the previous piece ends), got {offset}"
             elif offset >= size:
-                fail(
-                    index,
-                    R_CHAIN,
-                    name,
-                    "chunkOffset",
-                    f"{offset} is not inside the file ({size} bytes)",
-                )
-            elif csizes[row] == NO_INT:
+                reason = f"{offset} is not inside the file ({size} bytes)"
+            elif length == NO_INT:
                 chain[4] = None
-            elif offset + csizes[row] > size:
-                fail(
-                    index,
-                    R_CHAIN,
-                    name,
-                    "chunkSize",
-                    f"chunk {offset}..{offset + csizes[row]} overruns the file ({size} bytes)",
-                )
+            elif offset + length > size:
+                field = "chunkSize"
+                reason = f"chunk {offset}..{offset + length} overruns the file ({size} bytes)"
             else:
-                chain[4] = offset + csizes[row]
+                chain[4] = offset + length
+            if reason is not None:
+                self.bad(row, R_CHAIN, field, reason)
 
     def close_chain(self, at: int) -> bool:
         """The chunks of the last regular file ended at entry ``at``: they must cover it."""
         chain, self.chain = self.chain, None
         if chain is not None and chain[4] is not None and chain[4] != chain[3]:
-            self.fail(
-                chain[0],
-                R_CLOSE,
-                chain[1],
-                "chunkSize",
-                f"chunks cover {chain[4]} of the file's {chain[3]} bytes",
-                at,
-            )
+            reason = f"chunks cover {chain[4]} of the file's {chain[3]} bytes"
+            self.fail(chain[0], R_CLOSE, chain[1], "chunkSize", reason, at)
             return False
         return True
 
@@ -809,8 +681,6 @@ class Batches:
 
     def add_rows(
         self,
-        col: dict[str, list[Any]],
-        paths: list[Any],
         modes: list[int],
         mtimes: tuple[list[int], list[int]],
         links: dict[int, bytes],
@@ -818,14 +688,13 @@ class Batches:
         rdevs: dict[int, int],
         is_chunk: list[bool],
         dead: list[bool],
-        first: int,
     ) -> None:
-        types, names, sizes = col["type"], col["name"], col["size"]
+        col, types, paths = self.col, self.types, self.paths
         n = len(types)
         keep = list(map(not_, map(or_, is_chunk, dead)))
         uids, gids, sizes = (
             list(map(max, values, repeat(0))) if NO_INT in values else values
-            for values in (col["uid"], col["gid"], sizes)
+            for values in (col["uid"], col["gid"], col["size"])
         )
         seconds, nsecs = mtimes
         data: list[bytes | None] = [None] * n
@@ -844,8 +713,10 @@ class Batches:
             else:
                 rare[row] = None
         joined = b"\0".join([path or b"" for path in paths])
-        if joined.find(b"/.wh.") >= 0 or joined.find(b"landmark") >= 0 or (
-            joined.find(STARGZ_INDEX) >= 0 or self.opaque
+        if (
+            joined.find(b"/.wh.") >= 0
+            or joined.find(b"landmark") >= 0
+            or (joined.find(STARGZ_INDEX) >= 0 or self.opaque)
         ):
             starts = list(accumulate([len(path or b"") + 1 for path in paths], initial=0))
             for match in _RARE_NAME.finditer(joined):
@@ -858,17 +729,7 @@ class Batches:
             if not keep[row]:
                 continue
             values = [column[row] for column in columns]
-            extra = self.rare_row(
-                first + row,
-                names[row],
-                types[row],
-                values,
-                col,
-                row,
-                links.get(row),
-                pairs.get(row, ()),
-                rdevs.get(row) or None,
-            )
+            extra = self.rare_row(row, values, links.get(row), pairs.get(row, ()), rdevs.get(row))
             if extra is None:
                 keep[row] = False
                 continue
@@ -876,7 +737,7 @@ class Batches:
                 column[row] = value
             found[row] = extra
         base = len(self.entry)
-        entries: list[int | None] = list(range(first, first + n))
+        entries: list[int | None] = list(range(self.first, self.first + n))
         if not all(keep):
             columns = tuple(list(compress(column, keep)) for column in columns)
             entries = list(compress(entries, keep))
@@ -896,21 +757,20 @@ class Batches:
 
     def rare_row(
         self,
-        index: int,
-        name: str,
-        typ: str,
-        values: list[Any],
-        col: dict[str, list[Any]],
         row: int,
+        values: list[Any],
         link: bytes | None,
         xattrs: tuple[tuple[bytes, bytes], ...],
         rdev: int | None,
     ) -> tuple[int | None, Any] | None:
-        """A rare row's node: (rdev or None, xattrs or a hardlink's target); None: no node."""
-        path = values[0]
+        """A rare row's node: (rdev or None, xattrs or a hardlink's target); None: no node.
+
+        ``values`` are the row's node columns, changed in place.
+        """
+        typ, path, rdev = self.types[row], values[0], rdev or None
         uid, gid, mtime, nsec = values[2:6]
         if typ == "reg" and ((values[6] == 1 and path in LANDMARKS) or path == STARGZ_INDEX):
-            self.same_as_before(index, name, path, (typ, *values[1:], xattrs))
+            self.same_as_before(row, (typ, *values[1:], xattrs))
             return None
         if typ == "dir" and path in self.opaque:
             merged = dict(xattrs)
@@ -921,61 +781,43 @@ class Batches:
         if typ == "hardlink":
             more = link
             values[1:8] = [S_IFREG, 0, 0, 0, 0, 0, None]
-        if self.whiteouts and path.find(b"/.wh.") >= 0:
-            cut = path.rfind(b"/")
-            base, parent = path[cut + 1 :], path[:cut] or ROOT
-            if base.startswith(WH):
-                seen = (
-                    typ,
-                    col["mode"][row],
-                    uid,
-                    gid,
-                    mtime,
-                    nsec,
-                    values[6],
-                    values[7],
-                    more,
-                    rdev,
-                )
-                if not self.same_as_before(index, name, path, seen):
-                    return None
-            if base.startswith(WH_META) and base != WH_OPAQUE:
-                return None  # aufs metadata, which containers/storage skips too
-            for part in parent.split(b"/"):
-                if part.startswith(WH_META):
-                    return None  # inside aufs metadata
-                if part.startswith(WH):
-                    self.fail(index, R_WHITEOUT, name, "name", "a whiteout cannot hold entries")
-                    return None
-            if base.startswith(WH):
-                if typ == "dir":
-                    self.fail(index, R_WHITEOUT, name, "type", "a whiteout must not be a directory")
-                    return None
-                if base == WH_OPAQUE:
-                    return None  # applied to the directory itself
-                hidden = base[len(WH) :]
-                if hidden in (b"", b".", b".."):
-                    self.fail(
-                        index, R_WHITEOUT, name, "name", "a whiteout must name a file after .wh."
-                    )
-                    return None
-                if parent in self.opaque:
-                    return None  # the opaque directory already hides everything below it
-                target = (parent if parent != ROOT else b"") + b"/" + hidden
-                values[:8] = [target, S_IFCHR, uid, gid, mtime, nsec, 0, None]
-                return None, ()
-        return rdev, more
+        if not self.whiteouts or path.find(b"/.wh.") < 0:
+            return rdev, more
+        cut = path.rfind(b"/")
+        base, parent = path[cut + 1 :], path[:cut] or ROOT
+        if base.startswith(WH):
+            seen = (typ, self.col["mode"][row], uid, gid, mtime, nsec, *values[6:8], more, rdev)
+            if not self.same_as_before(row, seen):
+                return None
+        if base.startswith(WH_META) and base != WH_OPAQUE:
+            return None  # aufs metadata, which containers/storage skips too
+        for part in parent.split(b"/"):
+            if part.startswith(WH_META):
+                return None  # inside aufs metadata
+            if part.startswith(WH):
+                self.bad(row, R_WHITEOUT, "name", "a whiteout cannot hold entries")
+                return None
+        if not base.startswith(WH):
+            return rdev, more
+        hidden = base[len(WH) :]
+        if typ == "dir":
+            self.bad(row, R_WHITEOUT, "type", "a whiteout must not be a directory")
+        elif base != WH_OPAQUE and hidden in (b"", b".", b".."):
+            self.bad(row, R_WHITEOUT, "name", "a whiteout must name a file after .wh.")
+        elif base != WH_OPAQUE and parent not in self.opaque:
+            # (an opaque directory already hides everything below it)
+            target = (parent if parent != ROOT else b"") + b"/" + hidden
+            values[:8] = [target, S_IFCHR, uid, gid, mtime, nsec, 0, None]
+            return None, ()
+        return None  # an opaque marker is applied to the directory itself
 
-    def same_as_before(self, index: int, name: str, path: bytes, seen: object) -> bool:
+    def same_as_before(self, row: int, seen: object) -> bool:
         """An entry that makes no node at its own path: a repeat of it must agree."""
-        known = self.bookkeeping.setdefault(path, (index, seen))
+        index = self.first + row
+        known = self.bookkeeping.setdefault(self.paths[row], (index, seen))
         if known[1] != seen:
-            self.fail(
-                index,
-                R_WHITEOUT,
-                name,
-                "name",
-                f"path repeats entry {known[0]} with different attributes",
+            self.bad(
+                row, R_WHITEOUT, "name", f"path repeats entry {known[0]} with different attributes"
             )
             return False
         return True
