@@ -30,6 +30,7 @@ from .errors import (
 from .mount import flatten, mount, mount_layers, unmount
 
 if TYPE_CHECKING:
+    from ._progress import ProgressUpdate
     from .dumpfile import dump, parse_dumpfile
     from .fsverity import fsverity_digest
     from .layers import Layer, open_layer
@@ -51,6 +52,7 @@ __all__ = [
     "LibraryError",
     "Limits",
     "ObjectStore",
+    "ProgressUpdate",
     "SandboxError",
     "Tree",
     "TreeBuilder",
@@ -80,6 +82,7 @@ _LAZY = {
     "Layer": "layers",
     "open_layer": "layers",
     "ObjectStore": "objects",
+    "ProgressUpdate": "_progress",
     "parse_toc": "toc",
     "read_image": "writer",
     "write_image": "writer",

@@ -80,6 +80,7 @@ from ._backend import (
     write_all,
     write_with_mkcomposefs,
 )
+from ._progress import ProgressArg, resolve_progress
 from .errors import BackendUnavailableError, LibraryError, SandboxError, ValidationError
 from .limits import Limits
 from .model import Tree
@@ -510,6 +511,7 @@ def write_image(
     backend: str = "auto",
     min_version: int = 0,
     max_version: int = 1,
+    progress: ProgressArg = False,
 ) -> bytes:
     """Write ``tree`` as a composefs image to ``dest``; return its fs-verity digest.
 
@@ -524,15 +526,23 @@ def write_image(
     mkcomposefs's ``--min-version``/``--max-version`` with the same defaults, so
     the same Tree gives the same bytes.  ``backend`` is ``"auto"``,
     ``"native"``, ``"sandbox"`` or ``"mkcomposefs"``: an unknown name raises
-    ValueError, one that cannot run here BackendUnavailableError.
+    ValueError, one that cannot run here BackendUnavailableError.  ``progress``
+    (default: none) counts the nodes written, see :mod:`composefs_py._progress`.
     """
     if not isinstance(tree, Tree):
         raise TypeError(f"tree must be a composefs_py.Tree, got {type(tree).__name__}")
     check_versions(min_version, max_version)
     writer = _writer_for(resolve_backend(backend))
+    reporter = resolve_progress(progress, "writing image")
 
     def write(fd: int) -> bytes:
-        return writer(tree, fd, min_version=min_version, max_version=max_version)
+        if reporter is None:
+            return writer(tree, fd, min_version=min_version, max_version=max_version)
+        reporter.start("writing image", total_files=len(tree))
+        digest = writer(tree, fd, min_version=min_version, max_version=max_version)
+        reporter.advance(files=len(tree))
+        reporter.close()  # before publishing: a callback that raises leaves nothing
+        return digest
 
     if isinstance(dest, bool):
         raise TypeError("dest must be a path or a file descriptor, got a bool")
