@@ -51,7 +51,7 @@ import stat
 from collections.abc import Callable
 from typing import Final
 
-from .errors import ValidationError
+from .errors import ValidationError, text_that_names_a_file
 from .limits import Limits
 from .model import (
     ROOT,
@@ -315,6 +315,9 @@ def _read_input(data: bytes | str | os.PathLike[str] | os.PathLike[bytes], limit
     elif isinstance(data, bytearray | memoryview):
         raw = bytes(data)
     elif isinstance(data, str):
+        hint = text_that_names_a_file(data, "dumpfile text")
+        if hint is not None:
+            raise hint
         try:
             raw = data.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError as err:

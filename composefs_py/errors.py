@@ -94,3 +94,23 @@ class SandboxError(ComposefsError):
 
 class BackendUnavailableError(ComposefsError):
     """The requested writer backend cannot run here (not built, no tool)."""
+
+
+def text_that_names_a_file(text: str, what: str) -> ValidationError | None:
+    """The error for ``text`` given where the content itself is wanted, when it
+    looks like a file's name and one exists: a ``str`` is the content (the
+    JSON or dump text), a :class:`pathlib.Path` a file to read."""
+    if len(text) > 4096 or "\n" in text or text.lstrip()[:1] in ("{", "["):
+        return None
+    import os
+
+    try:
+        exists = os.path.exists(text)
+    except ValueError:  # NUL in the text
+        return None
+    if not exists:
+        return None
+    return ValidationError(
+        f"got a str naming the file {text!r}: a str is the {what} itself; pass a "
+        "pathlib.Path to read a file"
+    )

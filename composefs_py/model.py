@@ -30,6 +30,7 @@ opts in.
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -207,7 +208,8 @@ class Tree:
 
     Iterating yields ``(path, node)`` depth first: the root first, every
     directory before its children, siblings sorted by name bytes (the order of
-    composefs-dump(5)).
+    composefs-dump(5)).  Paths are bytes; a lookup takes a ``str`` too
+    (``tree["/usr/bin"]``, encoded as :func:`os.fsencode` does).
     """
 
     #: None until first read in a Tree built in bulk (made from ``_table``).
@@ -233,10 +235,10 @@ class Tree:
         return len(self._nodes)
 
     def __contains__(self, path: object) -> bool:
-        return path in self._nodes
+        return (_as_bytes(path) if path.__class__ is str else path) in self._nodes
 
-    def __getitem__(self, path: bytes) -> Node:
-        return self._nodes[path]
+    def __getitem__(self, path: bytes | str) -> Node:
+        return self._nodes[path if path.__class__ is bytes else _as_bytes(path)]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tree):
@@ -251,8 +253,8 @@ class Tree:
     def __repr__(self) -> str:
         return f"<Tree: {len(self)} entries>"
 
-    def get(self, path: bytes) -> Node | None:
-        return self._nodes.get(path)
+    def get(self, path: bytes | str) -> Node | None:
+        return self._nodes.get(path if path.__class__ is bytes else _as_bytes(path))
 
     @property
     def paths(self) -> tuple[bytes, ...]:
@@ -269,13 +271,18 @@ class Tree:
         assert isinstance(node, Inode)  # guaranteed by TreeBuilder
         return node
 
-    def inode(self, path: bytes) -> Inode:
+    def inode(self, path: bytes | str) -> Inode:
         """Return the inode at ``path``, following a hardlink."""
-        node = self._nodes[path]
+        node = self._nodes[path if path.__class__ is bytes else _as_bytes(path)]
         if isinstance(node, Hardlink):
             node = self._nodes[node.target]
         assert isinstance(node, Inode)  # hardlinks resolve to inodes
         return node
+
+
+def _as_bytes(path: bytes | str) -> bytes:
+    """A Tree path given as ``str``, in bytes (:func:`os.fsencode`)."""
+    return os.fsencode(path)
 
 
 _BUILDER_KEY = object()
@@ -341,8 +348,8 @@ class TreeBuilder:
     def __contains__(self, path: object) -> bool:
         return path in self._nodes
 
-    def get(self, path: bytes) -> Node | None:
-        return self._nodes.get(path)
+    def get(self, path: bytes | str) -> Node | None:
+        return self._nodes.get(path if path.__class__ is bytes else _as_bytes(path))
 
     # -- adding --------------------------------------------------------
 

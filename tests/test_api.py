@@ -112,3 +112,28 @@ def test_version_is_a_typed_public_name(tmp_path: Path) -> None:
         "version: str = __version__\nsame: str = composefs_py.__version__\n",
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_a_str_naming_a_file_says_pass_a_path(tmp_path: Path) -> None:
+    """A str is the content; one that names an existing file gets a hint, not a parse error."""
+    from composefs_py import parse_dumpfile
+
+    dump = tmp_path / "x.dump"
+    dump.write_text("/ 0 40755 2 0 0 0 0.0 - - -\n")
+    with pytest.raises(composefs_py.ValidationError, match=r"pass a pathlib\.Path"):
+        parse_dumpfile(str(dump))
+    assert len(parse_dumpfile(dump)) == 1
+    with pytest.raises(composefs_py.ValidationError) as info:
+        parse_dumpfile(str(tmp_path / "missing.dump"))
+    assert "pathlib.Path" not in str(info.value)
+
+
+def test_tree_lookups_take_str_paths() -> None:
+    from composefs_py import parse_dumpfile
+
+    tree = parse_dumpfile(b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - -\n")
+    assert "/a" in tree and b"/a" in tree and "/b" not in tree and 7 not in tree
+    assert tree["/a"] == tree[b"/a"] and tree.get("/a") == tree[b"/a"]
+    assert tree.get("/b") is None and tree.inode("/a") == tree.inode(b"/a")
+    with pytest.raises(KeyError):
+        tree["/b"]
