@@ -57,7 +57,7 @@ from .model import (
     payloads_are_names,
 )
 
-__all__ = ["EMPTY_FILE", "NodeColumns", "Table", "moved", "tree_from_columns"]
+__all__ = ["EMPTY_FILE", "NodeColumns", "Table", "tree_from_columns"]
 
 _T = TypeVar("_T")
 Extra = tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
@@ -188,28 +188,6 @@ class Table:
         if self._extras is None:
             self._extras = marshal.loads(self.extras_blob) if self.extras_blob else {}
         return self._extras
-
-    def moved(self) -> Table:
-        """A copy whose small objects are made now (the big buffers are shared).
-
-        The allocator keeps a whole arena for one small object still in it:
-        made while a parse's temporaries filled the arenas, the few small
-        objects of a Table (itself, its arrays' and dicts' headers) would keep
-        tens of MiB of freed arenas.  Copied once those temporaries are gone,
-        they go to arenas that stay in use anyway.
-        """
-        table = Table.__new__(Table)
-        table.path_buf = self.path_buf
-        table.data_buf = self.data_buf
-        table.extras_blob = self.extras_blob
-        table.path_lens = self.path_lens[:]
-        table.data_lens = self.data_lens[:]
-        table.ints = {name: column[:] for name, column in self.ints.items()}
-        table.link_rows = self.link_rows[:]
-        table.link_targets = self.link_targets[:]
-        table.order = self.order[:]
-        table._paths = table._data = table._index = table._links = table._extras = None
-        return table
 
     @staticmethod
     def starts(lens: array[int]) -> array[int]:
@@ -528,19 +506,6 @@ def tree_from_columns(
     order = array("q", sorted(range(n), key=keys.__getitem__))
     del keys
     table = Table(paths, ints, data, final_links, dict(extras), order)
-    return Tree(None, _TableNodes(table), _BUILDER_KEY, table)
-
-
-def moved(tree: Tree) -> Tree:
-    """``tree`` with the small objects of its Table made anew (see :meth:`Table.moved`).
-
-    Call it once the temporaries that made the Tree are freed; a Tree of
-    nodes is returned as it is.
-    """
-    table = tree._table
-    if not isinstance(table, Table):
-        return tree
-    table = table.moved()
     return Tree(None, _TableNodes(table), _BUILDER_KEY, table)
 
 

@@ -20,7 +20,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from composefs_py import Tree, ValidationError, dump, write_image
-from composefs_py._columns import EMPTY_FILE, NodeColumns, Table, moved, tree_from_columns
+from composefs_py._columns import EMPTY_FILE, NodeColumns, tree_from_columns
 from composefs_py.limits import Limits
 from composefs_py.model import ROOT, Hardlink, TreeBuilder
 from composefs_py.strategies import trees
@@ -397,23 +397,6 @@ def test_limits_count_the_parents_made(limits: Limits, path: bytes) -> None:
     columns.paths[1] = path
     assert isinstance(_builder_tree(columns, limits, synthesize_parents=True), ValidationError)
     assert tree_from_columns(columns, limits, synthesize_parents=True) is None
-
-
-@given(trees(max_entries=25, limits=_OPEN))
-def test_a_moved_tree_is_the_same_tree(tree: Tree) -> None:
-    bulk = tree_from_columns(columns_of(tree), _OPEN)
-    assert bulk is not None
-    again = moved(bulk)
-    assert again is not bulk and again._table is not bulk._table
-    _same(again, tree)
-    table, old = again._table, bulk._table
-    assert isinstance(table, Table) and isinstance(old, Table)
-    assert table.path_buf is old.path_buf and table.data_buf is old.data_buf
-    assert table.order == old.order and table.ints == old.ints
-    assert table.links == old.links and table.extras == old.extras
-    with tempfile.TemporaryDirectory() as work:
-        assert _image(again, os.path.join(work, "a")) == _image(tree, os.path.join(work, "b"))
-    assert moved(tree) is tree  # a Tree of nodes stays as it is
 
 
 # ---------------------------------------------------------------------------
