@@ -12,18 +12,15 @@ what lies beyond the limit.  Ratios only, never absolute times.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import resource
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from cost import MiB, assert_flat, assert_linear, measure
 from test_layers import (
     SPARSE_FORMATS,
     make_estargz_with_inner_offsets,
@@ -42,98 +39,6 @@ from composefs_py.layers import open_layer
 from composefs_py.limits import Limits
 from composefs_py.objects import ObjectStore
 
-MiB = 1 << 20
-
-
-# -- measuring a child ---------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """What one call cost in a child process."""
-
-    cpu: float  # seconds, user + system, all threads
-    peak: int  # bytes of peak RSS above the child's RSS when it started
-    read: int  # bytes read by read/pread (rchar)
-    written: int  # bytes written by write (wchar)
-    outcome: str  # "ok: ...", "refused: <ValidationError>", or what went wrong
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(field)
-
-
-def _io() -> tuple[int, int]:
-    with open("/proc/self/io") as counters:
-        values = dict(line.split(": ") for line in counters.read().splitlines())
-    return int(values["rchar"]), int(values["wchar"])
-
-
-def _child(work: Callable[[], str], send: object, memory: int) -> None:
-    limit = _status("VmSize") + memory
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # VmHWM := VmRSS
-    base = _status("VmRSS")
-    read0, written0 = _io()
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        outcome = "ok: " + work()
-    except ValidationError as exc:
-        outcome = f"refused: {exc}"
-    except MemoryError:
-        outcome = "MemoryError"
-    except BaseException as exc:  # reported, the parent fails the test
-        outcome = f"{type(exc).__name__}: {exc}"[:500]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    read, written = _io()
-    cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
-    cost = Cost(cpu, _status("VmHWM") - base, read - read0, written - written0, outcome)
-    send.send(dataclasses.astuple(cost))  # type: ignore[attr-defined]
-
-
-def measure(
-    work: Callable[[], str], *, memory: int = 1 << 30, timeout: float = 60, repeat: int = 3
-) -> Cost:
-    """Run ``work`` in a forked child with ``memory`` bytes of address space to
-    spare, up to ``repeat`` times while it succeeds; the run of least CPU time
-    (on a shared machine the others carry other processes' load, and file
-    creation's system time varies with the file system's recent history)."""
-    best = _measure_once(work, memory, timeout)
-    for _ in range(repeat - 1):
-        if not best.outcome.startswith(("ok", "refused")):
-            break
-        again = _measure_once(work, memory, timeout)
-        if again.outcome == best.outcome and again.cpu < best.cpu:
-            best = again
-    return best
-
-
-def _measure_once(work: Callable[[], str], memory: int, timeout: float) -> Cost:
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(work, send, memory))
-    started = time.monotonic()
-    child.start()
-    send.close()
-    try:
-        if not receive.poll(timeout):
-            child.kill()
-            return Cost(time.monotonic() - started, 0, 0, 0, f"timeout after {timeout} s")
-        try:
-            return Cost(*receive.recv())
-        except EOFError:
-            return Cost(0, 0, 0, 0, f"child died (exit {child.exitcode})")
-    finally:
-        child.join(5)
-        if child.is_alive():
-            child.kill()
-            child.join()
-
 
 def importer(path: Path, store: Path, limits: Limits | None = None) -> Callable[[], str]:
     def work() -> str:
@@ -144,24 +49,6 @@ def importer(path: Path, store: Path, limits: Limits | None = None) -> Callable[
         return f"{sum(1 for _ in tree)} nodes"
 
     return work
-
-
-def assert_linear(small: Cost, big: Cost, *, what: str, slack: float = 1.4) -> None:
-    """``big`` (the input doubled) costs at most about twice ``small``."""
-    for name, floor in (("read", 1 << 16), ("written", 1 << 16), ("peak", 8 * MiB)):
-        a, b = getattr(small, name), getattr(big, name)
-        assert b <= 2 * slack * a + floor, f"{what}: {name} {a} -> {b} (ratio {b / max(a, 1):.1f})"
-    if big.cpu > 0.2:  # below that the ratio is mostly noise on a shared machine
-        assert big.cpu <= 2 * slack * small.cpu + 0.1, (
-            f"{what}: cpu {small.cpu:.3f} -> {big.cpu:.3f} s"
-        )
-
-
-def assert_flat(small: Cost, big: Cost, *, what: str) -> None:
-    """A refused input: what lies beyond the limit costs nothing (n and 2n alike)."""
-    for name, floor in (("read", 1 << 16), ("written", 1 << 16), ("peak", 8 * MiB)):
-        a, b = getattr(small, name), getattr(big, name)
-        assert b <= 1.25 * a + floor, f"{what}: {name} {a} -> {b} (ratio {b / max(a, 1):.1f})"
 
 
 # -- zstd:chunked: a file's range is bounded by the next entry ------------------
