@@ -120,7 +120,7 @@ def _alternate(
 
 
 #: The shared small zstd:chunked TOC (a real layer's, with chunk rows).
-_SHARED_TOC = _REPO.parent / "shared" / "testdata" / "small.zstd-chunked.toc.json"
+_SHARED_TOC = _REPO / "tests" / "data" / "small.zstd-chunked.toc.json"
 #: Builds the peer (podman's containers/storage TOC -> dump code) into a folder.
 _PEER_SETUP = _REPO.parent / "shared" / "peers" / "containers-storage" / "setup.sh"
 _PEER_DEST = _REPO / ".deps" / "cstorage"
@@ -261,6 +261,73 @@ def toc_inputs(sizes: list[int], replicated: int, work: Path) -> list[tuple[str,
     return inputs
 
 
+def _with_key(toc: bytes, entry: str, key: bytes) -> bytes:
+    """``toc`` with ``key`` (``"name":value,``) put first in its first or last entry."""
+    at = toc.find(b'{"type"') if entry == "first" else toc.rfind(b'{"type"')
+    return toc[: at + 1] + key + toc[at + 1 :]
+
+
+def _bad_last_time(toc: bytes) -> bytes:
+    """``toc`` with its last modtime replaced by text that is no time."""
+    at = toc.rfind(b'"modtime":"') + len(b'"modtime":"')
+    return toc[:at] + b"yesterday" + toc[toc.find(b'"', at) :]
+
+
+#: Unusual or refused variants of a valid TOC.
+_VARIANTS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
+    ("bad uid, first entry", lambda toc: _with_key(toc, "first", b'"uid":-1,')),
+    ("bad uid, last entry", lambda toc: _with_key(toc, "last", b'"uid":-1,')),
+    ("bad modtime, last entry", _bad_last_time),
+    ("device on a file, last", lambda toc: _with_key(toc, "last", b'"devMajor":1,')),
+    ("duplicate key, last entry", lambda toc: _with_key(toc, "last", b'"type":"reg",')),
+    ("unknown key, last entry", lambda toc: _with_key(toc, "last", b'"comment":"x",')),
+    ("eStargz userName, last", lambda toc: _with_key(toc, "last", b'"userName":"root",')),
+)
+
+
+def bench_refusal(n: int, work: Path, repeat: int) -> dict[str, object]:
+    """CPU seconds of ``parse_toc`` on a valid generated TOC and on variants with
+    one bad, unusual or unknown field: a refusal must cost no more than an
+    acceptance (alternating, medians)."""
+    from composefs_py import ValidationError, parse_toc
+
+    toc_path = work / f"toc-{n}.json"
+    if not toc_path.exists():
+        toc_path.write_bytes(generate.toc_json(n))
+    valid = toc_path.read_bytes()
+    inputs = {"valid": valid}
+    inputs.update((name, make(valid)) for name, make in _VARIANTS)
+    outcomes: dict[str, str] = {}
+
+    def side(name: str) -> Callable[[], tuple[float, int]]:
+        def run() -> tuple[float, int]:
+            start = time.process_time()
+            try:
+                parse_toc(inputs[name])
+                outcomes[name] = "accepted"
+            except ValidationError as err:
+                outcomes[name] = "refused: " + str(err).split("\n")[0][:60]
+            return time.process_time() - start, 0
+
+        return run
+
+    side("valid")()  # the process's warm-up
+    result = _alternate(repeat, {name: side(name) for name in inputs})
+    base = result["valid"]["seconds"]
+    return {
+        "entries": n,
+        "rows": [
+            {
+                "input": name,
+                "cpu_s": result[name]["seconds"],
+                "vs_valid": result[name]["seconds"] / base,
+                "outcome": outcomes[name],
+            }
+            for name in inputs
+        ],
+    }
+
+
 def bench_sandbox(n: int, work: Path, repeat: int) -> dict[str, object]:
     from composefs_py import parse_toc, write_image
 
@@ -367,6 +434,17 @@ def _table(results: dict[str, Any]) -> str:
             f"python -X importtime -c 'import composefs_py.cli': "
             f"{results['import_ms']:.1f} ms cumulative (median)"
         )
+    if results.get("refusal"):
+        r = results["refusal"]
+        lines.append("")
+        lines.append(
+            f"parse_toc CPU on a generated {r['entries']}-entry TOC: valid vs one odd field"
+        )
+        lines.append(f"{'input':<30} {'cpu s':>7} {'x valid':>8}  outcome")
+        for row in r["rows"]:
+            lines.append(
+                f"{row['input']:<30} {row['cpu_s']:>7.3f} {row['vs_valid']:>8.2f}  {row['outcome']}"
+            )
     if results.get("sandbox"):
         lines.append("")
         lines.append("sandbox backend vs native (same Tree)")
@@ -416,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox-sizes", default="1000,100000,400000")
     parser.add_argument("--layer-files", default="20000")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--only", choices=("toc", "sandbox", "layer"), action="append")
+    parser.add_argument("--only", choices=("toc", "refusal", "sandbox", "layer"), action="append")
+    parser.add_argument("--refusal-size", type=int, default=100000)
     parser.add_argument(
         "--work", type=Path, default=None, help="folder for generated inputs (kept between runs)"
     )
@@ -424,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "composefs-py-bench"
     work.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ("toc", "sandbox", "layer"))
+    only = set(args.only or ("toc", "refusal", "sandbox", "layer"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, Any] = {}
     if "toc" in only:
@@ -433,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in toc_inputs(sizes, args.replicated, work)
         ]
         results["import_ms"] = _cumulative_import_ms()
+    if "refusal" in only:
+        results["refusal"] = bench_refusal(args.refusal_size, work, args.repeat)
     if "sandbox" in only:
         results["sandbox"] = [
             bench_sandbox(int(n), work, args.repeat) for n in args.sandbox_sizes.split(",") if n
