@@ -1713,3 +1713,22 @@ def test_a_tree_problem_of_an_earlier_entry_is_told_first() -> None:
 def test_a_json_problem_is_told_before_the_entry_count() -> None:
     text = '{"version":1,"entries":[{"type":"dir","name":"a","mode":1,"mode":1},{}]}'
     assert "duplicate key" in str(rejected(text.encode(), limits=Limits(max_entries=1)))
+
+
+@pytest.mark.parametrize("collect", [False, True])
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ('{"type":"\\ud800","name":"a"}', "type"),
+        ('{"type":"reg","name":"b","chunkType":"\\udfff"}', "chunkType"),
+    ],
+)
+def test_a_lone_surrogate_where_a_choice_is_wanted_is_refused(
+    entry: str, field: str, collect: bool
+) -> None:
+    """Only the json module's decoding keeps a lone surrogate escape; msgspec cannot
+    match such a str with a Literal (it raised UnicodeEncodeError)."""
+    doc = '{"version":1,"entries":[{"type":"dir","name":"d/"},' + entry + "]}"
+    with pytest.raises(ValidationError) as info:
+        parse_toc(doc.encode(), collect=collect)
+    assert info.value.problems[0].field == field and info.value.problems[0].entry == 1

@@ -221,11 +221,8 @@ class _Parse:
                     entries = self.decoder.decode(b"[" + b",".join(pieces) + b"]")
                 else:
                     entries = msgspec.convert(pieces, list[self.entry_type])  # type: ignore[name-defined]
-            except msgspec.ValidationError as err:
-                found = _AT_ENTRY.search(str(err))
-                if found is None:  # pragma: no cover - msgspec always names the entry
-                    raise ValidationError(f"not valid JSON: {err}") from None
-                bad = int(found.group(1))
+            except (msgspec.ValidationError, UnicodeEncodeError) as err:
+                bad = self.refused_at(err, pieces)
                 if bad:
                     keys += self.batch(batches, pieces[:bad], first, raw_pieces)
                 piece = pieces[bad]
@@ -243,6 +240,21 @@ class _Parse:
                 raise ValidationError(f"not valid JSON: {err}") from None
             return keys + batches.batch(entries, first)
         return keys
+
+    def refused_at(self, err: Exception, pieces: list[Any]) -> int:
+        """The index of the piece of ``pieces`` the schema refused with ``err``."""
+        if isinstance(err, UnicodeEncodeError):
+            # A lone surrogate (only the json module's decoding makes one) where
+            # msgspec matches a Literal: the first piece that does not convert.
+            for at, piece in enumerate(pieces):
+                try:
+                    msgspec.convert([piece], list[self.entry_type])  # type: ignore[name-defined]
+                except (msgspec.ValidationError, UnicodeEncodeError):
+                    return at
+        found = _AT_ENTRY.search(str(err))
+        if found is None:  # pragma: no cover - msgspec always names the entry
+            raise ValidationError(f"not valid JSON: {err}") from None
+        return int(found.group(1))
 
     def refused_entry(self, batches: Batches, index: int, entry: object) -> None:
         """Record the problems of an entry the schema refused, as a walk would find them.
@@ -289,7 +301,7 @@ class _Parse:
                 del kept[field]
         try:
             entries = msgspec.convert([kept], list[self.entry_type])  # type: ignore[name-defined]
-        except msgspec.ValidationError:  # pragma: no cover - every refused field is gone
+        except (msgspec.ValidationError, UnicodeEncodeError):  # pragma: no cover - all gone
             return
         batches.batch(entries, index)
 
