@@ -35,6 +35,10 @@ the specification says a validator must refuse):
 
 Every bound comes from :class:`~composefs_py.limits.Limits`, so the edge
 values sit exactly on both sides of what the validators accept.
+
+Hypothesis is installed only with the ``fuzz`` extra
+(``pip install 'composefs-py[fuzz]'``); this is the one module of the package
+that imports it, and without it importing this module says so.
 """
 
 from __future__ import annotations
@@ -54,7 +58,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:  # the package itself runs without Hypothesis
+    raise ModuleNotFoundError(
+        "composefs_py.strategies needs Hypothesis, which composefs-py installs only with "
+        "its fuzz extra: pip install 'composefs-py[fuzz]'",
+        name="hypothesis",
+    ) from exc
 
 from .limits import LCFS_INLINE_CONTENT_MAX, Limits
 from .model import ROOT, Hardlink, Inode, Node, Tree, TreeBuilder, is_object_name, name_of

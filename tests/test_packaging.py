@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,3 +253,83 @@ def test_sdist_installs_into_a_fresh_venv_and_writes_an_image(tmp_path: Path) ->
     expected = write_image(parse_dumpfile(SMOKE_DUMPFILE.encode()), tmp_path / "here.cfs")
     assert ran.stdout.strip() == expected.hex()
     assert image.read_bytes() == (tmp_path / "here.cfs").read_bytes()
+
+
+# --- what an embedding program installs: the extras and the wheel ---------
+
+#: The runtime dependencies an embedding program gets, and nothing else.
+RUNTIME_DEPENDENCIES = {"cffi", "msgspec", "zstandard"}
+#: Imported only by composefs_py.strategies (and fuzz/), installed by the extra.
+FUZZ_ONLY = {"hypothesis", "sortedcontainers"}
+SMOKE_TOC = REPO / "tests" / "data" / "small.zstd-chunked.toc.json"
+# Run by a python that may lack Hypothesis: builds an image from a TOC and
+# from a dumpfile with the native backend, then tries the strategies.
+EMBED_SCRIPT = """
+import sys
+from pathlib import Path
+import composefs_py
+toc, dumpfile, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+for name, tree in (("toc", composefs_py.parse_toc(toc.read_bytes())),
+                   ("dump", composefs_py.parse_dumpfile(dumpfile.encode()))):
+    print(name, composefs_py.write_image(tree, out / (name + ".cfs"), backend="native").hex())
+loaded = {m.split(".")[0] for m, mod in sys.modules.items() if mod is not None}
+print("loaded", " ".join(sorted(loaded & {"hypothesis", "sortedcontainers"})) or "-")
+try:
+    import composefs_py.strategies
+except ImportError as exc:
+    print("strategies", type(exc).__name__, str(exc).replace(chr(10), " "))
+else:
+    print("strategies imported")
+"""
+#: Makes ``hypothesis`` and ``sortedcontainers`` unimportable, as in a venv without the extra.
+WITHOUT_FUZZ_EXTRA = (
+    "import sys\nfor _name in ('hypothesis', 'sortedcontainers'):\n    sys.modules[_name] = None\n"
+)
+
+
+def _pyproject() -> dict[str, Any]:
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_hypothesis_is_only_in_the_fuzz_extra() -> None:
+    project = _pyproject()["project"]
+    runtime = {_requirement_name(r) for r in project["dependencies"]}
+    assert runtime == RUNTIME_DEPENDENCIES
+    extras = project["optional-dependencies"]
+    assert "hypothesis" in {_requirement_name(r) for r in extras["fuzz"]}
+    # the suite needs the strategies: [test] pulls the fuzz extra in
+    assert "composefs-py[fuzz]" in {r.replace(" ", "") for r in extras["test"]}
+
+
+def test_only_strategies_imports_hypothesis() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted({n.split(".")[0] for n in imported_modules(p)} & FUZZ_ONLY)
+        for p in python_files()
+        if p.name != "strategies.py"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _embed_report(stdout: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stdout.strip().splitlines())
+
+
+def test_package_works_without_the_fuzz_extra(tmp_path: Path) -> None:
+    # The checkout's package, with Hypothesis made unimportable: everything
+    # but the strategies works, and those say which extra to install.
+    script = WITHOUT_FUZZ_EXTRA + EMBED_SCRIPT
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = _run(
+        [sys.executable, "-c", script, str(SMOKE_TOC), SMOKE_DUMPFILE, str(tmp_path)], REPO, env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = _embed_report(proc.stdout)
+    assert report["loaded"] == "-"
+    assert report["strategies"].startswith("ModuleNotFoundError")
+    assert "composefs-py[fuzz]" in report["strategies"]
+    assert "hypothesis" in report["strategies"].lower()
