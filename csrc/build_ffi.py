@@ -12,8 +12,19 @@ libcomposefs (>= 1.0.6) is looked up, first hit wins:
 2. ``pkg-config composefs`` as the environment sets it up (``PKG_CONFIG_PATH``);
 3. ``.deps/prefix`` in this checkout, where ``scripts/bootstrap.sh`` builds it.
 
-A library outside the system's default directories is linked with an rpath,
-so the module needs no ``LD_LIBRARY_PATH``.
+How it is linked (``COMPOSEFS_PY_LINK``):
+
+* ``static`` (the default for a prefix built by ``scripts/bootstrap.sh``,
+  which stamps it with ``.version``): its position-independent
+  ``libcomposefs.a`` goes into the module, with its symbols kept private
+  (``--exclude-libs``: they neither leak out nor bind to another copy of the
+  library in the process). What the archive needs itself (``pkg-config
+  --static``: libcrypto, for fs-verity digests) stays a dynamic system
+  library, present on Debian 12 and 13 alike. No rpath: the module carries no
+  path of the build machine, which is what a wheel for other machines needs.
+* ``shared`` (the default for a system library or any other prefix): linked
+  against ``libcomposefs.so``; a library outside the system's default
+  directories gets an rpath, so the module needs no ``LD_LIBRARY_PATH``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,10 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MIN_VERSION = "1.0.6"
+LINK_ENV = "COMPOSEFS_PY_LINK"
+LINK_MODES = ("auto", "static", "shared")
+#: Written by scripts/bootstrap.sh into the prefix it built.
+BOOTSTRAP_STAMP = ".version"
 SYSTEM_LIBDIRS = {"/lib", "/lib64", "/usr/lib", "/usr/lib64"}
 
 
@@ -46,6 +61,10 @@ class LibraryLocation:
         self.library_dirs = library_dirs
         self.rpath = rpath if rpath is not None else []
         self.version = version
+        # Set when the static archive is linked: its path, then the linker
+        # arguments of what the archive itself needs.
+        self.static_archive: str | None = None
+        self.static_deps: list[str] = []
 
 
 def _pkg_config(pkg_config_path: str | None) -> LibraryLocation | None:
@@ -93,16 +112,64 @@ def _from_prefix(prefix: Path) -> LibraryLocation:
     return LibraryLocation([str(prefix / "include")], [libdir], [libdir])
 
 
+def _link_mode() -> str:
+    mode = os.environ.get(LINK_ENV, "") or "auto"
+    if mode not in LINK_MODES:
+        raise RuntimeError(f"{LINK_ENV}={mode!r}: expected one of {', '.join(LINK_MODES)}")
+    return mode
+
+
+def _static_deps(prefix: Path) -> list[str]:
+    """Linker arguments for what libcomposefs.a needs, from ``pkg-config --static``."""
+    exe = shutil.which("pkg-config")
+    pcdirs = [str(prefix / d / "pkgconfig") for d in ("lib", "lib64")]
+    if exe is not None:
+        env = {**os.environ, "PKG_CONFIG_PATH": os.pathsep.join(pcdirs)}
+        proc = subprocess.run(
+            [exe, "--static", "--libs", "composefs"], env=env, capture_output=True, text=True
+        )
+        if proc.returncode == 0:
+            # -L stays (link time only); -lcomposefs is the archive itself
+            return [a for a in proc.stdout.split() if a != "-lcomposefs"]
+    return ["-lcrypto"]
+
+
+def _link_statically(loc: LibraryLocation, prefix: Path, mode: str) -> LibraryLocation:
+    archive = next(
+        (
+            prefix / d / "libcomposefs.a"
+            for d in ("lib", "lib64")
+            if (prefix / d / "libcomposefs.a").is_file()
+        ),
+        None,
+    )
+    built_here = archive is not None and (prefix / BOOTSTRAP_STAMP).is_file()
+    if mode == "shared" or (mode == "auto" and not built_here):
+        return loc
+    if archive is None:
+        raise RuntimeError(f"{LINK_ENV}=static: no libcomposefs.a in {prefix}/lib")
+    loc.static_archive = str(archive)
+    loc.static_deps = _static_deps(prefix)
+    loc.rpath = []
+    return loc
+
+
 def find_libcomposefs() -> LibraryLocation:
+    mode = _link_mode()
     prefix = os.environ.get("COMPOSEFS_PREFIX")
     if prefix:
-        return _from_prefix(Path(prefix))
+        return _link_statically(_from_prefix(Path(prefix)), Path(prefix), mode)
     found = _pkg_config(None)
-    if found is not None:
+    if found is not None and mode != "static":
         return found
     local = REPO / ".deps" / "prefix"
     if (local / "lib" / "pkgconfig" / "composefs.pc").is_file():
-        return _from_prefix(local)
+        return _link_statically(_from_prefix(local), local, mode)
+    if found is not None:
+        raise RuntimeError(
+            f"{LINK_ENV}=static: only a system libcomposefs was found; set COMPOSEFS_PREFIX "
+            "to a prefix with libcomposefs.a (scripts/bootstrap.sh builds one)"
+        )
     raise RuntimeError(
         f"libcomposefs >= {MIN_VERSION} not found: run scripts/bootstrap.sh "
         "(or set COMPOSEFS_PREFIX or PKG_CONFIG_PATH)"
@@ -117,6 +184,25 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def _link_arguments(lib: LibraryLocation) -> dict[str, list[str]]:
+    if lib.static_archive is None:
+        return {
+            "library_dirs": lib.library_dirs,
+            "runtime_library_dirs": lib.rpath,
+            "libraries": ["composefs"],
+        }
+    # The archive follows the module's objects; --as-needed keeps only the
+    # system libraries the archive really uses (NEEDED lists no spare one).
+    return {
+        "extra_objects": [lib.static_archive],
+        "extra_link_args": [
+            "-Wl,--as-needed",
+            *lib.static_deps,
+            f"-Wl,--exclude-libs,{os.path.basename(lib.static_archive)}",
+        ],
+    }
+
+
 def make_builder() -> FFI:
     lib = find_libcomposefs()
     builder = FFI()
@@ -128,11 +214,9 @@ def make_builder() -> FFI:
         '#include "shim.h"\n',
         sources=[_relative(HERE / "shim.c")],
         include_dirs=[str(HERE), *lib.include_dirs],
-        library_dirs=lib.library_dirs,
-        runtime_library_dirs=lib.rpath,
-        libraries=["composefs"],
         define_macros=[("CFSPY_LCFS_VERSION", f'"{lib.version}"')],
         extra_compile_args=["-Wall"],
+        **_link_arguments(lib),
     )
     return builder
 

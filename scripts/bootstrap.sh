@@ -6,7 +6,12 @@
 #   2. libcomposefs >= 1.0.6: the system's (`pkg-config composefs`) when it has
 #      one; otherwise Debian's `composefs` *source* package, fetched with apt
 #      through a private sources list and state directory (the system's apt
-#      configuration is never touched) and built with meson into .deps/prefix.
+#      configuration is never touched) and built with meson into .deps/prefix:
+#      the shared library and the tools (mkcomposefs, composefs-info: the test
+#      oracles) and a position-independent static archive, libcomposefs.a,
+#      which csrc/build_ffi.py links into the extension so that a wheel needs
+#      no libcomposefs where it is installed (only libcrypto, as Debian 12/13
+#      ship it). .deps/prefix/.version marks the prefix as built here.
 #      The extracted source is always kept: the tests read its tests/assets.
 #   3. A virtualenv .venv with `pip install -e .[test]`, redone only when the
 #      build inputs changed (a hash stamp) or the extension is missing.
@@ -141,17 +146,22 @@ build_library() {
     local ver
     ver=$(source_version)
     if [ -f "$PREFIX/lib/pkgconfig/composefs.pc" ] && [ -x "$PREFIX/bin/mkcomposefs" ] \
+        && [ -f "$PREFIX/lib/libcomposefs.a" ] \
         && [ "$(cat "$PREFIX/.version" 2>/dev/null)" = "$ver" ]; then
         return 0
     fi
     say "building libcomposefs $ver into .deps/prefix"
     local build="$DEPS/build"
     rm -rf "$build" "$PREFIX"
-    # The rpath lets the tools find the library without LD_LIBRARY_PATH.
+    # The rpath lets the tools find the library without LD_LIBRARY_PATH. Both
+    # library kinds; the static one compiled with -fPIC, as the extension (a
+    # shared object) it is linked into needs.
     quiet meson setup "$build" "$DEPS/src/composefs" --prefix="$PREFIX" --libdir=lib \
         --buildtype=debugoptimized -Dfuse=disabled -Dman=disabled \
+        -Ddefault_library=both -Db_staticpic=true \
         "-Dc_link_args=-Wl,-rpath,$PREFIX/lib"
     quiet ninja -C "$build" install
+    [ -f "$PREFIX/lib/libcomposefs.a" ] || die "the build installed no lib/libcomposefs.a"
     echo "$ver" >"$PREFIX/.version"
     rm -rf "$build"
 }

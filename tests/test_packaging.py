@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
 import tarfile
 import tomllib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,63 +71,13 @@ def test_the_import_rule_sees_relative_imports(tmp_path: Path) -> None:
     assert COMPILED in imported_modules(native)
 
 
-@pytest.mark.slow
-def test_wheel_builds_with_the_extension(tmp_path: Path) -> None:
-    pytest.importorskip("setuptools")
-    if shutil.which("pkg-config") is None:
-        pytest.skip("pkg-config missing")
-    # Build from a copy so the working tree (and others' edits) stay untouched.
-    src = tmp_path / "src"
-    shutil.copytree(
-        REPO,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            ".deps",
-            "build",
-            "*.so",
-            "__pycache__",
-            ".*_cache",
-            ".hypothesis",
-            "*.egg-info",
-        ),
-    )
-    env = None
-    deps_prefix = REPO / ".deps" / "prefix"
-    if (deps_prefix / "lib" / "pkgconfig" / "composefs.pc").is_file():
-        import os
-
-        env = {**os.environ, "COMPOSEFS_PREFIX": str(deps_prefix)}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path / "dist"),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    (wheel,) = (tmp_path / "dist").glob("composefs_py-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("composefs_py/_lcfs") and n.endswith(".so") for n in names)
-    assert "composefs_py/_native.py" in names
-
-
 # What the sdist must carry for ``pip install composefs_py-*.tar.gz`` to build.
 SDIST_NEEDS = {
     "PKG-INFO",
     "pyproject.toml",
     "setup.py",
     "README.md",
+    "LICENSE",
     "csrc/build_ffi.py",
     "csrc/lcfs.cdef.h",
     "csrc/shim.c",
@@ -180,16 +134,20 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
-def _build_sdist(tmp_path: Path, env: dict[str, str]) -> Path:
-    """Build the sdist through the PEP 517 backend from a copy with local state planted."""
-    src = tmp_path / "src"
-    # The checkout's files as git sees them (tracked or new, not ignored).
+def _copy_checkout(src: Path) -> Path:
+    """The checkout's files as git sees them (tracked or new, not ignored), copied to ``src``."""
     listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
     tracked = subprocess.run(listing, cwd=REPO, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
         if (REPO / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, src / name)
+    return src
+
+
+def _build_sdist(tmp_path: Path, env: dict[str, str]) -> Path:
+    """Build the sdist through the PEP 517 backend from a copy with local state planted."""
+    src = _copy_checkout(tmp_path / "src")
     for decoy in SDIST_DECOYS:
         (src / decoy).parent.mkdir(parents=True, exist_ok=True)
         (src / decoy).write_bytes(b"local state")
@@ -274,6 +232,9 @@ for name, tree in (("toc", composefs_py.parse_toc(toc.read_bytes())),
     print(name, composefs_py.write_image(tree, out / (name + ".cfs"), backend="native").hex())
 loaded = {m.split(".")[0] for m, mod in sys.modules.items() if mod is not None}
 print("loaded", " ".join(sorted(loaded & {"hypothesis", "sortedcontainers"})) or "-")
+print("module", composefs_py.__file__)
+mapped = {f.split(None, 5)[-1].strip() for f in open("/proc/self/maps")}
+print("libcomposefs", " ".join(sorted(m for m in mapped if "libcomposefs" in m)) or "-")
 try:
     import composefs_py.strategies
 except ImportError as exc:
@@ -333,3 +294,209 @@ def test_package_works_without_the_fuzz_extra(tmp_path: Path) -> None:
     assert report["strategies"].startswith("ModuleNotFoundError")
     assert "composefs-py[fuzz]" in report["strategies"]
     assert "hypothesis" in report["strategies"].lower()
+
+
+#: What the extension may need of the system: Debian 12 and 13 both have them.
+SYSTEM_LIBRARIES = {"libc.so.6", "libcrypto.so.3"}
+#: Debian 12's glibc; a symbol version above it would not load there.
+OLDEST_GLIBC = (2, 36)
+#: Run as ``sh -c HIDE_DEPS sh DIR CMD...`` in a new mount namespace: the
+#: bootstrap's libcomposefs (DIR) disappears behind an empty tmpfs, as on a
+#: machine that never had it, then CMD runs.
+HIDE_DEPS = 'mount -t tmpfs cfspy-no-deps "$1" && shift && exec "$@"'
+ISOLATED_ENV = {"LD_LIBRARY_PATH", "LD_PRELOAD", "COMPOSEFS_PREFIX", "PKG_CONFIG_PATH"}
+
+
+def _build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
+    src = _copy_checkout(tmp_path / "src")
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    proc = _run([*build, "-w", str(tmp_path / "dist"), str(src)], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("composefs_py-*.whl")
+    return wheel
+
+
+def _readelf(*args: str) -> str:
+    return subprocess.run(
+        ["readelf", "-W", *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _check_extension(so: Path) -> None:
+    """The module needs no libcomposefs, no build-machine path, only old-enough system libs."""
+    dynamic = _readelf("-d", str(so))
+    assert not re.findall(r"\((?:RPATH|RUNPATH)\)\s+(.*)", dynamic)
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic))
+    assert needed <= SYSTEM_LIBRARIES, f"needs {sorted(needed - SYSTEM_LIBRARIES)}"
+    symbols = _readelf("--dyn-syms", str(so))
+    # libcomposefs is inside, private: nothing of it undefined or exported
+    assert not re.findall(r"\slcfs_\w+", symbols)
+    glibc = {tuple(map(int, v.split("."))) for v in re.findall(r"@GLIBC_([0-9.]+)", symbols)}
+    assert max(glibc) <= OLDEST_GLIBC
+    assert set(re.findall(r"@(OPENSSL_[0-9.]+)", symbols)) <= {"OPENSSL_3.0.0"}
+
+
+def _wheel_tags(wheel: zipfile.ZipFile, name: str) -> tuple[str, str, str]:
+    python_tag, abi_tag, platform_tag = name.removesuffix(".whl").split("-")[-3:]
+    (wheel_file,) = [n for n in wheel.namelist() if n.endswith(".dist-info/WHEEL")]
+    assert f"Tag: {python_tag}-{abi_tag}-{platform_tag}" in wheel.read(wheel_file).decode()
+    return python_tag, abi_tag, platform_tag
+
+
+def _interpreters(abi_tag: str) -> list[Path]:
+    """Pythons to install the wheel into: Debian's own, and a newer one for an abi3 wheel."""
+    found = [Path(sys.executable)]
+    debian = Path("/usr/bin/python3")
+    probe = "import sys, venv, ensurepip; print(sys.version_info >= (3, 11))"
+    checked = subprocess.run([debian, "-c", probe], capture_output=True, text=True, check=False)
+    if checked.stdout.strip() == "True":
+        found = [debian]
+    if abi_tag == "abi3":
+        # a newer CPython on PATH or installed beside this one (pyenv's layout)
+        newer = [shutil.which(f"python3.{minor}") for minor in (14, 13, 12)]
+        beside = sorted(Path(sys.base_prefix).parent.glob("3.1[2-9]*/bin/python3"), reverse=True)
+        for exe in [*filter(None, newer), *beside]:
+            ran = subprocess.run([exe, "-c", probe], capture_output=True, text=True, check=False)
+            if ran.stdout.strip() == "True":
+                found.append(Path(exe))
+                break
+    return found
+
+
+def _fresh_venv(python: Path, path: Path) -> Path:
+    subprocess.run([python, "-m", "venv", str(path)], check=True, capture_output=True)
+    return path / "bin" / "python"
+
+
+def _installed(python: Path, env: dict[str, str]) -> set[str]:
+    listed = _run([str(python), "-m", "pip", "list", "--format", "json"], python.parent, env)
+    return {d["name"].lower().replace("_", "-") for d in json.loads(listed.stdout)}
+
+
+@pytest.mark.slow
+def test_wheel_installs_elsewhere_without_libcomposefs_or_extras(
+    tmp_path: Path, run_mkcomposefs: Callable[..., bytes]
+) -> None:
+    pytest.importorskip("setuptools")
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf missing (Debian package binutils)")
+    build_env = _libcomposefs_env()
+    wheel_path = _build_wheel(tmp_path, build_env)
+    with zipfile.ZipFile(wheel_path) as wheel:
+        python_tag, abi_tag, platform_tag = _wheel_tags(wheel, wheel_path.name)
+        (so_name,) = [n for n in wheel.namelist() if re.match(r"composefs_py/_lcfs\..*so$", n)]
+        so = Path(wheel.extract(so_name, tmp_path / "unpacked"))
+        licence = [n for n in wheel.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert licence, "the wheel ships no LICENSE"
+        licence_text = wheel.read(licence[0]).decode()
+        (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = re.findall(r"^Requires-Dist: (.*)$", wheel.read(metadata).decode(), re.M)
+    # tagged truthfully: a plain linux platform (no manylinux claim), abi3
+    # only for a stable-ABI module
+    assert platform_tag == f"linux_{os.uname().machine}"
+    if abi_tag == "abi3":
+        assert so_name.endswith(".abi3.so") and python_tag == "cp311"
+    else:
+        assert abi_tag == python_tag == f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert "Apache License" in licence_text and "libcomposefs" in licence_text
+    assert [r for r in requires if "hypothesis" in r] == ['hypothesis>=6.80; extra == "fuzz"']
+    _check_extension(so)
+
+    toc = SMOKE_TOC.read_bytes()
+    from composefs_py import dump, parse_toc
+
+    expected = {
+        "toc": run_mkcomposefs(dump(parse_toc(toc)).encode()),
+        "dump": run_mkcomposefs(SMOKE_DUMPFILE.encode()),
+    }
+    env = {k: v for k, v in build_env.items() if k not in ISOLATED_ENV}
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", HIDE_DEPS, "sh"]
+    hide.append(str((REPO / ".deps").resolve()))
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        hide = []  # still checked: no libcomposefs mapped into the process
+    for n, interpreter in enumerate(_interpreters(abi_tag)):
+        python = _fresh_venv(interpreter, tmp_path / f"venv{n}")
+        before = _installed(python, env)
+        proc = _run([str(python), "-m", "pip", "install", "-q", str(wheel_path)], tmp_path, env)
+        offline = ("No matching distribution", "Could not find a version", "NewConnectionError")
+        if proc.returncode != 0 and any(s in proc.stderr for s in offline):
+            pytest.skip(f"cffi, msgspec, zstandard cannot be fetched: {proc.stderr.strip()[-200:]}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        added = _installed(python, env) - before
+        assert added <= {"composefs-py", "pycparser"} | RUNTIME_DEPENDENCIES, added
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        args = [str(python), "-c", EMBED_SCRIPT, str(SMOKE_TOC), SMOKE_DUMPFILE, str(out)]
+        ran = _run([*hide, *args], tmp_path, env)
+        assert ran.returncode == 0, f"{interpreter}: {ran.stderr[-3000:]}"
+        report = _embed_report(ran.stdout)
+        assert Path(report["module"]).is_relative_to(python.parent.parent)
+        assert report["libcomposefs"] == "-"
+        assert report["loaded"] == "-"
+        assert "composefs-py[fuzz]" in report["strategies"]
+        for name, image in expected.items():
+            assert (out / f"{name}.cfs").read_bytes() == image, f"{interpreter}: {name} image"
+
+
+def _fake_prefix(root: Path, *, archive: bool, stamp: bool) -> Path:
+    (root / "include" / "libcomposefs").mkdir(parents=True)
+    (root / "include" / "libcomposefs" / "lcfs-writer.h").write_text("")
+    (root / "lib").mkdir()
+    if archive:
+        (root / "lib" / "libcomposefs.a").write_bytes(b"!<arch>\n")
+    if stamp:
+        (root / ".version").write_text("1.0.8\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("archive", "stamp", "mode", "linked"),
+    [
+        (True, True, "", "static"),  # the bootstrap's prefix
+        (True, False, "", "shared"),  # someone else's prefix: its archive may not be PIC
+        (False, True, "", "shared"),
+        (True, True, "shared", "shared"),
+        (True, False, "static", "static"),
+        (False, False, "static", "error"),
+    ],
+)
+def test_build_links_the_bootstraps_archive_statically(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    archive: bool,
+    stamp: bool,
+    mode: str,
+    linked: str,
+) -> None:
+    prefix = _fake_prefix(tmp_path / "prefix", archive=archive, stamp=stamp)
+    monkeypatch.setenv("COMPOSEFS_PREFIX", str(prefix))
+    monkeypatch.setenv("COMPOSEFS_PY_LINK", mode)
+    monkeypatch.setenv("PKG_CONFIG_PATH", str(tmp_path / "none"))
+    run = functools.partial(runpy.run_path, str(REPO / "csrc" / "build_ffi.py"))
+    if linked == "error":  # the builder module itself looks the library up
+        with pytest.raises(RuntimeError, match=r"static: no libcomposefs\.a in"):
+            run()
+        return
+    builder = run()
+    lib = builder["find_libcomposefs"]()
+    args = builder["_link_arguments"](lib)
+    if linked == "static":
+        assert args["extra_objects"] == [str(prefix / "lib" / "libcomposefs.a")]
+        assert "-lcrypto" in args["extra_link_args"]
+        assert "libraries" not in args and "runtime_library_dirs" not in args
+    else:
+        assert args["libraries"] == ["composefs"]
+        assert args["runtime_library_dirs"] == [str(prefix / "lib")]
+
+
+def test_the_interpreters_rpath_is_dropped_from_the_link() -> None:
+    is_rpath = runpy.run_path(str(REPO / "setup.py"))["_is_rpath"]
+    dropped = [
+        "-Wl,-rpath,/root/.pyenv/lib",
+        "-Wl,-rpath=/x",
+        "-Wl,-R,/x",
+        "-R/x",
+        "-Wl,--rpath,/x",
+    ]
+    kept = ["-shared", "-L/root/.pyenv/lib", "-Wl,--as-needed", "-Wl,-O1"]
+    assert [a for a in dropped + kept if not is_rpath(a)] == kept
