@@ -184,6 +184,10 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def _link_kind(lib: LibraryLocation) -> str:
+    return "shared" if lib.static_archive is None else "static"
+
+
 def _link_arguments(lib: LibraryLocation) -> dict[str, list[str]]:
     if lib.static_archive is None:
         return {
@@ -195,6 +199,8 @@ def _link_arguments(lib: LibraryLocation) -> dict[str, list[str]]:
     # system libraries the archive really uses (NEEDED lists no spare one).
     return {
         "extra_objects": [lib.static_archive],
+        # a rebuilt archive relinks the module
+        "depends": [lib.static_archive],
         "extra_link_args": [
             "-Wl,--as-needed",
             *lib.static_deps,
@@ -209,6 +215,9 @@ def make_builder() -> FFI:
     builder.cdef((HERE / "lcfs.cdef.h").read_text() + (HERE / "shim.h").read_text())
     builder.set_source(
         "composefs_py._lcfs",
+        # The link kind is written into the generated C, so switching it
+        # changes that file and an in-place rebuild relinks the module.
+        f"/* libcomposefs {lib.version}, linked {_link_kind(lib)} */\n"
         "#include <libcomposefs/lcfs-writer.h>\n"
         "#include <libcomposefs/lcfs-mount.h>\n"
         '#include "shim.h"\n',
