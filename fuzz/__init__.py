@@ -16,7 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+try:
+    from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        "fuzz/ needs Hypothesis: pip install -e '.[fuzz]' (or '.[test]')", name="hypothesis"
+    ) from exc
 
 __all__ = ["DATABASE_ENV", "hypothesis_database"]
 
