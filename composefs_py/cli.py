@@ -623,6 +623,153 @@ def _cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+# composefs-info's escaping (print_escaped, C locale): \\ \n \r \t by name;
+# other bytes outside isgraph (isprint for a path: the space is kept) as \xNN.
+def _escape_table(keep_space: bool) -> tuple[str, ...]:
+    table = []
+    for byte in range(256):
+        special = {0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}.get(byte)
+        if special is not None:
+            table.append(special)
+        elif 0x21 <= byte <= 0x7E or (keep_space and byte == 0x20):
+            table.append(chr(byte))
+        else:
+            table.append(f"\\x{byte:02x}")
+    return tuple(table)
+
+
+_PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
+
+
+def _escaped(raw: bytes, table: tuple[str, ...]) -> bytes:
+    """``raw`` as composefs-info prints it; linear, and one copy when nothing needs escaping."""
+    if not raw.translate(None, _PLAIN):
+        return raw
+    return "".join([table[byte] for byte in raw]).encode("ascii")
+
+
+def _info_command(
+    description: str, run: Callable[[argparse.Namespace], int], *, store: bool = False
+) -> Callable[[argparse.ArgumentParser], None]:
+    """The adder of one of composefs-info's commands: IMAGE..., ``--filter``,
+    and with ``store`` the object store(s) to look in."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.description = description
+        parser.add_argument("images", metavar="IMAGE", nargs="+")
+        parser.add_argument(
+            "--filter",
+            metavar="NAME",
+            action="append",
+            help="read only this top-level entry of each image (repeat for several; "
+            "composefs-info's option)",
+        )
+        if store:
+            parser.add_argument(
+                "--objects",
+                "--digest-store",
+                "--basedir",
+                dest="objects",
+                metavar="DIR",
+                required=True,
+                action="append",
+                help="the object store (repeat for several: an object is there if "
+                "any holds it, as a mount searches them)",
+            )
+        parser.set_defaults(run=run, positional_list="images")
+
+    return add
+
+
+def _info_trees(args: argparse.Namespace) -> list[Tree]:
+    """The images, read by the safe reader, each cut to ``--filter``'s top-level names."""
+    from .writer import read_image
+
+    trees = []
+    for image in args.images:
+        tree = read_image(image)
+        if args.filter:
+            tree = _filtered(tree, args.filter)
+        trees.append(tree)
+    return trees
+
+
+def _filtered(tree: Tree, names: Sequence[str]) -> Tree:
+    from .model import ROOT, Hardlink, TreeBuilder
+
+    for name in names:
+        if "/" in name:
+            raise UsageError(f"--filter {name}: a filter is a single name")
+    tops = {b"/" + os.fsencode(name) for name in names}
+    builder = TreeBuilder()
+    kept: dict[bytes, bytes] = {}  # hardlink target kept outside the filter: first link
+    for path, node in tree:
+        top = path if path.count(b"/") == 1 else path[: path.index(b"/", 1)]
+        if path != ROOT and top not in tops:
+            continue
+        if isinstance(node, Hardlink):
+            target_top = node.target[: (node.target + b"/").index(b"/", 1)]
+            if target_top not in tops:  # its inode is cut: the first link kept takes it
+                first = kept.get(node.target)
+                if first is None:
+                    kept[node.target] = path
+                    builder.add(path, tree.inode(path))
+                    continue
+                node = Hardlink(first)
+        builder.add(path, node)
+    return builder.build()
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    import stat as st
+
+    from .model import ROOT, Hardlink
+
+    path_table = _escape_table(keep_space=True)
+    value_table = _escape_table(keep_space=False)
+    out = sys.stdout.buffer
+    for tree in _info_trees(args):
+        lines = []
+        for path, node in tree:
+            if path == ROOT:
+                continue
+            line = _escaped(path, path_table)
+            if not isinstance(node, Hardlink):  # composefs-info shows a link's name only
+                kind = st.S_IFMT(node.mode)
+                if kind == st.S_IFDIR:
+                    line += b"/\t"
+                elif kind == st.S_IFLNK and node.symlink_target is not None:
+                    line += b"\t-> " + _escaped(node.symlink_target, value_table)
+                elif kind == st.S_IFREG and node.payload is not None:
+                    line += b"\t@ " + _escaped(node.payload, value_table)
+            lines.append(line)
+        if lines:
+            out.write(b"\n".join(lines) + b"\n")
+    return 0
+
+
+def _cmd_objects(args: argparse.Namespace) -> int:
+    from .objects import image_objects
+
+    _print_lines(image_objects(*_info_trees(args)))
+    return 0
+
+
+def _cmd_missing_objects(args: argparse.Namespace) -> int:
+    from .objects import missing_objects
+
+    for store in args.objects:
+        if not os.path.isdir(store):
+            raise CommandError(f"object store {store} is not a directory")
+    _print_lines(missing_objects(*_info_trees(args), objects=args.objects))
+    return 0
+
+
+def _print_lines(lines: list[bytes]) -> None:
+    if lines:
+        sys.stdout.buffer.write(b"\n".join(lines) + b"\n")
+
+
 def _add_mount(parser: argparse.ArgumentParser) -> None:
     parser.usage = "%(prog)s [options] IMAGE [IMAGE ...] MNT"
     parser.description = (
@@ -764,6 +911,40 @@ _COMMANDS: tuple[
     ),
     ("dump", "print an image or source as composefs-dump(5)", _add_dump, ("dumpfile", "writer")),
     ("digest", "print the fs-verity digest of files", _add_digest, ("fsverity",)),
+    (
+        "ls",
+        "list an image's paths (composefs-info ls)",
+        _info_command(
+            "List each IMAGE's paths as 'composefs-info ls' does: a directory ends "
+            "in '/' and a tab, a symlink shows '-> TARGET', a file with external "
+            "content '@ OBJECT'.",
+            _cmd_ls,
+        ),
+        ("writer",),
+    ),
+    (
+        "objects",
+        "print the objects an image needs",
+        _info_command(
+            "Print the objects the IMAGEs need (their files' content in an object "
+            "store), each once, sorted: 'composefs-info objects'.",
+            _cmd_objects,
+        ),
+        ("writer", "objects"),
+    ),
+    (
+        "missing-objects",
+        "print the objects an image needs that a store lacks",
+        _info_command(
+            "Print the objects the IMAGEs need that the object store DIR lacks, "
+            "each once, sorted: 'composefs-info --basedir=DIR missing-objects'.  "
+            "A link or anything but a regular file at an object's name is no "
+            "object (the store follows no link).",
+            _cmd_missing_objects,
+            store=True,
+        ),
+        ("writer", "objects"),
+    ),
     ("mount", "mount a composefs image, or layer images stacked", _add_mount, ("mount",)),
     ("unmount", "unmount a composefs mount", _add_unmount, ("mount",)),
     (

@@ -86,18 +86,25 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 
 from .errors import LibraryError, ValidationError
 from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_fsverity
 from .model import is_object_name
+
+if TYPE_CHECKING:
+    from .model import Tree
 
 __all__ = [
     "Naming",
     "ObjectDir",
     "ObjectStore",
     "ObjectWriter",
+    "absent_payloads",
+    "image_objects",
+    "missing_objects",
     "payload_for_hex",
+    "tree_payloads",
     "update_with_zeros",
 ]
 
@@ -1060,3 +1067,93 @@ def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> bool | 
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return None
     raise OSError(code, os.strerror(code), src)
+
+
+# ---------------------------------------------------------------------------
+# what images need, what stores lack
+# ---------------------------------------------------------------------------
+
+
+def _image_tree(image: Tree | str | os.PathLike[str]) -> Tree:
+    from .model import Tree
+
+    if isinstance(image, Tree):
+        return image
+    from .writer import read_image
+
+    return read_image(image)
+
+
+def tree_payloads(tree: Tree) -> set[bytes]:
+    """The distinct payloads of ``tree``'s regular files (hardlinks share theirs)."""
+    from .model import Inode
+
+    return {
+        node.payload for _path, node in tree if isinstance(node, Inode) and node.payload is not None
+    }
+
+
+def image_objects(*images: Tree | str | os.PathLike[str]) -> list[bytes]:
+    """The objects the ``images`` (Trees, or image files) need, sorted and distinct.
+
+    What ``composefs-info objects`` prints: the payload of every regular file
+    with external content, each once, across all images, in byte order.  An
+    image file is read by :func:`~composefs_py.writer.read_image` (bounded by
+    the default ``Limits``).  Cost: one pass over each Tree, a set of the
+    distinct payloads, one sort.
+    """
+    needed: set[bytes] = set()
+    for image in images:
+        needed |= tree_payloads(_image_tree(image))
+    return sorted(needed)
+
+
+def absent_payloads(payloads: Iterable[bytes], stores: Iterable[ObjectDir]) -> list[bytes]:
+    """Those of ``payloads`` (in their order) no store of ``stores`` holds as an object.
+
+    Only an object name (``ab/`` + 62 lowercase hex) is looked up, relative
+    to each store's fd and never through a link (:meth:`ObjectDir.has`); a
+    link, a FIFO, a folder or anything but a regular file at that name, or
+    a fan-out folder that is not a folder, holds no object: the payload is
+    absent.  A payload that is no object name (a Tree read with
+    ``Limits.allow_foreign_payloads``) is never looked up and is absent.
+    Cost: at most one ``fstatat`` per payload and store (and one ``openat``
+    per fan-out folder and store).
+    """
+    held = list(stores)
+    absent = []
+    for payload in payloads:
+        if not is_object_name(payload):
+            absent.append(payload)
+            continue
+        hexdigest = (payload[:2] + payload[3:]).decode("ascii")
+        for store in held:
+            try:
+                if store.has(hexdigest):
+                    break
+            except LibraryError:  # a link or an odd file there: no object
+                continue
+        else:
+            absent.append(payload)
+    return absent
+
+
+def missing_objects(
+    *images: Tree | str | os.PathLike[str],
+    objects: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[bytes]:
+    """The objects the ``images`` need that no store in ``objects`` holds, sorted.
+
+    What ``composefs-info --basedir=DIR missing-objects`` prints, with
+    several stores searched as a mount searches them (an object is there if
+    any store has it), and confined as the store is (see
+    :func:`absent_payloads`: where composefs-info's ``fstatat`` follows a
+    link planted at an object's name, this reports the object missing).
+    """
+    roots = [objects] if isinstance(objects, str | os.PathLike) else list(objects)
+    stores = [ObjectDir(root) for root in roots]
+    try:
+        return absent_payloads(image_objects(*images), stores)
+    finally:
+        for store in stores:
+            store.close()
