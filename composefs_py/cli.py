@@ -806,6 +806,23 @@ def _add_mount(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check fs-verity digests where the image and objects allow it",
     )
+    parser.add_argument(
+        "--digest",
+        metavar="DIGEST",
+        type=_hex_digest,
+        action="append",
+        help="the image's fs-verity digest (64 hex digits; mount.composefs's "
+        "digest=): computed from the image's bytes before mounting, and the mount "
+        "is refused unless it is DIGEST.  With several IMAGEs give one per image, "
+        "in their order",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="mount even when objects the image needs are missing from the "
+        "store(s) (a warning says how many; their files fail to read).  Without "
+        "it such a mount is refused",
+    )
     idmap = parser.add_argument_group(
         "ID-mapped mount",
         "Show the image's owners shifted: uid/gid C appears as H, for N ids "
@@ -820,6 +837,16 @@ def _add_mount(parser: argparse.ArgumentParser) -> None:
     idmap.add_argument("--uidmap", metavar="C:H:N", type=_id_range, action="append")
     idmap.add_argument("--gidmap", metavar="C:H:N", type=_id_range, action="append")
     parser.set_defaults(run=_cmd_mount, positional_list="paths")
+
+
+def _hex_digest(text: str) -> str:
+    """``--digest``'s value: 64 hex digits (argparse reports anything else, exit 2)."""
+    try:
+        if len(text) == 64 and bytes.fromhex(text):
+            return text.lower()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not 64 hex digits")
 
 
 def _id_range(text: str) -> IdRange:
@@ -840,12 +867,20 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         raise UsageError("--upper and --work go together")
     if args.idmap_pid is not None and (args.uidmap or args.gidmap):
         raise UsageError("--idmap-pid excludes --uidmap and --gidmap")
+    if args.digest is not None and len(args.digest) != len(images):
+        raise UsageError(
+            f"--digest: one per IMAGE, in their order ({len(args.digest)} for {len(images)})"
+        )
     import contextlib
+    import warnings
 
     from ._userns import process_userns, user_namespace
 
     mount = _module("mount", "mounting")
     with contextlib.ExitStack() as stack:
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always", mount.MissingObjectsWarning)
+        stack.callback(_print_warnings, caught)
         userns_fd = None
         if args.idmap_pid is not None:
             userns_fd = stack.enter_context(process_userns(args.idmap_pid))
@@ -858,12 +893,19 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             "require_verity": args.require_verity,
             "try_verity": args.try_verity,
             "idmap_userns_fd": userns_fd,
+            "allow_missing": args.allow_missing,
         }
         if len(images) == 1:
-            mount.mount(images[0], mountpoint, **options)
+            digest = None if args.digest is None else args.digest[0]
+            mount.mount(images[0], mountpoint, expected_digest=digest, **options)
         else:
-            mount.mount_layers(images, mountpoint, **options)
+            mount.mount_layers(images, mountpoint, expected_digests=args.digest, **options)
     return 0
+
+
+def _print_warnings(caught: list[Any]) -> None:
+    for warning in caught:
+        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
 
 
 def _add_unmount(parser: argparse.ArgumentParser) -> None:

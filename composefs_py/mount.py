@@ -62,8 +62,22 @@ pass and otherwise mounts without verity (libcomposefs' own TRY_VERITY turns
 it on whenever the kernel supports it, which makes files without digests
 unreadable).
 
-Untrusted images, paths and cost: the image is read (for the verity checks
-only) by :func:`~composefs_py.writer.read_image`, the one safe reader: the
+Checks before mounting (:func:`mount`, and every layer's before the first
+mount of :func:`mount_layers`): the image file is opened once and read
+through that fd, at most ``Limits.max_input_bytes`` (checked before the
+bytes are joined); ``expected_digest`` (mount.composefs's ``digest=``) is
+compared with the fs-verity digest of those bytes, computed in userspace,
+so no kernel fs-verity is needed (where the file has it, libcomposefs is
+given the digest too and the kernel checks it); the bytes are read into a
+Tree; every object the Tree needs must be in a store (else LibraryError
+ENOENT naming how many and the first five, or with ``allow_missing`` a
+:class:`MissingObjectsWarning`); then the verity checks.  The mount then
+reads the same file, through ``/proc/self/fd`` of the fd the checks read
+(a name swapped meanwhile changes nothing; a file rewritten in place by
+whoever may write it is caught only by kernel fs-verity).
+
+Untrusted images, paths and cost: the image is read (for the checks
+above) by :func:`~composefs_py.writer.read_image`, the one safe reader: the
 structural check bounds what the loader may build by ``Limits`` (entries,
 depth, sizes) before it runs, and the loader runs on a thread with a large
 stack.  No string from an image becomes a host path: a payload is looked up
@@ -72,8 +86,10 @@ object folder's fd, without following links, and only a regular file is
 opened (``O_NOFOLLOW | O_NONBLOCK``; see
 :class:`~composefs_py.objects.ObjectDir`); anything else is refused with a
 LibraryError naming the file.  Each distinct payload is looked up and
-measured once, so the checks cost one pass over the Tree plus a constant
-number of system calls per distinct object.  The kernel resolves the image's
+measured once, so the checks cost one pass over the image's bytes (the
+digest), one over the Tree, a sort of the distinct payloads, and a constant
+number of system calls per distinct object and store (at most one
+``fstatat`` each; one ``openat`` per fan-out folder).  The kernel resolves the image's
 redirects itself, beneath the data-only layers.  The paths used are the
 caller's (image, mountpoint, object folders, upper/work dirs) and staging
 folders this module makes with ``mkdtemp`` and removes folder by folder
@@ -86,16 +102,17 @@ import errno
 import functools
 import os
 import stat
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import LibraryError, ValidationError
 
 if TYPE_CHECKING:
     import ctypes
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
-    from .model import Inode, Tree
+    from .model import Inode, Node, Tree
     from .objects import ObjectDir
 
 # The package imports this module eagerly (``composefs_py.mount`` is the
@@ -107,6 +124,7 @@ __all__ = [
     "ENOSIGNATURE",
     "ENOVERITY",
     "EWRONGVERITY",
+    "MissingObjectsWarning",
     "flatten",
     "flatten_layers",
     "is_mountpoint",
@@ -215,8 +233,10 @@ def _check_dir(path: Path, role: str) -> None:
         )
 
 
-def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None:
-    """Return why ``image`` cannot be mounted with verity required, or None.
+def _verity_problem(
+    tree: Iterable[tuple[bytes, Node]], stores: Sequence[ObjectDir]
+) -> LibraryError | None:
+    """Return why ``tree`` (an image's) cannot be mounted with verity required, or None.
 
     Every file with external content needs an fs-verity digest in the image
     and an object, in the first object dir that has it, whose measured
@@ -226,47 +246,32 @@ def _verity_problem(image: Path, objdirs: Sequence[Path]) -> LibraryError | None
     opened (:meth:`~composefs_py.objects.ObjectDir.open_object`).  Each
     distinct payload is looked up and measured once.
     """
-    # The one safe reader: the structural check, then libcomposefs' loader on
-    # a thread with a large stack (the loader recurses once per directory level).
     from .model import Inode
-    from .objects import ObjectDir
-    from .writer import read_image
 
-    tree = read_image(image)
-    stores: list[ObjectDir] = []
-    try:
-        for objdir in objdirs:
-            try:
-                stores.append(ObjectDir(objdir))
-            except OSError as exc:
-                return _library_error(exc, f"cannot open object store {objdir}")
-        measured: dict[bytes, bytes | LibraryError] = {}
-        for path, node in tree:
-            if not isinstance(node, Inode) or node.payload is None:
-                continue
-            shown = _show(path)
-            if node.fsverity_digest is None:
-                return LibraryError(
-                    ENOVERITY,
-                    f"{shown}: the image records no fs-verity digest for its content "
-                    f"({_show(node.payload)}); build the image with digests to "
-                    "require verity",
-                )
-            result = measured.get(node.payload)
-            if result is None:
-                result = measured[node.payload] = _measure_object(node.payload, stores)
-            if isinstance(result, LibraryError):
-                return LibraryError(result.errno, f"{shown}: {result.strerror}")
-            if result != node.fsverity_digest:
-                return LibraryError(
-                    EWRONGVERITY,
-                    f"{shown}: object {_show(node.payload)} has fs-verity digest "
-                    f"{result.hex()}, the image expects {node.fsverity_digest.hex()}",
-                )
-        return None
-    finally:
-        for store in stores:
-            store.close()
+    measured: dict[bytes, bytes | LibraryError] = {}
+    for path, node in tree:
+        if not isinstance(node, Inode) or node.payload is None:
+            continue
+        shown = _show(path)
+        if node.fsverity_digest is None:
+            return LibraryError(
+                ENOVERITY,
+                f"{shown}: the image records no fs-verity digest for its content "
+                f"({_show(node.payload)}); build the image with digests to "
+                "require verity",
+            )
+        result = measured.get(node.payload)
+        if result is None:
+            result = measured[node.payload] = _measure_object(node.payload, stores)
+        if isinstance(result, LibraryError):
+            return LibraryError(result.errno, f"{shown}: {result.strerror}")
+        if result != node.fsverity_digest:
+            return LibraryError(
+                EWRONGVERITY,
+                f"{shown}: object {_show(node.payload)} has fs-verity digest "
+                f"{result.hex()}, the image expects {node.fsverity_digest.hex()}",
+            )
+    return None
 
 
 def _measure_object(payload: bytes, stores: Sequence[ObjectDir]) -> bytes | LibraryError:
@@ -314,6 +319,187 @@ def _measure_object(payload: bytes, stores: Sequence[ObjectDir]) -> bytes | Libr
 # ---------------------------------------------------------------------------
 
 
+class MissingObjectsWarning(UserWarning):
+    """An image mounted with ``allow_missing=True`` needs objects its stores lack."""
+
+
+#: How many missing objects a refusal or warning names.
+_SHOWN_MISSING = 5
+
+
+def _digest_bytes(digest: bytes | str | None) -> bytes | None:
+    """``expected_digest`` as 32 raw bytes: given raw, or as 64 hex digits."""
+    if digest is None or (isinstance(digest, bytes) and len(digest) == 32):
+        return digest
+    if isinstance(digest, str) and len(digest) == 64:
+        try:
+            return bytes.fromhex(digest)
+        except ValueError:
+            pass
+    shown = f"{len(digest)} bytes" if isinstance(digest, bytes) else repr(digest[:80])
+    raise ValueError(
+        f"expected_digest must be the 32-byte fs-verity digest (or its 64 hex digits), got {shown}"
+    )
+
+
+class _Checked(NamedTuple):
+    """An image opened and checked for mounting: the fd the checks read (the
+    mount reads the same file through ``/proc/self/fd``), the verity flags
+    the checks allow, and the digest for the kernel to check as well."""
+
+    fd: int
+    flags: int
+    kernel_digest: bytes | None
+
+    @property
+    def source(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+
+def _read_image_fd(image: Path, fd: int, limit: int) -> bytes:
+    """The image's bytes from ``fd`` (a regular file or a block device), at most ``limit``."""
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise LibraryError(errno.EINVAL, f"{image} is not a regular file (nor a block device)")
+    pieces = []
+    size = 0
+    while size <= limit:
+        piece = os.pread(fd, min(1 << 20, limit + 1 - size), size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    if size > limit:
+        raise LibraryError(
+            errno.EFBIG,
+            f"{image}: larger than the limit max_input_bytes={limit} for the checks",
+        )
+    return b"".join(pieces)
+
+
+def _missing_text(image: Path, missing: Sequence[bytes], total: int, stores: str) -> str:
+    shown = ", ".join(_show(p) for p in missing[:_SHOWN_MISSING])
+    more = ", ..." if len(missing) > _SHOWN_MISSING else ""
+    return (
+        f"{image}: {len(missing)} of its {total} objects are missing from {stores} "
+        f"({shown}{more}); their files could not be read"
+    )
+
+
+def _check_for_mount(
+    image: Path,
+    objdirs: Sequence[Path],
+    *,
+    expected_digest: bytes | None,
+    allow_missing: bool,
+    require_verity: bool,
+    try_verity: bool,
+) -> _Checked:
+    """Open ``image`` and check it before it is mounted; raise LibraryError if refused.
+
+    In this order, each before anything is mounted: the image's fs-verity
+    digest (computed here from its bytes, as no kernel fs-verity is needed)
+    is ``expected_digest``; the image reads as a valid Tree (the one safe
+    reader, bounded by ``Limits``); every object it needs is in a store
+    (else refused, or a :class:`MissingObjectsWarning` with
+    ``allow_missing``); the verity checks.  The caller closes the returned fd.
+    """
+    from . import fsverity
+    from .errors import ValidationError
+    from .limits import Limits
+    from .objects import ObjectDir, absent_payloads, tree_payloads
+    from .writer import read_image
+
+    limits = Limits()
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        data = _read_image_fd(image, fd, limits.max_input_bytes)
+        kernel_digest = None
+        if expected_digest is not None:
+            actual = fsverity.fsverity_digest(data)
+            if actual != expected_digest:
+                raise LibraryError(
+                    EWRONGVERITY,
+                    f"{image} has fs-verity digest {actual.hex()}, not the expected "
+                    f"{expected_digest.hex()}: refusing to mount it",
+                )
+            try:  # where the file has fs-verity, the kernel checks it too
+                fsverity.measure_fsverity(fd)
+                kernel_digest = expected_digest
+            except OSError:
+                pass
+        try:
+            tree = read_image(data, limits=limits)
+        except ValidationError as exc:  # named by the image's path, not "input"
+            raise ValidationError(f"image {image}: {exc}") from None
+        del data
+        stores = [ObjectDir(objdir) for objdir in objdirs]
+        flags = 0
+        try:
+            needed = sorted(tree_payloads(tree))
+            missing = absent_payloads(needed, stores)
+            if missing:
+                where = ":".join(str(d) for d in objdirs)
+                text = _missing_text(image, missing, len(needed), where)
+                if not allow_missing:
+                    raise LibraryError(
+                        errno.ENOENT,
+                        f"{text}; allow_missing=True (--allow-missing) mounts it anyway",
+                    )
+                warnings.warn(MissingObjectsWarning(text), stacklevel=3)
+            from ._native import MountFlags
+
+            if require_verity:
+                problem = _verity_problem(tree, stores)
+                if problem is not None:
+                    raise LibraryError(
+                        problem.errno,
+                        f"cannot mount {image} with verity required: {problem.strerror}",
+                    )
+                flags = MountFlags.REQUIRE_VERITY
+            elif try_verity and _verity_problem(tree, stores) is None:
+                flags = MountFlags.TRY_VERITY
+        finally:
+            for store in stores:
+                store.close()
+        return _Checked(fd, int(flags), kernel_digest)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_MountArguments = tuple["Path", "Path", list["Path"], bytes | None]
+
+
+def _check_images(
+    arguments: Sequence[_MountArguments],
+    *,
+    allow_missing: bool,
+    require_verity: bool,
+    try_verity: bool,
+) -> list[_Checked]:
+    """:func:`_check_for_mount` each image, in order; all checked, or none
+    left open (the first refusal closes those checked before it)."""
+    checked: list[_Checked] = []
+    try:
+        for image_path, _target, objdirs, digest in arguments:
+            checked.append(
+                _check_for_mount(
+                    image_path,
+                    objdirs,
+                    expected_digest=digest,
+                    allow_missing=allow_missing,
+                    require_verity=require_verity,
+                    try_verity=try_verity,
+                )
+            )
+    except BaseException:
+        for each in checked:
+            os.close(each.fd)
+        raise
+    return checked
+
+
 def mount(
     image: StrPath,
     mountpoint: StrPath,
@@ -324,27 +510,67 @@ def mount(
     require_verity: bool = False,
     try_verity: bool = False,
     idmap_userns_fd: int | None = None,
-    expected_digest: bytes | None = None,
+    expected_digest: bytes | str | None = None,
     readonly: bool | None = None,
+    allow_missing: bool = False,
 ) -> None:
     """Mount the composefs ``image`` on ``mountpoint``.
 
     ``objects`` is the object store folder (or several, searched in order)
     holding the files' content.  ``upperdir`` and ``workdir`` (both or
     neither) make the mount writable; without them it is read-only
-    (``readonly`` overrides).  ``expected_digest`` is the image's raw 32-byte
-    fs-verity digest: the mount fails unless the image file has fs-verity
-    with that digest.  ``idmap_userns_fd`` is an open user namespace fd whose
-    ID mapping the image mount uses.  See the module docstring for
+    (``readonly`` overrides).  ``idmap_userns_fd`` is an open user namespace
+    fd whose ID mapping the image mount uses.  See the module docstring for
     ``require_verity``/``try_verity``.
 
-    Raises ValueError for inconsistent arguments and LibraryError (an
-    OSError, with errno) when the mount fails, saying why.
-    """
-    import tempfile
-    from pathlib import Path
+    Before anything is mounted the image is read and checked (see the module
+    docstring): ``expected_digest`` (mount.composefs's ``digest=``: the
+    image's fs-verity digest, 32 raw bytes or 64 hex digits) must be the
+    digest of the image's bytes, computed here, so no kernel fs-verity is
+    needed (where the image file has it, the kernel checks the digest as
+    well); every object the image needs must be in a store, else the mount
+    is refused naming how many are missing and the first few, or, with
+    ``allow_missing=True``, a :class:`MissingObjectsWarning` says so and the
+    image is mounted (its files without content then fail to read).
 
-    from ._native import MountFlags, mount_image
+    Raises ValueError for inconsistent arguments, ValidationError for an
+    image that is no valid composefs image (or beyond ``Limits``), and
+    LibraryError (an OSError, with errno) when the mount fails or is
+    refused, saying why.
+    """
+    if idmap_userns_fd is not None and idmap_userns_fd < 0:
+        raise ValueError(f"idmap_userns_fd must be an open fd, got {idmap_userns_fd}")
+    arguments = _mount_arguments(
+        image, mountpoint, objects, upperdir, workdir, require_verity, try_verity, expected_digest
+    )
+    image_path, target, objdirs, _digest = arguments
+    [checked] = _check_images(
+        [arguments],
+        allow_missing=allow_missing,
+        require_verity=require_verity,
+        try_verity=try_verity,
+    )
+    try:
+        _mount_checked(
+            image_path, checked, target, objdirs, upperdir, workdir, idmap_userns_fd, readonly
+        )
+    finally:
+        os.close(checked.fd)
+
+
+def _mount_arguments(
+    image: StrPath,
+    mountpoint: StrPath,
+    objects: StrPath | Sequence[StrPath],
+    upperdir: StrPath | None,
+    workdir: StrPath | None,
+    require_verity: bool,
+    try_verity: bool,
+    expected_digest: bytes | str | None,
+) -> _MountArguments:
+    """Check :func:`mount`'s arguments and paths; return the image, the mount
+    point, the object folders (absolute) and the expected digest (raw)."""
+    from pathlib import Path
 
     image_path = Path(image)
     target = Path(mountpoint)
@@ -359,14 +585,7 @@ def mount(
         raise ValueError("upperdir and workdir go together: give both or neither")
     if require_verity and try_verity:
         raise ValueError("require_verity and try_verity exclude each other")
-    if expected_digest is not None and len(expected_digest) != 32:
-        raise ValueError(
-            "expected_digest must be the 32-byte fs-verity digest, "
-            f"got {len(expected_digest)} bytes"
-        )
-    if idmap_userns_fd is not None and idmap_userns_fd < 0:
-        raise ValueError(f"idmap_userns_fd must be an open fd, got {idmap_userns_fd}")
-
+    digest = _digest_bytes(expected_digest)
     _check_image(image_path)
     _check_dir(target, "mountpoint")
     for objdir in objdirs:
@@ -374,37 +593,44 @@ def mount(
     if upperdir is not None and workdir is not None:
         _check_dir(Path(upperdir), "upperdir")
         _check_dir(Path(workdir), "workdir")
+    return image_path, target, objdirs, digest
 
-    flags = MountFlags.NONE
+
+def _mount_checked(
+    image_path: Path,
+    checked: _Checked,
+    target: Path,
+    objdirs: Sequence[Path],
+    upperdir: StrPath | None,
+    workdir: StrPath | None,
+    idmap_userns_fd: int | None,
+    readonly: bool | None,
+) -> None:
+    """Mount the image :func:`_check_for_mount` checked (through its fd) on ``target``."""
+    import tempfile
+    from pathlib import Path
+
+    from ._native import MountFlags, mount_image
+
+    flags = MountFlags(checked.flags)
     if readonly is None:
         readonly = upperdir is None
     if readonly:
         flags |= MountFlags.READONLY
-    if require_verity:
-        problem = _verity_problem(image_path, objdirs)
-        if problem is not None:
-            raise LibraryError(
-                problem.errno,
-                f"cannot mount {image_path} with verity required: {problem.strerror}",
-            )
-        flags |= MountFlags.REQUIRE_VERITY
-    elif try_verity and _verity_problem(image_path, objdirs) is None:
-        flags |= MountFlags.TRY_VERITY
     if idmap_userns_fd is not None:
         flags |= MountFlags.IDMAP
-
     # Our own folder for the image mount (libcomposefs would make one in /tmp and
     # leave it behind when setting up a loop device fails).
     staging = Path(tempfile.mkdtemp(prefix=".composefs-py-image."))
     try:
         mount_image(
-            image_path,
+            checked.source,
             target,
             objdirs=objdirs,
             upperdir=None if upperdir is None else _overlay_dir(upperdir),
             workdir=None if workdir is None else _overlay_dir(workdir),
             flags=flags,
-            expected_digest=expected_digest,
+            expected_digest=checked.kernel_digest,
             idmap_fd=-1 if idmap_userns_fd is None else idmap_userns_fd,
             image_mountdir=staging,
         )
@@ -602,33 +828,43 @@ def mount_layers(
     try_verity: bool = False,
     idmap_userns_fd: int | None = None,
     readonly: bool | None = None,
+    expected_digests: Sequence[bytes | str | None] | None = None,
+    allow_missing: bool = False,
 ) -> None:
     """Mount the layer ``images`` (first is top) stacked on ``mountpoint``.
 
-    Each image is mounted with :func:`mount` under a private staging folder;
-    an overlay ``lowerdir=top:...:bottom`` (plus ``upperdir``/``workdir``)
-    is mounted on ``mountpoint``; the staging mounts are then detached and
-    their folders removed, so :func:`unmount` of ``mountpoint`` frees
-    everything.  Whiteouts and opaque directories of upper images hide what
-    they cover in lower ones.
+    Each image is mounted as :func:`mount` mounts one, under a private
+    staging folder; an overlay ``lowerdir=top:...:bottom`` (plus
+    ``upperdir``/``workdir``) is mounted on ``mountpoint``; the staging
+    mounts are then detached and their folders removed, so :func:`unmount`
+    of ``mountpoint`` frees everything.  Whiteouts and opaque directories of
+    upper images hide what they cover in lower ones.
 
     ``objects`` is one object store folder or a list of them; every layer
     gets the whole list as its data-only lower layers (searched in order),
     so one store per layer (``[store_top, ..., store_base]``) and one store
     shared by all layers both work.  ``upperdir``/``workdir`` (both or
     neither) make the stack writable: changes land in ``upperdir``.
+    ``expected_digests``: one per image (None: that image's is not checked),
+    as :func:`mount`'s ``expected_digest``; ``allow_missing`` as there.
 
-    The images, object stores and upper/work dirs are checked before
-    anything is mounted.  When a mount fails halfway (a layer the kernel
-    refuses, the stacking overlay refused) the layers already mounted are
-    detached, which frees their loop devices (libcomposefs makes them
-    auto-clearing), and the staging folders are removed: nothing stays
-    mounted or bound.
+    The images (digests, objects, verity), object stores and upper/work
+    dirs are all checked before anything is mounted.  When a mount fails
+    halfway (a layer the kernel refuses, the stacking overlay refused) the
+    layers already mounted are detached, which frees their loop devices
+    (libcomposefs makes them auto-clearing), and the staging folders are
+    removed: nothing stays mounted or bound.
     """
     if not images:
         raise ValueError("images: at least one layer image is needed")
     if (upperdir is None) != (workdir is None):
         raise ValueError("upperdir and workdir go together: give both or neither")
+    digests = list(expected_digests) if expected_digests is not None else [None] * len(images)
+    if len(digests) != len(images):
+        raise ValueError(
+            f"expected_digests: one digest per image (or None), got {len(digests)} "
+            f"for {len(images)} images"
+        )
     if len(images) == 1:
         mount(
             images[0],
@@ -640,6 +876,8 @@ def mount_layers(
             try_verity=try_verity,
             idmap_userns_fd=idmap_userns_fd,
             readonly=readonly,
+            expected_digest=digests[0],
+            allow_missing=allow_missing,
         )
         return
     if _kernel_release() < (6, 7):
@@ -655,31 +893,32 @@ def mount_layers(
     import tempfile
     from pathlib import Path
 
-    target = Path(mountpoint)
-    _check_dir(target, "mountpoint")
-    for image in images:
-        _check_image(Path(image))
-    for objdir in [objects] if isinstance(objects, (str, os.PathLike)) else objects:
-        _check_dir(Path(objdir), "object store")
+    arguments = [
+        _mount_arguments(image, mountpoint, objects, None, None, require_verity, try_verity, digest)
+        for image, digest in zip(images, digests, strict=True)
+    ]
+    target = arguments[0][1]
     if upperdir is not None and workdir is not None:
         _check_dir(Path(upperdir), "upperdir")
         _check_dir(Path(workdir), "workdir")
-    staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))
+    checked = _check_images(
+        arguments,
+        allow_missing=allow_missing,
+        require_verity=require_verity,
+        try_verity=try_verity,
+    )
+    staging: Path | None = None
     made: list[Path] = []
     mounted: list[Path] = []
     try:
-        for index, image in enumerate(images):
+        staging = Path(tempfile.mkdtemp(prefix=".composefs-py-layers."))
+        for index, ((image_path, _target, objdirs, _digest), layer) in enumerate(
+            zip(arguments, checked, strict=True)
+        ):
             layer_dir = staging / str(index)
             layer_dir.mkdir()
             made.append(layer_dir)
-            mount(
-                image,
-                layer_dir,
-                objects=objects,
-                require_verity=require_verity,
-                try_verity=try_verity,
-                idmap_userns_fd=idmap_userns_fd,
-            )
+            _mount_checked(image_path, layer, layer_dir, objdirs, None, None, idmap_userns_fd, None)
             mounted.append(layer_dir)
         writable = upperdir is not None
         _mount_overlay(
@@ -690,13 +929,15 @@ def mount_layers(
             readonly if readonly is not None else not writable,
         )
     finally:
+        for layer in checked:
+            os.close(layer.fd)
         # The stacking overlay (if mounted) keeps its lower layers alive.
         for layer_dir in mounted:
             _libc().umount2(_fs(layer_dir), _MNT_DETACH)
         # Folder by folder, never recursively: nothing is deleted through a
         # mount that is still there (an image's tree), whatever it holds.
         # A failure here must not hide the one that brought us here.
-        for folder in [*made, staging]:
+        for folder in [*made, *([staging] if staging is not None else [])]:
             with contextlib.suppress(OSError):
                 _remove_staging_dir(folder)
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import composefs_mounts, file_loop_devices
@@ -42,7 +43,7 @@ from test_objects import (
     plant,
 )
 
-from composefs_py.errors import LibraryError
+from composefs_py.errors import LibraryError, ValidationError
 from composefs_py.fsverity import enable_fsverity, fsverity_digest
 from composefs_py.model import Hardlink, Inode, Tree, TreeBuilder
 from composefs_py.mount import (
@@ -53,7 +54,7 @@ from composefs_py.mount import (
     mount_layers,
     unmount,
 )
-from composefs_py.objects import ObjectStore
+from composefs_py.objects import ObjectDir, ObjectStore
 
 # ---------------------------------------------------------------------------
 # shared helpers
@@ -564,16 +565,15 @@ def test_try_verity_without_digests_mounts_a_readable_tree(
         assert (mnt / "bin" / "tool").read_bytes() == BIG
 
 
-def test_expected_digest_on_an_image_without_fsverity_is_refused(
+def test_expected_digest_is_checked_in_userspace_without_kernel_fsverity(
     sample: tuple[Path, Path], mnt: Path
 ) -> None:
+    """The image file has no fs-verity here: its digest is computed from its
+    bytes (tests/test_mount_checks.py has the refusals)."""
     require_mounts()
     image, objects = sample
-    with pytest.raises(LibraryError) as info:
-        mount(image, mnt, objects=objects, expected_digest=fsverity_digest(image))
-    assert info.value.errno == ENOVERITY
-    assert "has no fs-verity" in str(info.value)
-    assert not is_mountpoint(mnt)
+    with mounted([image], mnt, objects, expected_digest=fsverity_digest(image)):
+        assert is_mountpoint(mnt)
 
 
 # ---------------------------------------------------------------------------
@@ -1146,13 +1146,28 @@ def test_noacl_is_asked_for_on_the_file_backed_path_too(
 # ---------------------------------------------------------------------------
 
 
-def corrupt_copy(image: Path, dest: Path) -> Path:
+def corrupt_copy(image: Path, dest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``image`` with its composefs and erofs magics intact and the rest of the
-    erofs superblock overwritten: it passes the checks made before mounting
-    and the kernel refuses it."""
+    erofs superblock overwritten, and the image reader of mount's checks
+    made to pass it (an empty Tree): the kernel is the one to refuse it.
+    Without the stand-in the checks refuse it before mounting anything."""
+    import composefs_py.writer
+
     data = bytearray(image.read_bytes())
     data[1024 + 4 : 1024 + 128] = b"\xff" * 124
     dest.write_bytes(bytes(data))
+    with pytest.raises(ValidationError, match="not a valid composefs image"):
+        mount(dest, dest.parent, objects=dest.parent)
+    real = composefs_py.writer.read_image
+
+    def reader(src: bytes, **options: Any) -> Tree:
+        if bytes(src) == bytes(data):
+            builder = TreeBuilder()
+            builder.add(b"/", Inode(mode=stat.S_IFDIR | 0o755, nlink=2))
+            return builder.build()
+        return real(src, **options)
+
+    monkeypatch.setattr(composefs_py.writer, "read_image", reader)
     return dest
 
 
@@ -1207,11 +1222,11 @@ def test_mount_layers_of_good_images_uses_one_loop_device_per_layer(
 
 
 def test_mount_layers_with_a_layer_the_kernel_refuses_leaves_nothing(
-    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_mounts(xwhiteouts=True)
     images = three_layers.images
-    bad = corrupt_copy(images[2], images[2].with_name("corrupt.cfs"))
+    bad = corrupt_copy(images[2], images[2].with_name("corrupt.cfs"), monkeypatch)
     with pytest.raises(LibraryError, match=r"corrupt\.cfs") as info:
         # The top two layers are mounted (on loop devices) before the base fails.
         mount_layers([images[0], images[1], bad], mnt, objects=three_layers.objects)
@@ -1256,10 +1271,12 @@ def test_mount_layers_with_a_bad_image_or_folder_leaves_nothing(
 
 
 def test_mount_of_an_image_the_kernel_refuses_leaves_nothing(
-    three_layers: OnTmpfs, mnt: Path, tmp_path: Path
+    three_layers: OnTmpfs, mnt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_mounts()
-    bad = corrupt_copy(three_layers.images[1], three_layers.images[1].with_name("corrupt.cfs"))
+    bad = corrupt_copy(
+        three_layers.images[1], three_layers.images[1].with_name("corrupt.cfs"), monkeypatch
+    )
     with pytest.raises(LibraryError) as info:
         mount(bad, mnt, objects=three_layers.objects)
     assert info.value.errno == errno.EINVAL
@@ -1539,8 +1556,6 @@ def test_the_verity_check_itself_refuses_what_is_not_an_object(
 ) -> None:
     """The check in mount does not rely on the image reader refusing such
     payloads: given them (a reader stand-in), it refuses them itself."""
-    import composefs_py.writer
-
     objects = tmp_path / "objects"
     objects.mkdir()
     if kind == "shape":
@@ -1555,10 +1570,9 @@ def test_the_verity_check_itself_refuses_what_is_not_an_object(
         fsverity_digest=fsverity_digest(CONFINED),
     )
     object.__setattr__(inode, "payload", payload)  # what no validator would let through
-    monkeypatch.setattr(composefs_py.writer, "read_image", lambda src: [(b"/f", inode)])
     canary.settle()
-    with deadline(10):
-        problem = sys.modules["composefs_py.mount"]._verity_problem(tmp_path / "image", [objects])
+    with deadline(10), ObjectDir(objects) as store:
+        problem = sys.modules["composefs_py.mount"]._verity_problem([(b"/f", inode)], [store])
     assert isinstance(problem, LibraryError)
     reason = str(problem.strerror)
     assert reason.startswith("/f: ")
@@ -1586,7 +1600,6 @@ def test_verity_check_measures_each_object_once(
         fsverity_digest=fsverity_digest(CONFINED),
     )
     nodes = [(b"/f%d" % i, inode) for i in range(1000)]
-    monkeypatch.setattr(composefs_py.writer, "read_image", lambda src: nodes)
     measured: list[int] = []
 
     def measure(fd: int) -> bytes:
@@ -1594,5 +1607,6 @@ def test_verity_check_measures_each_object_once(
         return fsverity_digest(CONFINED)
 
     monkeypatch.setattr(composefs_py.fsverity, "measure_fsverity", measure)
-    assert mount_module._verity_problem(tmp_path / "image", [objects]) is None
+    with ObjectDir(objects) as store:
+        assert mount_module._verity_problem(nodes, [store]) is None
     assert len(measured) == 1
