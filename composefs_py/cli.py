@@ -908,6 +908,74 @@ def _print_warnings(caught: list[Any]) -> None:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
 
 
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s check --objects DIR [--repair] [--grace SECONDS] [--naming NAMING]"
+    parser.description = (
+        "check: read the whole object store DIR and report, one line each, "
+        "temporary files left by a killed writer ('.tmp-*' older than the grace "
+        "period), objects whose content does not give their name (or whose "
+        "kernel fs-verity digest is not their content's), and links or other "
+        "odd files where objects or fan-out folders belong.  Nothing is "
+        "followed or changed without --repair.  Exit status 1 while a problem "
+        "is left."
+    )
+    parser.add_argument("action", choices=("check",), metavar="check")
+    parser.add_argument(
+        "--objects",
+        "--digest-store",
+        dest="objects",
+        metavar="DIR",
+        required=True,
+        help="the object store",
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove stale temporary files, and links, FIFOs, devices and "
+        "sockets planted in the store (never what they point at); a corrupt "
+        "object is moved to .corrupt/HEX in the store (kept for a look, out of "
+        "every mount's way); a folder where an object belongs is only reported",
+    )
+    parser.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=float,
+        default=24 * 3600,
+        help="a temporary file written to within this many seconds belongs to a "
+        "writer still running and is left alone (default: 86400, a day)",
+    )
+    parser.add_argument(
+        "--naming",
+        choices=("sha256", "fsverity"),
+        default="sha256",
+        help="what names the store's objects: their sha256 (default; "
+        "containers/storage, --digest-store) or their fs-verity digest",
+    )
+    parser.set_defaults(run=_cmd_store)
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    from .objects import ObjectStore
+
+    if not os.path.isdir(args.objects):
+        raise CommandError(f"object store {args.objects} is not a directory")
+    if args.grace < 0:
+        raise UsageError(f"--grace {args.grace}: a number of seconds, 0 or more")
+    with ObjectStore(args.objects, naming=args.naming) as store:
+        report = store.check(repair=args.repair, grace=args.grace)
+    for problem in report.problems:
+        done = f" ({problem.repaired})" if problem.repaired else ""
+        print(f"{problem.name}: {problem.kind}: {problem.reason}{done}")
+    repaired = sum(problem.repaired is not None for problem in report.problems)
+    print(
+        f"{args.objects}: {report.objects} objects checked ({report.bytes} bytes), "
+        f"{len(report.problems)} problems"
+        + (f", {repaired} repaired" if args.repair else "")
+        + f", {report.in_progress} temporary files in progress"
+    )
+    return 0 if report.clean else 1
+
+
 def _add_unmount(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", metavar="MNT")
     parser.set_defaults(run=_cmd_unmount)
@@ -989,6 +1057,12 @@ _COMMANDS: tuple[
     ),
     ("mount", "mount a composefs image, or layer images stacked", _add_mount, ("mount",)),
     ("unmount", "unmount a composefs mount", _add_unmount, ("mount",)),
+    (
+        "store",
+        "check an object store (stale temporary files, corrupt objects); --repair",
+        _add_store,
+        ("objects",),
+    ),
     (
         "sandbox-info",
         "show which protections the sandboxed writer gets here",

@@ -70,6 +70,22 @@ drawn once per store).  Fan-out folder fds are opened once per store (at
 most 256) and kept until :meth:`ObjectStore.close`;
 a fan-out folder found missing is not looked for again before the batch
 publishes.  A batch's bookkeeping is one entry per staged object.
+
+What images need (:func:`image_objects`, :func:`missing_objects`:
+``composefs-py objects`` / ``missing-objects``, and mount's check): an
+image file is read by :func:`~composefs_py.writer.read_image`, bounded by
+``Limits`` (``max_input_bytes`` before its bytes are read, the Tree's
+limits before it is built); then one pass over the Tree, a set of distinct
+payloads and one sort; a lookup is at most one ``fstatat`` per distinct
+payload and store, confined as above (a link at an object's name makes the
+object missing, never followed).
+
+Maintenance (:meth:`ObjectStore.check`, ``composefs-py store check``): one
+listing per folder, consumed as it is read, one ``fstatat`` per entry, one
+pass of hashing per object, a constant number of system calls per object;
+memory is one read buffer and the problems found.  Corrupt objects go to
+``.corrupt/`` in the store with ``repair``; links and odd files planted at
+store names are removed, never followed.
 """
 
 from __future__ import annotations
@@ -84,6 +100,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal, cast
@@ -100,6 +117,8 @@ __all__ = [
     "ObjectDir",
     "ObjectStore",
     "ObjectWriter",
+    "StoreProblem",
+    "StoreReport",
     "absent_payloads",
     "image_objects",
     "missing_objects",
@@ -109,9 +128,51 @@ __all__ = [
 ]
 
 Naming = Literal["sha256", "fsverity"]
+ProblemKind = Literal["corrupt", "stale-temporary", "not-a-file"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreProblem:
+    """One thing :meth:`ObjectStore.check` found wrong in the store.
+
+    ``name`` is relative to the store's root (``ab/cdef...``, ``ab``,
+    ``.tmp-...``); ``kind`` is ``"corrupt"`` (an object whose content is not
+    what its name says, or whose kernel fs-verity digest is not its
+    content's), ``"stale-temporary"`` (a temporary file older than the grace
+    period: a writer was killed) or ``"not-a-file"`` (a link, FIFO, device,
+    socket or folder where an object or a fan-out folder belongs);
+    ``repaired`` says what ``repair=True`` did (``"removed"``,
+    ``"moved to .corrupt/..."``), None if nothing.
+    """
+
+    name: str
+    kind: ProblemKind
+    reason: str
+    repaired: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReport:
+    """What :meth:`ObjectStore.check` found: ``objects`` regular objects
+    hashed (``bytes`` in all), ``in_progress`` temporary files younger than
+    the grace period (left alone), and the ``problems``."""
+
+    objects: int
+    bytes: int
+    in_progress: int
+    problems: tuple[StoreProblem, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Whether every problem found (if any) was repaired."""
+        return all(problem.repaired is not None for problem in self.problems)
+
 
 _LOWER_HEX = b"0123456789abcdef"
 _TMP_PREFIX = ".tmp-"
+# Where ObjectStore.check(repair=True) sets corrupt objects aside (in the root).
+_CORRUPT_DIR = ".corrupt"
+_DEFAULT_GRACE = 24 * 3600
 _COPY_SIZE = 1 << 20
 _OBJECT_MODE = 0o644
 # A fan-out folder: never through a link, never anything but a folder.
@@ -140,6 +201,11 @@ def update_with_zeros(update: Callable[[memoryview], object], size: int) -> None
 def _is_hex64(raw: bytes) -> bool:
     """Whether ``raw`` is 64 lowercase hex digits (no regex to compile at import)."""
     return len(raw) == 64 and not raw.translate(None, _LOWER_HEX)
+
+
+def _is_hex(name: str) -> bool:
+    """Whether ``name`` is lowercase hex digits only."""
+    return not name.encode("ascii", "replace").translate(None, _LOWER_HEX)
 
 
 def payload_for_hex(hexdigest: str | bytes) -> bytes:
@@ -508,7 +574,7 @@ class ObjectStore:
             if entry.name.startswith(_TMP_PREFIX)
         )
 
-    def remove_stale_temporary_files(self, older_than: float = 24 * 3600) -> int:
+    def remove_stale_temporary_files(self, older_than: float = _DEFAULT_GRACE) -> int:
         """Remove temporary files not modified for ``older_than`` seconds.
 
         A process killed mid-import leaves its temporary files (never an
@@ -524,6 +590,207 @@ class ObjectStore:
                     os.unlink(path.name, dir_fd=root)
                     removed += 1
         return removed
+
+    # -- maintenance ---------------------------------------------------
+
+    def check(self, *, repair: bool = False, grace: float = _DEFAULT_GRACE) -> StoreReport:
+        """Check the whole store; with ``repair``, clean up what is found.
+
+        Finds temporary files (``.tmp-*`` in the root) not modified for
+        ``grace`` seconds (a writer was killed: removed by ``repair``; younger
+        ones belong to writers still running and are only counted); objects
+        whose content does not give their name (sha256, or fs-verity with
+        ``naming="fsverity"``), or, where the object has kernel fs-verity
+        enabled, whose measured digest is not its content's (``repair``
+        moves them to ``.corrupt/`` in the store, named by their 64 hex
+        digits: kept for a look, out of every mount's way); and anything but
+        a folder at a fan-out name (``ab``) or anything but a regular file at
+        an object name (``repair`` removes a link, FIFO, device or socket,
+        which removes no file it points at; a folder is reported only).
+        Other names are not the store's and are left alone.
+
+        Confinement: every entry is reached from the store's fds and looked
+        at with ``fstatat(AT_SYMLINK_NOFOLLOW)`` (a listing's file type); an
+        object is read through :meth:`ObjectDir.open_object` (``O_NOFOLLOW |
+        O_NONBLOCK``, a regular file or nothing), so nothing is followed and
+        no FIFO or device is opened; the inode set aside is the one that was
+        hashed (its device and inode number are compared first); a
+        ``.corrupt`` that is not a folder raises LibraryError.  Cost: one
+        listing of each folder, read as it goes (no list of a folder is
+        kept), one ``fstatat`` per entry, one pass of hashing over each
+        object's bytes, a constant number of system calls per object; memory
+        is one read buffer plus the problems found.
+        """
+        problems: list[StoreProblem] = []
+        counts = [0, 0, 0]  # objects, bytes, in progress
+        cutoff = time.time() - grace
+        corrupt_fd: list[int] = []  # opened on first use
+        root = self._dir.fd
+        try:
+            for name, kind in self._entries(root):
+                if name.startswith(_TMP_PREFIX):
+                    problem = self._check_temporary(name, kind, cutoff, repair, counts)
+                elif len(name) == 2 and _is_hex(name):
+                    if kind != stat.S_IFDIR:
+                        problem = self._not_a_file(root, name, name, kind, repair)
+                    else:
+                        fan = self._dir.fan_out(name)
+                        if fan is not None:
+                            problems += self._check_fan_out(name, fan, repair, counts, corrupt_fd)
+                        continue
+                else:
+                    continue
+                if problem is not None:
+                    problems.append(problem)
+        finally:
+            for fd in corrupt_fd:
+                os.close(fd)
+        return StoreReport(counts[0], counts[1], counts[2], tuple(problems))
+
+    @staticmethod
+    def _entries(fd: int) -> Iterator[tuple[str, int | None]]:
+        """(name, file type or None if unknown) of each entry of folder ``fd``,
+        read as it goes through a fresh fd (a folder fd's position is shared)."""
+        own = os.open(".", _DIR_FLAGS, dir_fd=fd)
+        try:
+            with os.scandir(own) as entries:
+                for entry in entries:
+                    try:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                    except FileNotFoundError:  # gone since the listing
+                        continue
+                    yield entry.name, stat.S_IFMT(mode)
+        finally:
+            os.close(own)
+
+    def _check_temporary(
+        self, name: str, kind: int | None, cutoff: float, repair: bool, counts: list[int]
+    ) -> StoreProblem | None:
+        root = self._dir.fd
+        if kind == stat.S_IFDIR:
+            return self._not_a_file(root, name, name, kind, repair)
+        try:
+            mtime = os.stat(name, dir_fd=root, follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # its writer published or removed it
+            return None
+        if mtime >= cutoff:
+            counts[2] += 1
+            return None
+        age = (time.time() - mtime) / 3600
+        repaired = None
+        if repair:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=root)
+            repaired = "removed"
+        return StoreProblem(
+            name,
+            "stale-temporary",
+            f"a temporary file last written {age:.1f} hours ago (a writer killed mid-object)",
+            repaired,
+        )
+
+    def _not_a_file(
+        self, fd: int, name: str, shown: str, kind: int | None, repair: bool
+    ) -> StoreProblem:
+        what = self._dir.refusal(shown, kind, errno.EINVAL).strerror
+        repaired = None
+        if repair and kind != stat.S_IFDIR:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)  # unlink follows no link
+            repaired = "removed"
+        return StoreProblem(shown, "not-a-file", str(what), repaired)
+
+    def _check_fan_out(
+        self, prefix: str, fan: int, repair: bool, counts: list[int], corrupt_fd: list[int]
+    ) -> list[StoreProblem]:
+        problems = []
+        for name, kind in self._entries(fan):
+            if len(name) != 62 or not _is_hex(name):
+                continue
+            shown = f"{prefix}/{name}"
+            if kind != stat.S_IFREG:
+                problems.append(self._not_a_file(fan, name, shown, kind, repair))
+                continue
+            try:
+                fd = self._dir.open_object(shown)
+            except LibraryError as exc:  # replaced by something else since the listing
+                problems.append(StoreProblem(shown, "not-a-file", str(exc.strerror)))
+                continue
+            if fd is None:
+                continue
+            try:
+                reason, size = self._content_problem(fd, prefix + name)
+                identity = os.fstat(fd)
+            finally:
+                os.close(fd)
+            counts[0] += 1
+            counts[1] += size
+            if reason is None:
+                continue
+            repaired = None
+            if repair:
+                repaired = self._set_aside(fan, name, prefix + name, identity, corrupt_fd)
+            problems.append(StoreProblem(shown, "corrupt", reason, repaired))
+        return problems
+
+    def _content_problem(self, fd: int, hexdigest: str) -> tuple[str | None, int]:
+        """Why the object open at ``fd`` is not object ``hexdigest`` (None if it
+        is), and its size; one pass over its bytes."""
+        try:
+            measured: bytes | None = measure_fsverity(fd)
+        except OSError:  # no kernel fs-verity on it: nothing recorded
+            measured = None
+        sha = hashlib.sha256() if self._naming == "sha256" else None
+        verity = FsverityHasher() if measured is not None or sha is None else None
+        size = 0
+        while chunk := os.read(fd, _COPY_SIZE):
+            size += len(chunk)
+            if sha is not None:
+                sha.update(chunk)
+            if verity is not None:
+                verity.update(chunk)
+        named = "sha256" if sha is not None else "fs-verity"
+        actual = (
+            sha.hexdigest() if sha is not None else cast("FsverityHasher", verity).digest().hex()
+        )
+        if actual != hexdigest:
+            return f"its content ({size} bytes) has {named} {actual}, not its name", size
+        if measured is not None and verity is not None and measured != verity.digest():
+            return (
+                f"its kernel fs-verity digest is {measured.hex()}, its content's "
+                f"{verity.digest().hex()}",
+                size,
+            )
+        return None, size
+
+    def _set_aside(
+        self, fan: int, name: str, hexdigest: str, hashed: os.stat_result, corrupt_fd: list[int]
+    ) -> str | None:
+        """Move object ``name`` (in fan-out folder ``fan``) to ``.corrupt/HEX`` if
+        it is still the inode that was hashed; return what was done."""
+        try:
+            now = os.stat(name, dir_fd=fan, follow_symlinks=False)
+        except FileNotFoundError:
+            return "already gone"
+        if (now.st_dev, now.st_ino) != (hashed.st_dev, hashed.st_ino):
+            return None  # replaced since: looked at again by the next check
+        if not corrupt_fd:
+            corrupt_fd.append(self._open_corrupt_dir())
+        os.rename(name, hexdigest, src_dir_fd=fan, dst_dir_fd=corrupt_fd[0])
+        return f"moved to {_CORRUPT_DIR}/{hexdigest}"
+
+    def _open_corrupt_dir(self) -> int:
+        root = self._dir.fd
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(_CORRUPT_DIR, 0o700, dir_fd=root)
+        try:
+            return os.open(_CORRUPT_DIR, _DIR_FLAGS, dir_fd=root)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._dir.refusal(
+                    _CORRUPT_DIR, self._dir._lstat_mode(_CORRUPT_DIR), exc.errno
+                ) from None
+            raise
 
     # -- writing -------------------------------------------------------
 
