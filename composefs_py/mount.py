@@ -103,7 +103,7 @@ import functools
 import os
 import stat
 import warnings
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .errors import LibraryError, ValidationError
 
@@ -114,6 +114,10 @@ if TYPE_CHECKING:
 
     from .model import Inode, Node, Tree
     from .objects import ObjectDir
+
+    #: What :func:`_mount_arguments` gives: the image, the mount point, the
+    #: object folders (absolute), the expected digest (raw).
+    _MountArguments = tuple[Path, Path, list[Path], bytes | None]
 
 # The package imports this module eagerly (``composefs_py.mount`` is the
 # function of that name), so ``import composefs_py`` pays for what is
@@ -196,13 +200,36 @@ def _library_error(err: OSError, what: str) -> LibraryError:
 # ---------------------------------------------------------------------------
 
 
-def _check_image(image: Path) -> None:
+# The image: read-only, never blocking on a FIFO, never a controlling tty.
+_IMAGE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+def _open_image(image: Path) -> int:
+    """Open ``image`` (a regular file or a block device, else LibraryError
+    EINVAL) without blocking; the caller closes the fd."""
     try:
-        with open(image, "rb") as f:
-            head = f.read(_EROFS_SUPER_OFFSET + 4)
+        fd = os.open(image, _IMAGE_FLAGS)
     except OSError as exc:
         code = exc.errno or errno.EIO
         raise LibraryError(code, f"cannot read image {image}: {os.strerror(code)}") from exc
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise LibraryError(
+            errno.EINVAL, f"image {image} is not a regular file (nor a block device)"
+        )
+    return fd
+
+
+def _check_image(image: Path) -> None:
+    fd = _open_image(image)
+    try:
+        head = os.pread(fd, _EROFS_SUPER_OFFSET + 4, 0)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise LibraryError(code, f"cannot read image {image}: {os.strerror(code)}") from exc
+    finally:
+        os.close(fd)
     if head[:4] != _COMPOSEFS_MAGIC or head[_EROFS_SUPER_OFFSET:] != _EROFS_MAGIC:
         raise LibraryError(errno.EINVAL, f"{image} is not a composefs image")
 
@@ -342,14 +369,20 @@ def _digest_bytes(digest: bytes | str | None) -> bytes | None:
     )
 
 
-class _Checked(NamedTuple):
+class _Checked:
     """An image opened and checked for mounting: the fd the checks read (the
     mount reads the same file through ``/proc/self/fd``), the verity flags
-    the checks allow, and the digest for the kernel to check as well."""
+    the checks allow, and the digest for the kernel to check as well.
 
-    fd: int
-    flags: int
-    kernel_digest: bytes | None
+    A plain slotted class: a NamedTuple or dataclass would cost this module,
+    which ``import composefs_py`` loads, a millisecond at import."""
+
+    __slots__ = ("fd", "flags", "kernel_digest")
+
+    def __init__(self, fd: int, flags: int, kernel_digest: bytes | None) -> None:
+        self.fd = fd
+        self.flags = flags
+        self.kernel_digest = kernel_digest
 
     @property
     def source(self) -> str:
@@ -357,24 +390,31 @@ class _Checked(NamedTuple):
 
 
 def _read_image_fd(image: Path, fd: int, limit: int) -> bytes:
-    """The image's bytes from ``fd`` (a regular file or a block device), at most ``limit``."""
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        raise LibraryError(errno.EINVAL, f"{image} is not a regular file (nor a block device)")
-    pieces = []
-    size = 0
-    while size <= limit:
-        piece = os.pread(fd, min(1 << 20, limit + 1 - size), size)
+    """The image's bytes from ``fd``, at most ``limit`` (LibraryError EFBIG
+    beyond, checked on a regular file's size before anything is read).
+
+    A regular file is read in one ``pread`` of its size (one allocation);
+    only what it grew by since, or a block device, is read in pieces."""
+    st = os.fstat(fd)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    too_large = LibraryError(
+        errno.EFBIG,
+        f"image {image}: larger than the limit max_input_bytes={limit} of the checks "
+        "made before mounting",
+    )
+    if size > limit:
+        raise too_large
+    pieces = [os.pread(fd, size, 0)] if size else []
+    done = len(pieces[0]) if pieces else 0
+    while done <= limit:
+        piece = os.pread(fd, min(1 << 20, limit + 1 - done), done)
         if not piece:
             break
         pieces.append(piece)
-        size += len(piece)
-    if size > limit:
-        raise LibraryError(
-            errno.EFBIG,
-            f"{image}: larger than the limit max_input_bytes={limit} for the checks",
-        )
-    return b"".join(pieces)
+        done += len(piece)
+    if done > limit:
+        raise too_large
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _missing_text(image: Path, missing: Sequence[bytes], total: int, stores: str) -> str:
@@ -411,7 +451,7 @@ def _check_for_mount(
     from .writer import read_image
 
     limits = Limits()
-    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    fd = _open_image(image)
     try:
         data = _read_image_fd(image, fd, limits.max_input_bytes)
         kernel_digest = None
@@ -466,9 +506,6 @@ def _check_for_mount(
     except BaseException:
         os.close(fd)
         raise
-
-
-_MountArguments = tuple["Path", "Path", list["Path"], bytes | None]
 
 
 def _check_images(

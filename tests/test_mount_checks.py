@@ -9,11 +9,13 @@ Real mounts (root, erofs, overlayfs); every mount is unmounted.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 import test_mount
 from test_mount import Entry, build_image, mounted, require_mounts
+from test_objects import deadline
 
 from composefs_py import _native
 from composefs_py.cli import main
@@ -199,3 +201,45 @@ def test_mount_layers_checks_every_layer_before_mounting_any(
     with pytest.warns(MissingObjectsWarning):
         mount_layers([top, base], mnt, objects=stores, allow_missing=True)
     unmount(mnt)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_an_image_that_is_no_file_is_refused_without_blocking(
+    tmp_path: Path, mnt: Path, kind: str
+) -> None:
+    """A FIFO given as the image is never opened for reading in a way that
+    waits for a writer; a folder or a character device is no image."""
+    image = tmp_path / "image.cfs"
+    if kind == "fifo":
+        os.mkfifo(image)
+    elif kind == "directory":
+        image.mkdir()
+    else:
+        image = Path("/dev/zero")
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    with deadline(5), pytest.raises(LibraryError, match="not a regular file"):
+        mount(image, mnt, objects=objects)
+    assert not is_mountpoint(mnt)
+
+
+def test_an_image_larger_than_the_input_limit_is_refused_before_it_is_read(
+    mkcomposefs: Path, tmp_path: Path, mnt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import composefs_py.limits
+
+    image, objects = _image(mkcomposefs, tmp_path, "img", 2)
+    size = image.stat().st_size
+    limits = composefs_py.limits.Limits
+    monkeypatch.setattr(composefs_py.limits, "Limits", lambda: limits(max_input_bytes=size - 1))
+    read: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        read.append(length)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    with pytest.raises(LibraryError, match="max_input_bytes"):
+        mount(image, mnt, objects=objects)
+    assert max(read) < size  # the magic numbers' check only: no read of the image
