@@ -687,6 +687,9 @@ def _info_trees(args: argparse.Namespace) -> list[Tree]:
 
     trees = []
     for image in args.images:
+        # A FIFO would block the reader until something writes to it.
+        if not stat.S_ISREG(os.stat(image).st_mode):
+            raise CommandError(f"{image}: not a regular file: an image is read from a file")
         tree = read_image(image)
         if args.filter:
             tree = _filtered(tree, args.filter)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_objects import CONFINED_HEX, PLANTS, Canary, plant
+from test_objects import CONFINED_HEX, PLANTS, Canary, deadline, plant
 
 from composefs_py.cli import main
 from composefs_py.objects import ObjectStore, image_objects, missing_objects
@@ -206,3 +206,14 @@ def test_an_object_store_made_by_the_store_has_nothing_missing(
     victim = ObjectStore(store).path_for(image_objects(image)[0])
     victim.unlink()
     assert missing_objects(image, objects=store) == [image_objects(image)[0]]
+
+
+@pytest.mark.parametrize("command", ["ls", "objects"])
+def test_an_image_that_is_a_fifo_is_refused_without_blocking(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], command: str
+) -> None:
+    fifo = tmp_path / "image.cfs"
+    os.mkfifo(fifo)
+    with deadline(5):
+        assert main([command, str(fifo)]) == 1
+    assert "not a regular file" in capfd.readouterr().err
