@@ -25,6 +25,17 @@ output is capped at the same limit before it is allocated; sniffing reads
 a positional IMAGE reads 1 KiB of a regular file and opens nothing else (a
 FIFO is never opened to be checked).  A build flag rebuilds the Tree once,
 linearly, after the sources' Trees are let go.
+
+``ls``, ``objects`` and ``missing-objects`` (composefs-info's commands, the
+same output) refuse an IMAGE that is no regular file before opening it,
+read each with :func:`~composefs_py.writer.read_image` (``Limits`` bound
+it), and cost one pass over each Tree: ``ls`` escapes each path and target
+once through a 256-entry table (a name needing no escape is not copied),
+``--filter`` rebuilds the Tree once; the objects are a set, sorted once,
+each looked up at most once per store (:func:`~composefs_py.objects.absent_payloads`).
+``store check`` is :meth:`~composefs_py.objects.ObjectStore.check` (its
+cost is there).  ``mount`` prints each warning the mount gives (missing
+objects with ``--allow-missing``) as one ``warning:`` line.
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ against the same oracle.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,44 @@ def test_an_image_that_is_a_fifo_is_refused_without_blocking(
     with deadline(5):
         assert main([command, str(fifo)]) == 1
     assert "not a regular file" in capfd.readouterr().err
+
+
+def _wide_image(tmp_path: Path, files: int) -> Path:
+    """An image of ``files`` files under names every byte of which ls escapes
+    (bytes over 0x7f), each with its own object, half of them also linked."""
+    import stat
+
+    from composefs_py.model import Hardlink, Inode, TreeBuilder
+    from composefs_py.writer import write_image
+
+    builder = TreeBuilder(count_hardlinks=True)
+    builder.add(b"/", Inode(mode=stat.S_IFDIR | 0o755, nlink=2))
+    for i in range(files):
+        digest = hashlib.sha256(b"%d" % i).hexdigest()
+        name = b"/" + bytes([0x80 + i % 100]) * 40 + b"%d" % i
+        payload = f"{digest[:2]}/{digest[2:]}".encode()
+        builder.add(name, Inode(mode=stat.S_IFREG | 0o644, size=1, payload=payload))
+        if i % 2:
+            builder.add(name + b".link", Hardlink(name))
+    image = tmp_path / f"wide{files}.cfs"
+    write_image(builder.build(), image)
+    return image
+
+
+def test_ls_objects_and_missing_objects_cost_linear(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    cost = {}
+    for files in (3000, 6000):
+        image = _wide_image(tmp_path, files)
+        best = float("inf")
+        for _ in range(3):
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                start = time.process_time()
+                for command in ("ls", "objects"):
+                    assert main([command, str(image)]) == 0
+                assert main(["missing-objects", "--objects", str(store), str(image)]) == 0
+                best = min(best, time.process_time() - start)
+        cost[files] = best
+    ratio = cost[6000] / cost[3000]
+    assert ratio < 3.0, f"2x the files cost {ratio:.2f}x the CPU ({cost})"

@@ -243,3 +243,43 @@ def test_an_image_larger_than_the_input_limit_is_refused_before_it_is_read(
     with pytest.raises(LibraryError, match="max_input_bytes"):
         mount(image, mnt, objects=objects)
     assert max(read) < size  # the magic numbers' check only: no read of the image
+
+
+def test_the_checks_before_mounting_cost_linear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digest, image read, one lookup per distinct object: twice the files,
+    about twice the CPU (the kernel's part is left out: nothing is mounted)."""
+    import hashlib
+    import stat
+    import time
+
+    from composefs_py.model import Hardlink, Inode, TreeBuilder
+    from composefs_py.writer import write_image
+
+    monkeypatch.setattr(_native, "mount_image", lambda *args, **kwargs: None)
+    cost = {}
+    for files in (2000, 4000):
+        objects = tmp_path / f"objects{files}"
+        builder = TreeBuilder(count_hardlinks=True)
+        builder.add(b"/", Inode(mode=stat.S_IFDIR | 0o755, nlink=2))
+        for i in range(files):
+            digest = hashlib.sha256(b"%d" % i).hexdigest()
+            (objects / digest[:2]).mkdir(parents=True, exist_ok=True)
+            (objects / digest[:2] / digest[2:]).write_bytes(b"")
+            name = b"/f%d" % i
+            payload = f"{digest[:2]}/{digest[2:]}".encode()
+            builder.add(name, Inode(mode=stat.S_IFREG | 0o644, size=1, payload=payload))
+            builder.add(name + b".link", Hardlink(name))
+        image = tmp_path / f"image{files}.cfs"
+        digest_of_image = write_image(builder.build(), image)
+        target = tmp_path / f"mnt{files}"
+        target.mkdir()
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            mount(image, target, objects=objects, expected_digest=digest_of_image)
+            best = min(best, time.process_time() - start)
+        cost[files] = best
+    ratio = cost[4000] / cost[2000]
+    assert ratio < 3.0, f"2x the files cost {ratio:.2f}x the CPU ({cost})"
