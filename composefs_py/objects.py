@@ -1379,10 +1379,11 @@ def absent_payloads(payloads: Iterable[bytes], stores: Iterable[ObjectDir]) -> l
     """Those of ``payloads`` (in their order) no store of ``stores`` holds as an object.
 
     Only an object name (``ab/`` + 62 lowercase hex) is looked up, relative
-    to each store's fd and never through a link (:meth:`ObjectDir.has`); a
-    link, a FIFO, a folder or anything but a regular file at that name, or
-    a fan-out folder that is not a folder, holds no object: the payload is
-    absent.  A payload that is no object name (a Tree read with
+    to each store's fd and never through a link (:meth:`ObjectDir.has`), in
+    the stores' order (a mount's); a link, a FIFO, a folder or anything but
+    a regular file at that name, or a fan-out folder that is not a folder,
+    holds no object and hides what later stores hold (the overlay would
+    meet it first): the payload is absent.  A payload that is no object name (a Tree read with
     ``Limits.allow_foreign_payloads``) is never looked up and is absent.
     Cost: at most one ``fstatat`` per payload and store (and one ``openat``
     per fan-out folder and store).
@@ -1398,8 +1399,9 @@ def absent_payloads(payloads: Iterable[bytes], stores: Iterable[ObjectDir]) -> l
             try:
                 if store.has(hexdigest):
                     break
-            except LibraryError:  # a link or an odd file there: no object
-                continue
+            except LibraryError:  # a link or an odd file there: no object, and in the way
+                absent.append(payload)
+                break
         else:
             absent.append(payload)
     return absent

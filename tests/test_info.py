@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_objects import CONFINED_HEX, PLANTS, Canary, deadline, plant
+from test_objects import CONFINED, CONFINED_HEX, PLANTS, Canary, deadline, plant
 
 from composefs_py.cli import main
 from composefs_py.objects import ObjectStore, image_objects, missing_objects
@@ -177,6 +177,31 @@ def test_missing_objects_never_follows_what_is_planted_in_the_store(
         plant(store, bird.path, where)
         bird.settle()
         assert missing_objects(image, objects=store) == [payload.encode()]
+        bird.assert_untouched()
+    finally:
+        bird.close()
+
+
+def test_what_is_planted_in_an_earlier_store_hides_the_object_of_a_later_one(
+    tmp_path: Path,
+) -> None:
+    from composefs_py.model import Inode, TreeBuilder
+
+    payload = f"{CONFINED_HEX[:2]}/{CONFINED_HEX[2:]}".encode()
+    builder = TreeBuilder()
+    builder.add(b"/", Inode(mode=0o40755, nlink=2))
+    builder.add(b"/f", Inode(mode=0o100644, size=3, payload=payload))
+    tree = builder.build()
+    first, second = tmp_path / "first", tmp_path / "second"
+    with ObjectStore(second) as store:
+        assert store.add(CONFINED) == payload
+    bird = Canary(tmp_path / "canary")
+    try:
+        first.mkdir()
+        plant(first, bird.path, "object link to a file outside")
+        bird.settle()
+        assert missing_objects(tree, objects=[second, first]) == []
+        assert missing_objects(tree, objects=[first, second]) == [payload]
         bird.assert_untouched()
     finally:
         bird.close()

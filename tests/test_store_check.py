@@ -202,3 +202,19 @@ def test_check_costs_linear_in_the_objects(tmp_path: Path) -> None:
         sizes[count] = _cpu_of_check(root)
     ratio = sizes[800] / sizes[400]
     assert ratio < 3.0, f"2x the objects cost {ratio:.2f}x the CPU ({sizes})"
+
+
+def test_a_store_named_by_fsverity_digests_is_checked_by_them(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with ObjectStore(root, naming="fsverity") as store:
+        good = store.add(b"good\n" * 2000)
+        bad = store.add(b"bad\n" * 2000)
+    path = root / bad.decode()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x20
+    path.write_bytes(bytes(data))
+    with ObjectStore(root, naming="fsverity") as store:
+        report = store.check()
+    assert [(p.name, p.kind) for p in report.problems] == [(bad.decode(), "corrupt")]
+    assert "fs-verity" in report.problems[0].reason
+    assert report.objects == 2 and good != bad
