@@ -629,27 +629,18 @@ class ObjectStore:
         try:
             for name, kind in self._entries(root):
                 if name.startswith(_TMP_PREFIX):
-                    problem = self._check_temporary(name, kind, cutoff, repair, counts)
+                    stale = self._check_temporary(name, kind, cutoff, repair, counts)
+                    problems += [stale] if stale is not None else []
                 elif len(name) == 2 and _is_hex(name):
-                    if kind != stat.S_IFDIR:
-                        problem = self._not_a_file(root, name, name, kind, repair)
-                    else:
-                        fan = self._dir.fan_out(name)
-                        if fan is not None:
-                            problems += self._check_fan_out(name, fan, repair, counts, corrupt_fd)
-                        continue
-                else:
-                    continue
-                if problem is not None:
-                    problems.append(problem)
+                    problems += self._check_fan_out(name, kind, repair, counts, corrupt_fd)
         finally:
             for fd in corrupt_fd:
                 os.close(fd)
         return StoreReport(counts[0], counts[1], counts[2], tuple(problems))
 
     @staticmethod
-    def _entries(fd: int) -> Iterator[tuple[str, int | None]]:
-        """(name, file type or None if unknown) of each entry of folder ``fd``,
+    def _entries(fd: int) -> Iterator[tuple[str, int]]:
+        """(name, file type) of each entry of folder ``fd`` (not following links),
         read as it goes through a fresh fd (a folder fd's position is shared)."""
         own = os.open(".", _DIR_FLAGS, dir_fd=fd)
         try:
@@ -664,7 +655,7 @@ class ObjectStore:
             os.close(own)
 
     def _check_temporary(
-        self, name: str, kind: int | None, cutoff: float, repair: bool, counts: list[int]
+        self, name: str, kind: int, cutoff: float, repair: bool, counts: list[int]
     ) -> StoreProblem | None:
         root = self._dir.fd
         if kind == stat.S_IFDIR:
@@ -689,9 +680,7 @@ class ObjectStore:
             repaired,
         )
 
-    def _not_a_file(
-        self, fd: int, name: str, shown: str, kind: int | None, repair: bool
-    ) -> StoreProblem:
+    def _not_a_file(self, fd: int, name: str, shown: str, kind: int, repair: bool) -> StoreProblem:
         what = self._dir.refusal(shown, kind, errno.EINVAL).strerror
         repaired = None
         if repair and kind != stat.S_IFDIR:
@@ -701,8 +690,17 @@ class ObjectStore:
         return StoreProblem(shown, "not-a-file", str(what), repaired)
 
     def _check_fan_out(
-        self, prefix: str, fan: int, repair: bool, counts: list[int], corrupt_fd: list[int]
+        self, prefix: str, kind: int, repair: bool, counts: list[int], corrupt_fd: list[int]
     ) -> list[StoreProblem]:
+        """The problems of fan-out folder ``prefix`` (of file type ``kind``) and its objects."""
+        if kind != stat.S_IFDIR:
+            return [self._not_a_file(self._dir.fd, prefix, prefix, kind, repair)]
+        try:
+            fan = self._dir.fan_out(prefix)
+        except LibraryError as exc:  # replaced since the listing
+            return [StoreProblem(prefix, "not-a-file", str(exc.strerror))]
+        if fan is None:  # removed since the listing
+            return []
         problems = []
         for name, kind in self._entries(fan):
             if len(name) != 62 or not _is_hex(name):
