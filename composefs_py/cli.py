@@ -684,8 +684,8 @@ def _info_command(
                 metavar="DIR",
                 required=True,
                 action="append",
-                help="the object store (repeat for several: an object is there if "
-                "any holds it, as a mount searches them)",
+                help="the object store (repeat for several: searched in order, as "
+                "a mount searches them)",
             )
         parser.set_defaults(run=run, positional_list="images")
 
@@ -801,10 +801,13 @@ def _add_mount(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--objects",
+        "--basedir",
+        dest="objects",
         metavar="DIR",
         required=True,
         action="append",
-        help="object store folder (repeat for several, searched in order)",
+        help="object store folder (repeat for several, searched in order; "
+        "mount.composefs's basedir=)",
     )
     parser.add_argument("--upper", metavar="DIR", help="writable overlay upper directory")
     parser.add_argument("--work", metavar="DIR", help="overlay work directory (with --upper)")

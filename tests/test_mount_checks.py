@@ -161,7 +161,7 @@ def test_mount_command_digest_option(
     require_mounts()
     image, objects = _image(mkcomposefs, tmp_path, "img", 2)
     wrong = "ab" * 32
-    base = ["mount", str(image), str(mnt), "--objects", str(objects)]
+    base = ["mount", str(image), str(mnt), "--basedir", str(objects)]
     assert main([*base, "--digest", wrong]) == 1
     assert "fs-verity digest" in capfd.readouterr().err
     assert not is_mountpoint(mnt)
