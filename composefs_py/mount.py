@@ -473,9 +473,14 @@ def _check_for_mount(
         except ValidationError as exc:  # named by the image's path, not "input"
             raise ValidationError(f"image {image}: {exc}") from None
         del data
-        stores = [ObjectDir(objdir) for objdir in objdirs]
+        stores: list[ObjectDir] = []
         flags = 0
         try:
+            for objdir in objdirs:
+                try:
+                    stores.append(ObjectDir(objdir))
+                except OSError as exc:
+                    raise _library_error(exc, f"cannot open object store {objdir}") from exc
             needed = sorted(tree_payloads(tree))
             missing = absent_payloads(needed, stores)
             if missing:
