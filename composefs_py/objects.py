@@ -83,7 +83,9 @@ object missing, never followed).
 Maintenance (:meth:`ObjectStore.check`, ``composefs-py store check``): one
 listing per folder, consumed as it is read, one ``fstatat`` per entry, one
 pass of hashing per object, a constant number of system calls per object;
-memory is one read buffer and the problems found.  Corrupt objects go to
+memory is one read buffer and the problems found.  ``Limits.max_file_size``
+bounds what is hashed: a larger object is corrupt on its size (``fstat``),
+checked before a byte of it is read.  Corrupt objects go to
 ``.corrupt/`` in the store with ``repair``; links and odd files planted at
 store names are removed, never followed.
 """
@@ -110,6 +112,7 @@ from .fsverity import FsverityHasher, enable_fsverity, fsverity_digest, measure_
 from .model import is_object_name
 
 if TYPE_CHECKING:
+    from .limits import Limits
     from .model import Tree
 
 __all__ = [
@@ -593,7 +596,9 @@ class ObjectStore:
 
     # -- maintenance ---------------------------------------------------
 
-    def check(self, *, repair: bool = False, grace: float = _DEFAULT_GRACE) -> StoreReport:
+    def check(
+        self, *, repair: bool = False, grace: float = _DEFAULT_GRACE, limits: Limits | None = None
+    ) -> StoreReport:
         """Check the whole store; with ``repair``, clean up what is found.
 
         Finds temporary files (``.tmp-*`` in the root) not modified for
@@ -619,8 +624,14 @@ class ObjectStore:
         listing of each folder, read as it goes (no list of a folder is
         kept), one ``fstatat`` per entry, one pass of hashing over each
         object's bytes, a constant number of system calls per object; memory
-        is one read buffer plus the problems found.
+        is one read buffer plus the problems found.  An object larger than
+        ``limits.max_file_size`` (default ``Limits()``), which no image within
+        those limits can use, is corrupt on its size alone and is not read
+        (a huge sparse file planted in the store costs nothing to find).
         """
+        from .limits import Limits
+
+        max_size = (limits or Limits()).max_file_size
         problems: list[StoreProblem] = []
         counts = [0, 0, 0]  # objects, bytes, in progress
         cutoff = time.time() - grace
@@ -632,7 +643,9 @@ class ObjectStore:
                     stale = self._check_temporary(name, kind, cutoff, repair, counts)
                     problems += [stale] if stale is not None else []
                 elif len(name) == 2 and _is_hex(name):
-                    problems += self._check_fan_out(name, kind, repair, counts, corrupt_fd)
+                    problems += self._check_fan_out(
+                        name, kind, repair, counts, corrupt_fd, max_size
+                    )
         finally:
             for fd in corrupt_fd:
                 os.close(fd)
@@ -690,7 +703,13 @@ class ObjectStore:
         return StoreProblem(shown, "not-a-file", str(what), repaired)
 
     def _check_fan_out(
-        self, prefix: str, kind: int, repair: bool, counts: list[int], corrupt_fd: list[int]
+        self,
+        prefix: str,
+        kind: int,
+        repair: bool,
+        counts: list[int],
+        corrupt_fd: list[int],
+        max_size: int,
     ) -> list[StoreProblem]:
         """The problems of fan-out folder ``prefix`` (of file type ``kind``) and its objects."""
         if kind != stat.S_IFDIR:
@@ -717,8 +736,14 @@ class ObjectStore:
             if fd is None:
                 continue
             try:
-                reason, size = self._content_problem(fd, prefix + name)
                 identity = os.fstat(fd)
+                if identity.st_size > max_size:
+                    reason: str | None = (
+                        f"{identity.st_size} bytes, more than max_file_size={max_size}: not read"
+                    )
+                    size = 0
+                else:
+                    reason, size = self._content_problem(fd, prefix + name)
             finally:
                 os.close(fd)
             counts[0] += 1

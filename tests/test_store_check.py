@@ -218,3 +218,18 @@ def test_a_store_named_by_fsverity_digests_is_checked_by_them(tmp_path: Path) ->
     assert [(p.name, p.kind) for p in report.problems] == [(bad.decode(), "corrupt")]
     assert "fs-verity" in report.problems[0].reason
     assert report.objects == 2 and good != bad
+
+
+def test_an_object_larger_than_max_file_size_is_corrupt_and_never_read(tmp_path: Path) -> None:
+    from composefs_py.limits import Limits
+
+    root = tmp_path / "store"
+    with ObjectStore(root) as store:
+        payload = store.add(b"small\n")
+    os.truncate(root / payload.decode(), 1 << 40)  # a terabyte, sparse
+    start = time.process_time()
+    with ObjectStore(root) as store:
+        report = store.check(limits=Limits(max_file_size=1 << 30))
+    assert time.process_time() - start < 1.0
+    assert [(p.name, p.kind) for p in report.problems] == [(payload.decode(), "corrupt")]
+    assert "more than max_file_size" in report.problems[0].reason
