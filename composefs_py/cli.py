@@ -41,7 +41,6 @@ objects with ``--allow-missing``) as one ``warning:`` line.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import stat
 import sys
@@ -505,6 +504,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     # memory comes on top of them.  Emptying them first (a full collection
     # does; about 7 ms at 100k entries) takes the peak of a 100k-entry TOC
     # build from about 181 to 156 MiB.
+    import gc
+
     gc.collect()
     if image is None:  # --print-digest-only: the bytes go nowhere
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
