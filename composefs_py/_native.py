@@ -59,13 +59,14 @@ __all__ = [
     "measure_fsverity",
     "mount_image",
     "read_image",
+    "check_framing",
     "write_records",
     "write_tree",
 ]
 
 #: Must equal what ``cfspy_build_stamp()`` in csrc/shim.c returns; bump both
 #: when the C side of the binding changes incompatibly.
-BUILD_STAMP = "composefs-py-ffi-4"
+BUILD_STAMP = "composefs-py-ffi-5"
 
 _built_stamp = ffi.string(lib.cfspy_build_stamp()).decode("ascii")
 if _built_stamp != BUILD_STAMP:  # pragma: no cover - a stale build
@@ -324,8 +325,33 @@ def _build_columns(
     )
 
 
+def check_framing(records: Sequence[bytes | bytearray | memoryview]) -> tuple[int, int]:
+    """The framing of untrusted records (see :func:`write_records`), in C,
+    one pass over each length buffer: ``(0, -1)``, or the rule broken first
+    (``CFSPY_FRAMING_*`` in csrc/shim.h: 1 paths, 2 data, 3 extra, 4 links'
+    order, 5 a link's target) and the hardlink entry it concerns (-1 for
+    the others).
+
+    The caller checked the buffers' sizes against the entry count
+    (``_worker.check_sizes``): C reads ``n`` entries of each per-entry
+    buffer and every pair of the pair buffers.
+    """
+    paths, path_lens, _, data, data_lens, links, extra, extra_lens, xattr_lens = records
+    failed = ffi.new("int64_t *")
+    rule = lib.cfspy_check_framing(
+        len(path_lens) // 8,
+        len(paths), ffi.from_buffer("int64_t[]", path_lens),
+        len(data), ffi.from_buffer("int64_t[]", data_lens),
+        len(extra), ffi.from_buffer("int64_t[]", extra_lens),
+        ffi.from_buffer("int64_t[]", xattr_lens), len(xattr_lens) // 8,
+        ffi.from_buffer("int64_t[]", links), len(links) // 16,
+        failed,
+    )  # fmt: skip
+    return int(rule), int(failed[0])
+
+
 def write_records(
-    records: Sequence[bytes | bytearray],
+    records: Sequence[bytes | bytearray | memoryview],
     fd: int,
     *,
     min_version: int = 0,

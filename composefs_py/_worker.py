@@ -31,17 +31,24 @@ process pays a page fault per new page of libcomposefs's tree, which a
 process that wrote before does not; this takes that cost off the path
 where the parent is still busy.
 
-Then (write mode, native engine) it reads the parent's records: the
+Then (write mode, native engine) it takes the parent's records: the
 buffers libcomposefs's tree builder reads (``cfspy_build_tree``, see
 csrc/shim.h), after :data:`RECORDS_HEADER` (the entry count and each
-buffer's size).  It checks the framing only, and before allocating:
-every size agrees with the count, their sum is within the address-space
-limit (:func:`check_sizes`); then the lengths inside add up to the byte
-buffers, and the links' indices are in bounds (:func:`check_records`), so
-C never reads past a buffer.  It does not check the Tree's rules again:
+buffer's size), in a memfd (``--records-fd``) the parent sealed against
+writing, shrinking and growing before it sent the limit.  Before the
+lockdown the child checks the seals and maps the file read-only
+(:func:`map_records`: seccomp maps anonymous memory only afterwards),
+reading nothing of it; after, it checks the framing only, before taking
+a buffer: every size agrees with the count, their sum is within the
+address-space limit (:func:`check_sizes`), the file holds exactly the
+padded buffers the header announces (:func:`read_records`); then the
+lengths inside add up to the byte buffers, and the links' indices are in
+bounds (:func:`check_records`), so C never reads past a buffer.  Its stdin
+must end after the limit.  It does not check the Tree's rules again:
 the parent proved them, the same code run twice adds no defence, and the
-lockdown is the defence.  The checked buffers go straight to the native
-writer (:func:`~composefs_py._native.write_records`: no Tree is rebuilt);
+lockdown is the defence.  The checked buffers, read-only views of the
+mapping (no copy), go straight to the native writer
+(:func:`~composefs_py._native.write_records`: no Tree is rebuilt);
 what libcomposefs refuses in them (an entry before its parent, a name
 twice) is a rejection too.  When the compiled module is unavailable
 (``--engine mkcomposefs``) steps 5 and 6 also allow what exec'ing
@@ -53,7 +60,7 @@ the parent's pipe: the Tree's dumpfile; stdout the output fd), so
 mkcomposefs runs under every restriction above, inherited across exec,
 without a fork.
 
-Cost: linear in the records' bytes: one read of each buffer, a few passes
+Cost: linear in the records' bytes: one mapping of them, a few passes
 of C-speed ``min``/``sum``/``count`` over the length buffers, one Python
 step per hardlink; the address-space limit bounds what is allocated, and
 is checked against the announced sizes before the first buffer is.
@@ -72,7 +79,9 @@ the child misbehave after lockdown.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
+import mmap
 import os
 import resource
 import select
@@ -81,7 +90,7 @@ import stat
 import struct
 import sys
 import time
-from array import array
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import _lockdown
@@ -110,15 +119,16 @@ RECORD_PARTS = (
     "xattr_lens",
 )
 #: The records' header: the entry count, then each buffer's size in bytes.
+#: The records file (a memfd, ``--records-fd``) holds it, then each buffer
+#: padded with zeros to a multiple of 8 bytes (:func:`padded`), nothing else.
 RECORDS_HEADER = struct.Struct(f"<{1 + len(RECORD_PARTS)}Q")
+#: The seals the records' memfd must carry before the child maps it.
+RECORDS_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+#: A buffer of the records.
+Buffer = bytes | bytearray | memoryview
 #: The int fields of an entry, in the order of ``ints`` (shim.h's CFSPY_*).
 _INT_FIELDS = ("mode", "nlink", "uid", "gid", "mtime", "mtime_nsec", "size", "rdev")
 _INT_BYTES = 8 * len(_INT_FIELDS)
-#: An fs-verity digest's size in the extra bytes.
-DIGEST_BYTES = 32
-#: ``extra_lens`` of an entry without content, digest or xattrs.
-_NO_EXTRAS = array("q", (-1, 0, 0)).tobytes()
-
 EXIT_OK = 0
 EXIT_REJECTED = 65
 EXIT_FAILED = 70
@@ -153,7 +163,7 @@ class Args:
     """The child's command line: ``--name=value`` options (argparse costs
     every child 12 ms of imports)."""
 
-    __slots__ = ("mode", "parent_pid", "fd", "min_version", "max_version", "engine",
+    __slots__ = ("mode", "parent_pid", "fd", "records_fd", "min_version", "max_version", "engine",
                  "mkcomposefs", "address_space", "cpu_seconds", "file_size", "open_files",
                  "fault")  # fmt: skip
     _CHOICES: dict[str, tuple[str, ...]] = {
@@ -171,6 +181,7 @@ class Args:
 
     def __init__(self, argv: list[str]) -> None:
         self.fd = -1
+        self.records_fd = -1
         self.min_version = 0
         self.max_version = 1
         self.engine = "native"
@@ -359,23 +370,72 @@ def _read_exact(size: int, what: str) -> bytearray:
     return buffer
 
 
-def read_records(limit: int) -> list[bytearray]:
-    """The parent's records from stdin, their framing checked (see :data:`RECORDS_HEADER`).
+def padded(size: int) -> int:
+    """``size`` rounded up to a multiple of 8: where the next buffer starts."""
+    return size + (-size % 8)
 
-    Every size is checked against the entry count and against ``limit``
-    (bytes) before a buffer is allocated, the buffers are read whole, and
-    :func:`check_records` checks what they say of each other.  Anything
-    malformed raises :class:`ValidationError`.
+
+def map_records(fd: int) -> memoryview:
+    """The parent's records file ``fd`` mapped read-only, then closed.
+
+    Before the lockdown (seccomp maps anonymous memory only afterwards);
+    nothing in it is read here.  The file must be a memfd sealed against
+    writing, shrinking and growing (:data:`RECORDS_SEALS`): what is checked
+    later cannot change under the checks, and no page of the mapping can
+    vanish (SIGBUS).  Mapped by libc's mmap (Python's mmap keeps a
+    duplicate of the fd open), for the life of the process.
     """
-    header = _read_exact(RECORDS_HEADER.size, "the records' header")
-    count, *sizes = RECORDS_HEADER.unpack(header)
+    try:
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError as exc:
+            raise ValidationError(f"the records are not a memfd ({exc.strerror})") from None
+        if seals & RECORDS_SEALS != RECORDS_SEALS:
+            raise ValidationError(
+                "the records' memfd is not sealed against writing, shrinking and growing"
+            )
+        size = os.fstat(fd).st_size
+        if not size:
+            return memoryview(b"")
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]  # fmt: skip
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of the records: {os.strerror(err)}")
+        return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+    finally:
+        os.close(fd)
+
+
+def read_records(view: memoryview, limit: int) -> list[memoryview]:
+    """The parent's records (see :data:`RECORDS_HEADER`), their framing checked.
+
+    ``view`` (the mapping) holds the header, then each buffer padded to a
+    multiple of 8 bytes, and nothing else.  Every size is checked against the entry count
+    and against ``limit`` (bytes), and the sizes against the mapping's
+    before a buffer is taken; the buffers are read-only views of it (no
+    copy), and :func:`check_records` checks what they say of each other.
+    Anything malformed raises :class:`ValidationError`.
+    """
+    if len(view) < RECORDS_HEADER.size:
+        raise ValidationError(
+            f"the records end early ({len(view)} of {RECORDS_HEADER.size} bytes of the header)"
+        )
+    count, *sizes = RECORDS_HEADER.unpack_from(view)
     check_sizes(count, sizes, limit)
-    records = [
-        _read_exact(size, f"the records' {name}")
-        for name, size in zip(RECORD_PARTS, sizes, strict=True)
-    ]
-    if os.read(0, 1):
+    end = RECORDS_HEADER.size + sum(map(padded, sizes))
+    if len(view) < end:
+        raise ValidationError(f"the records end early ({len(view)} of {end} bytes)")
+    if len(view) > end:
         raise ValidationError("bytes follow the records")
+    records = []
+    start = RECORDS_HEADER.size
+    for size in sizes:
+        records.append(view[start : start + size])
+        start += padded(size)
     check_records(records)
     return records
 
@@ -400,74 +460,35 @@ def check_sizes(count: int, sizes: list[int], limit: int) -> None:
         raise ValidationError(f"the records announce {sum(sizes)} bytes, more than {limit}")
 
 
-def check_records(records: list[bytearray]) -> None:
+def check_records(records: Sequence[Buffer]) -> None:
     """What the buffers say of each other: lengths add up, indices are in bounds.
 
     The path, data and extra lengths add up to their byte buffers (none
     negative but -1, "none", where it may be); each entry's digest flag is 0
     or 1; the links are (entry, target) pairs by increasing entry, whose
     target is another entry that is not itself a link (no chain, no cycle).
-    Not the Tree's rules: the parent proved those, and libcomposefs refuses
-    what its own tree cannot hold (an entry before its parent, a name twice).
+    Checked in C (:func:`~composefs_py._native.check_framing`: one pass over
+    each length buffer) after :func:`check_sizes`.  Not the Tree's rules:
+    the parent proved those, and libcomposefs refuses what its own tree
+    cannot hold (an entry before its parent, a name twice).
     """
-    (
-        paths,
-        raw_path_lens,
-        _,
-        data,
-        raw_data_lens,
-        raw_links,
-        extra,
-        raw_extra_lens,
-        raw_xattr_lens,
-    ) = records
-    path_lens, data_lens, links, extra_lens, xattr_lens = map(
-        _int64, (raw_path_lens, raw_data_lens, raw_links, raw_extra_lens, raw_xattr_lens)
-    )
-    count = len(path_lens)
-    if min(path_lens) < 0 or sum(path_lens) != len(paths):
-        raise ValidationError("the path lengths must add up to the paths' bytes")
-    if min(data_lens) < -1 or sum(data_lens) + data_lens.count(-1) != len(data):
-        raise ValidationError("the data lengths must add up to the data's bytes")
-    # No entry with content, a digest or xattrs (the common case): one compare.
-    no_extras = not extra and not xattr_lens and raw_extra_lens == _NO_EXTRAS * count
-    if not (no_extras or _extras_add_up(extra, extra_lens, xattr_lens)):
-        raise ValidationError("the extra lengths must add up to the extra bytes")
-    sources, targets = links[0::2], links[1::2]
-    previous = -1
-    for source in sources:
-        if not previous < source < count:
-            raise ValidationError("a hardlink's entry is outside the records or out of order")
-        previous = source
-    linked = set(sources)
-    for source, target in zip(sources, targets, strict=True):
-        if not 0 <= target < count or target == source or target in linked:
-            raise ValidationError(
-                "a hardlink's target must be another entry that is not a hardlink", entry=source
-            )
+    if _native is None:
+        raise RuntimeError("the compiled module is unavailable: cannot check records")
+    rule, entry = _native.check_framing(records)
+    if rule:
+        raise ValidationError(_FRAMING_ERRORS[rule], entry=None if entry < 0 else entry)
 
 
-def _extras_add_up(extra: bytearray, extra_lens: array[int], xattr_lens: array[int]) -> bool:
-    """Each entry's (content length or -1, digest 0 or 1, xattr count) and the
-    xattr name and value lengths add up to the extra bytes."""
-    content, digest, xattr_count = extra_lens[0::3], extra_lens[1::3], extra_lens[2::3]
-    return (
-        min(content) >= -1
-        and min(digest) >= 0
-        and max(digest) <= 1
-        and min(xattr_count) >= 0
-        and (not xattr_lens or min(xattr_lens) >= 0)
-        and 2 * sum(xattr_count) == len(xattr_lens)
-        and sum(content) + content.count(-1) + DIGEST_BYTES * sum(digest) + sum(xattr_lens)
-        == len(extra)
-    )
-
-
-def _int64(buffer: bytearray) -> array[int]:
-    """The int64 values of ``buffer`` (this machine's byte order)."""
-    values = array("q")
-    values.frombytes(buffer)
-    return values
+#: What each broken rule of :func:`check_records` is called, by its number
+#: (``CFSPY_FRAMING_*`` in csrc/shim.h; 0: none broken).
+_FRAMING_ERRORS = (
+    "",
+    "the path lengths must add up to the paths' bytes",
+    "the data lengths must add up to the data's bytes",
+    "the extra lengths must add up to the extra bytes",
+    "a hardlink's entry is outside the records or out of order",
+    "a hardlink's target must be another entry that is not a hardlink",
+)
 
 
 def _fault(name: str, out_fd: int) -> None:
@@ -581,10 +602,14 @@ def _run(args: Args, times: dict[str, float]) -> int:
         _emit({"lockdown": report, "probe": probe, "native": _native is not None})
         return EXIT_OK
 
+    native_write = args.mode == "write" and args.engine == "native"
     if args.address_space < 0:
-        if args.mode == "write" and args.engine == "native":
+        if native_write:
             times["prefaulted"] = _prefault_heap_until_input()
         args.address_space = LIMIT_HEADER.unpack(_read_exact(LIMIT_HEADER.size, "a limit"))[0]
+    # Mapped now, read after the lockdown (seccomp then maps anonymous
+    # memory only); the parent sent the limit after it sealed the file.
+    mapping = map_records(args.records_fd) if native_write else memoryview(b"")
     report = lockdown(args)
     if args.fault is not None:
         _fault(args.fault, args.fd)
@@ -608,7 +633,9 @@ def _run(args: Args, times: dict[str, float]) -> int:
     if _native is None:
         raise RuntimeError("the compiled module is unavailable: use --engine mkcomposefs")
     limit = report["address_space"]
-    records = read_records(limit if limit >= 0 else sys.maxsize)
+    records = read_records(mapping, limit if limit >= 0 else sys.maxsize)
+    if os.read(0, 1):
+        raise ValidationError("bytes follow the records' limit on stdin")
     times["records"] = time.monotonic()
     digest = _native.write_records(
         records, args.fd, min_version=args.min_version, max_version=args.max_version
@@ -682,6 +709,9 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     if args.mode == "write" and not (args.fd > 2 and stat.S_ISREG(os.fstat(args.fd).st_mode)):
         sys.stderr.write("composefs-py worker: --fd must name an open regular file\n")
+        os._exit(EXIT_FAILED)
+    if args.mode == "write" and args.engine == "native" and not 2 < args.records_fd != args.fd:
+        sys.stderr.write("composefs-py worker: --records-fd must name the records' memfd\n")
         os._exit(EXIT_FAILED)
     try:
         code = _run(args, times)

@@ -4,8 +4,10 @@ A crash, hang or memory bomb inside libcomposefs must not take the caller
 down.  :func:`write_image_sandboxed` starts a fresh ``python -I`` child
 (:mod:`composefs_py._worker`) and, while it starts, makes the (already
 validated) Tree's records: the very buffers the native backend hands
-libcomposefs (``_native._Columns``), sent after a header of their sizes
-(:data:`~composefs_py._worker.RECORDS_HEADER`, see :func:`_records`).  The
+libcomposefs (``_native._Columns``), written after a header of their sizes
+(:data:`~composefs_py._worker.RECORDS_HEADER`, see :func:`_records`) to a
+memfd sealed against any change, which the child maps read-only (no copy
+through a pipe; its stdin gets only its address-space limit).  The
 child checks their framing only (sizes, lengths, indices: C never reads
 past a buffer), not the Tree's rules again, and hands them to the same C
 builder and writer.  Before reading any
@@ -74,8 +76,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._backend import check_versions, find_mkcomposefs
-from ._worker import ADDRESS_SPACE_ON_STDIN, LIMIT_HEADER, RECORDS_HEADER
+from ._backend import check_versions, find_mkcomposefs, write_all
+from ._worker import (
+    ADDRESS_SPACE_ON_STDIN,
+    LIMIT_HEADER,
+    RECORDS_HEADER,
+    RECORDS_SEALS,
+    padded,
+)
 from .dumpfile import parse_dumpfile
 from .errors import BackendUnavailableError, SandboxError, ValidationError
 from .fsverity import FsverityHasher
@@ -185,10 +193,8 @@ def _worker_argv(
 ) -> list[str]:
     """The child's command line; ``input_bytes=None``: the address-space
     limit comes first on its stdin (:data:`~composefs_py._worker.LIMIT_HEADER`),
-    so the child starts before the parent has measured the input."""
-    if limits.address_space is not None:
-        address_space = str(limits.address_space)
-    elif input_bytes is None:
+    so the child starts before the parent has made the input, and waits for it."""
+    if input_bytes is None:
         address_space = ADDRESS_SPACE_ON_STDIN
     else:
         address_space = str(limits.address_space_for(input_bytes))
@@ -537,27 +543,56 @@ def write_image_sandboxed(
     return digest
 
 
-def _child_input(tree: Tree, limits: SandboxLimits, engine: str) -> Iterator[Piece]:
-    """What the writing child reads, made as its stdin takes it: the
-    child's address-space limit unless its argv has one, then the records
-    (native engine, see :func:`_records`) or the Tree's dumpfile
-    (mkcomposefs engine: the rest of stdin is mkcomposefs's)."""
+def _child_input(
+    tree: Tree, limits: SandboxLimits, engine: str, records_fd: int
+) -> Iterator[Piece]:
+    """What the writing child reads on stdin, made as it takes it.
+
+    Native engine: the records (:func:`_records`) go into the memfd
+    ``records_fd``, framed (:func:`_framed`) and sealed, while the child
+    starts; then its stdin gets only its address-space limit, the sign that
+    it may map them.  mkcomposefs engine: the limit, then the Tree's
+    dumpfile (the rest of stdin is mkcomposefs's).
+    """
     if engine == "mkcomposefs":
         from .dumpfile import dump_bytes
 
         text = dump_bytes(tree)
-        if limits.address_space is None:
-            yield LIMIT_HEADER.pack(limits.address_space_for(len(text)))
+        yield LIMIT_HEADER.pack(limits.address_space_for(len(text)))
         yield text
         return
     records = _records(tree)
-    sizes = [len(buffer) for buffer in records]
-    if limits.address_space is None:
-        # The child waits for this number before its lockdown.
-        bound = sum(sizes) + _RECORD_OVERHEAD * len(tree)
-        yield LIMIT_HEADER.pack(limits.address_space_for(bound))
-    yield RECORDS_HEADER.pack(len(tree), *sizes)
-    yield from records
+    pieces = _framed(len(tree), records)
+    del records
+    _write_sealed(records_fd, pieces)
+    # The child maps what it is told: the bound covers the file it maps.
+    size = sum(map(len, pieces))
+    del pieces
+    yield LIMIT_HEADER.pack(limits.address_space_for(size + _RECORD_OVERHEAD * len(tree)))
+
+
+def _framed(count: int, buffers: Sequence[Piece]) -> list[Piece]:
+    """The records file's pieces: :data:`~composefs_py._worker.RECORDS_HEADER`,
+    then each buffer followed by the zeros that pad it to a multiple of 8."""
+    pieces: list[Piece] = [RECORDS_HEADER.pack(count, *map(len, buffers))]
+    for buffer in buffers:
+        pieces.append(buffer)
+        if padded(len(buffer)) != len(buffer):
+            pieces.append(bytes(padded(len(buffer)) - len(buffer)))
+    return pieces
+
+
+def _records_memfd() -> int:
+    """An empty memfd for the records (close-on-exec: passed by pass_fds only)."""
+    return os.memfd_create("composefs-py-records", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def _write_sealed(fd: int, pieces: Iterable[Piece]) -> None:
+    """Write ``pieces`` to the memfd ``fd`` and seal it (RECORDS_SEALS): from
+    then on neither side can change what the child checks and reads."""
+    for piece in pieces:
+        write_all(fd, piece)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RECORDS_SEALS)
 
 
 def _records(tree: Tree) -> list[memoryview]:
@@ -601,15 +636,21 @@ def _write_to_file(
     # The child gets its own number (>= 3) for the same open file: writes
     # through it move this offset too.
     child_fd = os.dup(fd)
+    # The native engine's records go by a sealed memfd (the mkcomposefs
+    # engine's dumpfile by stdin: nothing more reaches the tool).
+    records_fd = _records_memfd() if engine == "native" else -1
+    passed = (child_fd, records_fd) if engine == "native" else (child_fd,)
     try:
-        argv = _worker_argv("write", limits, None, [*extra, f"--fd={child_fd}"])
+        argv = _worker_argv(
+            "write", limits, None, [*extra, f"--fd={child_fd}", f"--records-fd={records_fd}"]
+        )
         try:
             outcome = _run_child(
                 argv,
-                _child_input(tree, limits, engine),
+                _child_input(tree, limits, engine, records_fd),
                 limits.timeout,
                 max_stdout=1 << 16,
-                pass_fds=(child_fd,),
+                pass_fds=passed,
             )
             record, _ = _first_line(outcome.stdout)
             end = os.lseek(fd, 0, os.SEEK_CUR)
@@ -624,6 +665,8 @@ def _write_to_file(
             _truncate(fd, start)
             raise
     finally:
+        if records_fd >= 0:
+            os.close(records_fd)
         os.close(child_fd)
     return actual
 

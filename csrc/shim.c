@@ -13,7 +13,7 @@
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-4"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-5"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif
@@ -202,6 +202,103 @@ static const char *cfspy_cstr_set(struct cfspy_cstr *s, const uint8_t *data, siz
 }
 
 /* Take len bytes from the blob; NULL (errno EINVAL) if it runs out. */
+/* Whether lens[0..n) (each >= lowest; -1 means none) add up to total. */
+static int cfspy_lengths_add_up(size_t n, const int64_t *lens, int64_t lowest, size_t total)
+{
+	size_t left = total, i;
+
+	for (i = 0; i < n; i++) {
+		const int64_t len = lens[i];
+
+		if (len < lowest)
+			return 0;
+		if (len < 0)
+			continue;
+		if ((uint64_t)len > left)
+			return 0;
+		left -= (size_t)len;
+	}
+	return left == 0;
+}
+
+/* Whether node is among the n_links link nodes (ascending) of links. */
+static int cfspy_is_link(const int64_t *links, size_t n_links, int64_t node)
+{
+	size_t low = 0, high = n_links;
+
+	while (low < high) {
+		const size_t mid = low + (high - low) / 2;
+
+		if (links[2 * mid] == node)
+			return 1;
+		if (links[2 * mid] < node)
+			low = mid + 1;
+		else
+			high = mid;
+	}
+	return 0;
+}
+
+int cfspy_check_framing(size_t n, size_t paths_len, const int64_t *path_lens, size_t data_len,
+			const int64_t *data_lens, size_t extra_len, const int64_t *extra_lens,
+			const int64_t *xattr_lens, size_t n_xattr_lens, const int64_t *links,
+			size_t n_links, int64_t *failed_index)
+{
+	size_t left = extra_len, xpos = 0, i, k;
+	int64_t previous = -1;
+
+	*failed_index = -1;
+	if (!cfspy_lengths_add_up(n, path_lens, 0, paths_len))
+		return CFSPY_FRAMING_PATHS;
+	if (!cfspy_lengths_add_up(n, data_lens, -1, data_len))
+		return CFSPY_FRAMING_DATA;
+	for (i = 0; i < n; i++) {
+		const int64_t content = extra_lens[3 * i], digest = extra_lens[3 * i + 1];
+		const int64_t count = extra_lens[3 * i + 2];
+
+		if (content < -1 || digest < 0 || digest > 1 || count < 0 ||
+		    (uint64_t)count > (n_xattr_lens - xpos) / 2)
+			return CFSPY_FRAMING_EXTRA;
+		if (content >= 0) {
+			if ((uint64_t)content > left)
+				return CFSPY_FRAMING_EXTRA;
+			left -= (size_t)content;
+		}
+		if (digest) {
+			if (left < LCFS_DIGEST_SIZE)
+				return CFSPY_FRAMING_EXTRA;
+			left -= LCFS_DIGEST_SIZE;
+		}
+		for (k = 0; k < 2 * (size_t)count; k++) {
+			const int64_t len = xattr_lens[xpos + k];
+
+			if (len < 0 || (uint64_t)len > left)
+				return CFSPY_FRAMING_EXTRA;
+			left -= (size_t)len;
+		}
+		xpos += 2 * (size_t)count;
+	}
+	if (left != 0 || xpos != n_xattr_lens)
+		return CFSPY_FRAMING_EXTRA;
+	for (i = 0; i < n_links; i++) {
+		const int64_t node = links[2 * i];
+
+		if (!(previous < node && node < (int64_t)n))
+			return CFSPY_FRAMING_LINK_ORDER;
+		previous = node;
+	}
+	for (i = 0; i < n_links; i++) {
+		const int64_t node = links[2 * i], target = links[2 * i + 1];
+
+		if (target < 0 || target >= (int64_t)n || target == node ||
+		    cfspy_is_link(links, n_links, target)) {
+			*failed_index = node;
+			return CFSPY_FRAMING_LINK_TARGET;
+		}
+	}
+	return CFSPY_FRAMING_OK;
+}
+
 static const uint8_t *cfspy_take(const uint8_t *blob, size_t blob_len, size_t *pos,
 				 int64_t len)
 {

@@ -39,6 +39,29 @@ void cfspy_gather_rows(size_t n, const int64_t *rows, size_t n_cols, const int64
 void cfspy_gather_bytes(size_t n, const int64_t *rows, const uint8_t *src, const int64_t *starts,
 			const int64_t *lens, uint8_t *dst, int64_t *dst_lens);
 
+/* The framing of the buffers cfspy_build_tree reads, when they come from
+ * another process (the sandbox's records), in one pass each: the path
+ * lengths are >= 0 and add up to paths_len; the data lengths are >= -1 and
+ * those >= 0 add up to data_len; each node's extra lengths (content length
+ * >= -1, digest flag 0 or 1, xattr count >= 0) and the xattr lengths (>= 0,
+ * 2 per xattr, all of them used) add up to extra_len; the links' nodes
+ * ascend, each below n; each link's target is below n, not the link
+ * itself, and not a link.  Returns 0, or the rule broken first
+ * (CFSPY_FRAMING_*) with *failed_index the link's node for the last one.
+ * Reads no buffer past the lengths given. */
+enum {
+	CFSPY_FRAMING_OK = 0,
+	CFSPY_FRAMING_PATHS = 1,
+	CFSPY_FRAMING_DATA = 2,
+	CFSPY_FRAMING_EXTRA = 3,
+	CFSPY_FRAMING_LINK_ORDER = 4,
+	CFSPY_FRAMING_LINK_TARGET = 5
+};
+int cfspy_check_framing(size_t n, size_t paths_len, const int64_t *path_lens, size_t data_len,
+			const int64_t *data_lens, size_t extra_len, const int64_t *extra_lens,
+			const int64_t *xattr_lens, size_t n_xattr_lens, const int64_t *links,
+			size_t n_links, int64_t *failed_index);
+
 /* Build the whole C tree from columns, in one call (no Python code per
  * node); the caller writes it (cfspy_write_to_fd) and unrefs the root.  Nodes come in Tree order (the root first,
  * every directory before its children); node i has:

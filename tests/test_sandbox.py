@@ -10,6 +10,7 @@ never reaches argv).
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import re
@@ -17,7 +18,7 @@ import resource
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,17 @@ from test_upstream_assets import OPT_INS
 
 from composefs_py import _lockdown, read_image, sandbox, write_image
 from composefs_py._columns import INT_FIELDS, tree_from_columns
-from composefs_py._worker import LIMIT_HEADER, RECORD_PARTS, RECORDS_HEADER
+from composefs_py._worker import LIMIT_HEADER, RECORD_PARTS, RECORDS_HEADER, RECORDS_SEALS, padded
 from composefs_py.dumpfile import dump_bytes, parse_dumpfile
 from composefs_py.errors import SandboxError, ValidationError
 from composefs_py.fsverity import fsverity_digest
 from composefs_py.model import Hardlink, Inode, Tree, TreeBuilder
-from composefs_py.sandbox import SandboxLimits, read_image_sandboxed, write_image_sandboxed
+from composefs_py.sandbox import (
+    Piece,
+    SandboxLimits,
+    read_image_sandboxed,
+    write_image_sandboxed,
+)
 
 _native = pytest.importorskip("composefs_py._native")
 
@@ -383,24 +389,55 @@ def test_a_tree_built_in_bulk_makes_the_same_image(tmp_path: Path) -> None:
         assert path.read_bytes() == expected, which
 
 
-def run_writer(pieces: list[bytes], out: tuple[int, Path]) -> dict[str, Any]:
-    """Run the writing child on ``pieces`` (the size bound in its argv); its report."""
+def records_file(pieces: Sequence[bytes], *, seals: int = RECORDS_SEALS) -> int:
+    """A memfd holding ``pieces`` as the child maps them: the first as is
+    (the header), each other one padded with zeros to 8 bytes; then sealed
+    with ``seals``."""
+    fd = sandbox._records_memfd()
+    for at, piece in enumerate(pieces):
+        os.write(fd, piece if at == 0 else piece.ljust(padded(len(piece)), b"\0"))
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def spawn_writer(
+    records: Sequence[bytes] | int,
+    out: tuple[int, Path],
+    stdin: Iterable[bytes] = (),
+    *,
+    limits: SandboxLimits | None = None,
+    input_bytes: int | None = 1 << 20,
+) -> sandbox._Outcome:
+    """Run the writing child on the records file ``records`` (pieces for
+    :func:`records_file`, or an fd it takes over) and ``stdin``; with
+    ``input_bytes`` its limit is in its argv, else stdin must start with it."""
     fd, _ = out
     child_fd = os.dup(fd)
+    records_fd = records if isinstance(records, int) else records_file(records)
     try:
         argv = sandbox._worker_argv(
-            "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
+            "write", limits or SandboxLimits(), input_bytes,
+            ["--engine=native", f"--fd={child_fd}", f"--records-fd={records_fd}"],
+        )  # fmt: skip
+        return sandbox._run_child(
+            argv, stdin, 60, max_stdout=1 << 16, pass_fds=(child_fd, records_fd)
         )
-        outcome = sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
     finally:
+        os.close(records_fd)
         os.close(child_fd)
-    record, _ = sandbox._first_line(outcome.stdout)
+
+
+def run_writer(pieces: Sequence[bytes], out: tuple[int, Path]) -> dict[str, Any]:
+    """Run the writing child on ``pieces`` (the size bound in its argv); its report."""
+    record, _ = sandbox._first_line(spawn_writer(pieces, out).stdout)
     return record
 
 
 def parent_records(tree: Tree) -> list[bytes]:
-    """What the parent sends for ``tree`` (its limit in the argv): header, buffers."""
-    return [bytes(piece) for piece in sandbox._child_input(tree, SandboxLimits(1 << 30), "native")]
+    """What the parent makes for ``tree``: the records' header, then their buffers."""
+    buffers = [bytes(buffer) for buffer in sandbox._records(tree)]
+    return [RECORDS_HEADER.pack(len(tree), *map(len, buffers)), *buffers]
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["nodes", "table"])
@@ -442,6 +479,58 @@ def test_the_records_are_the_native_backends_buffers() -> None:
     ]
 
 
+def _stdin_bytes(tree: Tree, out: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many bytes the writing child gets on its stdin for ``tree``."""
+    sent: list[int] = []
+    run_child = sandbox._run_child
+
+    def counting(argv: list[str], data: Iterable[Piece], *args: Any, **kwargs: Any) -> Any:
+        def pieces() -> Iterator[Piece]:
+            for piece in data:
+                sent.append(len(piece))
+                yield piece
+
+        return run_child(argv, pieces(), *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "_run_child", counting)
+    fd, _ = out
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    write_image_sandboxed(tree, fd)
+    return sum(sent)
+
+
+def test_the_records_reach_the_child_by_a_sealed_memfd_not_its_stdin(
+    out: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The records were copied through the child's stdin pipe (twice the
+    # entries, twice the bytes through it); they are mapped from a sealed
+    # memfd now, and stdin carries the address-space limit only.
+    small = _stdin_bytes(synthetic_tree(10_000), out, monkeypatch)
+    large = _stdin_bytes(synthetic_tree(20_000), out, monkeypatch)
+    assert small == large == LIMIT_HEADER.size
+
+
+def test_the_sandbox_costs_at_most_15_percent_and_100_ms_over_native(tmp_path: Path) -> None:
+    # Whole write_image calls, as a caller sees them (the parent's records,
+    # the child's start and lockdown, its work, the parent's checks of the
+    # output), alternating, medians; 100,000 entries.
+    import statistics
+    import time
+
+    tree = synthetic_tree(100_000)
+    path = tmp_path / "cost.img"
+    seconds: dict[str, list[float]] = {"native": [], "sandbox": []}
+    for run in range(4):
+        for backend in ("native", "sandbox") if run % 2 else ("sandbox", "native"):
+            started = time.perf_counter()
+            write_image(tree, path, backend=backend)
+            if run:  # the first of each pays its warm-up
+                seconds[backend].append(time.perf_counter() - started)
+    native, sandboxed = (statistics.median(seconds[side]) for side in ("native", "sandbox"))
+    assert sandboxed <= 1.15 * native + 0.1, seconds
+
+
 def test_address_space_bound_covers_the_records() -> None:
     builder = TreeBuilder()
     builder.add(b"/", Inode(stat.S_IFDIR | 0o755))
@@ -450,8 +539,13 @@ def test_address_space_bound_covers_the_records() -> None:
     for i in range(200):
         builder.add(b"/%d" % i, Hardlink(target))
     for tree in (small_tree(), synthetic_tree(3000), builder.build()):
-        limit_piece, header, *buffers = sandbox._child_input(tree, SandboxLimits(), "native")
-        made = len(header) + sum(map(len, buffers))
+        records_fd = sandbox._records_memfd()
+        try:
+            (limit_piece,) = sandbox._child_input(tree, SandboxLimits(), "native", records_fd)
+            made = os.fstat(records_fd).st_size
+            assert fcntl.fcntl(records_fd, fcntl.F_GET_SEALS) & RECORDS_SEALS == RECORDS_SEALS
+        finally:
+            os.close(records_fd)
         (limit,) = LIMIT_HEADER.unpack(limit_piece)
         assert SandboxLimits().address_space_for(made) <= limit
         assert limit <= SandboxLimits().address_space_for(made + 160 * len(tree))
@@ -522,8 +616,11 @@ HOSTILE_RECORDS: list[tuple[str, list[bytes], str]] = [
     ("xattr-lens-not-pairs", _records(*_TWO, xattr_lens=bytes(8)), "pairs of links"),
     ("announces-too-much", _announcing(_records(*_TWO), "paths", 1 << 40), "more than"),
     ("header-cut", [_records(*_TWO)[0][:20]], "the records end early"),
+    ("no-header", [b""], "the records end early"),
     ("buffer-cut", _records(*_TWO)[:4], "the records end early"),
     ("trailing-bytes", [*_records(*_TWO), b"x"], "bytes follow the records"),
+    ("header-says-less", _announcing(_records(*_TWO), "paths", 0), "bytes follow the records"),
+    ("header-says-more", _announcing(_records(*_TWO), "data", 4096), "the records end early"),
     ("path-lens-short", _records(*_TWO, paths=b"/a"), "path lengths must add up"),
     ("path-len-negative", _records(*_TWO, path_lens=_lens([4, -1]), paths=b"///"),
      "path lengths must add up"),
@@ -586,18 +683,51 @@ HOSTILE_RECORDS: list[tuple[str, list[bytes], str]] = [
 def test_child_refuses_malformed_records_cleanly(
     pieces: list[bytes], reason: str, out: tuple[int, Path]
 ) -> None:
-    fd, path = out
-    child_fd = os.dup(fd)
-    try:
-        argv = sandbox._worker_argv(
-            "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
-        )
-        with pytest.raises(ValidationError) as caught:
-            sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
-    finally:
-        os.close(child_fd)
+    with pytest.raises(ValidationError) as caught:
+        spawn_writer(pieces, out)
     assert reason in str(caught.value)
-    assert path.stat().st_size == 0
+    assert out[1].stat().st_size == 0
+    assert_child_gone()
+
+
+def _unsealed(seals: int) -> int:
+    return records_file(parent_records(small_tree()), seals=seals)
+
+
+def _regular_file() -> int:
+    fd = os.open("/", os.O_TMPFILE | os.O_RDWR)
+    os.write(fd, b"".join(parent_records(small_tree())))
+    return fd
+
+
+# The records' channel itself: the child maps only a memfd sealed against
+# every change (else what it checked could change under C, or a page of it
+# vanish), and its stdin holds only the limit.
+HOSTILE_CHANNELS: list[tuple[str, Callable[[], int], list[bytes], str]] = [
+    ("not-sealed", lambda: _unsealed(0), [], "not sealed"),
+    ("writable", lambda: _unsealed(RECORDS_SEALS & ~fcntl.F_SEAL_WRITE), [], "not sealed"),
+    ("may-shrink", lambda: _unsealed(RECORDS_SEALS & ~fcntl.F_SEAL_SHRINK), [], "not sealed"),
+    ("may-grow", lambda: _unsealed(RECORDS_SEALS & ~fcntl.F_SEAL_GROW), [], "not sealed"),
+    ("regular-file", _regular_file, [], "not a memfd"),
+    ("stdin-after-limit", lambda: records_file(parent_records(small_tree())),
+     [LIMIT_HEADER.pack(1 << 30), b"x"], "bytes follow the records' limit on stdin"),
+    ("stdin-limit-cut", lambda: records_file(parent_records(small_tree())),
+     [LIMIT_HEADER.pack(1 << 30)[:5]], "the records end early"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make_fd", "stdin", "reason"),
+    [case[1:] for case in HOSTILE_CHANNELS],
+    ids=[case[0] for case in HOSTILE_CHANNELS],
+)
+def test_child_refuses_a_hostile_records_channel(
+    make_fd: Callable[[], int], stdin: list[bytes], reason: str, out: tuple[int, Path]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        spawn_writer(make_fd(), out, stdin, input_bytes=None if stdin else 1 << 20)
+    assert reason in str(caught.value)
+    assert out[1].stat().st_size == 0
     assert_child_gone()
 
 
@@ -634,25 +764,18 @@ def test_child_does_not_check_the_trees_rules_again(
 
 
 def test_a_child_that_stops_reading_ends_the_exchange(out: tuple[int, Path]) -> None:
-    # The parent makes the records ahead while the pipe is full; a child
-    # that refuses the header and exits must not leave it writing or waiting.
-    fd, path = out
-    tree = synthetic_tree(20_000)
+    # The parent makes its stdin pieces ahead while the pipe is full; a
+    # child that refuses its records and exits must not leave it writing or
+    # waiting.
+    def stdin() -> Iterator[bytes]:
+        yield LIMIT_HEADER.pack(1 << 30)
+        for _ in range(256):
+            yield bytes(1 << 20)
 
-    def pieces() -> Iterator[bytes]:
-        yield RECORDS_HEADER.pack(0, *[0] * len(RECORD_PARTS))
-        yield from sandbox._child_input(tree, SandboxLimits(1 << 30), "native")
-
-    child_fd = os.dup(fd)
-    try:
-        argv = sandbox._worker_argv(
-            "write", SandboxLimits(), 1 << 20, ["--engine=native", f"--fd={child_fd}"]
-        )
-        with pytest.raises(ValidationError, match="the records hold no root"):
-            sandbox._run_child(argv, pieces(), 60, max_stdout=1 << 16, pass_fds=(child_fd,))
-    finally:
-        os.close(child_fd)
-    assert path.stat().st_size == 0
+    empty = [RECORDS_HEADER.pack(0, *[0] * len(RECORD_PARTS))]
+    with pytest.raises(ValidationError, match="the records hold no root"):
+        spawn_writer(empty, out, stdin(), input_bytes=None)
+    assert out[1].stat().st_size == 0
     assert_child_gone()
 
 
@@ -754,21 +877,18 @@ def test_default_memory_limit_sent_on_stdin_is_applied(out: tuple[int, Path]) ->
     # Without SandboxLimits.address_space the child learns its limit from
     # the first bytes on its stdin, 512 MiB plus 32 bytes per input byte
     # (bounded above), and reports what the kernel then says it is.
-    fd, path = out
+    _, path = out
     tree = synthetic_tree(3000)
-    child_fd = os.dup(fd)
-    try:
-        argv = sandbox._worker_argv("write", SandboxLimits(), None, [f"--fd={child_fd}"])
-        assert "--address-space=stdin" in argv
-        pieces = list(sandbox._child_input(tree, SandboxLimits(), "native"))
-        outcome = sandbox._run_child(argv, pieces, 60, max_stdout=1 << 16, pass_fds=(child_fd,))
-    finally:
-        os.close(child_fd)
+    records_fd = sandbox._records_memfd()
+    pieces = list(sandbox._child_input(tree, SandboxLimits(), "native", records_fd))
+    made = os.fstat(records_fd).st_size
+    argv_check = sandbox._worker_argv("write", SandboxLimits(), None, [])
+    assert "--address-space=stdin" in argv_check
+    outcome = spawn_writer(records_fd, out, pieces, input_bytes=None)
     record, _ = sandbox._first_line(outcome.stdout)
-    made = sum(map(len, pieces[1:]))
     limit = record["lockdown"]["address_space"]
     assert (512 << 20) + 32 * made <= limit < (512 << 20) + 32 * 4 * made
-    assert pieces[0] == LIMIT_HEADER.pack(limit)
+    assert pieces == [LIMIT_HEADER.pack(limit)]
     assert path.read_bytes() == native_image(tree, path.parent)[0]
 
 
@@ -782,20 +902,15 @@ def test_the_child_touches_its_heap_only_while_it_waits(
     fd, path = out
     limits = SandboxLimits()
 
-    def slow_parent() -> Iterator[bytes]:
+    records_fd = sandbox._records_memfd()
+
+    def slow_parent() -> Iterator[Piece]:
         import time
 
         time.sleep(1.0)
-        yield from sandbox._child_input(tree, limits, "native")
+        yield from sandbox._child_input(tree, limits, "native", records_fd)
 
-    child_fd = os.dup(fd)
-    try:
-        argv = sandbox._worker_argv("write", limits, None, [f"--fd={child_fd}"])
-        outcome = sandbox._run_child(
-            argv, slow_parent(), 60, max_stdout=1 << 16, pass_fds=(child_fd,)
-        )
-    finally:
-        os.close(child_fd)
+    outcome = spawn_writer(records_fd, out, slow_parent(), limits=limits, input_bytes=None)
     record, _ = sandbox._first_line(outcome.stdout)
     assert 0 < record["times"]["prefaulted"] <= 256
     assert path.read_bytes() == native_image(tree, tmp_path)[0]

@@ -1,10 +1,12 @@
 """The sandboxed child's framing checks of the parent's records (``_worker``).
 
-The parent sends the native backend's own buffers (``_native._Columns``);
-the child checks their framing only (:func:`~composefs_py._worker.check_sizes`,
-:func:`~composefs_py._worker.check_records`) and hands them to libcomposefs
-(:func:`~composefs_py._native.write_records`).  Proved here, in this
-process, on the records the parent really makes:
+The parent sends the native backend's own buffers (``_native._Columns``)
+in a sealed memfd; the child maps it and checks the framing only
+(:func:`~composefs_py._worker.read_records`: the header's sizes, then
+:func:`~composefs_py._worker.check_records`) and hands read-only views of
+the mapping to libcomposefs (:func:`~composefs_py._native.write_records`).
+Proved here, in this process, through the same memfd, mapping and checks,
+on the records the parent really makes:
 
 * for any Tree, the records pass the checks and make the very image the
   native backend makes;
@@ -25,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from composefs_py import sandbox
-from composefs_py._worker import RECORD_PARTS, RECORDS_HEADER, check_records, check_sizes
+from composefs_py._worker import RECORD_PARTS, check_sizes, map_records, read_records
 from composefs_py.errors import ValidationError
 from composefs_py.fsverity import fsverity_digest
 from composefs_py.model import Tree
@@ -38,19 +40,18 @@ _LIMIT = 1 << 30
 
 def records_of(tree: Tree) -> tuple[int, list[bytearray]]:
     """The parent's records for ``tree``: the entry count and the buffers."""
-    header, *buffers = sandbox._child_input(tree, sandbox.SandboxLimits(_LIMIT), "native")
-    count, *sizes = RECORDS_HEADER.unpack(header)
-    assert sizes == list(map(len, buffers))
-    return count, [bytearray(buffer) for buffer in buffers]
+    return len(tree), [bytearray(buffer) for buffer in sandbox._records(tree)]
 
 
 def child(count: int, buffers: list[bytearray]) -> tuple[str, bytes]:
-    """What the child does: ("rejected", message) or ("written", image)."""
+    """What the child does with the parent's records file made of these
+    buffers: ("rejected", message) or ("written", image)."""
     with tempfile.TemporaryFile() as out:
         try:
-            check_sizes(count, list(map(len, buffers)), _LIMIT)
-            check_records(buffers)
-            digest = _native.write_records(buffers, out.fileno())
+            fd = sandbox._records_memfd()
+            sandbox._write_sealed(fd, sandbox._framed(count, buffers))
+            records = read_records(map_records(fd), _LIMIT)
+            digest = _native.write_records(records, out.fileno())
         except ValidationError as exc:
             return "rejected", str(exc).encode()
         out.seek(0)
