@@ -71,7 +71,7 @@ import tempfile
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -240,13 +240,15 @@ def _run_child(
     *,
     max_stdout: int,
     pass_fds: tuple[int, ...] = (),
+    follow: Callable[[int], None] | None = None,
 ) -> _Outcome:
     """Run the worker to completion; raise SandboxError for any unclean end.
 
     Feeds ``data`` (bytes, or pieces of bytes made only as the pipe takes
     them: the child starts while the rest is being made) to its stdin and
     collects its stdout (at most ``max_stdout`` bytes: more kills it) and the
-    tail of its stderr, all within ``timeout`` seconds of wall-clock time.
+    tail of its stderr, all within ``timeout`` seconds of wall-clock time;
+    ``follow(pid)`` is called at least every few milliseconds meanwhile.
     Whatever happens, the child's whole process group is killed before this
     returns.
     """
@@ -269,7 +271,7 @@ def _run_child(
     stderr = bytearray()
     try:
         pieces = iter((data,) if isinstance(data, bytes) else data)
-        stdout = _exchange(proc, pieces, timeout, max_stdout, stderr)
+        stdout = _exchange(proc, pieces, timeout, max_stdout, stderr, follow)
     except BaseException:
         _kill_group(proc.pid)
         proc.wait()
@@ -318,6 +320,7 @@ def _exchange(
     timeout: float,
     max_stdout: int,
     stderr: bytearray,
+    follow: Callable[[int], None] | None = None,
 ) -> bytes:
     """Write stdin, read stdout and stderr, wait for the exit; return stdout."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -342,9 +345,12 @@ def _exchange(
                 raise _timed_out(proc, timeout, stderr)
             # While the pipe is full (the child starting, or busy), make the
             # next pieces instead of waiting.
-            ready = selector.select(0 if ahead.can_make() else remaining)
+            wait = remaining if follow is None else min(remaining, _FOLLOW_TICK)
+            ready = selector.select(0 if ahead.can_make() else wait)
             if not ready and ahead.can_make():
                 ahead.make()
+            if follow is not None:
+                follow(proc.pid)
             for key, _ in ready:
                 fd = key.fd
                 if fd == stdin_fd:
@@ -452,8 +458,16 @@ def _first_line(stdout: bytes) -> tuple[dict[str, Any], bytes]:
     return record, rest
 
 
-def _check_image(fd: int, start: int, end: int, min_version: int, max_version: int) -> bytes:
-    """Check the written image's headers; return its fs-verity digest."""
+def _check_image(
+    fd: int,
+    start: int,
+    end: int,
+    min_version: int,
+    max_version: int,
+    follower: _Follower | None = None,
+) -> bytes:
+    """Check the written image's headers; return its fs-verity digest (what
+    ``follower`` hashed while the child wrote, then the rest)."""
     size = end - start
     if size < EROFS_SUPER_OFFSET + _EROFS_SUPER_SIZE:
         raise SandboxError(f"sandboxed child wrote {size} bytes: too short for an image")
@@ -471,15 +485,79 @@ def _check_image(fd: int, start: int, end: int, min_version: int, max_version: i
     (erofs_magic,) = struct.unpack_from("<I", head, EROFS_SUPER_OFFSET)
     if erofs_magic != EROFS_SUPER_MAGIC_V1:
         raise SandboxError("sandboxed child wrote no EROFS superblock")
-    hasher = FsverityHasher()
-    offset = start
-    while offset < end:
-        chunk = os.pread(fd, min(1 << 20, end - offset), offset)
-        if not chunk:
+    return (follower or _Follower(fd, start)).digest(end)
+
+
+#: How often (seconds) the parent looks at how far the child's output is.
+_FOLLOW_TICK = 0.005
+#: The least the child's output grows before the parent hashes more of it.
+_FOLLOW_STEP = 1 << 20
+#: The most the parent hashes at a time while the child runs (the exchange
+#: with the child waits meanwhile).
+_FOLLOW_MAX = 4 << 20
+
+
+class _Follower:
+    """The fs-verity digest of the child's output, hashed as it is written.
+
+    Under the native engine's seccomp policy the child can only append to
+    the output: it has ``write`` at the offset it shares with the parent,
+    and no ``lseek``, ``pwrite``, ``ftruncate``, ``fallocate``, nor a
+    mapping of the file.  A byte before that offset is then final once it
+    is there, so while the child runs the parent hashes up to the offset
+    (:meth:`follow`), and after its exit only the rest (:meth:`digest`).
+    This holds only once the filter is in place: the child writes output
+    only after its lockdown, so at its first output byte its
+    ``/proc/PID/status`` must say ``Seccomp: 2``, else (seccomp unavailable
+    on this kernel) nothing is hashed before the exit.  The mkcomposefs
+    engine may seek: it never follows.
+    """
+
+    __slots__ = ("fd", "hashed", "hasher", "trusted")
+
+    def __init__(self, fd: int, start: int) -> None:
+        self.fd = fd
+        self.hashed = start
+        self.hasher = FsverityHasher()
+        #: None until the child's first output byte, then whether it is filtered.
+        self.trusted: bool | None = None
+
+    def follow(self, pid: int, offset_fd: int) -> None:
+        """Hash more of what lies before the shared offset of ``offset_fd``."""
+        if self.trusted is False:
+            return
+        offset = os.lseek(offset_fd, 0, os.SEEK_CUR)
+        if offset - self.hashed < _FOLLOW_STEP:
+            return
+        if self.trusted is None:
+            self.trusted = _seccomp_filtered(pid)
+            if not self.trusted:
+                return
+        self._feed(min(offset, self.hashed + _FOLLOW_MAX))
+
+    def digest(self, end: int) -> bytes:
+        """The digest of the output up to ``end``, hashing what is left."""
+        if end < self.hashed:
             raise SandboxError("the output file shrank while it was checked")
-        hasher.update(chunk)
-        offset += len(chunk)
-    return hasher.digest()
+        self._feed(end)
+        return self.hasher.digest()
+
+    def _feed(self, end: int) -> None:
+        while self.hashed < end:
+            chunk = os.pread(self.fd, min(1 << 20, end - self.hashed), self.hashed)
+            if not chunk:
+                raise SandboxError("the output file shrank while it was checked")
+            self.hasher.update(chunk)
+            self.hashed += len(chunk)
+
+
+def _seccomp_filtered(pid: int) -> bool:
+    """Whether the process ``pid`` runs under a seccomp filter (mode 2)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            return b"\nSeccomp:\t2\n" in status.read()
+    except OSError:
+        return False
 
 
 def write_image_sandboxed(
@@ -640,7 +718,10 @@ def _write_to_file(
     # engine's dumpfile by stdin: nothing more reaches the tool).
     records_fd = _records_memfd() if engine == "native" else -1
     passed = (child_fd, records_fd) if engine == "native" else (child_fd,)
+    reader = -1
     try:
+        reader = _reader(fd)
+        follower = _Follower(reader, start)
         argv = _worker_argv(
             "write", limits, None, [*extra, f"--fd={child_fd}", f"--records-fd={records_fd}"]
         )
@@ -651,10 +732,11 @@ def _write_to_file(
                 limits.timeout,
                 max_stdout=1 << 16,
                 pass_fds=passed,
+                follow=(lambda pid: follower.follow(pid, fd)) if engine == "native" else None,
             )
             record, _ = _first_line(outcome.stdout)
             end = os.lseek(fd, 0, os.SEEK_CUR)
-            actual = _check_written(fd, start, end, min_version, max_version)
+            actual = _check_image(reader, start, end, min_version, max_version, follower)
             reported = record.get("digest")
             if engine == "native" and reported != actual.hex():
                 raise SandboxError(
@@ -665,26 +747,24 @@ def _write_to_file(
             _truncate(fd, start)
             raise
     finally:
+        if reader not in (-1, fd):
+            os.close(reader)
         if records_fd >= 0:
             os.close(records_fd)
         os.close(child_fd)
     return actual
 
 
-def _check_written(fd: int, start: int, end: int, min_version: int, max_version: int) -> bytes:
-    """:func:`_check_image` on ``fd``, reopened for reading if it is write-only."""
+def _reader(fd: int) -> int:
+    """``fd`` if it can be read, else it reopened for reading (the caller closes that)."""
     if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
-        return _check_image(fd, start, end, min_version, max_version)
+        return fd
     try:
-        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise SandboxError(
             f"cannot check the image: the output fd is write-only and cannot be reopened ({exc})"
         ) from exc
-    try:
-        return _check_image(reader, start, end, min_version, max_version)
-    finally:
-        os.close(reader)
 
 
 def _truncate(fd: int, start: int) -> None:

@@ -511,6 +511,73 @@ def test_the_records_reach_the_child_by_a_sealed_memfd_not_its_stdin(
     assert small == large == LIMIT_HEADER.size
 
 
+def _followers(monkeypatch: pytest.MonkeyPatch) -> list[sandbox._Follower]:
+    """The parent's followers of the child's output, as they are made."""
+    made: list[sandbox._Follower] = []
+    follower = sandbox._Follower
+
+    def recording(fd: int, start: int) -> sandbox._Follower:
+        made.append(follower(fd, start))
+        return made[-1]
+
+    monkeypatch.setattr(sandbox, "_Follower", recording)
+    return made
+
+
+def test_the_parent_hashes_the_output_while_the_child_writes_it(
+    tmp_path: Path, out: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under the native policy the child can only append: what lies before
+    # the shared offset is final, and the parent hashes it while the child
+    # still runs (at its first output byte the child's status shows its
+    # seccomp filter); the digest is that of the whole image all the same.
+    tree = synthetic_tree(40_000)
+    fd, path = out
+    hashed_before_exit: list[int] = []
+    digest = sandbox._Follower.digest
+
+    def final(self: sandbox._Follower, end: int) -> bytes:
+        hashed_before_exit.append(self.hashed)
+        return digest(self, end)
+
+    monkeypatch.setattr(sandbox._Follower, "digest", final)
+    made = _followers(monkeypatch)
+    assert write_image_sandboxed(tree, fd) == native_image(tree, tmp_path)[1]
+    assert [f.trusted for f in made] == [True]
+    assert hashed_before_exit[0] >= sandbox._FOLLOW_STEP
+    assert path.read_bytes() == native_image(tree, tmp_path)[0]
+
+
+def test_without_a_seccomp_filter_the_output_is_hashed_after_the_exit(
+    tmp_path: Path, out: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kernel without seccomp: the child could rewrite what it wrote, so
+    # nothing of it is hashed before the child is gone; nor under the
+    # mkcomposefs engine, whose policy lets the tool seek.
+    monkeypatch.setattr(sandbox, "_seccomp_filtered", lambda pid: False)
+    made = _followers(monkeypatch)
+    tree = synthetic_tree(20_000)
+    fd, _ = out
+    assert write_image_sandboxed(tree, fd) == native_image(tree, tmp_path)[1]
+    assert [f.trusted for f in made] == [False]
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    from composefs_py.writer import find_mkcomposefs
+
+    if find_mkcomposefs() is not None:
+        write_image_sandboxed(tree, fd, _engine="mkcomposefs")
+        assert made[-1].trusted is None
+
+
+def test_the_native_policy_lets_the_child_only_append_to_its_output() -> None:
+    # What the follower relies on: no syscall that writes elsewhere than at
+    # the shared offset, moves it back, shortens the file or maps it.
+    for name in ("lseek", "pwrite64", "pwritev", "pwritev2", "ftruncate", "fallocate",
+                 "copy_file_range", "sendfile", "splice", "io_uring_setup", "remap_file_pages",
+                 "mmap", "dup2", "dup3", "openat", "open"):  # fmt: skip
+        assert name not in _lockdown._BASE_ALLOW, name
+
+
 def test_the_sandbox_costs_at_most_15_percent_and_100_ms_over_native(tmp_path: Path) -> None:
     # Whole write_image calls, as a caller sees them (the parent's records,
     # the child's start and lockdown, its work, the parent's checks of the
