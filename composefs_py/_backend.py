@@ -31,14 +31,10 @@ VERSION_MAX = 1
 #: Environment variable naming the ``mkcomposefs`` executable.
 MKCOMPOSEFS_ENV = "COMPOSEFS_PY_MKCOMPOSEFS"
 
-#: The checkout's own build of the tool (``make deps``), beside the package.
-_BUNDLED_MKCOMPOSEFS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
-    ".deps",
-    "prefix",
-    "bin",
-    "mkcomposefs",
-)
+# os.path, not pathlib, and shutil and subprocess imported where used: the
+# sandboxed child imports this module (through _native) and pays for each.
+_REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_BUNDLED_MKCOMPOSEFS = os.path.join(_REPO, ".deps", "prefix", "bin", "mkcomposefs")
 _STDERR_TAIL = 2000
 _CHUNK = 1 << 20
 

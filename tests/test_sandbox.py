@@ -18,6 +18,7 @@ import resource
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -576,6 +577,20 @@ def test_the_native_policy_lets_the_child_only_append_to_its_output() -> None:
                  "copy_file_range", "sendfile", "splice", "io_uring_setup", "remap_file_pages",
                  "mmap", "dup2", "dup3", "openat", "open"):  # fmt: skip
         assert name not in _lockdown._BASE_ALLOW, name
+
+
+def test_the_child_imports_nothing_it_does_not_use() -> None:
+    # Every child pays for each import before it can take its records; the
+    # parent-side helpers' modules (process spawning, file-tree copying,
+    # path objects) stay out of it.
+    probe = sandbox._BOOTSTRAP.replace(
+        "from composefs_py._worker import main; main(sys.argv[1:])",
+        "import composefs_py._worker; print(' '.join(sorted(sys.modules)))",
+    )
+    argv = [sys.executable, "-I", "-S", "-c", probe, sandbox._import_path(), sandbox._PACKAGE_DIR]
+    loaded = subprocess.run(argv, capture_output=True, check=True, env={}, cwd="/").stdout.split()
+    for name in (b"subprocess", b"shutil", b"pathlib", b"composefs_py.dumpfile"):
+        assert name not in loaded, name
 
 
 def test_the_sandbox_costs_at_most_15_percent_and_100_ms_over_native(tmp_path: Path) -> None:
