@@ -23,8 +23,8 @@ of input, it locks itself down in this order:
 6. seccomp: an allowlist of what the write and read paths need; anything
    else kills the process (SIGSYS).
 
-While it waits for that number (the parent sends it once it has made
-the records), a child that will write natively grows and touches its C
+While it waits for that number (the parent sends it once it has made,
+written and sealed the records), a child that will write natively grows and touches its C
 heap, up to 256 MiB, and stops at the first byte on stdin
 (:func:`_prefault_heap_until_input`; nothing of the input is read): a fresh
 process pays a page fault per new page of libcomposefs's tree, which a
@@ -60,10 +60,14 @@ the parent's pipe: the Tree's dumpfile; stdout the output fd), so
 mkcomposefs runs under every restriction above, inherited across exec,
 without a fork.
 
-Cost: linear in the records' bytes: one mapping of them, a few passes
-of C-speed ``min``/``sum``/``count`` over the length buffers, one Python
-step per hardlink; the address-space limit bounds what is allocated, and
-is checked against the announced sizes before the first buffer is.
+Cost: linear in the records' bytes: one read-only mapping of the file (no
+copy), one pass in C over each length buffer
+(:func:`~composefs_py._native.check_framing`; a binary search among the
+links per hardlink target), no Python step per entry.  The address-space
+limit (RLIMIT_AS, set before the input is read) bounds every allocation
+and the mapping; the header's sizes are checked against it
+(:func:`check_sizes`) and against the file's size (:func:`read_records`)
+before any buffer is taken; RLIMIT_FSIZE bounds the image at each write.
 
 Protocol: stdout carries one JSON line (``{"digest": ..., "lockdown":
 ..., "times": ...}``: the CLOCK_MONOTONIC time at which each step ended);

@@ -37,22 +37,29 @@ re-validates with :func:`~composefs_py.dumpfile.parse_dumpfile`.
 :func:`sandbox_info` runs a child that applies each step, checks it from
 inside and reports which protections are active on this machine.
 
-Cost: linear in the Tree.  The parent makes the records once (what the
-native backend makes anyway) while the child starts; the address-space
-limit it sends first is 512 MiB plus 32 bytes per byte of records plus
-160 per entry (:class:`SandboxLimits`), the child's allocations are
-bounded by it and its announced sizes are checked against it before it
-allocates a buffer.  Measured (2 shared, busy cores, libcomposefs 1.0.8,
-generated TOCs, medians of alternating runs): 100,000 entries native 0.41
-s, sandbox 0.57 s; 400,000 entries sandbox 0.35-0.50 s over native's
-3.1-3.2 s (0.45-0.92 s over while the child did not touch its heap
-ahead).  Over native: the
-child's start (0.08 s: interpreter, imports, lockdown; hidden behind
-making the records from 100,000 entries up), the records through the pipe
-and their checks (0.03 s at 100,000 entries, 0.13 s at 400,000), a fresh
-process's page faults (touched ahead while the child waits for the
-parent, see :mod:`composefs_py._worker`), the parent's digest of the
-image (0.02 s / 0.06 s).
+Cost: linear in the Tree, and bounded before anything is allocated.
+The parent makes the records once (what the native backend makes anyway)
+while the child starts, and writes them once, into the memfd; the child
+maps them (no copy) and checks their framing in C, one pass per length
+buffer.  The address-space limit the parent sends (``SandboxLimits``:
+512 MiB plus 32 bytes per byte of the records file plus 160 per entry,
+or ``address_space``) bounds every allocation of the child, the mapping
+included, and the sizes the records' header announces are checked
+against it, and against the file's size, before a buffer is taken;
+``file_size`` bounds the image (RLIMIT_FSIZE, checked by the kernel at
+each write), ``cpu_seconds`` and ``timeout`` the time, ``max_output``
+what the parent reads back on stdout (checked as each chunk arrives).
+The parent's fs-verity digest of the output is taken as the child writes
+it (:class:`_Follower`), at most 4 MiB per turn of the exchange, so
+after the exit only the tail and the header are left to check.
+
+Measured (2 shared, busy cores, libcomposefs 1.0.8, generated TOCs,
+whole ``write_image`` calls, medians of alternating runs): see the
+commits; what is left over native is the child's start (about 45 ms:
+interpreter, imports, lockdown; made while the parent makes the records),
+a fresh process's page faults (touched ahead while the child waits for
+the parent, see :mod:`composefs_py._worker`) and its exit (10 ms at
+100,000 entries, 35 ms at 400,000).
 """
 
 from __future__ import annotations
