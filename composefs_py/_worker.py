@@ -24,8 +24,10 @@ of input, it locks itself down in this order:
    else kills the process (SIGSYS).
 
 While it waits for that number (the parent sends it once it has made,
-written and sealed the records), a child that will write natively grows and touches its C
-heap, up to 256 MiB, and stops at the first byte on stdin
+written and sealed the records), a child that will write natively grows
+and touches its C heap, up to ``--prefault`` bytes (the parent's estimate
+of what libcomposefs will take, below the limit it will send; default
+256 MiB), and stops at the first byte on stdin
 (:func:`_prefault_heap_until_input`; nothing of the input is read): a fresh
 process pays a page fault per new page of libcomposefs's tree, which a
 process that wrote before does not; this takes that cost off the path
@@ -167,9 +169,9 @@ class Args:
     """The child's command line: ``--name=value`` options (argparse costs
     every child 12 ms of imports)."""
 
-    __slots__ = ("mode", "parent_pid", "fd", "records_fd", "min_version", "max_version", "engine",
-                 "mkcomposefs", "address_space", "cpu_seconds", "file_size", "open_files",
-                 "fault")  # fmt: skip
+    __slots__ = ("mode", "parent_pid", "fd", "records_fd", "prefault", "min_version",
+                 "max_version", "engine", "mkcomposefs", "address_space", "cpu_seconds",
+                 "file_size", "open_files", "fault")  # fmt: skip
     _CHOICES: dict[str, tuple[str, ...]] = {
         "mode": ("write", "read", "info"),
         "engine": ("native", "mkcomposefs"),
@@ -186,6 +188,7 @@ class Args:
     def __init__(self, argv: list[str]) -> None:
         self.fd = -1
         self.records_fd = -1
+        self.prefault = PREFAULT_DEFAULT
         self.min_version = 0
         self.max_version = 1
         self.engine = "native"
@@ -559,19 +562,21 @@ def _check_fds(out_fd: int) -> None:
 #: mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: The most of its C heap the child touches ahead (below the least
-#: address-space limit the parent sends: 512 MiB).
-_PREFAULT_MAX = 256 << 20
+#: Blocks above this size come from mmap, not the heap the child touches.
+_MMAP_THRESHOLD = 256 << 20
+#: The most of its C heap the child touches ahead unless ``--prefault``
+#: says (the parent's estimate of what libcomposefs will take).
+PREFAULT_DEFAULT = 256 << 20
 _PREFAULT_STEP = 4 << 20
 
 
-def _prefault_heap_until_input() -> float:
+def _prefault_heap_until_input(most: int) -> float:
     """Touch fresh C heap pages while the parent still makes the records.
 
     A fresh process pays a page fault per new 4 KiB page; libcomposefs's
     tree and writer take hundreds of MiB.  Until the first byte of stdin
     arrives (nothing of the input is read), the heap grows by 4 MiB blocks,
-    each written once, up to :data:`_PREFAULT_MAX`; then they are freed,
+    each written once, up to ``most`` bytes; then they are freed,
     and with the trim and mmap thresholds raised the heap keeps them for
     what follows.  Returns the MiB touched.
     """
@@ -579,12 +584,12 @@ def _prefault_heap_until_input() -> float:
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallopt(_M_MMAP_THRESHOLD, _PREFAULT_MAX)
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     blocks: list[int] = []
     poller = select.poll()
     poller.register(0, select.POLLIN | select.POLLHUP)
-    while len(blocks) * _PREFAULT_STEP < _PREFAULT_MAX and not poller.poll(0):
+    while len(blocks) * _PREFAULT_STEP < most and not poller.poll(0):
         block = libc.malloc(_PREFAULT_STEP)
         if not block:
             break
@@ -609,7 +614,7 @@ def _run(args: Args, times: dict[str, float]) -> int:
     native_write = args.mode == "write" and args.engine == "native"
     if args.address_space < 0:
         if native_write:
-            times["prefaulted"] = _prefault_heap_until_input()
+            times["prefaulted"] = _prefault_heap_until_input(args.prefault)
         args.address_space = LIMIT_HEADER.unpack(_read_exact(LIMIT_HEADER.size, "a limit"))[0]
     # Mapped now, read after the lockdown (seccomp then maps anonymous
     # memory only); the parent sent the limit after it sealed the file.
