@@ -31,7 +31,6 @@ opts in.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -76,7 +75,6 @@ _BARE_PREFIXES = frozenset((b"user.", b"trusted.", b"security.", b"lustre."))
 #: Nothing else may name a file to open: not ``..``, not an absolute path,
 #: not a digest of another length (``limits.allow_foreign_payloads`` opts out).
 PAYLOAD_SIZE = 65
-_PAYLOAD_NAME = re.compile(rb"[0-9a-f]{2}/[0-9a-f]{62}").fullmatch
 _HEX_AS_0 = bytes.maketrans(b"123456789abcdef", b"0" * 15)
 _PAYLOAD_SHAPE = (b"00/" + b"0" * 62).translate(_HEX_AS_0)
 
@@ -108,7 +106,11 @@ def is_object_name(payload: bytes) -> bool:
     """Whether ``payload`` is an object name of the store, ``ab/`` + 62
     lowercase hex digits: the one definition (the store checks it again
     where it opens a file)."""
-    return _PAYLOAD_NAME(payload) is not None
+    return (
+        payload.__class__ is bytes
+        and len(payload) == PAYLOAD_SIZE
+        and payload.translate(_HEX_AS_0) == _PAYLOAD_SHAPE
+    )
 
 
 def payload_problem(payload: bytes) -> str | None:

@@ -162,29 +162,22 @@ def parse_time(text: str) -> tuple[int, int] | None:
     return seconds, int(frac.ljust(9, "0")) if frac else 0
 
 
-class _TimeParts(dict[str, int]):
-    """A date, ``HH:MM`` or ``SS`` -> its seconds, parsed on first sight."""
+class _Days(dict[str, int]):
+    """A date (``YYYY-MM-DD``) -> the seconds from the epoch to its start, parsed on first sight."""
 
-    def __init__(self, template: str, at: int) -> None:
-        super().__init__()
-        self.template, self.at = template, at
-
-    def parse(self, part: str) -> int:
-        parsed = parse_time(self.template[: self.at] + part + self.template[self.at + len(part) :])
+    def __missing__(self, day: str) -> int:
+        parsed = parse_time(day + "T00:00:00Z")
         if parsed is None:
-            raise ValueError(part)
+            raise KeyError(day)
+        self[day] = parsed[0]
         return parsed[0]
 
-    def __missing__(self, part: str) -> int:
-        self[part] = seconds = self.parse(part)
-        return seconds
 
-
-# The parts of Go's RFC 3339 times, each parsed once per process (a clock has
-# at most 1440 minutes and 60 seconds; the dates are bounded in Batches).
-_DAYS = _TimeParts("1970-01-01T00:00:00Z", 0)
-_MINUTES = _TimeParts("1970-01-01T00:00:00Z", 11)
-_SECONDS = _TimeParts("1970-01-01T00:00:00Z", 17)
+# The parts of Go's RFC 3339 times: each date parsed once per process (bounded
+# in Batches), every clock's minutes and seconds known beforehand.
+_DAYS = _Days()
+_MINUTES = {f"{h:02}:{m:02}": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_SECONDS = {f"{s:02}": s for s in range(60)}
 
 
 def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
@@ -203,7 +196,7 @@ def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
     try:
         days, minutes, seconds = _DAYS, _MINUTES, _SECONDS
         whole = [days[text[:10]] + minutes[text[11:16]] + seconds[text[17:19]] for text in texts]
-    except ValueError:
+    except KeyError:
         return None
     if shape == _NANO_SHAPE * len(texts):
         return whole, list(map(int, map(_NANOSECONDS, texts)))

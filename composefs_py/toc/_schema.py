@@ -13,7 +13,6 @@ present values with ``list.count``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -91,6 +90,8 @@ NULLABLE = frozenset(("userName", "groupName"))
 
 def show(value: object) -> str:
     """``value`` as JSON-ish text for a message, cut to a sane length."""
+    import json  # (error paths only: not loaded by a valid TOC)
+
     if value is True or value is False or value is None:
         return json.dumps(value)
     if isinstance(value, str):
@@ -240,7 +241,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ValueError(f"duplicate key {json.dumps(key)} in an object")
+                raise ValueError(f"duplicate key {show(key)} in an object")
             seen.add(key)
     return result
 
@@ -255,6 +256,8 @@ def strict_json(raw: bytes | str) -> Any:
     Used only where the typed decoder cannot tell: a document whose keys do
     not all count as known ones, and the wording of a refused document.
     """
+    import json
+
     decoder = json.JSONDecoder(
         object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
     )
