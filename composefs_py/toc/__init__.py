@@ -55,6 +55,7 @@ from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT, Tree, TreeBuilder
 from ._rules import (
+    EMPTY_SHA256,
     OPAQUE_XATTR,
     S_IFDIR,
     WH_OPAQUE,
@@ -113,6 +114,8 @@ class _Parse:
     def __init__(self, raw: bytes, limits: Limits, compat: str | None, collect: bool) -> None:
         self.raw, self.limits, self.collect = raw, limits, collect
         self.whiteouts = compat is None
+        self.compat = compat is not None
+        self.value: Any = UNSET  # the document as the json module reads it, once needed
         self.decoder, self.entry_type = entry_decoder(limits.max_file_size)
         self.checked = False  # strict_json has passed on the document
         self.pieces: list[Any] = []  # raw entries (msgspec.Raw), or decoded ones
@@ -120,16 +123,15 @@ class _Parse:
     def run(self) -> Tree:
         raw = self.raw
         if self.collect:
-            strict_json(raw)
-            self.checked = True
+            self.strict()
         try:
             document = document_decoder().decode(raw)
             version, split, pieces = document.version, document.tarSplitDigest, document.entries
             del document
             raw_pieces = True
         except msgspec.DecodeError:
-            value = strict_json(raw)  # says what is wrong with the JSON, if anything
-            self.checked = True
+            self.strict()  # says what is wrong with the JSON, if anything
+            value = self.value
             if value.__class__ is not dict:
                 raise ValidationError(f"the TOC must be a JSON object, got {show(value)}") from None
             version, split = value.get("version", UNSET), value.get("tarSplitDigest", UNSET)
@@ -145,7 +147,9 @@ class _Parse:
             raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
         self.pieces = pieces
         opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
-        batches = Batches(self.limits, self.whiteouts, opaque, self.collect)
+        batches = Batches(self.limits, self.compat, opaque, self.collect)
+        if self.compat and raw.find(b"hardlink") < 0 and raw.find(b"\\u") < 0:
+            batches.raw_names = None  # no hardlink: every link count is 1
         taken = 3 - (version is UNSET) - (split is UNSET)
         for first in range(0, len(pieces), _BATCH):
             taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
@@ -155,8 +159,10 @@ class _Parse:
                 break
         else:
             batches.close_chain(len(pieces))
-        if not self.checked and raw_pieces and key_count(raw) != taken:
+        if (self.compat or not self.checked) and (not raw_pieces or key_count(raw) != taken):
             self.strict()  # a duplicate key, or only unknown ones: the json module says which
+            if self.compat:
+                podman_keys(self.value)
         found = sorted(batches.problems.items())
         if found:
             # a walk adds each entry as it goes: a tree rule an earlier entry breaks
@@ -209,7 +215,7 @@ class _Parse:
 
     def strict(self) -> None:
         if not self.checked:
-            strict_json(self.raw)
+            self.value = strict_json(self.raw)
             self.checked = True
 
     def batch(self, batches: Batches, pieces: list[Any], first: int, raw_pieces: bool) -> int:
@@ -367,10 +373,12 @@ class _Parse:
             batches.links,
             batches.extras,
         )
+        if self.compat:
+            columns.nlink = batches.podman_nlinks()
+            self.podman_order(paths, entries)
         del batches
-        self.pieces_for_names = self.pieces
         tree = tree_from_columns(
-            columns, self.limits, synthesize_parents=True, count_hardlinks=True
+            columns, self.limits, synthesize_parents=True, count_hardlinks=not self.compat
         )
         if tree is not None:
             return tree
@@ -379,7 +387,10 @@ class _Parse:
     def build(self, columns: NodeColumns, entries: list[int | None]) -> Tree:
         """The rows through a TreeBuilder, which says what is wrong with them."""
         builder = TreeBuilder(
-            self.limits, synthesize_parents=True, duplicates="identical", count_hardlinks=True
+            self.limits,
+            synthesize_parents=True,
+            duplicates="identical",
+            count_hardlinks=not self.compat,
         )
         problems: list[ValidationError] = []
         for (path, node), index in zip(columns.nodes(), entries, strict=True):
@@ -404,6 +415,84 @@ class _Parse:
         except ValidationError as error:
             raise self.located(error, None) from None
 
+    def podman_order(self, paths: list[bytes], entries: list[int | None]) -> None:
+        """Refuse what containers/storage's GenerateDump refuses about the order of entries.
+
+        It makes up each missing parent directory (0755, root's, no time) when
+        an entry inside it comes, and compares every later entry for that path
+        with what it holds (``reflect.DeepEqual`` of the whole entry): a
+        directory given after an entry inside it, or a repeat that differs,
+        fails.  Proven with a dict of first rows and one pass per level of
+        made-up parents; only the paths it finds are decoded again.
+        """
+        n = len(paths)
+        first = dict(zip(reversed(paths), range(n - 1, -1, -1), strict=True))
+        after: set[bytes] = set()  # paths whose first entry comes after one inside them
+        rows = [row for row in range(n) if paths[row] != ROOT]
+        up = [paths[row] for row in rows]
+        while rows:
+            parents = [path[: path.rfind(b"/")] or ROOT for path in up]
+            at = list(map(first.get, parents))
+            after.update(
+                p for p, a, row in zip(parents, at, rows, strict=True) if a is not None and a > row
+            )
+            going = [
+                i
+                for i, (p, a) in enumerate(zip(parents, at, strict=True))
+                if a is None and p != ROOT
+            ]
+            rows = [rows[i] for i in going]
+            up = [parents[i] for i in going]
+        repeated: set[bytes] = set()
+        if len(first) != n:
+            seen: set[bytes] = set()
+            repeated = {path for path in paths if path in seen or seen.add(path)}  # type: ignore[func-returns-value]
+        if not after and not repeated:
+            return
+        problems = []
+        held: dict[bytes, tuple[int | None, tuple[Any, ...]]] = {
+            path: (None, self.podman_view({"type": "dir", "name": path.decode(), "mode": 0o755}))
+            for path in after
+        }
+        for row, path in enumerate(paths):
+            if path not in after and path not in repeated:
+                continue
+            index = entries[row]
+            assert index is not None
+            view = self.podman_view(self.pieces[index])
+            known = held.setdefault(path, (index, view))
+            if known[1] != view:
+                reason = (
+                    "a directory after entries inside it must equal the one containers/storage "
+                    "makes up for it (dir 0755, uid/gid 0, no time, no other field)"
+                    if known[0] is None
+                    else f"path repeats entry {known[0]} with different data "
+                    "(containers/storage compares the whole entries)"
+                )
+                problems.append(self.located(ValidationError(reason, field="name"), index))
+        if problems:
+            problems.sort(key=lambda error: error.entry or 0)
+            raise _combined(problems if self.collect else problems[:1])
+
+    def podman_view(self, piece: Any) -> tuple[Any, ...]:
+        """An entry as containers/storage's FileMetadata holds it (absent: Go's zero value)."""
+        if piece.__class__ is dict:
+            entry = msgspec.convert([piece], list[self.entry_type])[0]  # type: ignore[name-defined]
+        else:
+            entry = self.decoder.decode(b"[" + bytes(piece) + b"]")[0]
+        view: list[Any] = []
+        for field in PODMAN_FIELDS:
+            value = getattr(entry, field)
+            if value is UNSET or value == -1:
+                value = None if field in ("modtime", "accesstime", "changetime", "xattrs") else 0
+            view.append(value)
+        if entry.type == "reg" and not entry.size > 0 and entry.digest in (UNSET, ""):
+            view[PODMAN_FIELDS.index("digest")] = EMPTY_SHA256
+        return tuple(
+            "" if value == 0 and field in _PODMAN_STRINGS else value
+            for field, value in zip(PODMAN_FIELDS, view, strict=True)
+        )
+
     def located(self, error: ValidationError, index: int | None) -> ValidationError:
         """A TreeBuilder's ``error`` located by the entry's name as given."""
         where = error.entry if error.entry is not None else index
@@ -414,6 +503,46 @@ class _Parse:
             path=name if isinstance(name, str) else error.path,
             field="name" if error.field == "path" else error.field,
         )
+
+
+#: The fields of containers/storage's FileMetadata (the rest of an entry it ignores).
+PODMAN_FIELDS = (
+    "type", "name", "linkName", "mode", "size", "uid", "gid", "modtime", "accesstime",
+    "changetime", "devMajor", "devMinor", "xattrs", "digest", "offset", "endOffset",
+    "chunkSize", "chunkOffset", "chunkDigest", "chunkType",
+)  # fmt: skip
+_PODMAN_STRINGS = frozenset(("linkName", "digest", "chunkDigest", "chunkType"))
+_PODMAN_KEYS = {
+    key.lower(): key for key in (*PODMAN_FIELDS, "version", "entries", "tarSplitDigest")
+}
+
+
+def podman_keys(document: object) -> None:
+    """Refuse the keys containers/storage reads otherwise: an empty key (it stops reading
+    the object there) and a known key in another case (it matches keys case-insensitively)."""
+    if document.__class__ is not dict:
+        return
+    assert isinstance(document, dict)
+    objects: list[tuple[int | None, Any]] = [(None, document)]
+    entries = document.get("entries")
+    if entries.__class__ is list:
+        objects += [(i, e) for i, e in enumerate(entries) if e.__class__ is dict]
+    for index, value in objects:
+        for key in value:
+            known = _PODMAN_KEYS.get(key.lower())
+            if key == "" or (known is not None and known != key):
+                name = value.get("name") if index is not None else None
+                what = (
+                    "an empty key"
+                    if key == ""
+                    else f"key {show(key)} must be spelled {show(known)}"
+                )
+                raise ValidationError(
+                    f"{what}: containers/storage reads keys case-insensitively and stops at an "
+                    "empty one",
+                    entry=index,
+                    path=name if isinstance(name, str) else None,
+                )
 
 
 def _combined(found: list[ValidationError]) -> ValidationError:

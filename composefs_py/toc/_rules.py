@@ -128,17 +128,23 @@ def all_digests(texts: list[Any]) -> bool:
     )
 
 
-def parse_time(text: str) -> tuple[int, int] | None:
-    """An RFC 3339 date-time as (seconds since the epoch, nanoseconds); None: not one."""
+def parse_time(text: str, go: bool = False) -> tuple[int, int] | None:
+    """An RFC 3339 date-time as (seconds since the epoch, nanoseconds); None: not one.
+
+    ``go`` (compat mode): as Go's ``time.Parse(time.RFC3339, ...)`` reads one on
+    its exact path: ``T`` and ``Z`` upper case, a fraction of any length
+    (digits past the ninth dropped).
+    """
     if not _RFC3339:
-        _RFC3339.append(
-            re.compile(
-                r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
-                r"(?:[Zz]|([+-])(\d\d):(\d\d))",
-                re.ASCII,
+        for t, z, fraction in (("[Tt]", "[Zz]", r"(\d{1,9})"), ("T", "Z", r"(\d{1,9})\d*")):
+            _RFC3339.append(
+                re.compile(
+                    rf"(\d{{4}})-(\d\d)-(\d\d){t}(\d\d):(\d\d):(\d\d)(?:\.{fraction})?"
+                    rf"(?:{z}|([+-])(\d\d):(\d\d))",
+                    re.ASCII,
+                )
             )
-        )
-    match = _RFC3339[0].fullmatch(text)
+    match = _RFC3339[go].fullmatch(text)
     if match is None:
         return None
     year, month, day, hour, minute, second = map(int, match.groups()[:6])
@@ -204,8 +210,13 @@ def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
     return whole, [int(text[20:-1] or "0") * scale[len(text) - 21] for text in texts]
 
 
-def clean_name(name: str, limits: Limits) -> bytes:
-    """A tar-style relative name as a clean absolute path (raises ValueError: why not)."""
+def clean_name(name: str, limits: Limits, dotdot: bool = False) -> bytes:
+    """A tar-style relative name as a clean absolute path (raises ValueError: why not).
+
+    ``dotdot`` (compat mode): a ``..`` part removes the part before it, as
+    containers/storage's ``filepath.Clean("/" + name)`` does; one that would
+    climb above the root is refused (Go would clamp it at ``/``).
+    """
     try:
         raw = name.encode("utf-8")
     except UnicodeEncodeError:
@@ -214,7 +225,17 @@ def clean_name(name: str, limits: Limits) -> bytes:
         raise ValueError("must not contain NUL")
     parts = [part for part in raw.split(b"/") if part and part != b"."]
     if b".." in parts:
-        raise ValueError("must not contain a '..' component")
+        if not dotdot:
+            raise ValueError("must not contain a '..' component")
+        kept: list[bytes] = []
+        for part in parts:
+            if part != b"..":
+                kept.append(part)
+            elif not kept:
+                raise ValueError("must not climb above the root with '..'")
+            else:
+                kept.pop()
+        parts = kept
     if not parts:
         return ROOT
     path = b"/" + b"/".join(parts)
@@ -293,8 +314,13 @@ class Batches:
     with :meth:`bad`.
     """
 
-    def __init__(self, limits: Limits, whiteouts: bool, opaque: set[bytes], collect: bool) -> None:
-        self.limits, self.whiteouts, self.collect, self.opaque = limits, whiteouts, collect, opaque
+    def __init__(self, limits: Limits, compat: bool, opaque: set[bytes], collect: bool) -> None:
+        self.limits, self.compat, self.collect, self.opaque = limits, compat, collect, opaque
+        self.whiteouts = not compat
+        # compat: the linkName of each hardlink (as given) and the names as given of the
+        # rows (kept only when the TOC has hardlinks): containers/storage's link counts
+        self.link_counts: dict[str, int] = {}
+        self.raw_names: list[str] | None = [] if compat else None
         self.opaque_done: set[bytes] = set()
         self.problems: dict[int, tuple[float, ValidationError]] = {}
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
@@ -350,6 +376,12 @@ class Batches:
                         bad(row, R_MODE, "mode", reason)
         sizes = col["size"]
         sized = list(map(lt, repeat(0), sizes))
+        if self.compat and any(compress(sized, other)):
+            # containers/storage's size on another kind changes nothing: dropped
+            drop = list(map(and_, sized, other))
+            sizes = [NO_INT if no else size for size, no in zip(sizes, drop, strict=True)]
+            col["size"] = sizes
+            sized = list(map(lt, repeat(0), sizes))
         for row in compress(range(n), map(and_, sized, other)):
             bad(row, R_SIZE, "size", f"only regular files have a size, not a {types[row]}")
         mtimes = self.times()
@@ -358,6 +390,8 @@ class Batches:
         rdevs = {
             row: self.device(row, majors[row], minors[row]) for row in compress(range(n), devices)
         }
+        if self.compat and rdevs:  # elsewhere the numbers change nothing
+            rdevs = {row: rdev for row, rdev in rdevs.items() if types[row] in ("char", "block")}
         xattrs = col["xattrs"]
         pairs = {
             row: self.xattr_pairs(row, xattrs[row])
@@ -426,7 +460,7 @@ class Batches:
         odd.discard(n)
         for row in sorted(odd):
             try:
-                paths[row] = clean_name(names[row], limits)
+                paths[row] = clean_name(names[row], limits, self.compat)
             except ValueError as err:
                 paths[row] = None
                 self.bad(row, R_NAME, "name", str(err))
@@ -441,7 +475,7 @@ class Batches:
         if parsed is None:
             parsed = ([], [])
             for row, text in enumerate(texts):
-                one = parse_time(text)
+                one = parse_time(text, self.compat)
                 if one is None:
                     self.bad(row, R_TIME, "modtime", time_problem(text))
                     one = (0, 0)
@@ -454,13 +488,17 @@ class Batches:
                 extra = list(set(other).difference(seen) - {UNSET})
                 if extra and go_times(extra) is None:
                     for row, text in enumerate(other):
-                        if text is not UNSET and text not in seen and parse_time(text) is None:
+                        if (
+                            text is not UNSET
+                            and text not in seen
+                            and parse_time(text, self.compat) is None
+                        ):
                             self.bad(row, R_TIME, field, time_problem(text))
         return parsed
 
     def device(self, row: int, major: int, minor: int) -> int:
         major, minor, typ = max(major, 0), max(minor, 0), self.types[row]
-        if (major or minor) and typ != "char" and typ != "block":
+        if (major or minor) and typ != "char" and typ != "block" and not self.compat:
             reason = f"only char and block devices have device numbers, not a {typ}"
             self.bad(row, R_DEVICE, "devMajor" if major else "devMinor", reason)
         return _make_dev(major, minor)
@@ -487,14 +525,19 @@ class Batches:
 
     def digest(self, row: int, typ: str, size: int, digest: Any) -> None:
         reason = None
-        if digest is UNSET:
+        if self.compat and digest is not UNSET and typ != "reg" and typ != "chunk":
+            # containers/storage reads a link's target instead, and parses the digest of
+            # the other kinds; either way it names no payload
+            if typ != "symlink" and typ != "hardlink" and not is_digest(digest):
+                reason = digest_problem(digest)
+        elif digest is UNSET:
             if size > 0 and typ != "chunk":
                 reason = "required for a regular file with data"
         elif not is_digest(digest):
             reason = digest_problem(digest)
         elif typ != "reg" and typ != "chunk":
             reason = f"only regular files have one, not a {typ}"
-        elif size <= 0 and typ == "reg" and digest != EMPTY_SHA256:
+        elif size <= 0 and typ == "reg" and digest != EMPTY_SHA256 and not self.compat:
             reason = "an empty file's digest must be the sha256 of nothing"
         if reason is not None:
             self.bad(row, R_DIGEST, "digest", reason)
@@ -551,14 +594,16 @@ class Batches:
                 if not link:
                     reason = "a hardlink needs the name of its target"
                 else:
+                    if self.compat:
+                        self.link_counts[link] = self.link_counts.get(link, 0) + 1
                     try:
-                        links[row] = clean_name(link, limits)
+                        links[row] = clean_name(link, limits, self.compat)
                     except ValueError as err:
                         reason = str(err)
                     else:
                         if links[row] == self.paths[row]:
                             reason = "a hardlink cannot link to itself"
-            elif link and typ != "chunk":
+            elif link and (typ != "chunk" or self.compat):
                 reason = f"only symlinks and hardlinks have one, not a {typ}"
             if reason is not None:
                 self.bad(row, R_LINK, "linkName", reason)
@@ -737,6 +782,8 @@ class Batches:
         for column, kept in zip(self.rows, columns, strict=True):
             column += kept
         self.entry += entries
+        if self.raw_names is not None:
+            self.raw_names += compress(self.names, keep)
         if found:
             at = list(accumulate(keep))  # a kept row's place among the kept rows, plus 1
             for row, (rdev, more) in found.items():
@@ -762,7 +809,11 @@ class Batches:
         """
         typ, path, rdev = self.types[row], values[0], rdev or None
         uid, gid, mtime, nsec = values[2:6]
-        if typ == "reg" and ((values[6] == 1 and path in LANDMARKS) or path == STARGZ_INDEX):
+        if (
+            self.whiteouts
+            and typ == "reg"
+            and ((values[6] == 1 and path in LANDMARKS) or path == STARGZ_INDEX)
+        ):
             self.same_as_before(row, (typ, *values[1:], xattrs))
             return None
         if typ == "dir" and path in self.opaque:
@@ -803,6 +854,26 @@ class Batches:
             values[:8] = [target, S_IFCHR, uid, gid, mtime, nsec, 0, None]
             return None, ()
         return None  # an opaque marker is applied to the directory itself
+
+    def podman_nlinks(self) -> list[int] | None:
+        """Each row's link count as containers/storage's GenerateDump gives it (None: all 1).
+
+        It counts the hardlinks by their ``linkName`` as given, and gives an entry
+        one link more for each that spells its ``name`` or its own ``linkName``
+        (a symlink's target) the same way: a target spelled ``./a`` by the
+        hardlinks and ``a`` by itself keeps one link.
+        """
+        counts, names = self.link_counts, self.raw_names
+        if not counts or names is None:
+            return None
+        nlink = [1] * len(names)
+        for row in compress(range(len(names)), map(counts.__contains__, names)):
+            nlink[row] += counts[names[row]]
+        modes, data = self.rows[1], self.rows[7]
+        symlinks = map(eq, map(and_, modes, repeat(S_IFMT)), repeat(S_IFLNK))
+        for row in compress(range(len(modes)), symlinks):
+            nlink[row] += counts.get(data[row].decode(), 0)
+        return nlink
 
     def same_as_before(self, row: int, seen: object) -> bool:
         """An entry that makes no node at its own path: a repeat of it must agree."""
