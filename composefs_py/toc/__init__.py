@@ -31,20 +31,51 @@ Whiteouts (default): ``.wh.NAME`` becomes a character device 0/0 named NAME
 (permission bits 0, the entry's owner and mtime); ``.wh..wh..opq`` sets
 ``trusted.overlay.opaque=y`` on its directory; other ``.wh..wh.*`` (aufs) are
 skipped; a whiteout inside an opaque directory is dropped.
-``compat="containers-storage"`` keeps ``.wh.*`` entries as plain files, as
-containers/storage does.  ``chunk`` entries are checked, then dropped.
+``chunk`` entries are checked, then dropped.
+
+``compat="containers-storage"``: the image podman's own path makes
+(containers/storage's ``unmarshalToc`` + ``GenerateDump``, then ``mkcomposefs
+--from-file``) for every TOC that path and this mode both take, and a refusal
+where that path refuses (``tests/test_compat_peer.py`` checks both against the
+peer).  It keeps ``.wh.*`` and landmark entries as plain files; cleans ``..``
+parts that stay inside the root (``clean_name``; one climbing above it is
+refused: Go clamps it at ``/``, tar refuses it); gives each entry
+GenerateDump's link count, hardlinks counted by ``linkName`` as spelled
+(``Batches.podman_nlinks``); drops sizes on non-regular entries, device
+numbers on non-devices and digests on empty files and other kinds (none
+changes podman's image); reads times as Go's RFC 3339 path does
+(``parse_time(go=True)``); refuses a directory given after entries inside it
+unless it equals the one containers/storage makes up, and a repeat whose
+whole entry differs (``podman_order``), a known key in another case or an
+empty key (``podman_keys``), a linkName on a chunk, and xattrs longer than a
+dumpfile line mkcomposefs reads (``dump_xattrs_bytes``).  The differences
+kept on purpose are listed in the README's compat paragraph and the test's
+``DIFFERENCES``.
 
 Cost: linear in the document.  ``max_input_bytes`` is checked before a file
 is read whole, ``max_json_depth`` by a C-speed pre-scan before any decoder
 runs, ``max_entries`` on the entry count before any entry is decoded;
 entries are decoded 8192 at a time (the decoded ones never pile up), and
 every tree limit is model.py's, checked before the nodes it bounds are made.
+compat adds: a dict of each path's first row, a C-level pass over the
+parents, and a walk up from each entry whose parent is made up that stops
+at the first path seen before (each made-up path sliced once, as the model
+makes each once, within ``max_entries`` and ``max_total_path_bytes``);
+entries decoded again only
+for the paths that repeat or come after entries inside them (each once); one
+lookup per distinct hardlink ``linkName``, and a pass over the rows only when
+the link counts differ from one per hardlink; the dumpfile length of an
+entry's xattrs only when four times their bytes could pass 65535.  The key
+check reads the document the json module already decoded, only when the key
+count says a key was not taken.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from itertools import compress, repeat
+from operator import eq, gt, ne
 from typing import Any
 
 import msgspec
@@ -115,6 +146,7 @@ class _Parse:
         self.raw, self.limits, self.collect = raw, limits, collect
         self.whiteouts = compat is None
         self.compat = compat is not None
+        self.count_links = True  # one link more per hardlink to a target (compat: see tree)
         self.value: Any = UNSET  # the document as the json module reads it, once needed
         self.decoder, self.entry_type = entry_decoder(limits.max_file_size)
         self.checked = False  # strict_json has passed on the document
@@ -148,8 +180,6 @@ class _Parse:
         self.pieces = pieces
         opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
         batches = Batches(self.limits, self.compat, opaque, self.collect)
-        if self.compat and raw.find(b"hardlink") < 0 and raw.find(b"\\u") < 0:
-            batches.raw_names = None  # no hardlink: every link count is 1
         taken = 3 - (version is UNSET) - (split is UNSET)
         for first in range(0, len(pieces), _BATCH):
             taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
@@ -374,11 +404,11 @@ class _Parse:
             batches.extras,
         )
         if self.compat:
-            columns.nlink = batches.podman_nlinks()
-            self.podman_order(paths, entries)
+            columns.nlink = batches.podman_nlinks(self.podman_order(paths, entries))
+            self.count_links = columns.nlink is None
         del batches
         tree = tree_from_columns(
-            columns, self.limits, synthesize_parents=True, count_hardlinks=not self.compat
+            columns, self.limits, synthesize_parents=True, count_hardlinks=self.count_links
         )
         if tree is not None:
             return tree
@@ -390,7 +420,7 @@ class _Parse:
             self.limits,
             synthesize_parents=True,
             duplicates="identical",
-            count_hardlinks=not self.compat,
+            count_hardlinks=self.count_links,
         )
         problems: list[ValidationError] = []
         for (path, node), index in zip(columns.nodes(), entries, strict=True):
@@ -415,40 +445,47 @@ class _Parse:
         except ValidationError as error:
             raise self.located(error, None) from None
 
-    def podman_order(self, paths: list[bytes], entries: list[int | None]) -> None:
+    def podman_order(self, paths: list[bytes], entries: list[int | None]) -> dict[bytes, int]:
         """Refuse what containers/storage's GenerateDump refuses about the order of entries.
 
         It makes up each missing parent directory (0755, root's, no time) when
         an entry inside it comes, and compares every later entry for that path
         with what it holds (``reflect.DeepEqual`` of the whole entry): a
         directory given after an entry inside it, or a repeat that differs,
-        fails.  Proven with a dict of first rows and one pass per level of
-        made-up parents; only the paths it finds are decoded again.
+        fails.  Proven with a dict of first rows, a C-level pass over the
+        parents, and a walk up from the entries whose parent is made up; only
+        the paths it finds are decoded again.
         """
         n = len(paths)
-        first = dict(zip(reversed(paths), range(n - 1, -1, -1), strict=True))
-        after: set[bytes] = set()  # paths whose first entry comes after one inside them
-        rows = [row for row in range(n) if paths[row] != ROOT]
-        up = [paths[row] for row in rows]
-        while rows:
-            parents = [path[: path.rfind(b"/")] or ROOT for path in up]
-            at = list(map(first.get, parents))
-            after.update(
-                p for p, a, row in zip(parents, at, rows, strict=True) if a is not None and a > row
-            )
-            going = [
-                i
-                for i, (p, a) in enumerate(zip(parents, at, strict=True))
-                if a is None and p != ROOT
-            ]
-            rows = [rows[i] for i in going]
-            up = [parents[i] for i in going]
+        first = dict(zip(paths, range(n), strict=True))
         repeated: set[bytes] = set()
         if len(first) != n:
+            first = dict(zip(reversed(paths), range(n - 1, -1, -1), strict=True))
             seen: set[bytes] = set()
             repeated = {path for path in paths if path in seen or seen.add(path)}  # type: ignore[func-returns-value]
+        first[b""] = first.get(ROOT, -2)  # the root, as the parent part of "/name"
+        after: set[bytes] = set()  # paths whose first entry comes after one inside them
+        rows: Any = range(n)
+        up = paths
+        if ROOT in first:
+            rows = list(compress(range(n), map(ne, paths, repeat(ROOT))))
+            up = list(map(paths.__getitem__, rows))
+        parents = [path[: path.rfind(b"/")] for path in up]
+        at = list(map(first.get, parents, repeat(-1)))
+        if any(map(gt, at, rows)):
+            after.update(p or ROOT for p, a, row in zip(parents, at, rows, strict=True) if a > row)
+        # below a made-up parent: walked in document order, each made-up path once
+        # (as GenerateDump's map of added paths), as the model makes each once
+        made: set[bytes] = set()
+        for i in compress(range(len(at)), map(eq, at, repeat(-1))):
+            row, parent = rows[i], parents[i]
+            while parent not in made and parent not in first:
+                made.add(parent)
+                parent = parent[: parent.rfind(b"/")]
+            if first.get(parent, -1) > row:
+                after.add(parent or ROOT)
         if not after and not repeated:
-            return
+            return first
         problems = []
         held: dict[bytes, tuple[int | None, tuple[Any, ...]]] = {
             path: (None, self.podman_view({"type": "dir", "name": path.decode(), "mode": 0o755}))
@@ -473,6 +510,7 @@ class _Parse:
         if problems:
             problems.sort(key=lambda error: error.entry or 0)
             raise _combined(problems if self.collect else problems[:1])
+        return first
 
     def podman_view(self, piece: Any) -> tuple[Any, ...]:
         """An entry as containers/storage's FileMetadata holds it (absent: Go's zero value)."""

@@ -252,6 +252,25 @@ _ODD_NAME = re.compile(r"\x00(?=[/\x00]|\.\.?[/\x00])|//|/\.\.?(?=[/\x00])")
 _ODD_HINTS = ("//", "\0/", "\0\0", "\0.", "/./", "/.\0", "/../", "/..\0")
 
 
+# containers/storage's dump escapes an xattr's name and value: 4 bytes for "=" and
+# each byte that is not graphic ASCII, 2 for a backslash, newline, return, tab;
+# mkcomposefs refuses a line whose xattrs take more than 65535 bytes
+DUMP_XATTRS_MAX = 0xFFFF
+_ESCAPED_4 = bytes(set(range(33)) - set(b"\t\n\r") | set(range(127, 256)) | {ord("=")})
+_ESCAPED_2 = b"\\\t\n\r"
+
+
+def dump_xattrs_bytes(xattrs: tuple[tuple[bytes, bytes], ...]) -> int:
+    """The bytes the xattrs take on a dumpfile line containers/storage writes."""
+    joined = b"\0".join(part for pair in xattrs for part in pair)
+    fours = len(joined) - len(joined.translate(None, _ESCAPED_4))
+    twos = len(joined) - len(joined.translate(None, _ESCAPED_2))
+    separators = len(xattrs)  # "=" after each name, " " between pairs (one fewer)
+    # each joining NUL counted as a 4-byte escape: take them back out
+    nuls = max(len(xattrs) * 2 - 1, 0)
+    return len(joined) - nuls + 3 * (fours - nuls) + twos + separators + len(xattrs) - 1
+
+
 def _make_dev(major: int, minor: int) -> int:
     """glibc's ``makedev`` (the encoding libcomposefs stores)."""
     return ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
@@ -317,10 +336,11 @@ class Batches:
     def __init__(self, limits: Limits, compat: bool, opaque: set[bytes], collect: bool) -> None:
         self.limits, self.compat, self.collect, self.opaque = limits, compat, collect, opaque
         self.whiteouts = not compat
-        # compat: the linkName of each hardlink (as given) and the names as given of the
-        # rows (kept only when the TOC has hardlinks): containers/storage's link counts
+        # compat: the hardlinks by linkName as given, and the names as given that are
+        # not their path without the leading "/" (by row): containers/storage's link counts
         self.link_counts: dict[str, int] = {}
-        self.raw_names: list[str] | None = [] if compat else None
+        self.odd_names: dict[int, str] = {}
+        self.odd_rows: set[int] = set()
         self.opaque_done: set[bytes] = set()
         self.problems: dict[int, tuple[float, ValidationError]] = {}
         self.bookkeeping: dict[bytes, tuple[int, object]] = {}
@@ -458,6 +478,11 @@ class Batches:
                     starts = list(accumulate([len(name) + 1 for name in names], initial=0))
                     odd.update(bisect_right(starts, at) - 1 for at in found)
         odd.discard(n)
+        if self.compat:  # and a trailing "/" (not in the path), but on a directory
+            slashed = map(str.endswith, names, repeat("/"))
+            self.odd_rows = odd.union(
+                compress(range(n), map(and_, slashed, map("dir".__ne__, self.types)))
+            )
         for row in sorted(odd):
             try:
                 paths[row] = clean_name(names[row], limits, self.compat)
@@ -514,6 +539,18 @@ class Batches:
                 return ()
             pairs.append(problem)
         result = tuple(sorted(pairs))
+        bound = 4 * sum(len(name) + len(data) for name, data in result) + 2 * len(result)
+        if self.compat and bound > DUMP_XATTRS_MAX:
+            shown = dump_xattrs_bytes(result)
+            if shown > DUMP_XATTRS_MAX:
+                self.bad(
+                    row,
+                    R_XATTRS,
+                    "xattrs",
+                    f"take {shown} bytes of a dumpfile line, more than "
+                    f"the {DUMP_XATTRS_MAX} mkcomposefs reads from containers/storage's dump",
+                )
+                return ()
         space = Limits.xattr_space(result)
         if space > limits.max_xattr_space:
             top = limits.max_xattr_space
@@ -782,8 +819,12 @@ class Batches:
         for column, kept in zip(self.rows, columns, strict=True):
             column += kept
         self.entry += entries
-        if self.raw_names is not None:
-            self.raw_names += compress(self.names, keep)
+        if self.odd_rows:
+            at = list(accumulate(keep))
+            names = self.names
+            for row in self.odd_rows:
+                if keep[row]:
+                    self.odd_names[base + at[row] - 1] = names[row]
         if found:
             at = list(accumulate(keep))  # a kept row's place among the kept rows, plus 1
             for row, (rdev, more) in found.items():
@@ -855,24 +896,46 @@ class Batches:
             return None, ()
         return None  # an opaque marker is applied to the directory itself
 
-    def podman_nlinks(self) -> list[int] | None:
-        """Each row's link count as containers/storage's GenerateDump gives it (None: all 1).
+    def podman_nlinks(self, first: dict[bytes, int]) -> list[int] | None:
+        """The link counts containers/storage's GenerateDump gives (None: one plus the
+        hardlinks to each target, what ``count_hardlinks`` gives, is the same).
 
         It counts the hardlinks by their ``linkName`` as given, and gives an entry
         one link more for each that spells its ``name`` or its own ``linkName``
         (a symlink's target) the same way: a target spelled ``./a`` by the
-        hardlinks and ``a`` by itself keeps one link.
+        hardlinks and ``a`` by itself keeps one link.  ``first`` holds each
+        path's first row.  Cost: one lookup per distinct ``linkName``, and a
+        pass over the rows only when the counts differ.
         """
-        counts, names = self.link_counts, self.raw_names
-        if not counts or names is None:
+        counts = self.link_counts
+        if not counts:
             return None
-        nlink = [1] * len(names)
-        for row in compress(range(len(names)), map(counts.__contains__, names)):
-            nlink[row] += counts[names[row]]
-        modes, data = self.rows[1], self.rows[7]
-        symlinks = map(eq, map(and_, modes, repeat(S_IFMT)), repeat(S_IFLNK))
-        for row in compress(range(len(modes)), symlinks):
-            nlink[row] += counts.get(data[row].decode(), 0)
+        paths, modes, data = self.rows[0], self.rows[1], self.rows[7]
+        extra: dict[bytes, int] = {}  # path -> the links GenerateDump gives it beyond 1
+        same = len(first) == len(paths) + 1  # (+1: the root's key "")
+        for key, count in counts.items():
+            try:
+                path = clean_name(key, self.limits, True)
+            except ValueError:  # pragma: no cover - refused with its entry
+                continue
+            row = first.get(path)
+            if row is None:
+                continue  # no target: the tree says so
+            if self.odd_names.get(row, paths[row][1:].decode()) == key:
+                extra[path] = extra.get(path, 0) + count
+                same = same and row not in self.links
+            else:
+                same = False
+        targets = {key.encode() for key in counts}
+        for row in compress(range(len(data)), map(targets.__contains__, data)):
+            if modes[row] & S_IFMT == S_IFLNK:
+                extra[paths[row]] = extra.get(paths[row], 0) + counts[data[row].decode()]
+                same = False
+        if same:
+            return None
+        nlink = [1] * len(paths)
+        for row in compress(range(len(paths)), map(extra.__contains__, paths)):
+            nlink[row] += extra[paths[row]]
         return nlink
 
     def same_as_before(self, row: int, seen: object) -> bool:
