@@ -44,7 +44,8 @@ GenerateDump's link count, hardlinks counted by ``linkName`` as spelled
 (``Batches.podman_nlinks``); drops sizes on non-regular entries, device
 numbers on non-devices and digests on empty files and other kinds (none
 changes podman's image); reads times as Go's RFC 3339 path does
-(``parse_time(go=True)``); refuses a directory given after entries inside it
+(``parse_time(go=True)``) and xattr values as Go's base64 decoder does
+(newlines skipped, ``xattr_problem(go=True)``); refuses a directory given after entries inside it
 unless it equals the one containers/storage makes up, and a repeat whose
 whole entry differs (``podman_order``), a known key in another case or an
 empty key (``podman_keys``), a linkName on a chunk, and xattrs longer than a
@@ -327,7 +328,7 @@ class _Parse:
                     (
                         p
                         for k, v in kept[field].items()
-                        if (p := xattr_problem(k, v, self.limits)).__class__ is str
+                        if (p := xattr_problem(k, v, self.limits, self.compat)).__class__ is str
                     ),
                     None,
                 )

@@ -276,8 +276,14 @@ def _make_dev(major: int, minor: int) -> int:
     return ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
 
 
-def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[bytes, bytes]:
-    """What is wrong with one xattr, or its (name, value) as bytes."""
+def xattr_problem(
+    key: str, encoded: object, limits: Limits, go: bool = False
+) -> str | tuple[bytes, bytes]:
+    """What is wrong with one xattr, or its (name, value) as bytes.
+
+    ``go`` (compat mode): the value is read as Go's ``base64.StdEncoding``
+    reads it, which skips newlines and carriage returns.
+    """
     if not (key.startswith(_XATTR_PREFIXES) or key in _XATTR_EXACT):
         return (
             f"name {show(key)} has no known prefix (user., trusted., "
@@ -292,6 +298,8 @@ def xattr_problem(key: str, encoded: object, limits: Limits) -> str | tuple[byte
         return f"name {show(key)} must be 1..{top} bytes without NUL, with a name after the prefix"
     if encoded.__class__ is not str:
         return f"value of {show(key)} must be a base64 string, got {show(encoded)}"
+    if go and (encoded.find("\n") >= 0 or encoded.find("\r") >= 0):
+        encoded = encoded.replace("\n", "").replace("\r", "")
     try:
         raw = binascii.a2b_base64(encoded, strict_mode=True)
     except ValueError:
@@ -533,7 +541,7 @@ class Batches:
         limits = self.limits
         pairs: list[tuple[bytes, bytes]] = []
         for key, encoded in value.items():
-            problem = xattr_problem(key, encoded, limits)
+            problem = xattr_problem(key, encoded, limits, self.compat)
             if isinstance(problem, str):
                 self.bad(row, R_XATTRS, "xattrs", problem)
                 return ()
