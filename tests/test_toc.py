@@ -1732,3 +1732,13 @@ def test_a_lone_surrogate_where_a_choice_is_wanted_is_refused(
     with pytest.raises(ValidationError) as info:
         parse_toc(doc.encode(), collect=collect)
     assert info.value.problems[0].field == field and info.value.problems[0].entry == 1
+
+
+def test_a_str_naming_a_toc_file_says_pass_a_path(tmp_path: Path) -> None:
+    toc = tmp_path / "toc.json"
+    toc.write_text('{"version":1,"entries":[]}')
+    with pytest.raises(ValidationError, match=r"pass a pathlib\.Path"):
+        parse_toc(str(toc))
+    assert len(parse_toc(toc)) == 1
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        parse_toc("no-such-file.json")

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..errors import ValidationError
+from ..errors import ValidationError, text_that_names_a_file
 from ..limits import Limits
 
 TocSource = bytes | bytearray | memoryview | str | os.PathLike[str] | os.PathLike[bytes]
@@ -186,6 +186,9 @@ def read_input(data: TocSource, limits: Limits) -> bytes:
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
     elif isinstance(data, str):
+        hint = text_that_names_a_file(data, "TOC's JSON text")
+        if hint is not None:
+            raise hint
         try:
             raw = data.encode("utf-8")
         except UnicodeEncodeError:
