@@ -231,10 +231,7 @@ def load_source(
     if kind == "toc":
         assert data is not None
         toc = _module("toc", "reading a TOC")
-        if collect:
-            tree = toc.parse_toc(data, compat=compat, collect=True)
-        else:
-            tree = toc.parse_toc(data, compat=compat)
+        tree = toc.parse_toc(data, compat=compat, collect=collect, progress=progress)
         return Source(tree, kind)
     if kind == "dumpfile":
         assert data is not None
@@ -386,7 +383,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     store.add_argument(
         "--progress",
         action="store_true",
-        help="show import progress on stderr (default: only on a terminal)",
+        help="show progress on stderr: validating, importing, writing (default: on a terminal)",
     )
     parser.set_defaults(run=_cmd_build, positional_list="paths")
 
@@ -498,6 +495,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "min_version": min_version,
         "max_version": max_version,
+        "progress": True if args.progress else None,
     }
     # The reading left the interpreter's free lists full of small objects,
     # each holding an allocator arena of the freed temporaries; the writer's

@@ -88,3 +88,32 @@ def test_resolve_progress_takes_a_callable() -> None:
     assert seen[-1] == ProgressUpdate("label", 1, 0, 1, None, True)
     with pytest.raises(TypeError):
         resolve_progress("yes", "label")  # type: ignore[arg-type]
+
+
+def test_parse_toc_counts_the_entries_a_batch_at_a_time() -> None:
+    from composefs_py import parse_toc
+
+    updates: list[ProgressUpdate] = []
+    entries = [{"type": "dir", "name": "d/"}] + [
+        {"type": "reg", "name": f"d/{i}"} for i in range(20000)
+    ]
+    import json
+
+    parse_toc(json.dumps({"version": 1, "entries": entries}).encode(), progress=updates.append)
+    assert updates[-1].finished and updates[-1].label == "validating TOC"
+    assert updates[-1].files_done == updates[-1].total_files == 20001
+
+
+def test_cli_build_of_a_toc_shows_progress_with_the_flag(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "composefs_py", "build", "--progress",
+         str(DATA / "small.zstd-chunked.toc.json"), "-o", str(tmp_path / "x.cfs")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("validating TOC: ") for line in lines), done.stderr
+    assert any(line.startswith("writing image: ") for line in lines), done.stderr
+    assert "\r" not in done.stderr  # no terminal: whole lines

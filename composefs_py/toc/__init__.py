@@ -83,6 +83,7 @@ import msgspec
 from msgspec import UNSET
 
 from .._columns import NodeColumns, tree_from_columns
+from .._progress import Progress, ProgressArg, resolve_progress
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT, Tree, TreeBuilder
@@ -128,21 +129,32 @@ def parse_toc(
     limits: Limits | None = None,
     compat: str | None = None,
     collect: bool = False,
+    progress: ProgressArg = False,
 ) -> Tree:
     """Validate a containers/storage TOC (zstd:chunked or eStargz) and return its Tree.
 
     ``compat="containers-storage"`` keeps ``.wh.*`` entries as plain files, so
     the image matches podman's byte for byte.  ``collect=True`` reports every
     problem: one :class:`ValidationError` whose ``problems`` holds them all.
+    ``progress`` (default: none) counts the entries checked, a batch at a
+    time (see :mod:`composefs_py._progress`).
     """
     if compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat mode {compat!r}; choose containers-storage or None")
     limits = limits or Limits()
+    reporter = resolve_progress(progress, "validating TOC")
     raw = read_input(data, limits)
-    return _Parse(raw, limits, compat, collect).run()
+    parse = _Parse(raw, limits, compat, collect)
+    parse.reporter = reporter
+    tree = parse.run()
+    if reporter is not None:
+        reporter.close()
+    return tree
 
 
 class _Parse:
+    reporter: Progress | None = None
+
     def __init__(self, raw: bytes, limits: Limits, compat: str | None, collect: bool) -> None:
         self.raw, self.limits, self.collect = raw, limits, collect
         self.whiteouts = compat is None
@@ -182,8 +194,13 @@ class _Parse:
         opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
         batches = Batches(self.limits, self.compat, opaque, self.collect)
         taken = 3 - (version is UNSET) - (split is UNSET)
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.start("validating TOC", total_files=len(pieces))
         for first in range(0, len(pieces), _BATCH):
             taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
+            if reporter is not None:
+                reporter.advance(files=min(_BATCH, len(pieces) - first))
             if batches.problems and not self.collect:
                 # the keys of the entries left unchecked, for the JSON level's verdict
                 taken += self.keys_of(pieces[first + _BATCH :], raw_pieces)
