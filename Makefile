@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SAMPLE := tests/data/sample.dump
 IMAGE := build/sample.cfs
 
-.PHONY: deps run test lint bench fuzz-deps fuzz
+.PHONY: deps run test lint bench fuzz-deps fuzz fuzz-check
 
 deps:
 	@scripts/bootstrap.sh
@@ -42,3 +42,9 @@ fuzz-deps: deps
 	@scripts/build-asan.sh
 fuzz: fuzz-deps
 	$(PY) -m fuzz run --target $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(if $(FUZZ_ARGS),-- $(FUZZ_ARGS))
+
+# The ClusterFuzzLite/OSS-Fuzz build (.clusterfuzzlite/build.sh) run locally
+# with stand-ins for their container (fuzz/oss-fuzz-check.sh), then every
+# fuzzer it made for FUZZ_CHECK_SECONDS (default 5) each; about a minute.
+fuzz-check: fuzz-deps
+	fuzz/oss-fuzz-check.sh

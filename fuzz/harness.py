@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported at run time only under atheris' instrumentation
     from composefs_py._erofs import ImageSummary
 
 
-def _unchecked(
-    data: bytes | bytearray | memoryview, *, max_depth: int | None = None
-) -> ImageSummary:
+def _unchecked(data: bytes | bytearray | memoryview, **_options: object) -> ImageSummary:
     """Stands in for composefs_py._erofs.check_image under CFSPY_FUZZ_UNCHECKED=1."""
     from composefs_py._erofs import ImageSummary
 
     return ImageSummary(version=0, inodes=0, directories=0, entries=0, depth=0)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) < 2:
-        sys.exit("usage: python -m fuzz.harness TARGET [libFuzzer options] [corpus dirs]")
-    target = argv[1]
+def instrumented(target: str) -> Callable[[bytes], None]:
+    """``target``'s function, with composefs_py and fuzz imported under atheris' instrumentation.
+
+    Used by :func:`main` and by the standalone ``fuzz/fuzz_<target>.py``
+    entry points (OSS-Fuzz, ClusterFuzzLite).  Under ``CFSPY_ASAN_PYLIB`` the
+    sanitized ``composefs_py._lcfs`` found there shadows the regular one.
+    """
     import atheris  # type: ignore[import-untyped]  # no stubs exist
 
     import composefs_py
@@ -56,12 +58,31 @@ def main(argv: list[str]) -> None:
         setattr(_native, "check_image", _unchecked)  # noqa: B010 (not exported)
     if target not in targets.TARGETS:
         sys.exit(f"unknown target {target!r}; choose one of {', '.join(targets.TARGETS)}")
-    run = targets.TARGETS[target].run
-    # libFuzzer re-executes argv[0] (fork mode, crash minimization): the runner
-    # passes a wrapper script that reaches this target.
-    argv0 = os.environ.get("CFSPY_FUZZ_ARGV0", argv[0])
-    atheris.Setup([argv0, *argv[2:]], run)
+    return targets.TARGETS[target].run
+
+
+def standalone(argv: list[str], test_one_input: Callable[[bytes], None]) -> None:
+    """Fuzz ``test_one_input`` with libFuzzer's options from ``argv``.
+
+    The ``fuzz/fuzz_<target>.py`` scripts are the layout OSS-Fuzz and
+    ClusterFuzzLite expect of a Python project: each defines
+    ``TestOneInput`` (the target of :func:`instrumented`) and calls this;
+    ``compile_python_fuzzer`` packages it (.clusterfuzzlite/build.sh).
+    """
+    import atheris
+
+    atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        sys.exit("usage: python -m fuzz.harness TARGET [libFuzzer options] [corpus dirs]")
+    run = instrumented(argv[1])
+    # libFuzzer re-executes argv[0] (fork mode, crash minimization, merge):
+    # the runner passes a wrapper script that reaches this target.
+    argv0 = os.environ.get("CFSPY_FUZZ_ARGV0", argv[0])
+    standalone([argv0, *argv[2:]], run)
 
 
 if __name__ == "__main__":
