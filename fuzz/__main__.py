@@ -1,15 +1,24 @@
-"""Fuzzing campaigns: ``python -m fuzz {list,run,replay,seed}``.
+"""Fuzzing campaigns: ``python -m fuzz {list,run,merge,minimize,replay,seed}``.
 
 ``python -m fuzz list``
     the targets.
 ``python -m fuzz run --target NAME|all --seconds N [--jobs J] [-- libFuzzer options]``
-    runs atheris (libFuzzer) on each target for N seconds with J processes
-    sharing one working corpus (``build/fuzz/<target>/corpus``, seeded from
-    ``fuzz/corpus/<target>``), against the ASan+UBSan build of libcomposefs
-    when ``scripts/build-asan.sh`` made it.  Prints, per target, executions,
+    runs atheris (libFuzzer) on each target for N seconds in fork mode
+    (``-fork=J``: J children, a crash is saved and the run goes on;
+    ``--no-fork``: J plain processes) sharing one working corpus
+    (``build/fuzz/<target>/corpus``, seeded from ``fuzz/corpus/<target>``),
+    against the ASan+UBSan build of libcomposefs when
+    ``scripts/build-asan.sh`` made it.  Prints, per target, executions,
     exec/s, coverage (libFuzzer's ``cov``/``ft``), new corpus entries and
     crashes; every crash is minimized into ``fuzz/crashes/<target>/``.
     Exits 1 if any target crashed.
+``python -m fuzz merge --target NAME DIR... [--corpus C] [-- libFuzzer options]``
+    libFuzzer ``-merge=1``: the inputs of the folders (corpora from other
+    machines, ClusterFuzzLite or OSS-Fuzz downloads) that add coverage join
+    the target's corpus (``build/fuzz/<target>/corpus`` unless ``--corpus``).
+``python -m fuzz minimize --target NAME [--corpus C]``
+    merges the corpus into a fresh folder (only inputs that add coverage)
+    and swaps it in; the old corpus goes once the new one is in place.
 ``python -m fuzz replay FILE... [--target NAME]``
     runs files through their target in this process (the target is the
     name of the file's folder unless given); exits 1 on a finding.
@@ -26,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -205,6 +215,31 @@ def minimize(python: str, env: dict[str, str], target: str, crash: Path, seconds
     return dest
 
 
+def _limits(target: str) -> list[str]:
+    """The per-target libFuzzer limits every run, merge and minimization uses."""
+    return [
+        f"-timeout={TIMEOUT.get(target, 20)}",
+        "-rss_limit_mb=3072",
+        f"-max_len={MAX_LEN.get(target, 65536)}",
+    ]
+
+
+def libfuzzer_options(
+    target: str, *, seconds: int, jobs: int, fork: bool, artifacts: Path
+) -> list[str]:
+    """libFuzzer's options for a campaign of ``target`` (``--jobs`` is ``-fork=N``)."""
+    options = [
+        f"-max_total_time={seconds}",
+        f"-artifact_prefix={artifacts}/",
+        "-print_final_stats=1",
+        *_limits(target),
+    ]
+    if fork:
+        # One parent, `jobs` children; a crash is saved and the campaign goes on.
+        options += [f"-fork={jobs}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]
+    return options
+
+
 def run_target(
     python: str,
     target: str,
@@ -226,24 +261,12 @@ def run_target(
     seeds = CORPUS / target
     before = {p.name for p in corpus.iterdir()}
     old_artifacts = _artifacts(artifacts)
-    options = [
-        f"-max_total_time={seconds}",
-        f"-artifact_prefix={artifacts}/",
-        "-print_final_stats=1",
-        f"-timeout={TIMEOUT.get(target, 20)}",
-        "-rss_limit_mb=3072",
-        f"-max_len={MAX_LEN.get(target, 65536)}",
-        *extra,
-    ]
+    options = libfuzzer_options(target, seconds=seconds, jobs=jobs, fork=fork, artifacts=artifacts)
+    options += extra
     dirs = [str(corpus)] + ([str(seeds)] if seeds.is_dir() else [])
     command = _harness(python, target)
     env["CFSPY_FUZZ_ARGV0"] = command[0]
-    if fork:
-        # One parent, `jobs` children; a crash is saved and the campaign goes on.
-        options += [f"-fork={jobs}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]
-        runs = 1
-    else:
-        runs = jobs
+    runs = 1 if fork else jobs
     procs = []
     logs = []
     start = time.monotonic()
@@ -339,6 +362,119 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     return 1 if crashed or broken else 0
 
 
+@dataclass
+class Merged:
+    """What a merge did to a corpus folder."""
+
+    before: int
+    after: int
+    size: int
+
+
+def _count(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def merge_into(
+    python: str, target: str, corpus: Path, sources: list[Path], *, sanitize: bool, extra: list[str]
+) -> Merged:
+    """libFuzzer ``-merge=1``: the inputs of ``sources`` that add coverage join ``corpus``.
+
+    libFuzzer runs the inputs in a child it restarts after a crash (the
+    control file records where it was), so a crashing input is skipped, not
+    fatal.  Raises SystemExit if libFuzzer fails.
+    """
+    env, _ = fuzz_env(python, sanitize=sanitize)
+    command = _harness(python, target)
+    env["CFSPY_FUZZ_ARGV0"] = command[0]
+    # libFuzzer runs in the target's work folder: every path absolute.
+    corpus = corpus.resolve()
+    sources = [folder.resolve() for folder in sources]
+    corpus.mkdir(parents=True, exist_ok=True)
+    before, _ = _count(corpus)
+    work = WORK / target
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "merge.log"
+    with (
+        tempfile.TemporaryDirectory(prefix="merge-", dir=work) as scratch,
+        log_path.open("wb") as log,
+    ):
+        proc = subprocess.run(
+            [
+                *command,
+                "-merge=1",
+                f"-merge_control_file={scratch}/control",
+                f"-artifact_prefix={scratch}/",
+                *_limits(target),
+                *extra,
+                str(corpus),
+                *map(str, sources),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"fuzz: libFuzzer's merge failed (exit {proc.returncode}):\n{tail}")
+    after, size = _count(corpus)
+    return Merged(before=before, after=after, size=size)
+
+
+def _corpus_arg(args: argparse.Namespace) -> Path:
+    return Path(args.corpus) if args.corpus else WORK / args.target / "corpus"
+
+
+def cmd_merge(args: argparse.Namespace, extra: list[str]) -> int:
+    corpus = _corpus_arg(args)
+    sources = [Path(d) for d in args.dirs]
+    for folder in sources:
+        if not folder.is_dir():
+            print(f"fuzz: {folder}: not a folder", file=sys.stderr)
+            return 2
+    done = merge_into(
+        args.python, args.target, corpus, sources, sanitize=not args.no_sanitize, extra=extra
+    )
+    print(
+        f"merge {args.target}: {done.before} -> {done.after} files "
+        f"(+{done.after - done.before}, {done.size} bytes) in {corpus}"
+    )
+    return 0
+
+
+def cmd_minimize(args: argparse.Namespace, extra: list[str]) -> int:
+    corpus = _corpus_arg(args)
+    if not corpus.is_dir():
+        print(f"fuzz: no corpus at {corpus}", file=sys.stderr)
+        return 2
+    before, before_size = _count(corpus)
+    fresh = corpus.with_name(corpus.name + ".min")
+    old = corpus.with_name(corpus.name + ".old")
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        done = merge_into(
+            args.python, args.target, fresh, [corpus], sanitize=not args.no_sanitize, extra=extra
+        )
+        if before and not done.after:
+            raise SystemExit("fuzz: the minimized corpus is empty; the corpus is left as it was")
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    # Swap: the old folder goes only once the new one is in place.
+    corpus.rename(old)
+    fresh.rename(corpus)
+    shutil.rmtree(old)
+    print(
+        f"minimize {args.target}: {before} -> {done.after} files, "
+        f"{before_size} -> {done.size} bytes in {corpus}"
+    )
+    return 0
+
+
 def cmd_list(_: argparse.Namespace) -> int:
     from fuzz.targets import TARGETS
 
@@ -399,15 +535,33 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fork", action="store_true", help="plain libFuzzer processes: stop at the first crash"
     )
     run.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+    for name, text in (
+        ("merge", "merge folders of inputs into a target's corpus (libFuzzer -merge=1)"),
+        ("minimize", "minimize a target's corpus (-merge=1 into a fresh folder, then swap)"),
+    ):
+        corp = sub.add_parser(name, help=text)
+        corp.add_argument("--target", required=True, help="target name")
+        corp.add_argument("--corpus", help="the corpus folder (default build/fuzz/TARGET/corpus)")
+        corp.add_argument("--no-sanitize", action="store_true", help="do not use the ASan build")
+        corp.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+        if name == "merge":
+            corp.add_argument("dirs", nargs="+", help="folders of inputs (other machines' corpora)")
     replay = sub.add_parser("replay", help="run files through their target")
     replay.add_argument("files", nargs="+")
     replay.add_argument("--target")
     sub.add_parser("seed", help="rewrite fuzz/corpus from fuzz/seeds.py")
     args = parser.parse_args(argv)
+    if args.command in ("merge", "minimize"):
+        from fuzz.targets import TARGETS
+
+        if args.target not in TARGETS:
+            print(f"fuzz: unknown target {args.target!r}", file=sys.stderr)
+            return 2
+        return (cmd_merge if args.command == "merge" else cmd_minimize)(args, extra)
     if args.command == "run":
         return cmd_run(args, extra)
     if extra:
-        parser.error("libFuzzer options (after --) only apply to `run`")
+        parser.error("libFuzzer options (after --) only apply to run, merge and minimize")
     if args.command == "list":
         return cmd_list(args)
     if args.command == "replay":

@@ -112,7 +112,7 @@ def test_dictionaries_parse(target: str) -> None:
 
 def test_the_dictionary_parser_refuses_what_libfuzzer_refuses() -> None:
     assert parse_dict('a="x\\x41\\\\\\""\n# c\n\n"y"') == [b'xA\\"', b"y"]
-    for bad in ['a="unterminated', 'a=x', '"bad \\q escape"', 'a-b="x"']:
+    for bad in ['a="unterminated', "a=x", '"bad \\q escape"', 'a-b="x"']:
         with pytest.raises(ValueError):
             parse_dict(bad)
 
