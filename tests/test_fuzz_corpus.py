@@ -57,16 +57,8 @@ def test_merge_adds_what_adds_coverage(tmp_path: Path) -> None:
     one = _inputs(tmp_path / "machine-1", *seeds, seeds[0], b"")
     two = _inputs(tmp_path / "machine-2", OTHER, OTHER)
     corpus = tmp_path / "corpus"
-    proc = _fuzz(
-        "merge",
-        "--target",
-        "dumpfile",
-        "--corpus",
-        str(corpus),
-        "--no-sanitize",
-        str(one),
-        str(two),
-    )
+    merge = ("merge", "--target", "dumpfile", "--corpus", str(corpus), "--no-sanitize")
+    proc = _fuzz(*merge, str(one), str(two))
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = _contents(corpus)
     offered = {*seeds, OTHER, b""}
@@ -76,16 +68,7 @@ def test_merge_adds_what_adds_coverage(tmp_path: Path) -> None:
     assert OTHER in merged and seeds[1] in merged
     assert "merge dumpfile: 0 -> " in proc.stdout
     # Merging the same folders again adds nothing.
-    again = _fuzz(
-        "merge",
-        "--target",
-        "dumpfile",
-        "--corpus",
-        str(corpus),
-        "--no-sanitize",
-        str(one),
-        str(two),
-    )
+    again = _fuzz(*merge, str(one), str(two))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _contents(corpus) == merged
     assert f"{len(merged)} -> {len(merged)} files (+0," in again.stdout
