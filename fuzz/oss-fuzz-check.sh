@@ -93,7 +93,7 @@ cat >"\$OUT/\$name" <<WRAPPER
 this_dir=\\\$(dirname "\\\$0")
 LD_PRELOAD=$preload \\\\
 ASAN_OPTIONS=\\\${ASAN_OPTIONS:-}:symbolize=1:detect_leaks=0 \\\\
-UBSAN_OPTIONS=\\\${UBSAN_OPTIONS:-}:print_stacktrace=1:halt_on_error=1 \\\\
+UBSAN_OPTIONS=\\\${UBSAN_OPTIONS:-}:print_stacktrace=1:print_summary=1:halt_on_error=1:silence_unsigned_overflow=1 \\\\
 PYTHONPATH=\$paths PYTHONHASHSEED=0 \\\\
 exec "$PY" "\\\$this_dir/\$name.pkg" "\\\$@"
 WRAPPER
