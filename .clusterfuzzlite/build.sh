@@ -44,12 +44,23 @@ ninja -C "$WORK/libcomposefs-build" install
 COMPOSEFS_PREFIX=$PREFIX pip3 install "$REPO"
 
 # 3. One fuzzer per target, with its seed corpus, dictionary and options.
-for fuzzer in "$REPO"/fuzz/fuzz_*.py; do
+# PyInstaller must find the fuzz package (targets, harness), which lives at
+# the top of the checkout, but not the checkout's composefs_py, which has no
+# compiled extension and would shadow the installed one: for a script inside
+# a package it searches the package's parent folder first, and a
+# `python -m PyInstaller` the current folder too.  So the scripts are
+# packaged from a copy of fuzz/ in a folder of its own, from $WORK.
+rm -rf "$WORK/fuzz-path"
+mkdir -p "$WORK/fuzz-path"
+cp -r "$REPO/fuzz" "$WORK/fuzz-path/"
+for fuzzer in "$WORK/fuzz-path/fuzz"/fuzz_*.py; do
     name=$(basename -s .py "$fuzzer")
     target=${name#fuzz_}
     case $NOT_PACKAGED in *" $target "*) continue ;; esac
-    # --paths: the fuzz package (targets, harness) lives at the top of the checkout.
-    compile_python_fuzzer "$fuzzer" --paths "$REPO"
+    # _cffi_backend: composefs_py._lcfs imports it from C, where PyInstaller
+    # does not look.
+    (cd "$WORK" && compile_python_fuzzer "$fuzzer" --paths "$WORK/fuzz-path" \
+        --hidden-import _cffi_backend)
     rm -f "$OUT/${name}_seed_corpus.zip"
     zip -q -j "$OUT/${name}_seed_corpus.zip" "$REPO/fuzz/corpus/$target"/*
     if [ -f "$REPO/fuzz/dicts/$target.dict" ]; then

@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 FUZZ = REPO / "fuzz"
 CORPUS = FUZZ / "corpus"
 CRASHES = FUZZ / "crashes"
+#: libFuzzer dictionaries, ``<target>.dict`` (.clusterfuzzlite/build.sh ships them too).
+DICTS = FUZZ / "dicts"
 WORK = REPO / "build" / "fuzz"
 ASAN_PYLIB = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
 
@@ -234,6 +236,9 @@ def libfuzzer_options(
         "-print_final_stats=1",
         *_limits(target),
     ]
+    dictionary = DICTS / f"{target}.dict"
+    if dictionary.is_file():
+        options.append(f"-dict={dictionary.resolve()}")
     if fork:
         # One parent, `jobs` children; a crash is saved and the campaign goes on.
         options += [f"-fork={jobs}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]

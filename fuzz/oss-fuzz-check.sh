@@ -7,12 +7,12 @@
 #   $SRC/composefs      Debian's composefs source that scripts/bootstrap.sh
 #                       extracted (the Dockerfile's fetch-composefs.sh)
 #   $WORK, $OUT         empty folders
-#   bin/                stand-ins for the base image's tools: python3 and pip3
-#                       (the checkout's .venv; pip3 installs into $WORK/site,
-#                       not into the venv) and compile_python_fuzzer (makes
-#                       $OUT/NAME a wrapper that runs NAME.pkg, a copy of the
-#                       script, under the preloaded sanitizer runtime, instead
-#                       of a PyInstaller package)
+# and stand-ins for the base image's tools (fuzz/oss-fuzz-stand-ins/):
+# python3 and pip3 (the checkout's .venv; pip3 installs into $WORK/site, not
+# into the venv) and compile_python_fuzzer ($OUT/NAME, a wrapper that runs
+# NAME.pkg under the preloaded sanitizer runtime; NAME.pkg is a copy of the
+# script, or with FUZZ_CHECK_PYINSTALLER=DIR, a folder PyInstaller imports
+# from, the real PyInstaller package)
 # with CC=clang-14 and OSS-Fuzz's CFLAGS for $SANITIZER (address, or
 # undefined).  Then each $OUT/fuzz_* runs $FUZZ_CHECK_SECONDS (default 5) on
 # its unzipped seed corpus with its dictionary and options; it must exit 0
@@ -48,7 +48,7 @@ esac
 [ -f "$preload" ] || die "atheris has no $(basename "$preload")"
 
 rm -rf "$SCRATCH"
-mkdir -p "$SCRATCH"/{src/composefs-py,work,out,bin,corpus,logs}
+mkdir -p "$SCRATCH"/{src/composefs-py,work,out,corpus,logs}
 export SRC=$SCRATCH/src WORK=$SCRATCH/work OUT=$SCRATCH/out SANITIZER
 export CC=$CLANG CXX=${CLANG/clang/clang++} CFLAGS="$common $san" CXXFLAGS="$common $san"
 
@@ -58,49 +58,9 @@ export CC=$CLANG CXX=${CLANG/clang/clang++} CFLAGS="$common $san" CXXFLAGS="$com
     | tar --null -T - -cf -) | tar -xf - -C "$SRC/composefs-py"
 ln -s "$LCFS_SRC" "$SRC/composefs"
 
-cat >"$SCRATCH/bin/python3" <<STUB
-#!/bin/sh
-exec "$PY" "\$@"
-STUB
-cat >"$SCRATCH/bin/pip3" <<STUB
-#!/bin/sh
-# pip3 install ARGS: into \$WORK/site, with the venv's build tools (no network).
-[ "\$1" = install ] || { echo "pip3 stand-in: only install" >&2; exit 2; }
-shift
-exec "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
-    --no-build-isolation --target "\$WORK/site" "\$@"
-STUB
-cat >"$SCRATCH/bin/compile_python_fuzzer" <<STUB
-#!/bin/sh
-# compile_python_fuzzer FUZZER.py [pyinstaller options]: of the options only
-# --paths DIR matters (the fuzzer's import path).
-set -eu
-fuzzer=\$1
-shift
-name=\$(basename -s .py "\$fuzzer")
-paths=\$WORK/site
-while [ \$# -gt 0 ]; do
-    case \$1 in
-    --paths) paths=\$paths:\$2; shift 2 ;;
-    *) shift ;;
-    esac
-done
-cp "\$fuzzer" "\$OUT/\$name.pkg"
-chmod -x "\$OUT/\$name.pkg"
-cat >"\$OUT/\$name" <<WRAPPER
-#!/bin/sh
-# LLVMFuzzerTestOneInput for fuzzer detection.
-this_dir=\\\$(dirname "\\\$0")
-LD_PRELOAD=$preload \\\\
-ASAN_OPTIONS=\\\${ASAN_OPTIONS:-}:symbolize=1:detect_leaks=0 \\\\
-UBSAN_OPTIONS=\\\${UBSAN_OPTIONS:-}:print_stacktrace=1:print_summary=1:halt_on_error=1:silence_unsigned_overflow=1 \\\\
-PYTHONPATH=\$paths PYTHONHASHSEED=0 \\\\
-exec "$PY" "\\\$this_dir/\$name.pkg" "\\\$@"
-WRAPPER
-chmod +x "\$OUT/\$name"
-STUB
-chmod +x "$SCRATCH"/bin/*
-export PATH=$SCRATCH/bin:$PATH
+# The base image's tools: stand-ins (fuzz/oss-fuzz-stand-ins/).
+export CHECK_PY=$PY CHECK_PRELOAD=$preload
+export PATH=$ROOT/fuzz/oss-fuzz-stand-ins:$PATH
 
 say "build.sh (SANITIZER=$SANITIZER, CC=$CC) in $SCRATCH"
 start=$(date +%s)
@@ -109,12 +69,29 @@ if ! (cd "$SRC/composefs-py" && bash -eu "$ROOT/.clusterfuzzlite/build.sh") >"$S
     die "build.sh failed (log: $SCRATCH/logs/build.log)"
 fi
 say "build.sh: $(($(date +%s) - start)) s"
-ldd "$WORK"/site/composefs_py/_lcfs*.so | grep -q "$WORK/libcomposefs/lib/libcomposefs" \
+# (ldd's whole output first: grep -q would close the pipe early, and pipefail.)
+linked=$(ldd "$WORK"/site/composefs_py/_lcfs*.so)
+grep -q "$WORK/libcomposefs/lib/libcomposefs" <<<"$linked" \
     || die "the extension build.sh installed does not use the libcomposefs it built"
+
+# Every fuzzer must load the extension build.sh installed (instrumented,
+# against its libcomposefs), not another composefs_py on the import path.
+for wrapper in "$OUT"/fuzz_*; do
+    case $wrapper in *.*) continue ;; esac # NAME.pkg, .dict, .options, .zip
+    [ -x "$wrapper" ] && [ -f "$wrapper" ] && [ -z "${FUZZ_CHECK_PYINSTALLER:-}" ] || continue
+    path=$(sed -n 's/^PYTHONPATH=\([^ ]*\) .*/\1/p' "$wrapper")
+    loaded=$(cd "$OUT" && LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=$path \
+        "$PY" -c 'import composefs_py._lcfs as m; print(m.__file__)' 2>&1 | tail -n1)
+    case $loaded in
+    "$WORK/site/composefs_py/"*) ;;
+    *) die "$(basename "$wrapper") loads composefs_py._lcfs from ${loaded}, not from \$WORK/site" ;;
+    esac
+done
 
 failed=0
 count=0
 for wrapper in "$OUT"/fuzz_*; do
+    case $wrapper in *.*) continue ;; esac # NAME.pkg, .dict, .options, .zip
     [ -x "$wrapper" ] && [ -f "$wrapper" ] || continue
     name=$(basename "$wrapper")
     count=$((count + 1))

@@ -119,3 +119,10 @@ def test_fork_mode_runs_jobs_children(jobs: int) -> None:
         o.startswith("-fork")
         for o in libfuzzer_options("toc", seconds=10, jobs=jobs, fork=False, artifacts=Path("/a"))
     )
+
+
+def test_campaigns_use_the_target_dictionary() -> None:
+    options = libfuzzer_options("writer", seconds=1, jobs=1, fork=True, artifacts=Path("/a"))
+    assert f"-dict={(REPO / 'fuzz' / 'dicts' / 'dumpfile.dict').resolve()}" in options
+    options = libfuzzer_options("layer", seconds=1, jobs=1, fork=True, artifacts=Path("/a"))
+    assert not any(o.startswith("-dict=") for o in options)

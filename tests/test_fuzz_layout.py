@@ -93,9 +93,30 @@ def test_every_packaged_target_gets_a_seed_corpus(target: str) -> None:
     text = BUILD_SH.read_text()
     # build.sh zips fuzz/corpus/$target into $OUT/fuzz_$target_seed_corpus.zip for
     # every fuzz/fuzz_*.py it does not skip (OSS-Fuzz: <fuzzer>_seed_corpus.zip).
-    assert 'for fuzzer in "$REPO"/fuzz/fuzz_*.py; do' in text
+    assert 'cp -r "$REPO/fuzz" "$WORK/fuzz-path/"' in text
+    assert 'for fuzzer in "$WORK/fuzz-path/fuzz"/fuzz_*.py; do' in text
     assert 'zip -q -j "$OUT/${name}_seed_corpus.zip" "$REPO/fuzz/corpus/$target"/*' in text
     assert 'compile_python_fuzzer "$fuzzer"' in text
+
+
+def test_pyinstaller_path_holds_the_fuzz_package_alone() -> None:
+    # PyInstaller searches --paths folders and the parent of a script's package
+    # first: the checkout's root would make its composefs_py (no compiled
+    # extension) shadow the installed one.
+    text = BUILD_SH.read_text()
+    assert '(cd "$WORK" && compile_python_fuzzer "$fuzzer" --paths "$WORK/fuzz-path" \\\n' in text
+    # composefs_py._lcfs imports _cffi_backend from C, where PyInstaller does not look.
+    assert "--hidden-import _cffi_backend)" in text
+    assert 'cp -r "$REPO/fuzz" "$WORK/fuzz-path/"' in text
+    assert '--paths "$REPO"' not in text
+
+
+def test_stand_ins_are_executable() -> None:
+    folder = REPO / "fuzz" / "oss-fuzz-stand-ins"
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"compile_python_fuzzer", "pip3", "python3"}
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o111, f"{path.name} is not executable"
 
 
 @pytest.mark.parametrize("target", ["toc", "dumpfile", "writer"])
