@@ -7,7 +7,8 @@
 # Dockerfile; `make fuzz-check` uses the source scripts/bootstrap.sh fetched.
 set -euo pipefail
 DEST=${1:?usage: fetch-composefs.sh DEST}
-POOL=https://deb.debian.org/debian/pool/main/c/composefs
+# COMPOSEFS_POOL: another mirror of the pool folder (file:// works too).
+POOL=${COMPOSEFS_POOL:-https://deb.debian.org/debian/pool/main/c/composefs}
 # file sha256 sha1
 FILES="
 composefs_1.0.8-3.dsc 661933d95788f8d23772c1006a0904a1c6c430540ce3ddd6a5d5ae52382cef9f 06e6f14f22c1b6f4cb6aa0557ac0a6cae626f4ee
