@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .limits import Limits
     from .model import Hardlink, Inode, Tree, TreeBuilder
     from .objects import ObjectStore
+    from .scan import scan_directory
     from .toc import parse_toc
     from .writer import read_image, write_image
 
@@ -66,6 +67,7 @@ __all__ = [
     "parse_dumpfile",
     "parse_toc",
     "read_image",
+    "scan_directory",
     "unmount",
     "write_image",
 ]
@@ -84,6 +86,7 @@ _LAZY = {
     "ObjectStore": "objects",
     "ProgressUpdate": "_progress",
     "parse_toc": "toc",
+    "scan_directory": "scan",
     "read_image": "writer",
     "write_image": "writer",
 }

@@ -95,6 +95,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import hashlib
 import os
@@ -117,6 +118,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Naming",
+    "fsverity_of_fd",
+    "sha256_of_fd",
     "ObjectDir",
     "ObjectStore",
     "ObjectWriter",
@@ -186,6 +189,17 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 # renameat2(2): fail with EEXIST instead of replacing the destination.
 _RENAME_NOREPLACE = 1
+# ioctl FICLONE (<linux/fs.h> _IOW(0x94, 9, int)): share the source's extents.
+_FICLONE = 0x40049409
+# errnos that mean "no reflink here" (other file system, no support) or "no
+# copy_file_range here": fall back to the next way of copying.
+_NO_REFLINK = frozenset(
+    (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM)
+)
+_NO_COPY_RANGE = frozenset(
+    (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF)
+)
+_COPY_RANGE_SIZE = 1 << 30
 # Zeros fed to the hashers for a hole, a slice at a time (never copied).
 _ZEROS = memoryview(bytes(_COPY_SIZE))
 
@@ -848,6 +862,85 @@ class ObjectStore:
                     out.write(chunk)
             return out.commit()
 
+    def add_file(
+        self,
+        fd: int,
+        *,
+        sha256: str | bytes | None = None,
+        fsverity: bytes | None = None,
+    ) -> bytes:
+        """Store the content of the open regular file ``fd`` (offset 0 to its end).
+
+        Return its payload name.  The content is put in a temporary file of
+        the store by a reflink (``FICLONE``) where the file systems allow it,
+        else copied (``copy_file_range``, else reads and writes); then that
+        temporary file, the very bytes to be published, is hashed and checked
+        against ``sha256`` and ``fsverity`` where given (a source that
+        changed since the caller hashed it raises ValidationError and leaves
+        nothing behind), and published as :meth:`add` publishes (in a
+        :meth:`batch`: staged).  Where the digest that names the object is
+        given and the object is already there (or staged), nothing is read:
+        the caller has just hashed this very file.  ``fd``'s offset is not
+        used or moved.
+        """
+        sha_hex = _expected_hex(sha256)
+        if fsverity is not None and len(fsverity) != 32:
+            raise ValidationError("a raw fs-verity digest is 32 bytes", field="digest")
+        name_hex = sha_hex if self._naming == "sha256" else (fsverity.hex() if fsverity else None)
+        if name_hex is not None and self._staged_or_present(name_hex):
+            payload = payload_for_hex(name_hex)
+            if fsverity is not None:
+                self._remember_verity(payload, fsverity)
+                if self._enable_verity:
+                    self._verity_after_commit(payload, fsverity)
+            return payload
+        out, tmp = self._create_temporary()
+        try:
+            try:
+                _clone_or_copy(fd, out)
+                os.fchmod(out, _OBJECT_MODE)
+                if self.durable and not self.batching:
+                    os.fsync(out)
+            finally:
+                os.close(out)
+            copy = os.open(tmp, _READ_FLAGS, dir_fd=self._dir.fd)
+            try:
+                want_sha = self._naming == "sha256" or sha_hex is not None
+                want_verity = self._fsverity or fsverity is not None
+                actual_sha = sha256_of_fd(copy) if want_sha else None
+                actual_verity = fsverity_of_fd(copy) if want_verity else None
+            finally:
+                os.close(copy)
+            for what, expected, actual in (
+                ("sha256", sha_hex, actual_sha),
+                (
+                    "fs-verity",
+                    fsverity.hex() if fsverity else None,
+                    actual_verity.hex() if actual_verity else None,
+                ),
+            ):
+                if expected is not None and actual != expected:
+                    raise ValidationError(
+                        f"content does not match: expected {what} {expected}, the copy has "
+                        f"{actual}: the file changed while it was stored",
+                        field="digest",
+                    )
+            if self._naming == "sha256":
+                assert actual_sha is not None
+                payload = payload_for_hex(actual_sha)
+            else:
+                assert actual_verity is not None
+                payload = payload_for_hex(actual_verity.hex())
+            if actual_verity is not None:
+                self._remember_verity(payload, actual_verity)
+            self._publish(tmp, payload, checked=False)
+        except BaseException:
+            self._unlink_temporary(tmp)
+            raise
+        if actual_verity is not None and self._enable_verity:
+            self._verity_after_commit(payload, actual_verity)
+        return payload
+
     @property
     def batching(self) -> bool:
         """Whether a :meth:`batch` is open (objects are staged, not yet published)."""
@@ -1290,6 +1383,67 @@ class ObjectWriter:
         if self._tmp is not None:
             self._store._unlink_temporary(self._tmp)
             self._tmp = None
+
+
+def _clone_or_copy(src: int, dst: int) -> None:
+    """Give empty file ``dst`` the content of ``src`` (offset 0 to its end):
+    a reflink (``FICLONE``) where the file systems share extents, else a copy
+    in the kernel (``copy_file_range``), else reads and writes."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_REFLINK:
+            raise
+    offset = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    while copy_range is not None:
+        try:
+            done = copy_range(src, dst, _COPY_RANGE_SIZE, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+            break
+        if not done:
+            return
+        offset += done
+    while chunk := os.pread(src, _COPY_SIZE, offset):
+        offset += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+
+
+def sha256_of_fd(fd: int) -> str:
+    """The sha256 (hex) of ``fd``'s content, read from offset 0 (hashlib
+    releases the GIL on each MiB)."""
+    hasher = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _COPY_SIZE, offset):
+        offset += len(chunk)
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def fsverity_of_fd(fd: int) -> bytes:
+    """The fs-verity digest of ``fd``'s content from offset 0: libcomposefs'
+    (the GIL released while it reads and hashes) when the binding is there,
+    else :class:`~composefs_py.fsverity.FsverityHasher`.  Moves the offset."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    native = _native_fsverity_fd()
+    if native is not None:
+        return native(fd)
+    return fsverity_digest(fd)
+
+
+@functools.cache
+def _native_fsverity_fd() -> Callable[[int], bytes] | None:
+    try:
+        from . import _native
+
+        return cast("Callable[[int], bytes]", _native.fsverity_digest_fd)
+    except Exception:  # no usable extension: the pure Python digest
+        return None
 
 
 @functools.cache

@@ -1,0 +1,534 @@
+"""A directory becomes a :class:`~composefs_py.model.Tree`: ``mkcomposefs DIR IMAGE`` in-process.
+
+:func:`scan_directory` reads a directory tree as mkcomposefs 1.0.8 does
+(libcomposefs ``lcfs_build``/``lcfs_load_node_from_file``, mkcomposefs's
+digest threads), so that ``write_image(scan_directory(D))`` is byte for byte
+``mkcomposefs D IMAGE``, with one deliberate difference: hardlinks are kept.
+
+What each inode gets, as mkcomposefs gives it:
+
+* type and permission bits (``st_mode``), ``st_uid``, ``st_gid``, ``st_rdev``
+  of devices; ``st_mtim`` seconds and nanoseconds (``use_epoch``: 0);
+* xattrs: every name ``listxattr`` gives, all namespaces (``user.``,
+  ``trusted.``, ``security.`` with ``security.selinux``, ACLs as their raw
+  ``system.posix_acl_*`` values), read on the inode opened without following
+  a link; ``user_xattrs``: only ``user.*``; ``skip_xattrs``: none (the two
+  exclude each other).  An input's own ``trusted.overlay.*`` xattrs are
+  refused as for every input (``Limits.allow_overlay_xattrs``), where
+  mkcomposefs escapes them;
+* a regular file of 1 to 64 bytes (``LCFS_RECOMMENDED_INLINE_CONTENT_MAX``)
+  is kept inline in the image; an empty one has no payload and is never
+  opened; a larger one gets its content's fs-verity digest (SHA-256, 4 KiB
+  blocks) recorded, and is named by it: payload ``ab/cdef...`` from that
+  digest's hex.  With ``objects`` whose ``naming`` is ``"sha256"`` the
+  payload is the content's sha256 instead (the store's name for it);
+  ``naming="fsverity"`` gives mkcomposefs's bytes;
+* character and block devices (``skip_devices``: left out), FIFOs, symbolic
+  links (their target verbatim) and sockets are kept as inodes of their
+  type, as mkcomposefs keeps them (a socket is never opened);
+* hardlinks: mkcomposefs reads each name as its own inode (the image loses
+  every hardlink, upstream composefs issue #444).  Here the names of one
+  inode (one ``(st_dev, st_ino)``) are one inode: the first name in the
+  Tree's order holds it, the others are :class:`~composefs_py.model.Hardlink`
+  nodes, its ``nlink`` counts the names inside the tree (links outside do not
+  count).  Every other inode has ``nlink`` 1, as in mkcomposefs.
+
+Files the kernel cannot open: mkcomposefs opens every non-empty regular file
+(to digest it) and fails the build when it cannot; so does this scanner, and
+the error names the path.  An empty regular file, a device, FIFO, socket or
+symbolic link is never opened for reading (with xattrs: ``O_PATH``).
+
+Confinement (DESIGN rule 8): the directory given is opened (its own path may
+be a link: that is the caller's choice); below it every step is an
+``openat(O_NOFOLLOW)`` relative to the fd of the directory above:
+directories ``O_DIRECTORY``, regular files ``O_NONBLOCK``, others
+``O_PATH``; each opened inode is checked to be the one listed (same
+``st_dev``/``st_ino``, same type), so a name swapped for a link or another
+file during the scan raises ValidationError naming the path, and no link is
+ever followed: the scan cannot leave the tree.  A regular file whose size or
+mtime differs before its read (the listing's ``lstat``) and after it (an
+``fstat`` of the open file) raises ValidationError naming the path: the
+digest would not match the content.
+
+Threads: regular files are opened and checked by the walking thread, then
+read and hashed by ``threads`` workers (None: the cores); libcomposefs hashes
+with the GIL released (hashlib where the binding is missing).  With
+``objects`` each non-inline file is put in the store by
+:meth:`~composefs_py.objects.ObjectStore.add_file` (reflink else copy, the
+copy hashed and checked, then published), all in one
+:meth:`~composefs_py.objects.ObjectStore.batch`: a failed scan adds nothing.
+
+Cost (DESIGN rule 7): linear in the entries and the bytes of content.  Each
+entry is added to a :class:`~composefs_py.model.TreeBuilder` as soon as it is
+listed and stat'ed, before anything of it is read, so the builder checks
+``max_entries``, ``max_path_bytes``, ``max_depth``, ``max_total_path_bytes``,
+``max_xattr_*``, ``max_symlink_bytes`` and ``max_file_size`` (a regular
+file's placeholder carries its size) before a byte of its content is read or
+written, and a directory is added (path and depth checked) before it is
+listed; while a directory is listed, ``max_entries`` is checked for each
+name before its entry is kept.  A hashed file's final inode replaces its
+placeholder.  Memory: the sorted listings of the directories on the current
+path (each entry at most once) and at most ``4 * threads + 16`` files in
+flight, each an open fd and a 1 MiB read buffer; xattr names and values are
+bounded by the kernel (64 KiB each).  Open directory fds are at most
+``_MAX_OPEN_DIRS`` whatever the depth: an ancestor's fd is closed and, when
+the walk comes back up, reopened through ``..`` and checked to be the same
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._progress import ProgressArg, resolve_progress
+from .errors import ValidationError
+from .limits import Limits
+from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, new_inode
+from .objects import fsverity_of_fd, payload_for_hex, sha256_of_fd
+
+if TYPE_CHECKING:
+    from ._progress import Progress
+    from .objects import ObjectStore
+
+__all__ = ["INLINE_MAX", "scan_directory"]
+
+#: ``LCFS_RECOMMENDED_INLINE_CONTENT_MAX``: mkcomposefs keeps a regular file
+#: of 1..64 bytes inline in the image.
+INLINE_MAX = 64
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_OPEN_DIRS = 64
+_DEVICES = frozenset((stat.S_IFCHR, stat.S_IFBLK))
+
+
+def scan_directory(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    objects: ObjectStore | None = None,
+    limits: Limits | None = None,
+    skip_xattrs: bool = False,
+    user_xattrs: bool = False,
+    skip_devices: bool = False,
+    use_epoch: bool = False,
+    progress: ProgressArg = None,
+    threads: int | None = None,
+) -> Tree:
+    """Read the directory tree at ``path`` into a Tree, as ``mkcomposefs path IMAGE``.
+
+    ``objects``: also store each regular file's content there (as
+    ``mkcomposefs --digest-store``).  ``skip_xattrs``, ``user_xattrs``,
+    ``skip_devices``, ``use_epoch``: mkcomposefs's options of those names.
+    ``progress``: see :mod:`composefs_py._progress`.  ``threads``: workers
+    reading and hashing contents (None: the cores).  See the module
+    docstring for what each inode gets; errors name the path (a
+    ValidationError for the tree, an OSError with the host path).
+    """
+    if skip_xattrs and user_xattrs:
+        raise ValueError("skip_xattrs and user_xattrs exclude each other")
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if threads.__class__ is not int or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    host_root = os.fsencode(path)
+    root_fd = os.open(host_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    limits = limits or Limits()
+    reporter = resolve_progress(progress, "scanning")
+    scanner = _Scanner(
+        host_root,
+        _Options(skip_xattrs, user_xattrs, skip_devices, use_epoch),
+        objects,
+        TreeBuilder(limits, duplicates="replace", count_hardlinks=True),
+        reporter,
+        threads,
+        limits.max_entries,
+    )
+    batch = objects.batch() if objects is not None else contextlib.nullcontext()
+    try:
+        with batch:
+            scanner.run(root_fd)
+    finally:
+        os.close(root_fd)
+    tree = scanner.builder.build()
+    if reporter is not None:
+        reporter.close()
+    return tree
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    skip_xattrs: bool
+    user_xattrs: bool
+    skip_devices: bool
+    use_epoch: bool
+
+
+class _Frame:
+    """A directory being walked: its fd (None while closed to save fds), its
+    identity, and its entries (name, lstat), sorted by name."""
+
+    __slots__ = ("entries", "fd", "ident", "index", "path")
+
+    def __init__(
+        self,
+        path: bytes,
+        fd: int,
+        ident: tuple[int, int],
+        entries: list[tuple[bytes, os.stat_result]],
+    ) -> None:
+        self.path = path
+        self.fd: int | None = fd
+        self.ident = ident
+        self.entries = entries
+        self.index = 0
+
+
+class _Scanner:
+    __slots__ = (
+        "_host_root",
+        "_in_flight",
+        "_limits_entries",
+        "_links",
+        "_listed",
+        "_max_in_flight",
+        "_objects",
+        "_options",
+        "_pool",
+        "_progress",
+        "_threads",
+        "builder",
+    )
+
+    def __init__(
+        self,
+        host_root: bytes,
+        options: _Options,
+        objects: ObjectStore | None,
+        builder: TreeBuilder,
+        progress: Progress | None,
+        threads: int,
+        max_entries: int,
+    ) -> None:
+        self._host_root = host_root
+        self._options = options
+        self._objects = objects
+        self.builder = builder
+        self._progress = progress
+        self._threads = threads
+        self._max_in_flight = 4 * threads + 16
+        self._in_flight: deque[tuple[Future[Inode], bytes, int, int]] = deque()
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._listed = 0
+        self._limits_entries = max_entries
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- the walk --------------------------------------------------------
+
+    def run(self, root_fd: int) -> None:
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix="composefs-scan")
+        self._pool = pool
+        stack: list[_Frame] = []
+        try:
+            st = os.fstat(root_fd)
+            self.builder.add(ROOT, self._inode(st, self._xattrs(root_fd)))
+            self._advance(0)
+            stack.append(self._open_frame(ROOT, os.dup(root_fd), st))
+            self._walk(stack)
+            while self._in_flight:
+                self._collect_oldest()
+        except BaseException:
+            for frame in stack:
+                if frame.fd is not None:
+                    os.close(frame.fd)
+            self._cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _walk(self, stack: list[_Frame]) -> None:
+        while stack:
+            frame = stack[-1]
+            if frame.index == len(frame.entries):
+                stack.pop()
+                if stack and stack[-1].fd is None:
+                    self._reopen_parent(stack[-1], frame)
+                assert frame.fd is not None
+                os.close(frame.fd)
+                continue
+            name, st = frame.entries[frame.index]
+            frame.index += 1
+            self._listed -= 1
+            path = frame.path + b"/" + name if frame.path != ROOT else b"/" + name
+            child = self._entry(frame, name, path, st)
+            if child is not None:
+                stack.append(child)
+                if len(stack) > _MAX_OPEN_DIRS:
+                    far = stack[-_MAX_OPEN_DIRS - 1]
+                    if far.fd is not None:
+                        os.close(far.fd)
+                        far.fd = None
+
+    def _reopen_parent(self, parent: _Frame, child: _Frame) -> None:
+        """Reopen ``parent``'s fd through the child's ``..``; it must be the same directory."""
+        assert child.fd is not None
+        try:
+            fd = os.open(b"..", _DIR_FLAGS, dir_fd=child.fd)
+        except OSError as exc:
+            raise self._os_error(exc, parent.path) from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != parent.ident:
+            os.close(fd)
+            raise _changed(parent.path, "the directory was moved")
+        parent.fd = fd
+
+    def _open_frame(self, path: bytes, fd: int, st: os.stat_result) -> _Frame:
+        """List the directory open at ``fd`` (which the frame then owns)."""
+        entries: list[tuple[bytes, os.stat_result]] = []
+        room = self._limits_entries - len(self.builder) - self._listed
+        try:
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    if len(entries) >= room:
+                        raise ValidationError(
+                            f"more than {self._limits_entries} entries", path=path
+                        )
+                    name = os.fsencode(entry.name)
+                    try:
+                        lst = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone since the listing: as if listed after
+                    entries.append((name, lst))
+        except OSError as exc:
+            os.close(fd)
+            raise self._os_error(exc, path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        entries.sort(key=_first)
+        self._listed += len(entries)
+        return _Frame(path, fd, (st.st_dev, st.st_ino), entries)
+
+    def _entry(self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result) -> _Frame | None:
+        """Add one listed entry; return the frame of a directory to walk next."""
+        dir_fd = frame.fd
+        assert dir_fd is not None
+        kind = stat.S_IFMT(st.st_mode)
+        builder = self.builder
+        if kind == stat.S_IFDIR:
+            fd = self._open(name, _DIR_FLAGS, dir_fd, path, st)
+            try:
+                opened = os.fstat(fd)
+                builder.add(path, self._inode(opened, self._xattrs(fd, path)))
+            except BaseException:
+                os.close(fd)
+                raise
+            self._advance(0)
+            return self._open_frame(path, fd, opened)
+        if kind in _DEVICES and self._options.skip_devices:
+            return None
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._links.get(key)
+            if first is not None:
+                builder.add(path, Hardlink(first))
+                self._advance(0)
+                return None
+            self._links[key] = path
+        if kind == stat.S_IFREG and st.st_size > 0:
+            fd = self._open(name, _FILE_FLAGS, dir_fd, path, st)
+            try:
+                opened = os.fstat(fd)
+                if opened.st_size != st.st_size or opened.st_mtime_ns != st.st_mtime_ns:
+                    raise _changed(path, "its size or mtime changed before it was read")
+                placeholder = self._inode(opened, self._xattrs(fd, path))
+                builder.add(path, placeholder)
+                self._submit(fd, opened, placeholder, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            return None
+        target = None
+        if kind == stat.S_IFLNK:
+            try:
+                target = os.readlink(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # no longer a link
+                    raise _changed(path, "it is no longer a symbolic link") from None
+                raise self._os_error(exc, path) from None
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        if not self._options.skip_xattrs:
+            fd = self._open(name, _PATH_FLAGS, dir_fd, path, st)
+            try:
+                xattrs = self._xattrs(f"/proc/self/fd/{fd}", path)
+            finally:
+                os.close(fd)
+        builder.add(path, self._inode(st, xattrs, symlink_target=target))
+        self._advance(0)
+        return None
+
+    def _open(self, name: bytes, flags: int, dir_fd: int, path: bytes, st: os.stat_result) -> int:
+        """``openat(dir_fd, name, flags)`` (never following a link), checked to be
+        the inode listed."""
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO):
+                raise _changed(path, "it was replaced or removed") from None
+            raise self._os_error(exc, path) from None
+        try:
+            opened = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (
+            opened.st_dev != st.st_dev
+            or opened.st_ino != st.st_ino
+            or stat.S_IFMT(opened.st_mode) != stat.S_IFMT(st.st_mode)
+        ):
+            os.close(fd)
+            raise _changed(path, "it was replaced by another file")
+        return fd
+
+    def _xattrs(self, target: int | str, path: bytes = ROOT) -> tuple[tuple[bytes, bytes], ...]:
+        options = self._options
+        if options.skip_xattrs:
+            return ()
+        try:
+            names = os.listxattr(target)
+            if not names:
+                return ()
+            pairs = []
+            for name in names:
+                if options.user_xattrs and not name.startswith("user."):
+                    continue
+                pairs.append((os.fsencode(name), os.getxattr(target, name)))
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return ()
+            raise self._os_error(exc, path) from None
+        pairs.sort()
+        return tuple(pairs)
+
+    def _inode(
+        self,
+        st: os.stat_result,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        *,
+        symlink_target: bytes | None = None,
+    ) -> Inode:
+        mode = st.st_mode
+        kind = stat.S_IFMT(mode)
+        if self._options.use_epoch:
+            sec = nsec = 0
+        else:
+            sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+        return new_inode(
+            mode,
+            2 if kind == stat.S_IFDIR else 1,
+            st.st_uid,
+            st.st_gid,
+            sec,
+            nsec,
+            st.st_size if kind == stat.S_IFREG else 0,
+            st.st_rdev if kind in _DEVICES else 0,
+            None,
+            symlink_target,
+            None,
+            None,
+            xattrs,
+        )
+
+    # -- contents ----------------------------------------------------------
+
+    def _submit(self, fd: int, st: os.stat_result, placeholder: Inode, path: bytes) -> None:
+        in_flight = self._in_flight
+        while in_flight and (len(in_flight) >= self._max_in_flight or in_flight[0][0].done()):
+            self._collect_oldest()
+        assert self._pool is not None
+        future = self._pool.submit(_read_file, fd, st, placeholder, path, self._objects)
+        in_flight.append((future, path, fd, st.st_size))
+
+    def _collect_oldest(self) -> None:
+        future, path, _fd, size = self._in_flight.popleft()
+        try:
+            inode = future.result()
+        except OSError as exc:
+            raise self._os_error(exc, path) from None
+        self.builder.add(path, inode)
+        self._advance(size)
+
+    def _cancel(self) -> None:
+        """Cancel the reads not started; close their fds (a started read closes its own)."""
+        while self._in_flight:
+            future, _path, fd, _size = self._in_flight.popleft()
+            if future.cancel():
+                os.close(fd)
+
+    def _advance(self, nbytes: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(files=1, nbytes=nbytes)
+
+    def _os_error(self, exc: OSError, path: bytes) -> OSError:
+        """``exc`` naming the host path of tree path ``path``."""
+        if isinstance(exc, ValidationError):
+            return exc
+        host = self._host_root.rstrip(b"/") + (path if path != ROOT else b"")
+        return type(exc)(
+            exc.errno, exc.strerror or os.strerror(exc.errno or 0), os.fsdecode(host or b"/")
+        )
+
+
+def _first(pair: tuple[bytes, os.stat_result]) -> bytes:
+    return pair[0]
+
+
+def _changed(path: bytes, what: str) -> ValidationError:
+    return ValidationError(f"changed during the scan: {what}", path=path)
+
+
+def _read_file(
+    fd: int, st: os.stat_result, placeholder: Inode, path: bytes, objects: ObjectStore | None
+) -> Inode:
+    """Read and hash the regular file open at ``fd`` (closed here); its final inode.
+
+    Runs in a worker thread.  Raises ValidationError naming ``path`` if the
+    file's size or mtime after the read differ from ``st``'s."""
+    try:
+        size = st.st_size
+        content = payload = digest = None
+        if size <= INLINE_MAX:
+            content = os.pread(fd, size + 1, 0)
+            if len(content) != size:
+                raise _changed(path, f"{size} bytes listed, {len(content)} read")
+        else:
+            digest = fsverity_of_fd(fd)
+            if objects is None:
+                payload = payload_for_hex(digest.hex())
+            else:
+                sha256 = sha256_of_fd(fd) if objects.naming == "sha256" else None
+                try:
+                    payload = objects.add_file(fd, sha256=sha256, fsverity=digest)
+                except ValidationError as exc:
+                    raise _changed(path, exc.reason) from None
+        after = os.fstat(fd)
+        if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+            raise _changed(
+                path,
+                f"size {size} -> {after.st_size}, mtime {st.st_mtime_ns} -> {after.st_mtime_ns} ns "
+                "while it was read",
+            )
+    finally:
+        os.close(fd)
+    p = placeholder
+    return new_inode(
+        p.mode, p.nlink, p.uid, p.gid, p.mtime, p.mtime_nsec, p.size, p.rdev, payload,
+        None, content, digest, p.xattrs,
+    )  # fmt: skip

@@ -1,0 +1,450 @@
+"""scan_directory: a directory becomes the Tree mkcomposefs would make of it.
+
+The oracle is mkcomposefs 1.0.8 itself: on a tree without hardlinks the
+image from ``write_image(scan_directory(D))`` equals ``mkcomposefs D IMG``
+byte for byte, for each of its options, with and without a store (and the
+store holds the same objects as ``--digest-store``'s).  Where there are
+hardlinks (which mkcomposefs loses), the mounted image equals the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cost import growth
+from test_mount import Seen, mounted, require_mounts, walk
+
+import composefs_py
+from composefs_py import Hardlink, ObjectStore, ValidationError, write_image
+from composefs_py._progress import ProgressUpdate
+from composefs_py.limits import Limits
+from composefs_py.objects import fsverity_of_fd
+from composefs_py.scan import _MAX_OPEN_DIRS, INLINE_MAX, _Scanner, scan_directory
+
+DATA = Path(__file__).parent / "data"
+OPTIONS = ["", "--use-epoch", "--skip-xattrs", "--user-xattrs", "--skip-devices"]
+
+
+def _kwargs(option: str) -> dict[str, bool]:
+    return {option.lstrip("-").replace("-", "_"): True} if option else {}
+
+
+def _set_mtime(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def make_every_kind(root: Path) -> Path:
+    """A tree with every file type, xattrs of each namespace, devices, set
+    mtimes, a deep and a wide directory, long names, empty, inline-sized and
+    larger files; no hardlink."""
+    root.mkdir()
+    (root / "empty").write_bytes(b"")
+    (root / "one").write_bytes(b"x")
+    (root / "inline-max").write_bytes(b"i" * INLINE_MAX)
+    (root / "just-over").write_bytes(b"o" * (INLINE_MAX + 1))
+    (root / "big").write_bytes(os.urandom(3 * 4096 + 17))
+    (root / "same-as-big").write_bytes((root / "big").read_bytes())  # one object
+    (root / "exec").write_bytes(b"#!/bin/sh\n" * 20)
+    (root / "exec").chmod(0o4755)
+    (root / "link").symlink_to("big")
+    (root / "dangling").symlink_to("/nowhere/" + "n" * 200)
+    (root / "outside").symlink_to("../../../etc/passwd")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(root / "loop", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.mknod(root / "whiteout", stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(os.fspath(root / "sock"))
+    sock.close()
+    (root / ("L" * 255)).write_bytes(b"long name" * 10)
+    os.setxattr(root / "one", "user.color", b"blue")
+    os.setxattr(root / "big", "trusted.note", b"\0binary\xff")
+    os.setxattr(root / "big", "user.empty", b"")
+    os.setxattr(root, "user.root", b"r")
+    with_selinux = root / "labelled"
+    with_selinux.write_bytes(b"label" * 30)
+    try:
+        os.setxattr(with_selinux, "security.selinux", b"system_u:object_r:etc_t:s0\0")
+    except OSError:
+        pass  # the file system or an LSM refuses it here
+    deep = root / "deep"
+    deep.mkdir()
+    here = deep
+    for level in range(40):
+        here = here / f"d{level}"
+        here.mkdir()
+    (here / "bottom").write_bytes(b"b" * 100)
+    wide = root / "wide"
+    wide.mkdir()
+    for i in range(300):
+        (wide / f"f{i:04d}").write_bytes(b"w" * (i % 80))
+    (wide / "sub").mkdir(mode=0o700)
+    os.chown(wide / "sub", 1234, 5678)
+    os.chown(root / "one", 4321, 8765)
+    os.lchown(root / "link", 42, 43)
+    for n, path in enumerate(sorted(root.rglob("*"), reverse=True)):
+        _set_mtime(path, 1_000_000_000 * (1_600_000_000 + n) + 123_456_789 * (n % 3))
+    _set_mtime(root, -5_000_000_001)  # before the epoch, with nanoseconds
+    return root
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_every_kind(tmp_path_factory.mktemp("scan") / "tree")
+
+
+def mkcomposefs_image(mkcomposefs: Path, tree: Path, out: Path, *args: str) -> bytes:
+    subprocess.run([mkcomposefs, *args, tree, out], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def scanned_image(tree: Path, out: Path, **kwargs: object) -> bytes:
+    write_image(scan_directory(tree, **kwargs), out)  # type: ignore[arg-type]
+    return out.read_bytes()
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {os.fspath(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# -- same bytes as mkcomposefs ------------------------------------------------
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_kind_of_file_gives_mkcomposefs_bytes(
+    every_kind: Path, mkcomposefs: Path, tmp_path: Path, option: str
+) -> None:
+    args = [option] if option else []
+    expected = mkcomposefs_image(mkcomposefs, every_kind, tmp_path / "ref.img", *args)
+    assert scanned_image(every_kind, tmp_path / "mine.img", **_kwargs(option)) == expected
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_with_a_store_same_image_and_same_objects_as_digest_store(
+    every_kind: Path, mkcomposefs: Path, tmp_path: Path, option: str
+) -> None:
+    args = [option] if option else []
+    ref_store = tmp_path / "ref-store"
+    expected = mkcomposefs_image(
+        mkcomposefs, every_kind, tmp_path / "ref.img", f"--digest-store={ref_store}", *args
+    )
+    with ObjectStore(tmp_path / "store", naming="fsverity") as objects:
+        got = scanned_image(every_kind, tmp_path / "mine.img", objects=objects, **_kwargs(option))
+        assert got == expected
+        assert objects.temporary_files() == []
+        assert all(objects.verify(p) for p in objects.payloads())
+    assert store_files(tmp_path / "store") == store_files(ref_store)
+
+
+def test_a_sha256_store_names_payloads_by_sha256_and_keeps_fsverity_digests(
+    every_kind: Path, tmp_path: Path
+) -> None:
+    with ObjectStore(tmp_path / "store") as objects:
+        tree = scan_directory(every_kind, objects=objects)
+        big = tree.inode("/big")
+        assert big.payload is not None and objects.verify(big.payload)
+        assert objects.path_for(big.payload).read_bytes() == (every_kind / "big").read_bytes()
+        with open(every_kind / "big", "rb") as f:
+            assert big.fsverity_digest == fsverity_of_fd(f.fileno())
+        assert tree.inode("/same-as-big").payload == big.payload
+        assert tree.inode("/one").content == b"x" and tree.inode("/one").payload is None
+        assert tree.inode("/empty").payload is None and tree.inode("/empty").content is None
+
+
+def test_the_shared_test_layer_extracted_gives_mkcomposefs_bytes(
+    mkcomposefs: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "layer"
+    with tarfile.open(DATA / "layers" / "small.tar") as tar:
+        tar.extractall(root, filter="fully_trusted")
+    links = [p for p in root.rglob("*") if p.is_file() and p.lstat().st_nlink > 1]
+    if links:  # mkcomposefs loses hardlinks: compare without them
+        for path in links:
+            data = path.read_bytes()
+            path.unlink()
+            path.write_bytes(data)
+    expected = mkcomposefs_image(mkcomposefs, root, tmp_path / "ref.img")
+    assert scanned_image(root, tmp_path / "mine.img") == expected
+
+
+def test_a_part_of_usr_share_gives_mkcomposefs_bytes(mkcomposefs: Path, tmp_path: Path) -> None:
+    part = Path("/usr/share/doc")
+    if not part.is_dir():
+        pytest.skip("no /usr/share/doc here")
+    if any(p.lstat().st_nlink > 1 for p in part.rglob("*") if not p.is_dir()):
+        pytest.skip("/usr/share/doc holds hardlinks here (mkcomposefs loses them)")
+    expected = mkcomposefs_image(mkcomposefs, part, tmp_path / "ref.img")
+    assert scanned_image(part, tmp_path / "mine.img", threads=2) == expected
+
+
+def test_deeper_than_the_open_directory_budget(mkcomposefs: Path, tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    here = root
+    for level in range(3 * _MAX_OPEN_DIRS):
+        here = here / f"{level}"
+        here.mkdir(parents=True)
+        (here / "f").write_bytes(b"x" * (level % 100))
+    expected = mkcomposefs_image(mkcomposefs, root, tmp_path / "ref.img")
+    assert scanned_image(root, tmp_path / "mine.img") == expected
+
+
+# -- hardlinks ------------------------------------------------------------------
+
+
+def make_hardlinks(root: Path) -> Path:
+    root.mkdir()
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    (root / "a" / "big").write_bytes(os.urandom(10_000))
+    os.link(root / "a" / "big", root / "b" / "big-again")
+    os.link(root / "a" / "big", root / "z-third")
+    (root / "small").write_bytes(b"tiny")
+    os.link(root / "small", root / "a" / "small-too")
+    (root / "empty").write_bytes(b"")
+    os.link(root / "empty", root / "b" / "empty-too")
+    os.setxattr(root / "small", "user.k", b"v")
+    os.mkfifo(root / "fifo")
+    os.link(root / "fifo", root / "fifo2")
+    (root / "target").symlink_to("a/big")
+    os.link(root / "target", root / "b" / "target2", follow_symlinks=False)
+    (root / "alone").write_bytes(b"a" * 5000)
+    return root
+
+
+def test_hardlink_groups_are_kept(tmp_path: Path) -> None:
+    tree = scan_directory(make_hardlinks(tmp_path / "tree"))
+    assert tree["/a/big"] == tree.inode("/a/big")  # the first name in order holds it
+    assert tree["/b/big-again"] == Hardlink(b"/a/big")
+    assert tree["/z-third"] == Hardlink(b"/a/big")
+    assert tree.inode("/a/big").nlink == 3
+    assert tree["/small"] == Hardlink(b"/a/small-too")
+    assert tree.inode("/a/small-too").nlink == 2
+    assert tree["/empty"] == Hardlink(b"/b/empty-too")
+    assert tree["/fifo2"] == Hardlink(b"/fifo")
+    assert tree["/target"] == Hardlink(b"/b/target2")
+    assert tree.inode("/alone").nlink == 1
+
+
+def test_mounted_image_equals_the_tree_with_hardlinks(tmp_path: Path) -> None:
+    require_mounts()
+    root = make_every_kind(tmp_path / "tree")
+    # A whiteout (char 0/0) is escaped in the image, and the mount shows it as
+    # whatever the kernel's overlayfs makes of the escape: the image bytes
+    # (mkcomposefs's) are checked above; here the tree is compared without it.
+    (root / "whiteout").unlink()
+    make_hardlinks(root / "links")
+    with ObjectStore(tmp_path / "store", naming="fsverity") as objects:
+        write_image(scan_directory(root, objects=objects), tmp_path / "img")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    original = walk(root)
+    with mounted([tmp_path / "img"], mnt, tmp_path / "store"):
+        shown = walk(mnt)
+    assert set(shown) == set(original)
+
+    def groups(seen: dict[bytes, Seen]) -> set[frozenset[bytes]]:
+        by_ino: dict[int, set[bytes]] = {}
+        for path, entry in seen.items():
+            if entry.kind != "dir":
+                by_ino.setdefault(entry.ino, set()).add(path)
+        return {frozenset(g) for g in by_ino.values()}
+
+    assert groups(shown) == groups(original)
+    assert any(len(g) == 3 for g in groups(shown))
+    for path, entry in original.items():
+        got = shown[path]
+        assert (got.kind, got.perm, got.uid, got.gid, got.mtime_ns, got.size, got.rdev) == (
+            entry.kind, entry.perm, entry.uid, entry.gid, entry.mtime_ns, entry.size, entry.rdev,
+        ), path  # fmt: skip
+        assert got.data == entry.data, path
+        assert got.xattrs == entry.xattrs, path
+        if entry.kind != "dir":
+            assert got.nlink == entry.nlink, path
+
+
+# -- a tree that changes during the scan ---------------------------------------
+
+
+def test_a_file_appended_to_during_the_scan_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(50):
+        (root / f"f{i:02d}").write_bytes(b"x" * 200_000)
+    growing = root / "f25"
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(growing, "ab") as f:
+            while not stop.is_set():
+                f.write(b"more" * 1000)
+                f.flush()
+                time.sleep(0.0005)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        with pytest.raises(ValidationError, match="changed during the scan") as caught:
+            scan_directory(root)
+    finally:
+        stop.set()
+        writer.join()
+    assert caught.value.path == "/f25"
+
+
+def test_a_file_changed_while_it_is_stored_leaves_nothing_in_the_store(tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"a" * 10_000)
+    with ObjectStore(tmp_path / "store", naming="fsverity") as objects, open(source, "rb") as f:
+        with pytest.raises(ValidationError, match="changed while it was stored"):
+            objects.add_file(f.fileno(), fsverity=bytes(32))
+        assert list(objects.payloads()) == [] and objects.temporary_files() == []
+        payload = objects.add_file(f.fileno())
+        assert objects.path_for(payload).read_bytes() == source.read_bytes()
+
+
+def _swap_before(name: bytes, swap: Callable[[], None]) -> Callable[..., object]:
+    """Scanner._entry that runs ``swap`` just before it handles entry ``name``
+    (listed and stat'ed already: the race's worst moment)."""
+    original = _Scanner._entry
+
+    def entry(self: _Scanner, frame: object, entry_name: bytes, *args: object) -> object:
+        if entry_name == name:
+            swap()
+        return original(self, frame, entry_name, *args)  # type: ignore[arg-type]
+
+    return entry
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_name_swapped_for_a_symlink_mid_scan_does_not_leave_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret" * 100)
+    root = tmp_path / "tree"
+    root.mkdir()
+    victim = root / "victim"
+    if kind == "directory":
+        victim.mkdir()
+        (victim / "inside").write_bytes(b"fine" * 100)
+    else:
+        victim.write_bytes(b"fine" * 100)
+
+    def swap() -> None:
+        victim.rename(root / "moved")
+        victim.symlink_to(outside if kind == "directory" else outside / "secret")
+
+    monkeypatch.setattr(_Scanner, "_entry", _swap_before(b"victim", swap))
+    with pytest.raises(ValidationError, match="changed during the scan") as caught:
+        scan_directory(root)
+    assert caught.value.path == "/victim"
+
+
+def test_a_directory_swapped_for_a_symlink_after_descent_is_still_walked_by_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret" * 100)
+    root = tmp_path / "tree"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a").write_bytes(b"a" * 100)
+    (root / "d" / "b").write_bytes(b"b" * 100)
+
+    def swap() -> None:  # while d is walked, its name points outside
+        (root / "d").rename(root / "elsewhere")
+        (root / "d").symlink_to(outside)
+
+    monkeypatch.setattr(_Scanner, "_entry", _swap_before(b"b", swap))
+    tree = scan_directory(root)
+    assert "/d/b" in tree and "/d/secret" not in tree
+    assert tree.inode("/d/b").content is None and tree.inode("/d/b").payload is not None
+
+
+# -- limits, progress, cost --------------------------------------------------------
+
+
+def test_limits_are_checked_before_the_contents_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(30):
+        (root / f"f{i}").write_bytes(b"x" * 100)
+    with pytest.raises(ValidationError, match="more than 10 entries"):
+        scan_directory(root, limits=Limits(max_entries=10))
+    (root / "d" / "e" / "f").mkdir(parents=True)
+    with pytest.raises(ValidationError, match="deeper than 2 levels"):
+        scan_directory(root, limits=Limits(max_depth=2))
+    with pytest.raises(ValidationError, match="size"):
+        scan_directory(root, limits=Limits(max_file_size=99))
+
+
+def test_overlay_xattrs_of_the_input_are_refused_naming_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    os.setxattr(root / "f", "trusted.overlay.redirect", b"/elsewhere")
+    with pytest.raises(ValidationError, match="overlayfs metadata") as caught:
+        scan_directory(root)
+    assert caught.value.path == "/f"
+
+
+def test_progress_callback_counts_every_entry_and_the_bytes(every_kind: Path) -> None:
+    updates: list[ProgressUpdate] = []
+    tree = scan_directory(every_kind, progress=updates.append)
+    assert updates[-1].finished
+    assert updates[-1].files_done == len(tree)
+    assert updates[-1].bytes_done == sum(
+        tree.inode(p).size for p, n in tree if not isinstance(n, Hardlink)
+    )
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="exclude"):
+        scan_directory(".", skip_xattrs=True, user_xattrs=True)
+    with pytest.raises(ValueError, match="threads"):
+        scan_directory(".", threads=0)
+    assert composefs_py.scan_directory is scan_directory
+
+
+def test_scan_cost_is_linear_in_the_entries(tmp_path: Path) -> None:
+    def make(n: int) -> Path:
+        root = tmp_path / f"n{n}"
+        for d in range(n // 50):
+            sub = root / f"d{d:04d}"
+            sub.mkdir(parents=True)
+            for f in range(50):
+                (sub / f"f{f:02d}").write_bytes(b"y" * (f * 3))
+        return root
+
+    small, large, ratio = growth(lambda root: len(scan_directory(root, threads=1)), make, 1000)
+    assert ratio < 6, f"1000 -> 4000 entries: {small:.3f} -> {large:.3f} s CPU ({ratio:.1f}x)"
+
+
+def test_scan_with_a_store_cost_is_linear_in_the_bytes(tmp_path: Path) -> None:
+    def make(n: int) -> Path:
+        root = tmp_path / f"b{n}"
+        root.mkdir()
+        for i in range(n):
+            (root / f"f{i}").write_bytes(os.urandom(256 * 1024))
+        return root
+
+    def work(root: Path) -> int:
+        store = root.parent / (root.name + "-store")
+        shutil.rmtree(store, ignore_errors=True)
+        with ObjectStore(store, naming="fsverity", durable=False) as objects:
+            return len(scan_directory(root, objects=objects, threads=1))
+
+    small, large, ratio = growth(work, make, 20)
+    assert ratio < 6, f"20 -> 80 files of 256 KiB: {small:.3f} -> {large:.3f} s CPU"
