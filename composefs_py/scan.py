@@ -107,6 +107,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_OPEN_DIRS = 64
+_MAX_FILES_IN_FLIGHT = 256
+_BATCH_BYTES = 8 << 20
 _DEVICES = frozenset((stat.S_IFCHR, stat.S_IFBLK))
 
 
@@ -194,6 +196,9 @@ class _Frame:
 class _Scanner:
     __slots__ = (
         "_host_root",
+        "_batch",
+        "_batch_bytes",
+        "_batch_files",
         "_in_flight",
         "_limits_entries",
         "_links",
@@ -223,8 +228,13 @@ class _Scanner:
         self.builder = builder
         self._progress = progress
         self._threads = threads
-        self._max_in_flight = 4 * threads + 16
-        self._in_flight: deque[tuple[Future[Inode], bytes, int, int]] = deque()
+        # Files open at once: at most _MAX_FILES_IN_FLIGHT, in tasks of up to
+        # 16 files (fewer with many threads, so that each has tasks).
+        self._batch_files = max(1, min(16, _MAX_FILES_IN_FLIGHT // (threads + 3)))
+        self._max_in_flight = threads + 2
+        self._in_flight: deque[tuple[Future[list[Inode]], list[_File]]] = deque()
+        self._batch: list[_File] = []
+        self._batch_bytes = 0
         self._links: dict[tuple[int, int], bytes] = {}
         self._listed = 0
         self._limits_entries = max_entries
@@ -242,6 +252,7 @@ class _Scanner:
             self._advance(0)
             stack.append(self._open_frame(ROOT, os.dup(root_fd), st))
             self._walk(stack)
+            self._flush()
             while self._in_flight:
                 self._collect_oldest()
         except BaseException:
@@ -323,9 +334,8 @@ class _Scanner:
         kind = stat.S_IFMT(st.st_mode)
         builder = self.builder
         if kind == stat.S_IFDIR:
-            fd = self._open(name, _DIR_FLAGS, dir_fd, path, st)
+            fd, opened = self._open(name, _DIR_FLAGS, dir_fd, path, st)
             try:
-                opened = os.fstat(fd)
                 builder.add(path, self._inode(opened, self._xattrs(fd, path)))
             except BaseException:
                 os.close(fd)
@@ -343,9 +353,8 @@ class _Scanner:
                 return None
             self._links[key] = path
         if kind == stat.S_IFREG and st.st_size > 0:
-            fd = self._open(name, _FILE_FLAGS, dir_fd, path, st)
+            fd, opened = self._open(name, _FILE_FLAGS, dir_fd, path, st)
             try:
-                opened = os.fstat(fd)
                 if opened.st_size != st.st_size or opened.st_mtime_ns != st.st_mtime_ns:
                     raise _changed(path, "its size or mtime changed before it was read")
                 placeholder = self._inode(opened, self._xattrs(fd, path))
@@ -365,7 +374,7 @@ class _Scanner:
                 raise self._os_error(exc, path) from None
         xattrs: tuple[tuple[bytes, bytes], ...] = ()
         if not self._options.skip_xattrs:
-            fd = self._open(name, _PATH_FLAGS, dir_fd, path, st)
+            fd, _opened = self._open(name, _PATH_FLAGS, dir_fd, path, st)
             try:
                 xattrs = self._xattrs(f"/proc/self/fd/{fd}", path)
             finally:
@@ -374,9 +383,11 @@ class _Scanner:
         self._advance(0)
         return None
 
-    def _open(self, name: bytes, flags: int, dir_fd: int, path: bytes, st: os.stat_result) -> int:
+    def _open(
+        self, name: bytes, flags: int, dir_fd: int, path: bytes, st: os.stat_result
+    ) -> tuple[int, os.stat_result]:
         """``openat(dir_fd, name, flags)`` (never following a link), checked to be
-        the inode listed."""
+        the inode listed; the fd and its ``fstat``."""
         try:
             fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
@@ -395,7 +406,7 @@ class _Scanner:
         ):
             os.close(fd)
             raise _changed(path, "it was replaced by another file")
-        return fd
+        return fd, opened
 
     def _xattrs(self, target: int | str, path: bytes = ROOT) -> tuple[tuple[bytes, bytes], ...]:
         options = self._options
@@ -449,28 +460,51 @@ class _Scanner:
     # -- contents ----------------------------------------------------------
 
     def _submit(self, fd: int, st: os.stat_result, placeholder: Inode, path: bytes) -> None:
+        """Queue the file open at ``fd`` (the queue owns the fd from here on)."""
+        self._batch.append((fd, st, placeholder, path))
+        self._batch_bytes += st.st_size
+        if len(self._batch) >= self._batch_files or self._batch_bytes >= _BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the queued files to a worker, as one task (a task per file costs
+        the walking thread more than hashing a small file does)."""
+        batch = self._batch
+        if not batch:
+            return
         in_flight = self._in_flight
         while in_flight and (len(in_flight) >= self._max_in_flight or in_flight[0][0].done()):
             self._collect_oldest()
         assert self._pool is not None
-        future = self._pool.submit(_read_file, fd, st, placeholder, path, self._objects)
-        in_flight.append((future, path, fd, st.st_size))
+        self._batch = []
+        self._batch_bytes = 0
+        try:
+            future = self._pool.submit(_read_files, batch, self._objects)
+        except BaseException:
+            _close_all(batch)
+            raise
+        in_flight.append((future, batch))
 
     def _collect_oldest(self) -> None:
-        future, path, _fd, size = self._in_flight.popleft()
+        future, batch = self._in_flight.popleft()
         try:
-            inode = future.result()
-        except OSError as exc:
-            raise self._os_error(exc, path) from None
-        self.builder.add(path, inode)
-        self._advance(size)
+            inodes = future.result()
+        except _ReadFailed as failed:
+            raise self._os_error(failed.error, failed.path) from None
+        add = self.builder.add
+        for (_fd, st, _placeholder, path), inode in zip(batch, inodes, strict=True):
+            add(path, inode)
+            self._advance(st.st_size)
 
     def _cancel(self) -> None:
-        """Cancel the reads not started; close their fds (a started read closes its own)."""
+        """Cancel the reads not started and close their fds (a started task closes
+        its own), and those of the files still queued."""
         while self._in_flight:
-            future, _path, fd, _size = self._in_flight.popleft()
+            future, batch = self._in_flight.popleft()
             if future.cancel():
-                os.close(fd)
+                _close_all(batch)
+        batch, self._batch = self._batch, []
+        _close_all(batch)
 
     def _advance(self, nbytes: int) -> None:
         if self._progress is not None:
@@ -492,6 +526,40 @@ def _first(pair: tuple[bytes, os.stat_result]) -> bytes:
 
 def _changed(path: bytes, what: str) -> ValidationError:
     return ValidationError(f"changed during the scan: {what}", path=path)
+
+
+#: A regular file queued for reading: its fd, lstat, placeholder inode, tree path.
+_File = tuple[int, os.stat_result, Inode, bytes]
+
+
+class _ReadFailed(Exception):
+    """An OSError of a worker, with the tree path of the file it read."""
+
+    def __init__(self, path: bytes, error: OSError) -> None:
+        super().__init__(path, error)
+        self.path = path
+        self.error = error
+
+
+def _close_all(batch: list[_File]) -> None:
+    for fd, _st, _placeholder, _path in batch:
+        os.close(fd)
+
+
+def _read_files(batch: list[_File], objects: ObjectStore | None) -> list[Inode]:
+    """:func:`_read_file` for each file of ``batch`` (a worker's task); every fd
+    is closed, whatever happens."""
+    inodes = []
+    for index, (fd, st, placeholder, path) in enumerate(batch):
+        try:
+            inodes.append(_read_file(fd, st, placeholder, path, objects))
+        except OSError as exc:
+            _close_all(batch[index + 1 :])
+            raise _ReadFailed(path, exc) from None
+        except BaseException:
+            _close_all(batch[index + 1 :])
+            raise
+    return inodes
 
 
 def _read_file(
