@@ -118,6 +118,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Naming",
+    "fsverity_of_bytes",
     "fsverity_of_fd",
     "sha256_of_fd",
     "ObjectDir",
@@ -1434,6 +1435,25 @@ def fsverity_of_fd(fd: int) -> bytes:
     if native is not None:
         return native(fd)
     return fsverity_digest(fd)
+
+
+def fsverity_of_bytes(data: bytes) -> bytes:
+    """The fs-verity digest of ``data``: libcomposefs' (the GIL released) when
+    the binding is there, else :class:`~composefs_py.fsverity.FsverityHasher`."""
+    native = _native_fsverity_bytes()
+    if native is not None:
+        return native(data)
+    return fsverity_digest(data)
+
+
+@functools.cache
+def _native_fsverity_bytes() -> Callable[[bytes], bytes] | None:
+    try:
+        from . import _native
+
+        return cast("Callable[[bytes], bytes]", _native.fsverity_digest_bytes)
+    except Exception:  # no usable extension: the pure Python digest
+        return None
 
 
 @functools.cache

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 from collections import deque
@@ -91,7 +92,7 @@ from ._progress import ProgressArg, resolve_progress
 from .errors import ValidationError
 from .limits import Limits
 from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, new_inode
-from .objects import fsverity_of_fd, payload_for_hex, sha256_of_fd
+from .objects import fsverity_of_bytes, fsverity_of_fd, payload_for_hex, sha256_of_fd
 
 if TYPE_CHECKING:
     from ._progress import Progress
@@ -109,6 +110,8 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_OPEN_DIRS = 64
 _MAX_FILES_IN_FLIGHT = 256
 _BATCH_BYTES = 8 << 20
+#: A regular file up to this size is read in one call and hashed from memory.
+_WHOLE_READ = 1 << 20
 _DEVICES = frozenset((stat.S_IFCHR, stat.S_IFBLK))
 
 
@@ -577,11 +580,23 @@ def _read_file(
             if len(content) != size:
                 raise _changed(path, f"{size} bytes listed, {len(content)} read")
         else:
-            digest = fsverity_of_fd(fd)
+            sha256 = None
+            want_sha256 = objects is not None and objects.naming == "sha256"
+            if size <= _WHOLE_READ:  # one read, hashed in one call
+                data = os.pread(fd, size + 1, 0)
+                if len(data) != size:
+                    raise _changed(path, f"{size} bytes listed, {len(data)} read")
+                digest = fsverity_of_bytes(data)
+                if want_sha256:
+                    sha256 = hashlib.sha256(data).hexdigest()
+                del data
+            else:
+                digest = fsverity_of_fd(fd)
+                if want_sha256:
+                    sha256 = sha256_of_fd(fd)
             if objects is None:
                 payload = payload_for_hex(digest.hex())
             else:
-                sha256 = sha256_of_fd(fd) if objects.naming == "sha256" else None
                 try:
                     payload = objects.add_file(fd, sha256=sha256, fsverity=digest)
                 except ValidationError as exc:
