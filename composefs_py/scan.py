@@ -67,10 +67,16 @@ file's placeholder carries its size) before a byte of its content is read or
 written, and a directory is added (path and depth checked) before it is
 listed; while a directory is listed, ``max_entries`` is checked for each
 name before its entry is kept.  A hashed file's final inode replaces its
-placeholder.  Memory: the sorted listings of the directories on the current
-path (each entry at most once) and at most ``4 * threads + 16`` files in
-flight, each an open fd and a 1 MiB read buffer; xattr names and values are
-bounded by the kernel (64 KiB each).  Open directory fds are at most
+placeholder.  Time: one ``fstatat`` per entry, one ``openat`` and ``fstat``
+per entry opened, one ``listxattr`` (and a ``getxattr`` per name) per inode,
+the sort of each directory's names, one pass over each file's content (a
+file up to 1 MiB in one ``pread``, hashed from memory; a larger one in
+libcomposefs' 4 KiB reads) and, with a store, its copy (or reflink) and one
+more pass over the copy.  Memory: the Tree, the sorted listings of the
+directories on the current path (each entry at most once), at most
+``_MAX_FILES_IN_FLIGHT`` (256) files open and queued at once, in tasks of up
+to 16 files or 8 MiB, and one read buffer of at most 1 MiB per worker; xattr
+names and values are bounded by the kernel (64 KiB each).  Open directory fds are at most
 ``_MAX_OPEN_DIRS`` whatever the depth: an ancestor's fd is closed and, when
 the walk comes back up, reopened through ``..`` and checked to be the same
 directory.

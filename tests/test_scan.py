@@ -177,12 +177,16 @@ def test_the_shared_test_layer_extracted_gives_mkcomposefs_bytes(
     assert scanned_image(root, tmp_path / "mine.img") == expected
 
 
-def test_a_part_of_usr_share_gives_mkcomposefs_bytes(mkcomposefs: Path, tmp_path: Path) -> None:
-    part = Path("/usr/share/doc")
-    if not part.is_dir():
-        pytest.skip("no /usr/share/doc here")
-    if any(p.lstat().st_nlink > 1 for p in part.rglob("*") if not p.is_dir()):
-        pytest.skip("/usr/share/doc holds hardlinks here (mkcomposefs loses them)")
+@pytest.mark.parametrize(
+    "part", ["/usr/share/doc", *sorted(str(p) for p in Path("/usr/lib").glob("python3*"))]
+)
+def test_a_real_tree_of_this_machine_gives_mkcomposefs_bytes(
+    mkcomposefs: Path, tmp_path: Path, part: str
+) -> None:
+    if not Path(part).is_dir():
+        pytest.skip(f"no {part} here")
+    if any(p.lstat().st_nlink > 1 for p in Path(part).rglob("*") if not p.is_dir()):
+        pytest.skip(f"{part} holds hardlinks here (mkcomposefs loses them)")
     expected = mkcomposefs_image(mkcomposefs, part, tmp_path / "ref.img")
     assert scanned_image(part, tmp_path / "mine.img", threads=2) == expected
 
