@@ -422,18 +422,41 @@ def test_options_are_checked() -> None:
     assert composefs_py.scan_directory is scan_directory
 
 
-def test_scan_cost_is_linear_in_the_entries(tmp_path: Path) -> None:
+def _wide(root: Path, n: int) -> None:
+    for d in range(n // 50):
+        sub = root / f"d{d:04d}"
+        sub.mkdir(parents=True)
+        for f in range(50):
+            (sub / f"f{f:02d}").write_bytes(b"y" * (f * 3))
+
+
+def _deep(root: Path, n: int) -> None:
+    here = root
+    for _ in range(n // 2):
+        here = here / "d"
+        here.mkdir(parents=True)
+        (here / "f").write_bytes(b"z" * 100)
+
+
+def _hardlinks(root: Path, n: int) -> None:
+    root.mkdir()
+    (root / "t").write_bytes(b"q" * 1000)
+    for i in range(n):
+        os.link(root / "t", root / f"l{i}")
+
+
+@pytest.mark.parametrize("shape", [_wide, _deep, _hardlinks])
+def test_scan_cost_is_linear_in_the_entries(
+    tmp_path: Path, shape: Callable[[Path, int], None]
+) -> None:
     def make(n: int) -> Path:
         root = tmp_path / f"n{n}"
-        for d in range(n // 50):
-            sub = root / f"d{d:04d}"
-            sub.mkdir(parents=True)
-            for f in range(50):
-                (sub / f"f{f:02d}").write_bytes(b"y" * (f * 3))
+        shape(root, n)
         return root
 
-    small, large, ratio = growth(lambda root: len(scan_directory(root, threads=1)), make, 1000)
-    assert ratio < 6, f"1000 -> 4000 entries: {small:.3f} -> {large:.3f} s CPU ({ratio:.1f}x)"
+    n = 200 if shape is _deep else 1000  # 400 levels at most: tmp_path's cleanup recurses
+    small, large, ratio = growth(lambda root: len(scan_directory(root, threads=1)), make, n)
+    assert ratio < 6, f"{n} -> {4 * n} entries: {small:.3f} -> {large:.3f} s CPU ({ratio:.1f}x)"
 
 
 def test_scan_with_a_store_cost_is_linear_in_the_bytes(tmp_path: Path) -> None:
