@@ -67,6 +67,8 @@ def make_every_kind(root: Path) -> Path:
     sock.bind(os.fspath(root / "sock"))
     sock.close()
     (root / ("L" * 255)).write_bytes(b"long name" * 10)
+    (root / os.fsdecode(b"not-utf8-\xff\xfe")).write_bytes(b"raw name")
+    (root / "new\nline and \\ back=slash").write_bytes(b"odd name" * 10)
     os.setxattr(root / "one", "user.color", b"blue")
     os.setxattr(root / "big", "trusted.note", b"\0binary\xff")
     os.setxattr(root / "big", "user.empty", b"")
