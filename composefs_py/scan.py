@@ -368,6 +368,11 @@ class _Scanner:
                     raise _changed(path, "its size or mtime changed before it was read")
                 placeholder = self._inode(opened, self._xattrs(fd, path))
                 builder.add(path, placeholder)
+                if opened.st_size > INLINE_MAX:
+                    # Start reading it now: the queued files' reads overlap
+                    # (a cold cache), whatever the number of workers; its
+                    # first 8 MiB at most (the rest is read ahead as it is read).
+                    os.posix_fadvise(fd, 0, _BATCH_BYTES, os.POSIX_FADV_WILLNEED)
                 self._submit(fd, opened, placeholder, path)
             except BaseException:
                 os.close(fd)
