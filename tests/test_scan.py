@@ -477,3 +477,46 @@ def test_scan_with_a_store_cost_is_linear_in_the_bytes(tmp_path: Path) -> None:
 
     small, large, ratio = growth(work, make, 20)
     assert ratio < 6, f"20 -> 80 files of 256 KiB: {small:.3f} -> {large:.3f} s CPU"
+
+
+@pytest.mark.parametrize("way", ["reflink", "copy_file_range", "read-write"])
+def test_add_file_stores_by_each_way_and_checks_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    import errno
+
+    from composefs_py import objects as objects_module
+
+    data = os.urandom(3 << 20)
+    source = tmp_path / "f"
+    source.write_bytes(data)
+    calls: list[str] = []
+
+    def ioctl(dst: int, request: int, src: int) -> int:
+        calls.append("ioctl")
+        if way != "reflink":
+            raise OSError(errno.EOPNOTSUPP, "no reflink here")
+        os.write(dst, os.pread(src, len(data), 0))  # what a reflink shows
+        return 0
+
+    real_copy_range = os.copy_file_range
+
+    def copy_range(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        calls.append("copy_file_range")
+        if way == "read-write":
+            raise OSError(errno.EXDEV, "not here")
+        return real_copy_range(src, dst, count, offset_src)
+
+    monkeypatch.setattr(objects_module.fcntl, "ioctl", ioctl)
+    monkeypatch.setattr(objects_module.os, "copy_file_range", copy_range)
+    store = ObjectStore(tmp_path / "store", naming="fsverity", durable=False)
+    with store as objects, open(source, "rb") as f:
+        digest = fsverity_of_fd(f.fileno())
+        payload = objects.add_file(f.fileno(), fsverity=digest)
+        assert objects.path_for(payload).read_bytes() == data
+        assert payload == digest.hex()[:2].encode() + b"/" + digest.hex()[2:].encode()
+        assert objects.temporary_files() == []
+        assert calls[0] == "ioctl" and (way == "reflink") == (calls == ["ioctl"])
+        calls.clear()
+        assert objects.add_file(f.fileno(), fsverity=digest) == payload  # there: not read
+        assert calls == []
