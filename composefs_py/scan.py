@@ -367,15 +367,22 @@ class _Scanner:
                 if opened.st_size != st.st_size or opened.st_mtime_ns != st.st_mtime_ns:
                     raise _changed(path, "its size or mtime changed before it was read")
                 placeholder = self._inode(opened, self._xattrs(fd, path))
+                owned, fd = fd, -1  # from here on closed by whoever reads it
+                if opened.st_size <= INLINE_MAX:  # read here: cheaper than queueing
+                    builder.add(path, _read_file(owned, opened, placeholder, path, None))
+                    self._advance(opened.st_size)
+                    return None
+                fd = owned
                 builder.add(path, placeholder)
-                if opened.st_size > INLINE_MAX:
-                    # Start reading it now: the queued files' reads overlap
-                    # (a cold cache), whatever the number of workers; its
-                    # first 8 MiB at most (the rest is read ahead as it is read).
-                    os.posix_fadvise(fd, 0, _BATCH_BYTES, os.POSIX_FADV_WILLNEED)
-                self._submit(fd, opened, placeholder, path)
+                # Start reading it now: the queued files' reads overlap (a cold
+                # cache), whatever the number of workers; its first 8 MiB at
+                # most (the rest is read ahead as it is read).
+                os.posix_fadvise(fd, 0, _BATCH_BYTES, os.POSIX_FADV_WILLNEED)
+                fd = -1
+                self._submit(owned, opened, placeholder, path)  # the queue owns it
             except BaseException:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 raise
             return None
         target = None
