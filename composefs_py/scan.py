@@ -150,9 +150,9 @@ def scan_directory(
     if threads.__class__ is not int or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     host_root = os.fsencode(path)
-    root_fd = os.open(host_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     limits = limits or Limits()
     reporter = resolve_progress(progress, "scanning")
+    root_fd = os.open(host_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     scanner = _Scanner(
         host_root,
         _Options(skip_xattrs, user_xattrs, skip_devices, use_epoch),
@@ -164,11 +164,11 @@ def scan_directory(
     )
     batch = objects.batch() if objects is not None else contextlib.nullcontext()
     try:
-        with batch:
+        with batch:  # published only if the scan and the Tree's checks pass
             scanner.run(root_fd)
+            tree = scanner.builder.build()
     finally:
         os.close(root_fd)
-    tree = scanner.builder.build()
     if reporter is not None:
         reporter.close()
     return tree
@@ -278,10 +278,12 @@ class _Scanner:
             frame = stack[-1]
             if frame.index == len(frame.entries):
                 stack.pop()
-                if stack and stack[-1].fd is None:
-                    self._reopen_parent(stack[-1], frame)
                 assert frame.fd is not None
-                os.close(frame.fd)
+                try:
+                    if stack and stack[-1].fd is None:
+                        self._reopen_parent(stack[-1], frame)
+                finally:
+                    os.close(frame.fd)
                 continue
             name, st = frame.entries[frame.index]
             frame.index += 1

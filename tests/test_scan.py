@@ -520,3 +520,23 @@ def test_add_file_stores_by_each_way_and_checks_the_copy(
         calls.clear()
         assert objects.add_file(f.fileno(), fsverity=digest) == payload  # there: not read
         assert calls == []
+
+
+def test_a_deep_directory_moved_mid_scan_is_an_error_not_a_walk_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "tree"
+    levels = [root]
+    for level in range(2 * _MAX_OPEN_DIRS):
+        levels.append(levels[-1] / f"{level}")
+    levels[-1].mkdir(parents=True)
+    (levels[-1] / "f").write_bytes(b"x")
+    moved = levels[_MAX_OPEN_DIRS // 2 + 1]  # its parent's fd is closed when f is met
+
+    def swap() -> None:
+        moved.rename(root / "elsewhere")
+
+    monkeypatch.setattr(_Scanner, "_entry", _swap_before(b"f", swap))
+    with pytest.raises(ValidationError, match="moved") as caught:
+        scan_directory(root)
+    assert caught.value.path == "/" + "/".join(str(n) for n in range(_MAX_OPEN_DIRS // 2))
