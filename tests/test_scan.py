@@ -540,3 +540,22 @@ def test_a_deep_directory_moved_mid_scan_is_an_error_not_a_walk_elsewhere(
     with pytest.raises(ValidationError, match="moved") as caught:
         scan_directory(root)
     assert caught.value.path == "/" + "/".join(str(n) for n in range(_MAX_OPEN_DIRS // 2))
+
+
+def test_a_file_the_kernel_will_not_open_fails_the_scan_naming_its_host_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "tree"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "locked").write_bytes(b"x" * 100)  # as mkcomposefs: it must be read
+    real_open = os.open
+
+    def refusing_open(name: object, flags: int, *args: object, **kwargs: object) -> int:
+        if name == b"locked" and not flags & os.O_PATH:
+            raise PermissionError(13, "Permission denied")
+        return real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(PermissionError) as caught:
+        scan_directory(root)
+    assert caught.value.filename == os.fspath(root / "d" / "locked")
