@@ -41,8 +41,9 @@ symbolic link is never opened for reading (with xattrs: ``O_PATH``).
 Confinement (DESIGN rule 8): the directory given is opened (its own path may
 be a link: that is the caller's choice); below it every step is an
 ``openat(O_NOFOLLOW)`` relative to the fd of the directory above:
-directories ``O_DIRECTORY``, regular files ``O_NONBLOCK``, others
-``O_PATH``; each opened inode is checked to be the one listed (same
+directories ``O_DIRECTORY``, everything else ``O_PATH`` (a regular file
+is then reopened for reading through ``/proc/self/fd``: a device or FIFO
+swapped in for it is never opened); each opened inode is checked to be the one listed (same
 ``st_dev``/``st_ino``, same type), so a name swapped for a link or another
 file during the scan raises ValidationError naming the path, and no link is
 ever followed: the scan cannot leave the tree.  A regular file whose size or
@@ -113,6 +114,7 @@ INLINE_MAX = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_REOPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _MAX_OPEN_DIRS = 64
 _MAX_FILES_IN_FLIGHT = 256
 _BATCH_BYTES = 8 << 20
@@ -364,7 +366,7 @@ class _Scanner:
                 return None
             self._links[key] = path
         if kind == stat.S_IFREG and st.st_size > 0:
-            fd, opened = self._open(name, _FILE_FLAGS, dir_fd, path, st)
+            fd, opened = self._open_regular(name, dir_fd, path, st)
             try:
                 if opened.st_size != st.st_size or opened.st_mtime_ns != st.st_mtime_ns:
                     raise _changed(path, "its size or mtime changed before it was read")
@@ -429,6 +431,27 @@ class _Scanner:
         ):
             os.close(fd)
             raise _changed(path, "it was replaced by another file")
+        return fd, opened
+
+    def _open_regular(
+        self, name: bytes, dir_fd: int, path: bytes, st: os.stat_result
+    ) -> tuple[int, os.stat_result]:
+        """Open the regular file listed as ``name`` for reading, never anything else.
+
+        ``O_PATH`` first (opening a device or FIFO swapped in would already
+        act on it), checked to be the inode listed, then reopened for
+        reading through ``/proc/self/fd``: the very inode checked.
+        """
+        handle, opened = self._open(name, _PATH_FLAGS, dir_fd, path, st)
+        try:
+            fd = os.open(f"/proc/self/fd/{handle}", _REOPEN_FLAGS)
+        except FileNotFoundError:  # no /proc: open the name again, and check again
+            os.close(handle)
+            return self._open(name, _FILE_FLAGS, dir_fd, path, st)
+        except OSError as exc:
+            os.close(handle)
+            raise self._os_error(exc, path) from None
+        os.close(handle)
         return fd, opened
 
     def _xattrs(self, target: int | str, path: bytes = ROOT) -> tuple[tuple[bytes, bytes], ...]:

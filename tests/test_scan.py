@@ -551,7 +551,8 @@ def test_a_file_the_kernel_will_not_open_fails_the_scan_naming_its_host_path(
     real_open = os.open
 
     def refusing_open(name: object, flags: int, *args: object, **kwargs: object) -> int:
-        if name == b"locked" and not flags & os.O_PATH:
+        opens_for_reading = not flags & os.O_PATH and not flags & os.O_DIRECTORY
+        if opens_for_reading and str(name).startswith("/proc/self/fd/"):
             raise PermissionError(13, "Permission denied")
         return real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
 
