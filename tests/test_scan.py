@@ -332,7 +332,7 @@ def _swap_before(name: bytes, swap: Callable[[], None]) -> Callable[..., object]
     return entry
 
 
-@pytest.mark.parametrize("kind", ["directory", "file"])
+@pytest.mark.parametrize("kind", ["directory", "file", "fifo"])
 def test_a_name_swapped_for_a_symlink_mid_scan_does_not_leave_the_tree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -350,7 +350,10 @@ def test_a_name_swapped_for_a_symlink_mid_scan_does_not_leave_the_tree(
 
     def swap() -> None:
         victim.rename(root / "moved")
-        victim.symlink_to(outside if kind == "directory" else outside / "secret")
+        if kind == "fifo":  # opening it for reading would block, or act on it
+            os.mkfifo(victim)
+        else:
+            victim.symlink_to(outside if kind == "directory" else outside / "secret")
 
     monkeypatch.setattr(_Scanner, "_entry", _swap_before(b"victim", swap))
     with pytest.raises(ValidationError, match="changed during the scan") as caught:
