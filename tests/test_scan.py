@@ -399,7 +399,9 @@ def test_limits_are_checked_before_the_contents_are_read(tmp_path: Path) -> None
         scan_directory(root, limits=Limits(max_file_size=99))
 
 
-def test_overlay_xattrs_of_the_input_are_refused_naming_the_path(tmp_path: Path) -> None:
+def test_overlay_xattrs_of_the_input_are_refused_naming_the_path(
+    mkcomposefs: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "tree"
     root.mkdir()
     (root / "f").write_bytes(b"x")
@@ -407,6 +409,10 @@ def test_overlay_xattrs_of_the_input_are_refused_naming_the_path(tmp_path: Path)
     with pytest.raises(ValidationError, match="overlayfs metadata") as caught:
         scan_directory(root)
     assert caught.value.path == "/f"
+    # taken when the caller opts in: then escaped as mkcomposefs escapes them
+    expected = mkcomposefs_image(mkcomposefs, root, tmp_path / "ref.img")
+    opted_in = Limits(allow_overlay_xattrs=True)
+    assert scanned_image(root, tmp_path / "mine.img", limits=opted_in) == expected
 
 
 def test_progress_callback_counts_every_entry_and_the_bytes(every_kind: Path) -> None:
