@@ -356,6 +356,13 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     xattrs.add_argument("--skip-xattrs", action="store_true", help="keep no xattrs")
     xattrs.add_argument("--user-xattrs", action="store_true", help="keep only user.* xattrs")
     content.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads hashing a directory SOURCE's files (default: the cores)",
+    )
+    content.add_argument(
         "--skip-devices",
         action="store_true",
         help="keep no character or block devices (whiteouts are character devices)",
@@ -444,6 +451,64 @@ def _check_positional_image(path: str) -> None:
         )
 
 
+def _scanned(args: argparse.Namespace, directory: str) -> Any:
+    """The Tree of a directory SOURCE, as ``mkcomposefs DIR IMAGE`` reads it (but
+    every hardlink kept); with a store, its files' contents go into it, named by
+    their fs-verity digests as ``mkcomposefs --digest-store`` names them."""
+    if args.compat is not None or args.lenient:
+        raise UsageError("--compat and --lenient apply to TOC, layer and dumpfile sources")
+    store = None
+    if args.objects is not None:
+        store = _module("objects", "an object store").ObjectStore(
+            args.objects, naming="fsverity", enable_verity=args.enable_verity
+        )
+    try:
+        return _module("scan", "reading a directory").scan_directory(
+            directory,
+            objects=store,
+            skip_xattrs=args.skip_xattrs,
+            user_xattrs=args.user_xattrs,
+            skip_devices=args.skip_devices,
+            use_epoch=args.use_epoch,
+            progress=True if args.progress else None,
+            threads=args.threads,
+        )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _built_from_sources(
+    args: argparse.Namespace, sources: list[str], store: Callable[[], Any] | None
+) -> Any:
+    """The Tree of TOC, dumpfile and layer SOURCEs (several are flattened), with
+    the build flags applied."""
+    trees = [
+        load_source(
+            path,
+            args.source_kind,
+            compat=args.compat,
+            lenient=args.lenient,
+            store=store,
+            progress=True if args.progress else None,
+        ).tree
+        for path in sources
+    ]
+    tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
+    del trees  # a build flag makes a new Tree: the sources' go first
+    if args.use_epoch or args.skip_xattrs or args.user_xattrs or args.skip_devices:
+        from ._buildflags import BuildFlags, apply_build_flags
+
+        flags = BuildFlags(
+            use_epoch=args.use_epoch,
+            skip_xattrs=args.skip_xattrs,
+            user_xattrs=args.user_xattrs,
+            skip_devices=args.skip_devices,
+        )
+        tree = apply_build_flags(tree, flags)
+    return tree
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from .writer import write_image
 
@@ -468,29 +533,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 enable_verity=args.enable_verity,
             )
         )
-    trees = [
-        load_source(
-            path,
-            args.source_kind,
-            compat=args.compat,
-            lenient=args.lenient,
-            store=store,
-            progress=True if args.progress else None,
-        ).tree
-        for path in sources
-    ]
-    tree = trees[0] if len(trees) == 1 else _module("mount", "flattening layers").flatten(trees)
-    del trees  # a build flag makes a new Tree: the sources' go first
-    if args.use_epoch or args.skip_xattrs or args.user_xattrs or args.skip_devices:
-        from ._buildflags import BuildFlags, apply_build_flags
-
-        flags = BuildFlags(
-            use_epoch=args.use_epoch,
-            skip_xattrs=args.skip_xattrs,
-            user_xattrs=args.user_xattrs,
-            skip_devices=args.skip_devices,
-        )
-        tree = apply_build_flags(tree, flags)
+    if len(sources) == 1 and sources[0] != "-" and os.path.isdir(sources[0]):
+        tree = _scanned(args, sources[0])  # the build flags are the scan's own
+    else:
+        tree = _built_from_sources(args, sources, store)
     options: dict[str, Any] = {
         "backend": args.backend,
         "min_version": min_version,

@@ -569,3 +569,57 @@ def test_a_file_the_kernel_will_not_open_fails_the_scan_naming_its_host_path(
     with pytest.raises(PermissionError) as caught:
         scan_directory(root)
     assert caught.value.filename == os.fspath(root / "d" / "locked")
+
+
+# -- the command line: composefs-py build DIR ------------------------------------
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "composefs_py", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_cli_build_dir_gives_mkcomposefs_bytes(
+    every_kind: Path, mkcomposefs: Path, tmp_path: Path, option: str
+) -> None:
+    args = [option] if option else []
+    expected = mkcomposefs_image(mkcomposefs, every_kind, tmp_path / "ref.img", *args)
+    done = _cli("build", *args, every_kind, tmp_path / "mine.img")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mine.img").read_bytes() == expected
+
+
+def test_cli_build_dir_with_a_digest_store_as_mkcomposefs(
+    every_kind: Path, mkcomposefs: Path, tmp_path: Path
+) -> None:
+    ref_store = tmp_path / "ref-store"
+    expected = mkcomposefs_image(
+        mkcomposefs, every_kind, tmp_path / "ref.img", f"--digest-store={ref_store}"
+    )
+    done = _cli(
+        "build", "--threads", 2, "--digest-store", tmp_path / "store", every_kind, "-o",
+        tmp_path / "mine.img",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mine.img").read_bytes() == expected
+    assert store_files(tmp_path / "store") == store_files(ref_store)
+
+
+def test_cli_build_dir_keeps_hardlinks_and_names_a_bad_option(tmp_path: Path) -> None:
+    tree = make_hardlinks(tmp_path / "tree")
+    done = _cli("build", tree, "-o", tmp_path / "x.img")
+    assert done.returncode == 0, done.stderr
+    image = composefs_py.read_image(tmp_path / "x.img")
+    assert any(isinstance(node, Hardlink) for _, node in image) or any(
+        getattr(node, "nlink", 1) > 1 and stat.S_ISREG(getattr(node, "mode", 0))
+        for _, node in image
+    )
+    done = _cli("build", "--compat", "containers-storage", tree, "-o", tmp_path / "y.img")
+    assert done.returncode == 2 and "--compat" in done.stderr
