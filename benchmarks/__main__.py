@@ -34,6 +34,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -401,6 +402,65 @@ def bench_layer(n_files: int, work: Path, repeat: int) -> dict[str, object]:
     }
 
 
+def make_tree(root: Path, n_files: int, total_mib: int) -> None:
+    """A folder of ``n_files`` files (about ``total_mib`` MiB in all, sizes from
+    empty to a few MiB, 100 to a folder, some small and some equal), made once."""
+    if (root / ".complete").exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(15)
+    mean = total_mib * 2**20 / n_files
+    block = rng.randbytes(1 << 20)
+    for i in range(n_files):
+        folder = root / f"d{i // 100:04d}"
+        if i % 100 == 0:
+            folder.mkdir(parents=True)
+        size = 0 if i % 50 == 0 else min(int(rng.expovariate(1 / mean)), 8 << 20)
+        data = (block[i % 4096 :] + block)[:size] if size else b""
+        if size and i % 10 == 3:
+            data = block[:size]  # files of the same content share one object
+        (folder / f"f{i}.dat").write_bytes(data)
+    (root / ".complete").write_bytes(b"")  # (the marker is in both sides' image)
+
+
+def bench_directory(n_files: int, total_mib: int, work: Path, repeat: int) -> dict[str, object]:
+    """``composefs-py build DIR`` against ``mkcomposefs DIR`` (its --threads set to
+    the cores), without and with a digest store, alternating; same image bytes."""
+    tree = work / f"tree-{n_files}-{total_mib}"
+    make_tree(tree, n_files, total_mib)
+    mk = _mkcomposefs()
+    threads = str(os.cpu_count() or 1)
+    rows: dict[str, object] = {"files": n_files, "mib": total_mib}
+    for mode in ("image only", "digest store"):
+        images = {side: work / f"dir-{side}.cfs" for side in ("ours", "theirs")}
+
+        def side(
+            name: str, images: dict[str, Path] = images, mode: str = mode
+        ) -> Callable[[], tuple[float, int]]:
+            def run() -> tuple[float, int]:
+                store = work / f"dir-{name}-store"
+                shutil.rmtree(store, ignore_errors=True)
+                images[name].unlink(missing_ok=True)
+                given = [f"--digest-store={store}"] if mode == "digest store" else []
+                if name == "ours":
+                    argv = [*_CLI, "build", *given, f"--threads={threads}", str(tree)]
+                else:
+                    argv = [mk, *given, f"--threads={threads}", str(tree)]
+                wall, kib, _ = _timed([*argv, str(images[name])])
+                return wall, kib
+
+            return run
+
+        result = _alternate(repeat, {"ours": side("ours"), "mkcomposefs": side("theirs")})
+        rows[mode] = {
+            **result,
+            "ratio": result["ours"]["seconds"] / result["mkcomposefs"]["seconds"],
+            "rss_ratio": result["ours"]["rss_mib"] / result["mkcomposefs"]["rss_mib"],
+            "same_bytes": images["ours"].read_bytes() == images["theirs"].read_bytes(),
+        }
+    return rows
+
+
 def _table(results: dict[str, Any]) -> str:
     lines = []
     if results.get("toc"):
@@ -458,6 +518,23 @@ def _table(results: dict[str, Any]) -> str:
                 f"{r['ratio']:>6.2f} {r['overhead_s']:>11.3f} "
                 f"{r['per_entry_overhead_us']:>9.2f}"
             )
+    if results.get("directory"):
+        r = results["directory"]
+        lines.append("")
+        lines.append(
+            f"build DIR vs mkcomposefs DIR ({r['files']} files, about {r['mib']} MiB, warm cache)"
+        )
+        lines.append(
+            f"{'mode':<14} {'ours s':>7} {'mkcfs s':>8} {'ratio':>6} {'MiB':>6} {'mkcfs':>6} same"
+        )
+        for mode in ("image only", "digest store"):
+            row = r[mode]
+            ours, theirs = row["ours"], row["mkcomposefs"]
+            lines.append(
+                f"{mode:<14} {ours['seconds']:>7.3f} {theirs['seconds']:>8.3f} "
+                f"{row['ratio']:>6.2f} {ours['rss_mib']:>6.1f} {theirs['rss_mib']:>6.1f} "
+                f"{row['same_bytes']!s:>4}"
+            )
     if results.get("layer"):
         lines.append("")
         lines.append("zstd:chunked layer import vs zstd -dc | tar -x + mkcomposefs --digest-store")
@@ -494,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox-sizes", default="1000,100000,400000")
     parser.add_argument("--layer-files", default="20000")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--only", choices=("toc", "refusal", "sandbox", "layer"), action="append")
+    parser.add_argument(
+        "--only", choices=("toc", "refusal", "sandbox", "directory", "layer"), action="append"
+    )
+    parser.add_argument("--dir-files", type=int, default=20000)
+    parser.add_argument("--dir-mib", type=int, default=500)
     parser.add_argument("--refusal-size", type=int, default=100000)
     parser.add_argument(
         "--work", type=Path, default=None, help="folder for generated inputs (kept between runs)"
@@ -503,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "composefs-py-bench"
     work.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ("toc", "refusal", "sandbox", "layer"))
+    only = set(args.only or ("toc", "refusal", "sandbox", "directory", "layer"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, Any] = {}
     if "toc" in only:
@@ -518,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         results["sandbox"] = [
             bench_sandbox(int(n), work, args.repeat) for n in args.sandbox_sizes.split(",") if n
         ]
+    if "directory" in only:
+        results["directory"] = bench_directory(args.dir_files, args.dir_mib, work, args.repeat)
     if "layer" in only:
         results["layer"] = [
             # at most 3 rounds: the upstream side alone takes 20-25 s a round
