@@ -92,9 +92,9 @@ import os
 import stat
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._buildflags import BuildFlags
 from ._progress import ProgressArg, resolve_progress
 from .errors import ValidationError
 from .limits import Limits
@@ -145,8 +145,13 @@ def scan_directory(
     docstring for what each inode gets; errors name the path (a
     ValidationError for the tree, an OSError with the host path).
     """
-    if skip_xattrs and user_xattrs:
-        raise ValueError("skip_xattrs and user_xattrs exclude each other")
+    # (BuildFlags refuses skip_xattrs with user_xattrs)
+    flags = BuildFlags(
+        use_epoch=use_epoch,
+        skip_xattrs=skip_xattrs,
+        user_xattrs=user_xattrs,
+        skip_devices=skip_devices,
+    )
     if threads is None:
         threads = os.cpu_count() or 1
     if threads.__class__ is not int or threads < 1:
@@ -157,7 +162,7 @@ def scan_directory(
     root_fd = os.open(host_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     scanner = _Scanner(
         host_root,
-        _Options(skip_xattrs, user_xattrs, skip_devices, use_epoch),
+        flags,
         objects,
         TreeBuilder(limits, duplicates="replace", count_hardlinks=True),
         reporter,
@@ -174,14 +179,6 @@ def scan_directory(
     if reporter is not None:
         reporter.close()
     return tree
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    skip_xattrs: bool
-    user_xattrs: bool
-    skip_devices: bool
-    use_epoch: bool
 
 
 class _Frame:
@@ -226,7 +223,7 @@ class _Scanner:
     def __init__(
         self,
         host_root: bytes,
-        options: _Options,
+        options: BuildFlags,
         objects: ObjectStore | None,
         builder: TreeBuilder,
         progress: Progress | None,
