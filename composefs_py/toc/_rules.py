@@ -41,7 +41,11 @@ LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
 STARGZ_INDEX = b"/stargz.index.json"
 # the paths rare_row looks at: whiteouts, landmarks, the eStargz index (in \0-joined paths)
 _RARE_NAME = re.compile(
-    rb"/\.wh\.|(?:(?<=\0)|\A)(?:/\.(?:no\.)?prefetch\.landmark|/stargz\.index\.json)(?=\0|\Z)"
+    b"/"
+    + re.escape(WH)
+    + rb"|(?:(?<=\0)|\A)(?:"
+    + b"|".join(map(re.escape, sorted((*LANDMARKS, STARGZ_INDEX))))
+    + rb")(?=\0|\Z)"
 )
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
