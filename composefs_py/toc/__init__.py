@@ -1,74 +1,38 @@
 """The containers/storage TOC (zstd:chunked and eStargz) -> :class:`Tree`, one path.
 
-:func:`parse_toc` is the only way a TOC becomes a Tree.  The input is
-untrusted: every rejection is a :class:`ValidationError` naming the entry
-index, the entry's ``name`` as given and the JSON field, e.g.
-``entry 17 ("usr/bin/x"): uid: must be an integer in 0..4294967294, got -1``.
+:func:`parse_toc` is the only way a TOC becomes a Tree.  Every rejection is a
+:class:`ValidationError` naming the entry index, its ``name`` as given and the
+field.  Where each rule of DESIGN section 4 lives (each in one place):
 
-Where each rule of DESIGN section 4 lives (each in one place):
-
-* JSON level (UTF-8, nesting depth, duplicate keys, NaN/Infinity, trailing
-  data, input size): ``_schema.read_input``, msgspec's decoder, and
-  ``_schema.strict_json`` where the key count says a key was not taken.
+* JSON level (UTF-8, depth, duplicate keys, NaN/Infinity, trailing data, input
+  size): ``_schema.read_input``, msgspec's decoder, ``_schema.strict_json``.
 * version, tarSplitDigest, entries: ``_schema.document_problems``.
-* type, and every field's JSON type and range (mode, uid/gid, size, devMajor/
-  devMinor, offsets, chunk fields, a bool is no integer, null is no value):
-  ``_schema.FIELDS``, run by msgspec, worded by ``_schema.field_problem``.
-* name cleaning: ``_rules.Batches.paths`` (``clean_name`` for odd names).
+* type, each field's JSON type and range: ``_schema.FIELDS``, run by msgspec,
+  worded by ``_schema.field_problem``.
+* name cleaning: ``_rules.Batches.clean_paths`` (``clean_name`` for odd names).
 * mode's type bits, size only on reg, times, digest, linkName, offsets, chunk
   fields and chunk chains: the column rules of ``_rules.Batches``.
-* device numbers, xattrs (prefixes, base64, ACLs, space), whiteouts and
-  opaque markers, eStargz landmarks and index: ``_rules.Batches.rare_row``
-  and the helpers it calls, in document order.
+* device numbers, xattrs (prefixes, base64, ACLs, space), whiteouts, opaque
+  markers, eStargz landmarks and index: ``_rules.Batches.rare_row`` and the
+  helpers it calls, in document order.
 * parents, duplicates, hardlinks, counts, tree limits, overlay xattrs,
-  payload names: model.py (``TreeBuilder``; ``tree_from_columns`` proves the
-  same for a big tree at C speed).
+  payload names: model.py (``TreeBuilder``; ``tree_from_columns`` in bulk).
 
-Decisions worth knowing: ``data`` is the JSON text (bytes-like or ``str``)
-or a path of a file holding it, UTF-8 without BOM.  Unknown keys are ignored,
-whatever they hold; eStargz's ``userName``/``groupName`` are declared.
-Whiteouts (default): ``.wh.NAME`` becomes a character device 0/0 named NAME
-(permission bits 0, the entry's owner and mtime); ``.wh..wh..opq`` sets
-``trusted.overlay.opaque=y`` on its directory; other ``.wh..wh.*`` (aufs) are
-skipped; a whiteout inside an opaque directory is dropped.
-``chunk`` entries are checked, then dropped.
-
-``compat="containers-storage"``: the image podman's own path makes
-(containers/storage's ``unmarshalToc`` + ``GenerateDump``, then ``mkcomposefs
---from-file``) for every TOC that path and this mode both take, and a refusal
-where that path refuses (``tests/test_compat_peer.py`` checks both against the
-peer).  It keeps ``.wh.*`` and landmark entries as plain files; cleans ``..``
-parts that stay inside the root (``clean_name``; one climbing above it is
-refused: Go clamps it at ``/``, tar refuses it); gives each entry
-GenerateDump's link count, hardlinks counted by ``linkName`` as spelled
-(``Batches.podman_nlinks``); drops sizes on non-regular entries, device
-numbers on non-devices and digests on empty files and other kinds (none
-changes podman's image); reads times as Go's RFC 3339 path does
-(``parse_time(go=True)``) and xattr values as Go's base64 decoder does
-(newlines skipped, ``xattr_problem(go=True)``); refuses a directory given after entries inside it
-unless it equals the one containers/storage makes up, and a repeat whose
-whole entry differs (``podman_order``), a known key in another case or an
-empty key (``podman_keys``), a linkName on a chunk, and xattrs longer than a
-dumpfile line mkcomposefs reads (``dump_xattrs_bytes``).  The differences
-kept on purpose are listed in the README's compat paragraph and the test's
-``DIFFERENCES``.
+``compat="containers-storage"`` is the image podman's own path makes, and its
+refusals (the README's compat paragraph): ``clean_name(dotdot=True)``,
+``parse_time(go=True)``, ``xattr_problem(go=True)``, ``Batches.podman_nlinks``,
+``_Parse.podman_order``, ``podman_keys`` and ``dump_xattrs_bytes``.
 
 Cost: linear in the document.  ``max_input_bytes`` is checked before a file
 is read whole, ``max_json_depth`` by a C-speed pre-scan before any decoder
 runs, ``max_entries`` on the entry count before any entry is decoded;
-entries are decoded 8192 at a time (the decoded ones never pile up), and
-every tree limit is model.py's, checked before the nodes it bounds are made.
-compat adds: a dict of each path's first row, a C-level pass over the
-parents, and a walk up from each entry whose parent is made up that stops
-at the first path seen before (each made-up path sliced once, as the model
-makes each once, within ``max_entries`` and ``max_total_path_bytes``);
-entries decoded again only
-for the paths that repeat or come after entries inside them (each once); one
-lookup per distinct hardlink ``linkName``, and a pass over the rows only when
-the link counts differ from one per hardlink; the dumpfile length of an
-entry's xattrs only when four times their bytes could pass 65535.  The key
-check reads the document the json module already decoded, only when the key
-count says a key was not taken.
+entries are decoded 8192 at a time, and every tree limit is model.py's,
+checked before the nodes it bounds are made.  compat adds a dict of each
+path's first row and a walk up from each entry whose parent is made up that
+stops at the first path seen before (each made-up path once); entries are
+decoded again only for the paths that repeat or come after entries inside
+them; one lookup per distinct hardlink ``linkName``; an entry's dumpfile
+xattr length only when four times their bytes could pass 65535.
 """
 
 from __future__ import annotations
@@ -101,8 +65,6 @@ from ._rules import (
 )
 from ._schema import (
     FIELDS,
-    NULLABLE,
-    TYPES,
     TocSource,
     document_decoder,
     document_problems,
@@ -133,11 +95,9 @@ def parse_toc(
 ) -> Tree:
     """Validate a containers/storage TOC (zstd:chunked or eStargz) and return its Tree.
 
-    ``compat="containers-storage"`` keeps ``.wh.*`` entries as plain files, so
-    the image matches podman's byte for byte.  ``collect=True`` reports every
-    problem: one :class:`ValidationError` whose ``problems`` holds them all.
-    ``progress`` (default: none) counts the entries checked, a batch at a
-    time (see :mod:`composefs_py._progress`).
+    ``compat="containers-storage"``: the image podman's path makes.  ``collect=True``:
+    one :class:`ValidationError` whose ``problems`` holds every problem.
+    ``progress`` counts the entries checked (see :mod:`composefs_py._progress`).
     """
     if compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat mode {compat!r}; choose containers-storage or None")
@@ -311,48 +271,36 @@ class _Parse:
         return int(found.group(1))
 
     def refused_entry(self, batches: Batches, index: int, entry: object) -> None:
-        """Record the problems of an entry the schema refused, as a walk would find them.
-
-        Each field the schema refuses is worded by its rule and dropped; the
-        rest of the entry then goes through the other rules, and the first
-        problem in their order is the entry's.
-        """
+        """Record the problems of an entry the schema refused, as a walk would find them:
+        each refused field is worded by its rule and dropped, the rest go through the
+        other rules (a wrong name or type, or a null, is the entry's only problem)."""
         if entry.__class__ is not dict:
-            batches.fail(index, -1, None, None, f"must be a JSON object, got {show(entry)}")  # type: ignore[arg-type]
+            batches.fail(index, "ENTRY", None, None, f"must be a JSON object, got {show(entry)}")
             return
         assert isinstance(entry, dict)
         name = entry.get("name")
-        if name.__class__ is not str:
-            batches.fail(index, -1, None, "name", f"must be a string, got {show(name)}")  # type: ignore[arg-type]
+        problems: dict[str, Any] = {
+            field: problem
+            for field in FIELDS
+            if (field in entry or field == "name" or field == "type")
+            and (problem := field_problem(field, entry.get(field), self.limits)) is not None
+        }
+        early: list[str] = [field for field in ("name", "type") if field in problems]
+        early += [field for field in problems if entry.get(field, 0) is None]
+        if early:
+            field = early[0]
+            batches.fail(index, "ENTRY", None if field == "name" else name, field, problems[field])
             return
-        typ = entry.get("type")
-        if typ.__class__ is not str or typ not in TYPES:
-            batches.fail(
-                index, -1, name, "type", f"must be one of {', '.join(TYPES)}, got {show(typ)}"
-            )
-            return
-        for field in FIELDS:
-            if field in entry and entry[field] is None and field not in NULLABLE:
-                batches.fail(index, -1, name, field, "must not be null")
-                return
         kept = {field: value for field, value in entry.items() if field in FIELDS}
-        for field in FIELDS:
-            if field not in kept:
-                continue
-            problem = field_problem(field, kept[field], self.limits)
-            if problem is None and field == "xattrs":
-                problem = next(
-                    (
-                        p
-                        for k, v in kept[field].items()
-                        if (p := xattr_problem(k, v, self.limits, self.compat)).__class__ is str
-                    ),
-                    None,
-                )
-            if problem is not None:
-                rank = field_rank(field, typ)
-                batches.fail(index, rank, name, field, problem)
-                del kept[field]
+        if "xattrs" in kept and "xattrs" not in problems:
+            for key, value in kept["xattrs"].items():
+                found = xattr_problem(key, value, self.limits, self.compat)
+                if found.__class__ is str:
+                    problems["xattrs"] = found
+                    break
+        for field, problem in problems.items():
+            batches.fail(index, field_rank(field, entry["type"]), name, field, problem)
+            del kept[field]
         try:
             entries = msgspec.convert([kept], list[self.entry_type])  # type: ignore[name-defined]
         except (msgspec.ValidationError, UnicodeEncodeError):  # pragma: no cover - all gone
@@ -464,16 +412,9 @@ class _Parse:
             raise self.located(error, None) from None
 
     def podman_order(self, paths: list[bytes], entries: list[int | None]) -> dict[bytes, int]:
-        """Refuse what containers/storage's GenerateDump refuses about the order of entries.
-
-        It makes up each missing parent directory (0755, root's, no time) when
-        an entry inside it comes, and compares every later entry for that path
-        with what it holds (``reflect.DeepEqual`` of the whole entry): a
-        directory given after an entry inside it, or a repeat that differs,
-        fails.  Proven with a dict of first rows, a C-level pass over the
-        parents, and a walk up from the entries whose parent is made up; only
-        the paths it finds are decoded again.
-        """
+        """Refuse what GenerateDump refuses about the order of entries: it makes up each
+        missing parent (0755, root's, no time) and compares every later entry for a path
+        with the one it holds (``reflect.DeepEqual``).  Returns each path's first row."""
         n = len(paths)
         first = dict(zip(paths, range(n), strict=True))
         repeated: set[bytes] = set()

@@ -1,18 +1,16 @@
-"""The rules that tie fields of one entry, and entries of one chunk chain, as columns.
+"""The rules that tie fields of one entry, and entries of one chunk chain, run over columns.
 
-A batch of entries the typed schema took (:mod:`._schema`) becomes columns,
-and each rule below runs over a column with C-level operations (``map``
-with operator functions, ``compress``, joins and counts); only a column
-that holds something wrong, or a row of a truly rare kind (device numbers,
-xattrs, whiteouts and opaque markers, eStargz's landmarks and index), is
-looked at row by row.  A problem is kept as (entry, rank, error): the first
-entry's first problem in the order below is the one reported, as a walk over
-the entries would find it.
+Each rule runs over a batch's column with C-level operations (``map`` with
+operator functions, ``compress``, joins, counts); only a column that holds
+something wrong, or a truly rare row (devices, xattrs, whiteouts, eStargz
+landmarks), is looked at row by row.  Problems are kept per entry by
+:data:`RANK`: the first entry's first problem is told, as a walk would find it.
 """
 
 from __future__ import annotations
 
 import binascii
+import os
 import re
 from bisect import bisect_right
 from itertools import accumulate, compress, repeat
@@ -26,7 +24,7 @@ from .._columns import Extra
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT
-from ._schema import FIELDS, NO_INT, digest_problem, show, time_problem
+from ._schema import FIELDS, NO_INT, show, wrong
 
 S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 S_IFCHR, S_IFBLK, S_IFIFO = 0o020000, 0o060000, 0o010000
@@ -53,44 +51,23 @@ _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default")
 _NOT_FOLLOWING = (
     "a chunk must follow the regular file it belongs to, whose chunkSize says that more chunks come"
 )
-# ranks: the order in which one entry's problems are told (a chain's end is
-# found once the next entry's name is checked, before its other fields)
-R_CLOSE = 0.5
-(
-    R_NAME,
-    R_FOLLOW,
-    R_MODE,
-    R_SIZE,
-    R_TIME,
-    R_DEVICE,
-    R_XATTRS,
-    R_DIGEST,
-    R_OFFSETS,
-    R_CHUNK_FIELDS,
-    R_LINK,
-    R_CHUNK_SIZE,
-    R_CHAIN,
-    R_WHITEOUT,
-) = range(14)
-
-#: Where the schema's refusal of a field stands among the rules above.
-_FIELD_RANKS = {
-    "name": R_NAME, "mode": R_MODE - 0.2, "uid": R_MODE + 0.1, "gid": R_MODE + 0.2,
-    "size": R_MODE + 0.3, "modtime": R_TIME - 0.3, "accesstime": R_TIME - 0.2,
-    "changetime": R_TIME - 0.1, "devMajor": R_DEVICE - 0.2, "devMinor": R_DEVICE - 0.1,
-    "xattrs": R_XATTRS - 0.1, "digest": R_DIGEST - 0.1, "offset": R_OFFSETS - 0.3,
-    "endOffset": R_OFFSETS - 0.2, "innerOffset": R_OFFSETS - 0.1, "chunkSize": R_CHUNK_FIELDS + 0.1,
-    "chunkOffset": R_CHUNK_FIELDS + 0.2, "chunkDigest": R_CHUNK_FIELDS + 0.3,
-    "chunkType": R_CHUNK_FIELDS + 0.4, "linkName": R_LINK - 0.1,
-}  # fmt: skip
+# The order in which one entry's problems are told: a field's name stands for
+# the schema's refusal of it, an upper-case name for a column or row rule (a
+# chain's end is found once the next entry's name is checked).
+RANK = {name: rank for rank, name in enumerate((
+    "ENTRY", "name", "CLOSE", "FOLLOW", "CHUNK_OF_CHUNK", "mode", "MODE", "uid", "gid", "size",
+    "SIZE", "modtime", "accesstime", "changetime", "TIME", "devMajor", "devMinor", "DEVICE",
+    "xattrs", "XATTRS", "digest", "DIGEST", "offset", "endOffset", "innerOffset", "OFFSETS",
+    "CHUNK_FIELDS", "chunkSize", "chunkOffset", "chunkDigest", "chunkType", "linkName", "LINK",
+    "CHUNK_SIZE", "CHAIN", "WHITEOUT",
+))}  # fmt: skip
 
 
-def field_rank(field: str, typ: str) -> float:
-    """The rank of the schema's refusal of ``field`` (a chunk checks its chunk fields early)."""
-    rank = _FIELD_RANKS.get(field, -1)
+def field_rank(field: str, typ: str) -> str:
+    """Where the schema's refusal of ``field`` is told (a chunk checks its chunk fields early)."""
     if typ == "chunk" and field.startswith("chunk"):
-        rank = R_FOLLOW + 0.1
-    return rank
+        return "CHUNK_OF_CHUNK"
+    return field if field in RANK else "ENTRY"
 
 
 _HEX_AS_0 = bytes.maketrans(b"123456789abcdef", b"0" * 15)
@@ -134,11 +111,7 @@ def all_digests(texts: list[Any]) -> bool:
 
 def parse_time(text: str, go: bool = False) -> tuple[int, int] | None:
     """An RFC 3339 date-time as (seconds since the epoch, nanoseconds); None: not one.
-
-    ``go`` (compat mode): as Go's ``time.Parse(time.RFC3339, ...)`` reads one on
-    its exact path: ``T`` and ``Z`` upper case, a fraction of any length
-    (digits past the ninth dropped).
-    """
+    ``go``: as Go's ``time.Parse(time.RFC3339, ...)`` (``T``, ``Z``, any fraction length)."""
     if not _RFC3339:
         for t, z, fraction in (("[Tt]", "[Zz]", r"(\d{1,9})"), ("T", "Z", r"(\d{1,9})\d*")):
             _RFC3339.append(
@@ -192,9 +165,7 @@ _SECONDS = {f"{s:02}": s for s in range(60)}
 
 def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
     """Go's RFC 3339 times (``Z``, 0..9 fraction digits); None: another form, or invalid.
-
-    Each distinct date, ``HH:MM`` and ``SS`` is parsed once.
-    """
+    Each distinct date is parsed once, ``HH:MM`` and ``SS`` are known beforehand."""
     joined = "\n".join(texts) + "\n"
     if not joined.isascii():
         return None
@@ -216,11 +187,7 @@ def go_times(texts: list[str]) -> tuple[list[int], list[int]] | None:
 
 def clean_name(name: str, limits: Limits, dotdot: bool = False) -> bytes:
     """A tar-style relative name as a clean absolute path (raises ValueError: why not).
-
-    ``dotdot`` (compat mode): a ``..`` part removes the part before it, as
-    containers/storage's ``filepath.Clean("/" + name)`` does; one that would
-    climb above the root is refused (Go would clamp it at ``/``).
-    """
+    ``dotdot``: a ``..`` part removes the one before, as Go's ``filepath.Clean`` does."""
     try:
         raw = name.encode("utf-8")
     except UnicodeEncodeError:
@@ -275,19 +242,11 @@ def dump_xattrs_bytes(xattrs: tuple[tuple[bytes, bytes], ...]) -> int:
     return len(joined) - nuls + 3 * (fours - nuls) + twos + separators + len(xattrs) - 1
 
 
-def _make_dev(major: int, minor: int) -> int:
-    """glibc's ``makedev`` (the encoding libcomposefs stores)."""
-    return ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
-
-
 def xattr_problem(
     key: str, encoded: object, limits: Limits, go: bool = False
 ) -> str | tuple[bytes, bytes]:
-    """What is wrong with one xattr, or its (name, value) as bytes.
-
-    ``go`` (compat mode): the value is read as Go's ``base64.StdEncoding``
-    reads it, which skips newlines and carriage returns.
-    """
+    """What is wrong with one xattr, or its (name, value) as bytes.  ``go``: the value
+    is read as Go's ``base64.StdEncoding`` reads it (newlines and returns skipped)."""
     if not (key.startswith(_XATTR_PREFIXES) or key in _XATTR_EXACT):
         return (
             f"name {show(key)} has no known prefix (user., trusted., "
@@ -338,12 +297,8 @@ def column_keys(col: dict[str, list[Any]]) -> int:
 
 
 class Batches:
-    """The entries of one TOC, batch by batch, checked and turned into node rows.
-
-    The batch being checked is kept on the instance (``first``, ``col``,
-    ``types``, ``names``, ``paths``): a rule records a problem of its row
-    with :meth:`bad`.
-    """
+    """The entries of one TOC, batch by batch, checked and turned into node rows; the
+    batch being checked (``first``, ``col``, ``types``, ``names``, ``paths``) is kept here."""
 
     def __init__(self, limits: Limits, compat: bool, opaque: set[bytes], collect: bool) -> None:
         self.limits, self.compat, self.collect, self.opaque = limits, compat, collect, opaque
@@ -372,15 +327,22 @@ class Batches:
         self.paths: list[Any] = []
 
     def fail(
-        self, index: int, rank: float, name: str, field: str, reason: str, at: int | None = None
+        self,
+        index: int,
+        rank: str,
+        name: Any,
+        field: str | None,
+        reason: str,
+        at: int | None = None,
     ) -> None:
         """Record a problem of entry ``index``, found at entry ``at`` (by default the same)."""
         at = index if at is None else at
         known = self.problems.get(at)
-        if known is None or rank < known[0]:
-            self.problems[at] = (rank, ValidationError(reason, entry=index, path=name, field=field))
+        if known is None or RANK[rank] < known[0]:
+            error = ValidationError(reason, entry=index, path=name, field=field)
+            self.problems[at] = (RANK[rank], error)
 
-    def bad(self, row: int, rank: float, field: str, reason: str) -> None:
+    def bad(self, row: int, rank: str, field: str, reason: str) -> None:
         """Record a problem of the batch's ``row``."""
         self.fail(self.first + row, rank, self.names[row], field, reason)
 
@@ -405,7 +367,7 @@ class Batches:
                 reason = f"file type bits 0o{mode & S_IFMT:o} do not match type {kind}"
                 for row, pair in enumerate(zip(types, modes, strict=True)):
                     if pair == (kind, mode):
-                        bad(row, R_MODE, "mode", reason)
+                        bad(row, "MODE", "mode", reason)
         sizes = col["size"]
         sized = list(map(lt, repeat(0), sizes))
         if self.compat and any(compress(sized, other)):
@@ -415,7 +377,7 @@ class Batches:
             col["size"] = sizes
             sized = list(map(lt, repeat(0), sizes))
         for row in compress(range(n), map(and_, sized, other)):
-            bad(row, R_SIZE, "size", f"only regular files have a size, not a {types[row]}")
+            bad(row, "SIZE", "size", f"only regular files have a size, not a {types[row]}")
         mtimes = self.times()
         majors, minors = col["devMajor"], col["devMinor"]
         devices = map(or_, map(NO_INT.__ne__, majors), map(NO_INT.__ne__, minors))
@@ -442,14 +404,14 @@ class Batches:
         offsets, ends = col["offset"], col["endOffset"]
         for row in compress(range(n), map(lt, ends, offsets)):
             if ends[row] != NO_INT:
-                bad(row, R_OFFSETS, "endOffset", f"{ends[row]} is before offset {offsets[row]}")
+                bad(row, "OFFSETS", "endOffset", f"{ends[row]} is before offset {offsets[row]}")
         self.chunk_fields()
         links = self.link_names()
         csizes = col["chunkSize"]
         for row in compress(range(n), map(lt, sizes, csizes)):
             if types[row] == "reg":
                 reason = f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)"
-                bad(row, R_CHUNK_SIZE, "chunkSize", reason)
+                bad(row, "CHUNK_SIZE", "chunkSize", reason)
         dead = [False] * n
         for index in self.problems:
             if first <= index < first + n:
@@ -460,12 +422,8 @@ class Batches:
         return keys
 
     def clean_paths(self) -> list[bytes | None]:
-        """The clean paths of the names (None where a name is refused).
-
-        A name is its path without the leading ``/`` but for a trailing
-        ``/``; the odd ones (``.`` parts, leading ``./`` or ``/``, empty parts,
-        NUL, long parts) go through :func:`clean_name`.
-        """
+        """The clean paths of the names (None: refused); the odd names (``.`` or empty
+        parts, a leading ``/``, NUL, long parts) go through :func:`clean_name`."""
         names, limits = self.names, self.limits
         n = len(names)
         framed = "\0" + "\0".join(names) + "\0"
@@ -500,7 +458,7 @@ class Batches:
                 paths[row] = clean_name(names[row], limits, self.compat)
             except ValueError as err:
                 paths[row] = None
-                self.bad(row, R_NAME, "name", str(err))
+                self.bad(row, "name", "name", str(err))
         return paths
 
     def times(self) -> tuple[list[int], list[int]]:
@@ -514,7 +472,7 @@ class Batches:
             for row, text in enumerate(texts):
                 one = parse_time(text, self.compat)
                 if one is None:
-                    self.bad(row, R_TIME, "modtime", time_problem(text))
+                    self.bad(row, "TIME", "modtime", wrong("modtime", text))
                     one = (0, 0)
                 parsed[0].append(one[0])
                 parsed[1].append(one[1])
@@ -530,15 +488,15 @@ class Batches:
                             and text not in seen
                             and parse_time(text, self.compat) is None
                         ):
-                            self.bad(row, R_TIME, field, time_problem(text))
+                            self.bad(row, "TIME", field, wrong("modtime", text))
         return parsed
 
     def device(self, row: int, major: int, minor: int) -> int:
         major, minor, typ = max(major, 0), max(minor, 0), self.types[row]
         if (major or minor) and typ != "char" and typ != "block" and not self.compat:
             reason = f"only char and block devices have device numbers, not a {typ}"
-            self.bad(row, R_DEVICE, "devMajor" if major else "devMinor", reason)
-        return _make_dev(major, minor)
+            self.bad(row, "DEVICE", "devMajor" if major else "devMinor", reason)
+        return os.makedev(major, minor)
 
     def xattr_pairs(self, row: int, value: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
         """The xattrs of an entry, decoded and sorted (a problem is recorded, and none kept)."""
@@ -547,7 +505,7 @@ class Batches:
         for key, encoded in value.items():
             problem = xattr_problem(key, encoded, limits, self.compat)
             if isinstance(problem, str):
-                self.bad(row, R_XATTRS, "xattrs", problem)
+                self.bad(row, "XATTRS", "xattrs", problem)
                 return ()
             pairs.append(problem)
         result = tuple(sorted(pairs))
@@ -557,7 +515,7 @@ class Batches:
             if shown > DUMP_XATTRS_MAX:
                 self.bad(
                     row,
-                    R_XATTRS,
+                    "XATTRS",
                     "xattrs",
                     f"take {shown} bytes of a dumpfile line, more than "
                     f"the {DUMP_XATTRS_MAX} mkcomposefs reads from containers/storage's dump",
@@ -567,7 +525,7 @@ class Batches:
         if space > limits.max_xattr_space:
             top = limits.max_xattr_space
             self.bad(
-                row, R_XATTRS, "xattrs", f"take {space} bytes of inode xattr space, more than {top}"
+                row, "XATTRS", "xattrs", f"take {space} bytes of inode xattr space, more than {top}"
             )
             return ()
         return result
@@ -578,18 +536,18 @@ class Batches:
             # containers/storage reads a link's target instead, and parses the digest of
             # the other kinds; either way it names no payload
             if typ != "symlink" and typ != "hardlink" and not is_digest(digest):
-                reason = digest_problem(digest)
+                reason = wrong("digest", digest)
         elif digest is UNSET:
             if size > 0 and typ != "chunk":
                 reason = "required for a regular file with data"
         elif not is_digest(digest):
-            reason = digest_problem(digest)
+            reason = wrong("digest", digest)
         elif typ != "reg" and typ != "chunk":
             reason = f"only regular files have one, not a {typ}"
         elif size <= 0 and typ == "reg" and digest != EMPTY_SHA256 and not self.compat:
             reason = "an empty file's digest must be the sha256 of nothing"
         if reason is not None:
-            self.bad(row, R_DIGEST, "digest", reason)
+            self.bad(row, "DIGEST", "digest", reason)
 
     def chunk_fields(self) -> None:
         col, types = self.col, self.types
@@ -606,15 +564,15 @@ class Batches:
             typ, offset = types[row], col["chunkOffset"][row]
             if typ != "reg" and typ != "chunk":
                 reason = f"only regular files and chunks have chunk fields, not a {typ}"
-                self.bad(row, R_CHUNK_FIELDS, "chunkSize", reason)
+                self.bad(row, "CHUNK_FIELDS", "chunkSize", reason)
             elif typ == "reg" and offset > 0:
                 reason = f"a regular file holds its first chunk, at 0, got {offset}"
-                self.bad(row, R_CHUNK_FIELDS, "chunkOffset", reason)
+                self.bad(row, "CHUNK_FIELDS", "chunkOffset", reason)
         digests = col["chunkDigest"]
         if rows and not all_digests(digests):
             for row, digest in enumerate(digests):
                 if digest is not UNSET and not is_digest(digest):
-                    self.bad(row, R_CHUNK_FIELDS, "chunkDigest", digest_problem(digest))
+                    self.bad(row, "CHUNK_FIELDS", "chunkDigest", wrong("digest", digest))
 
     def link_names(self) -> dict[int, bytes]:
         """Symlink targets and hardlink targets (row -> clean path); theirs is the only linkName."""
@@ -655,18 +613,14 @@ class Batches:
             elif link and (typ != "chunk" or self.compat):
                 reason = f"only symlinks and hardlinks have one, not a {typ}"
             if reason is not None:
-                self.bad(row, R_LINK, "linkName", reason)
+                self.bad(row, "LINK", "linkName", reason)
         return links
 
     # -- chunk chains ---------------------------------------------------------------
 
     def chains(self, dead: list[bool]) -> None:
-        """Each chunk continues the regular file before it, and the chunks cover it.
-
-        Proven over columns, with the chain the last batch left open as a row
-        before the first; only a batch where that fails (or with other
-        problems) is walked row by row, to say which entry and why.
-        """
+        """Each chunk continues the regular file before it, and the chunks cover it: proven
+        over columns (the open chain as a row before the first), else walked row by row."""
         chain, types, col = self.chain, self.types, self.col
         csizes = col["chunkSize"]
         if chain is None and "chunk" not in types and csizes.count(NO_INT) == len(csizes):
@@ -733,7 +687,7 @@ class Batches:
             if paths[row] is None:
                 continue
             if chain is None or chain[2] != paths[row]:
-                self.bad(row, R_FOLLOW, "name", _NOT_FOLLOWING)
+                self.bad(row, "FOLLOW", "name", _NOT_FOLLOWING)
                 continue
             if dead[row]:
                 continue
@@ -753,14 +707,14 @@ class Batches:
             else:
                 chain[4] = offset + length
             if reason is not None:
-                self.bad(row, R_CHAIN, field, reason)
+                self.bad(row, "CHAIN", field, reason)
 
     def close_chain(self, at: int) -> bool:
         """The chunks of the last regular file ended at entry ``at``: they must cover it."""
         chain, self.chain = self.chain, None
         if chain is not None and chain[4] is not None and chain[4] != chain[3]:
             reason = f"chunks cover {chain[4]} of the file's {chain[3]} bytes"
-            self.fail(chain[0], R_CLOSE, chain[1], "chunkSize", reason, at)
+            self.fail(chain[0], "CLOSE", chain[1], "chunkSize", reason, at)
             return False
         return True
 
@@ -857,9 +811,8 @@ class Batches:
         rdev: int | None,
     ) -> tuple[int | None, Any] | None:
         """A rare row's node: (rdev or None, xattrs or a hardlink's target); None: no node.
-
-        ``values`` are the row's node columns, changed in place.
-        """
+        ``values`` are the row's node columns, changed in place.  ``.wh.NAME``: a char
+        0/0 (mode 0, its owner and time); ``.wh..wh.*`` but the opaque marker: skipped."""
         typ, path, rdev = self.types[row], values[0], rdev or None
         uid, gid, mtime, nsec = values[2:6]
         if (
@@ -892,15 +845,15 @@ class Batches:
             if part.startswith(WH_META):
                 return None  # inside aufs metadata
             if part.startswith(WH):
-                self.bad(row, R_WHITEOUT, "name", "a whiteout cannot hold entries")
+                self.bad(row, "WHITEOUT", "name", "a whiteout cannot hold entries")
                 return None
         if not base.startswith(WH):
             return rdev, more
         hidden = base[len(WH) :]
         if typ == "dir":
-            self.bad(row, R_WHITEOUT, "type", "a whiteout must not be a directory")
+            self.bad(row, "WHITEOUT", "type", "a whiteout must not be a directory")
         elif base != WH_OPAQUE and hidden in (b"", b".", b".."):
-            self.bad(row, R_WHITEOUT, "name", "a whiteout must name a file after .wh.")
+            self.bad(row, "WHITEOUT", "name", "a whiteout must name a file after .wh.")
         elif base != WH_OPAQUE and parent not in self.opaque:
             # (an opaque directory already hides everything below it)
             target = (parent if parent != ROOT else b"") + b"/" + hidden
@@ -909,16 +862,8 @@ class Batches:
         return None  # an opaque marker is applied to the directory itself
 
     def podman_nlinks(self, first: dict[bytes, int]) -> list[int] | None:
-        """The link counts containers/storage's GenerateDump gives (None: one plus the
-        hardlinks to each target, what ``count_hardlinks`` gives, is the same).
-
-        It counts the hardlinks by their ``linkName`` as given, and gives an entry
-        one link more for each that spells its ``name`` or its own ``linkName``
-        (a symlink's target) the same way: a target spelled ``./a`` by the
-        hardlinks and ``a`` by itself keeps one link.  ``first`` holds each
-        path's first row.  Cost: one lookup per distinct ``linkName``, and a
-        pass over the rows only when the counts differ.
-        """
+        """GenerateDump's link counts (None: the same as ``count_hardlinks``'): one more per
+        hardlink whose ``linkName`` spells an entry's ``name`` (or a symlink's target)."""
         counts = self.link_counts
         if not counts:
             return None
@@ -956,7 +901,7 @@ class Batches:
         known = self.bookkeeping.setdefault(self.paths[row], (index, seen))
         if known[1] != seen:
             self.bad(
-                row, R_WHITEOUT, "name", f"path repeats entry {known[0]} with different attributes"
+                row, "WHITEOUT", "name", f"path repeats entry {known[0]} with different attributes"
             )
             return False
         return True

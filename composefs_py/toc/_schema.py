@@ -1,14 +1,8 @@
-"""The TOC's JSON level and its per-field rules, declared once.
+"""The TOC's JSON level and its per-field rules, declared once and worded here.
 
-:data:`FIELDS` holds each known entry field's rule (JSON type and range).
-:func:`entry_decoder` turns it into a msgspec typed schema, so the rules run
-inside msgspec's decoder; :func:`field_problem` turns the same rule into the
-message a person reads, for the entry msgspec refused.  Errors are worded
-here and nowhere else.
-
-Absent fields decode to a mark no JSON value gives: ``-1`` for the integers
-(every range excludes it) and ``UNSET`` for the rest, so a column counts its
-present values with ``list.count``.
+:data:`FIELDS` holds each entry field's JSON type and range: :func:`entry_decoder`
+makes it a msgspec typed schema, :func:`field_problem` words a refusal.  An absent
+field decodes to ``-1`` (integers: every range excludes it) or ``UNSET``.
 """
 
 from __future__ import annotations
@@ -35,9 +29,6 @@ MAJOR_MAX = (1 << 12) - 1
 MINOR_MAX = (1 << 20) - 1
 NO_INT = -1
 
-_DIGEST_TEXT = "must be sha256: and 64 lowercase hex digits"
-_TIME_TEXT = "must be an RFC 3339 date-time string"
-
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -55,8 +46,8 @@ class Rule:
 
 _ID = Rule("int", 0, ID_MAX)
 _I63 = Rule("int", 0, I63_MAX)
-_TIME = Rule("str", what=_TIME_TEXT)
-_DIGEST = Rule("str", what=_DIGEST_TEXT)
+_TIME = Rule("str", what="must be an RFC 3339 date-time string")
+_DIGEST = Rule("str", what="must be sha256: and 64 lowercase hex digits")
 #: Every known entry field and its rule, in the order an entry's problems are told.
 FIELDS: dict[str, Rule] = {
     "name": Rule("str"),
@@ -84,8 +75,6 @@ FIELDS: dict[str, Rule] = {
     "userName": Rule("any"),
     "groupName": Rule("any"),
 }
-#: Fields whose null is refused (the old unknown-key tolerance keeps eStargz's own).
-NULLABLE = frozenset(("userName", "groupName"))
 
 
 def show(value: object) -> str:
@@ -103,30 +92,23 @@ def show(value: object) -> str:
     return "an object" if isinstance(value, dict) else "an array"
 
 
-def int_problem(value: object, low: int, high: int) -> str:
-    return f"must be an integer in {low}..{high}, got {show(value)}"
-
-
-def digest_problem(value: object) -> str:
-    return f"{_DIGEST_TEXT}, got {show(value)}"
-
-
-def time_problem(value: object) -> str:
-    return f"{_TIME_TEXT}, got {show(value)}"
+def wrong(field: str, value: object) -> str:
+    """``value`` refused by the type of the str ``field``."""
+    return f"{FIELDS[field].what}, got {show(value)}"
 
 
 def field_problem(field: str, value: object, limits: Limits) -> str | None:
     """What is wrong with ``value`` by ``field``'s rule (None: its JSON type and range are fine)."""
     rule = FIELDS[field]
-    if value is None and field not in NULLABLE:
-        return "must not be null" if field not in ("name", "type") else None
+    if value is None and rule.kind != "any" and field != "name" and field != "type":
+        return "must not be null"
     if rule.kind == "int":
         top = rule.top(limits)
         if value.__class__ is not int or not rule.low <= value <= top:
-            return int_problem(value, rule.low, top)
+            return f"must be an integer in {rule.low}..{top}, got {show(value)}"
     elif rule.kind == "str":
         if value.__class__ is not str:
-            return f"{rule.what}, got {show(value)}"
+            return wrong(field, value)
     elif rule.kind == "oneof":
         if value.__class__ is not str or value not in rule.choices:
             if field == "chunkType":
@@ -218,11 +200,8 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 
 
 def nesting_depth(raw: bytes, limit: int) -> int:
-    """The JSON nesting depth of ``raw`` (``limit + 1``: deeper), at C speed.
-
-    Escapes go, then every byte but ``"[]{}``, then string contents; each
-    round then removes every innermost empty pair (one level).
-    """
+    """The JSON nesting depth of ``raw`` (``limit + 1``: deeper), at C speed: escapes,
+    every byte but ``"[]{}`` and strings go; each round removes the innermost pairs."""
     if raw.find(b"\\") >= 0:
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     shape = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
@@ -254,11 +233,8 @@ def _reject_constant(name: str) -> None:
 
 
 def strict_json(raw: bytes | str) -> Any:
-    """``raw`` decoded by the json module, refusing duplicate keys and NaN/Infinity.
-
-    Used only where the typed decoder cannot tell: a document whose keys do
-    not all count as known ones, and the wording of a refused document.
-    """
+    """``raw`` decoded by the json module, refusing duplicate keys and NaN/Infinity (only
+    where the typed decoder cannot tell: unknown keys, the wording of a refusal)."""
     import json
 
     decoder = json.JSONDecoder(
@@ -266,8 +242,6 @@ def strict_json(raw: bytes | str) -> Any:
     )
     try:
         return decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
-    except json.JSONDecodeError as err:
-        raise ValidationError(f"not valid JSON: {err}") from None
     except RecursionError:
         raise ValidationError("JSON nesting is too deep") from None
     except ValueError as err:  # duplicate keys, NaN/Infinity, huge integers
@@ -278,11 +252,8 @@ _KEY_BEFORE_SPACE = re.compile(rb'"[ \t\n\r]+:')
 
 
 def key_count(raw: bytes) -> int | None:
-    """The number of object keys in the valid JSON document ``raw`` (None: unsure).
-
-    Escaped backslashes go first; then every ``":`` outside a string ends a
-    key (inside one the quote would be escaped).
-    """
+    """The number of object keys in the valid JSON document ``raw`` (None: unsure): with
+    escaped backslashes gone, every ``":`` but an escaped ``\\":`` ends a key."""
     escaped = 0
     if raw.find(b"\\") >= 0:
         raw = raw.replace(b"\\\\", b"")
@@ -303,7 +274,7 @@ def document_problems(version: object, split: object, entries: object) -> list[V
         shown = show(None if version is UNSET else version)
         found.append(ValidationError(f"must be 1, got {shown}", field="version"))
     if split is not UNSET and not is_digest(split):
-        found.append(ValidationError(digest_problem(split), field="tarSplitDigest"))
+        found.append(ValidationError(wrong("digest", split), field="tarSplitDigest"))
     if entries.__class__ is not list:
         shown = show(None if entries is UNSET else entries)
         found.append(ValidationError(f"must be an array, got {shown}", field="entries"))
