@@ -872,3 +872,28 @@ def test_real_toc_edited(
     entries = json.loads(paths[0].read_bytes())["entries"]
     edit(entries)
     expect(document(entries), compat, REAL_OUTCOMES[label])
+
+
+def _with_huge_number(entries: list[dict[str, Any]]) -> bytes:
+    """The TOC with each ``"x": "huge"`` an unknown key holding 1e999 (no float holds it)."""
+    return document(entries).replace(b'"x":"huge"', b'"x":1e999')
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+def test_unknown_keys_holding_huge_numbers_change_nothing(compat: str | None) -> None:
+    """An unknown key is ignored whatever it holds, also where the entry's name is read
+    again: to tell a tree problem, and to find opaque markers."""
+    entries = plain_entries()
+    entries[1]["x"] = "huge"
+    expect(_with_huge_number(entries), compat, None)
+    marked = [
+        {"type": "dir", "name": "d/", "mode": 0o755},
+        {"type": "reg", "name": "d/.wh..wh..opq", "x": "huge"},
+    ]
+    tree = parse_toc(_with_huge_number(marked), compat=compat)
+    opaque = (b"trusted.overlay.opaque", b"y") in tree.inode("/d").xattrs
+    assert (opaque, b"/d/.wh..wh..opq" in tree) == (compat is None, compat is not None)
+    clash = [{"type": "reg", "name": "a"}, {"type": "reg", "name": "a/b", "x": "huge"}]
+    with pytest.raises(ValidationError) as caught:
+        parse_toc(_with_huge_number(clash), compat=compat)
+    assert (caught.value.entry, caught.value.path) == (1, "a/b")

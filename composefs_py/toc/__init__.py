@@ -71,6 +71,7 @@ from ._schema import (
     entry_decoder,
     field_problem,
     key_count,
+    name_decoder,
     read_input,
     show,
     strict_json,
@@ -151,19 +152,19 @@ class _Parse:
             self.strict()  # a JSON problem is told first
             raise ValidationError(f"more than {self.limits.max_entries} entries", field="entries")
         self.pieces = pieces
-        opaque = self.opaque_dirs(raw_pieces) if self.whiteouts else set()
+        opaque = self.opaque_dirs() if self.whiteouts else set()
         batches = Batches(self.limits, self.compat, opaque, self.collect)
         taken = 3 - (version is UNSET) - (split is UNSET)
         reporter = self.reporter
         if reporter is not None:
             reporter.start("validating TOC", total_files=len(pieces))
         for first in range(0, len(pieces), _BATCH):
-            taken += self.batch(batches, pieces[first : first + _BATCH], first, raw_pieces)
+            taken += self.batch(batches, pieces[first : first + _BATCH], first)
             if reporter is not None:
                 reporter.advance(files=min(_BATCH, len(pieces) - first))
             if batches.problems and not self.collect:
                 # the keys of the entries left unchecked, for the JSON level's verdict
-                taken += self.keys_of(pieces[first + _BATCH :], raw_pieces)
+                taken += self.keys_of(pieces[first + _BATCH :])
                 break
         else:
             batches.close_chain(len(pieces))
@@ -185,18 +186,21 @@ class _Parse:
             raise _combined(problems if self.collect else problems[:1])
         return self.tree(batches, opaque)
 
-    def keys_of(self, pieces: list[Any], raw_pieces: bool) -> int:
+    def keys_of(self, pieces: list[Any]) -> int:
         """The keys the schema takes from ``pieces`` (a huge negative number: it refuses one)."""
-        keys = 0
-        for first in range(0, len(pieces), _BATCH):
-            batch = pieces[first : first + _BATCH]
-            try:
-                if not raw_pieces:
-                    raise msgspec.DecodeError
-                keys += column_keys(columns_of(self.decoder.decode(b"[" + b",".join(batch) + b"]")))
-            except msgspec.DecodeError:
-                return -(1 << 62)
-        return keys
+        try:
+            batches = range(0, len(pieces), _BATCH)
+            return sum(
+                column_keys(columns_of(self.decode(pieces[i : i + _BATCH]))) for i in batches
+            )
+        except (msgspec.DecodeError, UnicodeEncodeError):
+            return -(1 << 62)
+
+    def decode(self, pieces: list[Any]) -> list[Any]:
+        """``pieces`` (raw JSON, or what the json module decoded) by the schema."""
+        if pieces[0].__class__ is msgspec.Raw:
+            return self.decoder.decode(b"[" + b",".join(pieces) + b"]")
+        return msgspec.convert(pieces, list[self.entry_type])  # type: ignore[name-defined]
 
     def tree_problems(self, batches: Batches, upto: int) -> list[ValidationError]:
         """The tree's problems with the rows of the entries before ``upto`` (the first only,
@@ -226,27 +230,25 @@ class _Parse:
             self.value = strict_json(self.raw)
             self.checked = True
 
-    def batch(self, batches: Batches, pieces: list[Any], first: int, raw_pieces: bool) -> int:
+    def batch(self, batches: Batches, pieces: list[Any], first: int) -> int:
         """Decode ``pieces`` by the schema and check them; return the keys they held."""
         keys = 0
         while pieces:
             try:
-                if raw_pieces:
-                    entries = self.decoder.decode(b"[" + b",".join(pieces) + b"]")
-                else:
-                    entries = msgspec.convert(pieces, list[self.entry_type])  # type: ignore[name-defined]
+                entries = self.decode(pieces)
             except (msgspec.ValidationError, UnicodeEncodeError) as err:
                 bad = self.refused_at(err, pieces)
                 if bad:
-                    keys += self.batch(batches, pieces[:bad], first, raw_pieces)
+                    keys += self.batch(batches, pieces[:bad], first)
                 piece = pieces[bad]
+                raw = piece.__class__ is msgspec.Raw
                 self.refused_entry(
-                    batches, first + bad, strict_json(bytes(piece)) if raw_pieces else piece
+                    batches, first + bad, strict_json(bytes(piece)) if raw else piece
                 )
                 if not self.collect:
                     # its keys (the json module took it: no duplicate) and those after it
-                    counted = key_count(bytes(piece)) if raw_pieces else None
-                    rest = self.keys_of(pieces[bad + 1 :], raw_pieces)
+                    counted = key_count(bytes(piece)) if raw else None
+                    rest = self.keys_of(pieces[bad + 1 :])
                     return keys + rest + (-(1 << 62) if counted is None else counted)
                 pieces, first = pieces[bad + 1 :], first + bad + 1
                 continue
@@ -262,7 +264,7 @@ class _Parse:
             # msgspec matches a Literal: the first piece that does not convert.
             for at, piece in enumerate(pieces):
                 try:
-                    msgspec.convert([piece], list[self.entry_type])  # type: ignore[name-defined]
+                    self.decode([piece])
                 except (msgspec.ValidationError, UnicodeEncodeError):
                     return at
         found = _AT_ENTRY.search(str(err))
@@ -302,29 +304,20 @@ class _Parse:
             batches.fail(index, field_rank(field, entry["type"]), name, field, problem)
             del kept[field]
         try:
-            entries = msgspec.convert([kept], list[self.entry_type])  # type: ignore[name-defined]
+            entries = self.decode([kept])
         except (msgspec.ValidationError, UnicodeEncodeError):  # pragma: no cover - all gone
             return
         batches.batch(entries, index)
 
-    def opaque_dirs(self, raw_pieces: bool) -> set[bytes]:
+    def opaque_dirs(self) -> set[bytes]:
         """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait)."""
         found: set[bytes] = set()
-        if self.raw.find(WH_OPAQUE) < 0:
-            return found
-        for piece in self.pieces:
-            if raw_pieces:
-                if bytes(piece).find(WH_OPAQUE) < 0:
-                    continue
-                try:
-                    piece = msgspec.json.decode(piece)
-                except msgspec.DecodeError:
-                    continue
-            name = piece.get("name") if piece.__class__ is dict else None
-            if name.__class__ is not str or ".wh..wh..opq" not in name:
+        for index, piece in enumerate(self.pieces if self.raw.find(WH_OPAQUE) >= 0 else ()):
+            if piece.__class__ is msgspec.Raw and bytes(piece).find(WH_OPAQUE) < 0:
                 continue
+            name = self.name_of(index)
             try:
-                path = clean_name(name, self.limits)
+                path = clean_name(name, self.limits) if isinstance(name, str) else ROOT
             except ValueError:
                 continue
             if path.endswith(b"/" + WH_OPAQUE):
@@ -335,8 +328,11 @@ class _Parse:
         if index is None or not 0 <= index < len(self.pieces):
             return None
         piece = self.pieces[index]
-        if piece.__class__ is not dict:
-            piece = msgspec.json.decode(piece)
+        if piece.__class__ is msgspec.Raw:
+            try:
+                return name_decoder().decode(piece).name
+            except msgspec.DecodeError:  # not an object, or a name no JSON type holds
+                return None
         return piece.get("name") if piece.__class__ is dict else None
 
     def tree(self, batches: Batches, opaque: set[bytes]) -> Tree:
@@ -473,10 +469,7 @@ class _Parse:
 
     def podman_view(self, piece: Any) -> tuple[Any, ...]:
         """An entry as containers/storage's FileMetadata holds it (absent: Go's zero value)."""
-        if piece.__class__ is dict:
-            entry = msgspec.convert([piece], list[self.entry_type])[0]  # type: ignore[name-defined]
-        else:
-            entry = self.decoder.decode(b"[" + bytes(piece) + b"]")[0]
+        entry = self.decode([piece])[0]
         view: list[Any] = []
         for field in PODMAN_FIELDS:
             value = getattr(entry, field)

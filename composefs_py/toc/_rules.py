@@ -13,6 +13,7 @@ import binascii
 import os
 import re
 from bisect import bisect_right
+from collections.abc import Iterator
 from itertools import accumulate, compress, repeat
 from operator import add, and_, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
 from typing import Any
@@ -24,7 +25,7 @@ from .._columns import Extra
 from ..errors import ValidationError
 from ..limits import Limits
 from ..model import ROOT
-from ._schema import FIELDS, NO_INT, show, wrong
+from ._schema import FIELDS, MARK, NO_INT, show, wrong
 
 S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 S_IFCHR, S_IFBLK, S_IFIFO = 0o020000, 0o060000, 0o010000
@@ -292,7 +293,7 @@ def column_keys(col: dict[str, list[Any]]) -> int:
     n = len(col["type"])
     keys = sum(len(value) for value in col["xattrs"] if value is not UNSET)
     for field, values in col.items():
-        keys += n - values.count(NO_INT if FIELDS[field].kind == "int" else UNSET)
+        keys += n - values.count(MARK[field])
     return keys
 
 
@@ -346,6 +347,14 @@ class Batches:
         """Record a problem of the batch's ``row``."""
         self.fail(self.first + row, rank, self.names[row], field, reason)
 
+    def given(self, field: str) -> Iterator[bool]:
+        """Whether each row of the batch gives ``field`` (an absent one holds the mark)."""
+        mark = MARK[field]
+        return map(ne if mark is NO_INT else is_not, self.col[field], repeat(mark))
+
+    def rows_with(self, field: str) -> Iterator[int]:
+        return compress(range(len(self.types)), self.given(field))
+
     # -- one batch ---------------------------------------------------------------
 
     def batch(self, entries: list[Any], first: int) -> int:
@@ -380,19 +389,14 @@ class Batches:
             bad(row, "SIZE", "size", f"only regular files have a size, not a {types[row]}")
         mtimes = self.times()
         majors, minors = col["devMajor"], col["devMinor"]
-        devices = map(or_, map(NO_INT.__ne__, majors), map(NO_INT.__ne__, minors))
-        rdevs = {
-            row: self.device(row, majors[row], minors[row]) for row in compress(range(n), devices)
-        }
+        devices = compress(range(n), map(or_, self.given("devMajor"), self.given("devMinor")))
+        rdevs = {row: self.device(row, majors[row], minors[row]) for row in devices}
         if self.compat and rdevs:  # elsewhere the numbers change nothing
             rdevs = {row: rdev for row, rdev in rdevs.items() if types[row] in ("char", "block")}
         xattrs = col["xattrs"]
-        pairs = {
-            row: self.xattr_pairs(row, xattrs[row])
-            for row in compress(range(n), map(is_not, xattrs, repeat(UNSET)))
-        }
+        pairs = {row: self.xattr_pairs(row, xattrs[row]) for row in self.rows_with("xattrs")}
         digests = col["digest"]
-        has_digest = list(map(is_not, digests, repeat(UNSET)))
+        has_digest = list(self.given("digest"))
         if (
             not all_digests(digests)
             or any(compress(has_digest, other))
@@ -412,10 +416,7 @@ class Batches:
             if types[row] == "reg":
                 reason = f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)"
                 bad(row, "CHUNK_SIZE", "chunkSize", reason)
-        dead = [False] * n
-        for index in self.problems:
-            if first <= index < first + n:
-                dead[index - first] = True
+        dead = list(map(self.problems.__contains__, range(first, first + n)))
         self.chains(dead)
         modes = list(map(node_modes.__getitem__, zip(types, modes, strict=True)))
         self.add_rows(modes, mtimes, links, pairs, rdevs, is_chunk, dead)
@@ -498,35 +499,27 @@ class Batches:
             self.bad(row, "DEVICE", "devMajor" if major else "devMinor", reason)
         return os.makedev(major, minor)
 
-    def xattr_pairs(self, row: int, value: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
+    def xattr_pairs(self, row: int, xattrs: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
         """The xattrs of an entry, decoded and sorted (a problem is recorded, and none kept)."""
         limits = self.limits
-        pairs: list[tuple[bytes, bytes]] = []
-        for key, encoded in value.items():
-            problem = xattr_problem(key, encoded, limits, self.compat)
-            if isinstance(problem, str):
-                self.bad(row, "XATTRS", "xattrs", problem)
-                return ()
-            pairs.append(problem)
-        result = tuple(sorted(pairs))
+        pairs: list[Any] = [
+            xattr_problem(key, value, limits, self.compat) for key, value in xattrs.items()
+        ]
+        problem = next((pair for pair in pairs if pair.__class__ is str), None)
+        result: tuple[tuple[bytes, bytes], ...] = () if problem else tuple(sorted(pairs))
         bound = 4 * sum(len(name) + len(data) for name, data in result) + 2 * len(result)
         if self.compat and bound > DUMP_XATTRS_MAX:
             shown = dump_xattrs_bytes(result)
             if shown > DUMP_XATTRS_MAX:
-                self.bad(
-                    row,
-                    "XATTRS",
-                    "xattrs",
+                problem = (
                     f"take {shown} bytes of a dumpfile line, more than "
-                    f"the {DUMP_XATTRS_MAX} mkcomposefs reads from containers/storage's dump",
+                    f"the {DUMP_XATTRS_MAX} mkcomposefs reads from containers/storage's dump"
                 )
-                return ()
         space = Limits.xattr_space(result)
-        if space > limits.max_xattr_space:
-            top = limits.max_xattr_space
-            self.bad(
-                row, "XATTRS", "xattrs", f"take {space} bytes of inode xattr space, more than {top}"
-            )
+        if not problem and space > limits.max_xattr_space:
+            problem = f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}"
+        if problem:
+            self.bad(row, "XATTRS", "xattrs", problem)
             return ()
         return result
 
@@ -551,14 +544,11 @@ class Batches:
 
     def chunk_fields(self) -> None:
         col, types = self.col, self.types
-        given = map(
-            or_, map(NO_INT.__ne__, col["chunkSize"]), map(NO_INT.__ne__, col["chunkOffset"])
+        size, offset, digest, kind = map(
+            self.given, ("chunkSize", "chunkOffset", "chunkDigest", "chunkType")
         )
-        given = map(or_, given, map(is_not, col["chunkDigest"], repeat(UNSET)))
         rows = list(
-            compress(
-                range(len(types)), map(or_, given, map(is_not, col["chunkType"], repeat(UNSET)))
-            )
+            compress(range(len(types)), map(or_, map(or_, size, offset), map(or_, digest, kind)))
         )
         for row in rows:
             typ, offset = types[row], col["chunkOffset"][row]
@@ -577,10 +567,9 @@ class Batches:
     def link_names(self) -> dict[int, bytes]:
         """Symlink targets and hardlink targets (row -> clean path); theirs is the only linkName."""
         types, link_names, limits = self.types, self.col["linkName"], self.limits
-        linked = compress(range(len(types)), map(ne, link_names, repeat(UNSET)))
         kinds = map(or_, map("symlink".__eq__, types), map("hardlink".__eq__, types))
         links: dict[int, bytes] = {}
-        for row in sorted(set(linked).union(compress(range(len(types)), kinds))):
+        for row in compress(range(len(types)), map(or_, self.given("linkName"), kinds)):
             typ, link = types[row], link_names[row]
             link = "" if link is UNSET else link
             reason = None

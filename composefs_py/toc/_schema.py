@@ -76,6 +76,9 @@ FIELDS: dict[str, Rule] = {
     "groupName": Rule("any"),
 }
 
+#: What an absent field decodes to.
+MARK = {field: NO_INT if rule.kind == "int" else UNSET for field, rule in FIELDS.items()}
+
 
 def show(value: object) -> str:
     """``value`` as JSON-ish text for a message, cut to a sane length."""
@@ -141,8 +144,7 @@ def entry_decoder(max_file_size: int) -> tuple[msgspec.json.Decoder[list[Any]], 
     ]
     for field, rule in FIELDS.items():
         if field not in ("type", "name"):
-            default = NO_INT if rule.kind == "int" else UNSET
-            fields.append((field, _annotation(rule, limits), default))
+            fields.append((field, _annotation(rule, limits), MARK[field]))
     entry = msgspec.defstruct("Entry", fields, gc=False)
     return msgspec.json.Decoder(list[entry]), entry  # type: ignore[valid-type]
 
@@ -158,6 +160,17 @@ class _Document(msgspec.Struct, gc=False):
 @cache
 def document_decoder() -> msgspec.json.Decoder[_Document]:
     return msgspec.json.Decoder(_Document)
+
+
+class _Named(msgspec.Struct, gc=False):
+    """An entry's name alone (its other keys skipped, whatever they hold)."""
+
+    name: Any = None
+
+
+@cache
+def name_decoder() -> msgspec.json.Decoder[_Named]:
+    return msgspec.json.Decoder(_Named)
 
 
 # -- JSON strictness ------------------------------------------------------------------
