@@ -104,8 +104,7 @@ def parse_toc(
         raise ValueError(f"unknown compat mode {compat!r}; choose containers-storage or None")
     limits = limits or Limits()
     reporter = resolve_progress(progress, "validating TOC")
-    raw = read_input(data, limits)
-    parse = _Parse(raw, limits, compat, collect)
+    parse = _Parse(read_input(data, limits), limits, compat, collect)
     parse.reporter = reporter
     tree = parse.run()
     if reporter is not None:
@@ -470,18 +469,13 @@ class _Parse:
     def podman_view(self, piece: Any) -> tuple[Any, ...]:
         """An entry as containers/storage's FileMetadata holds it (absent: Go's zero value)."""
         entry = self.decode([piece])[0]
-        view: list[Any] = []
-        for field in PODMAN_FIELDS:
-            value = getattr(entry, field)
-            if value is UNSET or value == -1:
-                value = None if field in ("modtime", "accesstime", "changetime", "xattrs") else 0
-            view.append(value)
+        view = {
+            field: zero if (value := getattr(entry, field)) is UNSET or value == -1 else value
+            for field, zero in PODMAN_FIELDS.items()
+        }
         if entry.type == "reg" and not entry.size > 0 and entry.digest in (UNSET, ""):
-            view[PODMAN_FIELDS.index("digest")] = EMPTY_SHA256
-        return tuple(
-            "" if value == 0 and field in _PODMAN_STRINGS else value
-            for field, value in zip(PODMAN_FIELDS, view, strict=True)
-        )
+            view["digest"] = EMPTY_SHA256
+        return tuple(view.values())
 
     def located(self, error: ValidationError, index: int | None) -> ValidationError:
         """A TreeBuilder's ``error`` located by the entry's name as given."""
@@ -495,13 +489,13 @@ class _Parse:
         )
 
 
-#: The fields of containers/storage's FileMetadata (the rest of an entry it ignores).
-PODMAN_FIELDS = (
-    "type", "name", "linkName", "mode", "size", "uid", "gid", "modtime", "accesstime",
-    "changetime", "devMajor", "devMinor", "xattrs", "digest", "offset", "endOffset",
-    "chunkSize", "chunkOffset", "chunkDigest", "chunkType",
-)  # fmt: skip
-_PODMAN_STRINGS = frozenset(("linkName", "digest", "chunkDigest", "chunkType"))
+#: containers/storage's FileMetadata: its fields (it ignores the others) and Go's zero values.
+PODMAN_FIELDS = {
+    "type": "", "name": "", "linkName": "", "mode": 0, "size": 0, "uid": 0, "gid": 0,
+    "modtime": None, "accesstime": None, "changetime": None, "devMajor": 0, "devMinor": 0,
+    "xattrs": None, "digest": "", "offset": 0, "endOffset": 0, "chunkSize": 0,
+    "chunkOffset": 0, "chunkDigest": "", "chunkType": "",
+}  # fmt: skip
 _PODMAN_KEYS = {
     key.lower(): key for key in (*PODMAN_FIELDS, "version", "entries", "tarSplitDigest")
 }
@@ -522,11 +516,7 @@ def podman_keys(document: object) -> None:
             known = _PODMAN_KEYS.get(key.lower())
             if key == "" or (known is not None and known != key):
                 name = value.get("name") if index is not None else None
-                what = (
-                    "an empty key"
-                    if key == ""
-                    else f"key {show(key)} must be spelled {show(known)}"
-                )
+                what = f"key {show(key)} must be spelled {show(known)}" if key else "an empty key"
                 raise ValidationError(
                     f"{what}: containers/storage reads keys case-insensitively and stops at an "
                     "empty one",

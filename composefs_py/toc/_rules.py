@@ -416,7 +416,9 @@ class Batches:
             if types[row] == "reg":
                 reason = f"{csizes[row]} is larger than the file ({max(sizes[row], 0)} bytes)"
                 bad(row, "CHUNK_SIZE", "chunkSize", reason)
-        dead = list(map(self.problems.__contains__, range(first, first + n)))
+        dead = [False] * n  # the rows with a problem (none, most often)
+        if self.problems:
+            dead = list(map(self.problems.__contains__, range(first, first + n)))
         self.chains(dead)
         modes = list(map(node_modes.__getitem__, zip(types, modes, strict=True)))
         self.add_rows(modes, mtimes, links, pairs, rdevs, is_chunk, dead)
@@ -433,21 +435,20 @@ class Batches:
         try:
             joined = framed.replace("/\0", "\0").encode()
         except UnicodeEncodeError:
+            joined = b""  # a lone surrogate: every name is odd
+        if not joined or framed.count("\0") != n + 1:
             odd.update(range(n))
         else:
-            if framed.count("\0") != n + 1:
-                odd.update(range(n))
-            else:
-                paths = joined.replace(b"\0", b"\0/")[1:-2].split(b"\0")
-                short = min(limits.max_name_bytes + 1, limits.max_path_bytes)
-                if max(map(len, paths)) > short:
-                    odd.update(row for row, path in enumerate(paths) if len(path) > short)
-                found = []
-                if any(map(framed.__contains__, _ODD_HINTS)):
-                    found = [match.start() for match in _ODD_NAME.finditer(framed)]
-                if found:
-                    starts = list(accumulate([len(name) + 1 for name in names], initial=0))
-                    odd.update(bisect_right(starts, at) - 1 for at in found)
+            paths = joined.replace(b"\0", b"\0/")[1:-2].split(b"\0")
+            short = min(limits.max_name_bytes + 1, limits.max_path_bytes)
+            if max(map(len, paths)) > short:
+                odd.update(row for row, path in enumerate(paths) if len(path) > short)
+            found = []
+            if any(map(framed.__contains__, _ODD_HINTS)):
+                found = [match.start() for match in _ODD_NAME.finditer(framed)]
+            if found:
+                starts = list(accumulate([len(name) + 1 for name in names], initial=0))
+                odd.update(bisect_right(starts, at) - 1 for at in found)
         odd.discard(n)
         if self.compat:  # and a trailing "/" (not in the path), but on a directory
             slashed = map(str.endswith, names, repeat("/"))
@@ -774,22 +775,18 @@ class Batches:
         for column, kept in zip(self.rows, columns, strict=True):
             column += kept
         self.entry += entries
-        if self.odd_rows:
-            at = list(accumulate(keep))
-            names = self.names
-            for row in self.odd_rows:
-                if keep[row]:
-                    self.odd_names[base + at[row] - 1] = names[row]
-        if found:
-            at = list(accumulate(keep))  # a kept row's place among the kept rows, plus 1
+        if self.odd_rows or found:
+            at = list(accumulate(keep, initial=base - 1))  # at[row + 1]: a kept row's place
+            self.odd_names.update(
+                (at[row + 1], self.names[row]) for row in self.odd_rows if keep[row]
+            )
             for row, (rdev, more) in found.items():
-                out_row = base + at[row] - 1
                 if rdev is not None:
-                    self.rdev[out_row] = rdev
+                    self.rdev[at[row + 1]] = rdev
                 if more.__class__ is bytes:
-                    self.links[out_row] = more
+                    self.links[at[row + 1]] = more
                 elif more:
-                    self.extras[out_row] = (None, None, more)
+                    self.extras[at[row + 1]] = (None, None, more)
 
     def rare_row(
         self,
@@ -812,9 +809,7 @@ class Batches:
             self.same_as_before(row, (typ, *values[1:], xattrs))
             return None
         if typ == "dir" and path in self.opaque:
-            merged = dict(xattrs)
-            merged[OPAQUE_XATTR[0]] = OPAQUE_XATTR[1]
-            xattrs = tuple(sorted(merged.items()))
+            xattrs = tuple(sorted(dict((*xattrs, OPAQUE_XATTR)).items()))
             self.opaque_done.add(path)
         more: Any = xattrs
         if typ == "hardlink":
