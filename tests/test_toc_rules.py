@@ -897,3 +897,16 @@ def test_unknown_keys_holding_huge_numbers_change_nothing(compat: str | None) ->
     with pytest.raises(ValidationError) as caught:
         parse_toc(_with_huge_number(clash), compat=compat)
     assert (caught.value.entry, caught.value.path) == (1, "a/b")
+
+
+@pytest.mark.parametrize("spelled", ["\\u002ewh..wh..opq", ".wh..wh.\\u002e\\u006fpq"])
+@pytest.mark.parametrize("compat", COMPATS)
+def test_an_opaque_marker_spelled_with_json_escapes_is_one(
+    spelled: str, compat: str | None
+) -> None:
+    """The marker is found by its decoded name, however the JSON text spells it."""
+    entries = [{"type": "dir", "name": "d/"}, {"type": "reg", "name": "d/MARKER"}]
+    raw = document(entries).replace(b"MARKER", spelled.encode())
+    tree = parse_toc(raw, compat=compat)
+    opaque = (b"trusted.overlay.opaque", b"y") in tree.inode("/d").xattrs
+    assert (opaque, b"/d/.wh..wh..opq" in tree) == (compat is None, compat is not None)

@@ -309,14 +309,21 @@ class _Parse:
         batches.batch(entries, index)
 
     def opaque_dirs(self) -> set[bytes]:
-        """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait)."""
+        """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait): the
+        entries whose JSON text holds the marker's name or a ``\\u`` escape are read."""
         found: set[bytes] = set()
-        for index, piece in enumerate(self.pieces if self.raw.find(WH_OPAQUE) >= 0 else ()):
-            if piece.__class__ is msgspec.Raw and bytes(piece).find(WH_OPAQUE) < 0:
-                continue
+        if self.raw.find(WH_OPAQUE) < 0 and self.raw.find(b"\\u") < 0:
+            return found
+        for index, piece in enumerate(self.pieces):
+            if piece.__class__ is msgspec.Raw:
+                text = bytes(piece)
+                if text.find(WH_OPAQUE) < 0 and text.find(b"\\u") < 0:
+                    continue
             name = self.name_of(index)
+            if not isinstance(name, str) or name.find(".wh..wh..opq") < 0:
+                continue
             try:
-                path = clean_name(name, self.limits) if isinstance(name, str) else ROOT
+                path = clean_name(name, self.limits)
             except ValueError:
                 continue
             if path.endswith(b"/" + WH_OPAQUE):

@@ -15,7 +15,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import accumulate, compress, repeat
-from operator import add, and_, eq, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
+from operator import add, and_, eq, is_, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
 from typing import Any
 
 from msgspec import UNSET
@@ -470,27 +470,19 @@ class Batches:
         texts = [text if text is not UNSET else "1970-01-01T00:00:00Z" for text in modtimes]
         parsed = go_times(texts)
         if parsed is None:
-            parsed = ([], [])
-            for row, text in enumerate(texts):
-                one = parse_time(text, self.compat)
-                if one is None:
-                    self.bad(row, "TIME", "modtime", wrong("modtime", text))
-                    one = (0, 0)
-                parsed[0].append(one[0])
-                parsed[1].append(one[1])
+            found = [parse_time(text, self.compat) for text in texts]
+            for row in compress(range(len(found)), map(is_, found, repeat(None))):
+                self.bad(row, "TIME", "modtime", wrong("modtime", texts[row]))
+            times = [time or (0, 0) for time in found]
+            parsed = (list(map(itemgetter(0), times)), list(map(itemgetter(1), times)))
         seen = set(modtimes)
         for field in ("accesstime", "changetime"):
             other = col[field]
-            if other != modtimes:
-                extra = list(set(other).difference(seen) - {UNSET})
-                if extra and go_times(extra) is None:
-                    for row, text in enumerate(other):
-                        if (
-                            text is not UNSET
-                            and text not in seen
-                            and parse_time(text, self.compat) is None
-                        ):
-                            self.bad(row, "TIME", field, wrong("modtime", text))
+            extra = list(set(other).difference(seen) - {UNSET}) if other != modtimes else []
+            if extra and go_times(extra) is None:
+                refused = {text for text in extra if parse_time(text, self.compat) is None}
+                for row in compress(range(len(other)), map(refused.__contains__, other)):
+                    self.bad(row, "TIME", field, wrong(field, other[row]))
         return parsed
 
     def device(self, row: int, major: int, minor: int) -> int:
