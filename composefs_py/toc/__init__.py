@@ -84,6 +84,15 @@ COMPAT_MODES = (None, "containers-storage")
 _BATCH = 8192
 _MAX_LISTED_PROBLEMS = 100
 _AT_ENTRY = re.compile(r"`\$\[(\d+)\]")
+# a character of the opaque marker's name, escaped in the JSON text
+_MARKER_ESCAPE = re.compile(rb"\\u00(?:2[eE]|6[8fF]|7[017])")
+
+
+def _may_name_marker(text: bytes) -> bool:
+    """Whether the JSON ``text`` may spell ``.wh..wh..opq`` (a backslash is rare)."""
+    if text.find(WH_OPAQUE) >= 0:
+        return True
+    return text.find(b"\\") >= 0 and _MARKER_ESCAPE.search(text) is not None
 
 
 def parse_toc(
@@ -309,16 +318,13 @@ class _Parse:
         batches.batch(entries, index)
 
     def opaque_dirs(self) -> set[bytes]:
-        """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait): the
-        entries whose JSON text holds the marker's name or a ``\\u`` escape are read."""
+        """Directories that hold a ``.wh..wh..opq`` marker (a pre-pass; problems wait)."""
         found: set[bytes] = set()
-        if self.raw.find(WH_OPAQUE) < 0 and self.raw.find(b"\\u") < 0:
+        if not _may_name_marker(self.raw):
             return found
         for index, piece in enumerate(self.pieces):
-            if piece.__class__ is msgspec.Raw:
-                text = bytes(piece)
-                if text.find(WH_OPAQUE) < 0 and text.find(b"\\u") < 0:
-                    continue
+            if piece.__class__ is msgspec.Raw and not _may_name_marker(bytes(piece)):
+                continue
             name = self.name_of(index)
             if not isinstance(name, str) or name.find(".wh..wh..opq") < 0:
                 continue
