@@ -428,8 +428,7 @@ class _Parse:
         repeated: set[bytes] = set()
         if len(first) != n:
             first = dict(zip(reversed(paths), range(n - 1, -1, -1), strict=True))
-            seen: set[bytes] = set()
-            repeated = {path for path in paths if path in seen or seen.add(path)}  # type: ignore[func-returns-value]
+            repeated = {path for row, path in enumerate(paths) if first[path] != row}
         first[b""] = first.get(ROOT, -2)  # the root, as the parent part of "/name"
         after: set[bytes] = set()  # paths whose first entry comes after one inside them
         rows: Any = range(n)

@@ -327,17 +327,9 @@ class Batches:
         self.names: list[str] = []
         self.paths: list[Any] = []
 
-    def fail(
-        self,
-        index: int,
-        rank: str,
-        name: Any,
-        field: str | None,
-        reason: str,
-        at: int | None = None,
-    ) -> None:
+    def fail(self, index: int, rank: str, name: Any, field: Any, reason: str, at: int = -1) -> None:
         """Record a problem of entry ``index``, found at entry ``at`` (by default the same)."""
-        at = index if at is None else at
+        at = index if at < 0 else at
         known = self.problems.get(at)
         if known is None or RANK[rank] < known[0]:
             error = ValidationError(reason, entry=index, path=name, field=field)
