@@ -284,10 +284,9 @@ class _Parse:
         """Record the problems of an entry the schema refused, as a walk would find them:
         each refused field is worded by its rule and dropped, the rest go through the
         other rules (a wrong name or type, or a null, is the entry's only problem)."""
-        if entry.__class__ is not dict:
+        if not isinstance(entry, dict):
             batches.fail(index, "ENTRY", None, None, f"must be a JSON object, got {show(entry)}")
             return
-        assert isinstance(entry, dict)
         name = entry.get("name")
         problems: dict[str, Any] = {
             field: problem
@@ -516,9 +515,8 @@ _PODMAN_KEYS = {
 def podman_keys(document: object) -> None:
     """Refuse the keys containers/storage reads otherwise: an empty key (it stops reading
     the object there) and a known key in another case (it matches keys case-insensitively)."""
-    if document.__class__ is not dict:
+    if not isinstance(document, dict):
         return
-    assert isinstance(document, dict)
     objects: list[tuple[int | None, Any]] = [(None, document)]
     entries = document.get("entries")
     if entries.__class__ is list:
