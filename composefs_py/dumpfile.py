@@ -51,7 +51,7 @@ import stat
 from collections.abc import Callable
 from typing import Final
 
-from .errors import ValidationError, text_that_names_a_file
+from .errors import ValidationError, read_source
 from .limits import Limits
 from .model import (
     ROOT,
@@ -309,31 +309,6 @@ def _show(value: bytes, limit: int = 40) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
-def _read_input(data: bytes | str | os.PathLike[str] | os.PathLike[bytes], limits: Limits) -> bytes:
-    if isinstance(data, bytes):
-        raw = data
-    elif isinstance(data, bytearray | memoryview):
-        raw = bytes(data)
-    elif isinstance(data, str):
-        hint = text_that_names_a_file(data, "dumpfile text")
-        if hint is not None:
-            raise hint
-        try:
-            raw = data.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError as err:
-            raise ValidationError(
-                f"text holds a character UTF-8 cannot encode at offset {err.start}"
-            ) from None
-    elif isinstance(data, os.PathLike):
-        with open(data, "rb") as file:
-            raw = file.read(limits.max_input_bytes + 1)
-    else:
-        raise TypeError(f"expected bytes, str or os.PathLike, got {type(data).__name__}")
-    if len(raw) > limits.max_input_bytes:
-        raise ValidationError(f"input is larger than {limits.max_input_bytes} bytes")
-    return raw
-
-
 def parse_dumpfile(
     data: bytes | str | os.PathLike[str] | os.PathLike[bytes],
     *,
@@ -362,7 +337,7 @@ def parse_dumpfile(
     are not kept; a symlink's size is its target's length.
     """
     limits = limits or Limits()
-    raw = _read_input(data, limits)
+    raw = read_source(data, limits.max_input_bytes, "dumpfile", str_errors="surrogateescape")
     nul = raw.find(b"\0")
     if nul >= 0:
         raise ValidationError(

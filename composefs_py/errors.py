@@ -96,6 +96,46 @@ class BackendUnavailableError(ComposefsError):
     """The requested writer backend cannot run here (not built, no tool)."""
 
 
+def read_source(
+    data: object, cap: int, what: str, *, str_errors: str = "strict", wrap_os_errors: bool = False
+) -> bytes:
+    """The bytes of an input given as bytes, a ``str`` (its text, encoded as
+    UTF-8 with ``str_errors``) or a path (read up to ``cap + 1`` bytes, never
+    more), refused above ``cap`` bytes: the one reader of the TOC and
+    dumpfile parsers.  ``what`` names the input in the errors; an
+    :class:`OSError` reading a path is a :class:`ValidationError` when
+    ``wrap_os_errors``."""
+    import os
+
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, bytearray | memoryview):
+        raw = bytes(data)
+    elif isinstance(data, str):
+        hint = text_that_names_a_file(data, f"{what} text")
+        if hint is not None:
+            raise hint
+        try:
+            raw = data.encode("utf-8", str_errors)
+        except UnicodeEncodeError as err:
+            raise ValidationError(
+                f"the {what} text holds a character UTF-8 cannot encode at offset {err.start}"
+            ) from None
+    elif isinstance(data, os.PathLike):
+        try:
+            with open(data, "rb") as file:
+                raw = file.read(cap + 1)
+        except OSError as err:
+            if not wrap_os_errors:
+                raise
+            raise ValidationError(f"cannot read the {what}: {err}") from None
+    else:
+        raise TypeError(f"expected bytes, str or a path, got {type(data).__name__}")
+    if len(raw) > cap:
+        raise ValidationError(f"the {what} is larger than {cap} bytes")
+    return raw
+
+
 def text_that_names_a_file(text: str, what: str) -> ValidationError | None:
     """The error for ``text`` given where the content itself is wanted, when it
     looks like a file's name and one exists: a ``str`` is the content (the

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..errors import ValidationError, text_that_names_a_file
+from ..errors import ValidationError, read_source
 from ..limits import Limits
 
 TocSource = bytes | bytearray | memoryview | str | os.PathLike[str] | os.PathLike[bytes]
@@ -177,27 +177,7 @@ def name_decoder() -> msgspec.json.Decoder[_Named]:
 
 
 def read_input(data: TocSource, limits: Limits) -> bytes:
-    cap = limits.max_input_bytes
-    if isinstance(data, bytes | bytearray | memoryview):
-        raw = bytes(data)
-    elif isinstance(data, str):
-        hint = text_that_names_a_file(data, "TOC's JSON text")
-        if hint is not None:
-            raise hint
-        try:
-            raw = data.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError("the TOC text is not valid Unicode") from None
-    elif isinstance(data, os.PathLike):
-        try:
-            with open(data, "rb") as file:
-                raw = file.read(cap + 1)
-        except OSError as err:
-            raise ValidationError(f"cannot read the TOC: {err}") from None
-    else:
-        raise TypeError(f"expected bytes, str or a path, got {type(data).__name__}")
-    if len(raw) > cap:
-        raise ValidationError(f"the TOC is larger than {cap} bytes")
+    raw = read_source(data, limits.max_input_bytes, "TOC", wrap_os_errors=True)
     if not raw.isascii():
         try:
             raw.decode("utf-8")
