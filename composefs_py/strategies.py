@@ -1024,7 +1024,21 @@ def _m_hardlink(draw: Draw, doc: dict[str, Any]) -> Any:
     return doc
 
 
-_CONFUSED: list[Any] = [True, False, None, 1.5, "1", [], {}, -1, Raw("1e3"), Raw("-0"), Raw("1.0")]
+_MINUS_ZERO = Raw("-0")
+_CONFUSED: list[Any] = [
+    True,
+    False,
+    None,
+    1.5,
+    "1",
+    [],
+    {},
+    -1,
+    Raw("1e3"),
+    _MINUS_ZERO,
+    Raw("1.0"),
+]
+_INT_KEYS = frozenset(("mode", "uid", "gid", "size", "devMajor", "devMinor", "offset", "chunkSize"))
 
 
 def _m_type_confusion(draw: Draw, doc: dict[str, Any]) -> Any:
@@ -1067,6 +1081,9 @@ def _m_type_confusion(draw: Draw, doc: dict[str, Any]) -> Any:
         )
         current = entry.get(key)
         choices = [v for v in _CONFUSED if type(v) is not type(current)]
+        if key in _INT_KEYS:
+            # JSON's -0 is the integer 0: a valid value of an integer field
+            choices.remove(_MINUS_ZERO)
         entry[key] = draw(st.sampled_from(choices))
     return doc
 
