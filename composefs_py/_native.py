@@ -27,8 +27,6 @@ import os
 import stat
 from array import array
 from collections.abc import Sequence
-from itertools import compress, count, repeat
-from operator import is_
 from typing import Any
 
 from ._backend import check_versions
@@ -124,65 +122,19 @@ def _check_ptr(ptr: Any, what: str) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _lengths(pieces: list[bytes | None]) -> tuple[bytes, array[int]]:
-    """The byte strings joined, and each one's length (-1 for None)."""
-    lens = array("q", [-1 if piece is None else len(piece) for piece in pieces])
-    return b"".join([piece for piece in pieces if piece is not None]), lens
-
-
 class _Columns:
     """What ``cfspy_build_tree`` reads (see shim.h), as Python buffers.
 
-    Built column by column with comprehensions (attribute loads in Python
-    code beat attrgetter maps on slotted instances) and C-speed joins; only
-    the nodes that carry inline content, fs-verity digests or xattrs take a
-    loop of their own.
+    Gathered in C from the Tree's rows (:class:`~composefs_py._columns.Table`)
+    into Tree order, without a Python object per node; only the rows that
+    carry inline content, fs-verity digests or xattrs take a loop of their own.
     """
 
     __slots__ = ("data", "data_lens", "extra", "extra_lens", "ints", "links", "path_lens",
                  "paths", "xattr_lens")  # fmt: skip
-    paths: bytes | bytearray
-    data: bytes | bytearray
 
     def __init__(self, tree: Tree) -> None:
         table = tree._table
-        if isinstance(table, Table):
-            self._from_table(table)
-            return
-        order = tree.paths
-        nodes: list[Any] = list(map(tree._nodes.__getitem__, order))
-        links: list[int] = []
-        if Hardlink in set(map(type, nodes)):
-            index_of = dict(zip(order, count()))
-            for i in compress(count(), map(is_, map(type, nodes), repeat(Hardlink))):
-                target = index_of[nodes[i].target]
-                links += (i, target)
-                # the row of a hardlink: the target's mode, nothing of its own
-                nodes[i] = Inode(nodes[target].mode)
-        self.links = array("q", links)
-        self.ints = array("q")
-        self.ints.fromlist(
-            [value for n in nodes
-             for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
-        )  # fmt: skip
-        self.paths = b"".join(order)
-        self.path_lens = array("q", map(len, order))
-        self.data, self.data_lens = _lengths(
-            [n.payload if n.payload is not None else n.symlink_target for n in nodes]
-        )
-        self.extra = b""
-        self.extra_lens: array[int] | None = None
-        self.xattr_lens = array("q")
-        found = [
-            (i, (n.content, n.fsverity_digest, n.xattrs))
-            for i, n in enumerate(nodes)
-            if n.content is not None or n.fsverity_digest is not None or n.xattrs
-        ]
-        if found:
-            self._extras(len(nodes), found)
-
-    def _from_table(self, table: Table) -> None:
-        """The same buffers from a bulk-built Tree's columns (no node objects)."""
         rows = table.order
         n = len(rows)
         c_rows = ffi.from_buffer("int64_t[]", rows)
@@ -203,7 +155,7 @@ class _Columns:
         pairs = sorted((position[row], position[target]) for row, target in links.items())
         self.links = array("q", [value for pair in pairs for value in pair])
         self.extra = b""
-        self.extra_lens = None
+        self.extra_lens: array[int] | None = None
         self.xattr_lens = array("q")
         if extras:
             self._extras(n, sorted((position[row], extra) for row, extra in extras.items()))

@@ -6,6 +6,20 @@ A :class:`Tree` is immutable and always valid: the only way to make one is
 dumpfile, layer readers, image reader) builds through it, so those rules are
 written once, here.
 
+One storage form: every Tree keeps its rows as columns, a
+:class:`~composefs_py._columns.Table` (storage only: no rule lives there),
+and makes nodes as they are read.  Two ways in, one builder: :meth:`TreeBuilder.add`
+takes one node at a time (dumpfile, layers, scan, the image reader,
+strategies), :meth:`TreeBuilder.add_columns` takes many rows at once (the
+TOC), checking them column by column with the same limits and the same
+rule functions (``_inode_problem`` for the rows with extras,
+``payloads_are_names``, ``_int_ranges``), and takes nothing when it cannot
+prove them: the caller then adds them one by one, for the exact error.
+``add_columns(proven=...)`` is a narrow contract (``PROVEN_RULES``): the rules
+a caller's own schema checked over every value (only the TOC's) are not
+checked again; the paths, types, data placement, extras, parents, duplicates,
+hardlinks and limits always are.
+
 Paths are ``bytes``, absolute and clean: ``b"/"`` is the root, ``b"/usr/bin"``
 a child of ``b"/usr"``.  No trailing ``/``, no empty, ``.`` or ``..``
 component, no NUL.
@@ -20,7 +34,16 @@ are made (a 4 KiB path of 1-byte names stands for 2,000 parents and 4 MB of
 their paths); ``max_xattr_*``, ``max_inline_bytes``, ``max_symlink_bytes``
 and ``max_file_size`` on the node.  :meth:`TreeBuilder.build` is linear in
 the entries but for sorting each directory's names: hardlink chains are
-resolved once each, however they are shaped (see ``_resolve_hardlinks``).
+resolved once each, however they are shaped (see ``_resolve_hardlinks``),
+then the rows are put in columns in one pass (``_table_of``).
+:meth:`TreeBuilder.add_columns` is linear in the rows but for the one sort
+of the paths into Tree order (n log n): C-level joins, counts, ``min``/
+``max`` and set algebra; ``max_path_bytes``/``max_name_bytes``/``max_depth``
+on the joined paths before any column is made; the parents to make are
+counted against ``max_entries`` and ``max_total_path_bytes`` as they are
+found, before any is made (``_ancestors``); ``max_entries`` and
+``max_total_path_bytes`` over all rows before the Table is made; hardlink
+chains resolve once each (``_resolve_links``).
 Rules of confinement (DESIGN rule 8) live here too: a payload is an object
 name of the store, and an input's overlay xattrs (``trusted.overlay.*``,
 ``user.overlay.*``) are refused
@@ -31,12 +54,16 @@ opts in.
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from types import MappingProxyType
-from typing import Literal, cast
+from itertools import compress, count, repeat
+from operator import eq, is_, is_not, not_
+from typing import Any, Literal, TypeVar, cast
 
+from ._columns import INT_FIELDS, NodeColumns, Table
 from .errors import ValidationError
 from .limits import Limits
 
@@ -47,8 +74,11 @@ __all__ = [
     "Tree",
     "TreeBuilder",
     "ROOT",
+    "column_nodes",
     "new_inode",
 ]
+
+_T = TypeVar("_T")
 
 ROOT = b"/"
 
@@ -212,41 +242,41 @@ class Tree:
     directory before its children, siblings sorted by name bytes (the order of
     composefs-dump(5)).  Paths are bytes; a lookup takes a ``str`` too
     (``tree["/usr/bin"]``, encoded as :func:`os.fsencode` does).
+
+    One storage form: the rows the builder proved, as columns
+    (:class:`~composefs_py._columns.Table`); nodes are made as they are read
+    (a per-node build keeps the node objects it was given with its rows).
     """
 
-    #: None until first read in a Tree built in bulk (made from ``_table``).
-    _order: tuple[bytes, ...] | None
-    _nodes: Mapping[bytes, Node]
+    _table: Table
     _key: object = None
-    #: The checked columns of a Tree built in bulk (composefs_py._columns).
-    _table: object = None
 
     def __post_init__(self) -> None:
         if self._key is not _BUILDER_KEY:
             raise TypeError("a Tree is made by TreeBuilder.build(), which checks it")
 
     def __iter__(self) -> Iterator[tuple[bytes, Node]]:
-        if self._table is not None:
-            yield from self._table.items()  # type: ignore[attr-defined]
-            return
-        nodes = self._nodes
-        for path in self.paths:
-            yield path, nodes[path]
+        table = self._table
+        nodes = table.nodes
+        if nodes is not None:
+            return zip(table.tree_paths(), map(nodes.__getitem__, table.order), strict=True)  # type: ignore[arg-type]
+        return _table_items(table)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._table)
 
     def __contains__(self, path: object) -> bool:
-        return (_as_bytes(path) if path.__class__ is str else path) in self._nodes
+        return (_as_bytes(path) if path.__class__ is str else path) in self._table.index
 
     def __getitem__(self, path: bytes | str) -> Node:
-        return self._nodes[path if path.__class__ is bytes else _as_bytes(path)]
+        table = self._table
+        return _table_node(table, table.index[path if path.__class__ is bytes else _as_bytes(path)])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tree):
             return NotImplemented
         return self.paths == other.paths and all(
-            self._nodes[p] == other._nodes[p] for p in self.paths
+            map(eq, (node for _, node in self), (node for _, node in other))
         )
 
     def __hash__(self) -> int:
@@ -256,30 +286,87 @@ class Tree:
         return f"<Tree: {len(self)} entries>"
 
     def get(self, path: bytes | str) -> Node | None:
-        return self._nodes.get(path if path.__class__ is bytes else _as_bytes(path))
+        table = self._table
+        row = table.index.get(path if path.__class__ is bytes else _as_bytes(path))
+        return None if row is None else _table_node(table, row)
 
     @property
     def paths(self) -> tuple[bytes, ...]:
         """Every path, in iteration order."""
-        order = self._order
-        if order is None:
-            order = self._table.tree_paths()  # type: ignore[attr-defined]
-            object.__setattr__(self, "_order", order)
-        return order
+        return self._table.tree_paths()
 
     @property
     def root(self) -> Inode:
-        node = self._nodes[ROOT]
+        node = self[ROOT]
         assert isinstance(node, Inode)  # guaranteed by TreeBuilder
         return node
 
     def inode(self, path: bytes | str) -> Inode:
         """Return the inode at ``path``, following a hardlink."""
-        node = self._nodes[path if path.__class__ is bytes else _as_bytes(path)]
+        node = self[path]
         if isinstance(node, Hardlink):
-            node = self._nodes[node.target]
+            node = self[node.target]
         assert isinstance(node, Inode)  # hardlinks resolve to inodes
         return node
+
+
+def _table_node(table: Table, row: int) -> Node:
+    """The node of ``table``'s ``row``."""
+    nodes = table.nodes
+    if nodes is not None:
+        return cast(Node, nodes[row])
+    target = table.links.get(row)
+    if target is not None:
+        return Hardlink(table.paths[target])
+    ints = table.ints
+    mode = ints["mode"][row]
+    data = table.data[row]
+    is_link = mode & S_IFMT == S_IFLNK
+    content, digest, xattrs = table.extras.get(row, (None, None, ()))
+    return new_inode(
+        mode,
+        ints["nlink"][row],
+        ints["uid"][row],
+        ints["gid"][row],
+        ints["mtime"][row],
+        ints["mtime_nsec"][row],
+        ints["size"][row],
+        ints["rdev"][row],
+        None if is_link else data,
+        data if is_link else None,
+        content,
+        digest,
+        xattrs,
+    )
+
+
+def _table_items(table: Table, batch: int = 4096) -> Iterator[tuple[bytes, Node]]:
+    """``(path, node)`` in Tree order, made a batch of rows at a time by C-level maps."""
+    order, paths, data = table.order, table.paths, table.data
+    columns = [table.ints[name] for name in INT_FIELDS]
+    special = {*table.links, *table.extras}
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        ints = [list(map(column.__getitem__, rows)) for column in columns]
+        pieces = list(map(data.__getitem__, rows))
+        symlinks = {m for m in set(ints[0]) if m & S_IFMT == S_IFLNK}
+        is_link = list(map(symlinks.__contains__, ints[0]))
+        nodes: list[Node] = list(
+            map(
+                new_inode,
+                *ints,
+                [None if link else piece for link, piece in zip(is_link, pieces, strict=True)],
+                [piece if link else None for link, piece in zip(is_link, pieces, strict=True)],
+                repeat(None),
+                repeat(None),
+                repeat(()),
+            )
+        )
+        if special:
+            for at, row in enumerate(rows):
+                if row in special:
+                    nodes[at] = _table_node(table, row)
+        yield from zip(map(paths.__getitem__, rows), nodes, strict=True)
 
 
 def _as_bytes(path: bytes | str) -> bytes:
@@ -323,6 +410,7 @@ class TreeBuilder:
         "_count_hardlinks",
         "_total_path_bytes",
         "_has_hardlinks",
+        "_bulk",
     )
 
     def __init__(
@@ -343,6 +431,7 @@ class TreeBuilder:
         self._count_hardlinks = count_hardlinks
         self._total_path_bytes = 0
         self._has_hardlinks = False
+        self._bulk: Table | None = None
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -477,6 +566,37 @@ class TreeBuilder:
         self._nodes[path] = node
         self._entries[path] = entry
 
+    # -- adding in bulk ------------------------------------------------
+
+    def add_columns(self, columns: NodeColumns, *, proven: frozenset[str] = frozenset()) -> bool:
+        """Take every row of ``columns`` at once if their rules hold; say whether.
+
+        The rows are checked column by column with C-level operations (joins,
+        counts, ``min``/``max``, set algebra, one regex over all paths) by
+        this builder's rules and options, with the limits and rule functions
+        :meth:`add` uses.  True: the rows are taken, :meth:`build` gives
+        their Tree, the very Tree per-row adds would give.  False means only
+        "not proven here" (a duplicate path, a missing parent not to be
+        made, a bad value...): nothing is taken; add the rows one by one
+        (:func:`column_nodes`), which says exactly what is wrong.  Only an
+        empty builder takes rows in bulk.
+
+        ``proven`` is a narrow contract: rule names (``PROVEN_RULES``) that
+        the caller vouches every row already keeps, because every value went
+        through a schema that checked exactly that rule (the TOC's msgspec
+        schema and its column rules: ``toc.TOC_PROVEN``).  Those are not
+        checked again.  Never pass it for rows of any other origin.
+        """
+        if self._nodes or self._bulk is not None:
+            return False
+        if not proven <= PROVEN_RULES:
+            raise ValueError(f"unknown rules in proven: {sorted(proven - PROVEN_RULES)}")
+        table = _bulk_table(columns, self._limits, self._synthesize, self._count_hardlinks, proven)
+        if table is None:
+            return False
+        self._bulk = table
+        return True
+
     # -- checks --------------------------------------------------------
 
     def _check_path(self, path: bytes, entry: int | None) -> None:
@@ -538,6 +658,10 @@ class TreeBuilder:
 
     def build(self) -> Tree:
         """Resolve hardlinks, fix link counts, order the entries; return the Tree."""
+        if self._bulk is not None:
+            if self._nodes:
+                raise RuntimeError("rows were added both by add_columns() and by add()")
+            return Tree(self._bulk, _BUILDER_KEY)
         nodes = self._nodes
         if ROOT not in nodes:
             if not self._synthesize:
@@ -564,7 +688,7 @@ class TreeBuilder:
                 below.sort(reverse=True)
                 stack.extend(below)
                 below.reverse()  # leave ascending for later readers
-        return Tree(tuple(order), MappingProxyType(dict(nodes)), _BUILDER_KEY)
+        return Tree(_table_of(order, nodes), _BUILDER_KEY)
 
     def _resolve_hardlinks(self) -> None:
         """Point every hardlink at the inode its chain ends at; count the links.
@@ -811,3 +935,415 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
                 f"take {space} bytes of inode xattr space, more than {limits.max_xattr_space}"
             )
     return None
+
+
+# ---------------------------------------------------------------------------
+# the Tree's rows (composefs_py._columns.Table)
+# ---------------------------------------------------------------------------
+
+
+def _table_of(order: list[bytes], nodes: Mapping[bytes, Node]) -> Table:
+    """The rows of a per-node build, in Tree order (they keep its node objects)."""
+    in_order: list[Any] = list(map(nodes.__getitem__, order))
+    inodes = in_order
+    links: dict[int, int] = {}
+    if Hardlink in set(map(type, in_order)):
+        row_of = dict(zip(order, count()))
+        inodes = list(in_order)
+        for row in compress(count(), map(is_, map(type, in_order), repeat(Hardlink))):
+            target = row_of[in_order[row].target]
+            links[row] = target
+            # the row of a hardlink: the target's mode (for C), nothing of its own
+            inodes[row] = Inode(in_order[target].mode)
+    flat = array("q")  # row by row (one pass), then one C-level slice per field
+    flat.fromlist(
+        [value for n in inodes
+         for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
+    )  # fmt: skip
+    step = len(INT_FIELDS)
+    ints = {name: flat[at::step] for at, name in enumerate(INT_FIELDS)}
+    data = [n.payload if n.payload is not None else n.symlink_target for n in inodes]
+    extras = {
+        row: (n.content, n.fsverity_digest, n.xattrs)
+        for row, n in enumerate(inodes)
+        if n.content is not None or n.fsverity_digest is not None or n.xattrs
+    }
+    return Table(order, ints, data, links, extras, array("q", range(len(order))), in_order)
+
+
+#: What a hardlink's row reads as in :class:`NodeColumns`.
+EMPTY_FILE = Inode(S_IFREG, nlink=0)
+
+
+def column_nodes(columns: NodeColumns) -> Iterator[tuple[bytes, Node]]:
+    """The rows of ``columns`` as ``(path, node)``, for :meth:`TreeBuilder.add`."""
+    links, extras = columns.links, columns.extras
+    nlink = columns.nlink
+    rdev = columns.rdev
+    for row, path in enumerate(columns.paths):
+        target = links.get(row)
+        if target is not None:
+            yield path, Hardlink(target)
+            continue
+        mode = columns.mode[row]
+        data = columns.data[row]
+        is_link = mode.__class__ is int and mode & S_IFMT == S_IFLNK
+        content, digest, xattrs = extras.get(row, (None, None, ()))
+        yield (
+            path,
+            new_inode(
+                mode,
+                1 if nlink is None else nlink[row],
+                columns.uid[row],
+                columns.gid[row],
+                columns.mtime[row],
+                columns.mtime_nsec[row],
+                columns.size[row],
+                0 if rdev is None else rdev[row],
+                None if is_link else data,
+                data if is_link else None,
+                content,
+                digest,
+                xattrs,
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------
+# the rules in bulk (TreeBuilder.add_columns)
+# ---------------------------------------------------------------------------
+
+#: ``proven=``: every mode, uid, gid, mtime, mtime_nsec and size is an int
+#: (not a bool) in its range of :func:`_int_ranges`.
+PROVEN_INT_RANGES = "int_ranges"
+#: ``proven=``: every regular file's data is an object name (:func:`is_object_name`).
+PROVEN_PAYLOAD_NAMES = "payload_names"
+PROVEN_RULES = frozenset((PROVEN_INT_RANGES, PROVEN_PAYLOAD_NAMES))
+_PROVEN_INTS = frozenset(("mode", "uid", "gid", "mtime", "mtime_nsec", "size"))
+
+# A "." or ".." component anywhere in the NUL-joined paths.
+_DOT_COMPONENT = re.compile(rb"/\.\.?(?:/|\x00|\Z)").search
+
+
+def _int_ranges(limits: Limits) -> dict[str, tuple[int, int]]:
+    """Each int field's range, as :func:`_inode_problem` checks it node by node."""
+    return {
+        "mode": (0, S_IFMT | 0o7777),
+        "nlink": (0, _U32_MAX),
+        "uid": (0, _U32_MAX),
+        "gid": (0, _U32_MAX),
+        "mtime": (_I64_MIN, _I64_MAX),
+        "mtime_nsec": (0, _NSEC_PER_SEC - 1),
+        "size": (0, limits.max_file_size),
+        "rdev": (0, _U32_MAX),
+    }
+
+
+def _int_column(values: list[int], low: int, high: int, proven: bool) -> array[int] | None:
+    """``values`` as an array("q") if each is an int (not a bool) in low..high."""
+    if not values:
+        return array("q")
+    if not proven and set(map(type, values)) != {int}:
+        return None
+    try:
+        column = array("q", values)  # proves _I64_MIN..._I64_MAX
+    except (OverflowError, TypeError):
+        return None
+    if proven:
+        return column
+    if (low > _I64_MIN and min(values) < low) or (high < _I64_MAX and max(values) > high):
+        return None
+    return column
+
+
+def _paths_ok(paths: list[bytes], joined: bytes, has_root: bool, limits: Limits) -> bool:
+    """Every path clean, absolute, within the length, name and depth limits."""
+    n = len(paths)
+    if (
+        joined.count(b"\0") != n - 1
+        or (b"\0" + joined).count(b"\0/") != n
+        or joined.find(b"//") >= 0
+        or (joined + b"\0").count(b"/\0") != has_root
+        or _DOT_COMPONENT(joined) is not None
+    ):
+        return False
+    longest = max(map(len, paths))
+    if longest > limits.max_path_bytes:
+        return False
+    # Only a path longer than a limit can break it: those few are split.
+    if longest > limits.max_name_bytes or longest > limits.max_depth:
+        for path in paths:
+            if len(path) > limits.max_name_bytes or len(path) > limits.max_depth:
+                parts = path.split(b"/")
+                if len(parts) - 1 > limits.max_depth:
+                    return False
+                if max(map(len, parts)) > limits.max_name_bytes:
+                    return False
+    return True
+
+
+def _bulk_table(
+    columns: NodeColumns,
+    limits: Limits,
+    synthesize_parents: bool,
+    count_hardlinks: bool,
+    proven: frozenset[str],
+) -> Table | None:
+    """The rows a TreeBuilder makes of ``columns``, as a Table; None: not proven.
+
+    Without ``synthesize_parents`` a parent must come before its children,
+    as :meth:`TreeBuilder.add` wants.
+    """
+    paths = list(columns.paths)
+    n = len(paths)
+    if n == 0 or n > limits.max_entries or not all(
+        len(column) == n
+        for column in (
+            columns.mode, columns.uid, columns.gid, columns.mtime, columns.mtime_nsec,
+            columns.size, columns.data, columns.nlink or paths, columns.rdev or paths,
+        )
+    ):  # fmt: skip
+        return None
+    if set(map(type, paths)) != {bytes}:
+        return None
+    index = dict(zip(paths, range(n), strict=True))
+    if len(index) != n:
+        return None  # duplicates: the builder's policy decides
+    root_row = index.get(ROOT)
+    joined = b"\0".join(paths)
+    if not _paths_ok(paths, joined, root_row is not None, limits):
+        return None
+    path_bytes = len(joined) - (n - 1) - (root_row is not None)  # as add() counts
+    del joined
+
+    ints: dict[str, array[int]] = {}
+    given = PROVEN_INT_RANGES in proven
+    for name, (low, high) in _int_ranges(limits).items():
+        values = getattr(columns, name)
+        if values is None:
+            ints[name] = array("q", (1 if name == "nlink" else 0,)) * n
+            continue
+        column = _int_column(values, low, high, given and name in _PROVEN_INTS)
+        if column is None:
+            return None
+        ints[name] = column
+    mode = ints["mode"]
+
+    # file types, by distinct mode (a few dozen at most)
+    modes = set(mode)
+    if any(m & ~(S_IFMT | 0o7777) or m & S_IFMT not in _FILE_TYPES for m in modes):
+        return None
+    of_type = {
+        kind: {m for m in modes if m & S_IFMT == kind}
+        for kind in (S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK)
+    }
+    is_reg = list(map(of_type[S_IFREG].__contains__, mode))
+    is_link = list(map(of_type[S_IFLNK].__contains__, mode))
+    if any(compress(ints["size"], map(not_, is_reg))):
+        return None  # a size on something else than a regular file
+    if columns.rdev is not None:
+        devices = of_type[S_IFCHR] | of_type[S_IFBLK]
+        if any(compress(ints["rdev"], map(not_, map(devices.__contains__, mode)))):
+            return None
+    if not _data_ok(columns.data, is_reg, is_link, limits, PROVEN_PAYLOAD_NAMES in proven):
+        return None
+
+    links = columns.links
+    extras = columns.extras
+    for row, extra in extras.items():
+        if row.__class__ is not int or not 0 <= row < n or row in links:
+            return None
+        content, digest, xattrs = extra
+        node = new_inode(
+            mode[row], 1, 0, 0, 0, 0, ints["size"][row], 0,
+            columns.data[row] if is_reg[row] else None,
+            columns.data[row] if is_link[row] else None, content, digest, xattrs,
+        )  # fmt: skip
+        if _inode_problem(node, limits) is not None:
+            return None
+
+    # parents: each one a directory of the input (or one made here)
+    dirs = set(compress(paths, map(of_type[S_IFDIR].__contains__, mode)))
+    if root_row is not None and ROOT not in dirs:
+        return None
+    made: list[bytes] = []
+    missing = {parent for parent, _, _ in map(bytes.rpartition, paths, repeat(b"/"))} - dirs
+    missing.discard(b"")  # the root's
+    if root_row is None:
+        if not synthesize_parents:
+            return None
+        missing.add(ROOT)
+    if missing:
+        if not synthesize_parents or not missing.isdisjoint(index):
+            return None  # a parent that is not a directory, or no maker
+        found = _ancestors(
+            missing,
+            dirs,
+            limits.max_entries - n,
+            limits.max_total_path_bytes - path_bytes + 1,  # + 1: the root's "/" counts 0
+        )
+        if found is None:
+            return None  # past a limit: add() says which
+        made = found
+    elif not synthesize_parents:
+        # add() wants each parent before its children (the root first)
+        below = map(bytes.rpartition, paths[1:], repeat(b"/"))
+        rows = map(index.__getitem__, (parent or ROOT for parent, _, _ in below))
+        if root_row != 0 or any(map(int.__ge__, rows, range(1, n))):
+            return None
+    if n + len(made) > limits.max_entries:
+        return None
+    if path_bytes + sum(map(len, made)) - (ROOT in made) > limits.max_total_path_bytes:
+        return None
+
+    if made:
+        first = n
+        for path in made:
+            index[path] = len(paths)
+            paths.append(path)
+        data = [*columns.data, *repeat(None, len(made))]
+        count = len(made)
+        for name, column in ints.items():
+            column.extend(array("q", (S_IFDIR | 0o755 if name == "mode" else 0,)) * count)
+        ints["nlink"][first:] = array("q", (1,)) * count
+        dirs.update(made)
+        n = len(paths)
+    else:
+        data = list(columns.data)
+
+    final_links = _resolve_links(links, index, data, mode, n)
+    if final_links is None:
+        return None
+    nlink = ints["nlink"]
+    if count_hardlinks and final_links:
+        for target, times in _counts(final_links.values()).items():
+            nlink[target] = 1 + times
+    # a directory's link count: 2 + its subdirectories
+    dirs.discard(ROOT)
+    subdirs = _counts(parent or ROOT for parent, _, _ in map(bytes.rpartition, dirs, repeat(b"/")))
+    dirs.add(ROOT)
+    for path in dirs:
+        nlink[index[path]] = 2 + subdirs.get(path, 0)
+    for row in final_links:
+        # the row of a hardlink reads as the builder keeps it (mode only matters to C)
+        mode[row] = mode[final_links[row]]
+
+    del index, dirs, subdirs
+    keys = list(map(bytes.replace, paths, repeat(b"/"), repeat(b"\0")))
+    order = array("q", sorted(range(n), key=keys.__getitem__))
+    del keys
+    return Table(paths, ints, data, final_links, dict(extras), order)
+
+
+def _counts(items: Iterable[_T]) -> dict[_T, int]:
+    """How often each item comes (Counter's first isinstance check against
+    Mapping fills the ABC caches with small objects that live on, each
+    keeping an allocator arena that the parse's temporaries had filled)."""
+    counts: dict[_T, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _ancestors(
+    missing: set[bytes], dirs: set[bytes], entries: int, path_bytes: int
+) -> list[bytes] | None:
+    """The directories to make for ``missing`` parents, each after its own parent.
+
+    None once they would be more than ``entries`` or their paths longer than
+    ``path_bytes`` in all: checked as each is made, since a few deep paths
+    of short names (a 4 KiB name, 2,000 levels) stand for megabytes of
+    parents' paths.
+    """
+    made: set[bytes] = set()
+    for path in missing:
+        while path not in made and path not in dirs:
+            made.add(path)
+            entries -= 1
+            path_bytes -= len(path)
+            if entries < 0 or path_bytes < 0:
+                return None
+            if path == ROOT:
+                break
+            path = parent_of(path)
+    return sorted(made, key=lambda path: path.count(b"/") if path != ROOT else -1)
+
+
+def _data_ok(
+    data: list[bytes | None],
+    is_reg: list[bool],
+    is_link: list[bool],
+    limits: Limits,
+    names_proven: bool,
+) -> bool:
+    """Payloads only on regular files, each an object name; targets on every symlink."""
+    present = list(map(is_not, data, repeat(None)))
+    if present.count(True) != sum(is_link) + sum(compress(present, is_reg)):
+        return False  # data on a type that has none
+    targets = list(compress(data, is_link))
+    if targets and not _strings_ok(targets, limits.max_symlink_bytes):  # type: ignore[arg-type]
+        return False
+    if len(targets) != sum(is_link) or None in targets:
+        return False
+    if names_proven and not limits.allow_foreign_payloads:
+        return True
+    payloads = [d for d in compress(data, is_reg) if d is not None]
+    if not payloads:
+        return True
+    if limits.allow_foreign_payloads:
+        return _strings_ok(payloads, limits.max_path_bytes)
+    return set(map(type, payloads)) == {bytes} and payloads_are_names(payloads)
+
+
+def _strings_ok(values: list[bytes], longest: int) -> bool:
+    """Each value bytes, 1..longest long, without NUL."""
+    if set(map(type, values)) != {bytes}:
+        return False
+    lengths = list(map(len, values))
+    return (
+        min(lengths) >= 1
+        and max(lengths) <= longest
+        and b"\0".join(values).count(b"\0") == (len(values) - 1)
+    )
+
+
+def _resolve_links(
+    links: dict[int, bytes],
+    index: dict[bytes, int],
+    data: list[bytes | None],
+    mode: array[int],
+    n: int,
+) -> dict[int, int] | None:
+    """Each hardlink row -> the row of the Inode its chain ends at (None: not proven)."""
+    if not links:
+        return {}
+    found: dict[int, int] = {}
+    for row, target in links.items():
+        if row.__class__ is not int or not 0 <= row < n or target.__class__ is not bytes:
+            return None
+        # a hardlink row holds nothing of its own (C reads no data for it)
+        if mode[row] != S_IFREG or data[row] is not None:
+            return None
+    # Each row's final target, once known: a chain met again ends in one step,
+    # so resolving every chain is linear in the links, whatever their shape.
+    for row, target in links.items():
+        if row in found:
+            continue
+        walked = [row]
+        on_walk = {row}
+        at = index.get(target)
+        while at is not None and at in links:
+            end = found.get(at)
+            if end is not None:
+                at = end
+                break
+            if at in on_walk:
+                return None  # a cycle
+            walked.append(at)
+            on_walk.add(at)
+            at = index.get(links[at])
+        if at is None or mode[at] & S_IFMT == S_IFDIR:
+            return None
+        for link in walked:
+            found[link] = at
+    return found

@@ -1,9 +1,9 @@
-"""tree_from_columns (the bulk TreeBuilder) against TreeBuilder itself.
+"""TreeBuilder.add_columns (the builder's bulk entry) against its per-row add.
 
-The bulk form may only ever say "the same Tree" or "not proven" (None): for
-valid rows it must give the Tree a TreeBuilder makes of them, for rows a
-TreeBuilder refuses it must give None.  Hypothesis throws valid trees,
-shuffled rows with missing parents, and single hostile changes at both.
+The bulk entry may only ever say "the same Tree" or "not proven" (False):
+for valid rows it must give the Tree per-row adds make of them, for rows
+those refuse it must take nothing.  Hypothesis throws valid trees, shuffled
+rows with missing parents, and single hostile changes at both.
 """
 
 from __future__ import annotations
@@ -20,14 +20,34 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from composefs_py import Tree, ValidationError, dump, write_image
-from composefs_py._columns import EMPTY_FILE, NodeColumns, tree_from_columns
+from composefs_py._columns import NodeColumns
 from composefs_py.limits import Limits
-from composefs_py.model import ROOT, Hardlink, TreeBuilder
+from composefs_py.model import (
+    EMPTY_FILE,
+    PROVEN_INT_RANGES,
+    PROVEN_PAYLOAD_NAMES,
+    ROOT,
+    Hardlink,
+    TreeBuilder,
+    column_nodes,
+)
 from composefs_py.strategies import trees
 
 
+def tree_from_columns(
+    columns: NodeColumns,
+    limits: Limits | None = None,
+    *,
+    proven: frozenset[str] = frozenset(),
+    **options: Any,
+) -> Tree | None:
+    """The Tree a fresh TreeBuilder takes ``columns`` in bulk into, or None (not taken)."""
+    builder = TreeBuilder(limits, **options)
+    return builder.build() if builder.add_columns(columns, proven=proven) else None
+
+
 def columns_of(tree: Tree) -> NodeColumns:
-    """``tree``'s nodes, in Tree order, as the columns ``tree_from_columns`` takes."""
+    """``tree``'s nodes, in Tree order, as the columns ``add_columns`` takes."""
     nodes: list[Any] = [tree[path] for path in tree.paths]
     links = {row: node.target for row, node in enumerate(nodes) if node.__class__ is Hardlink}
     for row in links:
@@ -76,7 +96,7 @@ def _builder_tree(
 ) -> Tree | ValidationError:
     builder = TreeBuilder(limits, **options)
     try:
-        for row, (path, node) in enumerate(columns.nodes()):
+        for row, (path, node) in enumerate(column_nodes(columns)):
             builder.add(path, node, entry=row)
         return builder.build()
     except ValidationError as error:
@@ -102,7 +122,7 @@ def test_valid_rows_give_the_builders_tree(tree: Tree) -> None:
     bulk = tree_from_columns(columns, _OPEN)
     assert bulk is not None, "valid rows in Tree order must be taken"
     _same(bulk, tree)
-    assert bulk._table is not None
+    assert bulk._table.nodes is None  # kept as columns only
 
 
 @given(trees(max_entries=30, limits=_OPEN), st.randoms(use_true_random=False), st.booleans())
@@ -406,8 +426,7 @@ def test_limits_count_the_parents_made(limits: Limits, path: bytes) -> None:
 
 def _link_columns(entries: list[tuple[bytes, Any]]) -> NodeColumns:
     """NodeColumns of the root, then ``entries`` (an Inode or a Hardlink each)."""
-    from composefs_py._columns import EMPTY_FILE
-    from composefs_py.model import Hardlink, Inode
+    from composefs_py.model import Inode
 
     nodes = [(ROOT, Inode(stat.S_IFDIR | 0o755)), *entries]
     links = {row: node.target for row, (_, node) in enumerate(nodes) if isinstance(node, Hardlink)}
@@ -511,3 +530,75 @@ def test_object_names_are_taken_in_bulk() -> None:
     bulk = tree_from_columns(_files_with(payloads))
     assert bulk is not None
     assert [bulk.inode(b"/f%d" % i).payload for i in range(256)] == payloads
+
+
+# ---------------------------------------------------------------------------
+# proven=: the narrow contract the TOC hands its rows over with
+# ---------------------------------------------------------------------------
+
+_BOTH = frozenset((PROVEN_INT_RANGES, PROVEN_PAYLOAD_NAMES))
+
+
+@pytest.mark.parametrize(
+    ("row", "change", "value", "vouched"),
+    [
+        (1, "uid", 1 << 40, PROVEN_PAYLOAD_NAMES),
+        (1, "size", -1, PROVEN_PAYLOAD_NAMES),
+        (1, "data", b"../../etc/shadow", PROVEN_INT_RANGES),
+        (1, "data", PAYLOAD.upper(), PROVEN_INT_RANGES),
+    ],
+)
+def test_proven_spares_only_the_rules_it_names(
+    row: int, change: str, value: object, vouched: str
+) -> None:
+    base = columns_of(_three_files())
+    columns = dataclasses.replace(base, **{change: list(getattr(base, change))})  # type: ignore[arg-type]
+    getattr(columns, change)[row] = value
+    assert tree_from_columns(columns) is None
+    assert tree_from_columns(columns, proven=frozenset((vouched,))) is None
+
+
+@pytest.mark.parametrize(
+    ("row", "change", "value"),
+    [
+        (1, "paths", b"/a/../b"),
+        (1, "paths", b"/b"),  # a duplicate
+        (1, "mode", 0o644),  # no file type
+        (1, "mode", stat.S_IFDIR | 0o10000),
+        (2, "size", 5),  # a size on a symlink
+        (1, "mtime", 1 << 63),  # past int64, whatever is vouched
+        (1, "uid", "0"),  # not an int, whatever is vouched
+        (2, "data", None),  # a symlink without target
+        (0, "data", PAYLOAD),  # data on a directory
+        (1, "rdev", 1),
+    ],
+)
+def test_proven_spares_no_tree_or_type_rule(row: int, change: str, value: object) -> None:
+    base = columns_of(_three_files())
+    assert tree_from_columns(base, proven=_BOTH) is not None
+    columns = dataclasses.replace(base, **{change: list(getattr(base, change))})  # type: ignore[arg-type]
+    getattr(columns, change)[row] = value
+    assert tree_from_columns(columns, proven=_BOTH) is None
+
+
+def test_the_toc_hands_its_rows_over_with_what_its_schema_proved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from composefs_py import parse_toc, toc
+
+    seen: list[frozenset[str]] = []
+    add_columns = TreeBuilder.add_columns
+
+    def spy(
+        builder: TreeBuilder, columns: NodeColumns, *, proven: frozenset[str] = frozenset()
+    ) -> bool:
+        seen.append(proven)
+        return add_columns(builder, columns, proven=proven)
+
+    monkeypatch.setattr(TreeBuilder, "add_columns", spy)
+    data = (Path(__file__).parent / "data" / "small.zstd-chunked.toc.json").read_bytes()
+    tree = parse_toc(data)
+    assert seen == [toc.TOC_PROVEN] == [_BOTH]
+    assert tree._table.nodes is None  # taken in bulk, kept as rows

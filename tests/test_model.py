@@ -32,6 +32,7 @@ process: an ``abort()`` would kill the test run).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
@@ -714,10 +715,57 @@ def test_directory_nlink_is_two_plus_subdirectories() -> None:
 def test_tree_is_immutable() -> None:
     tree = build((b"/f", Inode(REG)))
     with pytest.raises(TypeError):
-        tree._nodes[b"/g"] = Inode(REG)  # type: ignore[index]
+        tree[b"/g"] = Inode(REG)  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        tree._table = tree._table  # type: ignore[misc]
     node = tree.inode(b"/f")
     with pytest.raises(AttributeError):
         node.uid = 5  # type: ignore[misc]
+
+
+def test_a_tree_has_one_storage_form_its_rows() -> None:
+    """A per-node build keeps its Tree as the bulk entry does: as rows (a Table)."""
+    from composefs_py._columns import Table
+
+    assert [field.name for field in dataclasses.fields(Tree)] == ["_table", "_key"]
+    tree = build(
+        (b"/d", Inode(DIR)),
+        (b"/d/f", Inode(REG, size=3, payload=PAYLOAD, xattrs=((b"user.a", b"1"),))),
+        (b"/h", Hardlink(b"/d/f")),
+        (b"/l", Inode(LNK, symlink_target=b"d/f")),
+        count_hardlinks=True,
+    )
+    table = tree._table
+    assert isinstance(table, Table)
+    assert table.tree_paths() == tree.paths == (b"/", b"/d", b"/d/f", b"/h", b"/l")
+    assert list(table.ints["nlink"]) == [3, 2, 2, 1, 1]
+    assert list(table.ints["size"]) == [0, 0, 3, 0, 0]
+    assert table.links == {3: 2}  # the hardlink row, its target's row
+    assert table.extras == {2: (None, None, ((b"user.a", b"1"),))}
+    assert table.data == [None, None, PAYLOAD, None, b"d/f"]
+    assert tree[b"/h"] == Hardlink(b"/d/f") and tree.inode(b"/h").nlink == 2
+    assert tree.get("/l") == Inode(LNK, symlink_target=b"d/f")
+    assert tree.get(b"/nothing") is None and b"/d" in tree and "/x" not in tree
+
+
+def test_rows_go_in_by_one_entry_only() -> None:
+    """add_columns takes rows into an empty builder only, and never with add()."""
+    from composefs_py._columns import NodeColumns
+
+    def columns() -> NodeColumns:
+        return NodeColumns([ROOT, b"/f"], [DIR, REG], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0],
+                           [None, None])  # fmt: skip
+
+    builder = builder_with_root()
+    assert not builder.add_columns(columns())  # not empty: add the rows one by one
+    bulk = TreeBuilder()
+    assert bulk.add_columns(columns())
+    assert not bulk.add_columns(columns())
+    bulk.add(ROOT, Inode(DIR))
+    with pytest.raises(RuntimeError):
+        bulk.build()
+    with pytest.raises(ValueError, match="unknown rules"):
+        TreeBuilder().add_columns(columns(), proven=frozenset({"everything"}))
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ field.  Where each rule of DESIGN section 4 lives (each in one place):
   markers, eStargz landmarks and index: ``_rules.Batches.rare_row`` and the
   helpers it calls, in document order.
 * parents, duplicates, hardlinks, counts, tree limits, overlay xattrs,
-  payload names: model.py (``TreeBuilder``; ``tree_from_columns`` in bulk).
+  payload names: model.py (``TreeBuilder``; ``add_columns`` takes the rows in
+  bulk, ``TOC_PROVEN`` the rules it need not check again).
 
 ``compat="containers-storage"`` is the image podman's own path makes, and its
 refusals (the README's compat paragraph): ``clean_name(dotdot=True)``,
@@ -46,11 +47,11 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from .._columns import NodeColumns, tree_from_columns
+from .._columns import NodeColumns
 from .._progress import Progress, ProgressArg, resolve_progress
 from ..errors import ValidationError
 from ..limits import Limits
-from ..model import ROOT, Tree, TreeBuilder
+from ..model import PROVEN_INT_RANGES, PROVEN_PAYLOAD_NAMES, ROOT, Tree, TreeBuilder, column_nodes
 from ._rules import (
     EMPTY_SHA256,
     OPAQUE_XATTR,
@@ -78,6 +79,12 @@ from ._schema import (
 )
 
 __all__ = ["COMPAT_MODES", "TocSource", "parse_toc"]
+
+#: What every node row of a TOC the rules accepted keeps, so that
+#: ``TreeBuilder.add_columns`` need not check it again: the schema's ranges
+#: (mode, uid/gid, size within ``max_file_size``), ``parse_time``'s seconds and
+#: nanoseconds, and payloads made from digests ``is_digest`` proved.
+TOC_PROVEN = frozenset((PROVEN_INT_RANGES, PROVEN_PAYLOAD_NAMES))
 
 #: Values accepted for ``compat``.
 COMPAT_MODES = (None, "containers-storage")
@@ -220,11 +227,11 @@ class _Parse:
         columns.extras = {row: extra for row, extra in batches.extras.items() if row < rows}
         if batches.rdev:
             columns.rdev = [batches.rdev.get(row, 0) for row in range(rows)]
-        if not rows or tree_from_columns(columns, self.limits, synthesize_parents=True) is not None:
-            return []
         builder = TreeBuilder(self.limits, synthesize_parents=True, duplicates="identical")
+        if not rows or builder.add_columns(columns):
+            return []
         found = []
-        for (path, node), index in zip(columns.nodes(), batches.entry, strict=False):
+        for (path, node), index in zip(column_nodes(columns), batches.entry, strict=False):
             try:
                 builder.add(path, node, entry=index)
             except ValidationError as error:
@@ -380,23 +387,20 @@ class _Parse:
             columns.nlink = batches.podman_nlinks(self.podman_order(paths, entries))
             self.count_links = columns.nlink is None
         del batches
-        tree = tree_from_columns(
-            columns, self.limits, synthesize_parents=True, count_hardlinks=self.count_links
-        )
-        if tree is not None:
-            return tree
-        return self.build(columns, entries)
-
-    def build(self, columns: NodeColumns, entries: list[int | None]) -> Tree:
-        """The rows through a TreeBuilder, which says what is wrong with them."""
         builder = TreeBuilder(
             self.limits,
             synthesize_parents=True,
             duplicates="identical",
             count_hardlinks=self.count_links,
         )
+        if builder.add_columns(columns, proven=TOC_PROVEN):
+            return builder.build()
+        return self.build(builder, columns, entries)
+
+    def build(self, builder: TreeBuilder, columns: NodeColumns, entries: list[int | None]) -> Tree:
+        """The rows through ``builder`` one by one, which says what is wrong with them."""
         problems: list[ValidationError] = []
-        for (path, node), index in zip(columns.nodes(), entries, strict=True):
+        for (path, node), index in zip(column_nodes(columns), entries, strict=True):
             try:
                 builder.add(path, node, entry=index)
             except ValidationError as error:
