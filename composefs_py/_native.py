@@ -147,8 +147,12 @@ class _Columns:
             ffi.new("int64_t *[]", [ffi.from_buffer("int64_t[]", column) for column in columns]),
             ffi.from_buffer("int64_t[]", self.ints),
         )
-        self.paths, self.path_lens = _gathered(c_rows, table.path_buf, table.path_lens)
-        self.data, self.data_lens = _gathered(c_rows, table.data_buf, table.data_lens)
+        if rows == array("q", range(n)):  # already in Tree order (a per-node build)
+            self.paths, self.path_lens = table.path_buf, table.path_lens
+            self.data, self.data_lens = table.data_buf, table.data_lens
+        else:
+            self.paths, self.path_lens = _gathered(c_rows, table.path_buf, table.path_lens)
+            self.data, self.data_lens = _gathered(c_rows, table.data_buf, table.data_lens)
         links, extras = table.links, table.extras
         wanted = {*links, *links.values(), *extras}
         position = {row: at for at, row in enumerate(rows) if row in wanted} if wanted else {}
