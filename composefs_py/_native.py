@@ -132,6 +132,8 @@ class _Columns:
 
     __slots__ = ("data", "data_lens", "extra", "extra_lens", "ints", "links", "path_lens",
                  "paths", "xattr_lens")  # fmt: skip
+    paths: bytes | bytearray
+    data: bytes | bytearray
 
     def __init__(self, tree: Tree) -> None:
         table = tree._table
