@@ -111,9 +111,9 @@ class Table:
             self._data: list[bytes | None] | None = None
             self._extras: dict[int, Extra] | None = None
         else:
-            # the node objects hold these pieces anyway
+            # the node objects hold these pieces anyway (data is read from them)
             self.extras_blob = b""
-            self._paths, self._data, self._extras = paths, data, extras
+            self._paths, self._data, self._extras = paths, None, extras
         self._index: dict[bytes, int] | None = None
 
     def __len__(self) -> int:

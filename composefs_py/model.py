@@ -942,26 +942,38 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
 # ---------------------------------------------------------------------------
 
 
+#: Rows put in columns at a time by ``_table_of``.
+_BATCH = 8192
+
+
 def _table_of(order: list[bytes], nodes: Mapping[bytes, Node]) -> Table:
     """The rows of a per-node build, in Tree order (they keep its node objects)."""
     in_order: list[Any] = list(map(nodes.__getitem__, order))
     inodes = in_order
     links: dict[int, int] = {}
     if Hardlink in set(map(type, in_order)):
-        row_of = dict(zip(order, count()))
+        link_rows = list(compress(count(), map(is_, map(type, in_order), repeat(Hardlink))))
+        targets = {in_order[row].target for row in link_rows}
+        row_of = {path: row for row, path in enumerate(order) if path in targets}
         inodes = list(in_order)
-        for row in compress(count(), map(is_, map(type, in_order), repeat(Hardlink))):
+        for row in link_rows:
             target = row_of[in_order[row].target]
             links[row] = target
             # the row of a hardlink: the target's mode (for C), nothing of its own
             inodes[row] = Inode(in_order[target].mode)
-    flat = array("q")  # row by row (one pass), then one C-level slice per field
-    flat.fromlist(
-        [value for n in inodes
-         for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
-    )  # fmt: skip
-    step = len(INT_FIELDS)
-    ints = {name: flat[at::step] for at, name in enumerate(INT_FIELDS)}
+    ints = {name: array("q") for name in INT_FIELDS}
+    columns = list(ints.values())
+    step = len(columns)
+    for start in range(0, len(inodes), _BATCH):
+        # a batch row by row (one pass), then one C-level slice per field: the
+        # temporaries stay small whatever the tree's size
+        flat = array("q")
+        flat.fromlist(
+            [value for n in inodes[start : start + _BATCH]
+             for value in (n.mode, n.nlink, n.uid, n.gid, n.mtime, n.mtime_nsec, n.size, n.rdev)]
+        )  # fmt: skip
+        for at, column in enumerate(columns):
+            column.extend(flat[at::step])
     data = [n.payload if n.payload is not None else n.symlink_target for n in inodes]
     extras = {
         row: (n.content, n.fsverity_digest, n.xattrs)
