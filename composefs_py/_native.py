@@ -16,6 +16,17 @@ and ``lib`` are untyped.  The public functions are fully annotated.
 
 Every C return code goes through :func:`_check`, which reads ``errno`` once
 and raises :class:`~composefs_py.errors.LibraryError` naming the call.
+
+Cost (DESIGN rule 7): writing reads the Tree's one storage form, its
+:class:`~composefs_py._columns.Table`, never a node: the int columns are
+gathered into Tree order by C (``cfspy_gather_rows``), the path and data
+buffers too unless the rows are in Tree order already (a per-node build),
+and only the rows with inline content, fs-verity digests or xattrs take a
+Python loop (linear in their bytes, which the Tree's limits bounded when it
+was built).  ``read_image`` checks the image's structure (``check_image``,
+under ``Limits.for_images``) before libcomposefs's loader sees a byte, then
+adds each node through a TreeBuilder, whose limits apply before each node
+is kept.
 """
 
 from __future__ import annotations
