@@ -57,10 +57,10 @@ import os
 import re
 import stat
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import compress, count, repeat
-from operator import eq, is_, is_not, not_
+from operator import eq, is_, is_not, itemgetter, not_
 from typing import Any, Literal, TypeVar, cast
 
 from ._columns import INT_FIELDS, NodeColumns, Table
@@ -347,8 +347,9 @@ def _table_items(table: Table, batch: int = 4096) -> Iterator[tuple[bytes, Node]
     special = {*table.links, *table.extras}
     for start in range(0, len(order), batch):
         rows = order[start : start + batch]
-        ints = [list(map(column.__getitem__, rows)) for column in columns]
-        pieces = list(map(data.__getitem__, rows))
+        pick = _picker(rows)
+        ints = [pick(column) for column in columns]
+        pieces = pick(data)
         symlinks = {m for m in set(ints[0]) if m & S_IFMT == S_IFLNK}
         is_link = list(map(symlinks.__contains__, ints[0]))
         nodes: list[Node] = list(
@@ -366,7 +367,15 @@ def _table_items(table: Table, batch: int = 4096) -> Iterator[tuple[bytes, Node]
             for at, row in enumerate(rows):
                 if row in special:
                     nodes[at] = _table_node(table, row)
-        yield from zip(map(paths.__getitem__, rows), nodes, strict=True)
+        yield from zip(pick(paths), nodes, strict=True)
+
+
+def _picker(rows: array[int]) -> Callable[[Sequence[_T]], tuple[_T, ...]]:
+    """What takes the items at ``rows`` of a sequence, as a tuple (one C-level call)."""
+    if len(rows) == 1:
+        row = rows[0]
+        return lambda values: (values[row],)
+    return itemgetter(*rows)
 
 
 def _as_bytes(path: bytes | str) -> bytes:
