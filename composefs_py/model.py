@@ -95,6 +95,15 @@ _U32_MAX = (1 << 32) - 1
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _NSEC_PER_SEC = 1_000_000_000
+#: The int fields' bounds (low 0 but mtime's): add() checks them node by node
+#: (``_inode_problem``), add_columns() column by column (``_int_ranges``).
+#: A regular file's size is bounded by ``Limits.max_file_size``.
+_MODE_MAX = S_IFMT | 0o7777
+_NLINK_MAX = _ID_MAX = _U32_MAX
+#: EROFS keeps 32 bits of device number: a larger one would silently become
+#: another device (or 0:0, a whiteout).
+_RDEV_MAX = _U32_MAX
+_NSEC_MAX = _NSEC_PER_SEC - 1
 DIGEST_SIZE = 32
 #: xattr names EROFS stores as a prefix index and an empty suffix, which the
 #: kernel refuses and the image reader loses.
@@ -825,21 +834,21 @@ def _with(inode: Inode, *, nlink: int) -> Inode:
 def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
     """Return ``(field, reason)`` for the first invariant ``node`` breaks, or None."""
     mode = node.mode
-    if mode.__class__ is not int or mode < 0 or mode & ~(S_IFMT | 0o7777):
+    if mode.__class__ is not int or mode < 0 or mode & ~_MODE_MAX:
         return "mode", f"must be file type bits plus permission bits 0o7777, got {mode!r}"
     ftype = mode & S_IFMT
     if ftype not in _FILE_TYPES:
         return "mode", f"unknown file type 0o{ftype:o}"
-    if not (node.nlink.__class__ is int and 0 <= node.nlink <= _U32_MAX):
-        return "nlink", f"must be an integer in 0..{_U32_MAX}, got {node.nlink!r}"
-    if not (node.uid.__class__ is int and 0 <= node.uid <= _U32_MAX):
-        return "uid", f"must be an integer in 0..{_U32_MAX}, got {node.uid!r}"
-    if not (node.gid.__class__ is int and 0 <= node.gid <= _U32_MAX):
-        return "gid", f"must be an integer in 0..{_U32_MAX}, got {node.gid!r}"
+    if not (node.nlink.__class__ is int and 0 <= node.nlink <= _NLINK_MAX):
+        return "nlink", f"must be an integer in 0..{_NLINK_MAX}, got {node.nlink!r}"
+    if not (node.uid.__class__ is int and 0 <= node.uid <= _ID_MAX):
+        return "uid", f"must be an integer in 0..{_ID_MAX}, got {node.uid!r}"
+    if not (node.gid.__class__ is int and 0 <= node.gid <= _ID_MAX):
+        return "gid", f"must be an integer in 0..{_ID_MAX}, got {node.gid!r}"
     if not (node.mtime.__class__ is int and _I64_MIN <= node.mtime <= _I64_MAX):
         return "mtime", f"must be an integer in {_I64_MIN}..{_I64_MAX}, got {node.mtime!r}"
-    if not (node.mtime_nsec.__class__ is int and 0 <= node.mtime_nsec <= _NSEC_PER_SEC - 1):
-        return "mtime", f"nanoseconds must be in 0..999999999, got {node.mtime_nsec!r}"
+    if not (node.mtime_nsec.__class__ is int and 0 <= node.mtime_nsec <= _NSEC_MAX):
+        return "mtime", f"nanoseconds must be in 0..{_NSEC_MAX}, got {node.mtime_nsec!r}"
     is_reg = ftype == S_IFREG
     if is_reg:
         if not (node.size.__class__ is int and 0 <= node.size <= limits.max_file_size):
@@ -847,10 +856,8 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
     elif node.size != 0:
         return "size", "only regular files have a size"
     if ftype in (S_IFCHR, S_IFBLK):
-        # EROFS keeps 32 bits of device number: a larger one would silently
-        # become another device (or 0:0, a whiteout).
-        if not (node.rdev.__class__ is int and 0 <= node.rdev <= _U32_MAX):
-            return "rdev", f"must be an integer in 0..{_U32_MAX}, got {node.rdev!r}"
+        if not (node.rdev.__class__ is int and 0 <= node.rdev <= _RDEV_MAX):
+            return "rdev", f"must be an integer in 0..{_RDEV_MAX}, got {node.rdev!r}"
     elif node.rdev != 0:
         return "rdev", "only character and block devices have a device number"
     payload = node.payload
@@ -1049,14 +1056,14 @@ _DOT_COMPONENT = re.compile(rb"/\.\.?(?:/|\x00|\Z)").search
 def _int_ranges(limits: Limits) -> dict[str, tuple[int, int]]:
     """Each int field's range, as :func:`_inode_problem` checks it node by node."""
     return {
-        "mode": (0, S_IFMT | 0o7777),
-        "nlink": (0, _U32_MAX),
-        "uid": (0, _U32_MAX),
-        "gid": (0, _U32_MAX),
+        "mode": (0, _MODE_MAX),
+        "nlink": (0, _NLINK_MAX),
+        "uid": (0, _ID_MAX),
+        "gid": (0, _ID_MAX),
         "mtime": (_I64_MIN, _I64_MAX),
-        "mtime_nsec": (0, _NSEC_PER_SEC - 1),
+        "mtime_nsec": (0, _NSEC_MAX),
         "size": (0, limits.max_file_size),
-        "rdev": (0, _U32_MAX),
+        "rdev": (0, _RDEV_MAX),
     }
 
 
@@ -1152,7 +1159,7 @@ def _bulk_table(
 
     # file types, by distinct mode (a few dozen at most)
     modes = set(mode)
-    if any(m & ~(S_IFMT | 0o7777) or m & S_IFMT not in _FILE_TYPES for m in modes):
+    if any(m & ~_MODE_MAX or m & S_IFMT not in _FILE_TYPES for m in modes):
         return None
     of_type = {
         kind: {m for m in modes if m & S_IFMT == kind}
