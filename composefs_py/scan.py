@@ -41,43 +41,61 @@ symbolic link is never opened for reading (with xattrs: ``O_PATH``).
 Confinement (DESIGN rule 8): the directory given is opened (its own path may
 be a link: that is the caller's choice); below it every step is an
 ``openat(O_NOFOLLOW)`` relative to the fd of the directory above:
-directories ``O_DIRECTORY``, everything else ``O_PATH`` (a regular file
-is then reopened for reading through ``/proc/self/fd``: a device or FIFO
-swapped in for it is never opened); each opened inode is checked to be the one listed (same
-``st_dev``/``st_ino``, same type), so a name swapped for a link or another
-file during the scan raises ValidationError naming the path, and no link is
-ever followed: the scan cannot leave the tree.  A regular file whose size or
-mtime differs before its read (the listing's ``lstat``) and after it (an
-``fstat`` of the open file) raises ValidationError naming the path: the
-digest would not match the content.
+directories ``O_DIRECTORY``, everything else ``O_PATH`` (a regular file is
+then reopened for reading through ``/proc/self/fd``: a device or FIFO
+swapped in for it is never opened).  Each opened inode is checked to be of
+the type the listing gave (``d_type``; where the listing does not say, an
+``lstat``, which a later ``O_PATH`` open must match by ``st_dev``/``st_ino``
+too), so a name swapped for a link or a file of another type during the
+scan raises ValidationError naming the path, and no link is ever followed:
+the scan cannot leave the tree.  A regular file whose size or mtime differ
+before its read (``fstat`` of the ``O_PATH`` fd) and after it (``fstat`` of
+the fd read), or whose read does not give that many bytes, raises
+ValidationError naming the path: the digest would not match the content.
 
 Threads: regular files are opened and checked by the walking thread, then
-read and hashed by ``threads`` workers (None: the cores); libcomposefs hashes
-with the GIL released (hashlib where the binding is missing).  With
-``objects`` each non-inline file is put in the store by
+read and hashed by ``threads`` workers (None: the cores).  Without
+``objects`` a worker's task (up to 32 files or 8 MiB) is one call of the
+binding (``cfspy_digest_files``: advise the kernel to read every file of the
+task, then for each ``pread`` through one 1 MiB buffer, libcomposefs'
+fs-verity digest, ``fstat``, ``close``), which runs without the GIL: no
+Python runs per file in a worker, so the walking thread and the workers do
+not hand the GIL to each other per file (that handoff was a fifth of a
+20k-file scan's CPU).  With ``objects``, or without the compiled
+extension, a worker reads and hashes each file from Python (hashlib, or
+libcomposefs through the binding, release the GIL on large buffers) and
+each non-inline file is put in the store by
 :meth:`~composefs_py.objects.ObjectStore.add_file` (reflink else copy, the
 copy hashed and checked, then published), all in one
 :meth:`~composefs_py.objects.ObjectStore.batch`: a failed scan adds nothing.
 
-Cost (DESIGN rule 7): linear in the entries and the bytes of content.  Each
-entry is added to a :class:`~composefs_py.model.TreeBuilder` as soon as it is
-listed and stat'ed, before anything of it is read, so the builder checks
-``max_entries``, ``max_path_bytes``, ``max_depth``, ``max_total_path_bytes``,
-``max_xattr_*``, ``max_symlink_bytes`` and ``max_file_size`` (a regular
-file's placeholder carries its size) before a byte of its content is read or
-written, and a directory is added (path and depth checked) before it is
-listed; while a directory is listed, ``max_entries`` is checked for each
-name before its entry is kept.  A hashed file's final inode replaces its
-placeholder.  Time: one ``fstatat`` per entry, one ``openat`` and ``fstat``
-per entry opened, one ``listxattr`` (and a ``getxattr`` per name) per inode,
-the sort of each directory's names, one pass over each file's content (a
-file up to 1 MiB in one ``pread``, hashed from memory; a larger one in
-libcomposefs' 4 KiB reads) and, with a store, its copy (or reflink) and one
-more pass over the copy.  Memory: the Tree, the sorted listings of the
-directories on the current path (each entry at most once), at most
-``_MAX_FILES_IN_FLIGHT`` (256) files open and queued at once, in tasks of up
-to 16 files or 8 MiB, and one read buffer of at most 1 MiB per worker; xattr
-names and values are bounded by the kernel (64 KiB each).  Open directory fds are at most
+Cost (DESIGN rule 7): linear in the entries and the bytes of content.
+Which :class:`~composefs_py.limits.Limits` field bounds what, and where:
+
+* ``max_entries``: checked for each name as a directory is listed, before
+  its entry is kept (the listed names not yet added and the files in
+  flight count), and by the builder at each add;
+* ``max_path_bytes``, ``max_name_bytes``, ``max_depth``,
+  ``max_total_path_bytes``, ``max_xattr_*``: by the
+  :class:`~composefs_py.model.TreeBuilder` as each entry is added: a
+  directory before it is opened for listing, every other entry before it is
+  read, except a regular file of more than 64 bytes, which is added with its
+  final inode once read (at most ``_MAX_FILES_IN_FLIGHT`` such paths wait,
+  so none of these can grow the memory first);
+* ``max_file_size`` (and every other per-inode rule): a regular file's
+  inode, with its size, is checked by the builder's rules
+  (``_inode_problem``) before a byte of its content is read or copied.
+
+Time: one ``openat`` and ``fstat`` per entry (plus the ``/proc/self/fd``
+reopen and ``close`` of a regular file, an ``lstat`` for entries other than
+files and directories), one ``listxattr`` (and a ``getxattr`` per name) per
+inode, the sort of each directory's names, one pass over each file's content
+(a file below 1 MiB in one ``pread``) and, with a store, its copy (or
+reflink) and one more pass over the copy.  Memory: the Tree, the sorted
+listings (names) of the directories on the current path (each entry at most
+once), at most ``_MAX_FILES_IN_FLIGHT`` (256) files open and queued at once,
+and one read buffer of 1 MiB per worker; xattr names and values are bounded
+by the kernel (64 KiB each).  Open directory fds are at most
 ``_MAX_OPEN_DIRS`` whatever the depth: an ancestor's fd is closed and, when
 the walk comes back up, reopened through ``..`` and checked to be the same
 directory.
@@ -87,10 +105,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import stat
+from array import array
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -98,7 +119,7 @@ from ._buildflags import BuildFlags
 from ._progress import ProgressArg, resolve_progress
 from .errors import ValidationError
 from .limits import Limits
-from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, new_inode
+from .model import ROOT, Hardlink, Inode, Tree, TreeBuilder, _inode_problem, new_inode
 from .objects import fsverity_of_bytes, fsverity_of_fd, payload_for_hex, sha256_of_fd
 
 if TYPE_CHECKING:
@@ -121,6 +142,11 @@ _BATCH_BYTES = 8 << 20
 #: A regular file up to this size is read in one call and hashed from memory.
 _WHOLE_READ = 1 << 20
 _DEVICES = frozenset((stat.S_IFCHR, stat.S_IFBLK))
+#: What the listing tells of an entry (its ``d_type``; no ``stat`` call):
+#: a directory, a regular file, or anything else (looked at by ``lstat``).
+_LISTED_DIR, _LISTED_FILE, _LISTED_OTHER = 0, 1, 2
+#: The workers' read buffer (the native path: one per task, in C).
+_READ_BUFFER = 1 << 20
 
 
 def scan_directory(
@@ -167,7 +193,7 @@ def scan_directory(
         TreeBuilder(limits, duplicates="replace", count_hardlinks=True),
         reporter,
         threads,
-        limits.max_entries,
+        limits,
     )
     batch = objects.batch() if objects is not None else contextlib.nullcontext()
     try:
@@ -183,7 +209,7 @@ def scan_directory(
 
 class _Frame:
     """A directory being walked: its fd (None while closed to save fds), its
-    identity, and its entries (name, lstat), sorted by name."""
+    identity, and its entries (name, what the listing says it is), sorted by name."""
 
     __slots__ = ("entries", "fd", "ident", "index", "path")
 
@@ -192,7 +218,7 @@ class _Frame:
         path: bytes,
         fd: int,
         ident: tuple[int, int],
-        entries: list[tuple[bytes, os.stat_result]],
+        entries: list[tuple[bytes, int]],
     ) -> None:
         self.path = path
         self.fd: int | None = fd
@@ -210,8 +236,10 @@ class _Scanner:
         "_in_flight",
         "_limits_entries",
         "_links",
+        "_limits",
         "_listed",
         "_max_in_flight",
+        "_pending",
         "_objects",
         "_options",
         "_pool",
@@ -228,7 +256,7 @@ class _Scanner:
         builder: TreeBuilder,
         progress: Progress | None,
         threads: int,
-        max_entries: int,
+        limits: Limits,
     ) -> None:
         self._host_root = host_root
         self._options = options
@@ -237,15 +265,17 @@ class _Scanner:
         self._progress = progress
         self._threads = threads
         # Files open at once: at most _MAX_FILES_IN_FLIGHT, in tasks of up to
-        # 16 files (fewer with many threads, so that each has tasks).
-        self._batch_files = max(1, min(16, _MAX_FILES_IN_FLIGHT // (threads + 3)))
+        # 32 files (fewer with many threads, so that each has tasks).
+        self._batch_files = max(1, min(32, _MAX_FILES_IN_FLIGHT // (threads + 3)))
         self._max_in_flight = threads + 2
-        self._in_flight: deque[tuple[Future[list[Inode]], list[_File]]] = deque()
+        self._in_flight: deque[tuple[Future[list[Inode] | _Digests], list[_File]]] = deque()
         self._batch: list[_File] = []
         self._batch_bytes = 0
         self._links: dict[tuple[int, int], bytes] = {}
         self._listed = 0
-        self._limits_entries = max_entries
+        self._pending = 0
+        self._limits = limits
+        self._limits_entries = limits.max_entries
         self._pool: ThreadPoolExecutor | None = None
 
     # -- the walk --------------------------------------------------------
@@ -284,11 +314,11 @@ class _Scanner:
                 finally:
                     os.close(frame.fd)
                 continue
-            name, st = frame.entries[frame.index]
+            name, listed = frame.entries[frame.index]
             frame.index += 1
             self._listed -= 1
             path = frame.path + b"/" + name if frame.path != ROOT else b"/" + name
-            child = self._entry(frame, name, path, st)
+            child = self._entry(frame, name, path, listed)
             if child is not None:
                 stack.append(child)
                 if len(stack) > _MAX_OPEN_DIRS:
@@ -311,9 +341,11 @@ class _Scanner:
         parent.fd = fd
 
     def _open_frame(self, path: bytes, fd: int, st: os.stat_result) -> _Frame:
-        """List the directory open at ``fd`` (which the frame then owns)."""
-        entries: list[tuple[bytes, os.stat_result]] = []
-        room = self._limits_entries - len(self.builder) - self._listed
+        """List the directory open at ``fd`` (which the frame then owns): names
+        and what ``d_type`` says each is (no ``stat`` call where it says)."""
+        entries: list[tuple[bytes, int]] = []
+        room = self._limits_entries - len(self.builder) - self._listed - self._pending
+        fsencode = os.fsencode
         try:
             with os.scandir(fd) as listing:
                 for entry in listing:
@@ -321,30 +353,33 @@ class _Scanner:
                         raise ValidationError(
                             f"more than {self._limits_entries} entries", path=path
                         )
-                    name = os.fsencode(entry.name)
                     try:
-                        lst = entry.stat(follow_symlinks=False)
+                        if entry.is_file(follow_symlinks=False):
+                            kind = _LISTED_FILE
+                        elif entry.is_dir(follow_symlinks=False):
+                            kind = _LISTED_DIR
+                        else:
+                            kind = _LISTED_OTHER
                     except FileNotFoundError:
-                        continue  # gone since the listing: as if listed after
-                    entries.append((name, lst))
+                        continue  # (no d_type, and) gone since the listing
+                    entries.append((fsencode(entry.name), kind))
         except OSError as exc:
             os.close(fd)
             raise self._os_error(exc, path) from None
         except BaseException:
             os.close(fd)
             raise
-        entries.sort(key=_first)
+        entries.sort()  # by name: names are unique
         self._listed += len(entries)
         return _Frame(path, fd, (st.st_dev, st.st_ino), entries)
 
-    def _entry(self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result) -> _Frame | None:
+    def _entry(self, frame: _Frame, name: bytes, path: bytes, listed: int) -> _Frame | None:
         """Add one listed entry; return the frame of a directory to walk next."""
         dir_fd = frame.fd
         assert dir_fd is not None
-        kind = stat.S_IFMT(st.st_mode)
         builder = self.builder
-        if kind == stat.S_IFDIR:
-            fd, opened = self._open(name, _DIR_FLAGS, dir_fd, path, st)
+        if listed == _LISTED_DIR:
+            fd, opened = self._open(name, _DIR_FLAGS, dir_fd, path, stat.S_IFDIR)
             try:
                 builder.add(path, self._inode(opened, self._xattrs(fd, path)))
             except BaseException:
@@ -352,39 +387,21 @@ class _Scanner:
                 raise
             self._advance(0)
             return self._open_frame(path, fd, opened)
+        if listed == _LISTED_FILE:
+            self._regular(name, dir_fd, path)
+            return None
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _changed(path, "it was replaced or removed") from None
+        except OSError as exc:
+            raise self._os_error(exc, path) from None
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFDIR or kind == stat.S_IFREG:
+            raise _changed(path, "it was replaced by another file")
         if kind in _DEVICES and self._options.skip_devices:
             return None
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = self._links.get(key)
-            if first is not None:
-                builder.add(path, Hardlink(first))
-                self._advance(0)
-                return None
-            self._links[key] = path
-        if kind == stat.S_IFREG and st.st_size > 0:
-            fd, opened = self._open_regular(name, dir_fd, path, st)
-            try:
-                if opened.st_size != st.st_size or opened.st_mtime_ns != st.st_mtime_ns:
-                    raise _changed(path, "its size or mtime changed before it was read")
-                placeholder = self._inode(opened, self._xattrs(fd, path))
-                owned, fd = fd, -1  # from here on closed by whoever reads it
-                if opened.st_size <= INLINE_MAX:  # read here: cheaper than queueing
-                    builder.add(path, _read_file(owned, opened, placeholder, path, None))
-                    self._advance(opened.st_size)
-                    return None
-                fd = owned
-                builder.add(path, placeholder)
-                # Start reading it now: the queued files' reads overlap (a cold
-                # cache), whatever the number of workers; its first 8 MiB at
-                # most (the rest is read ahead as it is read).
-                os.posix_fadvise(fd, 0, _BATCH_BYTES, os.POSIX_FADV_WILLNEED)
-                fd = -1
-                self._submit(owned, opened, placeholder, path)  # the queue owns it
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                raise
+        if st.st_nlink > 1 and self._linked(st, path):
             return None
         target = None
         if kind == stat.S_IFLNK:
@@ -396,8 +413,10 @@ class _Scanner:
                 raise self._os_error(exc, path) from None
         xattrs: tuple[tuple[bytes, bytes], ...] = ()
         if not self._options.skip_xattrs:
-            fd, _opened = self._open(name, _PATH_FLAGS, dir_fd, path, st)
+            fd, opened = self._open(name, _PATH_FLAGS, dir_fd, path, kind)
             try:
+                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                    raise _changed(path, "it was replaced by another file")
                 xattrs = self._xattrs(f"/proc/self/fd/{fd}", path)
             finally:
                 os.close(fd)
@@ -405,11 +424,58 @@ class _Scanner:
         self._advance(0)
         return None
 
+    def _linked(self, st: os.stat_result, path: bytes) -> bool:
+        """Whether ``st``'s inode was met before: then ``path`` is added as a
+        hardlink to its first name."""
+        key = (st.st_dev, st.st_ino)
+        first = self._links.get(key)
+        if first is None:
+            self._links[key] = path
+            return False
+        self.builder.add(path, Hardlink(first))
+        self._advance(0)
+        return True
+
+    def _regular(self, name: bytes, dir_fd: int, path: bytes) -> None:
+        """Add the regular file listed as ``name``: its inode (a placeholder until
+        its content is read) goes to the builder before a byte is read."""
+        handle, st = self._open(name, _PATH_FLAGS, dir_fd, path, stat.S_IFREG)
+        fd = -1
+        try:
+            if st.st_nlink > 1 and self._linked(st, path):
+                return
+            size = st.st_size
+            if size == 0:  # no content, never opened for reading
+                xattrs = self._xattrs(f"/proc/self/fd/{handle}", path)
+                self.builder.add(path, self._inode(st, xattrs))
+                self._advance(0)
+                return
+            fd = self._reopen(handle, name, dir_fd, path, st)
+            placeholder = self._inode(st, self._xattrs(fd, path))
+            if size <= INLINE_MAX:  # read here: cheaper than queueing
+                owned, fd = fd, -1
+                self.builder.add(path, _read_file(owned, st, placeholder, path, None))
+                self._advance(size)
+                return
+            # Its path goes to the builder with its final inode, once read (a
+            # file in flight costs no more than its listing did); what bounds
+            # the read is checked now, by the builder's own rules.
+            problem = _inode_problem(placeholder, self._limits)
+            if problem is not None:
+                raise ValidationError(problem[1], path=path, field=problem[0])
+            owned, fd = fd, -1
+            self._submit(owned, st, placeholder, path)  # the queue owns it
+        finally:
+            if handle >= 0:
+                os.close(handle)
+            if fd >= 0:
+                os.close(fd)
+
     def _open(
-        self, name: bytes, flags: int, dir_fd: int, path: bytes, st: os.stat_result
+        self, name: bytes, flags: int, dir_fd: int, path: bytes, kind: int
     ) -> tuple[int, os.stat_result]:
         """``openat(dir_fd, name, flags)`` (never following a link), checked to be
-        the inode listed; the fd and its ``fstat``."""
+        of type ``kind``; the fd and its ``fstat``."""
         try:
             fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
@@ -421,35 +487,29 @@ class _Scanner:
         except BaseException:
             os.close(fd)
             raise
-        if (
-            opened.st_dev != st.st_dev
-            or opened.st_ino != st.st_ino
-            or stat.S_IFMT(opened.st_mode) != stat.S_IFMT(st.st_mode)
-        ):
+        if stat.S_IFMT(opened.st_mode) != kind:
             os.close(fd)
             raise _changed(path, "it was replaced by another file")
         return fd, opened
 
-    def _open_regular(
-        self, name: bytes, dir_fd: int, path: bytes, st: os.stat_result
-    ) -> tuple[int, os.stat_result]:
-        """Open the regular file listed as ``name`` for reading, never anything else.
-
-        ``O_PATH`` first (opening a device or FIFO swapped in would already
-        act on it), checked to be the inode listed, then reopened for
-        reading through ``/proc/self/fd``: the very inode checked.
-        """
-        handle, opened = self._open(name, _PATH_FLAGS, dir_fd, path, st)
+    def _reopen(
+        self, handle: int, name: bytes, dir_fd: int, path: bytes, st: os.stat_result
+    ) -> int:
+        """Open the regular file whose ``O_PATH`` fd is ``handle`` for reading,
+        never anything else: through ``/proc/self/fd``, the very inode checked
+        (opening a name where a device or FIFO was swapped in would already act
+        on it).  Without /proc: the name again, checked to be the same inode."""
         try:
-            fd = os.open(f"/proc/self/fd/{handle}", _REOPEN_FLAGS)
-        except FileNotFoundError:  # no /proc: open the name again, and check again
-            os.close(handle)
-            return self._open(name, _FILE_FLAGS, dir_fd, path, st)
+            return os.open(f"/proc/self/fd/{handle}", _REOPEN_FLAGS)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
-            os.close(handle)
             raise self._os_error(exc, path) from None
-        os.close(handle)
-        return fd, opened
+        fd, opened = self._open(name, _FILE_FLAGS, dir_fd, path, stat.S_IFREG)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise _changed(path, "it was replaced by another file")
+        return fd
 
     def _xattrs(self, target: int | str, path: bytes = ROOT) -> tuple[tuple[bytes, bytes], ...]:
         options = self._options
@@ -505,6 +565,7 @@ class _Scanner:
     def _submit(self, fd: int, st: os.stat_result, placeholder: Inode, path: bytes) -> None:
         """Queue the file open at ``fd`` (the queue owns the fd from here on)."""
         self._batch.append((fd, st, placeholder, path))
+        self._pending += 1
         self._batch_bytes += st.st_size
         if len(self._batch) >= self._batch_files or self._batch_bytes >= _BATCH_BYTES:
             self._flush()
@@ -521,8 +582,13 @@ class _Scanner:
         assert self._pool is not None
         self._batch = []
         self._batch_bytes = 0
+        digest_files = _native_digest_files() if self._objects is None else None
+        future: Future[list[Inode] | _Digests]
         try:
-            future = self._pool.submit(_read_files, batch, self._objects)
+            if digest_files is not None:
+                future = self._pool.submit(_digest_files, digest_files, batch)
+            else:
+                future = self._pool.submit(_read_files, batch, self._objects)
         except BaseException:
             _close_all(batch)
             raise
@@ -531,13 +597,38 @@ class _Scanner:
     def _collect_oldest(self) -> None:
         future, batch = self._in_flight.popleft()
         try:
-            inodes = future.result()
+            done = future.result()
         except _ReadFailed as failed:
             raise self._os_error(failed.error, failed.path) from None
+        inodes = done if isinstance(done, list) else self._digested(batch, done)
+        self._pending -= len(batch)
         add = self.builder.add
         for (_fd, st, _placeholder, path), inode in zip(batch, inodes, strict=True):
             add(path, inode)
             self._advance(st.st_size)
+
+    def _digested(self, batch: list[_File], digests: _Digests) -> list[Inode]:
+        """The final inodes of a batch :func:`_digest_files` read, each checked
+        to be read whole and unchanged (else the error names its path)."""
+        joined, stats, errors = digests
+        inodes = []
+        for at, (_fd, st, p, path) in enumerate(batch):
+            code = errors[at]
+            if code:
+                raise self._os_error(OSError(code, os.strerror(code)), path)
+            read, size, mtime = stats[3 * at : 3 * at + 3]
+            if read != st.st_size:
+                raise _changed(path, f"{st.st_size} bytes listed, {read} read")
+            _check_unchanged(path, st, size, mtime)
+            digest = joined[32 * at : 32 * at + 32]
+            payload = payload_for_hex(digest.hex())
+            inodes.append(
+                new_inode(
+                    p.mode, p.nlink, p.uid, p.gid, p.mtime, p.mtime_nsec, p.size, p.rdev,
+                    payload, None, None, digest, p.xattrs,
+                )
+            )  # fmt: skip
+        return inodes
 
     def _cancel(self) -> None:
         """Cancel the reads not started and close their fds (a started task closes
@@ -563,10 +654,6 @@ class _Scanner:
         )
 
 
-def _first(pair: tuple[bytes, os.stat_result]) -> bytes:
-    return pair[0]
-
-
 def _changed(path: bytes, what: str) -> ValidationError:
     return ValidationError(f"changed during the scan: {what}", path=path)
 
@@ -589,7 +676,44 @@ def _close_all(batch: list[_File]) -> None:
         os.close(fd)
 
 
-def _read_files(batch: list[_File], objects: ObjectStore | None) -> list[Inode]:
+#: What :func:`_native.digest_files` gives for a batch: the digests joined,
+#: (bytes read, size, mtime ns) per file, and each file's errno.
+_Digests = tuple[bytes, "array[int]", "array[int]"]
+_DigestFiles = Callable[[Sequence[int], Sequence[int], int, int], _Digests]
+
+
+@functools.cache
+def _native_digest_files() -> _DigestFiles | None:
+    """The binding's ``digest_files`` (a batch of files read and hashed in one
+    C call, the GIL released), or None without the compiled extension."""
+    try:
+        from . import _native
+
+        return _native.digest_files
+    except Exception:  # no usable extension: each file read and hashed from Python
+        return None
+
+
+def _digest_files(digest_files: _DigestFiles, batch: list[_File]) -> list[Inode] | _Digests:
+    """A worker's task without a store: every file of ``batch`` read and hashed
+    by one native call, which closes every fd."""
+    fds = [file[0] for file in batch]
+    sizes = [file[1].st_size for file in batch]
+    return digest_files(fds, sizes, _READ_BUFFER, _BATCH_BYTES)
+
+
+def _check_unchanged(path: bytes, st: os.stat_result, size: int, mtime_ns: int) -> None:
+    """Raise if the size or mtime after the read (``size``, ``mtime_ns``) are
+    not ``st``'s, taken before it."""
+    if size != st.st_size or mtime_ns != st.st_mtime_ns:
+        raise _changed(
+            path,
+            f"size {st.st_size} -> {size}, mtime {st.st_mtime_ns} -> {mtime_ns} ns "
+            "while it was read",
+        )
+
+
+def _read_files(batch: list[_File], objects: ObjectStore | None) -> list[Inode] | _Digests:
     """:func:`_read_file` for each file of ``batch`` (a worker's task); every fd
     is closed, whatever happens."""
     inodes = []
@@ -642,12 +766,7 @@ def _read_file(
                 except ValidationError as exc:
                     raise _changed(path, exc.reason) from None
         after = os.fstat(fd)
-        if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
-            raise _changed(
-                path,
-                f"size {size} -> {after.st_size}, mtime {st.st_mtime_ns} -> {after.st_mtime_ns} ns "
-                "while it was read",
-            )
+        _check_unchanged(path, st, after.st_size, after.st_mtime_ns)
     finally:
         os.close(fd)
     p = placeholder

@@ -2,6 +2,7 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,7 @@
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-5"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-6"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif
@@ -132,6 +133,118 @@ int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
 	free(w);
 	errno = ret < 0 ? err : 0;
 	return ret < 0 ? -1 : 0;
+}
+
+/* pread(2) of up to count bytes at offset, retried on EINTR and short reads
+ * until count bytes or the end of the file: the bytes read, or -1. */
+static ssize_t cfspy_pread_full(int fd, uint8_t *buf, size_t count, int64_t offset)
+{
+	size_t got = 0;
+
+	while (got < count) {
+		ssize_t n = pread(fd, buf + got, count - got, (off_t)(offset + (int64_t)got));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
+/* A file read through a buffer, for lcfs_compute_fsverity_from_content. */
+struct cfspy_reader {
+	int fd;
+	int saved_errno; /* of the failed pread, else 0 */
+	uint8_t *buf;
+	size_t cap, len, pos;
+	int64_t offset; /* bytes read from the file so far */
+};
+
+static ssize_t cfspy_reader_cb(void *file, void *dst, size_t count)
+{
+	struct cfspy_reader *r = file;
+	size_t take;
+
+	if (r->pos == r->len) {
+		ssize_t n = cfspy_pread_full(r->fd, r->buf, r->cap, r->offset);
+		if (n < 0) {
+			r->saved_errno = errno;
+			return -1;
+		}
+		r->offset += n;
+		r->len = (size_t)n;
+		r->pos = 0;
+		if (n == 0)
+			return 0;
+	}
+	take = r->len - r->pos;
+	if (take > count)
+		take = count;
+	memcpy(dst, r->buf + r->pos, take);
+	r->pos += take;
+	return (ssize_t)take;
+}
+
+int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, size_t buffer_size,
+		       int64_t readahead, uint8_t *digests, int64_t *stats, int *errors)
+{
+	uint8_t *buf = buffer_size > 0 ? malloc(buffer_size) : NULL;
+	size_t i;
+
+	if (buf == NULL) {
+		for (i = 0; i < n; i++)
+			close(fds[i]);
+		errno = ENOMEM;
+		return -1;
+	}
+	for (i = 0; i < n; i++)
+		(void)posix_fadvise(fds[i], 0, (off_t)readahead, POSIX_FADV_WILLNEED);
+	for (i = 0; i < n; i++) {
+		int fd = fds[i];
+		int64_t size = sizes[i];
+		int64_t got;
+		struct stat st;
+
+		errors[i] = 0;
+		stats[3 * i] = stats[3 * i + 1] = stats[3 * i + 2] = -1;
+		if (size >= 0 && (uint64_t)size < buffer_size) {
+			/* one read of one byte more than listed: a longer file shows */
+			ssize_t r = cfspy_pread_full(fd, buf, (size_t)size + 1, 0);
+			if (r < 0) {
+				errors[i] = errno;
+				goto next;
+			}
+			got = r;
+			if (got == size &&
+			    lcfs_compute_fsverity_from_data(digests + 32 * i, buf, (size_t)got) < 0) {
+				errors[i] = errno != 0 ? errno : EIO;
+				goto next;
+			}
+		} else {
+			struct cfspy_reader reader = { fd, 0, buf, buffer_size, 0, 0, 0 };
+			if (lcfs_compute_fsverity_from_content(digests + 32 * i, &reader,
+							       cfspy_reader_cb) < 0) {
+				errors[i] = reader.saved_errno != 0 ? reader.saved_errno : EIO;
+				goto next;
+			}
+			got = reader.offset;
+		}
+		if (fstat(fd, &st) < 0) {
+			errors[i] = errno;
+			goto next;
+		}
+		stats[3 * i] = got;
+		stats[3 * i + 1] = (int64_t)st.st_size;
+		stats[3 * i + 2] = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+next:
+		close(fd);
+	}
+	free(buf);
+	return 0;
 }
 
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec)

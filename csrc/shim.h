@@ -22,6 +22,22 @@ const char *cfspy_lcfs_version(void);
 int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
 		      uint32_t max_version, uint8_t *digest_out);
 
+/* Digest the n open regular files fds[0..n-1] (a directory scan's batch), in
+ * one call that runs no Python code.  First each file's first readahead bytes
+ * are asked for (POSIX_FADV_WILLNEED: a cold cache reads them in parallel).
+ * Then, one file at a time: its content is read with pread(2) from offset 0
+ * to its end through one buffer of buffer_size bytes (a file of less than
+ * buffer_size bytes, as sizes[i] says, in one read), its fs-verity digest
+ * (SHA-256, 4096-byte blocks, no salt: libcomposefs') goes to
+ * digests[32 * i], the bytes read to stats[3 * i] and fstat(2)'s st_size and
+ * st_mtime (in ns) after the read to stats[3 * i + 1] and stats[3 * i + 2];
+ * errors[i] is 0, or the errno of the read or fstat that failed.  A file
+ * whose read does not give sizes[i] bytes gets no digest (the caller sees
+ * the count).  Every fd is closed, whatever happens.  Returns 0, or -1 with
+ * errno ENOMEM when there is no buffer (every fd closed, none read). */
+int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, size_t buffer_size,
+		       int64_t readahead, uint8_t *digests, int64_t *stats, int *errors);
+
 /* struct timespec kept out of the cdef: mtime as seconds + nanoseconds. */
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec);
 void cfspy_node_get_mtime(struct lcfs_node_s *node, int64_t *sec, uint32_t *nsec);

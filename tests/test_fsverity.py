@@ -315,3 +315,45 @@ def test_enable_on_a_closed_fd_is_ebadf(tmp_path: Path) -> None:
         enable_fsverity(fd)
     assert refused.value.errno == errno.EBADF
     assert isinstance(refused.value, OSError)
+
+
+# -- the directory scan's batch digests (cfspy_digest_files) ---------------------
+
+
+def test_digest_files_gives_each_files_digest_and_closes_every_fd(tmp_path: Path) -> None:
+    """One native call reads and hashes a batch: each digest equals the pure
+    Python one, across the read buffer's boundaries (one read below it, the
+    streamed reads from it on), and every fd is closed."""
+    buffer = 16 * BLOCK
+    sizes = [65, BLOCK, BLOCK + 1, buffer - 1, buffer, buffer + 1, 3 * buffer + 17, 300_001]
+    fds = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(size))
+        fds.append(os.open(path, os.O_RDONLY))
+    digests, stats, errors = _native.digest_files(fds, sizes, buffer, 1 << 20)
+    for i, size in enumerate(sizes):
+        data = (tmp_path / f"f{i}").read_bytes()
+        assert digests[32 * i : 32 * i + 32] == fsverity_digest(data), size
+        assert list(stats[3 * i : 3 * i + 2]) == [size, size] and errors[i] == 0
+        assert stats[3 * i + 2] == (tmp_path / f"f{i}").stat().st_mtime_ns
+    for fd in fds:
+        with pytest.raises(OSError) as closed:
+            os.fstat(fd)
+        assert closed.value.errno == errno.EBADF
+
+
+def test_digest_files_reports_a_short_file_and_a_read_error(tmp_path: Path) -> None:
+    """A file shorter or longer than listed gets the count read (the caller
+    refuses it); one that cannot be read gets its errno; the others are read."""
+    (tmp_path / "short").write_bytes(b"s" * 100)
+    (tmp_path / "long").write_bytes(b"l" * 5000)
+    (tmp_path / "fine").write_bytes(b"f" * 100)
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # read(2): EISDIR
+    fds = [os.open(tmp_path / name, os.O_RDONLY) for name in ("short", "long", "fine")]
+    digests, stats, errors = _native.digest_files(
+        [*fds, directory], [200, 4000, 100, 4096], 1024, 0
+    )
+    assert (stats[0], stats[3], stats[6]) == (100, 5000, 100)
+    assert digests[64:96] == fsverity_digest(b"f" * 100)
+    assert list(errors) == [0, 0, 0, errno.EISDIR]
