@@ -71,8 +71,10 @@ apt_install() {
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
 system_packages() {
+    # btrfs-progs: a loop btrfs for the reflink (FICLONE) test of the object store.
     local want=(make gcc libc6-dev pkg-config libssl-dev dpkg-dev meson ninja-build
-                erofs-utils zstd xz-utils patch debian-archive-keyring ca-certificates)
+                erofs-utils zstd xz-utils patch debian-archive-keyring ca-certificates
+                btrfs-progs)
     local missing=()
     if command -v dpkg-query >/dev/null; then
         for p in "${want[@]}"; do

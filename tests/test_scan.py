@@ -9,15 +9,17 @@ hardlinks (which mkcomposefs loses), the mounted image equals the tree.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -670,3 +672,118 @@ def test_without_a_store_files_are_digested_a_batch_per_native_call(
     for i in range(n):
         with open(root / f"f{i:03d}", "rb") as f:
             assert tree.inode(f"/f{i:03d}").fsverity_digest == fsverity_of_fd(f.fileno())
+
+
+# -- reflinks on a real file system -------------------------------------------------
+
+_SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
+# <linux/fiemap.h>: struct fiemap, struct fiemap_extent; FS_IOC_FIEMAP.
+_FIEMAP = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_SHARED = 0x2000
+
+
+def _extents(path: Path) -> list[tuple[int, int, int, int]]:
+    """``(logical, physical, length, flags)`` of each extent of ``path`` (FIEMAP)."""
+    count = 256
+    buf = bytearray(
+        _FIEMAP.pack(0, 2**64 - 1, _FIEMAP_FLAG_SYNC, 0, count, 0)
+        + bytes(_FIEMAP_EXTENT.size * count)
+    )
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf, True)
+    finally:
+        os.close(fd)
+    mapped = _FIEMAP.unpack_from(buf)[3]
+    found = []
+    for i in range(mapped):
+        logical, physical, length, _r1, _r2, flags, *_ = _FIEMAP_EXTENT.unpack_from(
+            buf, _FIEMAP.size + i * _FIEMAP_EXTENT.size
+        )
+        found.append((logical, physical, length, flags))
+    return found
+
+
+@pytest.fixture
+def reflink_fs(tmp_path: Path) -> Iterator[Path]:
+    """A btrfs (else xfs) file system on a loop device, mounted: it shares extents."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop file system needs root")
+    kernel = Path("/proc/filesystems").read_text().split()
+    usable = [
+        (fs, mkfs, args)
+        for fs, args in (("btrfs", ["-f", "-q"]), ("xfs", ["-f", "-q", "-m", "reflink=1"]))
+        if fs in kernel and (mkfs := shutil.which(f"mkfs.{fs}", path=_SBIN)) is not None
+    ]
+    if not usable:
+        pytest.skip("no btrfs or xfs here (kernel or mkfs.btrfs/mkfs.xfs missing)")
+    fs, mkfs, mkfs_args = usable[0]
+    image = tmp_path / f"{fs}.img"
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)  # sparse; xfs wants 300 MiB at least
+    made = subprocess.run([mkfs, *mkfs_args, image], capture_output=True, text=True, check=False)
+    if made.returncode:
+        pytest.skip(f"mkfs.{fs} failed: {made.stderr.strip()}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted_fs = subprocess.run(
+        ["mount", "-o", "loop", image, mnt], capture_output=True, text=True, check=False
+    )
+    if mounted_fs.returncode:
+        pytest.skip(f"cannot mount a loop {fs}: {mounted_fs.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", mnt], check=True)  # the loop device goes with it (autoclear)
+
+
+def test_add_file_reflinks_on_a_file_system_that_shares_extents(
+    reflink_fs: Path, tmp_path: Path
+) -> None:
+    """Source tree and store on one btrfs/xfs: each object shares its source's
+    extents (FIEMAP: same physical blocks, flagged shared; the file system's
+    free space does not shrink by the data), and is still hashed and checked
+    before it is published.  A store on another file system gets copies."""
+    source = reflink_fs / "src"
+    source.mkdir()
+    contents = {f"f{i}": os.urandom((1 << 20) + 4096 * i + 17) for i in range(4)}
+    for name, data in contents.items():
+        (source / name).write_bytes(data)
+    os.sync()
+    before = os.statvfs(reflink_fs)
+    with ObjectStore(reflink_fs / "store", naming="fsverity", durable=False) as objects:
+        tree = scan_directory(source, objects=objects, threads=2)
+        os.sync()
+        after = os.statvfs(reflink_fs)
+        for name, data in contents.items():
+            payload = tree.inode(f"/{name}").payload
+            assert payload is not None and objects.verify(payload)
+            stored = objects.path_for(payload)
+            assert stored.read_bytes() == data
+            theirs, ours = _extents(source / name), _extents(stored)
+            assert [e[:3] for e in ours] == [e[:3] for e in theirs], name
+            assert all(e[3] & _FIEMAP_EXTENT_SHARED for e in ours + theirs), name
+    used = (before.f_bfree - after.f_bfree) * before.f_frsize
+    assert used < sum(map(len, contents.values())) // 4, f"{used} bytes taken by reflinks"
+
+    # verified before publish, reflink or not: a digest the content does not have
+    with ObjectStore(reflink_fs / "store2", naming="fsverity", durable=False) as objects:
+        with (
+            open(source / "f0", "rb") as f,
+            pytest.raises(ValidationError, match="changed while it was stored"),
+        ):
+            objects.add_file(f.fileno(), fsverity=bytes(32))
+        assert list(objects.payloads()) == [] and objects.temporary_files() == []
+
+    # across file systems (FICLONE: EXDEV): copies, the same objects
+    with ObjectStore(tmp_path / "elsewhere", naming="fsverity", durable=False) as objects:
+        copied = scan_directory(source, objects=objects, threads=2)
+        for name, data in contents.items():
+            payload = copied.inode(f"/{name}").payload
+            assert payload is not None and payload == tree.inode(f"/{name}").payload
+            stored = objects.path_for(payload)
+            assert stored.read_bytes() == data and objects.verify(payload)
+            assert not any(e[3] & _FIEMAP_EXTENT_SHARED for e in _extents(stored))
