@@ -423,25 +423,65 @@ def make_tree(root: Path, n_files: int, total_mib: int) -> None:
     (root / ".complete").write_bytes(b"")  # (the marker is in both sides' image)
 
 
-def bench_directory(n_files: int, total_mib: int, work: Path, repeat: int) -> dict[str, object]:
+_DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> str | None:
+    """Empty the page cache, dentries and inodes (``sync; echo 3 >
+    /proc/sys/vm/drop_caches``): None, or why it cannot be done here."""
+    os.sync()
+    try:
+        with open(_DROP_CACHES, "w") as knob:
+            knob.write("3\n")
+    except OSError as exc:
+        return f"cannot drop the page cache: {_DROP_CACHES}: {exc.strerror}"
+    return None
+
+
+#: The directory rows: (name, with a store, from a cold page cache).
+DIR_MODES = (
+    ("image only", False, False),
+    ("digest store", True, False),
+    ("image only, cold", False, True),
+    ("digest store, cold", True, True),
+)
+
+
+def bench_directory(
+    n_files: int, total_mib: int, work: Path, repeat: int, *, cold: bool = True
+) -> dict[str, object]:
     """``composefs-py build DIR`` against ``mkcomposefs DIR`` (its --threads set to
-    the cores), without and with a digest store, alternating; same image bytes."""
+    the cores), without and with a digest store, alternating; same image bytes.
+    ``cold``: also from a cold cache, the page cache dropped before each run of
+    either side (the machine's whole cache: other work on it is slowed too);
+    where this machine does not allow it, the reason replaces those rows."""
     tree = work / f"tree-{n_files}-{total_mib}"
     make_tree(tree, n_files, total_mib)
     mk = _mkcomposefs()
     threads = str(os.cpu_count() or 1)
     rows: dict[str, object] = {"files": n_files, "mib": total_mib}
-    for mode in ("image only", "digest store"):
+    cold_refused = drop_caches() if cold else "not asked (--no-dir-cold)"
+    for mode, with_store, from_cold in DIR_MODES:
+        if from_cold and cold_refused is not None:
+            rows[mode] = {"skipped": cold_refused}
+            continue
         images = {side: work / f"dir-{side}.cfs" for side in ("ours", "theirs")}
 
         def side(
-            name: str, images: dict[str, Path] = images, mode: str = mode
+            name: str,
+            images: dict[str, Path] = images,
+            with_store: bool = with_store,
+            from_cold: bool = from_cold,
         ) -> Callable[[], tuple[float, int]]:
             def run() -> tuple[float, int]:
                 store = work / f"dir-{name}-store"
                 shutil.rmtree(store, ignore_errors=True)
                 images[name].unlink(missing_ok=True)
-                given = [f"--digest-store={store}"] if mode == "digest store" else []
+                if from_cold:
+                    refused = drop_caches()
+                    if refused is not None:
+                        raise RuntimeError(refused)
+                given = [f"--digest-store={store}"] if with_store else []
                 if name == "ours":
                     argv = [*_CLI, "build", *given, f"--threads={threads}", str(tree)]
                 else:
@@ -522,18 +562,25 @@ def _table(results: dict[str, Any]) -> str:
         r = results["directory"]
         lines.append("")
         lines.append(
-            f"build DIR vs mkcomposefs DIR ({r['files']} files, about {r['mib']} MiB, warm cache)"
+            f"build DIR vs mkcomposefs DIR ({r['files']} files, about {r['mib']} MiB; "
+            "warm cache, then cold: caches dropped before each run)"
         )
         lines.append(
-            f"{'mode':<14} {'ours s':>7} {'mkcfs s':>8} {'ratio':>6} {'MiB':>6} {'mkcfs':>6} same"
+            f"{'mode':<18} {'ours s':>7} {'mkcfs s':>8} {'ratio':>6} {'MiB':>6} {'mkcfs':>6} "
+            f"{'rss x':>6} same"
         )
-        for mode in ("image only", "digest store"):
-            row = r[mode]
+        for mode, _store, _cold in DIR_MODES:
+            row = r.get(mode)
+            if row is None:
+                continue
+            if "skipped" in row:
+                lines.append(f"{mode:<18} ({row['skipped']})")
+                continue
             ours, theirs = row["ours"], row["mkcomposefs"]
             lines.append(
-                f"{mode:<14} {ours['seconds']:>7.3f} {theirs['seconds']:>8.3f} "
+                f"{mode:<18} {ours['seconds']:>7.3f} {theirs['seconds']:>8.3f} "
                 f"{row['ratio']:>6.2f} {ours['rss_mib']:>6.1f} {theirs['rss_mib']:>6.1f} "
-                f"{row['same_bytes']!s:>4}"
+                f"{row['rss_ratio']:>6.2f} {row['same_bytes']!s:>4}"
             )
     if results.get("layer"):
         lines.append("")
@@ -576,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir-files", type=int, default=20000)
     parser.add_argument("--dir-mib", type=int, default=500)
+    parser.add_argument(
+        "--no-dir-cold",
+        dest="dir_cold",
+        action="store_false",
+        help="no cold-cache directory rows (they drop the whole machine's page cache)",
+    )
     parser.add_argument("--refusal-size", type=int, default=100000)
     parser.add_argument(
         "--work", type=Path, default=None, help="folder for generated inputs (kept between runs)"
@@ -600,7 +653,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_sandbox(int(n), work, args.repeat) for n in args.sandbox_sizes.split(",") if n
         ]
     if "directory" in only:
-        results["directory"] = bench_directory(args.dir_files, args.dir_mib, work, args.repeat)
+        results["directory"] = bench_directory(
+            args.dir_files, args.dir_mib, work, args.repeat, cold=args.dir_cold
+        )
     if "layer" in only:
         results["layer"] = [
             # at most 3 rounds: the upstream side alone takes 20-25 s a round
