@@ -787,3 +787,25 @@ def test_add_file_reflinks_on_a_file_system_that_shares_extents(
             stored = objects.path_for(payload)
             assert stored.read_bytes() == data and objects.verify(payload)
             assert not any(e[3] & _FIEMAP_EXTENT_SHARED for e in _extents(stored))
+
+
+def test_a_wide_directory_is_listed_in_little_memory(tmp_path: Path) -> None:
+    """A directory's listing is held while it is walked: per entry its name and
+    what ``d_type`` says, not an ``lstat`` result (which took about 700 bytes
+    of memory per entry beyond the Tree's own)."""
+    import tracemalloc
+
+    root = tmp_path / "wide"
+    root.mkdir()
+    n = 5000
+    for i in range(n):
+        (root / f"n{i:06d}").touch()
+    tracemalloc.start()
+    try:
+        tree = scan_directory(root, threads=1, progress=False)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(tree) == n + 1
+    per_entry = (peak - kept) / n
+    assert per_entry < 300, f"{per_entry:.0f} bytes per entry beyond the Tree while listing"
