@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SAMPLE := tests/data/sample.dump
 IMAGE := build/sample.cfs
 
-.PHONY: deps run test lint bench fuzz-deps fuzz fuzz-check
+.PHONY: deps run test lint bench fuzz-deps fuzz fuzz-check fuzz-peers
 
 deps:
 	@scripts/bootstrap.sh
@@ -42,6 +42,14 @@ fuzz-deps: deps
 	@scripts/build-asan.sh
 fuzz: fuzz-deps
 	$(PY) -m fuzz run --target $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(if $(FUZZ_ARGS),-- $(FUZZ_ARGS))
+
+# The differential targets' peers: podman's TOC parser and dump as a long-lived
+# process for toc_diff (fuzz/peers/build-serve.sh, from the Go tree that
+# ../shared/peers/containers-storage/setup.sh unpacks into .deps/cstorage);
+# dumpfile_diff needs only mkcomposefs.  `make fuzz FUZZ_TARGET=toc_diff`.
+fuzz-peers: deps
+	@[ -d .deps/cstorage/gopath ] || ../shared/peers/containers-storage/setup.sh .deps/cstorage
+	fuzz/peers/build-serve.sh
 
 # The ClusterFuzzLite/OSS-Fuzz build (.clusterfuzzlite/build.sh) run locally
 # with stand-ins for their container (fuzz/oss-fuzz-check.sh), then every

@@ -19,8 +19,11 @@ LCFS_SRC=$SRC/composefs
 PREFIX=$WORK/libcomposefs
 # Not packaged: an execution of the cost target measures three `python -I`
 # children started from a checkout (fuzz/cost), which a one-file PyInstaller
-# package cannot start; run it with `python -m fuzz run --target cost`.
-NOT_PACKAGED=" cost "
+# package cannot start; run it with `python -m fuzz run --target cost`.  The
+# differential targets need their peers beside the fuzzer: podman's Go code
+# (fuzz/peers/build-serve.sh, from Debian's Go source packages) and
+# mkcomposefs; run them with `python -m fuzz run --target toc_diff`.
+NOT_PACKAGED=" cost toc_diff dumpfile_diff "
 
 # 1. libcomposefs, instrumented like the extension: a shared library whose
 #    sanitizer runtime is the one the fuzzer wrapper preloads.

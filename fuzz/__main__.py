@@ -48,7 +48,9 @@ CRASHES = FUZZ / "crashes"
 #: libFuzzer dictionaries, ``<target>.dict`` (.clusterfuzzlite/build.sh ships them too).
 DICTS = FUZZ / "dicts"
 WORK = REPO / "build" / "fuzz"
-ASAN_PYLIB = REPO / ".deps" / "asan" / "pylib" / "composefs_py"
+#: scripts/build-asan.sh's output: ``$CFSPY_ASAN_DIR`` (default .deps/asan).
+ASAN_DIR = Path(os.environ.get("CFSPY_ASAN_DIR") or REPO / ".deps" / "asan")
+ASAN_PYLIB = ASAN_DIR / "pylib" / "composefs_py"
 
 #: Default -max_len per target (inputs longer than this are not generated).
 MAX_LEN = {
@@ -58,6 +60,8 @@ MAX_LEN = {
     "writer": 16384,
     "reader": 65536,
     "cost": 16,
+    "toc_diff": 16384,
+    "dumpfile_diff": 16384,
 }
 #: libFuzzer's -timeout per target (seconds); default 20.  A cost execution
 #: runs three measuring children, each with its own timeout (fuzz/cost).
@@ -337,6 +341,27 @@ def _print_table(results: list[Stats]) -> None:
             print(f"  {s.failed_jobs} job(s) ended abnormally: see build/fuzz/{s.target}/job-*.log")
 
 
+def _build_serve_peer() -> None:
+    """Build podman's long-lived TOC peer for toc_diff (fuzz/peers/build-serve.sh), if it can be.
+
+    Without it (no .deps/cstorage, or the build fails) the target starts the
+    one-shot peer per TOC, about ten times slower.
+    """
+    from fuzz import peers
+
+    if (
+        "COMPOSEFS_PY_CSTORAGE_SERVE" not in os.environ
+        and (REPO / ".deps/cstorage/gopath").is_dir()
+    ):
+        # idempotent: rebuilt only when fuzz/peers/ changed
+        subprocess.run([str(FUZZ / "peers" / "build-serve.sh")], check=False)
+    if not os.access(peers.CSTORAGE_SERVE, os.X_OK):
+        print(
+            "fuzz: toc_diff: no long-lived peer (fuzz/peers/build-serve.sh): one process per TOC",
+            file=sys.stderr,
+        )
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from fuzz.targets import TARGETS
 
@@ -345,6 +370,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         if name not in TARGETS:
             print(f"fuzz: unknown target {name!r}; see `python -m fuzz list`", file=sys.stderr)
             return 2
+    if "toc_diff" in names:
+        _build_serve_peer()
     results = []
     for name in names:
         print(f"fuzz: {name}: {args.seconds} s x {args.jobs} job(s)", file=sys.stderr, flush=True)

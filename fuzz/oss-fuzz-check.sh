@@ -13,18 +13,19 @@
 # NAME.pkg under the preloaded sanitizer runtime; NAME.pkg is a copy of the
 # script, or with FUZZ_CHECK_PYINSTALLER=DIR, a folder PyInstaller imports
 # from, the real PyInstaller package)
-# with CC=clang-14 and OSS-Fuzz's CFLAGS for $SANITIZER (address, or
+# with CC=the clang scripts/build-asan.sh picks for this Debian release
+# (14 on Debian 12, 19 on 13) and OSS-Fuzz's CFLAGS for $SANITIZER (address, or
 # undefined).  Then each $OUT/fuzz_* runs $FUZZ_CHECK_SECONDS (default 5) on
 # its unzipped seed corpus with its dictionary and options; it must exit 0
 # after at least one execution.  Needs `make fuzz-deps` (clang, atheris).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=$ROOT/.venv/bin/python
+PY=${CFSPY_PYTHON:-$ROOT/.venv/bin/python} # as scripts/build-asan.sh
 SCRATCH=${FUZZ_CHECK_DIR:-$ROOT/build/fuzz-check}
 SECONDS_EACH=${FUZZ_CHECK_SECONDS:-5}
 SANITIZER=${SANITIZER:-address}
-CLANG=${CLANG:-clang-14}
+CLANG=${CLANG:-$("$ROOT/scripts/build-asan.sh" --print-clang)}
 say() { printf 'fuzz-check: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 

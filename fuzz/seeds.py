@@ -213,11 +213,14 @@ def _rich_dump() -> str:
 
 def seed_inputs() -> Iterator[tuple[str, str, bytes]]:
     """``(target, file_name, data)`` for every seed of every target."""
-    for path in real_toc_paths():
-        yield "toc", path.name, path.read_bytes()
-    yield "toc", "minimal.json", b'{"version":1,"entries":[]}'
-    yield "dumpfile", "sample.dump", _SAMPLE_DUMP.encode()
-    yield "dumpfile", "root-only.dump", b"/ 0 40755 2 0 0 0 0.0 - - -\n"
+    # the differential targets start from their single-sided target's seeds
+    for target in ("toc", "toc_diff"):
+        for path in real_toc_paths():
+            yield target, path.name, path.read_bytes()
+        yield target, "minimal.json", b'{"version":1,"entries":[]}'
+    for target in ("dumpfile", "dumpfile_diff"):
+        yield target, "sample.dump", _SAMPLE_DUMP.encode()
+        yield target, "root-only.dump", b"/ 0 40755 2 0 0 0 0.0 - - -\n"
     yield "writer", "sample.dump", _SAMPLE_DUMP.encode()
     yield "layer", "mini.zstd-chunked", zstd_chunked_blob()
     yield "layer", "mini.estargz", estargz_blob()

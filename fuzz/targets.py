@@ -25,6 +25,18 @@ undefined-behaviour error in libcomposefs.
     the bytes as a composefs image: ``read_image`` (the structural check of
     ``composefs_py._erofs``, libcomposefs's image loader, then the
     TreeBuilder); an accepted image's Tree must write.
+``toc_diff``
+    the bytes as a TOC through podman's path (containers/storage's parser
+    and dump, then mkcomposefs) and through ``parse_toc(...,
+    compat="containers-storage")`` + the native writer
+    (:func:`fuzz.differential.compare_toc`): equal images where both
+    accept; a one-sided acceptance must be a row of
+    :data:`fuzz.differential.TOC_DIFFERENCES`, else it is a finding.
+``dumpfile_diff``
+    the bytes as a dumpfile through ``mkcomposefs --from-file`` and through
+    ``parse_dumpfile`` + the native writer
+    (:func:`fuzz.differential.compare_dumpfile`), the same rule with
+    :data:`fuzz.differential.DUMPFILE_DIFFERENCES`.
 ``cost``
     the bytes choose a family of hostile inputs that scale
     (:mod:`fuzz.cost.families`), its shape parameters and a scale; the input
@@ -47,13 +59,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from composefs_py.dumpfile import dump, parse_dumpfile
 from composefs_py.errors import ValidationError
 from composefs_py.limits import Limits
 from composefs_py.model import Tree
 from composefs_py.toc import parse_toc
+
+if TYPE_CHECKING:
+    from fuzz.differential import Verdict
 
 __all__ = ["TARGETS", "Target", "cost_case", "replay"]
 
@@ -169,6 +184,23 @@ def fuzz_writer(data: bytes) -> None:
     assert _write_native(back, version) == rewritten, "the native writer is not deterministic"
 
 
+def _differential(verdict: Verdict) -> None:
+    if verdict.finding:
+        raise AssertionError(verdict.detail)
+
+
+def fuzz_toc_diff(data: bytes) -> None:
+    from fuzz.differential import compare_toc
+
+    _differential(compare_toc(data))
+
+
+def fuzz_dumpfile_diff(data: bytes) -> None:
+    from fuzz.differential import compare_dumpfile
+
+    _differential(compare_dumpfile(data))
+
+
 def fuzz_reader(data: bytes) -> None:
     # The public read_image: the magic-number gate, then (on a thread with a
     # large stack) the structural check of composefs_py._erofs, libcomposefs's
@@ -245,6 +277,18 @@ TARGETS: dict[str, Target] = {
         Target("layer", "open_layer/tree/import_objects on layer blobs", fuzz_layer, False),
         Target("writer", "dumpfile -> native writer -> reader -> writer", fuzz_writer, True),
         Target("reader", "read_image (libcomposefs loader) on image bytes", fuzz_reader, True),
+        Target(
+            "toc_diff",
+            "TOC through podman's parser+dump+mkcomposefs and compat+writer: same image",
+            fuzz_toc_diff,
+            True,
+        ),
+        Target(
+            "dumpfile_diff",
+            "dumpfile through mkcomposefs and parse_dumpfile+writer: same image",
+            fuzz_dumpfile_diff,
+            True,
+        ),
         Target("cost", "hostile families at n/2n/4n: cost must grow linearly", fuzz_cost, True),
     )
 }

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,103 +31,15 @@ from composefs_py import ValidationError, parse_toc, write_image
 from composefs_py.strategies import Pairs, render_json, tree_to_toc, trees
 
 _REPO = Path(__file__).resolve().parents[1]
-_PEER = Path(
-    os.environ.get("COMPOSEFS_PY_CSTORAGE_PEER", _REPO / ".deps/cstorage/bin/cstorage-toc2dump")
-)
+if str(_REPO) not in sys.path:  # the fuzz package lives at the top of the checkout
+    sys.path.insert(0, str(_REPO))
+
+from fuzz.differential import TOC_DIFFERENCES  # noqa: E402
+from fuzz.peers import CSTORAGE_PEER as _PEER  # noqa: E402
+from fuzz.peers import peer_image as _peer_image  # noqa: E402
+
 _D1 = "sha256:" + "1" * 64
 _D2 = "sha256:" + hashlib.sha256(b"two").hexdigest()
-
-#: The deliberate differences: edge case -> (the side that refuses, compat's refusing
-#: fields, why).  "compat" refuses what podman takes; "podman" refuses what compat takes.
-DIFFERENCES: dict[str, tuple[str, frozenset[str], str]] = {
-    "dotdot_above": (
-        "compat", frozenset({"name", "linkName"}),
-        "a '..' that climbs above the root: podman clamps it at '/', so '../etc/x' lands on "
-        "/etc/x; tar refuses such a name, and compat does too (a traversal attempt)",
-    ),
-    "version": (
-        "compat", frozenset({"version"}),
-        "a version other than 1, or none: podman never reads it; a format of unknown version "
-        "is refused",
-    ),
-    "key_case": (
-        "compat", frozenset({None, "name", "type"}),
-        "a known key in another case ('Name', 'MODE'): podman matches keys case-insensitively; "
-        "other JSON readers take them as unknown keys, so the document means two things",
-    ),
-    "duplicate_key": (
-        "compat", frozenset({None}),
-        "a repeated key: podman takes the last one (and appends a second 'entries'); other JSON "
-        "readers may take the first, so duplicate keys are refused in every mode",
-    ),
-    "null_string": (
-        "compat", frozenset({"linkName", "digest", "name", "xattrs"}),
-        "null where a string or object goes: podman reads it as empty; a null is not a value",
-    ),
-    "mode_bits": (
-        "compat", frozenset({"mode"}),
-        "type bits in mode that disagree with type, or bits beyond 0o177777: podman ORs them "
-        "into the type (a dir with 0o100644 becomes a socket)",
-    ),
-    "ids": (
-        "compat", frozenset({"uid", "gid"}),
-        "uid/gid outside 0..4294967294: podman writes -1 as 4294967295 (no id) and wraps "
-        "larger values (4294967296 becomes root)",
-    ),
-    "device_range": (
-        "compat", frozenset({"devMajor", "devMinor"}),
-        "a device major above 4095 or minor above 2^20-1: EROFS keeps a 32-bit rdev",
-    ),
-    "xattr_name": (
-        "compat", frozenset({"xattrs"}),
-        "an xattr name without a known prefix (user., trusted., security., system.posix_acl_*)",
-    ),
-    "trusted_overlay": (
-        "compat", frozenset({"xattrs"}),
-        "an input's own trusted.overlay.* xattr: refused so it can never act as overlay metadata",
-    ),
-    "reg_no_digest": (
-        "compat", frozenset({"digest"}),
-        "a regular file with data and no digest: podman writes a file with no payload",
-    ),
-    "linkname_other": (
-        "compat", frozenset({"linkName"}),
-        "a linkName on a regular file, directory, device or chunk: podman makes it the file's "
-        "payload path (not an object name) and counts it as a hard link",
-    ),
-    "time_lenient": (
-        "compat", frozenset({"modtime", "accesstime", "changetime"}),
-        "a time only Go's lenient fallback parser takes (',' before the fraction, an offset "
-        "of 24 hours)",
-    ),
-    "chunk_rows": (
-        "compat", frozenset({"name", "chunkSize", "chunkOffset", "chunkDigest", "offset",
-                             "endOffset", "chunkType"}),
-        "chunk rows and offsets: podman checks them when it fetches contents, not here; "
-        "compat checks each chain up front",
-    ),
-    "repeat_spelled": (
-        "compat", frozenset({"name"}),
-        "a repeat that podman finds equal though written differently (a time with '.0', the "
-        "same instant in another zone): compat compares the JSON values",
-    ),
-    "nul_name": (
-        "compat", frozenset({"name", "linkName", "xattrs"}),
-        "a NUL in a name, target or xattr name",
-    ),
-}  # fmt: skip
-
-
-def _peer_image(toc: Path, out: Path, mkcomposefs: Path) -> tuple[bool, str]:
-    try:
-        done = subprocess.run(
-            [str(_PEER), "-exec", str(mkcomposefs), str(toc), str(out)],
-            capture_output=True,
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired:  # pragma: no cover - the peer hung
-        return False, "timeout"
-    return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
 
 def _entry_with(draw: Any, doc: dict[str, Any], *types: str) -> dict[str, Any]:
@@ -283,6 +196,14 @@ EDGES = (
     "reg_no_digest", "linkname_other", "null_string", "nul_name",
 )  # fmt: skip
 
+#: The deliberate differences: edge case -> (the side that refuses, compat's refusing
+#: fields, why), from the one table fuzz/differential.py keeps (the toc_diff fuzz target
+#: classifies with it too).  "compat" refuses what podman takes; "podman" refuses what
+#: compat takes.
+DIFFERENCES: dict[str, tuple[str, frozenset[str | None], str]] = {
+    row.label: (row.refuser, row.fields, row.why) for row in TOC_DIFFERENCES
+}
+
 
 @st.composite
 def peer_cases(draw: Any) -> tuple[bytes, tuple[str, ...]]:
@@ -360,10 +281,12 @@ def test_compat_matches_podman(
 
 
 def test_differences_are_in_the_readme() -> None:
-    """Each deliberate difference has its line in the README's compat paragraph."""
+    """Each deliberate difference has its line in the README's compat paragraph, or (those
+    only the toc_diff fuzz target reaches) in fuzz/CAMPAIGNS.md's table."""
     readme = (_REPO / "README.md").read_text()
+    campaigns = (_REPO / "fuzz" / "CAMPAIGNS.md").read_text()
     for label in DIFFERENCES:
-        assert f"`{label}`" in readme, label
+        assert f"`{label}`" in readme or f"`{label}`" in campaigns, label
 
 
 def _toc(*entries: dict[str, Any]) -> bytes:

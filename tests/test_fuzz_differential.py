@@ -1,0 +1,131 @@
+"""The differential checks of fuzz/differential.py against their peers.
+
+* ``parse_dumpfile`` + the native writer against ``mkcomposefs --from-file``
+  as a Hypothesis property: valid dumpfiles from
+  :mod:`composefs_py.strategies` (every spelling of every field) and hostile
+  ones (the strategies' mutations, with random byte corruption): where both
+  accept, the images are equal byte for byte; where one side accepts, the
+  refusal is a row of ``DUMPFILE_DIFFERENCES`` (skipped without mkcomposefs,
+  which scripts/bootstrap.sh builds, so it runs in CI).
+* every row of both tables: its example is explained by that very row, and
+  the row has its line in fuzz/CAMPAIGNS.md;
+* an unexplained one-sided acceptance is a finding (a stand-in peer that
+  takes anything);
+* the long-lived TOC peer (fuzz/peers/build-serve.sh) answers as the
+  one-shot one does, where both are built.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from composefs_py import strategies as S
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the fuzz package lives at the top of the checkout
+    sys.path.insert(0, str(REPO))
+
+from fuzz import peers  # noqa: E402
+from fuzz.differential import (  # noqa: E402
+    DUMPFILE_DIFFERENCES,
+    DUMPFILE_EXAMPLES,
+    TOC_DIFFERENCES,
+    TOC_EXAMPLES,
+    Difference,
+    compare_dumpfile,
+    compare_toc,
+)
+
+CAMPAIGNS = REPO / "fuzz" / "CAMPAIGNS.md"
+
+
+@pytest.fixture(scope="module")
+def toc_peer() -> peers.TocPeer:
+    if not peers.TocPeer.available():
+        pytest.skip(
+            f"the containers/storage peer is not built ({peers.CSTORAGE_PEER}): run "
+            "../shared/peers/containers-storage/setup.sh .deps/cstorage"
+        )
+    return peers.TocPeer()
+
+
+def _dumpfile_cases() -> st.SearchStrategy[bytes]:
+    valid = S.dumpfiles(max_entries=8).map(lambda text: text.encode("utf-8", "surrogateescape"))
+    return st.one_of(valid, S.hostile_dumpfiles())
+
+
+@settings(
+    max_examples=int(os.environ.get("DUMPFILE_PEER_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(data=_dumpfile_cases())
+def test_parse_dumpfile_matches_mkcomposefs(data: bytes, mkcomposefs: Path) -> None:
+    verdict = compare_dumpfile(data)
+    assert not verdict.finding, f"{verdict.detail}\n{data[:2000]!r}"
+
+
+@pytest.mark.parametrize("row", DUMPFILE_DIFFERENCES, ids=lambda row: row.label)
+def test_dumpfile_difference_example(row: Difference, mkcomposefs: Path) -> None:
+    verdict = compare_dumpfile(DUMPFILE_EXAMPLES[row.label])
+    assert verdict.outcome == "explained" and verdict.difference == row, verdict
+
+
+@pytest.mark.parametrize("row", TOC_DIFFERENCES, ids=lambda row: row.label)
+def test_toc_difference_example(
+    row: Difference, toc_peer: peers.TocPeer, mkcomposefs: Path
+) -> None:
+    verdict = compare_toc(TOC_EXAMPLES[row.label], toc_peer)
+    assert verdict.outcome == "explained" and verdict.difference == row, verdict
+
+
+def test_every_row_has_an_example_and_a_line_in_campaigns() -> None:
+    text = CAMPAIGNS.read_text()
+    for table, examples in (
+        (TOC_DIFFERENCES, TOC_EXAMPLES),
+        (DUMPFILE_DIFFERENCES, DUMPFILE_EXAMPLES),
+    ):
+        labels = [row.label for row in table]
+        assert len(set(labels)) == len(labels), "a label appears twice"
+        assert set(examples) == set(labels)
+        for row in table:
+            assert f"| `{row.label}` |" in text, f"fuzz/CAMPAIGNS.md has no row for {row.label}"
+
+
+class _TakesAnything(peers.TocPeer):
+    """A peer that accepts every TOC as an empty layer."""
+
+    def __init__(self) -> None:  # no binary needed
+        self.serve = False
+
+    def __call__(self, data: bytes) -> peers.PeerResult:
+        return peers.PeerResult(True, output=b"/ 0 40755 1 0 0 0 0.0 - - -\n")
+
+
+def test_an_unexplained_one_sided_acceptance_is_a_finding(mkcomposefs: Path) -> None:
+    # compat refuses a bad digest; no row explains it
+    toc = b'{"version":1,"entries":[{"type":"reg","name":"a","size":1,"digest":"sha256:12"}]}'
+    verdict = compare_toc(toc, _TakesAnything())
+    assert verdict.finding and "unexplained one-sided acceptance" in verdict.detail
+    # and a document both read alike but into different images is one too
+    verdict = compare_toc(b'{"version":1,"entries":[{"type":"dir","name":"d"}]}', _TakesAnything())
+    assert verdict.finding and "images differ" in verdict.detail
+
+
+def test_the_long_lived_peer_answers_as_the_one_shot_one(toc_peer: peers.TocPeer) -> None:
+    if not os.access(peers.CSTORAGE_SERVE, os.X_OK):
+        pytest.skip(f"not built: fuzz/peers/build-serve.sh ({peers.CSTORAGE_SERVE})")
+    serve = peers.TocPeer()
+    one_shot = peers.TocPeer()
+    one_shot.serve = False
+    inputs = [*TOC_EXAMPLES.values(), b"[", b"", b'{"version":1,"entries":[{"type":"bad"}]}']
+    inputs += [p.read_bytes() for p in sorted((REPO / "fuzz/corpus/toc_diff").iterdir())]
+    for data in inputs:
+        assert serve(data) == one_shot(data), data[:200]
+    serve.close()
