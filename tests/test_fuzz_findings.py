@@ -76,7 +76,7 @@ def test_every_libcomposefs_reproducer_has_a_report() -> None:
     covered = {path for report in reports() for path, *_ in _embedded(report)}
     files = {
         str(p.relative_to(REPO))
-        for folder in ("reader", "writer")
+        for folder in ("reader", "writer", "dumpfile_diff")
         for p in (CRASHES / folder).iterdir()
         if p.is_file()
     }
