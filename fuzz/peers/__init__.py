@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -187,7 +188,7 @@ class TocPeer:
     def _read(self, fd: int, size: int, deadline: float) -> bytes | None:
         chunks: list[bytes] = []
         while size:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - _now()))
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 return None
             chunk = os.read(fd, min(size, 1 << 20))
@@ -201,7 +202,7 @@ class TocPeer:
         proc = self._start()
         if proc.stdin is None or proc.stdout is None:  # pragma: no cover - pipes were asked for
             raise RuntimeError("the peer has no pipes")
-        deadline = _now() + TIMEOUT
+        deadline = time.monotonic() + TIMEOUT
         try:
             proc.stdin.write(len(data).to_bytes(8, "little") + data)
             proc.stdin.flush()
@@ -232,9 +233,3 @@ class TocPeer:
         return PeerResult(
             False, error=f"{what} ({why}): {stderr.decode(errors='replace')}", crashed=True
         )
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
