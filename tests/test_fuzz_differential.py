@@ -129,3 +129,28 @@ def test_the_long_lived_peer_answers_as_the_one_shot_one(toc_peer: peers.TocPeer
     for data in inputs:
         assert serve(data) == one_shot(data), data[:200]
     serve.close()
+
+
+# Found by toc_diff: an unknown key holding a lone surrogate escape made the
+# typed decoder refuse its entry; the entry had no problem of its own, and
+# parse_toc went on as if it had one: every entry after it was dropped
+# without a word (podman, reading them, refused a later typeless entry).
+_SURROGATE_KEY = (
+    b'{"version":1,"entries":[{"type":"reg","name":"a","x\\ud800y":1},'
+    b'{"type":"reg","name":"b"},{"type":"dir","name":"d"}]}'
+)
+
+
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+def test_an_unknown_key_with_a_lone_surrogate_drops_no_entry(compat: str | None) -> None:
+    from composefs_py import parse_toc
+
+    assert list(parse_toc(_SURROGATE_KEY, compat=compat).paths) == [b"/", b"/a", b"/b", b"/d"]
+
+
+def test_an_entry_after_the_surrogate_key_is_still_checked(mkcomposefs: Path) -> None:
+    from composefs_py import ValidationError, parse_toc
+
+    toc = _SURROGATE_KEY.replace(b'{"type":"dir","name":"d"}', b'{"name":"c"}')
+    with pytest.raises(ValidationError, match="type"):
+        parse_toc(toc, compat="containers-storage")

@@ -260,7 +260,9 @@ class _Parse:
                 self.refused_entry(
                     batches, first + bad, strict_json(bytes(piece)) if raw else piece
                 )
-                if not self.collect:
+                # (the schema may refuse an entry the rules take: an unknown key with a
+                # lone surrogate escape; then the entries after it are checked as well)
+                if not self.collect and first + bad in batches.problems:
                     # its keys (the json module took it: no duplicate) and those after it
                     counted = key_count(bytes(piece)) if raw else None
                     rest = self.keys_of(pieces[bad + 1 :])
