@@ -201,10 +201,27 @@ TOC_DIFFERENCES: tuple[Difference, ...] = (
         "chunk_rows", "compat",
         _fields("name", "chunkSize", "chunkOffset", "chunkDigest", "offset", "endOffset",
                 "chunkType"),
-        r"chunk|offset|endOffset|chain|sha256:",
+        r"chunk|offset|endOffset|chain|sha256:|larger than the file|must be \d",
         STRICTER,
         "chunk rows and offsets: podman checks them when it fetches contents, not here; "
         "compat checks each chain up front",
+    ),
+    Difference(
+        "name_long", "compat", _fields("name", "linkName"),
+        r"component longer than 255 bytes|longer than 4095 bytes", STRICTER,
+        "a path component longer than NAME_MAX (255 bytes) or a path longer than 4095: "
+        "podman and mkcomposefs write it, and no lookup on the mount can reach the file",
+    ),
+    Difference(
+        "unicode", "compat", _fields("name", "linkName", "xattrs", "digest", "type"),
+        r"valid Unicode", STRICTER,
+        "a string with a lone surrogate escape (\\ud800): not Unicode text; Go's decoder "
+        "makes it U+FFFD, so the name in the image is not the one the TOC spells",
+    ),
+    Difference(
+        "type_missing", "compat", _fields("type"), r"got null", STRICTER,
+        "an entry without 'type' (or with the key spelled in another case, which podman "
+        "reads): podman takes it as the root or an unknown type",
     ),
     Difference(
         "repeat_spelled", "compat", _fields("name"), r"repeats entry \d+ with different data",
@@ -256,6 +273,18 @@ DUMPFILE_DIFFERENCES: tuple[Difference, ...] = (
         "xattr_prefix_only", "ours", _fields("xattrs"), r"is only a namespace prefix", STRICTER,
         "an xattr name that is only a namespace prefix ('user.'): the kernel's setxattr "
         "refuses it (EINVAL), mkcomposefs stores it",
+    ),
+    Difference(
+        "overlay_xattr", "ours", _fields("xattrs"), r"is overlayfs metadata", STRICTER,
+        "an xattr named trusted.overlay.* (but opaque): libcomposefs escapes it, yet it is "
+        "refused so that an input can never pose as overlay metadata "
+        "(Limits.allow_overlay_xattrs=True takes it)",
+    ),
+    Difference(
+        "payload_object", "ours", _fields("payload"), r"must name an object of the store",
+        STRICTER,
+        "a regular file's payload that is not an object path (2 hex digits, '/', 62): "
+        "mkcomposefs writes any string as the overlay redirect to the backing file",
     ),
     Difference(
         "duplicate_xattr", "ours", _fields("xattrs"), r"appears twice", STRICTER,
@@ -353,6 +382,9 @@ TOC_EXAMPLES: dict[str, bytes] = {
     "reg_no_digest": _toc({"type": "reg", "name": "a", "size": 9}),
     "linkname_other": _toc({**_REG, "linkName": "x/y"}),
     "time_lenient": _toc({**_REG, "modtime": "2020-01-01T00:00:00,5Z"}),
+    "name_long": _toc({"type": "reg", "name": "n" * 256}),
+    "unicode": _toc({**_REG, "name": "a\ud800"}),
+    "type_missing": _toc({"Type": "dir", "name": "./"}),
     "chunk_rows": _toc({**_REG, "chunkSize": 1},
                        {"type": "chunk", "name": "a", "chunkOffset": 1, "chunkSize": 1}),
     "repeat_spelled": _toc({**_REG, "modtime": "2020-01-01T00:00:00Z"},
@@ -384,6 +416,8 @@ DUMPFILE_EXAMPLES: dict[str, bytes] = {
     "payload_bytes": _file(b"3 100644 1 0 0 0 0.0 ab/c\\x00d - -"),
     "xattr_name_nul": _file(b"0 100644 1 0 0 0 0.0 - - - user.a\\x00b=1"),
     "xattr_prefix_only": _file(b"0 100644 1 0 0 0 0.0 - - - user.=1"),
+    "overlay_xattr": _file(b"0 100644 1 0 0 0 0.0 - - - trusted.overlay.redirect=/x"),
+    "payload_object": _file(b"3 100644 1 0 0 0 0.0 ab/cd - -"),
     "duplicate_xattr": _file(b"0 100644 1 0 0 0 0.0 - - - user.a=1 user.a=2"),
     "rdev_other": _file(b"0 100644 1 0 0 5 0.0 - - -"),
     "numbers": _file(b"-1 100644 1 0 0 0 0.0 - - -"),
