@@ -2,6 +2,9 @@
 
 * :mod:`fuzz.targets` -- the targets (``bytes -> None``) over the validators
   and the native writer and reader;
+* :mod:`fuzz.differential` -- the differential targets' comparisons and
+  their tables of known one-sided acceptances; :mod:`fuzz.peers` -- the
+  peers they run (podman's TOC parser and dump, mkcomposefs);
 * :mod:`fuzz.harness` -- the atheris/libFuzzer entry point for one target;
 * ``python -m fuzz`` (:mod:`fuzz.__main__`) -- campaigns, replays, seeds;
 * ``fuzz/corpus/<target>/`` -- the seed corpus; ``fuzz/crashes/<target>/``
