@@ -1210,8 +1210,10 @@ def _bulk_table(
             limits.max_entries - n,
             limits.max_total_path_bytes - path_bytes + 1,  # + 1: the root's "/" counts 0
         )
-        if found is None:
-            return None  # past a limit: add() says which
+        if found is None or not index.keys().isdisjoint(found):
+            # past a limit, or an ancestor to make up that the input has as a
+            # non-directory (a file two levels up): add() says which
+            return None
         made = found
     elif not synthesize_parents:
         # add() wants each parent before its children (the root first)

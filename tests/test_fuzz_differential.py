@@ -154,3 +154,23 @@ def test_an_entry_after_the_surrogate_key_is_still_checked(mkcomposefs: Path) ->
     toc = _SURROGATE_KEY.replace(b'{"type":"dir","name":"d"}', b'{"name":"c"}')
     with pytest.raises(ValidationError, match="type"):
         parse_toc(toc, compat="containers-storage")
+
+
+# Found by toc_diff (the native writer failed with EEXIST on a Tree parse_toc
+# had taken): a regular file "d" and an entry two levels below it, "d/e/f".
+# The parents made up for "d/e/f" included "/d", the file's path: the Tree
+# held "/d" twice, a file and a directory.
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+@pytest.mark.parametrize("file", ["d", "d/", "a/d"])
+def test_a_file_is_not_made_up_again_as_a_grandparent(compat: str | None, file: str) -> None:
+    from composefs_py import ValidationError, parse_toc
+
+    below = file.rstrip("/") + "/e/f"
+    toc = (
+        b'{"version":1,"entries":[{"type":"reg","name":"%s"},{"type":"reg","name":"%s"}]}'
+        % (file.encode(), below.encode())
+    )
+    with pytest.raises(ValidationError, match="parent is not a directory"):
+        tree = parse_toc(toc, compat=compat)
+        paths = list(tree.paths)
+        assert len(paths) == len(set(paths)), f"a path twice: {paths}"
