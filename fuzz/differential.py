@@ -275,6 +275,13 @@ DUMPFILE_DIFFERENCES: tuple[Difference, ...] = (
         "refuses it (EINVAL), mkcomposefs stores it",
     ),
     Difference(
+        "xattr_field", "ours", _fields("xattrs"), r"expected NAME=VALUE", STRICTER,
+        "a field after DIGEST that is not NAME=VALUE where mkcomposefs does not read it: on a "
+        "hardlink line (it reads nothing after PAYLOAD there) or the empty one after a "
+        "trailing space (it stops at the line's end); elsewhere it refuses it too ('Missing = "
+        "in xattr')",
+    ),
+    Difference(
         "overlay_xattr", "ours", _fields("xattrs"), r"is overlayfs metadata", STRICTER,
         "an xattr named trusted.overlay.* (but opaque): libcomposefs escapes it, yet it is "
         "refused so that an input can never pose as overlay metadata "
@@ -416,6 +423,7 @@ DUMPFILE_EXAMPLES: dict[str, bytes] = {
     "payload_bytes": _file(b"3 100644 1 0 0 0 0.0 ab/c\\x00d - -"),
     "xattr_name_nul": _file(b"0 100644 1 0 0 0 0.0 - - - user.a\\x00b=1"),
     "xattr_prefix_only": _file(b"0 100644 1 0 0 0 0.0 - - - user.=1"),
+    "xattr_field": _file(b"0 100644 1 0 0 0 0.0 - - - user.a=1 "),
     "overlay_xattr": _file(b"0 100644 1 0 0 0 0.0 - - - trusted.overlay.redirect=/x"),
     "payload_object": _file(b"3 100644 1 0 0 0 0.0 ab/cd - -"),
     "duplicate_xattr": _file(b"0 100644 1 0 0 0 0.0 - - - user.a=1 user.a=2"),
