@@ -201,7 +201,7 @@ TOC_DIFFERENCES: tuple[Difference, ...] = (
         "chunk_rows", "compat",
         _fields("name", "chunkSize", "chunkOffset", "chunkDigest", "offset", "endOffset",
                 "chunkType"),
-        r"chunk|offset|endOffset|chain|sha256:|larger than the file|must be \d",
+        r"chunk|offset|endOffset|chain|sha256:|larger than the file|must be \d|must be an integer",
         STRICTER,
         "chunk rows and offsets: podman checks them when it fetches contents, not here; "
         "compat checks each chain up front",
