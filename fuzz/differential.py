@@ -307,7 +307,7 @@ DUMPFILE_DIFFERENCES: tuple[Difference, ...] = (
     ),
     Difference(
         "numbers", "ours", _NUMBERS,
-        r"must be (a decimal|an octal) integer in|must be .*digits|out of range|"
+        r"must be (a decimal|an octal) integer|must be .*digits|out of range|"
         r"must be SECONDS\.NANOSECONDS|seconds must be in", THEIR_BUG,
         "a number strtoull takes and libcomposefs truncates or wraps: '-1' is 2^64-1, '+5' and "
         "' 5' are 5, a uid above 2^32-1 or a device number above 32 bits is cut to 32 bits "

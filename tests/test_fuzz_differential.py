@@ -166,11 +166,35 @@ def test_a_file_is_not_made_up_again_as_a_grandparent(compat: str | None, file: 
     from composefs_py import ValidationError, parse_toc
 
     below = file.rstrip("/") + "/e/f"
-    toc = (
-        b'{"version":1,"entries":[{"type":"reg","name":"%s"},{"type":"reg","name":"%s"}]}'
-        % (file.encode(), below.encode())
+    toc = b'{"version":1,"entries":[{"type":"reg","name":"%s"},{"type":"reg","name":"%s"}]}' % (
+        file.encode(),
+        below.encode(),
     )
     with pytest.raises(ValidationError, match="parent is not a directory"):
         tree = parse_toc(toc, compat=compat)
         paths = list(tree.paths)
         assert len(paths) == len(set(paths)), f"a path twice: {paths}"
+
+
+# Found by toc_diff: padding after a complete base64 quantum ("AAAA==") passed
+# binascii's strict mode; Go's decoder (podman) refuses it, and so does RFC 4648.
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("AAAA==", False), ("AAAA=", False), ("AAAA====", False), ("AAAAA===", False),
+     ("AAAA", True), ("AA==", True), ("AAA=", True), ("AAAAAA==", True), ("", True)],
+)  # fmt: skip
+def test_xattr_base64_padding_only_after_a_partial_quantum(
+    compat: str | None, value: str, ok: bool
+) -> None:
+    from composefs_py import ValidationError, parse_toc
+
+    toc = (
+        b'{"version":1,"entries":[{"type":"reg","name":"a","xattrs":{"user.a":"%s"}}]}'
+        % value.encode()
+    )
+    if ok:
+        parse_toc(toc, compat=compat)
+    else:
+        with pytest.raises(ValidationError, match="base64"):
+            parse_toc(toc, compat=compat)

@@ -268,6 +268,10 @@ def xattr_problem(
         raw = binascii.a2b_base64(encoded, strict_mode=True)
     except ValueError:
         return f"value of {show(key)} is not strict base64: {show(encoded)}"
+    if len(encoded) % 4 or encoded.endswith("==="):
+        # padding after a complete quantum ("AAAA=="), which strict mode lets by
+        # and Go's decoder (RFC 4648) refuses
+        return f"value of {show(key)} is not strict base64: {show(encoded)}"
     if len(raw) > limits.max_xattr_value_bytes:
         return f"value of {show(key)} is longer than {limits.max_xattr_value_bytes} bytes"
     if key_bytes in ACL_XATTR_NAMES and (acl := posix_acl_problem(raw)) is not None:
