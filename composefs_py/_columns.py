@@ -133,6 +133,14 @@ class Table:
             self._extras = marshal.loads(self.extras_blob) if self.extras_blob else {}
         return self._extras
 
+    def extras_once(self) -> dict[int, Extra]:
+        """:attr:`extras` for one pass, not kept: read from the marshal'd rows
+        unless they are cached already (a writer reads them once; keeping the
+        dict would hold a tuple and a digest object per file for the Tree's life)."""
+        if self._extras is not None:
+            return self._extras
+        return marshal.loads(self.extras_blob) if self.extras_blob else {}
+
     @staticmethod
     def starts(lens: array[int]) -> array[int]:
         """Where each piece starts in its buffer (a piece of length -1 is none)."""

@@ -37,7 +37,9 @@ import errno as _errno
 import os
 import stat
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from operator import gt
 from typing import Any
 
 from ._backend import check_versions
@@ -71,6 +73,7 @@ __all__ = [
     "read_image",
     "check_framing",
     "write_records",
+    "write_let_go",
     "write_tree",
 ]
 
@@ -161,24 +164,34 @@ class _Columns:
             ffi.new("int64_t *[]", [ffi.from_buffer("int64_t[]", column) for column in columns]),
             ffi.from_buffer("int64_t[]", self.ints),
         )
-        if rows == array("q", range(n)):  # already in Tree order (a per-node build)
+        in_order = rows == array("q", range(n))
+        if in_order:  # already in Tree order (a per-node build)
             self.paths, self.path_lens = table.path_buf, table.path_lens
             self.data, self.data_lens = table.data_buf, table.data_lens
         else:
             self.paths, self.path_lens = _gathered(c_rows, table.path_buf, table.path_lens)
             self.data, self.data_lens = _gathered(c_rows, table.data_buf, table.data_lens)
-        links, extras = table.links, table.extras
+        links = table.links
+        # Read for this build only: a Table keeps its extras marshal'd, and the
+        # dict of them (a tuple and a digest object per file) is not cached on it.
+        extras = table.extras_once()
+        self.extra = b""
+        self.extra_lens: array[int] | None = None
+        self.xattr_lens = array("q")
+        if in_order:  # a row is its position
+            pairs = sorted(links.items())
+            self.links = array("q", [value for pair in pairs for value in pair])
+            if extras:
+                self._extras(n, sorted(extras.items()) if _unsorted(extras) else extras.items())
+            return
         wanted = {*links, *links.values(), *extras}
         position = {row: at for at, row in enumerate(rows) if row in wanted} if wanted else {}
         pairs = sorted((position[row], position[target]) for row, target in links.items())
         self.links = array("q", [value for pair in pairs for value in pair])
-        self.extra = b""
-        self.extra_lens: array[int] | None = None
-        self.xattr_lens = array("q")
         if extras:
             self._extras(n, sorted((position[row], extra) for row, extra in extras.items()))
 
-    def _extras(self, n: int, found: list[tuple[int, Extra]]) -> None:
+    def _extras(self, n: int, found: Iterable[tuple[int, Extra]]) -> None:
         """The extra buffers of ``n`` nodes: ``found`` holds, by increasing
         position, the (content, fs-verity digest, xattrs) of those that have any."""
         lens = array("q", (-1, 0, 0)) * n
@@ -198,6 +211,11 @@ class _Columns:
                 xattr_lens.append(len(value))
         self.extra = b"".join(pieces)
         self.extra_lens = lens
+
+
+def _unsorted(extras: dict[int, Extra]) -> bool:
+    """Whether the rows of ``extras`` are not in increasing order."""
+    return any(map(gt, extras, islice(extras, 1, None)))
 
 
 def _gathered(rows: Any, buf: bytes, lens: array[int]) -> tuple[bytearray, array[int]]:
@@ -382,6 +400,16 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     """
     check_versions(min_version, max_version)
     return _write_root(_build(tree), fd, min_version, max_version)
+
+
+def write_let_go(held: list[Tree], fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
+    """:func:`write_tree` of the one Tree in ``held``, for a caller that lets go
+    of it: ``held`` is emptied as the C tree is built, so the Tree (the only
+    reference being ``held``'s) and the buffers made from it are freed before
+    libcomposefs writes the image, whose memory then reuses theirs instead of
+    adding to them."""
+    check_versions(min_version, max_version)
+    return _write_root(_build(held.pop()), fd, min_version, max_version)
 
 
 # ---------------------------------------------------------------------------

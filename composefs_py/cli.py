@@ -510,6 +510,8 @@ def _built_from_sources(
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    import functools
+
     from .writer import write_image
 
     min_version, max_version = _versions(args)
@@ -524,8 +526,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     stdout = _image_stdout() if image == "-" else None
     store = None
     if args.objects is not None:  # opened by the first layer: a dumpfile stores nothing
-        import functools
-
         store = functools.cache(
             lambda: _module("objects", "an object store").ObjectStore(
                 args.objects,
@@ -533,16 +533,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 enable_verity=args.enable_verity,
             )
         )
-    if len(sources) == 1 and sources[0] != "-" and os.path.isdir(sources[0]):
-        tree = _scanned(args, sources[0])  # the build flags are the scan's own
-    else:
-        tree = _built_from_sources(args, sources, store)
     options: dict[str, Any] = {
         "backend": args.backend,
         "min_version": min_version,
         "max_version": max_version,
         "progress": True if args.progress else None,
     }
+    write: Callable[..., bytes]
+    if len(sources) == 1 and sources[0] != "-" and os.path.isdir(sources[0]):
+        # the build flags are the scan's own; the Tree is only written
+        write = functools.partial(_write_let_go, [_scanned(args, sources[0])])
+    else:
+        write = functools.partial(write_image, _built_from_sources(args, sources, store))
     # The reading left the interpreter's free lists full of small objects,
     # each holding an allocator arena of the freed temporaries; the writer's
     # memory comes on top of them.  Emptying them first (a full collection
@@ -554,15 +556,55 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if image is None:  # --print-digest-only: the bytes go nowhere
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            digest = write_image(tree, null, **options)
+            digest = write(null, **options)
         finally:
             os.close(null)
     else:
         if stdout is not None:
             sys.stdout.flush()
-        digest = write_image(tree, image if stdout is None else stdout, **options)
+        digest = write(image if stdout is None else stdout, **options)
     print(digest.hex(), file=sys.stdout if stdout is None else sys.stderr)
     return 0
+
+
+def _write_let_go(
+    held: list[Tree],
+    dest: str | int,
+    *,
+    backend: str,
+    min_version: int,
+    max_version: int,
+    progress: bool | None,
+) -> bytes:
+    """``write_image(held[0], dest, ...)`` for a Tree nothing else holds: with the
+    native backend ``held`` lets go of it once libcomposefs has its C tree, so
+    the Tree's memory is free before the image is written (a peak of the
+    image's writer on top of the Tree's otherwise)."""
+    from . import writer
+
+    if writer.resolve_backend(backend) != "native":
+        return writer.write_image(
+            held.pop(), dest, backend=backend, min_version=min_version,
+            max_version=max_version, progress=progress,
+        )  # fmt: skip
+    from . import _native
+    from ._backend import check_versions
+    from ._progress import resolve_progress
+
+    check_versions(min_version, max_version)
+    entries = len(held[0])
+    reporter = resolve_progress(progress, "writing image")
+
+    def write(fd: int) -> bytes:
+        if reporter is not None:
+            reporter.start("writing image", total_files=entries)
+        digest = _native.write_let_go(held, fd, min_version=min_version, max_version=max_version)
+        if reporter is not None:
+            reporter.advance(files=entries)
+            reporter.close()  # before publishing, as write_image does
+        return digest
+
+    return write(dest) if isinstance(dest, int) else writer._publish(dest, write)
 
 
 def _image_stdout() -> int:

@@ -674,8 +674,15 @@ class TreeBuilder:
 
     # -- building ------------------------------------------------------
 
-    def build(self) -> Tree:
-        """Resolve hardlinks, fix link counts, order the entries; return the Tree."""
+    def build(self, *, cache_nodes: bool = True) -> Tree:
+        """Resolve hardlinks, fix link counts, order the entries; return the Tree.
+
+        ``cache_nodes``: the Tree keeps the node objects given to :meth:`add`
+        with its rows, so reading a node makes none; False keeps the rows
+        only (a node is made when read), for a Tree that is written rather
+        than read: a tree of files with fs-verity digests then takes about a
+        third of the memory.
+        """
         if self._bulk is not None:
             if self._nodes:
                 raise RuntimeError("rows were added both by add_columns() and by add()")
@@ -706,7 +713,7 @@ class TreeBuilder:
                 below.sort(reverse=True)
                 stack.extend(below)
                 below.reverse()  # leave ascending for later readers
-        return Tree(_table_of(order, nodes), _BUILDER_KEY)
+        return Tree(_table_of(order, nodes, cache_nodes), _BUILDER_KEY)
 
     def _resolve_hardlinks(self) -> None:
         """Point every hardlink at the inode its chain ends at; count the links.
@@ -962,8 +969,9 @@ def _inode_problem(node: Inode, limits: Limits) -> tuple[str, str] | None:
 _BATCH = 8192
 
 
-def _table_of(order: list[bytes], nodes: Mapping[bytes, Node]) -> Table:
-    """The rows of a per-node build, in Tree order (they keep its node objects)."""
+def _table_of(order: list[bytes], nodes: Mapping[bytes, Node], cache_nodes: bool) -> Table:
+    """The rows of a per-node build, in Tree order (``cache_nodes``: they keep
+    its node objects)."""
     in_order: list[Any] = list(map(nodes.__getitem__, order))
     inodes = in_order
     links: dict[int, int] = {}
@@ -996,7 +1004,10 @@ def _table_of(order: list[bytes], nodes: Mapping[bytes, Node]) -> Table:
         for row, n in enumerate(inodes)
         if n.content is not None or n.fsverity_digest is not None or n.xattrs
     }
-    return Table(order, ints, data, links, extras, array("q", range(len(order))), in_order)
+    return Table(
+        order, ints, data, links, extras, array("q", range(len(order))),
+        in_order if cache_nodes else None,
+    )  # fmt: skip
 
 
 #: What a hardlink's row reads as in :class:`NodeColumns`.

@@ -199,7 +199,7 @@ def scan_directory(
     try:
         with batch:  # published only if the scan and the Tree's checks pass
             scanner.run(root_fd)
-            tree = scanner.builder.build()
+            tree = scanner.builder.build(cache_nodes=False)
     finally:
         os.close(root_fd)
     if reporter is not None:
