@@ -1431,7 +1431,7 @@ def fsverity_of_fd(fd: int) -> bytes:
     (the GIL released while it reads and hashes) when the binding is there,
     else :class:`~composefs_py.fsverity.FsverityHasher`.  Moves the offset."""
     os.lseek(fd, 0, os.SEEK_SET)
-    native = _native_fsverity_fd()
+    native = _native_function("fsverity_digest_fd")
     if native is not None:
         return native(fd)
     return fsverity_digest(fd)
@@ -1440,29 +1440,21 @@ def fsverity_of_fd(fd: int) -> bytes:
 def fsverity_of_bytes(data: bytes) -> bytes:
     """The fs-verity digest of ``data``: libcomposefs' (the GIL released) when
     the binding is there, else :class:`~composefs_py.fsverity.FsverityHasher`."""
-    native = _native_fsverity_bytes()
+    native = _native_function("fsverity_digest_bytes")
     if native is not None:
         return native(data)
     return fsverity_digest(data)
 
 
 @functools.cache
-def _native_fsverity_bytes() -> Callable[[bytes], bytes] | None:
+def _native_function(name: str) -> Callable[..., bytes] | None:
+    """The binding's function ``name`` (``composefs_py._native``), or None
+    where there is no usable extension (then the pure Python digest)."""
     try:
         from . import _native
 
-        return cast("Callable[[bytes], bytes]", _native.fsverity_digest_bytes)
-    except Exception:  # no usable extension: the pure Python digest
-        return None
-
-
-@functools.cache
-def _native_fsverity_fd() -> Callable[[int], bytes] | None:
-    try:
-        from . import _native
-
-        return cast("Callable[[int], bytes]", _native.fsverity_digest_fd)
-    except Exception:  # no usable extension: the pure Python digest
+        return cast("Callable[..., bytes]", getattr(_native, name))
+    except Exception:
         return None
 
 
