@@ -73,7 +73,6 @@ __all__ = [
     "read_image",
     "check_framing",
     "write_records",
-    "write_let_go",
     "write_tree",
 ]
 
@@ -399,17 +398,12 @@ def write_tree(tree: Tree, fd: int, *, min_version: int = 0, max_version: int = 
     they and the image writer's memory never add up.
     """
     check_versions(min_version, max_version)
-    return _write_root(_build(tree), fd, min_version, max_version)
-
-
-def write_let_go(held: list[Tree], fd: int, *, min_version: int = 0, max_version: int = 1) -> bytes:
-    """:func:`write_tree` of the one Tree in ``held``, for a caller that lets go
-    of it: ``held`` is emptied as the C tree is built, so the Tree (the only
-    reference being ``held``'s) and the buffers made from it are freed before
-    libcomposefs writes the image, whose memory then reuses theirs instead of
-    adding to them."""
-    check_versions(min_version, max_version)
-    return _write_root(_build(held.pop()), fd, min_version, max_version)
+    root = _build(tree)
+    # Where the caller handed over its last reference (writer._write_held),
+    # the Tree goes now, before libcomposefs writes the image: the writer's
+    # memory then reuses the Tree's instead of adding to it.
+    del tree
+    return _write_root(root, fd, min_version, max_version)
 
 
 # ---------------------------------------------------------------------------

@@ -512,7 +512,7 @@ def _built_from_sources(
 def _cmd_build(args: argparse.Namespace) -> int:
     import functools
 
-    from .writer import write_image
+    from .writer import _write_held, write_image
 
     min_version, max_version = _versions(args)
     if (args.verity_digests or args.enable_verity) and args.objects is None:
@@ -542,7 +542,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     write: Callable[..., bytes]
     if len(sources) == 1 and sources[0] != "-" and os.path.isdir(sources[0]):
         # the build flags are the scan's own; the Tree is only written
-        write = functools.partial(_write_let_go, [_scanned(args, sources[0])])
+        write = functools.partial(_write_held, [_scanned(args, sources[0])])
     else:
         write = functools.partial(write_image, _built_from_sources(args, sources, store))
     # The reading left the interpreter's free lists full of small objects,
@@ -565,46 +565,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
         digest = write(image if stdout is None else stdout, **options)
     print(digest.hex(), file=sys.stdout if stdout is None else sys.stderr)
     return 0
-
-
-def _write_let_go(
-    held: list[Tree],
-    dest: str | int,
-    *,
-    backend: str,
-    min_version: int,
-    max_version: int,
-    progress: bool | None,
-) -> bytes:
-    """``write_image(held[0], dest, ...)`` for a Tree nothing else holds: with the
-    native backend ``held`` lets go of it once libcomposefs has its C tree, so
-    the Tree's memory is free before the image is written (a peak of the
-    image's writer on top of the Tree's otherwise)."""
-    from . import writer
-
-    if writer.resolve_backend(backend) != "native":
-        return writer.write_image(
-            held.pop(), dest, backend=backend, min_version=min_version,
-            max_version=max_version, progress=progress,
-        )  # fmt: skip
-    from . import _native
-    from ._backend import check_versions
-    from ._progress import resolve_progress
-
-    check_versions(min_version, max_version)
-    entries = len(held[0])
-    reporter = resolve_progress(progress, "writing image")
-
-    def write(fd: int) -> bytes:
-        if reporter is not None:
-            reporter.start("writing image", total_files=entries)
-        digest = _native.write_let_go(held, fd, min_version=min_version, max_version=max_version)
-        if reporter is not None:
-            reporter.advance(files=entries)
-            reporter.close()  # before publishing, as write_image does
-        return digest
-
-    return write(dest) if isinstance(dest, int) else writer._publish(dest, write)
 
 
 def _image_stdout() -> int:

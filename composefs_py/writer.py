@@ -531,16 +531,36 @@ def write_image(
     """
     if not isinstance(tree, Tree):
         raise TypeError(f"tree must be a composefs_py.Tree, got {type(tree).__name__}")
+    return _write_held(
+        [tree], dest, backend=backend, min_version=min_version, max_version=max_version,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _write_held(
+    held: list[Tree],
+    dest: os.PathLike[str] | str | int,
+    *,
+    backend: str = "auto",
+    min_version: int = 0,
+    max_version: int = 1,
+    progress: ProgressArg = False,
+) -> bytes:
+    """:func:`write_image` of the one Tree in ``held``, which is emptied as the
+    Tree goes to the backend: a caller that keeps no other reference (the
+    CLI's directory build) lets the native backend free the Tree once
+    libcomposefs has its C tree, before the image is written."""
     check_versions(min_version, max_version)
     writer = _writer_for(resolve_backend(backend))
     reporter = resolve_progress(progress, "writing image")
+    entries = len(held[0])
 
     def write(fd: int) -> bytes:
         if reporter is None:
-            return writer(tree, fd, min_version=min_version, max_version=max_version)
-        reporter.start("writing image", total_files=len(tree))
-        digest = writer(tree, fd, min_version=min_version, max_version=max_version)
-        reporter.advance(files=len(tree))
+            return writer(held.pop(), fd, min_version=min_version, max_version=max_version)
+        reporter.start("writing image", total_files=entries)
+        digest = writer(held.pop(), fd, min_version=min_version, max_version=max_version)
+        reporter.advance(files=entries)
         reporter.close()  # before publishing: a callback that raises leaves nothing
         return digest
 
