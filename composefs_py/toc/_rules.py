@@ -597,69 +597,20 @@ class Batches:
     # -- chunk chains ---------------------------------------------------------------
 
     def chains(self, dead: list[bool]) -> None:
-        """Each chunk continues the regular file before it, and the chunks cover it: proven
-        over columns (the open chain as a row before the first), else walked row by row."""
-        chain, types, col = self.chain, self.types, self.col
-        csizes = col["chunkSize"]
-        if chain is None and "chunk" not in types and csizes.count(NO_INT) == len(csizes):
-            return  # no chain here: nothing to prove
-        if chain is None:
-            t, p, s, cs = ["-"], [None], [0], [NO_INT]
-        else:
-            t, p, s = ["reg"], [chain[2]], [chain[3]]
-            cs = [NO_INT if chain[4] is None else chain[4]]
-        t, p, s, cs = t + types, p + self.paths, s + col["size"], cs + csizes
-        co = [0, *map(max, col["chunkOffset"], repeat(0))]
-        m = len(t)
-        chunk = list(map("chunk".__eq__, t))
-        head_row = list(map(and_, map("reg".__eq__, t), map(NO_INT.__ne__, cs)))
-        ends = list(map(add, co, cs))
-        head = list(accumulate(map(mul, range(m), map(not_, chunk)), max))
-        chunks = list(compress(range(m), chunk))
-        prevs = list(map(sub, chunks, repeat(1)))
-        heads = list(map(head.__getitem__, chunks))
-        file_sizes = list(map(s.__getitem__, heads))
-        here = list(compress(range(m), map(not_, chunk)))
-        starts = list(compress(here[:-1], map(head_row.__getitem__, here[:-1])))
-        lasts = list(compress(map(sub, here[1:], repeat(1)), map(head_row.__getitem__, here[:-1])))
-        chunk_ends = map(ends.__getitem__, chunks)
-        last_ends = map(ends.__getitem__, lasts)
-        proven = (
-            not any(dead)
-            and all(map(head_row.__getitem__, heads))
-            and NO_INT not in map(cs.__getitem__, prevs)
-            and list(map(p.__getitem__, chunks)) == list(map(p.__getitem__, heads))
-            and list(map(ends.__getitem__, prevs)) == list(map(co.__getitem__, chunks))
-            and all(map(lt, map(co.__getitem__, chunks), file_sizes))
-            and all(map(or_, map(eq, map(cs.__getitem__, chunks), repeat(NO_INT)),
-                        map(le, chunk_ends, file_sizes)))
-            and all(map(or_, map(eq, map(cs.__getitem__, lasts), repeat(NO_INT)),
-                        map(eq, last_ends, map(s.__getitem__, starts))))
-        )  # fmt: skip
-        if not proven:
-            self.walk_chains(dead)
-            return
-        last = here[-1]
-        if not head_row[last]:
-            self.chain = None
-            return
-        covered = None if (cs[m - 1] == NO_INT and m - 1 != last) else ends[m - 1]
-        if last:
-            chain = [self.first + last - 1, self.names[last - 1], p[last], s[last], covered]
-        else:
-            assert chain is not None
-            chain[4] = covered
-        self.chain = chain
-
-    def walk_chains(self, dead: list[bool]) -> None:
+        """Each chunk continues the regular file before it, and the chunks cover it
+        (the open chain carried from the batch before), walked row by row."""
         col, paths = self.col, self.paths
         sizes, csizes, coffs = col["size"], col["chunkSize"], col["chunkOffset"]
+        if self.chain is None and "chunk" not in self.types and csizes.count(NO_INT) == len(csizes):
+            return  # no chain here
+        first = self.first
         for row, typ in enumerate(self.types):
-            index = self.first + row
             if typ != "chunk":
-                ended = self.close_chain(index)  # a problem there ends this entry, as a walk would
-                if typ == "reg" and ended and not dead[row] and csizes[row] != NO_INT:
-                    self.chain = [index, self.names[row], paths[row], sizes[row], csizes[row]]
+                # (a problem in the chain it ends ends this entry, as a walk would)
+                if self.chain is not None and not self.close_chain(first + row):
+                    continue
+                if typ == "reg" and csizes[row] != NO_INT and not dead[row]:
+                    self.chain = [first + row, self.names[row], paths[row], sizes[row], csizes[row]]
                 continue
             chain = self.chain
             if paths[row] is None:
