@@ -15,7 +15,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import accumulate, compress, repeat
-from operator import add, and_, eq, is_, is_not, itemgetter, le, lt, mul, ne, not_, or_, sub
+from operator import and_, is_, is_not, itemgetter, lt, ne, not_, or_
 from typing import Any
 
 from msgspec import UNSET
@@ -38,14 +38,11 @@ OPAQUE_XATTR = (b"trusted.overlay.opaque", b"y")
 WH, WH_META, WH_OPAQUE = b".wh.", b".wh..wh.", b".wh..wh..opq"
 LANDMARKS = frozenset((b"/.no.prefetch.landmark", b"/.prefetch.landmark"))
 STARGZ_INDEX = b"/stargz.index.json"
-# the paths rare_row looks at: whiteouts, landmarks, the eStargz index (in \0-joined paths)
-_RARE_NAME = re.compile(
-    b"/"
-    + re.escape(WH)
-    + rb"|(?:(?<=\0)|\A)(?:"
-    + b"|".join(map(re.escape, sorted((*LANDMARKS, STARGZ_INDEX))))
-    + rb")(?=\0|\Z)"
-)
+# the paths rare_row looks at: whiteouts (".wh." after a "/"), and the eStargz landmarks
+# and index, found in the \0-joined paths by literal searches (a regex with a
+# lookbehind branch has no literal to skip ahead by, and crawls)
+_WHITEOUT_PART = re.compile(re.escape(b"/" + WH))
+_RARE_PATHS = tuple(b"\0" + path + b"\0" for path in sorted((*LANDMARKS, STARGZ_INDEX)))
 _XATTR_PREFIXES = ("user.", "trusted.", "security.")
 _XATTR_EXACT = frozenset(("system.posix_acl_access", "system.posix_acl_default"))
 
@@ -299,6 +296,20 @@ def column_keys(col: dict[str, list[Any]]) -> int:
     for field, values in col.items():
         keys += n - values.count(MARK[field])
     return keys
+
+
+def _rare_name_starts(joined: bytes) -> Iterator[int]:
+    """Offsets in the \0-joined paths ``joined`` inside a path that rare_row looks at."""
+    for match in _WHITEOUT_PART.finditer(joined):
+        yield match.start()
+    if joined.find(b"landmark") < 0 and joined.find(STARGZ_INDEX) < 0:
+        return
+    framed = b"\0" + joined + b"\0"  # an offset in it is the next byte's in joined
+    for needle in _RARE_PATHS:
+        at = framed.find(needle)
+        while at >= 0:
+            yield at
+            at = framed.find(needle, at + 1)
 
 
 class Batches:
@@ -689,8 +700,8 @@ class Batches:
             or (joined.find(STARGZ_INDEX) >= 0 or self.opaque)
         ):
             starts = list(accumulate([len(path or b"") + 1 for path in paths], initial=0))
-            for match in _RARE_NAME.finditer(joined):
-                rare[bisect_right(starts, match.start()) - 1] = None
+            for at in _rare_name_starts(joined):
+                rare[bisect_right(starts, at) - 1] = None
             if self.opaque:
                 rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))
         columns: tuple[list[Any], ...] = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
