@@ -700,8 +700,8 @@ class Batches:
             or (joined.find(STARGZ_INDEX) >= 0 or self.opaque)
         ):
             starts = list(accumulate([len(path or b"") + 1 for path in paths], initial=0))
-            for at in _rare_name_starts(joined):
-                rare[bisect_right(starts, at) - 1] = None
+            for offset in _rare_name_starts(joined):
+                rare[bisect_right(starts, offset) - 1] = None
             if self.opaque:
                 rare.update(dict.fromkeys(compress(range(n), map(self.opaque.__contains__, paths))))
         columns: tuple[list[Any], ...] = (paths, modes, uids, gids, seconds, nsecs, sizes, data)
