@@ -82,19 +82,9 @@ _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _RFC3339: list[re.Pattern[str]] = []
 
 
-def is_digest(value: object) -> bool:
-    """``sha256:`` followed by 64 lowercase hex digits."""
-    return (
-        value.__class__ is str
-        and len(value) == 71
-        and value.startswith("sha256:")
-        and not value[7:].strip("0123456789abcdef")
-    )
-
-
 def all_digests(texts: list[Any]) -> bool:
-    """Each of ``texts`` but UNSET is a digest (each one's length too: two wrong
-    lengths could join into two right shapes)."""
+    """Each of ``texts`` but UNSET is ``sha256:`` and 64 lowercase hex digits (each
+    one's length too: two wrong lengths could join into two right shapes)."""
     given = list(compress(texts, map(is_not, texts, repeat(UNSET))))
     if not given:
         return True
@@ -105,6 +95,11 @@ def all_digests(texts: list[Any]) -> bool:
         and joined.isascii()
         and joined.encode().translate(_HEX_AS_0) == _DIGEST_SHAPE * len(given)
     )
+
+
+def is_digest(value: object) -> bool:
+    """One value by :func:`all_digests`."""
+    return value.__class__ is str and all_digests([value])
 
 
 def parse_time(text: str, go: bool = False) -> tuple[int, int] | None:
