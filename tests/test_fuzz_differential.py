@@ -98,6 +98,14 @@ def test_every_row_has_an_example_and_a_line_in_campaigns() -> None:
             assert f"| `{row.label}` |" in text, f"fuzz/CAMPAIGNS.md has no row for {row.label}"
 
 
+def test_the_readme_compat_paragraph_names_every_toc_difference() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("**compat.**")
+    paragraph = readme[start : readme.index("\n\n", start)]
+    missing = [row.label for row in TOC_DIFFERENCES if f"`{row.label}`" not in paragraph]
+    assert not missing, f"README's compat paragraph does not name {missing}"
+
+
 class _TakesAnything(peers.TocPeer):
     """A peer that accepts every TOC as an empty layer."""
 
