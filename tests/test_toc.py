@@ -1456,6 +1456,38 @@ def test_duplicate_keys_are_refused_however_they_hide(text: str) -> None:
     assert "duplicate key" in str(rejected(text.encode()))
 
 
+def _many_dirs(n: int, odd: dict[int, str], tail: str = "") -> bytes:
+    """A TOC of ``n`` directories; ``odd[i]`` is put first in entry i's object."""
+    entries = [f'{{{odd.get(i, "")}"type":"dir","name":"d{i}"}}' for i in range(n)]
+    return f'{{"version":1,"entries":[{",".join(entries)}]{tail}}}'.encode()
+
+
+@pytest.mark.parametrize("compat", [None, "containers-storage"])
+def test_a_duplicate_key_is_found_in_any_batch_of_entries(compat: str | None) -> None:
+    # entries are checked 8192 at a time: a duplicate after an unknown key in another
+    # batch, in the last batch, and at the top level are each refused
+    n = 20_000
+    for odd, tail in (
+        ({5: '"x":1,', 9000: '"type":"dir",'}, ""),
+        ({19_999: '"name":"z",'}, ""),
+        ({5: '"x":1,'}, ',"version":1'),
+    ):
+        error = rejected(_many_dirs(n, odd, tail), compat=compat)
+        assert "duplicate key" in str(error), (odd, tail, str(error))
+    # only unknown keys (in two batches and at the top level): accepted
+    tree = parse_toc(_many_dirs(n, {3: '"x":{"a":1},', 17_000: '"y":[],'}, ',"z":0'), compat=compat)
+    assert len(tree) == n + 1
+
+
+def test_compat_finds_a_key_podman_reads_otherwise_in_any_batch() -> None:
+    error = rejected(_many_dirs(20_000, {17_000: '"Mode":1,'}), compat="containers-storage")
+    assert error.entry == 17_000 and 'key "Mode" must be spelled "mode"' in str(error), str(error)
+    error = rejected(_many_dirs(20_000, {}, ',"Version":1'), compat="containers-storage")
+    assert error.entry is None and 'key "Version"' in str(error), str(error)
+    error = rejected(_many_dirs(20_000, {12_000: '"":1,'}), compat="containers-storage")
+    assert error.entry == 12_000 and "an empty key" in str(error), str(error)
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -1691,7 +1723,10 @@ def _cpu(data: bytes) -> float:
     return best
 
 
-@pytest.mark.parametrize("field,value", [("uid", -1), ("modtime", "x"), ("userName", "root")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("uid", -1), ("modtime", "x"), ("userName", "root"), ("comment", "x"), ("type", "dup")],
+)
 def test_one_odd_field_in_the_last_entry_costs_no_more_than_a_valid_toc(
     field: str, value: object
 ) -> None:
@@ -1699,6 +1734,9 @@ def test_one_odd_field_in_the_last_entry_costs_no_more_than_a_valid_toc(
     document = json.loads(raw)
     document["entries"][-1][field] = value
     odd = json.dumps(document, separators=(",", ":")).encode()
+    if value == "dup":  # the last entry's type given twice
+        at = raw.rfind(b'{"type"') + 1
+        odd = raw[:at] + b'"type":"reg",' + raw[at:]
     valid, changed = _cpu(raw), _cpu(odd)
     assert changed < 1.5 * valid + 0.02, f"{field}: valid {valid:.3f} s, changed {changed:.3f} s"
 

@@ -173,20 +173,24 @@ class _Parse:
         reporter = self.reporter
         if reporter is not None:
             reporter.start("validating TOC", total_files=len(pieces))
+        spans: list[tuple[int, int]] = []  # each batch's first entry and the keys taken from it
+        checking = True
         for first in range(0, len(pieces), _BATCH):
-            taken += self.batch(batches, pieces[first : first + _BATCH], first)
-            if reporter is not None:
-                reporter.advance(files=min(_BATCH, len(pieces) - first))
-            if batches.problems and not self.collect:
-                # the keys of the entries left unchecked, for the JSON level's verdict
-                taken += self.keys_of(pieces[first + _BATCH :])
-                break
-        else:
+            if checking:
+                spans.append((first, self.batch(batches, pieces[first : first + _BATCH], first)))
+                if reporter is not None:
+                    reporter.advance(files=min(_BATCH, len(pieces) - first))
+                # once a problem is found, the keys of the entries left, for the JSON level
+                checking = self.collect or not batches.problems
+            else:
+                spans.append((first, self.keys_of(pieces[first : first + _BATCH])))
+        if checking:
             batches.close_chain(len(pieces))
-        if (self.compat or not self.checked) and (not raw_pieces or key_count(raw) != taken):
-            self.strict()  # a duplicate key, or only unknown ones: the json module says which
-            if self.compat:
-                podman_keys(self.value)
+        if self.compat or not self.checked:
+            total = key_count(raw) if raw_pieces else None
+            if total is None or total != taken + sum(keys for _, keys in spans):
+                # a duplicate key, or only unknown ones: the json module says which
+                self.odd_keys(spans if raw_pieces else [], total, taken)
         found = sorted(batches.problems.items())
         if found:
             # a walk adds each entry as it goes: a tree rule an earlier entry breaks
@@ -200,6 +204,33 @@ class _Parse:
         if problems:
             raise _combined(problems if self.collect else problems[:1])
         return self.tree(batches, opaque)
+
+    def odd_keys(self, spans: list[tuple[int, int]], total: int | None, top: int) -> None:
+        """Refuse a duplicate key (compat: a key podman reads otherwise).  The json module
+        reads the batches of ``spans`` whose keys the schema did not all take, or the
+        whole document when the keys it did not take are not all in entries."""
+        objects: list[tuple[int | None, Any]] = []
+        for first, keys in spans:
+            text = b"[" + b",".join(self.pieces[first : first + _BATCH]) + b"]"
+            counted = key_count(text)
+            if counted is None or total is None or keys < 0:
+                break
+            total -= counted
+            if counted != keys:
+                objects += enumerate(strict_json(text), first)
+        else:
+            if total == top:
+                if self.compat:
+                    podman_keys(objects)
+                return
+        if not self.checked:
+            self.strict()
+        if self.compat:
+            document = self.value
+            entries = document.get("entries") if isinstance(document, dict) else None
+            if entries.__class__ is list:
+                objects = list(enumerate(entries))
+            podman_keys([(None, document), *objects])
 
     def keys_of(self, pieces: list[Any]) -> int:
         """The keys the schema takes from ``pieces`` (a huge negative number: it refuses one)."""
@@ -518,16 +549,13 @@ _PODMAN_KEYS = {
 }
 
 
-def podman_keys(document: object) -> None:
+def podman_keys(objects: list[tuple[int | None, Any]]) -> None:
     """Refuse the keys containers/storage reads otherwise: an empty key (it stops reading
-    the object there) and a known key in another case (it matches keys case-insensitively)."""
-    if not isinstance(document, dict):
-        return
-    objects: list[tuple[int | None, Any]] = [(None, document)]
-    entries = document.get("entries")
-    if entries.__class__ is list:
-        objects += [(i, e) for i, e in enumerate(entries) if e.__class__ is dict]
+    the object there) and a known key in another case (it matches keys case-insensitively).
+    ``objects``: (entry index, or None for the top level, JSON value)."""
     for index, value in objects:
+        if value.__class__ is not dict:
+            continue
         for key in value:
             known = _PODMAN_KEYS.get(key.lower())
             if key == "" or (known is not None and known != key):
