@@ -40,7 +40,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from operator import gt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import check_versions
 from ._columns import INT_FIELDS, Extra, Table
@@ -48,6 +48,9 @@ from ._erofs import check_image
 from .errors import LibraryError, ValidationError
 from .limits import Limits
 from .model import Hardlink, Inode, Tree, TreeBuilder
+
+if TYPE_CHECKING:
+    import mmap
 
 try:
     from ._lcfs import ffi, lib
@@ -564,20 +567,28 @@ def fsverity_digest_fd(fd: int) -> bytes:
 
 
 def digest_files(
-    fds: Sequence[int], sizes: Sequence[int], buffer_size: int, readahead: int
+    fds: Sequence[int], sizes: Sequence[int], buffer: int | bytearray | mmap.mmap, readahead: int
 ) -> tuple[bytes, array[int], array[int]]:
     """fs-verity digests of the open regular files ``fds`` (``cfspy_digest_files``,
     one call for all, the GIL released): the digests joined (32 bytes each),
     per file (bytes read, ``st_size``, ``st_mtime`` ns after the read) joined,
-    and the errno of each (0: read).  Every fd is closed."""
+    and the errno of each (0: read).  Every fd is closed.  ``buffer``: the
+    read buffer, writable (used by this call alone), or its size in bytes
+    (then allocated for this call)."""
     n = len(fds)
     digests = bytearray(32 * n)
     stats = array("q", bytes(24 * n))
     errors = array("i", bytes(4 * n))
+    if isinstance(buffer, int):
+        cbuffer, buffer_size = ffi.NULL, buffer
+    else:
+        cbuffer = ffi.from_buffer("uint8_t[]", buffer, require_writable=True)
+        buffer_size = len(cbuffer)
     rc = lib.cfspy_digest_files(
         n,
         ffi.new("int[]", fds),
         ffi.new("int64_t[]", sizes),
+        cbuffer,
         buffer_size,
         readahead,
         ffi.from_buffer("uint8_t[]", digests),

@@ -107,12 +107,14 @@ import contextlib
 import errno
 import functools
 import hashlib
+import mmap
 import os
 import stat
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 from ._buildflags import BuildFlags
@@ -145,7 +147,7 @@ _DEVICES = frozenset((stat.S_IFCHR, stat.S_IFBLK))
 #: What the listing tells of an entry (its ``d_type``; no ``stat`` call):
 #: a directory, a regular file, or anything else (looked at by ``lstat``).
 _LISTED_DIR, _LISTED_FILE, _LISTED_OTHER = 0, 1, 2
-#: The workers' read buffer (the native path: one per task, in C).
+#: The workers' read buffer (the native path: one per worker, see _Scanner._buffers).
 _READ_BUFFER = 1 << 20
 
 
@@ -233,6 +235,7 @@ class _Scanner:
         "_batch",
         "_batch_bytes",
         "_batch_files",
+        "_buffers",
         "_in_flight",
         "_limits_entries",
         "_links",
@@ -277,6 +280,11 @@ class _Scanner:
         self._limits = limits
         self._limits_entries = limits.max_entries
         self._pool: ThreadPoolExecutor | None = None
+        # The native path's read buffers, one per worker, mapped here: a buffer
+        # a worker allocated stays in its thread's malloc arena once freed,
+        # memory the image writer cannot reuse.  Pages are touched as files
+        # need them, and unmapped at the end.
+        self._buffers: SimpleQueue[mmap.mmap] | None = None
 
     # -- the walk --------------------------------------------------------
 
@@ -299,8 +307,16 @@ class _Scanner:
                     os.close(frame.fd)
             self._cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            self._unmap()
             raise
         pool.shutdown(wait=True)
+        self._unmap()
+
+    def _unmap(self) -> None:
+        """Unmap the read buffers (the workers are done)."""
+        buffers, self._buffers = self._buffers, None
+        while buffers is not None and not buffers.empty():
+            buffers.get().close()
 
     def _walk(self, stack: list[_Frame]) -> None:
         while stack:
@@ -586,7 +602,11 @@ class _Scanner:
         future: Future[list[Inode] | _Digests]
         try:
             if digest_files is not None:
-                future = self._pool.submit(_digest_files, digest_files, batch)
+                if self._buffers is None:
+                    self._buffers = SimpleQueue()
+                    for _ in range(self._threads):
+                        self._buffers.put(mmap.mmap(-1, _READ_BUFFER))
+                future = self._pool.submit(_digest_files, digest_files, batch, self._buffers)
             else:
                 future = self._pool.submit(_read_files, batch, self._objects)
         except BaseException:
@@ -679,7 +699,7 @@ def _close_all(batch: list[_File]) -> None:
 #: What :func:`_native.digest_files` gives for a batch: the digests joined,
 #: (bytes read, size, mtime ns) per file, and each file's errno.
 _Digests = tuple[bytes, "array[int]", "array[int]"]
-_DigestFiles = Callable[[Sequence[int], Sequence[int], int, int], _Digests]
+_DigestFiles = Callable[[Sequence[int], Sequence[int], mmap.mmap, int], _Digests]
 
 
 @functools.cache
@@ -694,12 +714,19 @@ def _native_digest_files() -> _DigestFiles | None:
         return None
 
 
-def _digest_files(digest_files: _DigestFiles, batch: list[_File]) -> list[Inode] | _Digests:
+def _digest_files(
+    digest_files: _DigestFiles, batch: list[_File], buffers: SimpleQueue[mmap.mmap]
+) -> list[Inode] | _Digests:
     """A worker's task without a store: every file of ``batch`` read and hashed
-    by one native call, which closes every fd."""
+    by one native call, which closes every fd, through a buffer of ``buffers``
+    (one for each worker: one is free whenever a task runs)."""
     fds = [file[0] for file in batch]
     sizes = [file[1].st_size for file in batch]
-    return digest_files(fds, sizes, _READ_BUFFER, _BATCH_BYTES)
+    buffer = buffers.get()
+    try:
+        return digest_files(fds, sizes, buffer, _BATCH_BYTES)
+    finally:
+        buffers.put(buffer)
 
 
 def _check_unchanged(path: bytes, st: os.stat_result, size: int, mtime_ns: int) -> None:

@@ -349,11 +349,13 @@ def _temp_path(dest: str) -> tuple[str, int]:
     """Create and open ``dest``'s temporary sibling (O_EXCL, 0644 less umask)."""
     folder, name = os.path.split(dest)
     stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM])
-    import secrets  # here: its hmac/random imports cost more than a build's rest of set-up
-
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
-        temp = os.path.join(folder, f".{stem}.{secrets.token_hex(8)}.tmp")
+        # os.urandom, as secrets.token_hex: importing secrets (random, hmac,
+        # base64) once the Tree is built would spread its objects over the
+        # build's freed memory, which then stays the process's (about 2 MiB
+        # at 20k files), and cost more than the rest of the set-up.
+        temp = os.path.join(folder, f".{stem}.{os.urandom(8).hex()}.tmp")
         try:
             return temp, os.open(temp, flags, 0o644)
         except FileExistsError:

@@ -189,10 +189,11 @@ static ssize_t cfspy_reader_cb(void *file, void *dst, size_t count)
 	return (ssize_t)take;
 }
 
-int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, size_t buffer_size,
-		       int64_t readahead, uint8_t *digests, int64_t *stats, int *errors)
+int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, uint8_t *buffer,
+		       size_t buffer_size, int64_t readahead, uint8_t *digests, int64_t *stats,
+		       int *errors)
 {
-	uint8_t *buf = buffer_size > 0 ? malloc(buffer_size) : NULL;
+	uint8_t *buf = buffer != NULL ? buffer : buffer_size > 0 ? malloc(buffer_size) : NULL;
 	size_t i;
 
 	if (buf == NULL) {
@@ -243,7 +244,8 @@ int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, size_t bu
 next:
 		close(fd);
 	}
-	free(buf);
+	if (buf != buffer)
+		free(buf);
 	return 0;
 }
 

@@ -33,10 +33,13 @@ int cfspy_write_to_fd(struct lcfs_node_s *root, int fd, uint32_t min_version,
  * st_mtime (in ns) after the read to stats[3 * i + 1] and stats[3 * i + 2];
  * errors[i] is 0, or the errno of the read or fstat that failed.  A file
  * whose read does not give sizes[i] bytes gets no digest (the caller sees
- * the count).  Every fd is closed, whatever happens.  Returns 0, or -1 with
- * errno ENOMEM when there is no buffer (every fd closed, none read). */
-int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, size_t buffer_size,
-		       int64_t readahead, uint8_t *digests, int64_t *stats, int *errors);
+ * the count).  Every fd is closed, whatever happens.  buffer: the caller's
+ * (buffer_size bytes, one call at a time), or NULL for one allocated for
+ * this call.  Returns 0, or -1 with errno ENOMEM when there is no buffer
+ * (every fd closed, none read). */
+int cfspy_digest_files(size_t n, const int *fds, const int64_t *sizes, uint8_t *buffer,
+		       size_t buffer_size, int64_t readahead, uint8_t *digests, int64_t *stats,
+		       int *errors);
 
 /* struct timespec kept out of the cdef: mtime as seconds + nanoseconds. */
 void cfspy_node_set_mtime(struct lcfs_node_s *node, int64_t sec, uint32_t nsec);
