@@ -674,6 +674,58 @@ def test_without_a_store_files_are_digested_a_batch_per_native_call(
             assert tree.inode(f"/f{i:03d}").fsverity_digest == fsverity_of_fd(f.fileno())
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["scanned", "failed"])
+def test_the_workers_read_through_buffers_the_scan_maps_and_unmaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """Without a store, each worker reads through a buffer the walking thread
+    mapped (one per worker), not one C allocates per task: freed in a
+    worker's malloc arena, that memory stayed the process's, where the image
+    writer could not reuse it.  Every buffer is unmapped when the scan ends,
+    whether it read every file or failed."""
+    import mmap
+
+    import composefs_py.scan as scan_module
+
+    native = scan_module._native_digest_files()
+    if native is None:
+        pytest.skip("the compiled extension is not available")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(100):
+        (root / f"f{i:03d}").write_bytes(bytes([i]) * (INLINE_MAX + 1 + 50 * i))
+    mapped: list[mmap.mmap] = []
+    given: list[object] = []
+    real_mmap = mmap.mmap
+
+    def mapping(fileno: int, length: int) -> mmap.mmap:
+        buffer = real_mmap(fileno, length)
+        mapped.append(buffer)
+        return buffer
+
+    def recording(fds: list[int], sizes: list[int], buffer: object, readahead: int) -> object:
+        given.append(buffer)
+        if fails and len(given) == 2:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(5, "Input/output error")
+        return native(fds, sizes, buffer, readahead)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mmap, "mmap", mapping)
+    monkeypatch.setattr(scan_module, "_native_digest_files", lambda: recording)
+    if fails:
+        with pytest.raises(OSError):
+            scan_directory(root, threads=3)
+    else:
+        tree = scan_directory(root, threads=3)
+        monkeypatch.undo()
+        with open(root / "f099", "rb") as f:
+            assert tree.inode("/f099").fsverity_digest == fsverity_of_fd(f.fileno())
+    assert len(mapped) == 3, "one buffer per worker"
+    assert given and all(any(b is m for m in mapped) for b in given)
+    assert all(buffer.closed for buffer in mapped)
+
+
 # -- reflinks on a real file system -------------------------------------------------
 
 _SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
