@@ -81,7 +81,7 @@ __all__ = [
 
 #: Must equal what ``cfspy_build_stamp()`` in csrc/shim.c returns; bump both
 #: when the C side of the binding changes incompatibly.
-BUILD_STAMP = "composefs-py-ffi-6"
+BUILD_STAMP = "composefs-py-ffi-7"
 
 _built_stamp = ffi.string(lib.cfspy_build_stamp()).decode("ascii")
 if _built_stamp != BUILD_STAMP:  # pragma: no cover - a stale build

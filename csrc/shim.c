@@ -14,7 +14,7 @@
 
 #include "shim.h"
 
-#define CFSPY_BUILD_STAMP "composefs-py-ffi-6"
+#define CFSPY_BUILD_STAMP "composefs-py-ffi-7"
 #ifndef CFSPY_LCFS_VERSION
 #define CFSPY_LCFS_VERSION "unknown"
 #endif

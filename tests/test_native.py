@@ -333,7 +333,7 @@ def test_mount_flags_mirror_the_c_enum() -> None:
 
 
 def test_build_stamp_and_library_version() -> None:
-    assert _native.BUILD_STAMP == "composefs-py-ffi-6"
+    assert _native.BUILD_STAMP == "composefs-py-ffi-7"
     major, minor, *_ = (int(p) for p in _native.LIBCOMPOSEFS_VERSION.split("."))
     assert (major, minor) >= (1, 0)
     assert _native.DIGEST_SIZE == 32
