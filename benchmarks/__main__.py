@@ -35,6 +35,7 @@ import functools
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -101,13 +102,20 @@ def _median(values: list[float]) -> float:
 
 
 def _alternate(
-    repeat: int, sides: dict[str, Callable[[], tuple[float, int]]]
+    repeat: int, sides: dict[str, Callable[[], tuple[float, int]]], *, cpu: bool = False
 ) -> dict[str, dict[str, float]]:
+    """Run the sides in turn ``repeat`` times: the median wall time and the
+    largest peak RSS of each; ``cpu``: also the median user+system CPU time of
+    each run's processes (on a loaded machine the wall times follow the load,
+    the CPU times much less)."""
     times: dict[str, list[float]] = {name: [] for name in sides}
     rss: dict[str, list[int]] = {name: [] for name in sides}
+    cpus: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeat):
         for name, run in sides.items():
+            before = _children_cpu()
             seconds, kib = run()
+            cpus[name].append(_children_cpu() - before)
             times[name].append(seconds)
             rss[name].append(kib)
     return {
@@ -115,9 +123,16 @@ def _alternate(
             "seconds": _median(times[name]),
             "rss_mib": max(rss[name]) / 1024,
             "runs": len(times[name]),
+            **({"cpu_s": _median(cpus[name])} if cpu else {}),
         }
         for name in sides
     }
+
+
+def _children_cpu() -> float:
+    """User+system CPU seconds of this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 #: The shared small zstd:chunked TOC (a real layer's, with chunk rows).
@@ -491,10 +506,11 @@ def bench_directory(
 
             return run
 
-        result = _alternate(repeat, {"ours": side("ours"), "mkcomposefs": side("theirs")})
+        result = _alternate(repeat, {"ours": side("ours"), "mkcomposefs": side("theirs")}, cpu=True)
         rows[mode] = {
             **result,
             "ratio": result["ours"]["seconds"] / result["mkcomposefs"]["seconds"],
+            "cpu_ratio": result["ours"]["cpu_s"] / result["mkcomposefs"]["cpu_s"],
             "rss_ratio": result["ours"]["rss_mib"] / result["mkcomposefs"]["rss_mib"],
             "same_bytes": images["ours"].read_bytes() == images["theirs"].read_bytes(),
         }
@@ -566,8 +582,8 @@ def _table(results: dict[str, Any]) -> str:
             "warm cache, then cold: caches dropped before each run)"
         )
         lines.append(
-            f"{'mode':<18} {'ours s':>7} {'mkcfs s':>8} {'ratio':>6} {'MiB':>6} {'mkcfs':>6} "
-            f"{'rss x':>6} same"
+            f"{'mode':<18} {'ours s':>7} {'mkcfs s':>8} {'ratio':>6} {'cpu x':>6} {'MiB':>6} "
+            f"{'mkcfs':>6} {'rss x':>6} same"
         )
         for mode, _store, _cold in DIR_MODES:
             row = r.get(mode)
@@ -579,8 +595,8 @@ def _table(results: dict[str, Any]) -> str:
             ours, theirs = row["ours"], row["mkcomposefs"]
             lines.append(
                 f"{mode:<18} {ours['seconds']:>7.3f} {theirs['seconds']:>8.3f} "
-                f"{row['ratio']:>6.2f} {ours['rss_mib']:>6.1f} {theirs['rss_mib']:>6.1f} "
-                f"{row['rss_ratio']:>6.2f} {row['same_bytes']!s:>4}"
+                f"{row['ratio']:>6.2f} {row['cpu_ratio']:>6.2f} {ours['rss_mib']:>6.1f} "
+                f"{theirs['rss_mib']:>6.1f} {row['rss_ratio']:>6.2f} {row['same_bytes']!s:>4}"
             )
     if results.get("layer"):
         lines.append("")
