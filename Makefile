@@ -45,9 +45,12 @@ fuzz: fuzz-deps
 
 # The differential targets' peers: podman's TOC parser and dump as a long-lived
 # process for toc_diff (fuzz/peers/build-serve.sh, from the Go tree that
-# ../shared/peers/containers-storage/setup.sh unpacks into .deps/cstorage);
-# dumpfile_diff needs only mkcomposefs.  `make fuzz FUZZ_TARGET=toc_diff`.
+# ../shared/peers/containers-storage/setup.sh unpacks into .deps/cstorage), and
+# mkcomposefs's unmodified main as a fork server for both differential targets
+# (fuzz/peers/build-mkcomposefs-serve.sh, from .deps/src against .deps/prefix);
+# dumpfile_diff needs only the latter.  `make fuzz FUZZ_TARGET=toc_diff`.
 fuzz-peers: deps
+	fuzz/peers/build-mkcomposefs-serve.sh
 	@[ -d .deps/cstorage/gopath ] || ../shared/peers/containers-storage/setup.sh .deps/cstorage
 	fuzz/peers/build-serve.sh
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from composefs_py.errors import ValidationError
 from composefs_py.model import Tree
 from composefs_py.strategies import Pairs, render_json
 from composefs_py.toc import parse_toc
-from fuzz.peers import TocPeer, mkcomposefs_image
+from fuzz.peers import PeerResult, TocPeer, mkcomposefs_image
 
 __all__ = [
     "DUMPFILE_DIFFERENCES",
@@ -573,8 +574,13 @@ def _dump_diff(theirs: bytes, tree: Tree) -> str:
     return "\n".join(list(lines)[:60])
 
 
-def compare_dumpfile(data: bytes) -> Verdict:
-    """``mkcomposefs --from-file`` against ``parse_dumpfile`` + the native writer."""
+def compare_dumpfile(data: bytes, peer: Callable[[bytes], PeerResult] | None = None) -> Verdict:
+    """``mkcomposefs --from-file`` against ``parse_dumpfile`` + the native writer.
+
+    ``peer`` runs mkcomposefs (default :func:`~fuzz.peers.mkcomposefs_image`:
+    the fork server when built, else a process per input).
+    """
+    ask = peer or mkcomposefs_image
     try:
         tree = parse_dumpfile(data)
     except ValidationError as error:
@@ -584,13 +590,13 @@ def compare_dumpfile(data: bytes) -> Verdict:
         )  # fmt: skip
         if not refused.finding:
             # A listed refusal: whether mkcomposefs takes the text changes nothing
-            # then (not asked, a process less per refused input).
+            # then (not asked, a round trip less per refused input).
             return refused
-        theirs = mkcomposefs_image(data)
+        theirs = ask(data)
         if theirs.crashed:
             return Verdict("finding", None, f"mkcomposefs crashed: {theirs.error}")
         return Verdict("both refuse") if not theirs.ok else refused
-    theirs = mkcomposefs_image(data)
+    theirs = ask(data)
     if theirs.crashed:
         return Verdict("finding", None, f"mkcomposefs crashed: {theirs.error}")
     if not theirs.ok:

@@ -12,13 +12,20 @@
 * an unexplained one-sided acceptance is a finding (a stand-in peer that
   takes anything);
 * the long-lived TOC peer (fuzz/peers/build-serve.sh) answers as the
-  one-shot one does, where both are built.
+  one-shot one does, where both are built;
+* mkcomposefs's fork server (fuzz/peers/build-mkcomposefs-serve.sh, built
+  here into a scratch folder) answers as a mkcomposefs process does and
+  gives the same verdicts: refusals, accepted inputs with equal images, a
+  child killed by a signal, a child that hangs (the last two made by the
+  server's test-only options, since no known input crashes mkcomposefs).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -206,3 +213,146 @@ def test_xattr_base64_padding_only_after_a_partial_quantum(
     else:
         with pytest.raises(ValidationError, match="base64"):
             parse_toc(toc, compat=compat)
+
+
+# mkcomposefs's fork server.  Test-only inputs: valid dumpfiles (a root
+# alone, told apart by its mtime) that the server's --test-crash and
+# --test-hang options turn into a child killed by SIGSEGV and a child that
+# never ends; every other input runs mkcomposefs's main as usual.
+_CRASHES = b"/ 0 40755 1 0 0 0 11.0 - - -\n"
+_HANGS = b"/ 0 40755 1 0 0 0 12.0 - - -\n"
+_BUILD = REPO / "fuzz" / "peers" / "build-mkcomposefs-serve.sh"
+
+
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory: pytest.TempPathFactory, mkcomposefs: Path) -> Path:
+    out = tmp_path_factory.mktemp("peers")
+    done = subprocess.run([str(_BUILD), "", "", str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"the fork server does not build here: {done.stderr.strip()[-500:]}")
+    return out / "mkcomposefs-serve"
+
+
+@pytest.fixture
+def served(fork_server: Path) -> Iterator[peers.MkcomposefsPeer]:
+    tests = ["--test-crash", _CRASHES.decode(), "--test-hang", _HANGS.decode()]
+    peer = peers.MkcomposefsPeer(fork_server, timeout=1, serve_args=tests)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture(scope="module")
+def one_shot(mkcomposefs: Path) -> peers.MkcomposefsPeer:
+    return peers.MkcomposefsPeer(None, mkcomposefs)
+
+
+def _differential_cases() -> list[bytes]:
+    corpus = [p.read_bytes() for p in sorted((REPO / "fuzz/corpus/dumpfile_diff").iterdir())]
+    crashes = [p.read_bytes() for p in sorted((REPO / "fuzz/crashes/dumpfile_diff").iterdir())]
+    odd = [b"", b"bad line\n", b"/ 0 40755 2 0 0 0 0.0 - - -\n" * 2, b"\xff" * 70000]
+    return [*DUMPFILE_EXAMPLES.values(), *corpus, *crashes, *odd]
+
+
+def test_the_fork_server_answers_as_mkcomposefs(
+    served: peers.MkcomposefsPeer, one_shot: peers.MkcomposefsPeer
+) -> None:
+    cases = _differential_cases()
+    answers = [served(data) for data in cases]
+    assert answers == [one_shot(data) for data in cases]
+    # refusals with mkcomposefs's own words, and images
+    assert any(not a.ok and a.error.startswith("mkcomposefs: ") for a in answers)
+    assert any(a.ok and a.output for a in answers)
+    assert not any(a.crashed for a in answers)
+
+
+def test_the_fork_server_gives_the_same_verdicts(
+    served: peers.MkcomposefsPeer, one_shot: peers.MkcomposefsPeer
+) -> None:
+    verdicts = []
+    for data in _differential_cases():
+        verdict = compare_dumpfile(data, served)
+        assert verdict == compare_dumpfile(data, one_shot), data[:200]
+        verdicts.append(verdict.outcome)
+    assert {"both accept", "both refuse", "explained"} <= set(verdicts)
+
+
+@pytest.fixture(scope="module")
+def plain_server(fork_server: Path) -> Iterator[peers.MkcomposefsPeer]:
+    peer = peers.MkcomposefsPeer(fork_server)
+    yield peer
+    peer.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=_dumpfile_cases())
+def test_the_fork_server_answers_as_mkcomposefs_on_generated_dumpfiles(
+    data: bytes, plain_server: peers.MkcomposefsPeer, one_shot: peers.MkcomposefsPeer
+) -> None:
+    assert plain_server(data) == one_shot(data), data[:2000]
+
+
+def test_a_child_killed_by_a_signal_is_a_crash(served: peers.MkcomposefsPeer) -> None:
+    crashed = served(_CRASHES)
+    # the words a mkcomposefs process killed by the same signal gets
+    assert crashed == peers._run(["sh", "-c", "kill -SEGV $$"], b"")
+    assert crashed.crashed and crashed.error.startswith("killed by SIGSEGV")
+    verdict = compare_dumpfile(_CRASHES, served)
+    assert verdict.finding and "mkcomposefs crashed: killed by SIGSEGV" in verdict.detail
+    # the server itself lives on
+    assert served(DUMPFILE_EXAMPLES["final_newline"]).ok
+
+
+def test_a_child_that_hangs_times_out(
+    served: peers.MkcomposefsPeer, one_shot: peers.MkcomposefsPeer
+) -> None:
+    hung = served(_HANGS)
+    assert hung == peers._run(["sleep", "30"], b"", timeout=1)
+    assert hung == peers.PeerResult(False, error="timeout after 1 s", crashed=True)
+    verdict = compare_dumpfile(_HANGS, served)
+    assert verdict.finding and "mkcomposefs crashed: timeout" in verdict.detail
+    assert served(_HANGS[:-1]) == one_shot(_HANGS[:-1])
+
+
+def test_the_fork_server_is_only_the_default_where_it_stands_for_the_tool(
+    monkeypatch: pytest.MonkeyPatch, fork_server: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(peers, "MKCOMPOSEFS_SERVE", fork_server)
+    monkeypatch.delenv("COMPOSEFS_PY_MKCOMPOSEFS_SERVE", raising=False)
+    monkeypatch.delenv("COMPOSEFS_PREFIX", raising=False)
+    bundled = peers.find_mkcomposefs() == peers._BUNDLED_MKCOMPOSEFS
+    assert peers.MkcomposefsPeer.default_server() == (fork_server if bundled else None)
+    # another mkcomposefs (COMPOSEFS_PREFIX): the server is not built like it
+    other = tmp_path / "other"
+    (other / "bin").mkdir(parents=True)
+    (other / "bin" / "mkcomposefs").symlink_to(peers._BUNDLED_MKCOMPOSEFS)
+    monkeypatch.setenv("COMPOSEFS_PREFIX", str(other))
+    assert peers.MkcomposefsPeer.default_server() is None
+    assert peers.MkcomposefsPeer().serve is None
+    # turned off
+    monkeypatch.delenv("COMPOSEFS_PREFIX")
+    monkeypatch.setenv("COMPOSEFS_PY_MKCOMPOSEFS_SERVE", "")
+    assert peers.MkcomposefsPeer.default_server() is None
+
+
+@pytest.mark.parametrize("bad", ["source", "prefix", "version"])
+def test_the_fork_server_build_says_why_it_cannot_build(bad: str, tmp_path: Path) -> None:
+    src, prefix = REPO / ".deps/src/composefs", REPO / ".deps/prefix"
+    if not (src / "tools/mkcomposefs.c").is_file() or not (prefix / ".version").is_file():
+        pytest.skip("no libcomposefs built by scripts/bootstrap.sh")
+    if bad == "source":
+        src = tmp_path / "nowhere"
+    elif bad == "prefix":
+        prefix = tmp_path / "nowhere"
+    else:
+        # a prefix of another version, for the same source
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "libcomposefs.so").touch()
+        (tmp_path / ".version").write_text("0.9\n")
+        prefix = tmp_path
+    done = subprocess.run(
+        [str(_BUILD), str(src), str(prefix), str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert {"source": "no composefs source", "prefix": "no libcomposefs prefix",
+            "version": "holds libcomposefs 0.9, the source is"}[bad] in done.stderr  # fmt: skip
+    assert not (tmp_path / "out" / "mkcomposefs-serve").exists()
