@@ -72,13 +72,24 @@ class Difference:
     why: str
     #: Searched in our ValidationError's path, when given (e.g. a NUL in it).
     path: str = ""
+    #: Only where the refused line is a dumpfile's hardlink line ('@' mode).
+    hardlink: bool = False
 
-    def matches(self, refuser: str, field: str | None, text: str, path: str | None = None) -> bool:
+    def matches(
+        self,
+        refuser: str,
+        field: str | None,
+        text: str,
+        path: str | None = None,
+        hardlink: bool = False,
+    ) -> bool:
         if refuser != self.refuser:
             return False
         if refuser in ("compat", "ours") and field not in self.fields:
             return False
         if self.path and re.search(self.path, path or "") is None:
+            return False
+        if self.hardlink and not hardlink:
             return False
         return re.search(self.reason, text) is not None
 
@@ -245,6 +256,26 @@ _OPTIONAL = _fields("payload", "content", "digest")
 #: ``CFS_PARSE_STRICT``) takes, and the reverse.  First match wins.
 DUMPFILE_DIFFERENCES: tuple[Difference, ...] = (
     Difference(
+        "hardlink_fields", "ours",
+        _fields("size", "nlink", "uid", "gid", "rdev", "mtime", *_OPTIONAL - {"payload"},
+                "xattrs"),
+        r"", STRICTER,
+        "a malformed SIZE, NLINK, UID, GID, RDEV, MTIME, CONTENT, DIGEST or xattr on a hardlink "
+        "line: mkcomposefs reads only PATH, MODE and PAYLOAD there (composefs-dump(5): the "
+        "other fields are ignored); parse_dumpfile checks every field of every line",
+        hardlink=True,
+    ),
+    Difference(
+        "hardlink_target", "ours", _fields("payload"),
+        r"hardlink target must be an absolute path|"
+        r"hardlink target ['\"].*(//|/['\"] does not exist$)",
+        STRICTER,
+        "a hardlink target that is not a clean absolute path ('d/f', '/d//f', '/d/'): "
+        "mkcomposefs skips every '/' run when it looks the target up, parse_dumpfile looks up "
+        "the path as written; '/d/' names the directory /d there, a directory hard link "
+        "(hardlink_dir)",
+    ),
+    Difference(
         "path_nul", "ours", _fields("path"), r"clean absolute path", THEIR_BUG,
         "a path with an escaped NUL (\\x00): mkcomposefs unescapes it into a C string and "
         "cuts the name there, so '/a\\x00b' becomes '/a'", path=r"\x00",
@@ -278,10 +309,9 @@ DUMPFILE_DIFFERENCES: tuple[Difference, ...] = (
     ),
     Difference(
         "xattr_field", "ours", _fields("xattrs"), r"expected NAME=VALUE", STRICTER,
-        "a field after DIGEST that is not NAME=VALUE where mkcomposefs does not read it: on a "
-        "hardlink line (it reads nothing after PAYLOAD there) or the empty one after a "
-        "trailing space (it stops at the line's end); elsewhere it refuses it too ('Missing = "
-        "in xattr')",
+        "a field after DIGEST that is not NAME=VALUE where mkcomposefs does not read it: the "
+        "empty one after a trailing space (it stops at the line's end; on a hardlink line it "
+        "reads none, see hardlink_fields); elsewhere it refuses it too ('Missing = in xattr')",
     ),
     Difference(
         "overlay_xattr", "ours", _fields("xattrs"), r"is overlayfs metadata", STRICTER,
@@ -413,6 +443,11 @@ def _deep_path() -> bytes:
     return b"".join([*lines, path + b"/f 0 100644 1 0 0 0 0.0 - - -\n"])
 
 
+def _lines(*lines: bytes) -> bytes:
+    """A dumpfile of the root and ``lines``."""
+    return _ROOT + b"".join(line + b"\n" for line in lines)
+
+
 def _file(fields: bytes, name: bytes = b"/f") -> bytes:
     return _ROOT + name + b" " + fields + b"\n"
 
@@ -438,6 +473,14 @@ DUMPFILE_EXAMPLES: dict[str, bytes] = {
     "field_count": _file(b"0 100644 1 0 0 0 0.0 - -"),
     "hardlink_dir": _ROOT + b"/d 0 40755 2 0 0 0 0.0 - - -\n/h 0 @100644 1 0 0 0 0.0 /d - -\n",
     "final_newline": _ROOT + b"/f 0 100644 1 0 0 0 0.0 - - -",
+    "hardlink_fields": _lines(
+        b"/f 0 100644 1 0 0 0 0.0 - - -", b"/h 0 @100644 1 0 0 0 0.0 /f - \\f"
+    ),
+    "hardlink_target": _lines(
+        b"/d 0 40755 2 0 0 0 0.0 - - -",
+        b"/d/f 0 100644 1 0 0 0 0.0 - - -",
+        b"/h 0 @100644 1 0 0 0 0.0 d//f - -",
+    ),
     "line_cap": _file(b"0 100644 1 0 0 0 0.0 - - - user.a=" + b"\\xff" * 16400),
 }
 
@@ -464,9 +507,10 @@ def _explain(
     text: str,
     detail: str,
     path: str | None = None,
+    hardlink: bool = False,
 ) -> Verdict:
     for row in table:
-        if row.matches(refuser, field, text, path):
+        if row.matches(refuser, field, text, path, hardlink):
             return Verdict("explained", row, detail)
     return Verdict("finding", None, f"unexplained one-sided acceptance: {detail}")
 
@@ -574,6 +618,15 @@ def _dump_diff(theirs: bytes, tree: Tree) -> str:
     return "\n".join(list(lines)[:60])
 
 
+def _hardlink_line(data: bytes, entry: int | None) -> bool:
+    """Whether line ``entry`` (from 1) of the dumpfile is a hardlink line: MODE starts with '@'."""
+    if entry is None:
+        return False
+    lines = data.split(b"\n", entry)
+    fields = lines[entry - 1].split(b" ", 3) if len(lines) >= entry else []
+    return len(fields) > 2 and fields[2].startswith(b"@")
+
+
 def compare_dumpfile(data: bytes, peer: Callable[[bytes], PeerResult] | None = None) -> Verdict:
     """``mkcomposefs --from-file`` against ``parse_dumpfile`` + the native writer.
 
@@ -587,6 +640,7 @@ def compare_dumpfile(data: bytes, peer: Callable[[bytes], PeerResult] | None = N
         refused = _explain(
             DUMPFILE_DIFFERENCES, "ours", error.field, error.reason,
             f"parse_dumpfile refuses ({error}), mkcomposefs takes it", error.path,
+            _hardlink_line(data, error.entry),
         )  # fmt: skip
         if not refused.finding:
             # A listed refusal: whether mkcomposefs takes the text changes nothing

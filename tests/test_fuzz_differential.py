@@ -356,3 +356,23 @@ def test_the_fork_server_build_says_why_it_cannot_build(bad: str, tmp_path: Path
     assert {"source": "no composefs source", "prefix": "no libcomposefs prefix",
             "version": "holds libcomposefs 0.9, the source is"}[bad] in done.stderr  # fmt: skip
     assert not (tmp_path / "out" / "mkcomposefs-serve").exists()
+
+
+# Found by dumpfile_diff: mkcomposefs reads only PATH, MODE and PAYLOAD on a
+# hardlink line, and looks a hardlink target up skipping every run of '/'
+# ('/d/' is the directory /d, '//' the root).  The rows that explain these
+# explain nothing else: the same field on another line, or a clean target
+# that names nothing, mkcomposefs refuses too.
+def test_the_hardlink_rows_explain_only_hardlink_lines_and_unclean_targets(
+    mkcomposefs: Path,
+) -> None:
+    fields = DUMPFILE_EXAMPLES["hardlink_fields"]
+    regular = fields.replace(b"@100644 1 0 0 0 0.0 /f", b"100644 1 0 0 0 0.0 -")
+    assert regular != fields and compare_dumpfile(regular).outcome == "both refuse"
+    missing = DUMPFILE_EXAMPLES["hardlink_target"].replace(b"d//f - -", b"/d/g - -")
+    assert compare_dumpfile(missing).outcome == "both refuse"
+    for target in (b"/d/", b"//", b"/d//f", b"d/f"):
+        text = DUMPFILE_EXAMPLES["hardlink_target"].replace(b"d//f - -", target + b" - -")
+        verdict = compare_dumpfile(text)
+        assert verdict.difference is not None, (target, verdict)
+        assert verdict.difference.label == "hardlink_target"
