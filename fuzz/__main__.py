@@ -367,7 +367,8 @@ def _build_mkcomposefs_server() -> None:
 
     Without it (no libcomposefs source or prefix of the same version, no
     compiler, a failed build: the script says which) every dumpfile starts a
-    mkcomposefs process, about ten times slower.
+    mkcomposefs process: dumpfile_diff ran 100-175 executions a second so,
+    about 420 with the server.
     """
     from fuzz import peers
 
