@@ -105,6 +105,17 @@ def test_every_row_has_an_example_and_a_line_in_campaigns() -> None:
             assert f"| `{row.label}` |" in text, f"fuzz/CAMPAIGNS.md has no row for {row.label}"
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "fuzz" / "crashes" / "dumpfile_diff").glob("row-*")),
+    ids=lambda path: path.name,
+)
+def test_an_input_that_found_a_row_replays_as_that_row(path: Path, mkcomposefs: Path) -> None:
+    verdict = compare_dumpfile(path.read_bytes())
+    assert verdict.outcome == "explained", verdict
+    assert verdict.difference is not None and verdict.difference.label == path.stem[4:], verdict
+
+
 def test_the_readme_compat_paragraph_names_every_toc_difference() -> None:
     readme = (REPO / "README.md").read_text()
     start = readme.index("**compat.**")

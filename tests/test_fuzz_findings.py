@@ -78,7 +78,8 @@ def test_every_libcomposefs_reproducer_has_a_report() -> None:
         str(p.relative_to(REPO))
         for folder in ("reader", "writer", "dumpfile_diff")
         for p in (CRASHES / folder).iterdir()
-        if p.is_file()
+        # row-LABEL: the input that found a row of fuzz/differential.py's tables
+        if p.is_file() and not p.name.startswith("row-")
     }
     assert files == covered
     index = (FINDINGS / "README.md").read_text()
