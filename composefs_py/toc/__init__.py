@@ -59,7 +59,7 @@ from ._rules import (
     WH_OPAQUE,
     Batches,
     clean_name,
-    column_keys,
+    column_quotes,
     columns_of,
     field_rank,
     xattr_problem,
@@ -71,11 +71,11 @@ from ._schema import (
     document_problems,
     entry_decoder,
     field_problem,
-    key_count,
     name_decoder,
     read_input,
     show,
     strict_json,
+    string_quotes,
 )
 
 __all__ = ["COMPAT_MODES", "TocSource", "parse_toc"]
@@ -169,26 +169,28 @@ class _Parse:
         self.pieces = pieces
         opaque = self.opaque_dirs() if self.whiteouts else set()
         batches = Batches(self.limits, self.compat, opaque, self.collect)
-        taken = 3 - (version is UNSET) - (split is UNSET)
+        # the top level's strings: its keys, and the values that are strings
+        taken = 2 * (3 - (version is UNSET) - (split is UNSET))
+        taken += 2 * ((version.__class__ is str) + (split.__class__ is str))
         reporter = self.reporter
         if reporter is not None:
             reporter.start("validating TOC", total_files=len(pieces))
-        spans: list[tuple[int, int]] = []  # each batch's first entry and the keys taken from it
+        spans: list[tuple[int, int]] = []  # each batch's first entry, the quotes taken from it
         checking = True
         for first in range(0, len(pieces), _BATCH):
             if checking:
                 spans.append((first, self.batch(batches, pieces[first : first + _BATCH], first)))
                 if reporter is not None:
                     reporter.advance(files=min(_BATCH, len(pieces) - first))
-                # once a problem is found, the keys of the entries left, for the JSON level
+                # once a problem is found, the strings of the entries left, for the JSON level
                 checking = self.collect or not batches.problems
             else:
-                spans.append((first, self.keys_of(pieces[first : first + _BATCH])))
+                spans.append((first, self.quotes_of(pieces[first : first + _BATCH])))
         if checking:
             batches.close_chain(len(pieces))
         if self.compat or not self.checked:
-            total = key_count(raw) if raw_pieces else None
-            if total is None or total != taken + sum(keys for _, keys in spans):
+            total = string_quotes(raw) if raw_pieces else None
+            if total is None or total != taken + sum(quotes for _, quotes in spans):
                 # a duplicate key, or only unknown ones: the json module says which
                 self.odd_keys(spans if raw_pieces else [], total, taken)
         found = sorted(batches.problems.items())
@@ -207,16 +209,16 @@ class _Parse:
 
     def odd_keys(self, spans: list[tuple[int, int]], total: int | None, top: int) -> None:
         """Refuse a duplicate key (compat: a key podman reads otherwise).  The json module
-        reads the batches of ``spans`` whose keys the schema did not all take, or the
-        whole document when the keys it did not take are not all in entries."""
+        reads the batches of ``spans`` whose strings the schema did not all take, or the
+        whole document when the strings it did not take are not all in entries."""
         objects: list[tuple[int | None, Any]] = []
-        for first, keys in spans:
-            text = b"[" + b",".join(self.pieces[first : first + _BATCH]) + b"]"
-            counted = key_count(text)
-            if counted is None or total is None or keys < 0:
+        for first, quotes in spans:
+            if total is None or quotes < 0:
                 break
+            text = b"[" + b",".join(self.pieces[first : first + _BATCH]) + b"]"
+            counted = string_quotes(text)
             total -= counted
-            if counted != keys:
+            if counted != quotes:
                 objects += enumerate(strict_json(text), first)
         else:
             if total == top:
@@ -232,12 +234,13 @@ class _Parse:
                 objects = list(enumerate(entries))
             podman_keys([(None, document), *objects])
 
-    def keys_of(self, pieces: list[Any]) -> int:
-        """The keys the schema takes from ``pieces`` (a huge negative number: it refuses one)."""
+    def quotes_of(self, pieces: list[Any]) -> int:
+        """The quotes of the strings the schema takes from ``pieces`` (a huge negative
+        number: it refuses one)."""
         try:
             batches = range(0, len(pieces), _BATCH)
             return sum(
-                column_keys(columns_of(self.decode(pieces[i : i + _BATCH]))) for i in batches
+                column_quotes(columns_of(self.decode(pieces[i : i + _BATCH]))) for i in batches
             )
         except (msgspec.DecodeError, UnicodeEncodeError):
             return -(1 << 62)
@@ -277,15 +280,16 @@ class _Parse:
             self.checked = True
 
     def batch(self, batches: Batches, pieces: list[Any], first: int) -> int:
-        """Decode ``pieces`` by the schema and check them; return the keys they held."""
-        keys = 0
+        """Decode ``pieces`` by the schema and check them; return the quotes of the strings
+        they held."""
+        quotes = 0
         while pieces:
             try:
                 entries = self.decode(pieces)
             except (msgspec.ValidationError, UnicodeEncodeError) as err:
                 bad = self.refused_at(err, pieces)
                 if bad:
-                    keys += self.batch(batches, pieces[:bad], first)
+                    quotes += self.batch(batches, pieces[:bad], first)
                 piece = pieces[bad]
                 raw = piece.__class__ is msgspec.Raw
                 self.refused_entry(
@@ -294,16 +298,16 @@ class _Parse:
                 # (the schema may refuse an entry the rules take: an unknown key with a
                 # lone surrogate escape; then the entries after it are checked as well)
                 if not self.collect and first + bad in batches.problems:
-                    # its keys (the json module took it: no duplicate) and those after it
-                    counted = key_count(bytes(piece)) if raw else None
-                    rest = self.keys_of(pieces[bad + 1 :])
-                    return keys + rest + (-(1 << 62) if counted is None else counted)
+                    # its strings (the json module took it: no duplicate) and those after it
+                    counted = string_quotes(bytes(piece)) if raw else None
+                    rest = self.quotes_of(pieces[bad + 1 :])
+                    return quotes + rest + (-(1 << 62) if counted is None else counted)
                 pieces, first = pieces[bad + 1 :], first + bad + 1
                 continue
             except msgspec.DecodeError as err:  # pragma: no cover - the document decoded
                 raise ValidationError(f"not valid JSON: {err}") from None
-            return keys + batches.batch(entries, first)
-        return keys
+            return quotes + batches.batch(entries, first)
+        return quotes
 
     def refused_at(self, err: Exception, pieces: list[Any]) -> int:
         """The index of the piece of ``pieces`` the schema refused with ``err``."""

@@ -284,13 +284,24 @@ def _columns_function() -> Any:
 columns_of = _columns_function()
 
 
-def column_keys(col: dict[str, list[Any]]) -> int:
-    """The JSON keys the schema took from the entries of ``col`` (absent fields hold the mark)."""
+#: The fields whose value the schema takes only as a JSON string.
+_STRING_FIELDS = frozenset(field for field, rule in FIELDS.items() if rule.kind in ("str", "oneof"))
+
+
+def column_quotes(col: dict[str, list[Any]]) -> int:
+    """The quotes of the JSON strings the schema took from the entries of ``col``: two
+    for each key, each string value and each xattr's name and value (absent fields
+    hold the mark; ``any`` fields count where they hold a string)."""
     n = len(col["type"])
-    keys = sum(len(value) for value in col["xattrs"] if value is not UNSET)
+    strings = 2 * sum(len(value) for value in col["xattrs"] if value is not UNSET)
     for field, values in col.items():
-        keys += n - values.count(MARK[field])
-    return keys
+        given = n - values.count(MARK[field])
+        if field in _STRING_FIELDS:
+            given *= 2
+        elif given and FIELDS[field].kind == "any":
+            given += sum(value.__class__ is str for value in values)
+        strings += given
+    return 2 * strings
 
 
 def _rare_name_starts(joined: bytes) -> Iterator[int]:
@@ -360,12 +371,13 @@ class Batches:
     # -- one batch ---------------------------------------------------------------
 
     def batch(self, entries: list[Any], first: int) -> int:
-        """Check ``entries`` (from entry ``first`` on) and add their rows; return their keys."""
+        """Check ``entries`` (from entry ``first`` on) and add their rows; return the
+        quotes of the strings the schema took from them (:func:`column_quotes`)."""
         n = len(entries)
         self.col = col = columns_of(entries)
         del entries
         self.first, self.types, self.names = first, col["type"], col["name"]
-        keys = column_keys(col)
+        quotes = column_quotes(col)
         types, bad = self.types, self.bad
         self.paths = self.clean_paths()
         is_chunk = list(map("chunk".__eq__, types))
@@ -424,7 +436,7 @@ class Batches:
         self.chains(dead)
         modes = list(map(node_modes.__getitem__, zip(types, modes, strict=True)))
         self.add_rows(modes, mtimes, links, pairs, rdevs, is_chunk, dead)
-        return keys
+        return quotes
 
     def clean_paths(self) -> list[bytes | None]:
         """The clean paths of the names (None: refused); the odd names (``.`` or empty

@@ -8,7 +8,6 @@ field decodes to ``-1`` (integers: every range excludes it) or ``UNSET``.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -241,21 +240,13 @@ def strict_json(raw: bytes | str) -> Any:
         raise ValidationError(f"not valid JSON: {err}") from None
 
 
-_KEY_BEFORE_SPACE = re.compile(rb'"[ \t\n\r]+:')
-
-
-def key_count(raw: bytes) -> int | None:
-    """The number of object keys in the valid JSON document ``raw`` (None: unsure): with
-    escaped backslashes gone, every ``":`` but an escaped ``\\":`` ends a key."""
-    escaped = 0
+def string_quotes(raw: bytes) -> int:
+    """The quotes that open and close the strings (keys among them) of the valid JSON
+    ``raw``: with escaped backslashes gone, every ``"`` but an escaped ``\\"``."""
+    quotes = raw.count(b'"')
     if raw.find(b"\\") >= 0:
-        raw = raw.replace(b"\\\\", b"")
-        escaped = raw.count(b'\\":')
-    if any(raw.find(space) >= 0 for space in (b" ", b"\t", b"\n", b"\r")) and (
-        _KEY_BEFORE_SPACE.search(raw) is not None
-    ):
-        return None
-    return raw.count(b'":') - escaped
+        quotes -= raw.replace(b"\\\\", b"").count(b'\\"')
+    return quotes
 
 
 def document_problems(version: object, split: object, entries: object) -> list[ValidationError]:
