@@ -1450,6 +1450,9 @@ def test_streamed_parse_accepts_what_the_whole_document_accepts() -> None:
         '{"version":1,"entries":[{"type":"dir","name":"a\\":","name":"b"}]}',
         # a duplicate next to an unknown key
         '{"version":1,"entries":[{"type":"dir","name":"a","x":1,"mode":1,"mode":1}]}',
+        # a duplicate beside strings that end in an escaped backslash or hold escaped quotes
+        '{"version":1,"entries":[{"type":"dir","name":"a\\\\","mode":1,"mode":1},'
+        '{"type":"dir","name":"b\\\\"},{"type":"dir","name":"c\\""}]}',
     ],
 )
 def test_duplicate_keys_are_refused_however_they_hide(text: str) -> None:
