@@ -64,7 +64,9 @@ MAX_LEN = {
     "dumpfile_diff": 16384,
 }
 #: libFuzzer's -timeout per target (seconds); default 20.  A cost execution
-#: runs three measuring children, each with its own timeout (fuzz/cost).
+#: runs three measuring children, each with a timeout and an address space
+#: set from the size of its input (fuzz/cost/fast.py, budget), and for a
+#: sample of executions a timed series at full scale (up to 90 s a child).
 TIMEOUT = {"cost": 900}
 #: Targets whose crashes are kept as they are: a cost input is a few bytes
 #: that choose a family, and each run of it takes seconds.
@@ -570,6 +572,15 @@ def cmd_seed(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_mode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cost-mode",
+        choices=("counted", "timed"),
+        help="how the cost target measures: counted (default: deterministic counters at small "
+        "n, CPU time for a sample) or timed (CPU time at full scale in fresh interpreters)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -590,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fork", action="store_true", help="plain libFuzzer processes: stop at the first crash"
     )
     run.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+    _cost_mode_option(run)
     for name, text in (
         ("merge", "merge folders of inputs into a target's corpus (libFuzzer -merge=1)"),
         ("minimize", "minimize a target's corpus (-merge=1 into a fresh folder, then swap)"),
@@ -604,8 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="run files through their target")
     replay.add_argument("files", nargs="+")
     replay.add_argument("--target")
+    _cost_mode_option(replay)
     sub.add_parser("seed", help="rewrite fuzz/corpus from fuzz/seeds.py")
     args = parser.parse_args(argv)
+    if getattr(args, "cost_mode", None):
+        # read by fuzz.targets, in this process (replay) or in the harness (run)
+        os.environ["CFSPY_COST_MODE"] = args.cost_mode
     if args.command in ("merge", "minimize"):
         from fuzz.targets import TARGETS
 

@@ -53,6 +53,7 @@ replay a file with ``python -m fuzz replay FILE``.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -238,24 +239,56 @@ COST_SCALES = (1, 1, 2)
 
 
 def cost_case(data: bytes) -> tuple[str, dict[str, Any], int]:
-    """The family name, shape parameters and scale ``data`` picks (the ``cost`` target)."""
+    """The family name, shape parameters and multiple of the family's scale ``data`` picks."""
     from fuzz.cost.families import FAMILIES
 
     choices = _Choices(data)
     family = choices.pick(list(FAMILIES.values()))
     params = {key: choices.pick(values) for key, values in family.choices.items()}
-    return family.name, params, family.scale * choices.pick(COST_SCALES)
+    return family.name, params, choices.pick(COST_SCALES)
+
+
+#: How the cost target measures (``CFSPY_COST_MODE``): ``counted`` (the
+#: default: deterministic counters at small n in forked children, and CPU time
+#: at full scale for one execution in :data:`TIMED_SAMPLE`) or ``timed`` (CPU
+#: time, peak RSS and bytes written at full scale in fresh interpreters, for
+#: every execution).
+COST_MODES = ("counted", "timed")
+#: In counted mode, one execution in this many (chosen by a digest of its
+#: bytes, so that a replay does the same) is also measured the timed way.
+TIMED_SAMPLE = 512
+
+
+def cost_mode() -> str:
+    mode = os.environ.get("CFSPY_COST_MODE", "counted")
+    if mode not in COST_MODES:
+        raise ValueError(f"CFSPY_COST_MODE={mode!r}: one of {', '.join(COST_MODES)}")
+    return mode
+
+
+def timed_sample(data: bytes) -> bool:
+    """Whether a counted execution of ``data`` is also measured the timed way."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:4], "big") % TIMED_SAMPLE == 0
 
 
 def fuzz_cost(data: bytes) -> None:
     from fuzz.cost.families import FAMILIES, check
 
-    name, params, scale = cost_case(data)
-    result = check(FAMILIES[name], params, scale)
-    if isinstance(result, str):  # the entry point cannot run here (e.g. mount without root)
-        return
-    if not result.ok:
-        raise AssertionError(f"cost of {name} {params} at n={scale}:\n{result.report()}")
+    name, params, multiple = cost_case(data)
+    family = FAMILIES[name]
+    timed = cost_mode() == "timed"
+    checks = [(False, family.scale * multiple)] if timed else [(True, family.fast_scale * multiple)]
+    if not timed and timed_sample(data):
+        checks.append((False, family.scale * multiple))
+    for counted, scale in checks:
+        result = check(family, params, scale, counted=counted)
+        if isinstance(result, str):  # the entry point cannot run here (e.g. mount without root)
+            return
+        if not result.ok:
+            how = "counted" if counted else "timed"
+            raise AssertionError(
+                f"cost of {name} {params} at n={scale} ({how}):\n{result.report()}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

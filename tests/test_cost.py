@@ -25,8 +25,9 @@ import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
+from composefs_py.errors import ValidationError
 from fuzz.cost import Judgement, root_available
-from fuzz.cost.families import FAMILIES, Family, check
+from fuzz.cost.families import FAMILIES, OPERATIONS, Case, Family, Operation, check
 
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 _LONG = _PROFILE == "long"
@@ -149,3 +150,114 @@ def test_other_hostile_families_cost_linear(name: str) -> None:
         assert_linear(name, params)
 
     prop()
+
+
+# -- the counted mode (fuzz.cost.fast): small n, deterministic counters -------
+#
+# Test-only operations and families, registered for the duration of a test:
+# the counted mode forks its children from this process, so they see them.
+# Each regression family is the shape of a real defect class (a duplicate
+# check that compares every pair, a buffer re-copied per row), not a finding.
+
+
+def _names(data: bytes) -> list[bytes]:
+    return data.split(b"\n")
+
+
+def _op_pairwise_duplicates(data: bytes, *_: Any) -> None:
+    """Quadratic Python work: each name compared with every earlier one."""
+    names = _names(data)
+    for i, name in enumerate(names):
+        for other in names[:i]:
+            if name == other:
+                raise ValidationError(f"duplicate {name!r}")
+
+
+def _op_set_duplicates(data: bytes, *_: Any) -> None:
+    """The linear twin: one set."""
+    seen: set[bytes] = set()
+    for name in _names(data):
+        if name in seen:
+            raise ValidationError(f"duplicate {name!r}")
+        seen.add(name)
+
+
+def _op_prefix_copies(data: bytes, *_: Any) -> None:
+    """Quadratic memory, linear work: every prefix of the input kept (one line each)."""
+    names = _names(data)
+    kept = [b"\n".join(names[:i]) for i in range(len(names))]
+    assert len(kept) == len(names)
+
+
+def _op_crash(data: bytes, *_: Any) -> None:
+    os.abort()
+
+
+def _make_names(n: int, params: dict[str, Any]) -> Case:
+    return Case(b"\n".join(b"entry-%08d" % i for i in range(n)), params["op"])
+
+
+_TEST_OPS = {
+    name: Operation(name, run, ())
+    for name, run in (
+        ("test.pairwise-duplicates", _op_pairwise_duplicates),
+        ("test.set-duplicates", _op_set_duplicates),
+        ("test.prefix-copies", _op_prefix_copies),
+        ("test.crash", _op_crash),
+    )
+}
+_NAMES = Family(
+    "test.names", "distinct names (test only)", {"op": tuple(_TEST_OPS)}, _make_names, 6400
+)
+
+
+@pytest.fixture
+def test_operations(monkeypatch: pytest.MonkeyPatch) -> Family:
+    for name, operation in _TEST_OPS.items():
+        monkeypatch.setitem(OPERATIONS, name, operation)
+    return _NAMES
+
+
+def _counted(family: Family, op: str) -> Judgement:
+    result = check(family, {"op": op}, counted=True)
+    assert isinstance(result, Judgement)
+    return result
+
+
+def test_counted_mode_flags_quadratic_work(test_operations: Family) -> None:
+    result = _counted(test_operations, "test.pairwise-duplicates")
+    assert not result.ok
+    assert any(problem.startswith("super-linear events") for problem in result.problems), (
+        result.report()
+    )
+
+
+def test_counted_mode_flags_quadratic_memory(test_operations: Family) -> None:
+    result = _counted(test_operations, "test.prefix-copies")
+    assert [p for p in result.problems if "python heap" in p], result.report()
+    assert not [p for p in result.problems if "events" in p], result.report()
+
+
+def test_counted_mode_passes_linear_work(test_operations: Family) -> None:
+    result = _counted(test_operations, "test.set-duplicates")
+    assert result.ok, result.report()
+    assert [run.outcome for run in result.runs] == ["ok"] * 3
+
+
+def test_counted_mode_reports_a_crash_as_a_finding(test_operations: Family) -> None:
+    result = _counted(test_operations, "test.crash")
+    assert [run.outcome for run in result.runs] == ["signal"], result.report()
+    assert "SIGABRT" in result.runs[0].detail
+
+
+def test_counted_counters_are_deterministic(test_operations: Family) -> None:
+    first, again = (_counted(test_operations, "test.set-duplicates") for _ in range(2))
+    assert [r.events for r in first.runs] == [r.events for r in again.runs]
+
+
+def test_counted_mode_passes_every_family_default() -> None:
+    for name, family in FAMILIES.items():
+        result = check(family, family.defaults(), counted=True)
+        if isinstance(result, str):
+            continue
+        assert result.ok, f"{name}:\n{result.report()}"

@@ -135,6 +135,10 @@ class Run:
     size: int = 0
     #: Exception, signal or timeout, for a finding; the refusal for ``invalid``.
     detail: str = ""
+    #: Trace and profile events of the operation (:mod:`fuzz.cost.fast` only).
+    events: int = 0
+    #: Peak Python heap growth in bytes (:mod:`fuzz.cost.fast` only).
+    alloc: int = 0
 
     @property
     def finding(self) -> bool:
@@ -145,6 +149,8 @@ class Run:
             f"{self.outcome}: {self.size} B in, cpu {self.cpu:.3f} s, "
             f"peak +{self.memory / (1 << 20):.1f} MiB, wrote {self.written / (1 << 20):.1f} MiB"
         )
+        if self.events:
+            text += f", {self.events} events, heap +{self.alloc / (1 << 20):.2f} MiB"
         return text + (f" ({self.detail})" if self.detail else "")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _status(key: bytes) -> int:
+def status(key: bytes) -> int:
     """A ``kB`` field of ``/proc/self/status``, in bytes."""
     with open("/proc/self/status", "rb") as status:
         for line in status:
@@ -24,7 +24,7 @@ def _status(key: bytes) -> int:
     return 0
 
 
-def _reset_peak() -> int:
+def reset_peak() -> int:
     """Reset the peak resident set to the current one (``clear_refs`` 5); return it.
 
     ``ru_maxrss`` would not do: it keeps the parent's peak across fork and
@@ -35,10 +35,10 @@ def _reset_peak() -> int:
             clear.write(b"5")
     except OSError:  # pragma: no cover - kernels before 4.0
         pass
-    return _status(b"VmRSS:")
+    return status(b"VmRSS:")
 
 
-def _written() -> int:
+def written_bytes() -> int:
     with open("/proc/self/io", "rb") as io:
         for line in io:
             if line.startswith(b"wchar:"):
@@ -46,7 +46,7 @@ def _written() -> int:
     return 0
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -75,9 +75,9 @@ def main(raw: str) -> None:
     for attempt in range(int(spec["repeats"])):
         scratch = scratch_root / str(attempt)
         scratch.mkdir(parents=True)
-        rss = _reset_peak() if attempt == 0 else 0
-        written = _written()
-        cpu = _cpu()
+        rss = reset_peak() if attempt == 0 else 0
+        written = written_bytes()
+        cpu = cpu_seconds()
         try:
             operation.run(data, path, scratch, options)
             outcome, detail = "ok", ""
@@ -87,10 +87,10 @@ def main(raw: str) -> None:
             outcome, detail = "memory", "MemoryError"
         except BaseException as exc:  # any other exception is a finding
             outcome, detail = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
-        used = _cpu() - cpu
-        wrote = _written() - written
+        used = cpu_seconds() - cpu
+        wrote = written_bytes() - written
         if attempt == 0:
-            peak = max(0, _status(b"VmHWM:") - rss)
+            peak = max(0, status(b"VmHWM:") - rss)
         shutil.rmtree(scratch, ignore_errors=True)
         best_cpu = min(best_cpu, used)
         best_written = min(best_written, wrote)

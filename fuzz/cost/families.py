@@ -122,12 +122,13 @@ class Operation:
     #: Needs root and loop devices.
     needs_root: bool = False
 
-    def prepare(self) -> None:
+    def prepare(self, *, setup: bool = True) -> None:
+        """Import the operation's modules; then its :attr:`setup`, unless ``setup`` is false."""
         import importlib
 
         for module in self.modules:
             importlib.import_module(module)
-        if self.setup is not None:
+        if setup and self.setup is not None:
             self.setup()
 
 
@@ -187,6 +188,13 @@ class Family:
     scale: int
     #: Wall-clock timeout of one child, in seconds.
     timeout: float = 60.0
+    #: ``n`` of the smallest input of a counted series (:mod:`fuzz.cost.fast`);
+    #: 0: :attr:`scale` divided by :data:`FAST_DIVISOR`.
+    fast: int = 0
+
+    @property
+    def fast_scale(self) -> int:
+        return self.fast or max(1, self.scale // FAST_DIVISOR)
 
     def defaults(self) -> dict[str, Any]:
         return {key: values[0] for key, values in self.choices.items()}
@@ -195,6 +203,10 @@ class Family:
         """The cases at ``n``, ``2n`` and ``4n`` (``n`` = ``scale`` or :attr:`scale`)."""
         n = scale or self.scale
         return [self.make(n * factor, params) for factor in (1, 2, 4)]
+
+
+#: A counted series is this many times smaller than a timed one, by default.
+FAST_DIVISOR = 64
 
 
 def _toc(entries: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -609,6 +621,8 @@ SPARSE = Family(
     },
     _make_sparse,
     scale=24 << 20,
+    # the declared size, not the input: it stays above max_file_size
+    fast=24 << 20,
 )
 
 
@@ -689,6 +703,7 @@ NESTING = Family(
     },
     _make_nesting,
     scale=500,
+    fast=128,
 )
 
 
@@ -939,15 +954,27 @@ def skip_reason(case: Case) -> str | None:
     return root_available() if OPERATIONS[case.op].needs_root else None
 
 
-def check(family: Family, params: dict[str, Any], scale: int | None = None) -> Judgement | str:
+def check(
+    family: Family, params: dict[str, Any], scale: int | None = None, *, counted: bool = False
+) -> Judgement | str:
     """Measure ``family`` with ``params`` at n, 2n, 4n; a :class:`~fuzz.cost.Judgement`.
 
+    ``counted``: deterministic counters in forked children
+    (:func:`fuzz.cost.fast.measure_counts_series`, ``n`` defaults to
+    :attr:`Family.fast_scale`); otherwise CPU time, peak memory and bytes
+    written in fresh interpreters (:func:`fuzz.cost.measure_series`).
     Returns a string (the reason) instead when the entry point cannot run here.
     """
-    cases = family.series(params, scale)
+    cases = family.series(params, scale or (family.fast_scale if counted else None))
     reason = skip_reason(cases[0])
     if reason is not None:
         return reason
+    if counted:
+        from fuzz.cost.fast import measure_counts_series
+
+        return measure_counts_series(
+            cases[0].op, [case.data for case in cases], options=cases[0].options
+        )
     return measure_series(
         cases[0].op,
         [case.data for case in cases],
