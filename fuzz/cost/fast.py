@@ -81,6 +81,16 @@ TOLERANCE = 1.5
 #: work grows 15 times its first cost from n to 4n, linear work 3 times.
 TOTALS_TOLERANCE = 2.0
 
+#: A super-linear Python heap is a finding only where it also grows by more
+#: than this many bytes per byte of input: the heap's peak is a maximum over
+#: buffers, not a sum, and at a counted series' small scale one fixed buffer
+#: (a read buffer, a resized table) makes its increments uneven.  A path
+#: kept whole per entry is quadratic in a chain's depth but bounded by
+#: ``Limits.max_path_bytes``: reading a 512-deep image keeps ~38 bytes of
+#: heap per image byte.  (The timed mode bounds it at
+#: :data:`fuzz.cost.MAX_AMPLIFICATION`.)
+HEAP_AMPLIFICATION = 64
+
 #: Address space a child may map beyond what it inherits: this much, plus
 #: :data:`fuzz.cost.MAX_AMPLIFICATION` bytes per byte of input.
 MEMORY_BASE = 256 << 20
@@ -258,7 +268,10 @@ def judge_counts(runs: Sequence[Run]) -> Judgement:
     if not problems and len(runs) == 3:
         sizes = [run.size for run in runs]
         problems += _growth("events", [r.events for r in runs], sizes, EVENTS_FLOOR, "")
-        problems += _growth("python heap", [r.alloc for r in runs], sizes, ALLOC_FLOOR, "B")
+        heap = _growth("python heap", [r.alloc for r in runs], sizes, ALLOC_FLOOR, "B")
+        grown = (runs[2].alloc - runs[0].alloc) / max(sizes[2] - sizes[0], 1)
+        if heap and grown > HEAP_AMPLIFICATION:
+            problems += [f"{heap[0]} ({grown:.0f} bytes of heap per byte of input)"]
         problems += _growth("bytes written", [r.written for r in runs], sizes, WRITE_FLOOR, "B")
     return Judgement(tuple(runs), tuple(problems))
 
