@@ -17,6 +17,7 @@ measuring child (:func:`fuzz.cost.measure`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import gzip
 import hashlib
 import json
@@ -958,6 +959,16 @@ def skip_reason(case: Case) -> str | None:
     return root_available() if OPERATIONS[case.op].needs_root else None
 
 
+@functools.lru_cache(maxsize=32)
+def _counted_series(name: str, params: tuple[tuple[str, Any], ...], n: int) -> list[Case]:
+    """A counted series' inputs, kept for the next execution that picks the same case.
+
+    Making an input (an image through the native writer for the deep trees)
+    can cost more than counting it; the inputs are a function of the case.
+    """
+    return FAMILIES[name].series(dict(params), n)
+
+
 def check(
     family: Family, params: dict[str, Any], scale: int | None = None, *, counted: bool = False
 ) -> Judgement | str:
@@ -969,7 +980,10 @@ def check(
     written in fresh interpreters (:func:`fuzz.cost.measure_series`).
     Returns a string (the reason) instead when the entry point cannot run here.
     """
-    cases = family.series(params, scale or (family.fast_scale if counted else None))
+    if counted:
+        cases = _counted_series(family.name, tuple(params.items()), scale or family.fast_scale)
+    else:
+        cases = family.series(params, scale)
     reason = skip_reason(cases[0])
     if reason is not None:
         return reason
