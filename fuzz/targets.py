@@ -41,10 +41,15 @@ undefined-behaviour error in libcomposefs.
     the bytes choose a family of hostile inputs that scale
     (:mod:`fuzz.cost.families`), its shape parameters and a scale; the input
     is made at ``n``, ``2n`` and ``4n`` and each runs through its entry point
-    in a child with ``RLIMIT_AS`` and a timeout (:mod:`fuzz.cost`).  A
-    finding is a crash, hang, ``MemoryError`` or exception other than
-    ``ValidationError`` in a child, or a cost (CPU, peak memory, bytes
-    written) that grows faster than the input.
+    in a child with ``RLIMIT_AS`` and a timeout.  By default (``counted``)
+    ``n`` is small, the children are forked from the fuzzer and count trace
+    events, Python heap and bytes written (:mod:`fuzz.cost.fast`); one
+    execution in :data:`TIMED_SAMPLE` also runs the full-scale series of
+    CPU time, peak RSS and bytes written in fresh interpreters
+    (:mod:`fuzz.cost`), which ``CFSPY_COST_MODE=timed`` runs for every
+    execution.  A finding is a crash, hang, ``MemoryError`` or exception
+    other than ``ValidationError`` in a child, or a cost that grows faster
+    than the input.
 
 Run them with ``python -m fuzz run --target NAME`` (atheris, libFuzzer) or
 replay a file with ``python -m fuzz replay FILE``.

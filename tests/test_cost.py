@@ -1,5 +1,9 @@
 """Cost properties: doubling a hostile input must not much more than double its cost.
 
+The counted mode (:mod:`fuzz.cost.fast`, the cost fuzz target's default)
+is tested at the end: test-only families whose cost is quadratic (in work,
+in memory) are flagged, their linear twin passes, a crash is a finding.
+
 Each property draws a family's shape (:mod:`fuzz.cost.families`), makes the
 input at scale ``n``, ``2n`` and ``4n``, runs it through a public entry point
 in a fresh child with ``RLIMIT_AS`` and a timeout (:func:`fuzz.cost.measure`)

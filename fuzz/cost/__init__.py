@@ -1,5 +1,12 @@
 """Cost measurement of hostile inputs: one operation, one input, one fresh child.
 
+This is the *timed* measurement: CPU time, peak RSS and bytes written at a
+family's full scale, each input in a fresh interpreter.  The *counted* one
+(:mod:`fuzz.cost.fast`) judges deterministic counters at a small scale in
+children forked from the caller, some hundred times cheaper; the timed one
+still sees what counters cannot (work inside one C call, C allocations,
+costs that appear only at scale or in a fresh interpreter).
+
 DESIGN rule 7 says every reader and validator is linear in its input, in time
 and in memory.  The properties built on this module (``tests/test_cost.py``,
 the ``cost`` fuzz target) check it from the outside: a *family* of hostile

@@ -17,7 +17,6 @@ measuring child (:func:`fuzz.cost.measure`).
 from __future__ import annotations
 
 import ctypes
-import functools
 import gzip
 import hashlib
 import json
@@ -26,6 +25,7 @@ import struct
 import tarfile
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -959,14 +959,25 @@ def skip_reason(case: Case) -> str | None:
     return root_available() if OPERATIONS[case.op].needs_root else None
 
 
-@functools.lru_cache(maxsize=32)
-def _counted_series(name: str, params: tuple[tuple[str, Any], ...], n: int) -> list[Case]:
+#: Inputs of the last counted series, by (family name, shape, n).
+_COUNTED_CASES: OrderedDict[tuple[str, tuple[tuple[str, Any], ...], int], list[Case]] = (
+    OrderedDict()
+)
+_COUNTED_KEPT = 32
+
+
+def _counted_series(family: Family, params: dict[str, Any], n: int) -> list[Case]:
     """A counted series' inputs, kept for the next execution that picks the same case.
 
     Making an input (an image through the native writer for the deep trees)
     can cost more than counting it; the inputs are a function of the case.
     """
-    return FAMILIES[name].series(dict(params), n)
+    key = (family.name, tuple(params.items()), n)
+    cases = _COUNTED_CASES.pop(key, None) or family.series(params, n)
+    _COUNTED_CASES[key] = cases
+    while len(_COUNTED_CASES) > _COUNTED_KEPT:
+        _COUNTED_CASES.popitem(last=False)
+    return cases
 
 
 def check(
@@ -981,7 +992,7 @@ def check(
     Returns a string (the reason) instead when the entry point cannot run here.
     """
     if counted:
-        cases = _counted_series(family.name, tuple(params.items()), scale or family.fast_scale)
+        cases = _counted_series(family, params, scale or family.fast_scale)
     else:
         cases = family.series(params, scale)
     reason = skip_reason(cases[0])
