@@ -246,18 +246,34 @@ def measure(
 
 
 def _metric(
-    name: str, costs: Sequence[float], sizes: Sequence[int], floor: float, unit: str
+    name: str,
+    costs: Sequence[float],
+    sizes: Sequence[int],
+    floor: float,
+    unit: str,
+    *,
+    first_increment: float = 0.5,
+    totals_tolerance: float = INCREMENT_TOLERANCE,
+    digits: str = ".3g",
 ) -> list[str]:
+    """Problems of one metric at n, 2n, 4n (ratios of increments, then of totals).
+
+    ``first_increment``: the fraction of ``floor`` the first increment must
+    reach for its ratio to be judged; ``totals_tolerance``: how much faster
+    than the input the total may grow.
+    """
     c1, c2, c4 = costs
     b1, b2, b4 = (max(size, 1) for size in sizes)
     if c4 - c1 < floor:
         return []
-    shown = f"{name} {c1:.3g} / {c2:.3g} / {c4:.3g} {unit} for {b1} / {b2} / {b4} B in"
+    shown = (
+        f"{name} {c1:{digits}} / {c2:{digits}} / {c4:{digits}} {unit} for {b1} / {b2} / {b4} B in"
+    )
     problems = []
     # Increments, where the input itself grows and the first increment is
     # above the noise (a ratio of a noisy denominator means nothing):
     # linear work gives the input's ratio.
-    if b2 - b1 >= 0.25 * b1 and b4 - b2 > 0 and c2 - c1 >= floor / 2:
+    if b2 - b1 >= 0.25 * b1 and b4 - b2 > 0 and c2 - c1 >= floor * first_increment:
         expected = (b4 - b2) / (b2 - b1)
         ratio = (c4 - c2) / (c2 - c1)
         if ratio > INCREMENT_TOLERANCE * expected:
@@ -266,7 +282,7 @@ def _metric(
                 f"(linear ~{expected:.2f}): {shown}"
             )
     # Totals: the cost grows no faster than the input (fixed cost allowed).
-    allowed = c1 * (b4 / b1 - 1) * INCREMENT_TOLERANCE + floor
+    allowed = c1 * (b4 / b1 - 1) * totals_tolerance + floor
     if not problems and c4 - c1 > allowed:
         problems.append(
             f"{name} grows x{c4 / max(c1, floor / 8):.1f} while the input grows "

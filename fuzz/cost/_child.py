@@ -12,7 +12,10 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fuzz.cost.families import Operation
 
 
 def status(key: bytes) -> int:
@@ -51,6 +54,23 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_operation(
+    operation: Operation, data: bytes, path: Path, scratch: Path, options: dict[str, Any]
+) -> tuple[str, str]:
+    """Run ``operation`` once: its outcome (ok, invalid, memory, error) and detail."""
+    from composefs_py.errors import ValidationError
+
+    try:
+        operation.run(data, path, scratch, options)
+    except ValidationError as exc:
+        return "invalid", str(exc)[:300]
+    except MemoryError:
+        return "memory", "MemoryError"
+    except BaseException as exc:  # any other exception is a finding
+        return "error", f"{type(exc).__name__}: {str(exc)[:300]}"
+    return "ok", ""
+
+
 def main(raw: str) -> None:
     spec: dict[str, Any] = json.loads(raw)
     memory = int(spec["memory_limit"])
@@ -60,7 +80,6 @@ def main(raw: str) -> None:
     cpu_limit = int(spec["cpu_limit"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 5))
 
-    from composefs_py.errors import ValidationError
     from fuzz.cost.families import OPERATIONS
 
     operation = OPERATIONS[spec["op"]]
@@ -78,15 +97,7 @@ def main(raw: str) -> None:
         rss = reset_peak() if attempt == 0 else 0
         written = written_bytes()
         cpu = cpu_seconds()
-        try:
-            operation.run(data, path, scratch, options)
-            outcome, detail = "ok", ""
-        except ValidationError as exc:
-            outcome, detail = "invalid", str(exc)[:300]
-        except MemoryError:
-            outcome, detail = "memory", "MemoryError"
-        except BaseException as exc:  # any other exception is a finding
-            outcome, detail = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
+        outcome, detail = run_operation(operation, data, path, scratch, options)
         used = cpu_seconds() - cpu
         wrote = written_bytes() - written
         if attempt == 0:

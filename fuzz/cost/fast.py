@@ -54,12 +54,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fuzz.cost import _SCRATCH, FILE_LIMIT, FINDINGS, MAX_AMPLIFICATION, Judgement, Run
+from fuzz.cost import (
+    _SCRATCH,
+    FILE_LIMIT,
+    FINDINGS,
+    MAX_AMPLIFICATION,
+    Judgement,
+    Run,
+    _metric,
+)
 
 __all__ = [
     "ALLOC_FLOOR",
     "EVENTS_FLOOR",
-    "TOLERANCE",
+    "TOTALS_TOLERANCE",
     "budget",
     "judge_counts",
     "measure_counts",
@@ -72,13 +80,11 @@ __all__ = [
 EVENTS_FLOOR = 5000
 ALLOC_FLOOR = 256 << 10
 WRITE_FLOOR = 256 << 10
-#: A counter's increments may exceed the input's by this factor (as
-#: :data:`fuzz.cost.INCREMENT_TOLERANCE`; counters need no confirmation run).
-TOLERANCE = 1.5
-#: Its total growth may exceed the input's by this factor: wider than the
-#: increments', because at a counted series' small scale the input's fixed
-#: part (headers, a superblock) is a larger share of its size.  Quadratic
-#: work grows 15 times its first cost from n to 4n, linear work 3 times.
+#: A counter's total growth may exceed the input's by this factor, wider
+#: than the increments' (:data:`fuzz.cost.INCREMENT_TOLERANCE`): at a counted
+#: series' small scale the input's fixed part (headers, a superblock) is a
+#: larger share of its size.  Quadratic work grows 15 times its first cost
+#: from n to 4n, linear work 3 times.
 TOTALS_TOLERANCE = 2.0
 
 #: A super-linear Python heap is a finding only where it also grows by more
@@ -186,8 +192,7 @@ def _child(  # pragma: no cover - runs in the forked child
 def _counted(
     op: str, data: bytes, path: Path, scratch: Path, options: dict[str, Any]
 ) -> dict[str, Any]:  # pragma: no cover - runs in the forked child
-    from composefs_py.errors import ValidationError
-    from fuzz.cost._child import cpu_seconds, reset_peak, status, written_bytes
+    from fuzz.cost._child import cpu_seconds, reset_peak, run_operation, status, written_bytes
     from fuzz.cost.families import OPERATIONS
 
     operation = OPERATIONS[op]
@@ -207,14 +212,7 @@ def _counted(
     threading.settrace(tracer)
     sys.settrace(tracer)
     try:
-        operation.run(data, path, scratch, options)
-        outcome, detail = "ok", ""
-    except ValidationError as exc:
-        outcome, detail = "invalid", str(exc)[:300]
-    except MemoryError:
-        outcome, detail = "memory", "MemoryError"
-    except BaseException as exc:  # any other exception is a finding
-        outcome, detail = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
+        outcome, detail = run_operation(operation, data, path, scratch, options)
     finally:
         sys.settrace(None)
         threading.settrace(None)  # type: ignore[arg-type]  # None removes it
@@ -241,25 +239,20 @@ def _vm_size() -> int:
     return status(b"VmSize:")
 
 
-def _growth(
+def _counter(
     name: str, costs: Sequence[int], sizes: Sequence[int], floor: int, unit: str
 ) -> list[str]:
-    """Problems of one counter at n, 2n, 4n (ratios of increments and of totals)."""
-    c1, c2, c4 = costs
-    b1, b2, b4 = (max(size, 1) for size in sizes)
-    if c4 - c1 < floor:
-        return []
-    shown = f"{name} {c1} / {c2} / {c4} {unit} for {b1} / {b2} / {b4} B in"
-    if b2 - b1 >= 0.25 * b1 and b4 - b2 > 0 and c2 - c1 >= floor / 4:
-        expected = (b4 - b2) / (b2 - b1)
-        ratio = (c4 - c2) / (c2 - c1)
-        if ratio > TOLERANCE * expected:
-            linear = f"(linear ~{expected:.2f})"
-            return [f"super-linear {name}: increments ratio {ratio:.2f} {linear}: {shown}"]
-    if c4 - c1 > c1 * (b4 / b1 - 1) * TOTALS_TOLERANCE + floor:
-        grows = f"x{c4 / max(c1, 1):.1f} while the input grows x{b4 / b1:.2f}"
-        return [f"{name} grows {grows}: {shown}"]
-    return []
+    """:func:`fuzz.cost._metric` with the counters' tolerances (no noise to allow for)."""
+    return _metric(
+        name,
+        costs,
+        sizes,
+        floor,
+        unit,
+        first_increment=0.25,
+        totals_tolerance=TOTALS_TOLERANCE,
+        digits=".0f",
+    )
 
 
 def judge_counts(runs: Sequence[Run]) -> Judgement:
@@ -267,12 +260,12 @@ def judge_counts(runs: Sequence[Run]) -> Judgement:
     problems = [f"finding at x{1 << i}: {run.show()}" for i, run in enumerate(runs) if run.finding]
     if not problems and len(runs) == 3:
         sizes = [run.size for run in runs]
-        problems += _growth("events", [r.events for r in runs], sizes, EVENTS_FLOOR, "")
-        heap = _growth("python heap", [r.alloc for r in runs], sizes, ALLOC_FLOOR, "B")
+        problems += _counter("events", [r.events for r in runs], sizes, EVENTS_FLOOR, "")
+        heap = _counter("python heap", [r.alloc for r in runs], sizes, ALLOC_FLOOR, "B")
         grown = (runs[2].alloc - runs[0].alloc) / max(sizes[2] - sizes[0], 1)
         if heap and grown > HEAP_AMPLIFICATION:
             problems += [f"{heap[0]} ({grown:.0f} bytes of heap per byte of input)"]
-        problems += _growth("bytes written", [r.written for r in runs], sizes, WRITE_FLOOR, "B")
+        problems += _counter("bytes written", [r.written for r in runs], sizes, WRITE_FLOOR, "B")
     return Judgement(tuple(runs), tuple(problems))
 
 
