@@ -202,12 +202,13 @@ def _make_names(n: int, params: dict[str, Any]) -> Case:
 
 
 _TEST_OPS = {
-    name: Operation(name, run, ())
-    for name, run in (
-        ("test.pairwise-duplicates", _op_pairwise_duplicates),
-        ("test.set-duplicates", _op_set_duplicates),
-        ("test.prefix-copies", _op_prefix_copies),
-        ("test.crash", _op_crash),
+    name: Operation(name, run, (), warms=warms)
+    for name, run, warms in (
+        ("test.pairwise-duplicates", _op_pairwise_duplicates, True),
+        ("test.set-duplicates", _op_set_duplicates, True),
+        ("test.prefix-copies", _op_prefix_copies, True),
+        # as an operation that reaches libcomposefs: never run in this process
+        ("test.crash", _op_crash, False),
     )
 }
 _NAMES = Family(
@@ -265,3 +266,15 @@ def test_counted_mode_passes_every_family_default() -> None:
         if isinstance(result, str):
             continue
         assert result.ok, f"{name}:\n{result.report()}"
+
+
+def test_operations_reaching_libcomposefs_or_the_kernel_never_run_in_the_fuzzer() -> None:
+    """The counted mode warms an operation in the measuring process first
+    (:func:`fuzz.cost.families._warm`): never one whose crash would be libcomposefs's."""
+    native = {
+        name
+        for name, operation in OPERATIONS.items()
+        if "composefs_py._native" in operation.modules or operation.setup is not None
+    }
+    assert native == {"read_image", "read_image+dump", "mount(try_verity=True)"}
+    assert not any(OPERATIONS[name].warms for name in native)

@@ -122,6 +122,10 @@ class Operation:
     setup: Callable[[], None] | None = None
     #: Needs root and loop devices.
     needs_root: bool = False
+    #: May run once in the measuring process, on a family's smallest input,
+    #: before counted children are forked from it (:func:`check`); not the
+    #: operations that hand the input to libcomposefs or the kernel.
+    warms: bool = True
 
     def prepare(self, *, setup: bool = True) -> None:
         """Import the operation's modules; then its :attr:`setup`, unless ``setup`` is false."""
@@ -151,14 +155,15 @@ OPERATIONS: dict[str, Operation] = {
         Operation("parse_dumpfile", _op_dumpfile, ("composefs_py.dumpfile",)),
         Operation("layer.tree", _op_layer_tree, _LAYER_MODULES),
         Operation("layer.import_objects", _op_layer_import, _LAYER_MODULES),
-        Operation("read_image", _op_read_image, _IMAGE_MODULES),
-        Operation("read_image+dump", _op_read_image_dump, _IMAGE_MODULES),
+        Operation("read_image", _op_read_image, _IMAGE_MODULES, warms=False),
+        Operation("read_image+dump", _op_read_image_dump, _IMAGE_MODULES, warms=False),
         Operation(
             "mount(try_verity=True)",
             _op_mount_try_verity,
             (*_IMAGE_MODULES, "composefs_py.mount"),
             setup=_private_mounts,
             needs_root=True,
+            warms=False,
         ),
     )
 }
@@ -680,19 +685,27 @@ def _make_nesting(n: int, params: dict[str, Any]) -> Case:
     """A tree ``n`` directories deep, or ``n / 4`` beyond ``Limits.max_depth``.
 
     Each series stays on one side of the limit: a refusal and an acceptance
-    take different paths, whose costs are not comparable.
+    take different paths, whose costs are not comparable.  The text parsers
+    take their limits as options: beyond, their ``max_depth`` is
+    :data:`_TEXT_MAX_DEPTH` (a TOC repeats each path in full: 9 MB at the
+    default limit); an image is read with the default.
     """
     via = params["via"]
-    depth = n if params["depth"] == "within" else _MAX_DEPTH + n // 4
-    if via == "parse_dumpfile":
-        return Case(_deep_dumpfile(depth).encode(), via)
-    if via == "parse_toc":
-        entries = [{"type": "dir", "name": "a/" * d, "mode": 0o755} for d in range(1, depth + 1)]
-        return Case(_toc(entries), via)
+    beyond = params["depth"] == "beyond"
+    if via in ("parse_dumpfile", "parse_toc"):
+        depth = _TEXT_MAX_DEPTH + n // 4 if beyond else n
+        options = {"limits": {"max_depth": _TEXT_MAX_DEPTH}} if beyond else {}
+        if via == "parse_dumpfile":
+            return Case(_deep_dumpfile(depth).encode(), via, options)
+        names = ["a/" * d for d in range(1, depth + 1)]
+        entries = [{"type": "dir", "name": name, "mode": 0o755} for name in names]
+        return Case(_toc(entries), via, options)
+    depth = _MAX_DEPTH + n // 4 if beyond else n
     return Case(_image(_deep_dumpfile(depth), params["version"], deep=True), via)
 
 
 _MAX_DEPTH = 2048  # Limits().max_depth
+_TEXT_MAX_DEPTH = 256
 
 NESTING = Family(
     "nesting",
@@ -744,7 +757,7 @@ XATTRS = Family(
     # a tar pads each header to 512 bytes: fewer xattrs would not grow it;
     # parse_dumpfile takes another path above 64 xattrs an inode (each side
     # linear): a counted series stays above it
-    fast=96,
+    fast=72,
 )
 
 
@@ -963,7 +976,7 @@ def skip_reason(case: Case) -> str | None:
 _COUNTED_CASES: OrderedDict[tuple[str, tuple[tuple[str, Any], ...], int], list[Case]] = (
     OrderedDict()
 )
-_COUNTED_KEPT = 32
+_COUNTED_KEPT = 128
 
 
 def _counted_series(family: Family, params: dict[str, Any], n: int) -> list[Case]:
@@ -978,6 +991,37 @@ def _counted_series(family: Family, params: dict[str, Any], n: int) -> list[Case
     while len(_COUNTED_CASES) > _COUNTED_KEPT:
         _COUNTED_CASES.popitem(last=False)
     return cases
+
+
+#: The (family name, shape) pairs already warmed in this process.
+_WARMED: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
+
+
+def _warm(family: Family, params: dict[str, Any]) -> None:
+    """Run ``family``'s input at ``n = 1`` through its operation here, once per shape.
+
+    Counted children are forked from this process: what the operation does
+    once per process (compile a pattern, fill a cache, import lazily) is
+    then done before the fork, not again in every child, where it would be
+    most of the count at a small scale and cost more than the work itself.
+    """
+    key = (family.name, tuple(params.items()))
+    if key in _WARMED:
+        return
+    _WARMED.add(key)
+    case = family.make(1, params)
+    operation = OPERATIONS[case.op]
+    if not operation.warms:
+        return
+    from fuzz.cost import _SCRATCH
+    from fuzz.cost._child import run_operation
+
+    operation.prepare(setup=False)
+    with tempfile.TemporaryDirectory(prefix="cfspy-warm-", dir=_SCRATCH) as folder:
+        path = Path(folder) / "input"
+        path.write_bytes(case.data)
+        (Path(folder) / "scratch").mkdir()
+        run_operation(operation, case.data, path, Path(folder) / "scratch", case.options)
 
 
 def check(
@@ -1000,6 +1044,8 @@ def check(
         return reason
     if counted:
         from fuzz.cost.fast import measure_counts_series
+
+        _warm(family, params)
 
         return measure_counts_series(
             cases[0].op, [case.data for case in cases], options=cases[0].options
