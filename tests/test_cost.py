@@ -278,3 +278,28 @@ def test_operations_reaching_libcomposefs_or_the_kernel_never_run_in_the_fuzzer(
     }
     assert native == {"read_image", "read_image+dump", "mount(try_verity=True)"}
     assert not any(OPERATIONS[name].warms for name in native)
+
+
+def test_the_cost_target_measures_counted_unless_told_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fuzz.targets import TIMED_SAMPLE, cost_mode, timed_sample
+
+    monkeypatch.delenv("CFSPY_COST_MODE", raising=False)
+    assert cost_mode() == "counted"
+    monkeypatch.setenv("CFSPY_COST_MODE", "timed")
+    assert cost_mode() == "timed"
+    monkeypatch.setenv("CFSPY_COST_MODE", "fast")
+    with pytest.raises(ValueError, match="CFSPY_COST_MODE"):
+        cost_mode()
+    sampled = [bytes([a, b]) for a in range(256) for b in range(256) if timed_sample(bytes([a, b]))]
+    assert 0 < len(sampled) < 4 * (1 << 16) // TIMED_SAMPLE  # about one in TIMED_SAMPLE
+    assert all(timed_sample(data) for data in sampled)  # a replay samples the same
+
+
+def test_the_cost_mode_option_reaches_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fuzz.__main__ import main
+
+    monkeypatch.setenv("CFSPY_COST_MODE", "counted")
+    assert main(["replay", "--cost-mode", "timed", "--target", "toc", os.devnull]) == 0
+    assert os.environ["CFSPY_COST_MODE"] == "timed"
