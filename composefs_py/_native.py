@@ -569,29 +569,24 @@ def fsverity_digest_fd(fd: int) -> bytes:
 
 
 def digest_files(
-    fds: Sequence[int], sizes: Sequence[int], buffer: int | bytearray | mmap.mmap, readahead: int
+    fds: Sequence[int], sizes: Sequence[int], buffer: bytearray | mmap.mmap, readahead: int
 ) -> tuple[bytes, array[int], array[int]]:
     """fs-verity digests of the open regular files ``fds`` (``cfspy_digest_files``,
     one call for all, the GIL released): the digests joined (32 bytes each),
     per file (bytes read, ``st_size``, ``st_mtime`` ns after the read) joined,
     and the errno of each (0: read).  Every fd is closed.  ``buffer``: the
-    read buffer, writable (used by this call alone), or its size in bytes
-    (then allocated for this call)."""
+    read buffer, writable, used by this call alone."""
     n = len(fds)
     digests = bytearray(32 * n)
     stats = array("q", bytes(24 * n))
     errors = array("i", bytes(4 * n))
-    if isinstance(buffer, int):
-        cbuffer, buffer_size = ffi.NULL, buffer
-    else:
-        cbuffer = ffi.from_buffer("uint8_t[]", buffer, require_writable=True)
-        buffer_size = len(cbuffer)
+    cbuffer = ffi.from_buffer("uint8_t[]", buffer, require_writable=True)
     rc = lib.cfspy_digest_files(
         n,
         ffi.new("int[]", fds),
         ffi.new("int64_t[]", sizes),
         cbuffer,
-        buffer_size,
+        len(cbuffer),
         readahead,
         ffi.from_buffer("uint8_t[]", digests),
         ffi.from_buffer("int64_t[]", stats),

@@ -331,7 +331,7 @@ def test_digest_files_gives_each_files_digest_and_closes_every_fd(tmp_path: Path
         path = tmp_path / f"f{i}"
         path.write_bytes(os.urandom(size))
         fds.append(os.open(path, os.O_RDONLY))
-    digests, stats, errors = _native.digest_files(fds, sizes, buffer, 1 << 20)
+    digests, stats, errors = _native.digest_files(fds, sizes, bytearray(buffer), 1 << 20)
     for i, size in enumerate(sizes):
         data = (tmp_path / f"f{i}").read_bytes()
         assert digests[32 * i : 32 * i + 32] == fsverity_digest(data), size
@@ -352,7 +352,7 @@ def test_digest_files_reports_a_short_file_and_a_read_error(tmp_path: Path) -> N
     directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # read(2): EISDIR
     fds = [os.open(tmp_path / name, os.O_RDONLY) for name in ("short", "long", "fine")]
     digests, stats, errors = _native.digest_files(
-        [*fds, directory], [200, 4000, 100, 4096], 1024, 0
+        [*fds, directory], [200, 4000, 100, 4096], bytearray(1024), 0
     )
     assert (stats[0], stats[3], stats[6]) == (100, 5000, 100)
     assert digests[64:96] == fsverity_digest(b"f" * 100)
